@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything wallwatch needs on a fresh Debian machine, as root:
+# Debian packages for the lab (iproute2, iptables NFQUEUE, tc), a compiler and
+# headers for netfilterqueue, and the project's virtualenv in .venv.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 iptables ipset ethtool tcpdump iputils-ping iperf3 procps
+  libnetfilter-queue-dev build-essential python3 python3-venv python3-dev
+  ca-certificates
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "wallwatch: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The newest python3 >= 3.11 on PATH (a pyenv build is fine; Debian 12's is 3.11).
+PY=""
+for cand in python3.13 python3.12 python3.11 python3; do
+  if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PY=$(command -v "$cand"); break
+  fi
+done
+[ -n "$PY" ] || { echo "wallwatch: needs Python >= 3.11" >&2; exit 1; }
+
+stamp=.venv/.wallwatch-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "wallwatch: building the virtualenv in .venv"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi
