@@ -1,0 +1,291 @@
+"""The one storage layer of the pipeline: hive-partitioned Parquet read through DuckDB.
+
+Every dataset lives under ``<root>/<dataset>/<col>=<value>/.../part-*.parquet``
+(hive layout, https://duckdb.org/docs/stable/data/partitioning/hive_partitioning).
+``Store.connect()`` hands out an in-memory DuckDB connection with one view per
+dataset, so callers write plain SQL over ``measurements``, ``observations``,
+``verdicts`` (and whatever else was written) without knowing about files.
+
+Only this module knows the physical layout; the SQL callers write against the
+views sticks to a portable subset (SELECT/JOIN/GROUP BY, CASE, COALESCE,
+date_trunc) so that it can later run on ClickHouse, where OONI keeps its own
+tables (ooni/data docs/architecture.md §4). The schema is documented in
+``docs/storage.md``.
+
+Write semantics (see docs/storage.md):
+
+* ``mode="replace"`` (default) replaces every partition the table touches and
+  leaves the others alone, so rebuilding a derived dataset (series, events)
+  for some dates is idempotent.
+* ``mode="append"`` adds new files next to the existing ones; ingest uses it
+  after deduplicating by ``measurement_uid`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import orjson
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+WriteMode = Literal["replace", "append"]
+
+DEFAULT_DATA_DIR = "wallwatch-data"
+DATA_DIR_ENV = "WALLWATCH_DATA"
+
+# Known datasets and their columns, so that an empty store still has typed views
+# (a query over no data returns no rows instead of failing on a missing glob).
+# Timestamps are UTC stored without a zone: DuckDB TIMESTAMP, ClickHouse DateTime64.
+MEASUREMENTS_SCHEMA = pa.schema(
+    [
+        ("measurement_uid", pa.string()),
+        ("measurement_start_time", pa.timestamp("us")),
+        ("date", pa.date32()),
+        ("probe_cc", pa.string()),
+        ("probe_asn", pa.int32()),
+        ("probe_network_name", pa.string()),
+        ("probe_key", pa.string()),
+        ("report_id", pa.string()),
+        ("input", pa.string()),
+        ("test_name", pa.string()),
+        ("test_version", pa.string()),
+        ("software_name", pa.string()),
+        ("software_version", pa.string()),
+        ("data_format_version", pa.string()),
+        ("resolver_ip", pa.string()),
+        ("source", pa.string()),
+        ("ingested_at", pa.timestamp("us")),
+        ("raw", pa.string()),
+    ]
+)
+
+OBSERVATIONS_SCHEMA = pa.schema(
+    [
+        ("measurement_uid", pa.string()),
+        ("measurement_start_time", pa.timestamp("us")),
+        ("date", pa.date32()),
+        ("probe_cc", pa.string()),
+        ("probe_asn", pa.int32()),
+        ("test_name", pa.string()),
+        ("service", pa.string()),
+        ("feature", pa.string()),
+        ("target", pa.string()),
+        ("observation_idx", pa.int32()),
+        ("hostname", pa.string()),
+        ("ip", pa.string()),
+        ("port", pa.int32()),
+        ("transaction_id", pa.int64()),
+        ("is_control", pa.bool_()),
+        ("dns_engine", pa.string()),
+        ("dns_resolver", pa.string()),
+        ("dns_failure", pa.string()),
+        ("dns_answers", pa.list_(pa.string())),
+        ("dns_fingerprint", pa.string()),
+        ("dns_bogon", pa.bool_()),
+        ("tcp_success", pa.bool_()),
+        ("tcp_failure", pa.string()),
+        ("tls_server_name", pa.string()),
+        ("tls_failure", pa.string()),
+        ("tls_version", pa.string()),
+        ("http_url", pa.string()),
+        ("http_failure", pa.string()),
+        ("http_status", pa.int32()),
+        ("http_body_length", pa.int64()),
+        ("http_title", pa.string()),
+        ("http_fingerprint", pa.string()),
+        ("tunnel_failure", pa.string()),
+        ("tunnel_bootstrap_s", pa.float64()),
+    ]
+)
+
+VERDICTS_SCHEMA = pa.schema(
+    [
+        ("measurement_uid", pa.string()),
+        ("measurement_start_time", pa.timestamp("us")),
+        ("date", pa.date32()),
+        ("probe_cc", pa.string()),
+        ("probe_asn", pa.int32()),
+        ("probe_network_name", pa.string()),
+        ("probe_key", pa.string()),
+        ("test_name", pa.string()),
+        ("software_name", pa.string()),
+        ("service", pa.string()),
+        ("feature", pa.string()),
+        ("target", pa.string()),
+        ("verdict", pa.string()),
+        ("method", pa.string()),
+        ("confidence", pa.float32()),
+        ("rule_id", pa.string()),
+        ("rules_version", pa.string()),
+    ]
+)
+
+KNOWN_SCHEMAS: Mapping[str, pa.Schema] = {
+    "measurements": MEASUREMENTS_SCHEMA,
+    "observations": OBSERVATIONS_SCHEMA,
+    "verdicts": VERDICTS_SCHEMA,
+}
+
+# How each core dataset is partitioned: by day, and measurements/observations
+# also by test so that one nettest can be rebuilt or exported alone.
+DEFAULT_PARTITIONS: Mapping[str, tuple[str, ...]] = {
+    "measurements": ("date", "test_name"),
+    "observations": ("date", "test_name"),
+    "verdicts": ("date",),
+}
+
+
+class StoreError(Exception):
+    """Bad use of the store: unknown dataset name, missing partition column, ..."""
+
+
+def default_data_dir() -> Path:
+    """`$WALLWATCH_DATA` or `./wallwatch-data`, the default of every `--data` option."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def _check_name(name: str) -> str:
+    if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
+        raise StoreError(f"dataset/log name must be [A-Za-z0-9_-]+, got {name!r}")
+    return name
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class Store:
+    """Datasets of hive-partitioned Parquet under `root`, queried through DuckDB views."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # -- paths ---------------------------------------------------------------
+
+    def dataset_dir(self, dataset: str) -> Path:
+        return self.root / _check_name(dataset)
+
+    def log_path(self, name: str) -> Path:
+        return self.root / f"{_check_name(name)}.jsonl"
+
+    def datasets(self) -> list[str]:
+        """Names of datasets that hold at least one Parquet file, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.root.iterdir()
+            if entry.is_dir() and not entry.name.startswith((".", "_")) and _has_parquet(entry)
+        )
+
+    # -- writing -------------------------------------------------------------
+
+    def write(
+        self,
+        dataset: str,
+        table: pa.Table,
+        partition_by: Sequence[str] | None = None,
+        *,
+        mode: WriteMode = "replace",
+    ) -> int:
+        """Write `table` as hive-partitioned Parquet under `<root>/<dataset>/`; return rows written.
+
+        `partition_by` defaults to ("date",) (or the dataset's own default, see
+        DEFAULT_PARTITIONS). mode="replace" deletes the partitions the table
+        touches before writing; mode="append" only adds files.
+        """
+        directory = self.dataset_dir(dataset)
+        partitions = tuple(partition_by) if partition_by is not None else DEFAULT_PARTITIONS.get(dataset, ("date",))
+        missing = [col for col in partitions if col not in table.column_names]
+        if missing:
+            raise StoreError(f"{dataset}: partition columns {missing} not in table columns {table.column_names}")
+        if table.num_rows == 0:
+            return 0
+        directory.mkdir(parents=True, exist_ok=True)
+        partition_schema = pa.schema([table.schema.field(col) for col in partitions])
+        pads.write_dataset(
+            table,
+            directory,
+            format="parquet",
+            partitioning=pads.partitioning(partition_schema, flavor="hive"),
+            # A unique name per call, so appends never overwrite earlier files.
+            basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
+            existing_data_behavior="delete_matching" if mode == "replace" else "overwrite_or_ignore",
+            file_options=pads.ParquetFileFormat().make_write_options(compression="zstd"),
+            max_rows_per_group=128 * 1024,
+        )
+        return table.num_rows
+
+    def append_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Append rows to the append-only log `<root>/<name>.jsonl`; return how many were written."""
+        path = self.log_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS, default=str) + b"\n" for row in rows]
+        if lines:
+            with path.open("ab") as handle:
+                handle.write(b"".join(lines))
+        return len(lines)
+
+    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        """All rows of a log written with `append_jsonl` (empty when it does not exist)."""
+        path = self.log_path(name)
+        if not path.exists():
+            return []
+        with path.open("rb") as handle:
+            return [orjson.loads(line) for line in handle if line.strip()]
+
+    # -- reading -------------------------------------------------------------
+
+    def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per dataset (core datasets always exist, maybe empty)."""
+        connection = duckdb.connect(database)
+        names = set(self.datasets()) | set(KNOWN_SCHEMAS)
+        for name in sorted(names):
+            connection.execute(f"CREATE OR REPLACE VIEW {name} AS {self._select_sql(name)}")
+        return connection
+
+    def read(self, dataset: str, where: str | None = None) -> pa.Table:
+        """The whole dataset (optionally filtered by a SQL predicate) as an Arrow table."""
+        connection = self.connect()
+        try:
+            sql = f"SELECT * FROM {_check_name(dataset)}" + (f" WHERE {where}" if where else "")
+            if dataset not in KNOWN_SCHEMAS and dataset not in self.datasets():
+                raise StoreError(f"no dataset {dataset!r} under {self.root}")
+            return connection.sql(sql).to_arrow_table()
+        finally:
+            connection.close()
+
+    def _select_sql(self, dataset: str) -> str:
+        directory = self.dataset_dir(dataset)
+        if _has_parquet(directory):
+            glob = _sql_string(str(directory / "**" / "*.parquet"))
+            return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true)"
+        return _empty_select(KNOWN_SCHEMAS[dataset])
+
+
+def _has_parquet(directory: Path) -> bool:
+    return directory.is_dir() and next(directory.rglob("*.parquet"), None) is not None
+
+
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.timestamp("us"): "TIMESTAMP",
+    pa.date32(): "DATE",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    columns = ", ".join(f"CAST(NULL AS {_DUCKDB_TYPES[field.type]}) AS {field.name}" for field in schema)
+    return f"SELECT {columns} WHERE 1 = 0"
