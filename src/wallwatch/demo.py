@@ -1,0 +1,210 @@
+"""`wallwatch demo`: replay WhatsApp's 2017 blocking in the lab, phase by phase.
+
+The demo is the whole product on one machine: it brings a lab up, puts each
+phase's censor policy in force, runs the real probe in the client namespace,
+and compares every feature's verdict and method with the phase's ground truth.
+Phases are data (`scenarios/whatsapp-2017.yaml`), so a researcher can write
+their own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+FEATURES = ("text", "media", "calls", "web", "registration")
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "whatsapp-2017.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What the probe must report for one feature: a verdict and, if blocked, how."""
+
+    verdict: str
+    method: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> "Expectation":
+        verdict, _, method = text.partition("/")
+        return cls(verdict, method or None)
+
+    def matches(self, observed: "Observed") -> bool:
+        return observed.verdict == self.verdict and (self.method is None or observed.method == self.method)
+
+    def __str__(self) -> str:
+        return f"{self.verdict}/{self.method}" if self.method else self.verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    verdict: str
+    method: str | None
+    evidence: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.verdict}/{self.method}" if self.method else self.verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    id: str
+    label: str
+    description: str
+    policy: dict[str, Any]
+    expect: dict[str, Expectation]
+
+
+def load_phases(path: Path) -> tuple[str, list[Phase]]:
+    """Read a phased scenario; a malformed file fails here, naming what is wrong."""
+    document = yaml.safe_load(path.read_text())
+    if not isinstance(document, dict) or not isinstance(document.get("phases"), list):
+        raise ValueError(f"{path}: a scenario needs a `phases` list")
+    phases = []
+    for index, raw in enumerate(document["phases"]):
+        try:
+            expect = {feature: Expectation.parse(str(value)) for feature, value in raw["expect"].items()}
+            phases.append(Phase(str(raw["id"]), raw.get("label", raw["id"]), raw.get("description", ""), raw["policy"], expect))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: phase {index} is missing or has a malformed {exc}") from None
+    return document.get("name", path.stem), phases
+
+
+def observed_features(measurement: dict[str, Any]) -> dict[str, Observed]:
+    features = measurement.get("test_keys", {}).get("x_wallwatch", {}).get("features", {})
+    return {
+        name: Observed(result.get("verdict", "unknown"), result.get("method"), tuple(result.get("evidence") or ()))
+        for name, result in features.items()
+    }
+
+
+def probe_in_lab(lab: Any, output: Path, timeout: float, extra_args: list[str] | None = None) -> dict[str, Any]:
+    """Run the real probe in the lab's client namespace and return its measurement."""
+    output.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "wallwatch.cli", "probe", "run", "whatsapp", "--output", str(output)]
+    argv += ["--timeout", str(timeout), *(extra_args or [])]
+    result = lab.run_in_client(argv, timeout=timeout * 6 + 60)
+    if result.returncode != 0 or not output.exists():
+        raise RuntimeError(
+            f"probe failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+    lines = [line for line in output.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def compare(phase: Phase, measurement: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ground-truth row per feature: what the censor did, and what the probe saw."""
+    observed = observed_features(measurement)
+    rows = []
+    for feature, expected in phase.expect.items():
+        seen = observed.get(feature, Observed("missing", None))
+        rows.append(
+            {
+                "phase": phase.id,
+                "feature": feature,
+                "policy": phase.policy.get("name"),
+                "expected_verdict": expected.verdict,
+                "expected_method": expected.method,
+                "observed_verdict": seen.verdict,
+                "observed_method": seen.method,
+                "match": expected.matches(seen),
+                "evidence": list(seen.evidence),
+                "measurement_report_id": measurement.get("report_id"),
+            }
+        )
+    return rows
+
+
+def _render(console: Any, scenario_name: str, phases: list[Phase], truth: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"wallwatch demo: {scenario_name}", show_lines=True)
+    table.add_column("feature", style="bold")
+    for phase in phases:
+        table.add_column(f"{phase.id}\n{phase.label}")
+    cells = {(row["phase"], row["feature"]): row for row in truth}
+    for feature in FEATURES:
+        values = []
+        for phase in phases:
+            row = cells.get((phase.id, feature))
+            if row is None:
+                values.append("-")
+                continue
+            seen = row["observed_verdict"] + (f" ({row['observed_method']})" if row["observed_method"] else "")
+            colour = {"ok": "green", "blocked": "red", "down": "yellow"}.get(row["observed_verdict"], "magenta")
+            mark = "" if row["match"] else f"\n[bold magenta]expected {row['expected_verdict']}" + (
+                f"/{row['expected_method']}" if row["expected_method"] else ""
+            ) + "[/]"
+            values.append(f"[{colour}]{seen}[/]{mark}")
+        table.add_row(feature, *values)
+    console.print(table)
+
+
+def run_demo(scenario: Path, out_dir: Path, timeout: float) -> bool:
+    from rich.console import Console
+
+    from wallwatch.lab.topology import Lab
+
+    console = Console()
+    scenario_name, phases = load_phases(scenario)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    measurements_path = out_dir / "measurements.jsonl"
+    truth_path = out_dir / "ground_truth.jsonl"
+    measurements_path.unlink(missing_ok=True)
+    truth: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with console.status("bringing the lab up (namespaces, services, censor)...") as status:
+        with Lab.up(policy=phases[0].policy) as lab:
+            console.print(f"lab [bold]{lab.run_id}[/] is up")
+            for phase in phases:
+                status.update(f"phase {phase.id}: {phase.label} - putting the policy in force")
+                lab.set_policy(phase.policy)
+                status.update(f"phase {phase.id}: {phase.label} - probing WhatsApp")
+                measurement = probe_in_lab(lab, out_dir / f".probe-{phase.id}.jsonl", timeout)
+                measurement.setdefault("annotations", {})["wallwatch_phase"] = phase.id
+                with measurements_path.open("a") as handle:
+                    handle.write(json.dumps(measurement, sort_keys=True) + "\n")
+                (out_dir / f".probe-{phase.id}.jsonl").unlink(missing_ok=True)
+                rows = compare(phase, measurement)
+                truth += rows
+                verdicts = ", ".join(f"{r['feature']}={r['observed_verdict']}" for r in rows)
+                console.print(f"[bold]{phase.id}[/] {phase.label}: {verdicts}")
+            status.update("tearing the lab down")
+    with truth_path.open("w") as handle:
+        for row in truth:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+    _render(console, scenario_name, phases, truth)
+    mismatches = [row for row in truth if not row["match"]]
+    console.print(
+        f"{len(phases)} phases in {time.monotonic() - started:.1f} s; measurements: {measurements_path}; "
+        f"ground truth: {truth_path}"
+    )
+    if mismatches:
+        console.print(f"[bold red]{len(mismatches)} feature verdict(s) differ from the ground truth[/]")
+    else:
+        console.print("[bold green]every feature verdict and method matches the ground truth[/]")
+    return not mismatches
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        scenario: Path = typer.Option(DEFAULT_SCENARIO, help="phased scenario YAML"),
+        out: Path = typer.Option(Path("demo-out"), help="directory for measurements.jsonl and ground_truth.jsonl"),
+        timeout: float = typer.Option(4.0, help="per-operation probe timeout, seconds"),
+    ) -> None:
+        """Replay WhatsApp's 2017 blocking in China in the lab and show what the probe sees."""
+        from wallwatch.lab.capabilities import missing_lab_features
+
+        missing = missing_lab_features()
+        if missing:
+            typer.echo("the lab cannot run here: " + "; ".join(missing), err=True)
+            raise typer.Exit(2)
+        if not run_demo(scenario, out, timeout):
+            raise typer.Exit(1)
