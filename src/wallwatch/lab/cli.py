@@ -1,0 +1,142 @@
+"""`wallwatch lab ...`: bring the lab up and down, look at it, run things in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+lab_app = typer.Typer(
+    help="The lab: network namespaces with emulated services behind an emulated censor.",
+    no_args_is_help=True,
+)
+
+
+def _console():  # rich is imported on use, so `wallwatch --help` stays fast
+    from rich.console import Console
+
+    return Console()
+
+
+def _fail(message: str) -> typer.Exit:
+    _console().print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+@lab_app.command("up")
+def up(
+    policy: Optional[Path] = typer.Option(None, "--policy", exists=True, dir_okay=False, help="censor policy YAML (default: allow everything)"),
+    no_censor: bool = typer.Option(False, "--no-censor", help="plain forwarding: no censor process"),
+) -> None:
+    """Build the lab and leave it running; prints its run id, namespaces and addresses."""
+    from rich.table import Table
+
+    from wallwatch.lab import addresses
+    from wallwatch.lab.topology import Lab, LabError
+
+    console = _console()
+    try:
+        with console.status("bringing the lab up (namespaces, services, censor)..."):
+            lab = Lab.up(policy=policy, censor=not no_censor)
+    except (LabError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"lab [bold]{lab.run_id}[/bold] is up; state in {lab.state_path}")
+    table = Table("role", "namespace", "addresses", title="namespaces")
+    table.add_row("client", lab.namespaces["client"], addresses.CLIENT_ADDRESS)
+    table.add_row("censor", lab.namespaces["censor"], f"{addresses.CENSOR_CLIENT_SIDE}, {addresses.CENSOR_SERVICES_SIDE}")
+    table.add_row("services", lab.namespaces["services"], addresses.SERVICES_ADDRESS)
+    console.print(table)
+    services = Table("service", "name", "address", "ports", title="lab internet")
+    services.add_row("resolver", "", addresses.RESOLVER, "53 udp/tcp")
+    for name, address in addresses.CHAT_SERVERS.items():
+        services.add_row("chat", name, address, ", ".join(map(str, addresses.CHAT_PORTS)))
+    for name, address in addresses.HTTPS_SERVICES.items():
+        services.add_row("https", name, address, str(addresses.HTTPS_PORT))
+    for relay in addresses.CALL_RELAYS:
+        services.add_row("call relay (STUN)", "", relay, f"{addresses.STUN_PORT} udp")
+    services.add_row("sink (forged answers)", "", addresses.SINK, "nothing answers")
+    console.print(services)
+    censor = f"policy {lab.policy_path}" if lab.censor_enabled else "none (plain forwarding)"
+    console.print(f"censor: {censor}\nrun things in the client: [bold]wallwatch lab exec -- CMD[/bold]")
+
+
+@lab_app.command("down")
+def down(all_labs: bool = typer.Option(False, "--all", help="remove every ww*-client/censor/svc namespace, leftovers included")) -> None:
+    """Tear the lab down (idempotent: nothing to do is not an error)."""
+    from wallwatch.lab.topology import Lab, LabError, cleanup_all
+
+    console = _console()
+    if all_labs:
+        removed = cleanup_all()
+        console.print(f"removed labs: {', '.join(removed)}" if removed else "no lab namespaces found")
+        return
+    try:
+        lab = Lab.from_state()
+    except LabError:
+        console.print("no lab is up")
+        return
+    lab.down()
+    console.print(f"lab {lab.run_id} is down")
+
+
+@lab_app.command("status")
+def status() -> None:
+    """Namespaces and processes alive, and the censor's policy and counters."""
+    from rich.table import Table
+
+    from wallwatch.lab.topology import Lab, LabError
+
+    console = _console()
+    try:
+        lab = Lab.from_state()
+    except LabError as exc:
+        raise _fail(str(exc)) from None
+    table = Table("part", "alive", title=f"lab {lab.run_id}")
+    alive = lab.alive()
+    for part, ok in alive.items():
+        table.add_row(part, "[green]yes[/green]" if ok else "[red]no[/red]")
+    console.print(table)
+    censor_status = lab.censor_status()
+    if censor_status is not None:
+        console.print_json(data=censor_status)
+    elif lab.censor_enabled:
+        console.print("censor: no status file yet")
+    if not all(alive.values()):
+        raise typer.Exit(1)
+
+
+@lab_app.command(
+    "exec",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def exec_(command: list[str] = typer.Argument(..., help="the command, after --")) -> None:
+    """Run CMD in the client namespace with WALLWATCH_LAB set; exits with CMD's code."""
+    from wallwatch.lab.topology import Lab, LabError
+
+    try:
+        lab = Lab.from_state()
+    except LabError as exc:
+        raise _fail(str(exc)) from None
+    # No timeout and no capture: this is the user's command, on the user's terminal.
+    result = lab.run_in_client(command, timeout=None, capture_output=False)  # type: ignore[arg-type]
+    raise typer.Exit(result.returncode)
+
+
+@lab_app.command("policy")
+def policy(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="policy YAML")) -> None:
+    """Swap the running censor's policy; returns once the censor reports it loaded."""
+    from wallwatch.lab.topology import Lab, LabError
+
+    try:
+        loaded = Lab.from_state().set_policy(file)
+    except LabError as exc:
+        raise _fail(str(exc)) from None
+    _console().print(
+        f"censor loaded policy [bold]{loaded.get('policy_name')}[/bold] "
+        f"({loaded.get('rules')} rules, sha256 {str(loaded.get('policy_sha256'))[:12]})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lab_app, name="lab")

@@ -1,0 +1,176 @@
+"""Every emulated service of the lab "internet", in one asyncio process.
+
+Run in the services namespace by `Lab.up`:
+
+    python -m wallwatch.lab.services --workdir DIR
+
+It reads the lab certificate from DIR/certs, binds each service only on its
+own lab address (wallwatch.lab.addresses), then writes DIR/services-ready.json
+so the lab knows every listener is up. SIGTERM/SIGINT stop it.
+
+One process, because the services are idle almost all the time and asyncio
+serves ~40 listeners on one core without the start-up cost of one process each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from wallwatch.lab import addresses
+from wallwatch.lab.dns_server import start_dns
+from wallwatch.lab.https_server import (
+    MediaStore,
+    registration_handler,
+    server_ssl_context,
+    start_https,
+    web_handler,
+)
+from wallwatch.protocols.errors import ProtocolError
+from wallwatch.protocols.stun import build_binding_response, parse_stun
+from wallwatch.protocols.whatsapp import ChatServer, MessageReceived, generate_static_key
+
+log = logging.getLogger("wallwatch.lab.services")
+
+READY_FILE = "services-ready.json"
+CHAT_IDLE_TIMEOUT = 60.0  # a chat client that says nothing for a minute is gone
+CLOSE_DRAIN_TIMEOUT = 1.0  # how long to read the peer's leftovers before closing
+# Closing a socket with unread bytes makes Linux send RST (RFC 1122 §4.2.2.13);
+# reading what the peer still sends, for a bounded time, lets the close be a FIN.
+
+
+async def _close_cleanly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(CLOSE_DRAIN_TIMEOUT):
+            while await reader.read(65536):
+                pass
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_chat_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, static_private: bytes
+) -> None:
+    """The WhatsApp chat transport: header, Noise XX, then echo every message back."""
+    server = ChatServer(static_private=static_private)
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), CHAT_IDLE_TIMEOUT)
+            if not data:
+                break
+            try:
+                events = server.receive_data(data)
+            except ProtocolError as exc:
+                log.info("chat: closing a connection that is not WhatsApp: %s", exc)
+                break
+            for event in events:
+                if isinstance(event, MessageReceived):
+                    server.send_message(event.plaintext)
+            outgoing = server.data_to_send()
+            if outgoing:
+                writer.write(outgoing)
+                await writer.drain()
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        writer.close()
+        return
+    await _close_cleanly(reader, writer)
+
+
+class StunRelay(asyncio.DatagramProtocol):
+    """Answers STUN Binding requests with the sender's address; ignores anything else."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            response = build_binding_response(parse_stun(data), addr[0], addr[1])
+        except ProtocolError:
+            return  # a relay drops what it does not understand
+        if self._transport is not None:
+            self._transport.sendto(response, addr)
+
+
+async def start_services(workdir: Path) -> list[object]:
+    """Bind every service; returns the servers/transports to close."""
+    loop = asyncio.get_running_loop()
+    certs = workdir / "certs"
+    context = server_ssl_context(certs / "server.pem", certs / "server-key.pem")
+    handles: list[object] = []
+
+    handles += await start_dns(addresses.RESOLVER, addresses.NAMES)
+
+    for name, address in addresses.CHAT_SERVERS.items():
+        key = generate_static_key()  # one static Noise key per server, like a real fleet
+
+        async def on_chat(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes = key) -> None:
+            await serve_chat_connection(reader, writer, key)
+
+        for port in addresses.CHAT_PORTS:
+            handles.append(await asyncio.start_server(on_chat, address, port))
+
+    media = MediaStore()
+    handlers = {
+        addresses.REGISTRATION: registration_handler,
+        addresses.WEB: web_handler,
+        addresses.MEDIA: media.handle,
+    }
+    for name, handler in handlers.items():
+        handles.append(await start_https(addresses.HTTPS_SERVICES[name], handler, context, addresses.HTTPS_PORT))
+
+    for relay in addresses.CALL_RELAYS:
+        transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(relay, addresses.STUN_PORT))
+        handles.append(transport)
+    return handles
+
+
+def _write_ready(workdir: Path) -> None:
+    ready = {
+        "pid": os.getpid(),
+        "resolver": addresses.RESOLVER,
+        "chat": {name: [address, list(addresses.CHAT_PORTS)] for name, address in addresses.CHAT_SERVERS.items()},
+        "https": dict(addresses.HTTPS_SERVICES),
+        "call_relays": [[relay, addresses.STUN_PORT] for relay in addresses.CALL_RELAYS],
+    }
+    tmp = workdir / (READY_FILE + ".tmp")
+    tmp.write_text(json.dumps(ready, indent=2))
+    os.replace(tmp, workdir / READY_FILE)
+
+
+async def run(workdir: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    handles = await start_services(workdir)
+    _write_ready(workdir)
+    log.info("ready: %d listeners", len(handles))
+    await stop.wait()
+    for handle in handles:
+        handle.close()  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wallwatch.lab.services", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="lab work directory (certs/ inside)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run(args.workdir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
