@@ -1,0 +1,313 @@
+"""Change detection on one hourly series: when did blocking start and stop, when did volume collapse.
+
+Dependency-free and deterministic: plain functions over a dense hourly grid
+(`hour` is an integer count of hours since the Unix epoch, so a gap is simply
+an hour with no probes). Same input, same output, same `DETECTOR_VERSION`.
+
+Blocking: a two-state Bernoulli log-likelihood-ratio CUSUM (Page 1954;
+Basseville & Nikiforov 1993 §2.2) over *k blocked distinct probes out of n
+decisive ones* per hour. OONI's detector feeds the hourly *median* of a
+blocked score (ooni/data oonipipeline/analysis/detector.py), which is a step
+at 50% and so cannot see partial blocking; its own plan (docs/implementation-
+plan.md §3.6) proposes exactly this Bernoulli increment instead. Empty hours
+carry no evidence and change nothing; ok/blocked states give hysteresis; an
+evidence floor keeps one flaky hour from opening a segment.
+
+Volume: a Poisson CUSUM (Lucas 1985) of the hourly measurement count against a
+trailing-median baseline (the baseline IODA uses, InetIntel/watchtower-sentry
+filters/MovingStat.py), with a minimum duration so that a probe that is
+offline for a few hours is not an event.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+DETECTOR_VERSION = "ww-cusum-1"
+
+
+@dataclass(frozen=True)
+class BlockingParams:
+    """Parameters of the blocking CUSUM; every event records them."""
+
+    # Share of decisive probes reported blocked when nothing is blocked (rule
+    # false positives, flaky networks). 3% is above the noise we see in OONI
+    # samples for messaging tests and keeps the in-control drift negative.
+    p0: float = 0.03
+    # Smallest blocked share the detector is tuned to catch: partial blocking
+    # (one ISP's subset of links, a rollout) at 25-30% must be an event.
+    p1: float = 0.25
+    # Upper bound of the blocked share assumed while deciding that a block ended
+    # (log-likelihood stays finite at a share of 1.0).
+    p_max: float = 0.95
+    # Alarm thresholds in nats (log-likelihood ratio). 10/10: no false segments
+    # on quiet series at 2% noise and about one partial (30%) block split in
+    # fifty at 4 probes/hour; 8/6 split partial blocks 1 in 5 (bench/eval_events.py).
+    h_open: float = 10.0
+    h_close: float = 10.0
+    # Evidence floor before a segment opens: at least this many blocked
+    # distinct-probe observations spread over at least this many hours.
+    min_blocked_probes: int = 2
+    min_blocked_hours: int = 2
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumeParams:
+    """Parameters of the volume-collapse CUSUM."""
+
+    # A collapse is a drop to 10% of the trailing median or less.
+    collapse_ratio: float = 0.1
+    # Trailing window of the baseline median: one week, as IODA's active
+    # probing and telescope signals (ioda-ui Help.js "Detection Criteria").
+    baseline_hours: int = 168
+    # Hours of history before the detector is armed (two days: a diurnal cycle
+    # seen twice), and the smallest baseline (measurements/hour) worth watching.
+    warmup_hours: int = 48
+    min_baseline: float = 1.0
+    h_open: float = 8.0
+    h_close: float = 8.0
+    # A collapse must have lasted this many low hours: probes go offline for a
+    # few hours routinely (phones asleep, batch uploads).
+    min_low_hours: int = 6
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HourCounts:
+    """One hour of one series: distinct decisive probes, of which blocked."""
+
+    hour: int
+    n_probes: int
+    n_blocked: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of one state on one series, as the detector saw it.
+
+    `onset` is the estimated first hour of the change (the start of the CUSUM
+    run that crossed the threshold), `alarm` the hour at which it crossed
+    (what a live run would have reported), `end` the first hour back to
+    normal (exclusive) or None while ongoing. Hours are epoch hours.
+    """
+
+    onset: int
+    alarm: int
+    end: int | None
+    last_seen: int
+    peak_share: float
+    n_probe_hours: int = 0
+    n_blocked_probe_hours: int = 0
+    extra: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+def _llr_pair(p_a: float, p_b: float) -> tuple[float, float]:
+    """Per-probe log-likelihood ratios of share p_b against p_a for (blocked, ok)."""
+    return math.log(p_b / p_a), math.log((1.0 - p_b) / (1.0 - p_a))
+
+
+def detect_blocking(hours: Sequence[HourCounts], params: BlockingParams = BlockingParams()) -> list[Segment]:
+    """Blocked segments of one series; `hours` sorted by hour (gaps allowed)."""
+    up_blocked, up_ok = _llr_pair(params.p0, params.p1)
+    segments: list[Segment] = []
+    s_up = 0.0
+    run: _OpenBlock | None = None  # the candidate run since the CUSUM last left zero
+    block: _OpenBlock | None = None
+    for sample in hours:
+        n, k = sample.n_probes, min(sample.n_blocked, sample.n_probes)
+        if n <= 0:
+            continue
+        if block is None:
+            increment = k * up_blocked + (n - k) * up_ok
+            if s_up <= 0.0 and increment > 0.0:
+                run = _OpenBlock(onset=sample.hour)
+            s_up = max(0.0, s_up + increment)
+            if s_up <= 0.0 or run is None:
+                run = None
+                continue
+            run.add(sample.hour, n, k)
+            if (
+                s_up >= params.h_open
+                and run.blocked_probe_hours >= params.min_blocked_probes
+                and run.blocked_hours >= params.min_blocked_hours
+            ):
+                block, run, s_up = run, None, 0.0
+                block.alarm = sample.hour
+            continue
+        closed_at = block.step(sample.hour, n, k, params)
+        if closed_at is not None:
+            segments.append(block.segment(end=closed_at))
+            block = None
+    if block is not None:
+        segments.append(block.segment(end=None))
+    return segments
+
+
+class _OpenBlock:
+    """Bookkeeping of a (candidate or open) blocked segment and its back-to-ok CUSUM."""
+
+    def __init__(self, onset: int) -> None:
+        self.onset = self.alarm = self.last_seen = onset
+        self.probe_hours = self.blocked_probe_hours = self.blocked_hours = 0
+        self.peak_share = 0.0
+        self.s_down = 0.0
+        self.down_start: int | None = None
+        # Hours seen while the back-to-ok CUSUM runs: counted only if it falls
+        # back to zero (the block went on), dropped if the segment closes.
+        self.pending: list[tuple[int, int, int]] = []
+
+    def add(self, hour: int, n: int, k: int) -> None:
+        self.probe_hours += n
+        self.blocked_probe_hours += k
+        if k > 0:
+            self.blocked_hours += 1
+            self.last_seen = hour
+            self.peak_share = max(self.peak_share, k / n)
+
+    def step(self, hour: int, n: int, k: int, params: BlockingParams) -> int | None:
+        """Feed one hour; return the end hour if the segment just closed."""
+        # Test "back to p0" against the share seen so far in this segment, so a
+        # full block ends within an hour of ok probes and a partial one needs more.
+        share = self.blocked_probe_hours / self.probe_hours if self.probe_hours else params.p1
+        p_high = min(max(share, params.p1), params.p_max)
+        down_blocked, down_ok = _llr_pair(p_high, params.p0)
+        increment = k * down_blocked + (n - k) * down_ok
+        if self.s_down <= 0.0 and increment > 0.0:
+            self.down_start = hour
+        self.s_down = max(0.0, self.s_down + increment)
+        if self.s_down >= params.h_close and self.down_start is not None:
+            return self.down_start
+        if self.s_down <= 0.0:
+            for held in self.pending:
+                self.add(*held)
+            self.pending.clear()
+            self.down_start = None
+            self.add(hour, n, k)
+        else:
+            self.pending.append((hour, n, k))
+        return None
+
+    def segment(self, end: int | None) -> Segment:
+        return Segment(
+            onset=self.onset,
+            alarm=self.alarm,
+            end=end,
+            last_seen=self.last_seen,
+            peak_share=round(self.peak_share, 4),
+            n_probe_hours=self.probe_hours,
+            n_blocked_probe_hours=self.blocked_probe_hours,
+        )
+
+
+@dataclass(frozen=True)
+class HourVolume:
+    """One hour of one network: how many measurements arrived."""
+
+    hour: int
+    n_measurements: int
+
+
+def detect_volume_collapse(hours: Sequence[HourVolume], params: VolumeParams = VolumeParams()) -> list[Segment]:
+    """Collapse segments of one network's measurement volume; `hours` dense and sorted."""
+    log_ratio = math.log(params.collapse_ratio)
+    segments: list[Segment] = []
+    window = _TrailingMedian(params.baseline_hours)
+    first_hour: int | None = None
+    s_up = 0.0
+    run_start: int | None = None
+    low_hours = 0
+    collapse: dict[str, float] | None = None  # baseline, s_down, down_start, onset, alarm, last_low
+    for sample in hours:
+        x = sample.n_measurements
+        if first_hour is None:
+            if x <= 0:
+                continue
+            first_hour = sample.hour
+        if collapse is None:
+            baseline = window.median()
+            armed = sample.hour - first_hour >= params.warmup_hours and baseline >= params.min_baseline
+            if not armed:
+                window.push(x)
+                continue
+            increment = x * log_ratio + baseline * (1.0 - params.collapse_ratio)
+            if s_up <= 0.0 and increment > 0.0:
+                run_start, low_hours = sample.hour, 0
+            s_up = max(0.0, s_up + increment)
+            if s_up <= 0.0:
+                run_start = None
+                window.push(x)
+                continue
+            low_hours += increment > 0.0
+            if s_up >= params.h_open and low_hours >= params.min_low_hours and increment > 0.0:
+                assert run_start is not None
+                collapse = {"baseline": baseline, "s_down": 0.0, "down_start": -1.0,
+                            "onset": run_start, "alarm": sample.hour, "last_low": sample.hour}
+                s_up, run_start = 0.0, None
+            else:
+                # Hours of a candidate collapse stay out of the baseline only
+                # once it is confirmed; until then they are ordinary history.
+                window.push(x)
+            continue
+        baseline = collapse["baseline"]
+        increment = -x * log_ratio - baseline * (1.0 - params.collapse_ratio)
+        if collapse["s_down"] <= 0.0 and increment > 0.0:
+            collapse["down_start"] = sample.hour
+        collapse["s_down"] = max(0.0, collapse["s_down"] + increment)
+        if collapse["s_down"] <= 0.0:
+            collapse["last_low"] = sample.hour
+        if collapse["s_down"] >= params.h_close:
+            segments.append(_volume_segment(collapse, end=int(collapse["down_start"])))
+            collapse = None
+            s_up = 0.0
+            window.push(x)
+    if collapse is not None:
+        segments.append(_volume_segment(collapse, end=None))
+    return segments
+
+
+def _volume_segment(state: dict[str, float], end: int | None) -> Segment:
+    return Segment(
+        onset=int(state["onset"]),
+        alarm=int(state["alarm"]),
+        end=end,
+        last_seen=int(state["last_low"]),
+        peak_share=0.0,
+        extra={"baseline_per_hour": round(state["baseline"], 3)},
+    )
+
+
+class _TrailingMedian:
+    """Median of the last `size` values, kept sorted (O(size) per push)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.order: list[int] = []
+        self.fifo: list[int] = []
+        self.head = 0
+
+    def push(self, value: int) -> None:
+        self.fifo.append(value)
+        bisect.insort(self.order, value)
+        if len(self.fifo) - self.head > self.size:
+            old = self.fifo[self.head]
+            self.head += 1
+            del self.order[bisect.bisect_left(self.order, old)]
+            if self.head > 4 * self.size:
+                self.fifo, self.head = self.fifo[self.head :], 0
+
+    def median(self) -> float:
+        count = len(self.order)
+        if count == 0:
+            return 0.0
+        middle = count // 2
+        if count % 2:
+            return float(self.order[middle])
+        return (self.order[middle - 1] + self.order[middle]) / 2.0

@@ -1,0 +1,535 @@
+"""Events: per-series change points grouped into one event per country and service (and feature).
+
+OONI's detector emits one change point per (country, ASN, domain, signal), so a
+national block is "up to ~1800 uncorrelated changepoints" (ooni/data
+docs/implementation-plan.md §3.7). Here the detector (`detector.py`) runs per
+series on the dense hourly grid (`series.py`), and its segments are grouped:
+
+* per network, segments closer than `merge_gap_hours` are one period list, so
+  on-and-off blocking (Iran's 2022 mobile "digital curfew", blocked every
+  evening for weeks) stays one event;
+* across networks of a (country, service[, feature]), a network whose block
+  begins before the event has been over for `merge_gap_hours` joins it, so a
+  national block that grows ISP by ISP is one event whose `networks` carry
+  each one's own onset ("began Wednesday, comprehensive by Monday").
+
+A sudden collapse of a network's measurement volume is its own event type,
+grouped per country with service and feature "*".
+
+The lifecycle of each event goes to an append-only log (`events.jsonl`):
+`opened`, `network_joined`, `extended`, `closed`. Detection is stateless over
+the window it is given; the log is what persists, and re-running on the same
+data appends nothing (entries are diffs against the log's replayed state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from wallwatch.analysis.detector import (
+    DETECTOR_VERSION,
+    BlockingParams,
+    HourCounts,
+    HourVolume,
+    Segment,
+    VolumeParams,
+    detect_blocking,
+    detect_volume_collapse,
+)
+from wallwatch.analysis.series_queries import METHODS
+
+EVENT_LOG = "events"
+BLOCKING = "blocking"
+VOLUME_COLLAPSE = "volume_collapse"
+ANY = "*"
+_EPOCH = datetime(1970, 1, 1)
+_MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class GroupingParams:
+    """How per-series segments become events."""
+
+    # Segments of one network this close are one on-and-off period; a network
+    # whose block begins this soon after the event's last block joins it.
+    # 24 h keeps a daily on/off pattern (evening curfews) one event.
+    merge_gap_hours: int = 24
+    # One event per (country, service, feature); False groups features too.
+    by_feature: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    blocking: BlockingParams = BlockingParams()
+    volume: VolumeParams = VolumeParams()
+    grouping: GroupingParams = GroupingParams()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"blocking": self.blocking.as_dict(), "volume": self.volume.as_dict(),
+                "grouping": self.grouping.as_dict()}
+
+
+@dataclass(frozen=True)
+class NetworkSpan:
+    """One network's part in an event."""
+
+    probe_asn: int
+    probe_network_name: str | None
+    onset: datetime
+    end: datetime | None  # exclusive; None while ongoing
+    alarm: datetime  # when a live run would have raised it
+    peak_blocked_share: float
+    periods: tuple[tuple[datetime, datetime | None], ...]
+    feature: str | None = None  # set when features are grouped together
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "probe_asn": self.probe_asn,
+            "probe_network_name": self.probe_network_name,
+            "onset": iso(self.onset),
+            "end": iso(self.end),
+            "alarm": iso(self.alarm),
+            "peak_blocked_share": self.peak_blocked_share,
+            "periods": [[iso(start), iso(stop)] for start, stop in self.periods],
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    type: str
+    probe_cc: str
+    service: str
+    feature: str
+    onset: datetime
+    end: datetime | None
+    first_alarm: datetime
+    networks: tuple[NetworkSpan, ...]
+    methods: Mapping[str, int]  # blocking method -> blocked measurements in the event
+    peak_blocked_share: float
+    evidence: Mapping[str, Any]
+    detector_version: str = DETECTOR_VERSION
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ongoing(self) -> bool:
+        return self.end is None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "type": self.type,
+            "probe_cc": self.probe_cc,
+            "service": self.service,
+            "feature": self.feature,
+            "method": sorted(self.methods, key=lambda m: -self.methods[m]),
+            "methods": dict(self.methods),
+            "onset": iso(self.onset),
+            "end": iso(self.end),
+            "first_alarm": iso(self.first_alarm),
+            "networks": [network.to_record() for network in self.networks],
+            "peak_blocked_share": self.peak_blocked_share,
+            "evidence": dict(self.evidence),
+            "detector_version": self.detector_version,
+            "params": dict(self.params),
+        }
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=None)
+
+
+def to_hour(moment: datetime) -> int:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return int((moment - _EPOCH).total_seconds()) // 3600
+
+
+def from_hour(hour: int) -> datetime:
+    return _EPOCH + timedelta(hours=hour)
+
+
+def event_id(probe_cc: str, service: str, feature: str, event_type: str, onset: datetime) -> str:
+    """Stable id: the same event found again from the same data gets the same id."""
+    key = "|".join((probe_cc, service, feature, event_type, iso(onset) or ""))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+# -- per-series detection ------------------------------------------------------
+
+
+@dataclass
+class _Series:
+    """One series' hourly columns, as plain lists (the detector is pure Python)."""
+
+    probe_cc: str
+    probe_asn: int
+    service: str
+    feature: str
+    network_name: str | None = None
+    hours: list[int] = field(default_factory=list)
+    decisive: list[int] = field(default_factory=list)
+    blocked: list[int] = field(default_factory=list)
+    measurements: list[int] = field(default_factory=list)
+    blocked_measurements: list[int] = field(default_factory=list)
+    methods: dict[str, list[int]] = field(default_factory=dict)
+    examples: list[str | None] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A detector segment with the series it came from and its evidence."""
+
+    series: _Series
+    segment: Segment
+    methods: Mapping[str, int]
+    n_measurements: int
+    n_blocked: int
+    examples: tuple[str, ...]
+
+
+def _series_of(hourly: pa.Table) -> list[_Series]:
+    wanted = ["probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour",
+              "n_probes_decisive", "n_probes_blocked", "n_measurements", "n_blocked",
+              "example_blocked_uid", *(f"blocked_{m}" for m in (*METHODS, "other"))]
+    missing = [name for name in wanted if name not in hourly.column_names]
+    if missing:
+        raise ValueError(f"hourly series lacks columns {missing}")
+    hourly = hourly.sort_by([("probe_cc", "ascending"), ("probe_asn", "ascending"), ("service", "ascending"),
+                             ("feature", "ascending"), ("hour", "ascending")])
+    cols = {name: hourly.column(name).to_pylist() for name in wanted}
+    out: list[_Series] = []
+    current: _Series | None = None
+    method_names = [*METHODS, "other"]
+    for i in range(hourly.num_rows):
+        key = (cols["probe_cc"][i], cols["probe_asn"][i], cols["service"][i], cols["feature"][i])
+        if current is None or key != (current.probe_cc, current.probe_asn, current.service, current.feature):
+            current = _Series(*key, methods={m: [] for m in method_names})
+            out.append(current)
+        current.network_name = current.network_name or cols["probe_network_name"][i]
+        current.hours.append(to_hour(cols["hour"][i]))
+        current.decisive.append(cols["n_probes_decisive"][i])
+        current.blocked.append(cols["n_probes_blocked"][i])
+        current.measurements.append(cols["n_measurements"][i])
+        current.blocked_measurements.append(cols["n_blocked"][i])
+        current.examples.append(cols["example_blocked_uid"][i])
+        for m in method_names:
+            current.methods[m].append(cols[f"blocked_{m}"][i])
+    return out
+
+
+def _blocking_segments(series: _Series, params: BlockingParams) -> list[_Found]:
+    samples = [HourCounts(h, n, k) for h, n, k in zip(series.hours, series.decisive, series.blocked, strict=True)]
+    found = []
+    for segment in detect_blocking(samples, params):
+        lo = _index_at(series.hours, segment.onset)
+        hi = _index_at(series.hours, segment.end) if segment.end is not None else len(series.hours)
+        methods = {m: sum(v[lo:hi]) for m, v in series.methods.items() if sum(v[lo:hi])}
+        examples = tuple(uid for uid in series.examples[lo:hi] if uid)[:_MAX_EXAMPLES]
+        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]),
+                            sum(series.blocked_measurements[lo:hi]), examples))
+    return found
+
+
+def _index_at(hours: Sequence[int], hour: int) -> int:
+    import bisect
+
+    return bisect.bisect_left(hours, hour)
+
+
+def _volume_segments(series_list: Sequence[_Series], params: VolumeParams) -> list[_Found]:
+    """Volume per network and hour: per service, the most-measured feature; summed over services.
+
+    A measurement covers several features of its service, so summing features
+    would count it several times.
+    """
+    per_network: dict[tuple[str, int], dict[str, _Series]] = defaultdict(dict)
+    volume: dict[tuple[str, int], dict[int, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for series in series_list:
+        key = (series.probe_cc, series.probe_asn)
+        per_network[key].setdefault(series.service, series)
+        per_hour = volume[key]
+        for hour, count in zip(series.hours, series.measurements, strict=True):
+            by_service = per_hour[hour]
+            by_service[series.service] = max(by_service.get(series.service, 0), count)
+    found = []
+    for key, per_hour in volume.items():
+        samples = [HourVolume(hour, sum(per_hour[hour].values())) for hour in sorted(per_hour)]
+        network = next(iter(per_network[key].values()))
+        proxy = _Series(key[0], key[1], ANY, ANY, network.network_name)
+        for segment in detect_volume_collapse(samples, params):
+            stop = segment.end if segment.end is not None else samples[-1].hour + 1
+            during = sum(s.n_measurements for s in samples if segment.onset <= s.hour < stop)
+            found.append(_Found(proxy, segment, {}, during, 0, ()))
+    return found
+
+
+# -- grouping ----------------------------------------------------------------------
+
+
+def detect_events(hourly: pa.Table, params: DetectionParams = DetectionParams()) -> list[Event]:
+    """Series -> detector -> grouping: every event in the hourly grid, sorted by onset."""
+    series_list = _series_of(hourly)
+    groups: dict[tuple[str, str, str, str], list[_Found]] = defaultdict(list)
+    for series in series_list:
+        feature = series.feature if params.grouping.by_feature else ANY
+        for found in _blocking_segments(series, params.blocking):
+            groups[(BLOCKING, series.probe_cc, series.service, feature)].append(found)
+    for found in _volume_segments(series_list, params.volume):
+        groups[(VOLUME_COLLAPSE, found.series.probe_cc, ANY, ANY)].append(found)
+    events = []
+    for (event_type, cc, service, feature), found in groups.items():
+        for cluster in _clusters(found, params.grouping.merge_gap_hours):
+            events.append(_event(event_type, cc, service, feature, cluster, params))
+    return sorted(events, key=lambda e: (e.onset, e.probe_cc, e.service, e.feature, e.type))
+
+
+def _clusters(found: list[_Found], gap: int) -> list[list[_Found]]:
+    """Segments whose start falls within `gap` hours of the cluster's latest end, chained."""
+    clusters: list[list[_Found]] = []
+    reach: float = float("-inf")
+    for item in sorted(found, key=lambda f: (f.segment.onset, f.series.probe_asn)):
+        if clusters and item.segment.onset <= reach + gap:
+            clusters[-1].append(item)
+        else:
+            clusters.append([item])
+            reach = float("-inf")
+        end = item.segment.end if item.segment.end is not None else float("inf")
+        reach = max(reach, end)
+    return clusters
+
+
+def _periods(segments: Iterable[Segment], gap: int) -> list[tuple[int, int | None]]:
+    periods: list[list[int | None]] = []
+    for segment in sorted(segments, key=lambda s: s.onset):
+        last_end = periods[-1][1] if periods else None
+        if periods and (last_end is None or segment.onset <= last_end + gap):
+            if last_end is not None:
+                periods[-1][1] = None if segment.end is None else max(last_end, segment.end)
+        else:
+            periods.append([segment.onset, segment.end])
+    return [(int(start), stop) for start, stop in periods]  # type: ignore[arg-type]
+
+
+def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_Found],
+           params: DetectionParams) -> Event:
+    gap = params.grouping.merge_gap_hours
+    by_asn: dict[int, list[_Found]] = defaultdict(list)
+    for item in cluster:
+        by_asn[item.series.probe_asn].append(item)
+    networks = []
+    for asn, items in by_asn.items():
+        periods = _periods((i.segment for i in items), gap)
+        ends = [stop for _, stop in periods]
+        networks.append(NetworkSpan(
+            probe_asn=asn,
+            probe_network_name=items[0].series.network_name,
+            onset=from_hour(periods[0][0]),
+            end=None if None in ends else from_hour(max(e for e in ends if e is not None)),
+            alarm=from_hour(min(i.segment.alarm for i in items)),
+            peak_blocked_share=max(i.segment.peak_share for i in items),
+            periods=tuple((from_hour(a), None if b is None else from_hour(b)) for a, b in periods),
+            feature=None if params.grouping.by_feature else ",".join(sorted({i.series.feature for i in items})),
+        ))
+    networks.sort(key=lambda n: (n.onset, n.probe_asn))
+    onset = networks[0].onset
+    ends = [n.end for n in networks]
+    methods: dict[str, int] = defaultdict(int)
+    for item in cluster:
+        for method, count in item.methods.items():
+            methods[method] += count
+    examples: list[str] = []
+    for item in sorted(cluster, key=lambda f: f.segment.onset):
+        examples.extend(uid for uid in item.examples if uid not in examples)
+    evidence: dict[str, Any] = {
+        "n_networks": len(networks),
+        "n_series": len({(i.series.probe_asn, i.series.feature) for i in cluster}),
+        "n_measurements": sum(i.n_measurements for i in cluster),
+        "n_blocked_measurements": sum(i.n_blocked for i in cluster),
+        "n_probe_hours": sum(i.segment.n_probe_hours for i in cluster),
+        "n_blocked_probe_hours": sum(i.segment.n_blocked_probe_hours for i in cluster),
+        "example_measurement_uids": examples[:_MAX_EXAMPLES],
+        "rule_ids": [],
+        "last_seen": iso(from_hour(max(i.segment.last_seen for i in cluster))),
+    }
+    if event_type == VOLUME_COLLAPSE:
+        evidence["baseline_per_hour"] = {str(i.series.probe_asn): i.segment.extra.get("baseline_per_hour")
+                                         for i in cluster}
+    detector_params = params.volume.as_dict() if event_type == VOLUME_COLLAPSE else params.blocking.as_dict()
+    return Event(
+        event_id=event_id(cc, service, feature, event_type, onset),
+        type=event_type,
+        probe_cc=cc,
+        service=service,
+        feature=feature,
+        onset=onset,
+        end=None if None in ends else max(e for e in ends if e is not None),
+        first_alarm=min(n.alarm for n in networks),
+        networks=tuple(networks),
+        methods=dict(sorted(methods.items(), key=lambda kv: -kv[1])),
+        peak_blocked_share=max(n.peak_blocked_share for n in networks),
+        evidence=evidence,
+        params={**detector_params, **params.grouping.as_dict()},
+    )
+
+
+# -- evidence from the verdicts ------------------------------------------------------
+
+
+def add_rule_evidence(connection: Any, events: Sequence[Event]) -> list[Event]:
+    """Fill `evidence.rule_ids` (rule -> blocked verdicts) from the `verdicts` view of a store connection."""
+    from wallwatch.analysis.events_queries import rule_counts_sql
+
+    enriched = []
+    for event in events:
+        if event.type != BLOCKING:
+            enriched.append(event)
+            continue
+        rules: dict[str, int] = {}
+        for network in event.networks:
+            end = network.end or datetime(9999, 1, 1)
+            params = [event.probe_cc, network.probe_asn, event.service, network.onset, end]
+            sql = rule_counts_sql(by_feature=event.feature != ANY)
+            if event.feature != ANY:
+                params.append(event.feature)
+            for rule_id, count in connection.execute(sql, params).fetchall():
+                rules[rule_id or "?"] = rules.get(rule_id or "?", 0) + int(count)
+        evidence = {**event.evidence, "rule_ids": sorted(rules, key=lambda r: -rules[r]), "rule_counts": rules}
+        enriched.append(replace(event, evidence=evidence))
+    return enriched
+
+
+# -- the append-only lifecycle log ----------------------------------------------------
+
+
+@dataclass
+class _Logged:
+    event_id: str
+    key: tuple[str, str, str, str]
+    onset: datetime
+    end: datetime | None
+    networks: set[int]
+    snapshot: dict[str, Any]
+
+
+def replay_log(entries: Iterable[Mapping[str, Any]]) -> dict[str, _Logged]:
+    """The state of every logged event after all entries, in log order."""
+    state: dict[str, _Logged] = {}
+    for entry in entries:
+        snapshot = entry.get("event") or {}
+        eid = entry.get("event_id")
+        if not eid or not snapshot:
+            continue
+        key = (snapshot["type"], snapshot["probe_cc"], snapshot["service"], snapshot["feature"])
+        logged = state.get(eid)
+        if logged is None:
+            logged = state[eid] = _Logged(eid, key, parse_iso(snapshot["onset"]) or _EPOCH, None, set(), snapshot)
+        logged.end = parse_iso(snapshot.get("end"))
+        logged.networks |= {n["probe_asn"] for n in snapshot.get("networks", [])}
+        logged.snapshot = snapshot
+    return state
+
+
+def _overlaps(a_on: datetime, a_end: datetime | None, b_on: datetime, b_end: datetime | None, gap: int) -> bool:
+    slack = timedelta(hours=gap)
+    far = datetime(9999, 1, 1)
+    return a_on <= (b_end or far) + slack and b_on <= (a_end or far) + slack
+
+
+def lifecycle_entries(events: Sequence[Event], log: Iterable[Mapping[str, Any]],
+                      merge_gap_hours: int = GroupingParams.merge_gap_hours,
+                      logged_at: datetime | None = None) -> tuple[list[Event], list[dict[str, Any]]]:
+    """Reconcile detected events with the log: (events under their logged ids, new entries to append).
+
+    A detected event that overlaps a logged one of the same (type, country,
+    service, feature) *is* that event, even if later data moved its onset, so
+    re-running extends rather than duplicates. Only differences become entries.
+    """
+    state = replay_log(log)
+    stamp = iso(logged_at or datetime.now(UTC).replace(tzinfo=None, microsecond=0))
+    claimed: set[str] = set()
+    reconciled, entries = [], []
+    for event in events:
+        key = (event.type, event.probe_cc, event.service, event.feature)
+        match = next((s for s in state.values() if s.key == key and s.event_id not in claimed
+                      and _overlaps(s.onset, s.end, event.onset, event.end, merge_gap_hours)), None)
+        if match is not None:
+            event = replace(event, event_id=match.event_id)
+        claimed.add(event.event_id)
+        reconciled.append(event)
+        snapshot = event.to_record()
+
+        def entry(kind: str, **detail: Any) -> None:
+            entries.append({"entry": kind, "event_id": event.event_id, "logged_at": stamp, **detail,
+                            "event": snapshot})
+
+        if match is None:
+            entry("opened", onset=snapshot["onset"])
+            if event.end is not None:
+                entry("closed", end=snapshot["end"])
+            continue
+        for network in event.networks:
+            if network.probe_asn not in match.networks:
+                entry("network_joined", probe_asn=network.probe_asn, onset=iso(network.onset))
+        if match.end is not None and (event.end is None or event.end > match.end):
+            entry("extended", previous_end=iso(match.end), end=snapshot["end"])
+        elif match.end is None and event.end is not None:
+            entry("closed", end=snapshot["end"])
+    return reconciled, entries
+
+
+def record_events(store: Any, events: Sequence[Event], merge_gap_hours: int = GroupingParams.merge_gap_hours,
+                  logged_at: datetime | None = None) -> tuple[list[Event], list[dict[str, Any]]]:
+    """Append the lifecycle entries `events` imply to the store's `events.jsonl`; return both."""
+    reconciled, entries = lifecycle_entries(events, store.read_jsonl(EVENT_LOG), merge_gap_hours, logged_at)
+    store.append_jsonl(EVENT_LOG, entries)
+    return reconciled, entries
+
+
+def logged_events(store: Any) -> list[dict[str, Any]]:
+    """Latest snapshot of every event in the log, by onset."""
+    state = replay_log(store.read_jsonl(EVENT_LOG))
+    return sorted((s.snapshot for s in state.values()), key=lambda r: (r["onset"], r["probe_cc"], r["service"]))
+
+
+def events_table(events: Sequence[Event]) -> pa.Table:
+    """A flat table for CSV/Parquet export: nested fields as JSON text."""
+    import orjson
+
+    rows = []
+    for event in events:
+        record = event.to_record()
+        rows.append({
+            "event_id": record["event_id"], "type": record["type"], "probe_cc": record["probe_cc"],
+            "service": record["service"], "feature": record["feature"], "method": ",".join(record["method"]),
+            "onset": event.onset, "end": event.end, "first_alarm": event.first_alarm,
+            "networks": ",".join(str(n.probe_asn) for n in event.networks),
+            "n_networks": len(event.networks), "peak_blocked_share": event.peak_blocked_share,
+            "networks_json": orjson.dumps(record["networks"]).decode(),
+            "evidence_json": orjson.dumps(record["evidence"]).decode(),
+            "detector_version": event.detector_version,
+        })
+    schema = pa.schema([
+        ("event_id", pa.string()), ("type", pa.string()), ("probe_cc", pa.string()), ("service", pa.string()),
+        ("feature", pa.string()), ("method", pa.string()), ("onset", pa.timestamp("us")),
+        ("end", pa.timestamp("us")), ("first_alarm", pa.timestamp("us")), ("networks", pa.string()),
+        ("n_networks", pa.int32()), ("peak_blocked_share", pa.float64()), ("networks_json", pa.string()),
+        ("evidence_json", pa.string()), ("detector_version", pa.string()),
+    ])
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -1,0 +1,143 @@
+"""The SQL behind `series`: one place, portable subset (SELECT/JOIN/GROUP BY/CASE/date_trunc).
+
+Densifying uses a calendar *table* handed in by the caller rather than a
+generator function (DuckDB `range`, ClickHouse `numbers`), so the same text
+runs on either engine. Counts of measurements and probes are DISTINCT because
+`verdicts` holds one row per measurement x service x feature x target.
+"""
+
+from __future__ import annotations
+
+# Blocking methods named by the verdict rules (docs/storage.md, verdicts.method).
+METHODS: tuple[str, ...] = (
+    "dns",
+    "tcp_ip",
+    "tcp_reset",
+    "tls_sni",
+    "tls",
+    "protocol_dpi",
+    "udp_blocking",
+    "http_diff",
+    "http_failure",
+    "blockpage",
+)
+
+SERIES_KEY = ("probe_cc", "probe_asn", "service", "feature")
+
+
+def _method_columns() -> str:
+    known = ", ".join(f"'{method}'" for method in METHODS)
+    columns = [
+        f"count(DISTINCT CASE WHEN verdict = 'blocked' AND method = '{method}' "
+        f"THEN measurement_uid END) AS blocked_{method}"
+        for method in METHODS
+    ]
+    columns.append(
+        "count(DISTINCT CASE WHEN verdict = 'blocked' AND (method IS NULL OR method NOT IN "
+        f"({known})) THEN measurement_uid END) AS blocked_other"
+    )
+    return ",\n       ".join(columns)
+
+
+def aggregate_sql(grain: str, where: str) -> str:
+    """Sparse counts per series and `grain` ('hour' or 'day') bucket from `verdicts`."""
+    if grain not in ("hour", "day"):
+        raise ValueError(f"grain must be 'hour' or 'day', got {grain!r}")
+    return f"""
+SELECT probe_cc, probe_asn, service, feature,
+       date_trunc('{grain}', measurement_start_time) AS bucket,
+       max(probe_network_name) AS probe_network_name,
+       count(DISTINCT measurement_uid) AS n_measurements,
+       count(DISTINCT probe_key) AS n_probes,
+       count(DISTINCT CASE WHEN verdict IN ('ok', 'blocked') THEN probe_key END) AS n_probes_decisive,
+       count(DISTINCT CASE WHEN verdict = 'blocked' THEN probe_key END) AS n_probes_blocked,
+       count(DISTINCT CASE WHEN verdict = 'ok' THEN probe_key END) AS n_probes_ok,
+       count(DISTINCT CASE WHEN verdict = 'down' THEN probe_key END) AS n_probes_down,
+       count(DISTINCT CASE WHEN verdict = 'ok' THEN measurement_uid END) AS n_ok,
+       count(DISTINCT CASE WHEN verdict = 'blocked' THEN measurement_uid END) AS n_blocked,
+       count(DISTINCT CASE WHEN verdict = 'down' THEN measurement_uid END) AS n_down,
+       count(DISTINCT CASE WHEN verdict NOT IN ('ok', 'blocked', 'down') OR verdict IS NULL
+                      THEN measurement_uid END) AS n_unknown,
+       {_method_columns()},
+       min(CASE WHEN verdict = 'blocked' THEN measurement_uid END) AS example_blocked_uid
+FROM verdicts
+WHERE {where}
+GROUP BY probe_cc, probe_asn, service, feature, date_trunc('{grain}', measurement_start_time)
+"""
+
+
+def window_sql(where: str) -> str:
+    return f"SELECT min(measurement_start_time), max(measurement_start_time) FROM verdicts WHERE {where}"
+
+
+def dense_sql(aggregate: str, min_probes: int) -> str:
+    """Every series x every calendar bucket, empty buckets zero-filled and marked 'insufficient'.
+
+    `series_calendar(bucket)` must be registered by the caller. `state` says
+    what the bucket shows: 'down' when more probes saw the service down than
+    saw it either work or blocked (an outage, not censorship), 'insufficient'
+    below `min_probes` decisive probes, 'blocked' when at least half the
+    decisive probes saw blocking, 'partial' from a fifth (OONI's hourly median
+    is a step at 50% and hides partial blocking: ooni/data
+    docs/implementation-plan.md §3.6), else 'ok'.
+    """
+    zero = [
+        "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "n_probes_ok",
+        "n_probes_down", "n_ok", "n_blocked", "n_down", "n_unknown",
+        *(f"blocked_{method}" for method in METHODS), "blocked_other",
+    ]
+    filled = ",\n       ".join(f"COALESCE(agg.{col}, 0) AS {col}" for col in zero)
+    return f"""
+WITH agg AS ({aggregate}),
+keys AS (
+  SELECT probe_cc, probe_asn, service, feature, max(probe_network_name) AS probe_network_name
+  FROM agg GROUP BY probe_cc, probe_asn, service, feature
+),
+grid AS (
+  SELECT keys.probe_cc, keys.probe_asn, keys.service, keys.feature, keys.probe_network_name,
+         cal.bucket
+  FROM keys CROSS JOIN series_calendar AS cal
+),
+dense AS (
+  SELECT grid.probe_cc, grid.probe_asn, grid.probe_network_name, grid.service, grid.feature,
+         grid.bucket,
+       {filled},
+       agg.example_blocked_uid
+  FROM grid LEFT JOIN agg
+    ON agg.probe_cc = grid.probe_cc AND agg.probe_asn = grid.probe_asn
+   AND agg.service = grid.service AND agg.feature = grid.feature AND agg.bucket = grid.bucket
+)
+SELECT *,
+       CASE WHEN n_probes_decisive > 0 THEN CAST(n_probes_blocked AS DOUBLE) / n_probes_decisive END
+         AS blocked_share,
+       CASE WHEN n_probes_down > n_probes_decisive THEN 'down'
+            WHEN n_probes_decisive < {int(min_probes)} OR n_probes_decisive = 0 THEN 'insufficient'
+            WHEN 2 * n_probes_blocked >= n_probes_decisive THEN 'blocked'
+            WHEN 5 * n_probes_blocked >= n_probes_decisive THEN 'partial'
+            ELSE 'ok' END AS state
+FROM dense
+ORDER BY probe_cc, probe_asn, service, feature, bucket
+"""
+
+
+SUMMARY_COLUMNS = (
+    "probe_cc", "probe_asn", "probe_network_name", "service", "feature", "buckets", "with_data",
+    "measurements", "blocked", "partial", "down", "insufficient", "max_blocked_share", "last_state",
+)
+
+
+def summary_sql(grain: str) -> str:
+    """Per-series summary of a registered `series_grid` (arg_max: ClickHouse argMax)."""
+    return f"""
+SELECT probe_cc, probe_asn, max(probe_network_name), service, feature,
+       count(*), sum(CASE WHEN n_measurements > 0 THEN 1 ELSE 0 END), sum(n_measurements),
+       sum(CASE WHEN state = 'blocked' THEN 1 ELSE 0 END),
+       sum(CASE WHEN state = 'partial' THEN 1 ELSE 0 END),
+       sum(CASE WHEN state = 'down' THEN 1 ELSE 0 END),
+       sum(CASE WHEN state = 'insufficient' THEN 1 ELSE 0 END),
+       max(blocked_share),
+       arg_max(state, {grain})
+FROM series_grid
+GROUP BY probe_cc, probe_asn, service, feature
+ORDER BY probe_cc, service, feature, probe_asn
+"""
