@@ -101,6 +101,11 @@ OBSERVATIONS_SCHEMA = pa.schema(
         ("http_fingerprint", pa.string()),
         ("tunnel_failure", pa.string()),
         ("tunnel_bootstrap_s", pa.float64()),
+        ("dns_ctrl_consistent", pa.bool_()),
+        ("ctrl_dns_failure", pa.string()),
+        ("ctrl_tcp_success", pa.bool_()),
+        ("ctrl_http_failure", pa.string()),
+        ("ctrl_http_status", pa.int32()),
     ]
 )
 

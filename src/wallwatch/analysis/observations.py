@@ -1,0 +1,518 @@
+"""Facts before conclusions: one observation row per measurement x endpoint.
+
+An observation merges what the probe saw of one endpoint: the DNS answers for
+its hostname, the TCP connect, the TLS handshake and the HTTP round trip, with
+OONI's failure strings kept verbatim (ooni/spec data-formats/df-007-errors.md).
+This is the idea of OONI's v5 `WebObservation` (ooni/data
+oonidata/models/observations.py), reduced to the columns verdicts need.
+
+Events are joined into endpoints by `transaction_id` when the probe wrote one
+(probe-cli >= 3.x), else by address ("ip:port") and then by the URL's host,
+because older probes (2016-2021 samples) wrote no transaction ids. Every row is
+tagged with the (service, feature, target) it measures, so verdicts can group
+rows without knowing each nettest's endpoint list.
+
+Everything here is tolerant: OONI wrote `failure: false` for "no failure" in
+old formats, `tcp_connect` as a dict in openvpn, requests without a URL; none of
+that may raise. A measurement we cannot make sense of yields fewer rows, never
+an exception (the ingest quarantines only records that are not measurements).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from wallwatch.analysis.fingerprints import FingerprintDB, load_fingerprints
+
+Row = dict[str, Any]
+
+# IPv6 `network_unreachable` only says the probe has no IPv6 route (seen in
+# probe-cli minipipeline case issue-2456): a probe-side fact, never interference.
+PROBE_SIDE_FAILURES = frozenset({"network_unreachable", "host_unreachable", "android_dns_cache_no_data"})
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The measurement-level facts every observation and verdict row repeats."""
+
+    measurement_uid: str
+    measurement_start_time: Any  # datetime (UTC, naive)
+    date: Any  # date
+    probe_cc: str
+    probe_asn: int
+    test_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    service: str
+    feature: str
+    target: str | None
+
+
+def failure_string(value: Any) -> str | None:
+    """OONI failure field -> string or None (old formats wrote `false` for "no failure")."""
+    if value is None or value is False or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _tid(entry: Mapping[str, Any]) -> int | None:
+    return _int_or_none(entry.get("transaction_id"))
+
+
+def split_address(address: Any) -> tuple[str | None, int | None]:
+    """ "1.2.3.4:443" / "[::1]:443" -> (ip, port)."""
+    if not isinstance(address, str) or not address:
+        return None, None
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, _int_or_none(rest.lstrip(":"))
+    host, sep, port = address.rpartition(":")
+    if not sep or ":" in host:
+        return address, None
+    return host, _int_or_none(port)
+
+
+@lru_cache(maxsize=65536)
+def is_bogon(ip: str) -> bool:
+    """Private, loopback, link-local, reserved or unspecified: never a real server's address
+    (OONI's `dns_bogon_error`; RFC 6890 special-purpose registries)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return not address.is_global
+
+
+@lru_cache(maxsize=65536)
+def url_host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _maybe_binary(value: Any) -> str | None:
+    """OONI MaybeBinaryData: a str, or {"format": "base64", "data": ...}; we only match text."""
+    if isinstance(value, str):
+        return value
+    return None
+
+
+_TITLE_OPEN = "<title"
+
+
+def _title(body: str | None) -> str | None:
+    if not body:
+        return None
+    lowered = body[:65536].lower()
+    start = lowered.find(_TITLE_OPEN)
+    if start < 0:
+        return None
+    start = lowered.find(">", start)
+    end = lowered.find("</title", start)
+    if start < 0 or end < 0:
+        return None
+    return body[start + 1 : end].strip()[:256] or None
+
+
+def _empty_row(header: Header, target: Target, index: int) -> Row:
+    return {
+        "measurement_uid": header.measurement_uid,
+        "measurement_start_time": header.measurement_start_time,
+        "date": header.date,
+        "probe_cc": header.probe_cc,
+        "probe_asn": header.probe_asn,
+        "test_name": header.test_name,
+        "service": target.service,
+        "feature": target.feature,
+        "target": target.target,
+        "observation_idx": index,
+        "hostname": None,
+        "ip": None,
+        "port": None,
+        "transaction_id": None,
+        "is_control": False,
+        "dns_engine": None,
+        "dns_resolver": None,
+        "dns_failure": None,
+        "dns_answers": None,
+        "dns_fingerprint": None,
+        "dns_bogon": None,
+        "tcp_success": None,
+        "tcp_failure": None,
+        "tls_server_name": None,
+        "tls_failure": None,
+        "tls_version": None,
+        "http_url": None,
+        "http_failure": None,
+        "http_status": None,
+        "http_body_length": None,
+        "http_title": None,
+        "http_fingerprint": None,
+        "tunnel_failure": None,
+        "tunnel_bootstrap_s": None,
+        "dns_ctrl_consistent": None,
+        "ctrl_dns_failure": None,
+        "ctrl_tcp_success": None,
+        "ctrl_http_failure": None,
+        "ctrl_http_status": None,
+    }
+
+
+# -- which service/feature an endpoint belongs to ----------------------------
+
+_WEB_FEATURE = "page"
+
+
+def classify(test_name: str, test_input: str | None, hostname: str | None, ip: str | None,
+             port: int | None, tags: Any) -> Target:
+    """The (service, feature, target) an endpoint measures, per nettest (ooni/spec ts-0xx)."""
+    host = hostname or ""
+    if test_name == "web_connectivity":
+        return Target("web", _WEB_FEATURE, test_input)
+    if test_name == "whatsapp":
+        for tag in as_list(tags):
+            if isinstance(tag, str) and tag.startswith("feature:"):
+                return Target("whatsapp", tag[8:], None)
+        if host == "v.whatsapp.net":
+            return Target("whatsapp", "registration", None)
+        if host.startswith("web.whatsapp"):
+            return Target("whatsapp", "web", None)
+        # e1..e16.whatsapp.net on 443/5222 are the chat edge servers (ts-018).
+        return Target("whatsapp", "text", None)
+    if test_name == "telegram":
+        if host.startswith("web.telegram") or (port == 443 and hostname and not _looks_like_ip(host)):
+            return Target("telegram", "web", None)
+        return Target("telegram", "text", None)  # data-centre POSTs (ts-020)
+    if test_name == "signal":
+        if host.startswith("sfu.voip"):
+            return Target("signal", "calls", None)
+        if host.startswith("cdsi") or host.startswith("api.directory") or host.startswith("contentproxy"):
+            return Target("signal", "contacts", None)
+        if host.startswith("storage") or host.startswith("cdn"):
+            return Target("signal", "storage", None)
+        if host.startswith("uptime"):
+            return Target("signal", "uptime", None)
+        return Target("signal", "text", None)  # chat.signal.org, textsecure-service
+    if test_name == "facebook_messenger":
+        return Target("facebook_messenger", _facebook_feature(host), None)
+    if test_name == "vanilla_tor":
+        return Target("tor", "tunnel", test_input)
+    if test_name in ("openvpn", "riseupvpn"):
+        return Target(test_name, "tunnel", test_input)
+    return Target(test_name, "endpoints", test_input)
+
+
+_FB_FEATURES = {
+    "b-api.facebook.com": "text",
+    "b-graph.facebook.com": "text",
+    "edge-mqtt.facebook.com": "text",
+    "external.xx.fbcdn.net": "media",
+    "scontent.xx.fbcdn.net": "media",
+    "star.c10r.facebook.com": "web",
+    "stun.fbsbx.com": "calls",
+}
+
+
+def _facebook_feature(host: str) -> str:
+    return _FB_FEATURES.get(host, "endpoints")
+
+
+def _looks_like_ip(host: str) -> bool:
+    return bool(host) and (host[0].isdigit() or ":" in host)
+
+
+# -- the extractor --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MeasurementFacts:
+    """Observation rows of one measurement, plus the measurement-wide facts verdicts need."""
+
+    rows: list[Row]
+    any_network_success: bool  # anything at all worked: the probe was online
+
+
+def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: str | None,
+                      fingerprints: FingerprintDB | None = None) -> MeasurementFacts:
+    fingerprints = fingerprints or load_fingerprints()
+    builder = _Builder(header, test_input, fingerprints)
+    builder.add_dns(as_list(test_keys.get("queries")))
+    builder.add_tcp(test_keys.get("tcp_connect"))
+    builder.add_tls(as_list(test_keys.get("tls_handshakes")))
+    builder.add_http(as_list(test_keys.get("requests")))
+    if header.test_name == "web_connectivity":
+        builder.add_control(_as_dict(test_keys.get("control")), failure_string(test_keys.get("control_failure")))
+    if header.test_name in ("vanilla_tor", "openvpn", "riseupvpn"):
+        builder.add_tunnel(test_keys)
+    return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success)
+
+
+class _Builder:
+    """Joins OONI event arrays into endpoint rows (see module docstring for the join keys)."""
+
+    def __init__(self, header: Header, test_input: str | None, fingerprints: FingerprintDB) -> None:
+        self.header = header
+        self.test_input = test_input
+        self.fingerprints = fingerprints
+        self.dns_rows: list[Row] = []
+        self.endpoint_rows: list[Row] = []
+        self.by_tid_addr: dict[tuple[int | None, str | None, int | None], Row] = {}
+        self.by_host: dict[str, Row] = {}
+        self.ip_to_host: dict[str, str] = {}
+        self.any_success = False
+
+    def rows(self) -> list[Row]:
+        rows = self.dns_rows + self.endpoint_rows
+        for index, row in enumerate(rows):
+            row["observation_idx"] = index
+        return rows
+
+    def _new_row(self, hostname: str | None, ip: str | None, port: int | None, tags: Any) -> Row:
+        target = classify(self.header.test_name, self.test_input, hostname, ip, port, tags)
+        row = _empty_row(self.header, target, 0)
+        row["hostname"] = hostname
+        row["ip"] = ip
+        row["port"] = port
+        return row
+
+    def add_dns(self, queries: list[Any]) -> None:
+        merged: dict[tuple[int | None, str, str], Row] = {}
+        for query in queries:
+            if not isinstance(query, dict):
+                continue
+            hostname = query.get("hostname") if isinstance(query.get("hostname"), str) else None
+            engine = str(query.get("engine") or "system")
+            key = (_tid(query), hostname or "", engine)
+            row = merged.get(key)
+            if row is None:
+                row = self._new_row(hostname, None, None, query.get("tags"))
+                row["transaction_id"] = key[0]
+                row["dns_engine"] = engine
+                row["dns_resolver"] = query.get("resolver_address") or query.get("resolver_hostname")
+                row["dns_answers"] = []
+                merged[key] = row
+                self.dns_rows.append(row)
+            failure = failure_string(query.get("failure"))
+            # A then AAAA: keep the first real failure, but answers from either type count.
+            if failure and failure != "dns_no_answer" and row["dns_failure"] is None:
+                row["dns_failure"] = failure
+            for answer in as_list(query.get("answers")):
+                self._add_answer(row, answer, hostname)
+        for row in merged.values():
+            if row["dns_answers"]:
+                self.any_success = True
+                if row["dns_failure"] is None:
+                    pass
+            elif row["dns_failure"] is None:
+                row["dns_failure"] = "dns_no_answer"
+
+    def _add_answer(self, row: Row, answer: Any, hostname: str | None) -> None:
+        if not isinstance(answer, dict):
+            return
+        value = answer.get("ipv4") or answer.get("ipv6") or answer.get("hostname")
+        if not isinstance(value, str):
+            return
+        row["dns_answers"].append(value)
+        fingerprint = self.fingerprints.match_dns(value)
+        if fingerprint is not None and row["dns_fingerprint"] is None:
+            row["dns_fingerprint"] = fingerprint.name
+        if answer.get("ipv4") or answer.get("ipv6"):
+            bogon = is_bogon(value)
+            row["dns_bogon"] = bool(row["dns_bogon"]) or bogon
+            if hostname:
+                self.ip_to_host.setdefault(value, hostname)
+
+    def _endpoint(self, tid: int | None, ip: str | None, port: int | None, hostname: str | None, tags: Any) -> Row:
+        key = (tid, ip, port)
+        row = self.by_tid_addr.get(key)
+        if row is None:
+            row = self._new_row(hostname or (self.ip_to_host.get(ip) if ip else None), ip, port, tags)
+            row["transaction_id"] = tid
+            self.by_tid_addr[key] = row
+            self.endpoint_rows.append(row)
+        return row
+
+    def add_tcp(self, tcp_connect: Any) -> None:
+        entries = tcp_connect.values() if isinstance(tcp_connect, dict) else as_list(tcp_connect)
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            ip = entry.get("ip") if isinstance(entry.get("ip"), str) else None
+            port = _int_or_none(entry.get("port"))
+            status = _as_dict(entry.get("status"))
+            row = self._endpoint(_tid(entry), ip, port, None, entry.get("tags"))
+            failure = failure_string(status.get("failure"))
+            success = bool(status.get("success")) if "success" in status else failure is None
+            row["tcp_success"] = success
+            row["tcp_failure"] = failure
+            self.any_success = self.any_success or success
+
+    def add_tls(self, handshakes: list[Any]) -> None:
+        for entry in handshakes:
+            if not isinstance(entry, dict):
+                continue
+            ip, port = split_address(entry.get("address"))
+            server_name = entry.get("server_name") if isinstance(entry.get("server_name"), str) else None
+            tid = _tid(entry)
+            row = self.by_tid_addr.get((tid, ip, port))
+            if row is None or row["tls_server_name"] is not None:
+                row = self._endpoint(tid, ip, port, server_name, entry.get("tags")) if row is None else \
+                    self._fresh_endpoint(tid, ip, port, server_name, entry.get("tags"))
+            if row["hostname"] is None:
+                row["hostname"] = server_name
+            failure = failure_string(entry.get("failure"))
+            row["tls_server_name"] = server_name or ""
+            row["tls_failure"] = failure
+            row["tls_version"] = entry.get("tls_version") if isinstance(entry.get("tls_version"), str) else None
+            if failure is None:
+                self.any_success = True
+            if server_name:
+                self.by_host.setdefault(server_name, row)
+
+    def _fresh_endpoint(self, tid: int | None, ip: str | None, port: int | None, hostname: str | None,
+                        tags: Any) -> Row:
+        # Without transaction ids two handshakes to one address are two endpoints.
+        row = self._new_row(hostname, ip, port, tags)
+        row["transaction_id"] = tid
+        self.endpoint_rows.append(row)
+        return row
+
+    def add_http(self, requests: list[Any]) -> None:
+        for entry in requests:
+            if not isinstance(entry, dict):
+                continue
+            request = _as_dict(entry.get("request"))
+            url = request.get("url") if isinstance(request.get("url"), str) else None
+            host = url_host(url) if url else _as_dict(request.get("headers")).get("Host")
+            host = host if isinstance(host, str) else None
+            row = self._http_row(entry, url, host)
+            response = _as_dict(entry.get("response"))
+            failure = failure_string(entry.get("failure"))
+            row["http_url"] = url
+            row["http_failure"] = failure
+            status = _int_or_none(response.get("code"))
+            row["http_status"] = status
+            body = _maybe_binary(response.get("body"))
+            row["http_body_length"] = len(body) if body is not None else None
+            row["http_title"] = _title(body)
+            headers = response.get("headers")
+            if body is not None or headers:
+                fingerprint = self.fingerprints.match_http(body, headers if isinstance(headers, dict) else None)
+                row["http_fingerprint"] = fingerprint.name if fingerprint else None
+            if failure is None and status:
+                self.any_success = True
+
+    def _http_row(self, entry: Mapping[str, Any], url: str | None, host: str | None) -> Row:
+        tid = _tid(entry)
+        ip, port = split_address(entry.get("address"))
+        if tid is not None or ip is not None:
+            row = self.by_tid_addr.get((tid, ip, port))
+            if row is not None and row["http_url"] is None:
+                return row
+        if tid is None and host:
+            row = self.by_host.get(host)
+            if row is not None and row["http_url"] is None:
+                return row
+            if host and ip is None:
+                # Old telegram: POST http://<dc>/ has the DC address in the URL.
+                row = self._tcp_row_for_ip(host, _url_port(url))
+                if row is not None:
+                    return row
+        row = self._new_row(host, ip, port, entry.get("tags"))
+        row["transaction_id"] = tid
+        self.endpoint_rows.append(row)
+        return row
+
+    def _tcp_row_for_ip(self, host: str, port: int | None) -> Row | None:
+        for row in self.endpoint_rows:
+            if row["ip"] == host and row["port"] == port and row["http_url"] is None and row["tls_server_name"] is None:
+                return row
+        return None
+
+    def add_control(self, control: Mapping[str, Any], control_failure: str | None) -> None:
+        """Attach the test helper's view (ts-017 `control`) to each row it can speak for."""
+        dns = _as_dict(control.get("dns"))
+        ctrl_dns_failure = failure_string(dns.get("failure"))
+        tcp = _as_dict(control.get("tcp_connect"))
+        http = _as_dict(control.get("http_request"))
+        have_control = bool(control) and control_failure is None
+        for row in self.dns_rows + self.endpoint_rows:
+            if not have_control:
+                continue
+            row["ctrl_dns_failure"] = ctrl_dns_failure
+            if row["ip"] is not None and row["port"] is not None:
+                key = f"[{row['ip']}]:{row['port']}" if ":" in row["ip"] else f"{row['ip']}:{row['port']}"
+                entry = tcp.get(key)
+                if isinstance(entry, dict):
+                    row["ctrl_tcp_success"] = bool(entry.get("status"))
+            if row["http_url"] is not None:
+                row["ctrl_http_failure"] = failure_string(http.get("failure"))
+                row["ctrl_http_status"] = _int_or_none(http.get("status_code"))
+        if have_control:
+            self._mark_dns_consistency({a for a in as_list(dns.get("addrs")) if isinstance(a, str)})
+
+    def _mark_dns_consistency(self, control_addrs: set[str]) -> None:
+        """OONI's rule (ts-017): answers are consistent if they overlap the control's, or if a TLS
+        handshake to one of them validated (the address serves the name, whoever resolved it)."""
+        validated = {row["ip"] for row in self.endpoint_rows if row["tls_server_name"] and row["tls_failure"] is None}
+        for row in self.dns_rows:
+            answers = [a for a in row["dns_answers"] or () if _looks_like_ip(a)]
+            if answers:
+                row["dns_ctrl_consistent"] = bool(control_addrs.intersection(answers) or validated.intersection(answers))
+
+    def add_tunnel(self, test_keys: Mapping[str, Any]) -> None:
+        row = self._new_row(None, None, None, None)
+        failure = failure_string(test_keys.get("failure"))
+        if failure is None and test_keys.get("success") is False:
+            failure = failure_string(test_keys.get("error")) or "unknown_failure"
+        row["tunnel_failure"] = failure
+        bootstrap = test_keys.get("bootstrap_time")
+        row["tunnel_bootstrap_s"] = float(bootstrap) if isinstance(bootstrap, (int, float)) else None
+        if failure is None and test_keys.get("success") is not False:
+            self.any_success = True
+        self.endpoint_rows.append(row)
+
+
+def _url_port(url: str | None) -> int | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+
+
+def iter_feature_groups(rows: list[Row]) -> Iterator[tuple[tuple[str, str, str | None], list[Row]]]:
+    """Rows grouped by (service, feature, target), in first-seen order."""
+    groups: dict[tuple[str, str, str | None], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row["service"], row["feature"], row["target"]), []).append(row)
+    yield from groups.items()

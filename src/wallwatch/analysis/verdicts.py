@@ -1,0 +1,371 @@
+"""Judgments: per (measurement, service, feature) verdicts made by versioned rules kept as data.
+
+Facts come from observation rows (observations.py) summarised per feature into a
+small flat dict (`feature_facts`); the rules in `analysis/rules/*.yaml` are an
+ordered cascade over those facts, first match wins, and every verdict row names
+the rule that made it (`rule_id`) and the rule set's version (`rules_version`).
+This is ooni/data's `multiIf` cascade (analysis/rules.py) kept as data rather
+than SQL, evaluated in tight Python because it runs inside the single ingest pass.
+
+wallwatch's own measurements already carry per-feature verdicts made by the
+probe's versioned rules (`test_keys.x_wallwatch.features`); they are taken as
+made, validated, and keep the probe's rule id and rules version.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wallwatch.analysis.observations import (
+    PROBE_SIDE_FAILURES,
+    Header,
+    MeasurementFacts,
+    Row,
+    iter_feature_groups,
+)
+
+VERDICTS = ("ok", "blocked", "down", "unknown")
+METHODS = frozenset(
+    {"dns", "tcp_ip", "tcp_reset", "tls_sni", "tls", "protocol_dpi", "udp_blocking", "http_diff",
+     "http_failure", "blockpage"}
+)
+RULES_PACKAGE = "wallwatch.analysis.rules"
+
+_OPERATORS: Mapping[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "ge": operator.ge,
+    "lt": operator.lt, "le": operator.le, "in": lambda value, options: value in options,
+}
+
+
+class RulesError(ValueError):
+    """A rules file that does not say what it means (unknown operator, verdict or method)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    fact: str
+    op: str
+    value: Any
+
+    def holds(self, facts: Mapping[str, Any]) -> bool:
+        actual = facts.get(self.fact)
+        if actual is None and self.op not in ("eq", "ne"):
+            return False
+        return _OPERATORS[self.op](actual, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    verdict: str
+    method: str | None
+    confidence: float
+    all_of: tuple[Condition, ...]
+    any_of: tuple[tuple[Condition, ...], ...]
+
+    def matches(self, facts: Mapping[str, Any]) -> bool:
+        for condition in self.all_of:
+            if not condition.holds(facts):
+                return False
+        return not self.any_of or any(all(c.holds(facts) for c in group) for group in self.any_of)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    name: str
+    version: str
+    applies_to: tuple[str, ...]
+    rules: tuple[Rule, ...]
+
+    @property
+    def rules_version(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def judge(self, facts: Mapping[str, Any]) -> Rule:
+        for rule in self.rules:
+            if rule.matches(facts):
+                return rule
+        raise RulesError(f"rule set {self.rules_version} has no fallback rule")
+
+
+def _conditions(spec: Any, where: str) -> tuple[Condition, ...]:
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict):
+        raise RulesError(f"{where}: conditions must be a mapping, got {spec!r}")
+    conditions = []
+    for fact, test in spec.items():
+        if isinstance(test, dict):
+            for op, value in test.items():
+                if op not in _OPERATORS:
+                    raise RulesError(f"{where}: unknown operator {op!r}")
+                conditions.append(Condition(str(fact), op, tuple(value) if op == "in" else value))
+        else:
+            conditions.append(Condition(str(fact), "eq", test))
+    return tuple(conditions)
+
+
+def parse_rule_set(document: Mapping[str, Any], source: str) -> RuleSet:
+    rules = []
+    for index, spec in enumerate(document.get("rules") or ()):
+        where = f"{source} rule #{index} ({spec.get('id')})"
+        verdict, method = spec.get("verdict"), spec.get("method")
+        if verdict not in VERDICTS:
+            raise RulesError(f"{where}: verdict must be one of {VERDICTS}")
+        if method is not None and method not in METHODS:
+            raise RulesError(f"{where}: unknown method {method!r}")
+        if (verdict == "blocked") != (method is not None):
+            raise RulesError(f"{where}: a method goes with, and only with, a blocked verdict")
+        confidence = float(spec.get("confidence", 0.0))
+        if not 0.0 <= confidence <= 1.0:
+            raise RulesError(f"{where}: confidence must be within [0, 1]")
+        rules.append(Rule(
+            id=str(spec["id"]), verdict=verdict, method=method, confidence=confidence,
+            all_of=_conditions(spec.get("when"), where),
+            any_of=tuple(_conditions(group, where) for group in spec.get("any") or ()),
+        ))
+    if not rules or rules[-1].all_of or rules[-1].any_of:
+        raise RulesError(f"{source}: the last rule must be an unconditional fallback")
+    return RuleSet(
+        name=str(document["name"]), version=str(document["version"]),
+        applies_to=tuple(document.get("applies_to") or ()), rules=tuple(rules),
+    )
+
+
+def load_rule_sets(directory: Path | None = None) -> dict[str, RuleSet]:
+    """test_name -> RuleSet, from every YAML file in `directory` (default: the shipped rules)."""
+    if directory is None:
+        files = [(entry.name, entry.read_text(encoding="utf-8"))
+                 for entry in resources.files(RULES_PACKAGE).iterdir() if entry.name.endswith(".yaml")]
+    else:
+        files = [(path.name, path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.yaml"))]
+    by_test: dict[str, RuleSet] = {}
+    for name, text in sorted(files):
+        rule_set = parse_rule_set(yaml.safe_load(text), name)
+        for test_name in rule_set.applies_to:
+            if test_name in by_test:
+                raise RulesError(f"{test_name} is claimed by {by_test[test_name].name} and {rule_set.name}")
+            by_test[test_name] = rule_set
+    return by_test
+
+
+@lru_cache(maxsize=1)
+def default_rule_sets() -> dict[str, RuleSet]:
+    return load_rule_sets()
+
+
+# -- facts per feature ------------------------------------------------------------
+
+_TIMEOUTS = frozenset({"generic_timeout_error", "connect_operation_timed_out", "timeout"})
+_RESET = "connection_reset"
+
+
+def _is_timeout(failure: str | None) -> bool:
+    return failure is not None and (failure in _TIMEOUTS or "timed_out" in failure or "timeout" in failure)
+
+
+def _counted(failure: str | None) -> bool:
+    """A failure that could be interference (probe-side failures never count)."""
+    return failure is not None and failure not in PROBE_SIDE_FAILURES
+
+
+def feature_facts(rows: Sequence[Row], measurement: MeasurementFacts,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The flat facts the rules test, summarising one feature's observation rows."""
+    facts: dict[str, Any] = dict.fromkeys((
+        "n_dns", "n_dns_ok", "n_dns_failed", "n_dns_nxdomain", "n_dns_fingerprint", "n_dns_bogon",
+        "n_dns_inconsistent", "n_endpoints", "n_ok", "n_failed", "n_tcp_ok", "n_tcp_reset", "n_tcp_timeout",
+        "n_tcp_refused", "n_tcp_failed_ctrl_ok", "n_tcp_reset_ctrl_ok", "n_tcp_failed_ctrl_failed",
+        "n_tls_failed", "n_tls_reset", "n_tls_timeout", "n_tls_cert", "n_http_failed", "n_http_reset",
+        "n_blockpage", "n_probe_dns_inconsistent"), 0)
+    facts.update(probe_online=measurement.any_network_success, has_control=False, final_http_ok=False,
+                 status_class_match=None, ctrl_dns_ok=None, ctrl_http_ok=None, tunnel_ok=False, tunnel_reset=False)
+    for row in rows:
+        if row["dns_engine"] is not None:
+            _add_dns_facts(facts, row)
+        else:
+            _add_endpoint_facts(facts, row)
+    if extra:
+        facts.update(extra)
+    return facts
+
+
+def _add_dns_facts(facts: dict[str, Any], row: Row) -> None:
+    facts["n_dns"] += 1
+    failure = row["dns_failure"]
+    if row["dns_answers"]:
+        facts["n_dns_ok"] += 1
+    elif _counted(failure) and failure != "dns_no_answer":
+        facts["n_dns_failed"] += 1
+        if failure == "dns_nxdomain_error":
+            facts["n_dns_nxdomain"] += 1
+    if failure == "dns_bogon_error" or row["dns_bogon"]:
+        facts["n_dns_bogon"] += 1
+    if row["dns_fingerprint"]:
+        facts["n_dns_fingerprint"] += 1
+    if row["dns_ctrl_consistent"] is False:
+        facts["n_dns_inconsistent"] += 1
+    if row["ctrl_dns_failure"] is not None or row["dns_ctrl_consistent"] is not None:
+        facts["has_control"] = True
+    _note_ctrl_dns(facts, row)
+
+
+def _note_ctrl_dns(facts: dict[str, Any], row: Row) -> None:
+    if facts["has_control"] or row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None:
+        facts["has_control"] = True
+        if facts["ctrl_dns_ok"] is None:
+            facts["ctrl_dns_ok"] = row["ctrl_dns_failure"] is None
+
+
+def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
+    if row["tunnel_failure"] is not None or row["tunnel_bootstrap_s"] is not None:
+        facts["tunnel_ok"] = row["tunnel_failure"] is None
+        facts["tunnel_reset"] = bool(row["tunnel_failure"]) and _RESET in row["tunnel_failure"]
+        return
+    tcp, tls, http = row["tcp_failure"], row["tls_failure"], row["http_failure"]
+    if not (_counted(tcp) or _counted(tls) or _counted(http)) and (tcp or tls or http):
+        return  # only probe-side failures (e.g. no IPv6 route): not an attempt that can tell us anything
+    facts["n_endpoints"] += 1
+    tcp_ok = row["tcp_success"] is True or (row["tcp_success"] is None and (row["tls_server_name"] is not None
+                                                                            or row["http_status"] is not None))
+    if row["tcp_success"] is True:
+        facts["n_tcp_ok"] += 1
+    if _counted(tcp):
+        facts["n_tcp_reset"] += tcp == _RESET
+        facts["n_tcp_timeout"] += _is_timeout(tcp)
+        facts["n_tcp_refused"] += tcp == "connection_refused"
+        if row["ctrl_tcp_success"] is True:
+            facts["n_tcp_failed_ctrl_ok"] += 1
+            facts["n_tcp_reset_ctrl_ok"] += tcp == _RESET
+        elif row["ctrl_tcp_success"] is False:
+            facts["n_tcp_failed_ctrl_failed"] += 1
+    if _counted(tls):
+        facts["n_tls_failed"] += 1
+        facts["n_tls_reset"] += tls == _RESET
+        facts["n_tls_timeout"] += _is_timeout(tls)
+        facts["n_tls_cert"] += tls.startswith("ssl_")
+    if _counted(http):
+        facts["n_http_failed"] += 1
+        facts["n_http_reset"] += http == _RESET
+    if row["http_fingerprint"]:
+        facts["n_blockpage"] += 1
+    if row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None or row["ctrl_http_failure"]:
+        facts["has_control"] = True
+    _note_ctrl_dns(facts, row) if facts["has_control"] else None
+    reached = _reached(row, tcp_ok)
+    facts["n_ok"] += reached
+    facts["n_failed"] += not reached
+    if row["http_url"] is not None:
+        _add_final_http(facts, row)
+
+
+def _reached(row: Row, tcp_ok: bool) -> bool:
+    """The endpoint answered at the deepest layer attempted (any HTTP status counts)."""
+    if row["http_url"] is not None:
+        return row["http_failure"] is None and row["http_status"] is not None
+    if row["tls_server_name"] is not None:
+        return row["tls_failure"] is None
+    return tcp_ok and row["tcp_failure"] is None
+
+
+def _add_final_http(facts: dict[str, Any], row: Row) -> None:
+    if row["ctrl_http_status"] is not None or row["ctrl_http_failure"] is not None:
+        facts["ctrl_http_ok"] = row["ctrl_http_failure"] is None and bool(row["ctrl_http_status"])
+    if row["http_failure"] is None and row["http_status"] is not None:
+        # With redirects only the final answer is compared (ts-017 `status_code_match`).
+        facts["final_http_ok"] = True
+        if row["ctrl_http_status"]:
+            facts["status_class_match"] = row["http_status"] // 100 == row["ctrl_http_status"] // 100 or (
+                facts["status_class_match"] is True)
+
+
+# -- per-test extra facts ---------------------------------------------------------
+
+_FB_KEYS = {"text": ("b_api", "b_graph", "edge"), "media": ("external_cdn", "scontent_cdn"),
+            "web": ("star",), "calls": ("stun",)}
+
+
+def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> dict[str, Any] | None:
+    if test_name == "facebook_messenger":
+        # ts-019: `facebook_<ep>_dns_consistent` is false when an answer's ASN is not Facebook's
+        # (AS32934); the probe had the ASN database we do not, so its fact is kept.
+        keys = _FB_KEYS.get(feature, ())
+        return {"n_probe_dns_inconsistent": sum(test_keys.get(f"facebook_{k}_dns_consistent") is False for k in keys)}
+    return None
+
+
+# -- the verdict rows ---------------------------------------------------------------
+
+
+def _verdict_row(header: Header, extra: Mapping[str, Any], service: str, feature: str, target: str | None,
+                 verdict: str, method: str | None, confidence: float, rule_id: str, rules_version: str) -> Row:
+    return {
+        "measurement_uid": header.measurement_uid,
+        "measurement_start_time": header.measurement_start_time,
+        "date": header.date,
+        "probe_cc": header.probe_cc,
+        "probe_asn": header.probe_asn,
+        "probe_network_name": extra.get("probe_network_name"),
+        "probe_key": extra.get("probe_key"),
+        "test_name": header.test_name,
+        "software_name": extra.get("software_name"),
+        "service": service,
+        "feature": feature,
+        "target": target,
+        "verdict": verdict,
+        "method": method,
+        "confidence": confidence,
+        "rule_id": rule_id,
+        "rules_version": rules_version,
+    }
+
+
+def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
+                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None) -> list[Row]:
+    """Verdict rows for one measurement: the probe's own for wallwatch, else by the rule set of its test."""
+    if meta.get("software_name") == "wallwatch":
+        return list(_wallwatch_verdicts(header, meta, test_keys))
+    rule_set = (rule_sets or default_rule_sets()).get(header.test_name)
+    if rule_set is None:
+        return []
+    rows = []
+    for (service, feature, target), group in iter_feature_groups(measurement.rows):
+        if feature == "uptime":
+            continue  # ts-029: uptime.signal.org is resolved and ignored by OONI too
+        facts = feature_facts(group, measurement, _extra_facts(header.test_name, feature, test_keys))
+        rule = rule_set.judge(facts)
+        rows.append(_verdict_row(header, meta, service, feature, target, rule.verdict, rule.method,
+                                 rule.confidence, rule.id, rule_set.rules_version))
+    return rows
+
+
+WALLWATCH_INVALID_RULE = "wallwatch.invalid_feature_verdict"
+
+
+def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any]) -> Iterable[Row]:
+    extension = test_keys.get("x_wallwatch")
+    extension = extension if isinstance(extension, dict) else {}
+    rules_version = str(extension.get("rules_version") or "wallwatch-unversioned")
+    features = extension.get("features")
+    service = header.test_name
+    for feature, made in (features.items() if isinstance(features, dict) else ()):
+        made = made if isinstance(made, dict) else {}
+        verdict, method, confidence = made.get("verdict"), made.get("method"), made.get("confidence")
+        valid = (verdict in VERDICTS and (method is None or method in METHODS)
+                 and isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
+                 and 0.0 <= confidence <= 1.0 and isinstance(made.get("rule"), str))
+        if valid:
+            yield _verdict_row(header, meta, service, str(feature), None, verdict, method, float(confidence),
+                               made["rule"], rules_version)
+        else:
+            # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
+            yield _verdict_row(header, meta, service, str(feature), None, "unknown", None, 0.0,
+                               WALLWATCH_INVALID_RULE, rules_version)
