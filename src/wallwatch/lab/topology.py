@@ -208,6 +208,8 @@ class Lab:
         On any failure everything built so far is removed before the error
         propagates.
         """
+        if policy is not None and not censor:
+            raise ValueError("a policy needs the censor; drop censor=False or the policy")
         state = Path(state_path) if state_path is not None else default_state_path()
         _refuse_live_lab(state)
         run = run_id or secrets.token_hex(3)
