@@ -34,6 +34,8 @@ Row = dict[str, Any]
 # IPv6 `network_unreachable` only says the probe has no IPv6 route (seen in
 # probe-cli minipipeline case issue-2456): a probe-side fact, never interference.
 PROBE_SIDE_FAILURES = frozenset({"network_unreachable", "host_unreachable", "android_dns_cache_no_data"})
+# DNS failures that are an answer from a resolver (so the network worked).
+_RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +270,7 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
     builder.add_tls(as_list(test_keys.get("tls_handshakes")))
     builder.add_http(as_list(test_keys.get("requests")))
     if header.test_name == "web_connectivity":
+        builder.add_legacy_http_failure(failure_string(test_keys.get("http_experiment_failure")))
         builder.add_control(_as_dict(test_keys.get("control")), failure_string(test_keys.get("control_failure")))
     if header.test_name in ("vanilla_tor", "openvpn", "riseupvpn"):
         builder.add_tunnel(test_keys)
@@ -320,6 +323,8 @@ class _Builder:
                 merged[key] = row
                 self.dns_rows.append(row)
             failure = failure_string(query.get("failure"))
+            if failure in _RESOLVER_ANSWERED:
+                self.any_success = True  # the resolver answered: the probe was online
             # A then AAAA: keep the first real failure, but answers from either type count.
             if failure and failure != "dns_no_answer" and row["dns_failure"] is None:
                 row["dns_failure"] = failure
@@ -410,8 +415,11 @@ class _Builder:
                 continue
             request = _as_dict(entry.get("request"))
             url = request.get("url") if isinstance(request.get("url"), str) else None
-            host = url_host(url) if url else _as_dict(request.get("headers")).get("Host")
-            host = host if isinstance(host, str) else None
+            if url is None:
+                # Old probes (2019 telegram) logged only the Host header.
+                host_header = _as_dict(request.get("headers")).get("Host")
+                url = f"http://{host_header}/" if isinstance(host_header, str) and host_header else "http:///"
+            host = url_host(url)
             row = self._http_row(entry, url, host)
             response = _as_dict(entry.get("response"))
             failure = failure_string(entry.get("failure"))
@@ -456,6 +464,15 @@ class _Builder:
                 return row
         return None
 
+    def add_legacy_http_failure(self, failure: str | None) -> None:
+        """Old web_connectivity (<= 0.3) kept the page fetch failure only as `http_experiment_failure`."""
+        if failure is None or any(row["http_url"] is not None for row in self.endpoint_rows):
+            return
+        row = self._new_row(url_host(self.test_input or "") if self.test_input else None, None, None, None)
+        row["http_url"] = self.test_input
+        row["http_failure"] = failure
+        self.endpoint_rows.append(row)
+
     def add_control(self, control: Mapping[str, Any], control_failure: str | None) -> None:
         """Attach the test helper's view (ts-017 `control`) to each row it can speak for."""
         dns = _as_dict(control.get("dns"))
@@ -472,9 +489,8 @@ class _Builder:
                 entry = tcp.get(key)
                 if isinstance(entry, dict):
                     row["ctrl_tcp_success"] = bool(entry.get("status"))
-            if row["http_url"] is not None:
-                row["ctrl_http_failure"] = failure_string(http.get("failure"))
-                row["ctrl_http_status"] = _int_or_none(http.get("status_code"))
+            row["ctrl_http_failure"] = failure_string(http.get("failure"))
+            row["ctrl_http_status"] = _int_or_none(http.get("status_code"))
         if have_control:
             self._mark_dns_consistency({a for a in as_list(dns.get("addrs")) if isinstance(a, str)})
 

@@ -219,7 +219,10 @@ def _add_dns_facts(facts: dict[str, Any], row: Row) -> None:
 
 
 def _note_ctrl_dns(facts: dict[str, Any], row: Row) -> None:
-    if facts["has_control"] or row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None:
+    if row["ctrl_http_status"] is not None or row["ctrl_http_failure"] is not None:
+        facts["has_control"] = True
+        facts["ctrl_http_ok"] = row["ctrl_http_failure"] is None and bool(row["ctrl_http_status"])
+    if facts["has_control"] or row["ctrl_tcp_success"] is not None:
         facts["has_control"] = True
         if facts["ctrl_dns_ok"] is None:
             facts["ctrl_dns_ok"] = row["ctrl_dns_failure"] is None
@@ -252,14 +255,14 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
         facts["n_tls_reset"] += tls == _RESET
         facts["n_tls_timeout"] += _is_timeout(tls)
         facts["n_tls_cert"] += tls.startswith("ssl_")
-    if _counted(http):
+    if _counted(http) and row["http_status"] is None:
         facts["n_http_failed"] += 1
         facts["n_http_reset"] += http == _RESET
     if row["http_fingerprint"]:
         facts["n_blockpage"] += 1
     if row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None or row["ctrl_http_failure"]:
         facts["has_control"] = True
-    _note_ctrl_dns(facts, row) if facts["has_control"] else None
+    _note_ctrl_dns(facts, row)
     reached = _reached(row, tcp_ok)
     facts["n_ok"] += reached
     facts["n_failed"] += not reached
@@ -270,16 +273,17 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
 def _reached(row: Row, tcp_ok: bool) -> bool:
     """The endpoint answered at the deepest layer attempted (any HTTP status counts)."""
     if row["http_url"] is not None:
-        return row["http_failure"] is None and row["http_status"] is not None
+        # Any answer counts, even one the probe then failed on (e.g. http_invalid_redirect_url
+        # after a 307): a server that answered was reachable.
+        # A round trip with no failure is a response too (2019 probes logged no status code).
+        return row["http_status"] is not None or row["http_failure"] is None
     if row["tls_server_name"] is not None:
         return row["tls_failure"] is None
     return tcp_ok and row["tcp_failure"] is None
 
 
 def _add_final_http(facts: dict[str, Any], row: Row) -> None:
-    if row["ctrl_http_status"] is not None or row["ctrl_http_failure"] is not None:
-        facts["ctrl_http_ok"] = row["ctrl_http_failure"] is None and bool(row["ctrl_http_status"])
-    if row["http_failure"] is None and row["http_status"] is not None:
+    if row["http_status"] is not None:
         # With redirects only the final answer is compared (ts-017 `status_code_match`).
         facts["final_http_ok"] = True
         if row["ctrl_http_status"]:
