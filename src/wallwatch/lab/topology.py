@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from wallwatch.lab import addresses
+from wallwatch.lab.state import LAB_ENV  # set for commands run in the client: the probe's switch to lab mode
 
 DEFAULT_STATE_PATH = Path("/run/wallwatch/lab.json")
 STATE_ENV = "WALLWATCH_LAB_STATE"  # overrides where `lab up` writes its state
-LAB_ENV = "WALLWATCH_LAB"  # set for commands run in the client: the probe's switch to lab mode
 ROLES = ("client", "censor", "services")
 _ROLE_SUFFIX = {"client": "client", "censor": "censor", "services": "svc"}
 NAMESPACE_PATTERN = re.compile(r"^ww(?P<run>[0-9a-z]+)-(?P<role>client|censor|svc)$")
