@@ -129,8 +129,8 @@ def parse_records(raw: RawRecord) -> Iterator[tuple[RawRecord, Any]]:
     except orjson.JSONDecodeError as exc:
         raise RecordError(f"invalid_json: {exc}") from None
     if isinstance(value, list):
-        for index, item in enumerate(value):
-            yield RawRecord(raw.source, raw.line + index, orjson.dumps(item)), item
+        for item in value:
+            yield RawRecord(raw.source, raw.line, orjson.dumps(item)), item
     else:
         yield raw, value
 
@@ -339,7 +339,7 @@ class Ingester:
     def _quarantine_raw(self, raw: RawRecord, reason: str) -> None:
         self.summary.quarantined += 1
         self.summary.quarantine_reasons[reason.split(":", 1)[0]] += 1
-        text = raw.text.decode("utf-8", "replace")
+        text = raw.text.decode("utf-8", "replace").rstrip("\r\n")
         self._quarantine.append({
             "source": raw.source, "line": raw.line, "reason": reason,
             "record": text[:MAX_QUARANTINE_RECORD_CHARS],
