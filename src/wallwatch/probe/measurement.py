@@ -1,0 +1,95 @@
+"""The OONI envelope (ooni/spec df-000-base, data_format_version 0.2.0) and JSONL output."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import socket
+import string
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import wallwatch
+
+DATA_FORMAT_VERSION = "0.2.0"
+SOFTWARE_NAME = "wallwatch"
+# What OONI writes when the user hides these (df-000).
+HIDDEN_ASN, HIDDEN_CC, HIDDEN_IP = "AS0", "ZZ", "127.0.0.1"
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def ooni_time(moment: dt.datetime) -> str:
+    """ "YYYY-MM-DD hh:mm:ss" in UTC, df-000's timestamp format."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def make_report_id(start: dt.datetime, test_name: str, probe_cc: str, probe_asn: str) -> str:
+    """OONI's shape: 20221207T095248Z_whatsapp_IT_30722_n1_<16 random characters>."""
+    stamp = start.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    asn_number = probe_asn[2:] if probe_asn.upper().startswith("AS") else probe_asn
+    suffix = "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    return f"{stamp}_{test_name}_{probe_cc}_{asn_number}_n1_{suffix}"
+
+
+def local_address_towards(ip: str) -> str:
+    """The source address the kernel would use to reach `ip` (a UDP connect sends no packet)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe_socket:
+        try:
+            probe_socket.connect((ip, 53))
+            return str(probe_socket.getsockname()[0])
+        except OSError:
+            return HIDDEN_IP
+
+
+def build_measurement(
+    test_keys: dict[str, Any],
+    *,
+    test_name: str,
+    test_version: str,
+    started_at: dt.datetime,
+    runtime: float,
+    probe_asn: str = HIDDEN_ASN,
+    probe_cc: str = HIDDEN_CC,
+    probe_ip: str = HIDDEN_IP,
+    probe_network_name: str = "",
+    resolver_ip: str = "",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    start = ooni_time(started_at)
+    return {
+        "annotations": {"engine_name": SOFTWARE_NAME, "engine_version": wallwatch.__version__,
+                        "platform": "linux", **(annotations or {})},
+        "data_format_version": DATA_FORMAT_VERSION,
+        "extensions": {"dnst": 0, "httpt": 0, "netevents": 0, "tcpconnect": 0, "tlshandshake": 0, "tunnel": 0},
+        "input": None,
+        "measurement_start_time": start,
+        "probe_asn": probe_asn,
+        "probe_cc": probe_cc,
+        "probe_ip": probe_ip,
+        "probe_network_name": probe_network_name,
+        "report_id": make_report_id(started_at, test_name, probe_cc, probe_asn),
+        "resolver_asn": HIDDEN_ASN,
+        "resolver_ip": resolver_ip,
+        "resolver_network_name": "",
+        "software_name": SOFTWARE_NAME,
+        "software_version": wallwatch.__version__,
+        "test_keys": test_keys,
+        "test_name": test_name,
+        "test_runtime": round(runtime, 6),
+        "test_start_time": start,
+        "test_version": test_version,
+    }
+
+
+def append_jsonl(path: str | Path, measurement: dict[str, Any]) -> None:
+    """One measurement per line; appended with one write so concurrent runs do not interleave lines."""
+    line = orjson.dumps(measurement) + b"\n"
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as handle:
+        handle.write(line)

@@ -1,0 +1,408 @@
+"""Per-feature verdicts from the recorded facts: a pure function, versioned rules.
+
+`derive_whatsapp_features(test_keys)` reads only what the measurement holds
+(the OONI event arrays, grouped by `transaction_id` and `tags`, plus the
+`x_wallwatch` session, control and UDP facts), so the pipeline can re-derive
+every verdict later and get the same answer. Each verdict names its rule.
+
+Principles (the same as ooni/data's v5 analysis: facts first, then judgment):
+* *blocked* needs evidence of interference: a racing second DNS answer, an
+  answer outside the service's networks whose flow then fails, connects that
+  time out or are reset, a reset/timeout right after the ClientHello or the
+  WhatsApp header while a control to the same address:port passes.
+* a refused connection, an HTTP 5xx from a server that completed TLS with a
+  valid certificate, a server that closes on us as it closes on the control:
+  *down*, not blocked.
+* a probe-side failure (no route, resolver unreachable even for the control
+  name): *unknown*.
+* the method is the first stage that was interfered with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+RULES_VERSION = "wallwatch-whatsapp-verdicts/1"
+
+OK, BLOCKED, DOWN, UNKNOWN = "ok", "blocked", "down", "unknown"
+# Methods, in stage order: a tie between targets goes to the earliest stage.
+METHODS = ("dns", "tcp_ip", "tcp_reset", "tls_sni", "tls_mitm", "protocol_dpi", "udp_blocking")
+
+# Features whose every target must work (media needs both upload and
+# download); the others work if any target does, like OONI's `any_of` targets
+# (ooni/data oonipipeline/targets.py).
+ALL_OF_FEATURES = frozenset({"media"})
+FEATURE_ORDER = ("text", "media", "calls", "web", "registration")
+
+_TIMEOUT, _RESET, _EOF, _REFUSED = "generic_timeout_error", "connection_reset", "eof_error", "connection_refused"
+_CERT_FAILURES = frozenset({"ssl_invalid_hostname", "ssl_unknown_authority", "ssl_invalid_certificate"})
+_MAX_EVIDENCE = 6
+
+
+@dataclass(frozen=True)
+class TargetVerdict:
+    """One attempt's judgment; `status` is ok, blocked (interfered), down or unknown."""
+
+    endpoint: str
+    status: str
+    rule: str
+    evidence: str
+    method: str | None = None
+    confidence: float = 1.0
+
+
+@dataclass
+class _Attempt:
+    """Everything recorded under one transaction id, controls kept apart."""
+
+    transaction_id: int
+    feature: str | None = None
+    endpoint: str = "?"
+    queries: list[dict[str, Any]] = field(default_factory=list)
+    connects: list[dict[str, Any]] = field(default_factory=list)
+    handshakes: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    udp: list[dict[str, Any]] = field(default_factory=list)
+    controls: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """Measurement-wide facts some rules need."""
+
+    expected_networks: tuple[Any, ...]
+    resolver_alive: bool | None  # did the DNS control get any answer?
+    tcp_works: bool  # did any TCP connect in the measurement succeed?
+    chat_sessions: dict[int, dict[str, Any]]
+    fetches: dict[int, dict[str, Any]]
+
+
+# --- grouping ---------------------------------------------------------------------
+
+
+def _tag_value(tags: Iterable[str], prefix: str) -> str | None:
+    return next((tag[len(prefix):] for tag in tags if tag.startswith(prefix)), None)
+
+
+def _is_control(entry: dict[str, Any]) -> bool:
+    return any(tag.startswith("control:") for tag in entry.get("tags") or ())
+
+
+def _group(test_keys: dict[str, Any]) -> dict[int, _Attempt]:
+    attempts: dict[int, _Attempt] = {}
+    x = test_keys.get("x_wallwatch") or {}
+    sources = (("queries", "queries"), ("tcp_connect", "connects"), ("tls_handshakes", "handshakes"),
+               ("requests", "requests"))
+    for key, attr in sources:
+        for entry in test_keys.get(key) or ():
+            attempt = _attempt_for(attempts, entry)
+            if attempt is not None and not _is_control(entry):
+                getattr(attempt, attr).append(entry)
+    for entry in x.get("udp_exchanges") or ():
+        attempt = _attempt_for(attempts, entry)
+        if attempt is not None:
+            attempt.udp.append(entry)
+    for entry in x.get("controls") or ():
+        attempt = _attempt_for(attempts, entry)
+        if attempt is not None:
+            attempt.controls.append(entry)
+    return attempts
+
+
+def _attempt_for(attempts: dict[int, _Attempt], entry: dict[str, Any]) -> _Attempt | None:
+    tx_id = entry.get("transaction_id")
+    if tx_id is None:
+        return None
+    attempt = attempts.setdefault(tx_id, _Attempt(tx_id))
+    tags = entry.get("tags") or ()
+    attempt.feature = attempt.feature or _tag_value(tags, "feature:")
+    endpoint = _tag_value(tags, "endpoint:")
+    if endpoint and attempt.endpoint == "?":
+        attempt.endpoint = endpoint
+    return attempt
+
+
+def _context(test_keys: dict[str, Any]) -> _Context:
+    x = test_keys.get("x_wallwatch") or {}
+    networks = []
+    for text in x.get("expected_networks") or ():
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            continue
+    dns_controls = [q for q in test_keys.get("queries") or () if "control:dns" in (q.get("tags") or ())]
+    resolver_alive = None
+    if dns_controls:
+        resolver_alive = any(_resolver_answered(q) for q in dns_controls)
+    tcp_works = any((c.get("status") or {}).get("success") for c in test_keys.get("tcp_connect") or ())
+    return _Context(
+        expected_networks=tuple(networks),
+        resolver_alive=resolver_alive,
+        tcp_works=tcp_works,
+        chat_sessions={s["transaction_id"]: s for s in x.get("chat_sessions") or () if "transaction_id" in s},
+        fetches={f["transaction_id"]: f for f in x.get("fetches") or () if "transaction_id" in f},
+    )
+
+
+def _resolver_answered(query: dict[str, Any]) -> bool:
+    # An NXDOMAIN is an answer: the resolver is there and talking.
+    return query.get("rcode") is not None or query.get("failure") in (None, "dns_nxdomain_error", "dns_no_answer")
+
+
+# --- per-stage rules ----------------------------------------------------------------
+
+
+def _answer_addresses(answers: Sequence[dict[str, Any]]) -> set[str]:
+    return {a.get("ipv4") or a.get("ipv6") for a in answers if a.get("ipv4") or a.get("ipv6")}
+
+
+def _expected(address: str, ctx: _Context) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in ctx.expected_networks)
+
+
+def _dns_verdict(attempt: _Attempt, ctx: _Context, flow_failed: bool) -> TargetVerdict | None:
+    """Judge the lookup; None when DNS shows nothing wrong and later stages decide."""
+    if not attempt.queries:
+        return None
+    query = attempt.queries[0]
+    first = _answer_addresses(query.get("answers") or ())
+    racing = [d for d in query.get("x_dns_duplicate_responses") or ()
+              if _answer_addresses(d.get("answers") or ()) != first]
+    ep = attempt.endpoint
+    if racing and flow_failed:
+        later = sorted(_answer_addresses(racing[0].get("answers") or ())) or [racing[0].get("rcode")]
+        return TargetVerdict(ep, BLOCKED, "dns.injection_race",
+                             f"{ep}: two different DNS answers to one query ({', '.join(sorted(first)) or '-'} "
+                             f"then {', '.join(map(str, later))}): an on-path injector raced the resolver",
+                             "dns", 0.95)
+    failure = query.get("failure")
+    if failure is None:
+        if flow_failed and first and ctx.expected_networks and not any(_expected(a, ctx) for a in first):
+            return TargetVerdict(ep, BLOCKED, "dns.unexpected_answer",
+                                 f"{ep}: DNS answered {', '.join(sorted(first))}, outside the service's networks, "
+                                 "and the flow to it failed", "dns", 0.85)
+        return None
+    return _dns_failure_verdict(ep, failure, ctx)
+
+
+def _dns_failure_verdict(ep: str, failure: str, ctx: _Context) -> TargetVerdict:
+    if failure == "dns_nxdomain_error":
+        return TargetVerdict(ep, BLOCKED, "dns.nxdomain", f"{ep}: the resolver says the name does not exist "
+                             "(NXDOMAIN), but it is a live service name", "dns", 0.8)
+    if failure == _TIMEOUT and ctx.resolver_alive:
+        return TargetVerdict(ep, BLOCKED, "dns.dropped", f"{ep}: DNS query timed out while the resolver "
+                             "answered a control name", "dns", 0.8)
+    if failure == _TIMEOUT or failure in ("network_unreachable", "host_unreachable", _REFUSED):
+        return TargetVerdict(ep, UNKNOWN, "dns.resolver_unreachable",
+                             f"{ep}: DNS {failure} and the control name got no answer either: "
+                             "the probe has no working resolver", None, 0.0)
+    return TargetVerdict(ep, BLOCKED, "dns.error_answer",
+                         f"{ep}: the resolver answered {failure} for a live service name", "dns", 0.5)
+
+
+def _connect_verdict(attempt: _Attempt) -> TargetVerdict | None:
+    """None when some connect succeeded (later stages decide)."""
+    ep = attempt.endpoint
+    if any((c.get("status") or {}).get("success") for c in attempt.connects):
+        return None
+    if not attempt.connects:
+        return TargetVerdict(ep, UNKNOWN, "tcp.not_dialled", f"{ep}: no address could be dialled", None, 0.0)
+    failed = Counter((c.get("status") or {}).get("failure") for c in attempt.connects)
+    addresses = ", ".join(f"{c.get('ip')}:{c.get('port')}" for c in attempt.connects)
+    if failed[_RESET]:
+        return TargetVerdict(ep, BLOCKED, "tcp.connect_reset", f"{ep}: connect to {addresses} reset",
+                             "tcp_reset", 0.8)
+    if set(failed) == {_TIMEOUT}:
+        return TargetVerdict(ep, BLOCKED, "tcp.connect_timeout",
+                             f"{ep}: connect to {addresses} timed out (SYN black-holed)", "tcp_ip", 0.8)
+    if failed["host_unreachable"]:
+        return TargetVerdict(ep, BLOCKED, "tcp.host_unreachable", f"{ep}: {addresses} host_unreachable",
+                             "tcp_ip", 0.6)
+    if failed[_REFUSED]:
+        return TargetVerdict(ep, DOWN, "tcp.refused", f"{ep}: connect to {addresses} refused: "
+                             "the host is there and not listening", None, 0.7)
+    if failed["network_unreachable"]:
+        return TargetVerdict(ep, UNKNOWN, "tcp.network_unreachable", f"{ep}: the probe has no route",
+                             None, 0.0)
+    return TargetVerdict(ep, UNKNOWN, "tcp.other_failure", f"{ep}: connect failed: {', '.join(map(str, failed))}",
+                         None, 0.2)
+
+
+def _control(attempt: _Attempt, kind: str) -> dict[str, Any] | None:
+    return next((c for c in attempt.controls if c.get("kind") == kind), None)
+
+
+def _control_passed(control: dict[str, Any]) -> bool:
+    return control.get("outcome") in ("answered", "closed")
+
+
+def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
+    if not attempt.handshakes or attempt.handshakes[0].get("failure") is None:
+        return None
+    ep, failure = attempt.endpoint, attempt.handshakes[0]["failure"]
+    if failure in _CERT_FAILURES:
+        return TargetVerdict(ep, BLOCKED, "tls.invalid_certificate",
+                             f"{ep}: TLS {failure}: something other than the service answered", "tls_mitm", 0.8)
+    if failure not in (_RESET, _TIMEOUT, _EOF):
+        return TargetVerdict(ep, UNKNOWN, "tls.other_failure", f"{ep}: TLS handshake failed: {failure}", None, 0.2)
+    control = _control(attempt, "tls_sni")
+    if control is None:
+        return TargetVerdict(ep, UNKNOWN, "tls.failure_no_control", f"{ep}: TLS {failure}, no control ran",
+                             None, 0.3)
+    sni = control.get("server_name")
+    if _control_passed(control):
+        return TargetVerdict(ep, BLOCKED, "tls.sni_filtered",
+                             f"{ep}: TLS {failure} after the ClientHello, while a ClientHello for {sni} to the "
+                             f"same {control.get('address')} was {control.get('outcome')}", "tls_sni", 0.9)
+    method = "tcp_reset" if failure == _RESET else "tcp_ip"
+    return TargetVerdict(ep, BLOCKED, "tls.address_filtered",
+                         f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
+                         f"failed too ({control.get('outcome')}): the address:port is filtered", method, 0.7)
+
+
+def _http_verdict(attempt: _Attempt) -> TargetVerdict:
+    ep = attempt.endpoint
+    if not attempt.requests:
+        return TargetVerdict(ep, UNKNOWN, "http.not_sent", f"{ep}: no HTTP request was sent", None, 0.0)
+    request = attempt.requests[0]
+    failure, code = request.get("failure"), (request.get("response") or {}).get("code") or 0
+    if failure is not None:
+        return TargetVerdict(ep, UNKNOWN, "http.failure_after_tls",
+                             f"{ep}: {failure} after a valid TLS handshake (the censor cannot read this far)",
+                             None, 0.3)
+    if code >= 500:
+        return TargetVerdict(ep, DOWN, "http.server_error",
+                             f"{ep}: HTTP {code} from a server with a valid certificate", None, 0.8)
+    return TargetVerdict(ep, OK, "http.response", f"{ep}: HTTP {code}", None, 1.0)
+
+
+def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
+    ep = attempt.endpoint
+    if session.get("stage_reached") == "echo":
+        return TargetVerdict(ep, OK, "chat.echo", f"{ep}: Noise handshake and echo completed", None, 1.0)
+    failure, at = session.get("failure"), session.get("failed_at")
+    control = _control(attempt, "payload") or session.get("control")
+    if failure is not None and failure.startswith("unknown_failure"):
+        return TargetVerdict(ep, UNKNOWN, "chat.garbled", f"{ep}: {failure} at {at}", None, 0.3)
+    if control is None:
+        return TargetVerdict(ep, UNKNOWN, "chat.failure_no_control", f"{ep}: {failure} at {at}, no control ran",
+                             None, 0.3)
+    outcome = control.get("outcome")
+    says = f"{ep}: {failure} at {at}; a same-size non-WhatsApp payload to the same address:port was {outcome}"
+    if outcome == "closed" and failure == _EOF:
+        return TargetVerdict(ep, DOWN, "chat.server_hangs_up", says + ": the server hangs up on everyone",
+                             None, 0.6)
+    if outcome in ("answered", "closed"):
+        confidence = 0.9 if failure == _RESET else 0.8
+        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi", says, "protocol_dpi", confidence)
+    if outcome == "silent" and failure == _RESET:
+        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi_reset", says, "protocol_dpi", 0.7)
+    if outcome == "reset":
+        return TargetVerdict(ep, BLOCKED, "chat.address_reset", says, "tcp_reset", 0.7)
+    if outcome == "connect_failed" and control.get("failure") == _REFUSED:
+        return TargetVerdict(ep, DOWN, "chat.control_refused", says, None, 0.6)
+    if outcome == "connect_failed":
+        return TargetVerdict(ep, BLOCKED, "chat.address_blackholed", says + " (residual or address blocking)",
+                             "tcp_ip", 0.6)
+    return TargetVerdict(ep, UNKNOWN, "chat.ambiguous_silence", says, None, 0.3)
+
+
+def _udp_verdict(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
+    ep = attempt.endpoint
+    exchange = attempt.udp[0] if attempt.udp else {}
+    failure = exchange.get("failure", "unknown_failure: not measured")
+    if failure is None:
+        return TargetVerdict(ep, OK, "udp.answered", f"{ep}: STUN Binding answered", None, 1.0)
+    if failure == _REFUSED:
+        return TargetVerdict(ep, DOWN, "udp.port_unreachable", f"{ep}: ICMP port unreachable", None, 0.7)
+    if failure == _TIMEOUT and ctx.tcp_works:
+        return TargetVerdict(ep, BLOCKED, "udp.no_answer",
+                             f"{ep}: no STUN answer to {exchange.get('sends')} sends while TCP paths work",
+                             "udp_blocking", 0.6)
+    return TargetVerdict(ep, UNKNOWN, "udp.no_answer_no_network", f"{ep}: {failure}, and nothing else works "
+                         "either", None, 0.0)
+
+
+def judge_attempt(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
+    """The first stage that shows something wrong decides."""
+    if attempt.feature == "calls":
+        return _udp_verdict(attempt, ctx)
+    session = ctx.chat_sessions.get(attempt.transaction_id)
+    fetch = ctx.fetches.get(attempt.transaction_id)
+    succeeded = (session or {}).get("stage_reached") == "echo" or (
+        fetch is not None and fetch.get("failure") is None)
+    for verdict in (_dns_verdict(attempt, ctx, not succeeded), _connect_verdict(attempt) if attempt.queries
+                    and attempt.queries[0].get("failure") is None else None):
+        if verdict is not None:
+            return verdict
+    if session is not None:
+        return _chat_verdict(attempt, session)
+    return _tls_verdict(attempt) or _http_verdict(attempt)
+
+
+# --- feature aggregation ---------------------------------------------------------------
+
+
+def _evidence(verdicts: Sequence[TargetVerdict]) -> list[str]:
+    lines = [v.evidence for v in verdicts[:_MAX_EVIDENCE]]
+    if len(verdicts) > _MAX_EVIDENCE:
+        lines.append(f"... and {len(verdicts) - _MAX_EVIDENCE} more like these")
+    return lines
+
+
+def _dominant_method(blocked: Sequence[TargetVerdict]) -> str | None:
+    counts = Counter(v.method for v in blocked)
+    return max(counts, key=lambda m: (counts[m], -METHODS.index(m) if m in METHODS else -99))
+
+
+def _feature(verdict: str, rule: str, method: str | None, confidence: float, evidence: list[str],
+             ok: int, total: int) -> dict[str, Any]:
+    return {"verdict": verdict, "method": method, "confidence": round(confidence, 2), "rule": rule,
+            "evidence": evidence, "targets_ok": ok, "targets_total": total}
+
+
+def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict]) -> dict[str, Any]:
+    total = len(verdicts)
+    ok = [v for v in verdicts if v.status == OK]
+    blocked = [v for v in verdicts if v.status == BLOCKED]
+    down = [v for v in verdicts if v.status == DOWN]
+    if total == 0:
+        return _feature(UNKNOWN, "feature.not_measured", None, 0.0, ["no target was measured"], 0, 0)
+    if len(ok) == total:
+        return _feature(OK, "feature.all_ok", None, 1.0, [f"all {total} targets worked"], total, total)
+    if blocked and (feature in ALL_OF_FEATURES or not ok):
+        method = _dominant_method(blocked)
+        same = [v for v in blocked if v.method == method]
+        confidence = sum(v.confidence for v in same) / len(same)
+        rule = "feature.any_blocked" if feature in ALL_OF_FEATURES else "feature.none_ok_blocked"
+        return _feature(BLOCKED, f"{rule}+{same[0].rule}", method, confidence, _evidence(same + [
+            v for v in blocked if v.method != method]), len(ok), total)
+    if ok:
+        failing = [v for v in verdicts if v.status != OK]
+        evidence = [f"{len(ok)} of {total} targets worked; the app needs only one"] + _evidence(failing)
+        return _feature(OK, "feature.some_ok", None, len(ok) / total, evidence, len(ok), total)
+    if down:
+        # Nothing worked and nothing showed interference: some targets are
+        # down and the rest could not be judged.
+        confidence = sum(v.confidence for v in down) / len(down)
+        return _feature(DOWN, f"feature.down+{down[0].rule}", None, confidence, _evidence(down), 0, total)
+    unknown = [v for v in verdicts if v.status == UNKNOWN]
+    return _feature(UNKNOWN, f"feature.unknown+{unknown[0].rule if unknown else 'mixed'}", None, 0.0,
+                    _evidence(unknown + down), 0, total)
+
+
+def derive_whatsapp_features(test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-feature verdicts for a whatsapp measurement's `test_keys` (pure; reads facts only)."""
+    ctx = _context(test_keys)
+    by_feature: dict[str, list[TargetVerdict]] = {feature: [] for feature in FEATURE_ORDER}
+    for attempt in sorted(_group(test_keys).values(), key=lambda a: a.transaction_id):
+        if attempt.feature in by_feature:
+            by_feature[attempt.feature].append(judge_attempt(attempt, ctx))
+    return {feature: aggregate_feature(feature, verdicts) for feature, verdicts in by_feature.items()}
