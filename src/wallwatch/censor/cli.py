@@ -1,0 +1,69 @@
+"""`wallwatch censor ...`: run the emulated firewall, or check a policy file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+censor_app = typer.Typer(
+    name="censor",
+    help="The emulated firewall: NFQUEUE router with rules as data.",
+    no_args_is_help=True,
+)
+
+
+@censor_app.command("run")
+def run_command(
+    policy: Path = typer.Option(..., "--policy", help="Policy YAML file (reloaded on SIGHUP)."),
+    queue: int = typer.Option(100, "--queue", help="NFQUEUE number."),
+    status_file: Optional[Path] = typer.Option(None, "--status-file", help="JSON status, rewritten atomically."),
+    fail_open: bool = typer.Option(False, "--fail-open/--fail-closed",
+                                   help="If the censor dies: let traffic through (--queue-bypass) or drop it."),
+    log: Optional[Path] = typer.Option(None, "--log", help="JSON-lines decision log (default: stderr)."),
+) -> None:
+    """Run as a router in the current network namespace until SIGTERM/SIGINT."""
+    import sys
+
+    from wallwatch.censor.nfqueue import CensorService, JsonLog
+
+    stream = open(log, "a", encoding="utf-8") if log else sys.stderr  # noqa: SIM115 - closed below
+    try:
+        service = CensorService(str(policy), queue_num=queue, status_path=str(status_file) if status_file else None,
+                                fail_open=fail_open, log=JsonLog(stream))
+        code = service.run()
+    finally:
+        if log:
+            stream.close()
+    raise typer.Exit(code)
+
+
+@censor_app.command("check")
+def check_command(policy: Path = typer.Argument(..., help="Policy YAML file.")) -> None:
+    """Validate a policy file and print its rules."""
+    from wallwatch.censor.policy import PolicyError, load_policy, static_drops
+
+    try:
+        loaded = load_policy(policy)
+    except PolicyError as exc:
+        typer.echo(f"invalid policy {policy}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"policy {loaded.name!r}: {len(loaded.rules)} rule(s), sha256 {loaded.sha256}")
+    if loaded.description:
+        typer.echo(f"  {loaded.description}")
+    for index, rule in enumerate(loaded.rules, 1):
+        match = ", ".join(f"{m.key} {m.operator} {list(m.values) if len(m.values) > 1 else m.values[0]}"
+                          for m in rule.matchers)
+        extra = ""
+        if rule.action == "reset":
+            extra = f" x{rule.count}"
+        elif rule.action == "dns-inject":
+            extra = f" -> {', '.join(rule.answer)} ttl {rule.ttl}"
+        elif rule.action == "blackhole-ip":
+            extra = f" ({len(static_drops(rule))} kernel rule(s))"
+        typer.echo(f"{index:3d}. {rule.name}: {match} => {rule.action}{extra}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(censor_app, name="censor")

@@ -1,0 +1,227 @@
+"""The censor's decision core, sans-IO: raw packet bytes in, a `Decision` out.
+
+parse (protocols.inet) -> flow table -> analyzers -> rules -> action, as in
+OpenGFW's engine. Nothing here touches a socket or iptables, so flow
+decisions are unit-tested on synthetic packet sequences and the NFQUEUE
+loop (`nfqueue.py`) stays a thin shell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Callable
+
+from wallwatch.censor.actions import (
+    ACCEPT, VERDICT_ALLOW, VERDICT_DROP, Decision, Injection, dns_injection, offload_mark,
+    reset_injections,
+)
+from wallwatch.censor.analyzers import ALL_ANALYZERS, Direction
+from wallwatch.censor.analyzers.dns import DnsAnalyzer
+from wallwatch.censor.flows import MAX_FLOWS, Flow, FlowTable
+from wallwatch.censor.policy import Policy, Rule, Tri
+from wallwatch.protocols import inet
+from wallwatch.protocols.errors import ProtocolError
+
+# A flow still undecided after this many packets has its analyzers stopped:
+# every protocol we fingerprint shows itself in the client's first flight
+# (OpenGFW's fet looks at the first packet only), and the cap bounds the
+# Python cost of a flow whose client never speaks first.
+MAX_UNDECIDED_PACKETS = 24
+
+# Garbage (unparseable) packets are accepted: a parser gap must not blackhole
+# real traffic, and the kernel's own checks drop truly malformed packets.
+GARBAGE_DECISION = ACCEPT
+
+_DROP_ACTIONS = frozenset({"drop", "reset", "blackhole-ip"})
+
+LogFn = Callable[[dict[str, object]], None]
+
+
+class Censor:
+    """Holds the policy and the flow table; `handle` gives each queued packet its verdict."""
+
+    def __init__(self, policy: Policy, *, max_flows: int = MAX_FLOWS, log: LogFn | None = None) -> None:
+        self.flows = FlowTable(max_flows)
+        self.counters: Counter[str] = Counter()
+        self.log = log
+        self.generation = 0
+        self.policy = policy
+        self._used_keys: frozenset[str] = frozenset()
+        self._analyzers: tuple[type, ...] = ()
+        self.load(policy)
+
+    # --- policy -----------------------------------------------------------
+
+    def load(self, policy: Policy) -> None:
+        """Install a policy; verdicts made under the previous one are re-examined lazily."""
+        self.policy = policy
+        self.generation += 1
+        self._used_keys = frozenset(k for rule in policy.rules for k in rule.keys)
+        # Only run analyzers some rule needs: with no rule on tls.* no ClientHello is parsed.
+        self._analyzers = tuple(a for a in ALL_ANALYZERS if a.provides & self._used_keys)
+
+    def mark(self, verdict: int) -> int:
+        return offload_mark(self.generation, verdict)
+
+    # --- packets ----------------------------------------------------------
+
+    def handle(self, raw: bytes, now: float | None = None) -> Decision:
+        """Decide one packet. Never raises on bad input."""
+        now = time.monotonic() if now is None else now
+        self.counters["packets"] += 1
+        try:
+            packet = inet.parse_packet(raw)
+        except ProtocolError:
+            self.counters["garbage"] += 1
+            return GARBAGE_DECISION
+        if packet.proto not in (inet.PROTO_TCP, inet.PROTO_UDP) or (packet.fragment and not packet.sport):
+            self.counters["not_tcp_udp"] += 1
+            return ACCEPT
+        flow, from_client = self.flows.lookup(packet, now)
+        if flow.verdict is not None:
+            if flow.generation == self.generation:
+                self.counters["queued_after_decision"] += 1
+                return self._repeat(flow)
+            flow.verdict = None  # decided under an older policy: decide again on what is known
+        new_flow = flow.packets == 1
+        if new_flow:
+            self._start(flow)
+        data = self._track(flow, packet, from_client)
+        changed = self._feed(flow, Direction.TO_SERVER if from_client else Direction.TO_CLIENT, data)
+        if flow.packets >= MAX_UNDECIDED_PACKETS and flow.analyzers:
+            flow.analyzers.clear()
+            flow.pending_keys.clear()
+            changed = True
+        if not (changed or new_flow or flow.generation != self.generation):
+            self.counters["undecided"] += 1
+            return ACCEPT
+        flow.generation = self.generation
+        return self._decide(flow, packet, from_client, now)
+
+    def _start(self, flow: Flow) -> None:
+        server_port = flow.server[1]
+        flow.props.update({
+            "proto": flow.proto, "ip.src": flow.client[0], "ip.dst": flow.server[0],
+            "port.src": flow.client[1], "port.dst": server_port,
+        })
+        flow.analyzers = [cls(flow.proto) for cls in self._analyzers if cls.applies(flow.proto, server_port)]
+        flow.pending_keys = set().union(*(a.provides for a in flow.analyzers)) if flow.analyzers else set()
+
+    @staticmethod
+    def _track(flow: Flow, packet: inet.Packet, from_client: bool) -> bytes:
+        if packet.proto == inet.PROTO_UDP:
+            return packet.payload
+        data = flow.track_tcp(packet, from_client)
+        if packet.truncated:  # the capture lost bytes: the stream can no longer be followed
+            flow.stream.delivered = flow.stream.limit
+        if flow.stream.full and flow.analyzers:
+            flow.extra["stream_full"] = True
+        return data
+
+    def _feed(self, flow: Flow, direction: Direction, data: bytes) -> bool:
+        """Feed the live analyzers; True when properties or the set of live analyzers changed."""
+        changed = False
+        if data and flow.analyzers:
+            for analyzer in list(flow.analyzers):
+                try:
+                    update, done = analyzer.feed(direction, data)
+                except Exception:  # noqa: BLE001 - a buggy analyzer must not take the censor down
+                    self.counters["analyzer_errors"] += 1
+                    update, done = None, True
+                if update:
+                    flow.props.update(update)
+                    changed = True
+                if done:
+                    flow.analyzers.remove(analyzer)
+                    changed = True
+        if flow.extra.pop("stream_full", False):
+            flow.analyzers.clear()
+            changed = True
+        if changed:
+            flow.pending_keys = set().union(*(a.provides for a in flow.analyzers)) if flow.analyzers else set()
+        return changed
+
+    # --- rules and actions --------------------------------------------------
+
+    def _decide(self, flow: Flow, packet: inet.Packet, from_client: bool, now: float) -> Decision:
+        pending = flow.pending_keys
+        result = self.policy.decide(flow.props, pending.__contains__)
+        if result == Tri.UNKNOWN:
+            self.counters["undecided"] += 1
+            return ACCEPT
+        if result is None:
+            if any(isinstance(a, DnsAnalyzer) and a.proto == "udp" for a in flow.analyzers):
+                # A later query on this UDP flow may still match: keep watching.
+                self.counters["undecided"] += 1
+                return ACCEPT
+            return self._settle(flow, "allow", None, now)
+        assert isinstance(result, Rule)
+        return self._apply(result, flow, packet, from_client, now)
+
+    def _apply(self, rule: Rule, flow: Flow, packet: inet.Packet, from_client: bool, now: float) -> Decision:
+        action = rule.action
+        if action == "dns-inject":
+            if flow.proto == "udp":
+                return self._inject_dns(rule, flow, packet, now)
+            action = "reset"  # no racing UDP answer on TCP: the GFW resets TCP DNS instead
+        if action == "allow":
+            return self._settle(flow, "allow", rule, now)
+        inject: tuple[Injection, ...] = ()
+        if action == "reset" and flow.proto == "tcp":
+            inject = reset_injections(flow, packet, from_client, rule.count)
+            self.counters["rst_injected"] += len(inject)
+        return self._settle(flow, rule.action, rule, now, inject=inject)
+
+    def _inject_dns(self, rule: Rule, flow: Flow, packet: inet.Packet, now: float) -> Decision:
+        injection = dns_injection(packet, rule)
+        if injection is None:
+            return ACCEPT
+        self.counters["dns_injected"] += 1
+        self.counters["decisions.dns-inject"] += 1
+        self._log(flow, rule, "dns-inject", now)
+        # The query itself goes on: the real answer arrives after the forgery, as with the GFW.
+        return Decision(True, 0, (injection,), rule.name, "dns-inject")
+
+    def _settle(self, flow: Flow, action: str, rule: Rule | None, now: float,
+                inject: tuple[Injection, ...] = ()) -> Decision:
+        """Give the flow its final verdict and hand the rest of it to the kernel."""
+        flow.verdict = action
+        flow.rule = rule.name if rule else None
+        flow.analyzers = []
+        flow.pending_keys = set()
+        self.counters[f"decisions.{action}"] += 1
+        self.counters["offloaded"] += 1
+        self._log(flow, rule, action, now)
+        name = rule.name if rule else None
+        if action in _DROP_ACTIONS:
+            return Decision(False, self.mark(VERDICT_DROP), inject, name, action)
+        return Decision(True, self.mark(VERDICT_ALLOW), inject, name, action)
+
+    def _repeat(self, flow: Flow) -> Decision:
+        verdict = VERDICT_DROP if flow.verdict in _DROP_ACTIONS else VERDICT_ALLOW
+        return Decision(verdict == VERDICT_ALLOW, self.mark(verdict), (), flow.rule, flow.verdict)
+
+    def _log(self, flow: Flow, rule: Rule | None, action: str, now: float) -> None:
+        if self.log is None:
+            return
+        props = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flow.props.items()}
+        self.log({
+            "event": "decision", "rule": rule.name if rule else None, "action": action,
+            "policy": self.policy.name, "generation": self.generation,
+            "client": f"{flow.client[0]}:{flow.client[1]}", "server": f"{flow.server[0]}:{flow.server[1]}",
+            "proto": flow.proto, "packets": flow.packets, "props": props,
+        })
+
+    # --- housekeeping ---------------------------------------------------------
+
+    def expire(self, now: float | None = None) -> int:
+        return self.flows.expire(time.monotonic() if now is None else now)
+
+    def snapshot(self) -> dict[str, int]:
+        counters = dict(self.counters)
+        counters.update({
+            "flows_active": len(self.flows), "flows_created": self.flows.created,
+            "flows_evicted": self.flows.evicted, "flows_expired": self.flows.expired,
+        })
+        return dict(sorted(counters.items()))

@@ -1,0 +1,279 @@
+"""The censor service: NFQUEUE I/O around the sans-IO engine.
+
+One process, one queue, one thread (as Geneva and CensorLab do). Packets are
+read in bounded batches from the queue's netlink socket so signals (SIGHUP
+reload, SIGTERM stop) and housekeeping (flow expiry, status counters) are
+served within a second even under full load. Decided flows are handed to the
+kernel through the connmark (iptables.py), so only a flow's first packets
+cost Python time; the status file's counters show it (`packets` vs
+`offloaded` and `queued_after_decision`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from wallwatch.censor.actions import VERDICT_ALLOW, VERDICT_DROP, Injector, offload_mark
+from wallwatch.censor.engine import Censor
+from wallwatch.censor.iptables import IptablesError, KernelRules
+from wallwatch.censor.policy import Policy, PolicyError, load_policy
+
+DEFAULT_QUEUE = 100  # OpenGFW's queue number (io/nfqueue.go)
+# Queue length and socket buffer: 4096 packets waiting, and an 8 MiB netlink
+# receive buffer (OpenGFW's docs advise >= 4 MiB) so bursts are queued, not
+# dropped with ENOBUFS. netfilterqueue copies at most 4016 bytes per packet
+# (its fixed 4096-byte buffer); the analyzers need only the first bytes, and
+# an accepted packet is forwarded whole whatever was copied.
+QUEUE_MAXLEN = 4096
+SOCKET_RCVBUF = 8 * 1024 * 1024
+# Packets handled per batch before the loop looks at signals and timers.
+BATCH = 256
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+@dataclass
+class Status:
+    """The status file (censor contract): rewritten atomically after every (re)load."""
+
+    path: Path | None
+    policy_path: str
+    policy: Policy | None = None
+    generation: int = 0
+    loaded_at: str = ""
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, counters: dict[str, int]) -> None:
+        if self.path is None:
+            return
+        document: dict[str, Any] = {
+            "pid": os.getpid(),
+            "policy_path": self.policy_path,
+            "policy_sha256": self.policy.sha256 if self.policy else None,
+            "policy_name": self.policy.name if self.policy else None,
+            "rules": len(self.policy.rules) if self.policy else 0,
+            "generation": self.generation,
+            "loaded_at": self.loaded_at,
+            "counters": counters,
+            **self.extra,
+        }
+        if self.error:
+            document["error"] = self.error
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+class JsonLog:
+    """Decision and service events as JSON lines (stderr or a file)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: dict[str, object]) -> None:
+        event = {"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **event}
+        self.stream.write(json.dumps(event, default=str) + "\n")
+        self.stream.flush()
+
+
+class _BoundedSocket:
+    """Gives netfilterqueue's run_socket() at most `budget` packets, then EAGAIN.
+
+    run_socket() loops until recv() raises EAGAIN; under constant load it
+    would never return, so signals and timers would starve.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.budget = 0
+        self.enobufs = 0
+
+    def recv(self, size: int) -> bytes:
+        if self.budget <= 0:
+            raise BlockingIOError(errno.EAGAIN, "batch done")
+        self.budget -= 1
+        while True:
+            try:
+                return self.sock.recv(size)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.enobufs += 1  # the kernel dropped packets: the queue overflowed
+
+
+class CensorService:
+    def __init__(self, policy_path: str, *, queue_num: int = DEFAULT_QUEUE, status_path: str | None = None,
+                 fail_open: bool = False, log: JsonLog | None = None) -> None:
+        self.policy_path = policy_path
+        self.queue_num = queue_num
+        self.log = log or JsonLog(sys.stderr)
+        self.status = Status(Path(status_path) if status_path else None, str(Path(policy_path).resolve()),
+                             extra={"queue": queue_num, "fail_open": fail_open})
+        self.rules = KernelRules(queue_num, fail_open)
+        self.censor: Censor | None = None
+        self.injector: Injector | None = None
+        self._reload = False
+        self._stop = False
+        self._callback_errors = 0
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT. Returns the exit code."""
+        from netfilterqueue import NetfilterQueue  # C extension; keep `wallwatch --help` light
+
+        try:
+            policy = load_policy(self.policy_path)
+        except PolicyError as exc:
+            self.status.error = str(exc)
+            self.status.write({})
+            self.log({"event": "error", "error": str(exc)})
+            return 2
+        self.censor = Censor(policy, log=self.log)
+        self.injector = Injector()
+        queue = NetfilterQueue()
+        wake_r, wake_w = socket.socketpair()
+        old_handlers = self._install_signals(wake_w)
+        try:
+            queue.bind(self.queue_num, self._on_packet, max_len=QUEUE_MAXLEN, sock_len=SOCKET_RCVBUF)
+            self.rules.apply(policy, self.censor.mark(VERDICT_ALLOW), self.censor.mark(VERDICT_DROP))
+            self._loaded(policy)
+            self._serve(queue, wake_r)
+            return 0
+        except (IptablesError, OSError) as exc:
+            self.log({"event": "error", "error": str(exc)})
+            self.status.error = str(exc)
+            self.status.write(self.censor.snapshot())
+            return 1
+        finally:
+            self.rules.remove()
+            queue.unbind()
+            self.injector.close()
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(-1)
+            wake_r.close()
+            wake_w.close()
+            self.log({"event": "stopped", "counters": self.counters()})
+
+    def _install_signals(self, wake_w: socket.socket) -> dict[int, Any]:
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        handlers = {signal.SIGHUP: self._on_hup, signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
+        return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+
+    def _on_hup(self, *_: object) -> None:
+        self._reload = True
+
+    def _on_stop(self, *_: object) -> None:
+        self._stop = True
+
+    def _serve(self, queue: Any, wake_r: socket.socket) -> None:
+        nl = socket.fromfd(queue.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
+        nl.setblocking(False)
+        bounded = _BoundedSocket(nl)
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        try:
+            while not self._stop:
+                timeout = max(0.0, next_housekeeping - time.monotonic())
+                readable, _, _ = select.select([nl, wake_r], [], [], timeout)
+                if wake_r in readable:
+                    try:
+                        wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
+                if nl in readable:
+                    bounded.budget = BATCH
+                    queue.run_socket(bounded)
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    assert self.censor is not None
+                    self.censor.expire(now)
+                    self.censor.counters["enobufs"] = bounded.enobufs
+                    self.status.write(self.counters())
+                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        finally:
+            nl.close()
+
+    # --- policy -------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """SIGHUP: load the policy file again; on any error keep the old one in force."""
+        assert self.censor is not None
+        old = self.censor.policy
+        try:
+            policy = load_policy(self.policy_path)
+            next_generation = self.censor.generation + 1
+            self.rules.apply(policy, offload_mark(next_generation, VERDICT_ALLOW),
+                             offload_mark(next_generation, VERDICT_DROP))
+        except (PolicyError, IptablesError) as exc:
+            self.status.error = str(exc)
+            self.log({"event": "reload_failed", "error": str(exc), "policy": old.name})
+            try:  # the old rules stay in force (iptables-restore is atomic, but be sure)
+                self.rules.apply(old, self.censor.mark(VERDICT_ALLOW), self.censor.mark(VERDICT_DROP))
+            except IptablesError:
+                pass
+            self.status.write(self.counters())
+            return False
+        self.censor.load(policy)
+        self._loaded(policy)
+        return True
+
+    def _loaded(self, policy: Policy) -> None:
+        assert self.censor is not None
+        self.status.policy = policy
+        self.status.generation = self.censor.generation
+        self.status.loaded_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.status.error = None
+        self.status.write(self.counters())
+        self.log({"event": "loaded", "policy": policy.name, "sha256": policy.sha256,
+                  "rules": len(policy.rules), "generation": self.censor.generation})
+
+    # --- packets ------------------------------------------------------------
+
+    def _on_packet(self, pkt: Any) -> None:
+        """netfilterqueue callback: every packet gets exactly one verdict, whatever happens."""
+        assert self.censor is not None and self.injector is not None
+        try:
+            decision = self.censor.handle(pkt.get_payload())
+            if decision.inject:
+                self.injector.send(decision.inject)
+            if decision.mark:
+                pkt.set_mark(decision.mark)
+                pkt.repeat()
+            elif decision.accept:
+                pkt.accept()
+            else:
+                pkt.drop()
+        except Exception as exc:  # noqa: BLE001 - a verdict must still be given
+            self._callback_errors += 1
+            if self._callback_errors <= 10:
+                self.log({"event": "callback_error", "error": f"{exc.__class__.__name__}: {exc}"})
+            try:
+                pkt.accept()
+            except Exception:  # noqa: BLE001 - verdict was already given
+                pass
+
+    def counters(self) -> dict[str, int]:
+        assert self.censor is not None
+        counters = self.censor.snapshot()
+        counters["callback_errors"] = self._callback_errors
+        if self.injector is not None:
+            counters["injected"] = self.injector.sent
+            counters["inject_errors"] = self.injector.errors
+        return counters

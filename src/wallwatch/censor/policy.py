@@ -1,0 +1,420 @@
+"""Rules as data: load, validate and evaluate a YAML censor policy.
+
+A policy is an ordered list of rules; each matches flow properties (addresses,
+ports and what the analyzers found) and names an action. The first rule that
+matches wins, as in OpenGFW (`ruleset/expr.go`). Evaluation is three-valued
+because properties arrive packet by packet: a rule whose properties are not
+known yet does not match *yet*, and a later rule may only win once every
+earlier rule is known not to match. A flow that no rule can match any more is
+allowed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+ACTIONS = ("allow", "drop", "reset", "dns-inject", "blackhole-ip")
+
+# What each property is, which decides how values compare.
+#   name: DNS-ish names and tokens, compared case-insensitively
+#   text: case-sensitive strings (URL paths)
+#   ip, int, bool: as they say
+KEY_TYPES: dict[str, str] = {
+    "proto": "name",
+    "ip.src": "ip", "ip.dst": "ip",
+    "port.src": "int", "port.dst": "int",
+    "tls.sni": "name", "tls.alpn": "name",
+    "http.host": "name", "http.method": "name", "http.path": "text",
+    "dns.qname": "name", "dns.qtype": "name",
+    "whatsapp.header": "bool", "whatsapp.edge_routing": "bool", "whatsapp.magic": "int",
+}
+# Keys known from the first packet of a flow (no analyzer needed).
+ADDRESS_KEYS = frozenset({"proto", "ip.src", "ip.dst", "port.src", "port.dst"})
+
+OPERATORS_BY_TYPE: dict[str, frozenset[str]] = {
+    "name": frozenset({"suffix", "glob", "regex"}),
+    "text": frozenset({"glob", "regex"}),
+    "ip": frozenset({"cidr"}),
+    "int": frozenset({"range"}),
+    "bool": frozenset(),
+}
+
+# GFW sends three RSTs per direction (censor-lab.md §4); a cap keeps a typo
+# from turning the censor into a packet flood.
+DEFAULT_RST_COUNT = 3
+MAX_RST_COUNT = 20
+# The lab's "nothing lives here" sink (lab contract), the default forged answer.
+DEFAULT_FORGED_ANSWER = "198.19.250.1"
+# dnspython/protocols.dns default; GFW forgeries carry assorted TTLs.
+DEFAULT_FORGED_TTL = 60
+
+
+class PolicyError(ValueError):
+    """The policy file is not valid; the message names the rule and key."""
+
+
+class Tri:
+    """Three-valued match results."""
+
+    NO = 0
+    YES = 1
+    UNKNOWN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    key: str
+    operator: str  # "eq" | "suffix" | "glob" | "regex" | "cidr" | "range"
+    values: tuple[Any, ...]
+    test: Callable[[Any], bool] = field(compare=False, repr=False)
+
+    def matches(self, value: object) -> bool:
+        if value is None:
+            return False
+        if isinstance(value, tuple):
+            return any(self.test(item) for item in value)
+        try:
+            return self.test(value)
+        except (TypeError, ValueError):
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    matchers: tuple[Matcher, ...]
+    action: str
+    count: int = DEFAULT_RST_COUNT
+    answer: tuple[str, ...] = (DEFAULT_FORGED_ANSWER,)
+    ttl: int = DEFAULT_FORGED_TTL
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(m.key for m in self.matchers)
+
+    def evaluate(self, props: Mapping[str, object], pending: Callable[[str], bool]) -> int:
+        """Tri.YES/NO/UNKNOWN given the known properties and which keys may still arrive."""
+        result = Tri.YES
+        for matcher in self.matchers:
+            if matcher.key in props:
+                if not matcher.matches(props[matcher.key]):
+                    return Tri.NO
+            elif pending(matcher.key):
+                result = Tri.UNKNOWN
+            else:
+                return Tri.NO
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    description: str
+    rules: tuple[Rule, ...]
+    sha256: str = ""
+    path: str = ""
+
+    @property
+    def static_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.action == "blackhole-ip")
+
+    def decide(self, props: Mapping[str, object], pending: Callable[[str], bool]) -> Rule | None | int:
+        """The winning rule, None when no rule can match any more, or Tri.UNKNOWN to wait."""
+        for rule in self.rules:
+            result = rule.evaluate(props, pending)
+            if result == Tri.YES:
+                return rule
+            if result == Tri.UNKNOWN:
+                return Tri.UNKNOWN
+        return None
+
+
+# --- loading ------------------------------------------------------------------
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; PolicyError on any problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from None
+    return parse_policy(raw, path=str(path))
+
+
+def parse_policy(source: bytes | str | Mapping[str, Any], *, path: str = "") -> Policy:
+    """Validate a policy given as YAML bytes/text or as an already-parsed mapping."""
+    if isinstance(source, Mapping):
+        document: Any = source
+        digest = hashlib.sha256(yaml.safe_dump(dict(source), sort_keys=True).encode()).hexdigest()
+    else:
+        raw = source.encode() if isinstance(source, str) else source
+        digest = hashlib.sha256(raw).hexdigest()
+        try:
+            document = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"policy is not valid YAML: {exc}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, Mapping):
+        raise PolicyError("policy must be a mapping with 'name' and 'rules'")
+    _reject_unknown(document, {"name", "description", "rules"}, "policy")
+    rules_doc = document.get("rules") or []
+    if not isinstance(rules_doc, list):
+        raise PolicyError("policy 'rules' must be a list")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, rule_doc in enumerate(rules_doc):
+        rule = _parse_rule(rule_doc, index)
+        if rule.name in seen:
+            raise PolicyError(f"rule {rule.name!r}: duplicate rule name")
+        seen.add(rule.name)
+        rules.append(rule)
+    name = document.get("name") or (Path(path).stem if path else "unnamed")
+    return Policy(str(name), str(document.get("description") or "").strip(), tuple(rules), digest, path)
+
+
+def _reject_unknown(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(map(str, doc)) - allowed)
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _parse_rule(doc: Any, index: int) -> Rule:
+    if not isinstance(doc, Mapping):
+        raise PolicyError(f"rule #{index + 1}: must be a mapping")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise PolicyError(f"rule #{index + 1}: every rule needs a non-empty 'name'")
+    where = f"rule {name!r}"
+    _reject_unknown(doc, {"name", "match", "action", "count", "answer", "ttl", "description"}, where)
+    action = doc.get("action")
+    if action not in ACTIONS:
+        raise PolicyError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
+    match = doc.get("match")
+    if not isinstance(match, Mapping) or not match:
+        raise PolicyError(f"{where}: 'match' must be a non-empty mapping of property -> value")
+    matchers = tuple(_compile_matcher(where, str(key), value) for key, value in match.items())
+    keys = {m.key for m in matchers}
+    if action == "blackhole-ip" and not keys <= ADDRESS_KEYS:
+        extra = ", ".join(sorted(keys - ADDRESS_KEYS))
+        raise PolicyError(f"{where}: blackhole-ip is a static kernel rule; only {', '.join(sorted(ADDRESS_KEYS))}"
+                          f" may be matched, not {extra}")
+    if action == "blackhole-ip" and not keys & {"ip.src", "ip.dst"}:
+        raise PolicyError(f"{where}: blackhole-ip needs ip.src or ip.dst")
+    if action == "dns-inject" and not keys & {"dns.qname", "dns.qtype"}:
+        raise PolicyError(f"{where}: dns-inject needs a dns.qname or dns.qtype match")
+    if "count" in doc and action != "reset":
+        raise PolicyError(f"{where}: 'count' only applies to the reset action")
+    if ("answer" in doc or "ttl" in doc) and action != "dns-inject":
+        raise PolicyError(f"{where}: 'answer' and 'ttl' only apply to the dns-inject action")
+    if action == "blackhole-ip":
+        static_drops(Rule(name, matchers, action))  # validates now, at load time
+    count = _int_in(where, "count", doc.get("count", DEFAULT_RST_COUNT), 1, MAX_RST_COUNT)
+    ttl = _int_in(where, "ttl", doc.get("ttl", DEFAULT_FORGED_TTL), 0, 2**31 - 1)
+    return Rule(name, matchers, action, count, _answers(where, doc.get("answer", DEFAULT_FORGED_ANSWER)), ttl)
+
+
+def _int_in(where: str, key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PolicyError(f"{where}: '{key}' must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def _answers(where: str, value: Any) -> tuple[str, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise PolicyError(f"{where}: 'answer' must name at least one address")
+    try:
+        return tuple(str(ipaddress.ip_address(str(v))) for v in values)
+    except ValueError as exc:
+        raise PolicyError(f"{where}: 'answer': {exc}") from None
+
+
+# --- matchers -----------------------------------------------------------------
+
+
+def _compile_matcher(where: str, key: str, spec: Any) -> Matcher:
+    if key not in KEY_TYPES:
+        raise PolicyError(f"{where}: unknown property {key!r} (known: {', '.join(KEY_TYPES)})")
+    kind = KEY_TYPES[key]
+    where = f"{where}, key {key!r}"
+    if isinstance(spec, Mapping):
+        if len(spec) != 1:
+            raise PolicyError(f"{where}: a mapping value takes exactly one operator, got {sorted(spec)}")
+        operator, operand = next(iter(spec.items()))
+        if operator not in OPERATORS_BY_TYPE[kind]:
+            allowed = ", ".join(sorted(OPERATORS_BY_TYPE[kind])) or "none (use a value or a list)"
+            raise PolicyError(f"{where}: operator {operator!r} does not apply to a {kind} property; allowed: {allowed}")
+        values = tuple(operand) if isinstance(operand, list) else (operand,)
+    else:
+        operator = "eq"
+        values = tuple(spec) if isinstance(spec, list) else (spec,)
+    if not values:
+        raise PolicyError(f"{where}: empty list of values")
+    try:
+        test = _BUILDERS[operator](kind, values)
+    except (ValueError, TypeError, re.error) as exc:
+        raise PolicyError(f"{where}: bad {operator} value: {exc}") from None
+    return Matcher(key, operator, values, test)
+
+
+def _normalise(kind: str, value: Any) -> Any:
+    if kind == "name":
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ValueError(f"expected a string, got {value!r}")
+        return str(value).lower().rstrip(".")
+    if kind == "text":
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    if kind == "ip":
+        return ipaddress.ip_address(str(value))
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(value)
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _build_eq(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    wanted = frozenset(_normalise(kind, v) for v in values)
+    if kind == "ip":
+        return lambda value: ipaddress.ip_address(value) in wanted
+    if kind == "name":
+        return lambda value: str(value).lower().rstrip(".") in wanted
+    if kind == "bool":
+        return lambda value: isinstance(value, bool) and value in wanted
+    return lambda value: value in wanted
+
+
+def _build_suffix(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    # On a label boundary: "whatsapp.net" matches itself and "mmg.whatsapp.net",
+    # never "notwhatsapp.net" (the GFW's domain lists behave this way, GFWatch).
+    suffixes = tuple(_normalise("name", v).lstrip(".") for v in values)
+    dotted = tuple("." + s for s in suffixes)
+
+    def test(value: Any) -> bool:
+        name = str(value).lower().rstrip(".")
+        return name in suffixes or name.endswith(dotted)
+
+    return test
+
+
+def _build_glob(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    flags = re.IGNORECASE if kind == "name" else 0
+    patterns = [re.compile(fnmatch.translate(str(v)), flags) for v in values]
+    return lambda value: any(p.match(str(value)) for p in patterns)
+
+
+def _build_regex(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    # re.search semantics: anchor with ^...$ in the policy when needed.
+    flags = re.IGNORECASE if kind == "name" else 0
+    patterns = [re.compile(str(v), flags) for v in values]
+    return lambda value: any(p.search(str(value)) for p in patterns)
+
+
+def _build_cidr(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    networks = tuple(ipaddress.ip_network(str(v), strict=False) for v in values)
+    return lambda value: any(ipaddress.ip_address(value) in n for n in networks)
+
+
+def parse_port_range(value: Any) -> tuple[int, int]:
+    """'5000-5999' or 5000 -> (5000, 5999) / (5000, 5000)."""
+    text = str(value)
+    low_text, _, high_text = text.partition("-")
+    low, high = int(low_text), int(high_text or low_text)
+    if not 0 <= low <= high <= 65535:
+        raise ValueError(f"range {text!r} is not within 0-65535 with low <= high")
+    return low, high
+
+
+def _build_range(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    ranges = tuple(parse_port_range(v) for v in values)
+    return lambda value: any(low <= int(value) <= high for low, high in ranges)
+
+
+_BUILDERS: dict[str, Callable[[str, tuple[Any, ...]], Callable[[Any], bool]]] = {
+    "eq": _build_eq, "suffix": _build_suffix, "glob": _build_glob, "regex": _build_regex,
+    "cidr": _build_cidr, "range": _build_range,
+}
+
+
+# --- static kernel rules (blackhole-ip) ------------------------------------------
+
+# A blackhole-ip rule expands to the product of its values; a cap keeps a
+# policy typo from installing thousands of iptables rules.
+MAX_STATIC_RULES_PER_RULE = 256
+_STATIC_PROTOS = ("tcp", "udp", "icmp")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticDrop:
+    """One kernel DROP rule (IPv4; the lab is IPv4-only). None = any."""
+
+    rule: str
+    proto: str | None
+    src: str | None
+    dst: str | None
+    sport: tuple[int, int] | None
+    dport: tuple[int, int] | None
+
+
+def static_drops(rule: Rule) -> tuple[StaticDrop, ...]:
+    """Expand a blackhole-ip rule into kernel DROP rules; PolicyError if it cannot be."""
+    where = f"rule {rule.name!r}"
+    by_key = {m.key: m for m in rule.matchers}
+    try:
+        protos = _static_protos(by_key.get("proto"))
+        srcs = _static_networks(by_key.get("ip.src"))
+        dsts = _static_networks(by_key.get("ip.dst"))
+        sports = _static_ports(by_key.get("port.src"))
+        dports = _static_ports(by_key.get("port.dst"))
+    except ValueError as exc:
+        raise PolicyError(f"{where}: {exc}") from None
+    if (sports != [None] or dports != [None]) and protos == [None]:
+        protos = ["tcp", "udp"]  # iptables needs -p for --sport/--dport
+    if "icmp" in protos and (sports != [None] or dports != [None]):
+        raise PolicyError(f"{where}: ports cannot be matched with proto icmp")
+    specs = [StaticDrop(rule.name, proto, src, dst, sport, dport)
+             for proto in protos for src in srcs for dst in dsts for sport in sports for dport in dports]
+    if len(specs) > MAX_STATIC_RULES_PER_RULE:
+        raise PolicyError(f"{where}: expands to {len(specs)} kernel rules (max {MAX_STATIC_RULES_PER_RULE})")
+    return tuple(specs)
+
+
+def _static_protos(matcher: Matcher | None) -> list[str | None]:
+    if matcher is None:
+        return [None]
+    if matcher.operator != "eq":
+        raise ValueError("proto takes a value or a list in a blackhole-ip rule")
+    protos = [str(v).lower() for v in matcher.values]
+    bad = [p for p in protos if p not in _STATIC_PROTOS]
+    if bad:
+        raise ValueError(f"proto {bad[0]!r} is not one of {', '.join(_STATIC_PROTOS)}")
+    return list(dict.fromkeys(protos))
+
+
+def _static_networks(matcher: Matcher | None) -> list[str | None]:
+    if matcher is None:
+        return [None]
+    networks = [ipaddress.ip_network(str(v), strict=False) for v in matcher.values]
+    if any(n.version != 4 for n in networks):
+        raise ValueError(f"key {matcher.key!r}: kernel rules are IPv4-only here (the lab is IPv4)")
+    return [str(n) for n in networks]
+
+
+def _static_ports(matcher: Matcher | None) -> list[tuple[int, int] | None]:
+    if matcher is None:
+        return [None]
+    return [parse_port_range(v) for v in matcher.values]

@@ -1,0 +1,247 @@
+"""censor.engine: flow decisions on synthetic packet sequences (sans-IO, no kernel)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wallwatch.censor.actions import MARK_MASK, VERDICT_ALLOW, VERDICT_DROP, offload_mark
+from wallwatch.censor.analyzers import Analyzer
+from wallwatch.censor.engine import MAX_UNDECIDED_PACKETS, Censor
+from wallwatch.censor.flows import FlowTable, StreamBuffer
+from wallwatch.censor.policy import parse_policy
+from wallwatch.protocols import dns, inet, tls, whatsapp
+
+CLIENT, MEDIA, CHAT, RESOLVER, RELAY = "198.18.0.2", "198.19.2.3", "198.19.1.1", "198.19.0.53", "198.19.3.1"
+
+
+def policy(*rules: dict[str, Any]):
+    return parse_policy({"name": "test", "rules": list(rules)})
+
+
+class Tcp:
+    """A client<->server TCP conversation that keeps its own sequence numbers."""
+
+    def __init__(self, server: str, port: int = 443, sport: int = 40000) -> None:
+        self.server, self.port, self.sport = server, port, sport
+        self.cseq, self.sseq = 1000, 90000
+
+    def syn(self) -> bytes:
+        return inet.build_tcp(CLIENT, self.server, self.sport, self.port, seq=self.cseq, flags=inet.SYN)
+
+    def synack(self) -> bytes:
+        return inet.build_tcp(self.server, CLIENT, self.port, self.sport, seq=self.sseq, ack=self.cseq + 1,
+                              flags=inet.SYN | inet.ACK)
+
+    def ack(self) -> bytes:
+        self.cseq += 1
+        self.sseq += 1
+        return inet.build_tcp(CLIENT, self.server, self.sport, self.port, seq=self.cseq, ack=self.sseq)
+
+    def client_data(self, payload: bytes, seq: int | None = None) -> bytes:
+        seq = self.cseq if seq is None else seq
+        self.cseq = max(self.cseq, seq + len(payload))
+        return inet.build_tcp(CLIENT, self.server, self.sport, self.port, seq=seq, ack=self.sseq,
+                              flags=inet.ACK | inet.PSH, payload=payload)
+
+    def server_data(self, payload: bytes) -> bytes:
+        raw = inet.build_tcp(self.server, CLIENT, self.port, self.sport, seq=self.sseq, ack=self.cseq,
+                             flags=inet.ACK | inet.PSH, payload=payload)
+        self.sseq += len(payload)
+        return raw
+
+    def handshake(self, censor: Censor) -> list:
+        return [censor.handle(p, 1.0) for p in (self.syn(), self.synack(), self.ack())]
+
+
+MEDIA_RESET = {"name": "media-sni", "match": {"tls.sni": "mmg.whatsapp.net"}, "action": "reset", "count": 3}
+
+
+def test_sni_reset_injects_rsts_with_exact_sequence_numbers() -> None:
+    censor = Censor(policy(MEDIA_RESET))
+    conn = Tcp(MEDIA)
+    assert all(d.accept and not d.mark for d in conn.handshake(censor))
+    trigger_seq = conn.cseq
+    hello = tls.build_client_hello("mmg.whatsapp.net")
+    decision = censor.handle(conn.client_data(hello), 1.0)
+    assert (decision.accept, decision.rule, decision.action) == (False, "media-sni", "reset")
+    assert decision.mark == offload_mark(censor.generation, VERDICT_DROP)
+    rsts = [inet.parse_packet(i.data) for i in decision.inject]
+    to_client = [p for p in rsts if p.dst == CLIENT]
+    to_server = [p for p in rsts if p.dst == MEDIA]
+    assert len(to_client) == len(to_server) == 3
+    for p in to_client:  # spoofed from the server, at the client's rcv_nxt
+        assert (p.src, p.sport, p.dport, p.seq, p.ack) == (MEDIA, 443, 40000, conn.sseq, trigger_seq + len(hello))
+        assert p.has(inet.RST)
+    for p in to_server:  # spoofed from the client, at the server's rcv_nxt (the dropped trigger's seq)
+        assert (p.src, p.sport, p.dport, p.seq) == (CLIENT, 40000, 443, trigger_seq)
+    assert all(inet.verify_checksums(i.data) for i in decision.inject)
+    # Later packets of the flow get the same kernel verdict without new analysis.
+    again = censor.handle(conn.client_data(b"more"), 1.1)
+    assert (again.accept, again.mark, again.inject) == (False, decision.mark, ())
+    assert censor.counters["queued_after_decision"] == 1
+
+
+def test_non_matching_sni_is_allowed_and_offloaded() -> None:
+    censor = Censor(policy(MEDIA_RESET))
+    conn = Tcp("198.19.2.2")
+    conn.handshake(censor)
+    decision = censor.handle(conn.client_data(tls.build_client_hello("web.whatsapp.com")), 1.0)
+    assert decision.accept and decision.mark == offload_mark(censor.generation, VERDICT_ALLOW)
+    assert decision.action == "allow" and decision.rule is None and not decision.inject
+
+
+def test_client_hello_split_and_out_of_order() -> None:
+    censor = Censor(policy(MEDIA_RESET))
+    conn = Tcp(MEDIA)
+    conn.handshake(censor)
+    hello = tls.build_client_hello("mmg.whatsapp.net")
+    start = conn.cseq
+    second = censor.handle(conn.client_data(hello[100:], seq=start + 100), 1.0)
+    assert second.accept and not second.mark  # a gap: nothing to analyse yet
+    first = censor.handle(conn.client_data(hello[:100], seq=start), 1.0)
+    assert first.action == "reset"
+
+
+def test_whatsapp_fingerprint_on_any_port() -> None:
+    censor = Censor(policy({"name": "chat", "match": {"whatsapp.header": True}, "action": "reset"}))
+    conn = Tcp(CHAT, port=5222)
+    conn.handshake(censor)
+    client = whatsapp.ChatClient(edge_routing=b"\x01\x02")
+    client.initiate()
+    assert censor.handle(conn.client_data(client.data_to_send()), 1.0).rule == "chat"
+    assert censor.flows._flows  # noqa: SLF001 - the flow is remembered with its verdict
+    flow = next(iter(censor.flows))
+    assert flow.props["whatsapp.edge_routing"] is True and flow.verdict == "reset"
+
+
+def test_http_host_drop() -> None:
+    censor = Censor(policy({"name": "h", "match": {"http.host": {"suffix": "whatsapp.net"}, "http.method": "POST"},
+                            "action": "drop"}))
+    conn = Tcp(MEDIA, port=80)
+    conn.handshake(censor)
+    decision = censor.handle(conn.client_data(b"POST /upload HTTP/1.1\r\nHost: MMG.WhatsApp.net\r\n\r\n"), 1.0)
+    assert (decision.accept, decision.action, decision.inject) == (False, "drop", ())
+
+
+def test_dns_inject_forges_then_lets_the_query_through() -> None:
+    censor = Censor(policy({"name": "wa-dns", "match": {"dns.qname": {"suffix": "whatsapp.net"}},
+                            "action": "dns-inject", "answer": ["198.19.250.1"], "ttl": 7}))
+    query = dns.build_query("e1.whatsapp.net", "A", query_id=4242)
+    decision = censor.handle(inet.build_udp(CLIENT, RESOLVER, 5353, 53, query), 1.0)
+    assert decision.accept and not decision.mark and decision.action == "dns-inject"
+    (injection,) = decision.inject
+    forged = inet.parse_packet(injection.data)
+    assert (forged.src, forged.sport, forged.dst, forged.dport) == (RESOLVER, 53, CLIENT, 5353)
+    facts = dns.parse_dns(forged.payload)
+    assert facts.id == 4242 and facts.is_response and facts.addresses == ("198.19.250.1",)
+    assert facts.answers[0].ttl == 7
+    # The real answer passes untouched; a later innocent query on the same socket is not forged.
+    real = dns.build_response(query, ["198.19.1.1"])
+    assert censor.handle(inet.build_udp(RESOLVER, CLIENT, 53, 5353, real), 1.1).inject == ()
+    other = censor.handle(inet.build_udp(CLIENT, RESOLVER, 5353, 53, dns.build_query("example.org")), 1.2)
+    assert other.accept and other.inject == ()
+    again = censor.handle(inet.build_udp(CLIENT, RESOLVER, 5353, 53, dns.build_query("mmg.whatsapp.net")), 1.3)
+    assert len(again.inject) == 1 and censor.counters["dns_injected"] == 2
+
+
+def test_udp_drop_is_decided_on_the_first_packet() -> None:
+    censor = Censor(policy(MEDIA_RESET, {"name": "relays", "match": {"proto": "udp", "ip.dst": {"cidr": "198.19.3.0/24"}},
+                                         "action": "drop"}))
+    decision = censor.handle(inet.build_udp(CLIENT, RELAY, 50000, 3478, b"\x00\x01"), 1.0)
+    assert (decision.accept, decision.rule) == (False, "relays")
+    other = censor.handle(inet.build_udp(CLIENT, "198.19.4.1", 50000, 3478, b"\x00\x01"), 1.0)
+    assert other.accept and other.action == "allow"
+
+
+def test_rule_order_first_match_wins() -> None:
+    censor = Censor(policy({"name": "let-web", "match": {"tls.sni": "web.whatsapp.com"}, "action": "allow"},
+                           {"name": "all-whatsapp", "match": {"tls.sni": {"suffix": "whatsapp.com"}}, "action": "reset"}))
+    conn = Tcp("198.19.2.2")
+    conn.handshake(censor)
+    assert censor.handle(conn.client_data(tls.build_client_hello("web.whatsapp.com")), 1.0).rule == "let-web"
+
+
+def test_empty_policy_offloads_on_the_first_packet() -> None:
+    censor = Censor(policy())
+    decision = censor.handle(Tcp(MEDIA).syn(), 1.0)
+    assert decision.accept and decision.mark & MARK_MASK and decision.action == "allow"
+
+
+def test_address_rule_after_a_sni_rule_waits_for_the_client_hello() -> None:
+    censor = Censor(policy(MEDIA_RESET, {"name": "ip", "match": {"ip.dst": MEDIA}, "action": "drop"}))
+    conn = Tcp(MEDIA)
+    assert all(not d.mark for d in conn.handshake(censor))
+    assert censor.handle(conn.client_data(b"\x00not tls at all"), 1.0).rule == "ip"
+
+
+def test_garbage_and_non_tcp_udp_are_accepted_and_counted() -> None:
+    censor = Censor(policy(MEDIA_RESET))
+    for raw in (b"", b"\x45\x00", b"\xff" * 40, inet.build_tcp(CLIENT, MEDIA, 1, 2, seq=0)[:30]):
+        assert censor.handle(raw, 1.0).accept
+    icmp = bytearray(inet.build_udp(CLIENT, MEDIA, 1, 2, b"x"))
+    icmp[9] = 1
+    assert censor.handle(bytes(icmp), 1.0).accept
+    assert censor.counters["garbage"] == 4 and censor.counters["not_tcp_udp"] == 1
+
+
+def test_a_crashing_analyzer_is_counted_and_treated_as_done(monkeypatch) -> None:
+    from wallwatch.censor.analyzers.tls import TlsAnalyzer
+
+    def boom(self: Analyzer, direction: Any, data: bytes) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(TlsAnalyzer, "feed", boom)
+    censor = Censor(policy(MEDIA_RESET))
+    conn = Tcp(MEDIA)
+    conn.handshake(censor)
+    decision = censor.handle(conn.client_data(tls.build_client_hello("mmg.whatsapp.net")), 1.0)
+    assert decision.action == "allow" and censor.counters["analyzer_errors"] == 1
+
+
+def test_reload_re_examines_decided_flows() -> None:
+    censor = Censor(policy())
+    conn = Tcp(MEDIA)
+    conn.handshake(censor)
+    censor.handle(conn.client_data(b"hello"), 1.0)
+    censor.load(policy({"name": "ip", "match": {"ip.dst": MEDIA}, "action": "drop"}))
+    decision = censor.handle(conn.client_data(b"more"), 2.0)
+    assert (decision.accept, decision.rule) == (False, "ip")
+    assert decision.mark == offload_mark(censor.generation, VERDICT_DROP) != offload_mark(1, VERDICT_DROP)
+
+
+def test_undecided_flows_stop_being_analysed_after_a_cap() -> None:
+    censor = Censor(policy(MEDIA_RESET))
+    conn = Tcp(MEDIA)
+    conn.handshake(censor)
+    decisions = [censor.handle(conn.server_data(b"banner"), 1.0) for _ in range(MAX_UNDECIDED_PACKETS)]
+    first_marked = next(i for i, d in enumerate(decisions) if d.mark)
+    assert first_marked + 4 == MAX_UNDECIDED_PACKETS  # 3 handshake packets + 21 server packets
+    assert decisions[first_marked].action == "allow"
+
+
+def test_flow_table_is_bounded_and_expires() -> None:
+    table = FlowTable(max_flows=4)
+    for port in range(10):
+        table.lookup(inet.parse_packet(inet.build_udp(CLIENT, RELAY, 1000 + port, 3478, b"")), float(port))
+    assert len(table) == 4 and table.evicted == 6
+    assert table.expire(1000.0) == 4 and len(table) == 0
+
+
+def test_direction_is_normalised_client_is_initiator() -> None:
+    table = FlowTable()
+    conn = Tcp(MEDIA)
+    flow, from_client = table.lookup(inet.parse_packet(conn.syn()), 0.0)
+    same, reply_from_client = table.lookup(inet.parse_packet(conn.synack()), 0.0)
+    assert same is flow and from_client and not reply_from_client and flow.client == (CLIENT, 40000)
+
+
+def test_stream_buffer_caps_and_ignores_retransmissions() -> None:
+    buffer = StreamBuffer(limit=10)
+    buffer.start(99)
+    assert buffer.push(100, b"abcd") == b"abcd"
+    assert buffer.push(100, b"abcd") == b""           # retransmission
+    assert buffer.push(102, b"cdefgh") == b"efgh"     # overlap trimmed
+    assert buffer.push(108, b"ijklmn") == b"ij" and buffer.full
+    wrap = StreamBuffer()
+    wrap.start(2**32 - 2)
+    assert wrap.push(2**32 - 1, b"xy") == b"xy" and wrap.push(1, b"z") == b"z"  # seq wraps around

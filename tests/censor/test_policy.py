@@ -1,0 +1,140 @@
+"""censor.policy: loading, validation errors, every operator, three-valued first match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wallwatch.censor.policy import PolicyError, Tri, load_policy, parse_policy, static_drops
+
+POLICIES = sorted((Path(__file__).parents[2] / "policies").glob("*.yaml"))
+
+
+def rule_of(match: dict, action: str = "drop", **extra: object):
+    return parse_policy({"name": "t", "rules": [{"name": "r", "match": match, "action": action, **extra}]}).rules[0]
+
+
+def matches(match: dict, props: dict, pending: frozenset[str] = frozenset()) -> int:
+    return rule_of(match).evaluate(props, pending.__contains__)
+
+
+@pytest.mark.parametrize("path", POLICIES, ids=lambda p: p.name)
+def test_example_policies_load(path: Path) -> None:
+    policy = load_policy(path)
+    assert policy.name and policy.sha256 and len(policy.sha256) == 64
+
+
+def test_all_example_policies_exist() -> None:
+    names = {p.stem for p in POLICIES}
+    assert {"none", "whatsapp-dns", "whatsapp-chat-ip", "whatsapp-media-sni", "whatsapp-chat-dpi",
+            "whatsapp-all", "cn-2017-07", "cn-2017-09"} <= names
+
+
+@pytest.mark.parametrize("match, value, expected", [
+    ({"tls.sni": "MMG.whatsapp.net"}, "mmg.whatsapp.net", Tri.YES),          # scalar, case-insensitive name
+    ({"tls.sni": "mmg.whatsapp.net"}, "web.whatsapp.net", Tri.NO),
+    ({"tls.sni": ["a.example", "mmg.whatsapp.net"]}, "mmg.whatsapp.net", Tri.YES),  # list: any of
+    ({"tls.sni": {"suffix": "whatsapp.net"}}, "mmg.whatsapp.net", Tri.YES),
+    ({"tls.sni": {"suffix": "whatsapp.net"}}, "whatsapp.net", Tri.YES),
+    ({"tls.sni": {"suffix": "whatsapp.net"}}, "notwhatsapp.net", Tri.NO),     # label boundary
+    ({"tls.sni": {"suffix": [".x.org", "whatsapp.net"]}}, "a.x.org", Tri.YES),
+    ({"tls.sni": {"glob": "mmg*.whatsapp.net"}}, "MMG2.whatsapp.net", Tri.YES),
+    ({"tls.sni": {"glob": "mmg*.whatsapp.net"}}, "web.whatsapp.net", Tri.NO),
+    ({"tls.sni": {"regex": r"^e\d+\.whatsapp\.net$"}}, "e12.whatsapp.net", Tri.YES),
+    ({"tls.sni": {"regex": r"^e\d+\.whatsapp\.net$"}}, "mmg.whatsapp.net", Tri.NO),
+    ({"http.path": {"glob": "/v2/*"}}, "/v2/register", Tri.YES),
+    ({"http.path": "/V2/register"}, "/v2/register", Tri.NO),                  # paths are case-sensitive
+])
+def test_string_operators(match: dict, value: str, expected: int) -> None:
+    key = next(iter(match))
+    assert matches(match, {key: value}) == expected
+
+
+def test_cidr_eq_range_bool_int() -> None:
+    assert matches({"ip.dst": {"cidr": ["198.19.1.0/24", "10.0.0.0/8"]}}, {"ip.dst": "198.19.1.7"}) == Tri.YES
+    assert matches({"ip.dst": {"cidr": "198.19.1.0/24"}}, {"ip.dst": "198.19.2.7"}) == Tri.NO
+    assert matches({"ip.dst": "198.19.2.3"}, {"ip.dst": "198.19.2.3"}) == Tri.YES
+    assert matches({"ip.src": "2001:db8::1"}, {"ip.src": "2001:db8:0::1"}) == Tri.YES
+    assert matches({"port.dst": {"range": "5000-5999"}}, {"port.dst": 5222}) == Tri.YES
+    assert matches({"port.dst": {"range": ["1-10", 443]}}, {"port.dst": 443}) == Tri.YES
+    assert matches({"port.dst": {"range": "5000-5999"}}, {"port.dst": 443}) == Tri.NO
+    assert matches({"port.dst": [443, 5222]}, {"port.dst": 5222}) == Tri.YES
+    assert matches({"whatsapp.header": True}, {"whatsapp.header": True}) == Tri.YES
+    assert matches({"whatsapp.header": True}, {"whatsapp.header": False}) == Tri.NO
+    assert matches({"whatsapp.magic": 5}, {"whatsapp.magic": 6}) == Tri.NO
+    assert matches({"tls.alpn": "h2"}, {"tls.alpn": ("http/1.1", "h2")}) == Tri.YES  # tuple: any element
+    assert matches({"proto": "UDP"}, {"proto": "udp"}) == Tri.YES
+
+
+def test_three_valued_evaluation() -> None:
+    match = {"proto": "tcp", "tls.sni": "x.example"}
+    assert matches(match, {"proto": "tcp"}, frozenset({"tls.sni"})) == Tri.UNKNOWN  # may still arrive
+    assert matches(match, {"proto": "tcp"}) == Tri.NO                               # will never arrive
+    assert matches(match, {"proto": "udp"}, frozenset({"tls.sni"})) == Tri.NO       # a known key already fails
+    assert matches(match, {"proto": "tcp", "tls.sni": None}) == Tri.NO              # known absent
+
+
+def test_first_match_waits_for_earlier_unknown_rules() -> None:
+    policy = parse_policy({"name": "p", "rules": [
+        {"name": "sni", "match": {"tls.sni": "x.example"}, "action": "reset"},
+        {"name": "ip", "match": {"ip.dst": "198.19.9.9"}, "action": "drop"},
+    ]})
+    props = {"ip.dst": "198.19.9.9"}
+    assert policy.decide(props, {"tls.sni"}.__contains__) == Tri.UNKNOWN
+    assert policy.decide(props, frozenset().__contains__).name == "ip"
+    assert policy.decide({**props, "tls.sni": "x.example"}, frozenset().__contains__).name == "sni"
+    assert policy.decide({"ip.dst": "198.19.9.8"}, frozenset().__contains__) is None
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"rules": [{"match": {"proto": "tcp"}, "action": "drop"}]}, "needs a non-empty 'name'"),
+    ({"rules": [{"name": "a", "match": {"proto": "tcp"}, "action": "explode"}]}, "rule 'a': action 'explode'"),
+    ({"rules": [{"name": "a", "match": {"tls.snii": "x"}, "action": "drop"}]}, "unknown property 'tls.snii'"),
+    ({"rules": [{"name": "a", "match": {"ip.dst": {"suffix": "x"}}, "action": "drop"}]}, "key 'ip.dst': operator 'suffix'"),
+    ({"rules": [{"name": "a", "match": {"ip.dst": {"cidr": "300.1.1.0/24"}}, "action": "drop"}]}, "key 'ip.dst': bad cidr"),
+    ({"rules": [{"name": "a", "match": {"port.dst": {"range": "9-1"}}, "action": "drop"}]}, "key 'port.dst': bad range"),
+    ({"rules": [{"name": "a", "match": {"tls.sni": {"regex": "("}}, "action": "drop"}]}, "key 'tls.sni': bad regex"),
+    ({"rules": [{"name": "a", "match": {"tls.sni": {"glob": "a", "suffix": "b"}}, "action": "drop"}]}, "exactly one operator"),
+    ({"rules": [{"name": "a", "match": {"whatsapp.header": "yes"}, "action": "drop"}]}, "key 'whatsapp.header'"),
+    ({"rules": [{"name": "a", "match": {"tls.sni": "x"}, "action": "blackhole-ip"}]}, "rule 'a': blackhole-ip is a static"),
+    ({"rules": [{"name": "a", "match": {"ip.dst": "2001:db8::1"}, "action": "blackhole-ip"}]}, "IPv4-only"),
+    ({"rules": [{"name": "a", "match": {"tls.sni": "x"}, "action": "dns-inject"}]}, "rule 'a': dns-inject needs"),
+    ({"rules": [{"name": "a", "match": {"tls.sni": "x"}, "action": "reset", "count": 0}]}, "'count' must be"),
+    ({"rules": [{"name": "a", "match": {"tls.sni": "x"}, "action": "drop", "count": 3}]}, "only applies to the reset"),
+    ({"rules": [{"name": "a", "match": {"dns.qname": "x"}, "action": "dns-inject", "answer": ["nope"]}]}, "'answer'"),
+    ({"rules": [{"name": "a", "match": {"proto": "tcp"}, "action": "drop"},
+                {"name": "a", "match": {"proto": "udp"}, "action": "drop"}]}, "rule 'a': duplicate"),
+    ({"rules": [{"name": "a", "match": {}, "action": "drop"}]}, "'match' must be a non-empty"),
+    ({"rules": [{"name": "a", "match": {"proto": "tcp"}, "action": "drop", "colour": 1}]}, "unknown key(s) colour"),
+    ({"rules": "nope"}, "'rules' must be a list"),
+])
+def test_errors_name_the_rule_and_key(document: dict, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(document)
+    assert message in str(info.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules: [\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_sha256_is_of_the_file_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"name: p\nrules: []\n")
+    assert load_policy(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_static_drops_expand_ports_without_proto_to_tcp_and_udp() -> None:
+    rule = rule_of({"ip.dst": {"cidr": ["198.19.1.0/24", "198.19.3.1"]}, "port.dst": {"range": "3478-3479"}},
+                   "blackhole-ip")
+    specs = static_drops(rule)
+    assert {(s.proto, s.dst, s.dport) for s in specs} == {
+        (p, d, (3478, 3479)) for p in ("tcp", "udp") for d in ("198.19.1.0/24", "198.19.3.1/32")}
