@@ -261,10 +261,15 @@ def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
         return TargetVerdict(ep, BLOCKED, "tls.sni_filtered",
                              f"{ep}: TLS {failure} after the ClientHello, while a ClientHello for {sni} to the "
                              f"same {control.get('address')} was {control.get('outcome')}", "tls_sni", 0.9)
-    method = "tcp_reset" if failure == _RESET else "tcp_ip"
-    return TargetVerdict(ep, BLOCKED, "tls.address_filtered",
-                         f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
-                         f"failed too ({control.get('outcome')}): the address:port is filtered", method, 0.7)
+    method = "tcp_reset" if failure == _RESET or control.get("outcome") == "reset" else "tcp_ip"
+    says = (f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
+            f"failed too ({control.get('outcome')})")
+    if failure == _TIMEOUT and control.get("outcome") == "silent":
+        # A TLS server must answer a ClientHello (ServerHello or alert, RFC 8446
+        # §4.1), so silence to both is someone dropping -- or a hung server.
+        return TargetVerdict(ep, BLOCKED, "tls.all_flights_silent", says + ": data to this address:port is "
+                             "dropped", method, 0.5)
+    return TargetVerdict(ep, BLOCKED, "tls.address_filtered", says + ": the address:port is filtered", method, 0.7)
 
 
 def _http_verdict(attempt: _Attempt) -> TargetVerdict:
