@@ -70,7 +70,9 @@ class VolumeParams:
     # seen twice), and the smallest baseline (measurements/hour) worth watching.
     warmup_hours: int = 48
     min_baseline: float = 1.0
-    h_open: float = 8.0
+    # 15 nats: at a baseline of 2.5 measurements/hour a silence must last
+    # about seven hours, at 10/hour the six-hour floor below decides.
+    h_open: float = 15.0
     h_close: float = 8.0
     # A collapse must have lasted this many low hours: probes go offline for a
     # few hours routinely (phones asleep, batch uploads).
@@ -139,7 +141,7 @@ def detect_blocking(hours: Sequence[HourCounts], params: BlockingParams = Blocki
                 and run.blocked_probe_hours >= params.min_blocked_probes
                 and run.blocked_hours >= params.min_blocked_hours
             ):
-                block, run, s_up = run, None, 0.0
+                block, run, s_up = _refine_onset(run, params), None, 0.0
                 block.alarm = sample.hour
             continue
         closed_at = block.step(sample.hour, n, k, params)
@@ -149,6 +151,30 @@ def detect_blocking(hours: Sequence[HourCounts], params: BlockingParams = Blocki
     if block is not None:
         segments.append(block.segment(end=None))
     return segments
+
+
+def _refine_onset(run: _OpenBlock, params: BlockingParams) -> _OpenBlock:
+    """Move the onset to the maximum-likelihood change point of the run (Page 1954).
+
+    The run starts where the CUSUM last left zero, which can be a stray
+    blocked probe hours before the block. Re-scoring the run against the
+    blocked share it actually reached (not the design minimum p1) makes the ok
+    hours after such a stray count for what they are, and the best suffix of
+    the run is where the change happened.
+    """
+    share = run.blocked_probe_hours / run.probe_hours if run.probe_hours else params.p1
+    llr_blocked, llr_ok = _llr_pair(params.p0, min(max(share, params.p1), params.p_max))
+    best, best_index, suffix = float("-inf"), 0, 0.0
+    for index in range(len(run.samples) - 1, -1, -1):
+        _, n, k = run.samples[index]
+        suffix += k * llr_blocked + (n - k) * llr_ok
+        if suffix >= best:
+            best, best_index = suffix, index
+    refined = _OpenBlock(onset=run.samples[best_index][0])
+    for sample in run.samples[best_index:]:
+        refined.add(*sample)
+    refined.samples, refined.recording = [], False
+    return refined
 
 
 class _OpenBlock:
@@ -163,8 +189,12 @@ class _OpenBlock:
         # Hours seen while the back-to-ok CUSUM runs: counted only if it falls
         # back to zero (the block went on), dropped if the segment closes.
         self.pending: list[tuple[int, int, int]] = []
+        self.samples: list[tuple[int, int, int]] = []  # kept while a candidate run
+        self.recording = True
 
     def add(self, hour: int, n: int, k: int) -> None:
+        if self.recording:
+            self.samples.append((hour, n, k))
         self.probe_hours += n
         self.blocked_probe_hours += k
         if k > 0:
@@ -222,8 +252,7 @@ def detect_volume_collapse(hours: Sequence[HourVolume], params: VolumeParams = V
     window = _TrailingMedian(params.baseline_hours)
     first_hour: int | None = None
     s_up = 0.0
-    run_start: int | None = None
-    low_hours = 0
+    streak_start: int | None = None  # first hour of the current run of low hours
     collapse: dict[str, float] | None = None  # baseline, s_down, down_start, onset, alarm, last_low
     for sample in hours:
         x = sample.n_measurements
@@ -238,19 +267,21 @@ def detect_volume_collapse(hours: Sequence[HourVolume], params: VolumeParams = V
                 window.push(x)
                 continue
             increment = x * log_ratio + baseline * (1.0 - params.collapse_ratio)
-            if s_up <= 0.0 and increment > 0.0:
-                run_start, low_hours = sample.hour, 0
             s_up = max(0.0, s_up + increment)
-            if s_up <= 0.0:
-                run_start = None
-                window.push(x)
-                continue
-            low_hours += increment > 0.0
-            if s_up >= params.h_open and low_hours >= params.min_low_hours and increment > 0.0:
-                assert run_start is not None
+            if increment > 0.0:
+                streak_start = sample.hour if streak_start is None else streak_start
+            else:
+                streak_start = None
+            # The collapse must be *consecutive* low hours: two short gaps a few
+            # hours apart are two gaps, not a collapse.
+            if (
+                s_up >= params.h_open
+                and streak_start is not None
+                and sample.hour - streak_start + 1 >= params.min_low_hours
+            ):
                 collapse = {"baseline": baseline, "s_down": 0.0, "down_start": -1.0,
-                            "onset": run_start, "alarm": sample.hour, "last_low": sample.hour}
-                s_up, run_start = 0.0, None
+                            "onset": streak_start, "alarm": sample.hour, "last_low": sample.hour}
+                s_up, streak_start = 0.0, None
             else:
                 # Hours of a candidate collapse stay out of the baseline only
                 # once it is confirmed; until then they are ordinary history.

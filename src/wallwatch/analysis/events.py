@@ -24,6 +24,7 @@ data appends nothing (entries are diffs against the log's replayed state).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wallwatch.analysis.detector import (
     DETECTOR_VERSION,
@@ -176,7 +178,7 @@ def event_id(probe_cc: str, service: str, feature: str, event_type: str, onset: 
 
 @dataclass
 class _Series:
-    """One series' hourly columns, as plain lists (the detector is pure Python)."""
+    """One series: the lists the (pure Python) detector reads, and its rows for evidence."""
 
     probe_cc: str
     probe_asn: int
@@ -187,9 +189,7 @@ class _Series:
     decisive: list[int] = field(default_factory=list)
     blocked: list[int] = field(default_factory=list)
     measurements: list[int] = field(default_factory=list)
-    blocked_measurements: list[int] = field(default_factory=list)
-    methods: dict[str, list[int]] = field(default_factory=dict)
-    examples: list[str | None] = field(default_factory=list)
+    rows: pa.Table | None = None
 
 
 @dataclass(frozen=True)
@@ -204,33 +204,41 @@ class _Found:
     examples: tuple[str, ...]
 
 
+_METHOD_COLUMNS = tuple(f"blocked_{m}" for m in (*METHODS, "other"))
+_NEEDED = ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "n_probes_decisive",
+           "n_probes_blocked", "n_measurements", "n_blocked", "example_blocked_uid", *_METHOD_COLUMNS)
+
+
 def _series_of(hourly: pa.Table) -> list[_Series]:
-    wanted = ["probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour",
-              "n_probes_decisive", "n_probes_blocked", "n_measurements", "n_blocked",
-              "example_blocked_uid", *(f"blocked_{m}" for m in (*METHODS, "other"))]
-    missing = [name for name in wanted if name not in hourly.column_names]
+    missing = [name for name in _NEEDED if name not in hourly.column_names]
     if missing:
         raise ValueError(f"hourly series lacks columns {missing}")
-    hourly = hourly.sort_by([("probe_cc", "ascending"), ("probe_asn", "ascending"), ("service", "ascending"),
-                             ("feature", "ascending"), ("hour", "ascending")])
-    cols = {name: hourly.column(name).to_pylist() for name in wanted}
-    out: list[_Series] = []
-    current: _Series | None = None
-    method_names = [*METHODS, "other"]
-    for i in range(hourly.num_rows):
-        key = (cols["probe_cc"][i], cols["probe_asn"][i], cols["service"][i], cols["feature"][i])
-        if current is None or key != (current.probe_cc, current.probe_asn, current.service, current.feature):
-            current = _Series(*key, methods={m: [] for m in method_names})
-            out.append(current)
-        current.network_name = current.network_name or cols["probe_network_name"][i]
-        current.hours.append(to_hour(cols["hour"][i]))
-        current.decisive.append(cols["n_probes_decisive"][i])
-        current.blocked.append(cols["n_probes_blocked"][i])
-        current.measurements.append(cols["n_measurements"][i])
-        current.blocked_measurements.append(cols["n_blocked"][i])
-        current.examples.append(cols["example_blocked_uid"][i])
-        for m in method_names:
-            current.methods[m].append(cols[f"blocked_{m}"][i])
+    hourly = hourly.select(list(_NEEDED)).sort_by(
+        [("probe_cc", "ascending"), ("probe_asn", "ascending"), ("service", "ascending"),
+         ("feature", "ascending"), ("hour", "ascending")])
+    hour_numbers = pc.divide(hourly.column("hour").cast(pa.timestamp("us")).cast(pa.int64()), 3_600_000_000)
+    hours = hour_numbers.to_pylist()
+    decisive = hourly.column("n_probes_decisive").to_pylist()
+    blocked = hourly.column("n_probes_blocked").to_pylist()
+    measurements = hourly.column("n_measurements").to_pylist()
+    keys = hourly.select(["probe_cc", "probe_asn", "service", "feature"])
+    # Series boundaries: rows where any key column differs from the row before.
+    changed = None
+    for name in keys.column_names:
+        column = keys.column(name).combine_chunks()
+        if len(column) < 2:
+            break
+        differs = pc.not_equal(column.slice(1), column.slice(0, len(column) - 1)).fill_null(True)
+        changed = differs if changed is None else pc.or_(changed, differs)
+    starts = [0] + ([i + 1 for i, flag in enumerate(changed.to_pylist()) if flag] if changed is not None else [])
+    bounds = list(zip(starts, starts[1:] + [hourly.num_rows], strict=True)) if hourly.num_rows else []
+    out = []
+    for lo, hi in bounds:
+        first = keys.slice(lo, 1).to_pylist()[0]
+        names = [n for n in hourly.column("probe_network_name").slice(lo, hi - lo).to_pylist() if n]
+        out.append(_Series(first["probe_cc"], first["probe_asn"], first["service"], first["feature"],
+                           names[0] if names else None, hours[lo:hi], decisive[lo:hi], blocked[lo:hi],
+                           measurements[lo:hi], hourly.slice(lo, hi - lo)))
     return out
 
 
@@ -238,19 +246,21 @@ def _blocking_segments(series: _Series, params: BlockingParams) -> list[_Found]:
     samples = [HourCounts(h, n, k) for h, n, k in zip(series.hours, series.decisive, series.blocked, strict=True)]
     found = []
     for segment in detect_blocking(samples, params):
-        lo = _index_at(series.hours, segment.onset)
-        hi = _index_at(series.hours, segment.end) if segment.end is not None else len(series.hours)
-        methods = {m: sum(v[lo:hi]) for m, v in series.methods.items() if sum(v[lo:hi])}
-        examples = tuple(uid for uid in series.examples[lo:hi] if uid)[:_MAX_EXAMPLES]
-        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]),
-                            sum(series.blocked_measurements[lo:hi]), examples))
+        lo = bisect.bisect_left(series.hours, segment.onset)
+        hi = bisect.bisect_left(series.hours, segment.end) if segment.end is not None else len(series.hours)
+        rows = series.rows.slice(lo, hi - lo) if series.rows is not None else None
+        methods: dict[str, int] = {}
+        examples: tuple[str, ...] = ()
+        n_blocked = 0
+        if rows is not None and rows.num_rows:
+            for column in _METHOD_COLUMNS:
+                total = pc.sum(rows.column(column)).as_py() or 0
+                if total:
+                    methods[column.removeprefix("blocked_")] = total
+            n_blocked = pc.sum(rows.column("n_blocked")).as_py() or 0
+            examples = tuple(uid for uid in rows.column("example_blocked_uid").to_pylist() if uid)[:_MAX_EXAMPLES]
+        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]), n_blocked, examples))
     return found
-
-
-def _index_at(hours: Sequence[int], hour: int) -> int:
-    import bisect
-
-    return bisect.bisect_left(hours, hour)
 
 
 def _volume_segments(series_list: Sequence[_Series], params: VolumeParams) -> list[_Found]:
