@@ -1,0 +1,133 @@
+"""The change detector on hand-made and seeded-random hourly series."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wallwatch.analysis.detector import (
+    BlockingParams,
+    HourCounts,
+    HourVolume,
+    VolumeParams,
+    detect_blocking,
+    detect_volume_collapse,
+)
+
+WEEK = 7 * 24
+
+
+def _series(rng: random.Random, hours: int, share_at, probes: int = 4, noise: float = 0.02,
+            silent=lambda hour: False) -> list[HourCounts]:
+    out = []
+    for hour in range(hours):
+        n = 0 if silent(hour) else probes
+        share = share_at(hour) or noise
+        out.append(HourCounts(hour, n, sum(rng.random() < share for _ in range(n))))
+    return out
+
+
+def test_full_block_has_exact_onset_and_end() -> None:
+    hours = [HourCounts(h, 4, 4 if 100 <= h < 150 else 0) for h in range(300)]
+    (segment,) = detect_blocking(hours)
+    assert (segment.onset, segment.end) == (100, 150)
+    assert segment.alarm == 101  # the evidence floor wants blocked probes in two hours
+    assert segment.peak_share == 1.0
+    assert segment.n_blocked_probe_hours == 200
+
+
+def test_block_still_on_at_the_end_is_ongoing() -> None:
+    hours = [HourCounts(h, 3, 3 if h >= 200 else 0) for h in range(240)]
+    (segment,) = detect_blocking(hours)
+    assert segment.onset == 200 and segment.end is None and segment.last_seen == 239
+
+
+def test_hours_without_probes_neither_open_nor_close_a_block() -> None:
+    hours = [HourCounts(h, 0 if 120 <= h < 140 else 4, 4 if 100 <= h < 160 else 0) for h in range(300)]
+    (segment,) = detect_blocking(hours)
+    assert (segment.onset, segment.end) == (100, 160)
+
+
+def test_one_flaky_hour_is_not_a_block() -> None:
+    hours = [HourCounts(h, 4, 3 if h == 50 else 0) for h in range(200)]
+    assert detect_blocking(hours) == []
+
+
+def test_stray_blocked_probe_before_a_block_does_not_move_the_onset() -> None:
+    hours = [HourCounts(h, 4, 4 if 100 <= h < 150 else (1 if h == 97 else 0)) for h in range(300)]
+    (segment,) = detect_blocking(hours)
+    assert segment.onset == 100
+
+
+def test_partial_blocking_at_30_percent_is_one_segment() -> None:
+    rng = random.Random(5)
+    hours = _series(rng, 4 * WEEK, lambda h: 0.3 if 300 <= h < 450 else 0.0)
+    (segment,) = detect_blocking(hours)
+    assert abs(segment.onset - 300) <= 2
+    assert segment.end is not None and abs(segment.end - 450) <= 6
+    assert 0.2 < segment.n_blocked_probe_hours / segment.n_probe_hours < 0.4
+
+
+def test_quiet_series_with_noise_have_no_segments() -> None:
+    for seed in range(20):
+        rng = random.Random(seed)
+        assert detect_blocking(_series(rng, 4 * WEEK, lambda h: 0.0)) == [], seed
+
+
+def test_a_lower_threshold_is_noisier_so_the_threshold_matters() -> None:
+    rng = random.Random(11)
+    noisy = [_series(rng, 4 * WEEK, lambda h: 0.0, noise=0.06) for _ in range(10)]
+    loose = BlockingParams(h_open=4.0, min_blocked_hours=1, min_blocked_probes=1)
+    assert sum(len(detect_blocking(s, loose)) for s in noisy) > sum(len(detect_blocking(s)) for s in noisy)
+
+
+def test_detection_is_deterministic() -> None:
+    hours = _series(random.Random(3), 2 * WEEK, lambda h: 1.0 if 100 <= h < 130 else 0.0)
+    assert detect_blocking(hours) == detect_blocking(list(hours))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 8)), max_size=300))
+def test_any_counts_give_ordered_well_formed_segments(counts: list[tuple[int, int]]) -> None:
+    hours = [HourCounts(h, n, k) for h, (n, k) in enumerate(counts)]  # k may exceed n: clamped
+    segments = detect_blocking(hours)
+    previous_end = -1
+    for segment in segments:
+        assert previous_end <= segment.onset <= segment.alarm
+        assert segment.end is None or segment.end > segment.onset
+        previous_end = segment.end if segment.end is not None else 10**9
+    assert all(s.end is not None for s in segments[:-1])
+
+
+def _volume(rng: random.Random, hours: int, factor_at, rate: float = 5.0) -> list[HourVolume]:
+    # Binomial counts around `rate` per hour (20 chances at rate/20).
+    return [HourVolume(h, sum(rng.random() < rate * factor_at(h) / 20 for _ in range(20))) for h in range(hours)]
+
+
+def test_volume_collapse_has_onset_and_end() -> None:
+    rng = random.Random(1)
+    hours = _volume(rng, 3 * WEEK, lambda h: 0.0 if 200 <= h < 230 else 1.0)
+    (segment,) = detect_volume_collapse(hours)
+    assert (segment.onset, segment.end) == (200, 230)
+    assert segment.alarm == 205  # six consecutive silent hours
+    assert segment.extra["baseline_per_hour"] >= 3
+
+
+def test_short_silences_and_warmup_are_not_collapses() -> None:
+    rng = random.Random(2)
+    silences = {(100 + 30 * i + j) for i in range(10) for j in range(4)}  # 4-hour gaps
+    hours = _volume(rng, 3 * WEEK, lambda h: 0.0 if h in silences or 10 <= h < 30 else 1.0)
+    assert detect_volume_collapse(hours) == []
+    # The same silences count once they last long enough.
+    long_gap = _volume(rng, 3 * WEEK, lambda h: 0.0 if 300 <= h < 320 else 1.0)
+    assert len(detect_volume_collapse(long_gap)) == 1
+
+
+def test_collapse_to_nothing_until_the_end_is_ongoing_and_needs_a_baseline() -> None:
+    hours = [HourVolume(h, 0 if h >= 150 else 6) for h in range(200)]
+    (segment,) = detect_volume_collapse(hours)
+    assert segment.onset == 150 and segment.end is None
+    sparse = [HourVolume(h, 0 if h >= 150 or h % 3 else 1) for h in range(200)]  # median 0: not watched
+    assert detect_volume_collapse(sparse, VolumeParams()) == []

@@ -1,0 +1,132 @@
+"""Dense hourly/daily series from a real store (Parquet + DuckDB)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from wallwatch.analysis.series import (
+    DAILY,
+    HOURLY,
+    SeriesError,
+    SeriesRequest,
+    build_and_store,
+    read_series,
+    series_summary,
+)
+from wallwatch.analysis.store import VERDICTS_SCHEMA, Store
+
+T0 = datetime(2024, 3, 4)
+
+
+def verdict(uid: str, hour: float, probe: str, verdict: str = "ok", method: str | None = None,
+            cc: str = "XA", asn: int = 64500, feature: str = "text", target: str | None = None) -> dict:
+    moment = T0 + timedelta(hours=hour)
+    return {
+        "measurement_uid": uid, "measurement_start_time": moment, "date": moment.date(), "probe_cc": cc,
+        "probe_asn": asn, "probe_network_name": f"Net {asn}", "probe_key": probe, "test_name": "whatsapp",
+        "software_name": "wallwatch", "service": "whatsapp", "feature": feature, "target": target,
+        "verdict": verdict, "method": method, "confidence": 0.9, "rule_id": f"r.{method or verdict}",
+        "rules_version": "1",
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    rows = [
+        verdict("m1", 0.1, "p1"),
+        verdict("m2", 0.5, "p1"),  # same probe again in the hour: one probe
+        verdict("m3", 0.7, "p2", "blocked", "tls_sni"),
+        # One measurement, two targets, one blocked: one blocked measurement, one probe.
+        verdict("m4", 1.2, "p3", "blocked", "dns", target="a"),
+        verdict("m4", 1.2, "p3", "ok", target="b"),
+        verdict("m5", 1.4, "p4", "down"),
+        verdict("m6", 1.5, "p5", "down"),
+        verdict("m7", 4.2, "p1", "unknown"),
+        verdict("m8", 26.0, "p1"),
+        verdict("m9", 2.0, "p7", cc="XB", asn=64600),
+    ]
+    result = Store(tmp_path / "data")
+    result.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA))
+    return result
+
+
+def _rows(table: pa.Table, **match) -> list[dict]:
+    return [row for row in table.to_pylist() if all(row[k] == v for k, v in match.items())]
+
+
+def test_hourly_grid_is_dense_and_counts_distinct_probes(store: Store) -> None:
+    hourly, daily, build = build_and_store(store)
+    xa = _rows(hourly, probe_cc="XA")
+    assert [row["hour"] for row in xa] == [T0 + timedelta(hours=h) for h in range(27)]
+    first, second = xa[0], xa[1]
+    assert (first["n_measurements"], first["n_probes"], first["n_probes_blocked"]) == (3, 2, 1)
+    assert first["blocked_tls_sni"] == 1 and first["blocked_share"] == 0.5 and first["state"] == "blocked"
+    assert first["example_blocked_uid"] == "m3"
+    # m4 has one blocked and one ok target: one measurement, blocked by dns, probe both ok and blocked.
+    assert (second["n_measurements"], second["n_blocked"], second["blocked_dns"]) == (3, 1, 1)
+    assert (second["n_probes_decisive"], second["n_probes_down"], second["state"]) == (1, 2, "down")
+    empty = xa[2]
+    assert (empty["n_measurements"], empty["state"], empty["blocked_share"]) == (0, "insufficient", None)
+    assert xa[4]["n_unknown"] == 1 and xa[4]["state"] == "insufficient"
+    # XB's series spans the same window (empty hours included) though it measured once.
+    assert len(_rows(hourly, probe_cc="XB")) == 27
+    assert build.n_series == 2 and build.hourly_rows == 54
+    assert [row["day"].date() for row in _rows(daily, probe_cc="XA")] == [date(2024, 3, 4), date(2024, 3, 5)]
+    assert _rows(daily, probe_cc="XA")[0]["n_probes"] == 5  # p1..p5
+
+
+def test_series_are_stored_and_rebuilding_is_idempotent(store: Store) -> None:
+    build_and_store(store)
+    build_and_store(store)
+    stored = read_series(store, "hour")
+    assert stored.num_rows == 54
+    assert set(store.datasets()) >= {HOURLY, DAILY}
+    assert read_series(store, "day", countries=["XB"]).num_rows == 2
+    connection = store.connect()
+    try:
+        (blocked,) = connection.execute(f"SELECT sum(n_blocked) FROM {HOURLY}").fetchall()[0]
+    finally:
+        connection.close()
+    assert blocked == 2
+
+
+def test_window_and_country_filters(store: Store) -> None:
+    request = SeriesRequest(start=T0, end=T0 + timedelta(hours=5), countries=("XA",))
+    hourly, _, build = build_and_store(store, request)
+    assert build.n_series == 1 and hourly.num_rows == 6
+    assert sum(hourly.column("n_measurements").to_pylist()) == 7
+
+
+def test_partial_state_and_min_probes(tmp_path: Path) -> None:
+    rows = [verdict(f"m{i}", 0.1 * i, f"p{i}", "blocked" if i < 2 else "ok", "dns" if i < 2 else None)
+            for i in range(8)]
+    store = Store(tmp_path / "d")
+    store.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA))
+    hourly, _, _ = build_and_store(store)
+    assert hourly.column("state").to_pylist() == ["partial"]
+    strict, _, _ = build_and_store(store, SeriesRequest(min_probes=10))
+    assert strict.column("state").to_pylist() == ["insufficient"]
+
+
+def test_bad_requests_are_clear_errors(store: Store) -> None:
+    with pytest.raises(SeriesError, match="two upper-case"):
+        build_and_store(store, SeriesRequest(countries=("xa; drop",)))
+    with pytest.raises(SeriesError, match="before it starts"):
+        build_and_store(store, SeriesRequest(start=T0 + timedelta(days=2), end=T0))
+
+
+def test_empty_store_gives_empty_series(tmp_path: Path) -> None:
+    hourly, daily, build = build_and_store(Store(tmp_path / "empty"))
+    assert hourly.num_rows == daily.num_rows == build.n_series == 0
+    assert "state" in hourly.column_names
+
+
+def test_summary_per_series(store: Store) -> None:
+    hourly, _, _ = build_and_store(store)
+    (xa,) = [row for row in series_summary(hourly) if row["probe_cc"] == "XA"]
+    assert (xa["buckets"], xa["with_data"], xa["measurements"], xa["blocked"], xa["down"]) == (27, 4, 8, 1, 1)
+    assert xa["last_state"] == "ok"
