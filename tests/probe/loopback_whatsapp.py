@@ -42,7 +42,7 @@ class Policy:
 class LoopbackWhatsApp:
     def __init__(self, tmp: Path, policy: Policy) -> None:
         self.policy = policy
-        self.pki = servers.make_pki(tmp, ["web.whatsapp.com", "v.whatsapp.net", "mmg.whatsapp.net"], tag="wa")
+        self.pki = servers.make_pki(tmp, ["web.whatsapp.com", "v.whatsapp.net", "mmg.whatsapp.net", "localhost"], tag="wa")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.handles: list[Any] = []

@@ -14,6 +14,7 @@ from tests.probe import servers
 from tests.probe.loopback_whatsapp import LoopbackWhatsApp, Policy
 from wallwatch.probe.measurement import append_jsonl
 from wallwatch.probe.nettests.whatsapp import measure_whatsapp, run_whatsapp
+from wallwatch.probe.settings import ProbeSettings
 from wallwatch.protocols.tls import parse_client_hello
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,6 +145,20 @@ def test_everything_blocked_stays_within_bounds(tmp_path: Path) -> None:
     assert found["text"] == ("unknown", None)
     assert keys["x_wallwatch"]["features"]["text"]["rule"].endswith("chat.ambiguous_silence")
     assert elapsed < 6  # FAST timeouts: dns + connect + 2 x chat + control, all concurrent
+
+
+def test_system_resolver_mode_records_getaddrinfo_queries(tmp_path: Path) -> None:
+    # Only "localhost" (from /etc/hosts): the system resolver must never be asked about a real name here.
+    with LoopbackWhatsApp(tmp_path, Policy()) as service:
+        config = service.config(
+            chat_hosts=("localhost",), dns_control_name="localhost", expected_networks=("127.0.0.1/32", "::1/128"),
+            registration_url="https://localhost/v2/register", web_url="https://localhost/",
+            media_upload_url="https://localhost/upload", media_download_url="https://localhost/d/sample.jpg")
+        settings = ProbeSettings(resolver=None, ca_file=str(service.pki.ca_pem))
+        keys = asyncio.run(run_whatsapp(config, settings))
+    assert {f: v for f, (v, _) in verdicts(keys).items()} == {f: "ok" for f in verdicts(keys)}
+    assert {(q["engine"], q["query_type"]) for q in keys["queries"]} == {("getaddrinfo", "ANY")}
+    assert len([q for q in keys["queries"] if "feature:text" in q["tags"]]) == 2  # one entry per attempt
 
 
 def test_measurement_envelope_and_jsonl(tmp_path: Path) -> None:

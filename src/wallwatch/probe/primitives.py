@@ -196,15 +196,25 @@ def _record_query(
     return Resolution(hostname, addresses, entry["failure"], len(duplicates))
 
 
-async def resolve_system(tx: Transaction, hostname: str, *, timeout: float = 5.0) -> Resolution:
-    """getaddrinfo, recorded as OONI records it: one query of type ANY, engine getaddrinfo."""
+async def resolve_system(
+    tx: Transaction,
+    hostname: str,
+    *,
+    timeout: float = 5.0,
+    shared: dict[str, "asyncio.Future[Any]"] | None = None,
+) -> Resolution:
+    """getaddrinfo, recorded as OONI records it: one query of type ANY, engine getaddrinfo.
+
+    getaddrinfo runs on asyncio's small thread pool; `shared` lets concurrent
+    attempts for one name share one lookup (each still records its own query
+    entry), so 32 chat targets do not queue 32 lookups behind each other and
+    time out waiting for a thread rather than for the network.
+    """
     t0 = tx.now()
     addresses: tuple[str, ...] = ()
     failure: str | None = None
     try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(hostname, None, type=socket.SOCK_STREAM), timeout
-        )
+        infos = await asyncio.wait_for(asyncio.shield(_getaddrinfo(hostname, shared)), timeout)
         addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
         if not addresses:
             failure = failures.DNS_NO_ANSWER
@@ -218,6 +228,15 @@ async def resolve_system(tx: Transaction, hostname: str, *, timeout: float = 5.0
     entry.update(tx.stamp(t0))
     tx.trace.queries.append(entry)
     return Resolution(hostname, addresses, failure)
+
+
+def _getaddrinfo(hostname: str, shared: dict[str, "asyncio.Future[Any]"] | None) -> "asyncio.Future[Any]":
+    loop = asyncio.get_running_loop()
+    if shared is None:
+        return asyncio.ensure_future(loop.getaddrinfo(hostname, None, type=socket.SOCK_STREAM))
+    if hostname not in shared:
+        shared[hostname] = asyncio.ensure_future(loop.getaddrinfo(hostname, None, type=socket.SOCK_STREAM))
+    return shared[hostname]
 
 
 # --- TCP ----------------------------------------------------------------------

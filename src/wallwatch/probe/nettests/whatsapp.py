@@ -145,6 +145,7 @@ class WhatsAppTest:
         self.trace = trace or Trace()
         self.chat_sessions: list[dict[str, Any]] = []
         self.fetches: list[dict[str, Any]] = []
+        self._lookups: dict[str, asyncio.Future[Any]] = {}
 
     async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Measure every feature concurrently; returns the `test_keys`."""
@@ -164,7 +165,8 @@ class WhatsAppTest:
     async def _resolve(self, tx: Transaction, host: str) -> Resolution:
         t = self.config.timeouts
         if self.settings.resolver is None:
-            return await resolve_system(tx, host, timeout=t.dns)
+            # The stub resolver may wait 5 s per try (resolv.conf(5) "timeout"), so give it that.
+            return await resolve_system(tx, host, timeout=max(t.dns, 5.0), shared=self._lookups)
         return await resolve_udp(tx, host, self.settings.resolver, timeout=t.dns, linger=t.dns_linger)
 
     async def _connect_any(self, tx: Transaction, addresses: Sequence[str], port: int) -> TcpStream:
