@@ -37,13 +37,20 @@ _DROP_ACTIONS = frozenset({"drop", "reset", "blackhole-ip"})
 
 LogFn = Callable[[dict[str, object]], None]
 
+# Counters always present in the status file (zero until something happens).
+STANDARD_COUNTERS = (
+    "packets", "garbage", "not_tcp_udp", "undecided", "queued_after_decision", "offloaded",
+    "analyzer_errors", "rst_injected", "dns_injected",
+    *(f"decisions.{action}" for action in ("allow", "drop", "reset", "dns-inject", "blackhole-ip")),
+)
+
 
 class Censor:
     """Holds the policy and the flow table; `handle` gives each queued packet its verdict."""
 
     def __init__(self, policy: Policy, *, max_flows: int = MAX_FLOWS, log: LogFn | None = None) -> None:
         self.flows = FlowTable(max_flows)
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(dict.fromkeys(STANDARD_COUNTERS, 0))
         self.log = log
         self.generation = 0
         self.policy = policy

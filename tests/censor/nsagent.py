@@ -1,0 +1,190 @@
+"""Helper run inside the test namespaces: servers (svc side) and client probes.
+
+Usage: python nsagent.py serve
+       python nsagent.py tls HOST PORT SNI       -> {"result": "reply"|"reset"|"timeout"|...}
+       python nsagent.py chat HOST PORT
+       python nsagent.py udp HOST PORT
+       python nsagent.py dns RESOLVER QNAME      -> {"answers": [[addresses...], ...]} in arrival order
+       python nsagent.py bulk HOST PORT BYTES    -> {"sent": n, "seconds": s}
+       python nsagent.py garbage DST             -> sends malformed IPv4/TCP packets through the router
+Every client command prints one JSON line; all waits are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "src"))
+
+from wallwatch.protocols import dns, tls, whatsapp  # noqa: E402
+
+TCP_SERVERS = [("198.19.2.3", 443), ("198.19.2.2", 443), ("198.19.1.1", 5222), ("198.19.2.2", 5201)]
+UDP_ECHO = [("198.19.3.1", 3478), ("198.19.3.2", 3478)]
+RESOLVER = ("198.19.0.53", 53)
+REAL_ANSWER = "198.19.1.1"
+TIMEOUT = 3.0
+
+
+def serve() -> None:
+    for address in TCP_SERVERS:
+        sock = socket.create_server(address, reuse_port=True)
+        threading.Thread(target=_accept_loop, args=(sock,), daemon=True).start()
+    for address in UDP_ECHO:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(address)
+        threading.Thread(target=_udp_echo, args=(sock,), daemon=True).start()
+    dns_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns_sock.bind(RESOLVER)
+    threading.Thread(target=_dns_loop, args=(dns_sock,), daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def _accept_loop(sock: socket.socket) -> None:
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=_echo_first, args=(conn,), daemon=True).start()
+
+
+def _echo_first(conn: socket.socket) -> None:
+    """Answer the first bytes with 'ok', then swallow the rest (a bulk sink)."""
+    conn.settimeout(30)
+    try:
+        if conn.recv(65536):
+            conn.sendall(b"ok")
+            while conn.recv(1 << 20):
+                pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _udp_echo(sock: socket.socket) -> None:
+    while True:
+        data, peer = sock.recvfrom(4096)
+        sock.sendto(data, peer)
+
+
+def _dns_loop(sock: socket.socket) -> None:
+    while True:
+        data, peer = sock.recvfrom(4096)
+        try:
+            sock.sendto(dns.build_response(data, [REAL_ANSWER]), peer)
+        except Exception:  # noqa: BLE001 - a test server ignores bad queries
+            pass
+
+
+def _stream_probe(host: str, port: int, first_bytes: bytes) -> dict[str, object]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT)
+    try:
+        sock.connect((host, port))
+    except TimeoutError:
+        return {"result": "connect_timeout"}
+    except OSError as exc:
+        return {"result": "connect_error", "errno": exc.errno}
+    try:
+        sock.sendall(first_bytes)
+        reply = sock.recv(100)
+        return {"result": "reply" if reply == b"ok" else "closed", "data": reply.decode(errors="replace")}
+    except ConnectionResetError:
+        return {"result": "reset"}
+    except TimeoutError:
+        return {"result": "timeout"}
+    finally:
+        sock.close()
+
+
+def udp_probe(host: str, port: int) -> dict[str, object]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.5)
+    sock.sendto(b"\x00\x01ping", (host, port))
+    try:
+        data, _ = sock.recvfrom(4096)
+        return {"result": "reply" if data == b"\x00\x01ping" else "other"}
+    except TimeoutError:
+        return {"result": "timeout"}
+
+
+def dns_probe(resolver: str, qname: str) -> dict[str, object]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    query_id = 0x1234
+    sock.sendto(dns.build_query(qname, "A", query_id=query_id), (resolver, 53))
+    answers = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and len(answers) < 3:
+        try:
+            data, peer = sock.recvfrom(4096)
+        except TimeoutError:
+            break
+        facts = dns.parse_dns(data)
+        if peer == (resolver, 53) and facts.id == query_id:
+            answers.append(list(facts.addresses))
+    return {"answers": answers}
+
+
+def bulk(host: str, port: int, total: int) -> dict[str, object]:
+    sock = socket.create_connection((host, port), timeout=10)
+    chunk = b"\xa5" * 65536
+    start = time.monotonic()
+    sent = 0
+    sock.sendall(b"bulk")
+    sock.recv(2)
+    while sent < total:
+        sock.sendall(chunk)
+        sent += len(chunk)
+    sock.shutdown(socket.SHUT_WR)
+    sock.recv(10)
+    return {"sent": sent, "seconds": time.monotonic() - start}
+
+
+def garbage(dst: str) -> dict[str, object]:
+    """Malformed packets: a TCP header cut to 10 bytes, and a bad TCP data offset."""
+    import struct
+
+    from wallwatch.protocols import inet
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sent = 0
+    for l4 in (b"\x9c\x40\x01\xbb" + b"\x00" * 6, struct.pack("!HHIIBBHHH", 40000, 443, 1, 0, 0x10, 0x02, 0, 0, 0)):
+        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, 6, 0,
+                             socket.inet_aton("198.18.0.2"), socket.inet_aton(dst))
+        header = header[:10] + struct.pack("!H", inet.internet_checksum(header)) + header[12:]
+        sock.sendto(header + l4, (dst, 0))
+        sent += 1
+    return {"sent": sent}
+
+
+def main(argv: list[str]) -> None:
+    command, args = argv[0], argv[1:]
+    if command == "serve":
+        serve()
+        return
+    if command == "tls":
+        result = _stream_probe(args[0], int(args[1]), tls.build_client_hello(args[2]))
+    elif command == "chat":
+        client = whatsapp.ChatClient()
+        client.initiate()
+        result = _stream_probe(args[0], int(args[1]), client.data_to_send())
+    elif command == "udp":
+        result = udp_probe(args[0], int(args[1]))
+    elif command == "dns":
+        result = dns_probe(args[0], args[1])
+    elif command == "bulk":
+        result = bulk(args[0], int(args[1]), int(args[2]))
+    elif command == "garbage":
+        result = garbage(args[0])
+    else:
+        raise SystemExit(f"unknown command {command}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
