@@ -154,22 +154,25 @@ def detect_blocking(hours: Sequence[HourCounts], params: BlockingParams = Blocki
 
 
 def _refine_onset(run: _OpenBlock, params: BlockingParams) -> _OpenBlock:
-    """Move the onset to the maximum-likelihood change point of the run (Page 1954).
+    """Move the onset to the maximum-likelihood change point of the run.
 
     The run starts where the CUSUM last left zero, which can be a stray
-    blocked probe hours before the block. Re-scoring the run against the
-    blocked share it actually reached (not the design minimum p1) makes the ok
-    hours after such a stray count for what they are, and the best suffix of
-    the run is where the change happened.
+    blocked probe hours before the block. For every suffix of the run, score
+    it against the blocked share *it* shows (the generalized likelihood ratio
+    of Basseville & Nikiforov 1993 §2.4.3, not the design minimum p1), and
+    start where that score is highest: a stray's ok neighbours then cost what
+    they should.
     """
-    share = run.blocked_probe_hours / run.probe_hours if run.probe_hours else params.p1
-    llr_blocked, llr_ok = _llr_pair(params.p0, min(max(share, params.p1), params.p_max))
-    best, best_index, suffix = float("-inf"), 0, 0.0
+    best, best_index = float("-inf"), 0
+    n_total = k_total = 0
     for index in range(len(run.samples) - 1, -1, -1):
         _, n, k = run.samples[index]
-        suffix += k * llr_blocked + (n - k) * llr_ok
-        if suffix >= best:
-            best, best_index = suffix, index
+        n_total, k_total = n_total + n, k_total + k
+        share = min(max(k_total / n_total, params.p1), params.p_max)
+        llr_blocked, llr_ok = _llr_pair(params.p0, share)
+        score = k_total * llr_blocked + (n_total - k_total) * llr_ok
+        if score > best:
+            best, best_index = score, index
     refined = _OpenBlock(onset=run.samples[best_index][0])
     for sample in run.samples[best_index:]:
         refined.add(*sample)

@@ -325,11 +325,16 @@ def _clusters(found: list[_Found], gap: int) -> list[list[_Found]]:
     return clusters
 
 
-def _periods(segments: Iterable[Segment], gap: int) -> list[tuple[int, int | None]]:
+def _periods(segments: Iterable[Segment]) -> list[tuple[int, int | None]]:
+    """A network's blocked periods: its segments, overlapping ones (other features) united.
+
+    Gaps are kept even when shorter than the merge tolerance, so the periods
+    show the on-and-off pattern the event spans.
+    """
     periods: list[list[int | None]] = []
     for segment in sorted(segments, key=lambda s: s.onset):
         last_end = periods[-1][1] if periods else None
-        if periods and (last_end is None or segment.onset <= last_end + gap):
+        if periods and (last_end is None or segment.onset <= last_end):
             if last_end is not None:
                 periods[-1][1] = None if segment.end is None else max(last_end, segment.end)
         else:
@@ -339,13 +344,12 @@ def _periods(segments: Iterable[Segment], gap: int) -> list[tuple[int, int | Non
 
 def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_Found],
            params: DetectionParams) -> Event:
-    gap = params.grouping.merge_gap_hours
     by_asn: dict[int, list[_Found]] = defaultdict(list)
     for item in cluster:
         by_asn[item.series.probe_asn].append(item)
     networks = []
     for asn, items in by_asn.items():
-        periods = _periods((i.segment for i in items), gap)
+        periods = _periods(i.segment for i in items)
         ends = [stop for _, stop in periods]
         networks.append(NetworkSpan(
             probe_asn=asn,
