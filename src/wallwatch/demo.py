@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,9 @@ def run_demo(scenario: Path, out_dir: Path, timeout: float) -> bool:
     truth: list[dict[str, Any]] = []
     started = time.monotonic()
     with console.status("bringing the lab up (namespaces, services, censor)...") as status:
-        with Lab.up(policy=phases[0].policy) as lab:
+        # A state file of its own, so the demo never touches a lab the user has up.
+        state_dir = Path(tempfile.mkdtemp(prefix="wallwatch-demo-"))
+        with Lab.up(policy=phases[0].policy, state_path=state_dir / "lab.json") as lab:
             console.print(f"lab [bold]{lab.run_id}[/] is up")
             for phase in phases:
                 status.update(f"phase {phase.id}: {phase.label} - putting the policy in force")
@@ -176,6 +179,7 @@ def run_demo(scenario: Path, out_dir: Path, timeout: float) -> bool:
                 verdicts = ", ".join(f"{r['feature']}={r['observed_verdict']}" for r in rows)
                 console.print(f"[bold]{phase.id}[/] {phase.label}: {verdicts}")
             status.update("tearing the lab down")
+        state_dir.rmdir() if state_dir.exists() and not any(state_dir.iterdir()) else None
     with truth_path.open("w") as handle:
         for row in truth:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
