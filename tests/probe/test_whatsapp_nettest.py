@@ -12,7 +12,7 @@ import pytest
 
 from tests.probe import servers
 from tests.probe.loopback_whatsapp import LoopbackWhatsApp, Policy
-from wallwatch.probe.measurement import append_jsonl
+from wallwatch.probe.measurement import append_jsonl, scrub_addresses
 from wallwatch.probe.nettests.whatsapp import measure_whatsapp, run_whatsapp
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.protocols.tls import parse_client_hello
@@ -52,6 +52,14 @@ def test_unblocked_every_feature_ok_and_ooni_keys_ok(tmp_path: Path) -> None:
     assert keys["whatsapp_web_status"] == "ok" and keys["whatsapp_web_failure"] is None
     assert keys["x_wallwatch"]["controls"] == []  # nothing failed, so no control ran
     assert keys["x_wallwatch"]["features"]["media"]["targets_total"] == 2  # upload and download
+    # A STUN answer names the probe's public address: its bytes are never kept.
+    assert [u["raw_response"] for u in keys["x_wallwatch"]["udp_exchanges"]] == [None]
+
+
+def test_scrubbing_replaces_whole_probe_addresses_only() -> None:
+    measurement = {"probe_ip": "127.0.0.1", "test_keys": {"e": ["198.18.0.2:443", "198.18.0.25", "a 198.18.0.2"]}}
+    scrubbed = scrub_addresses(measurement, {"198.18.0.2", "127.0.0.1"})
+    assert scrubbed == {"probe_ip": "127.0.0.1", "test_keys": {"e": ["[scrubbed]:443", "198.18.0.25", "a [scrubbed]"]}}
 
 
 def test_chat_protocol_reset_is_protocol_dpi_and_nothing_else_is_blocked(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import socket
 import string
@@ -83,6 +84,22 @@ def build_measurement(
         "test_start_time": start,
         "test_version": test_version,
     }
+
+
+SCRUBBED = "[scrubbed]"  # what OONI's netxlite writes in place of the probe's address
+
+
+def scrub_addresses(measurement: dict[str, Any], addresses: set[str]) -> dict[str, Any]:
+    """Replace the probe's own addresses wherever they appear as text (OONI scrubs the same way).
+
+    Loopback and the hidden placeholder are left alone: they identify no one.
+    """
+    secret = sorted(a for a in addresses if a and a not in (HIDDEN_IP, "::1"))
+    if not secret:
+        return measurement
+    # Whole addresses only: 198.18.0.2 must not eat the front of 198.18.0.25.
+    pattern = re.compile(r"(?<![0-9A-Fa-f.:])(?:" + "|".join(map(re.escape, secret)) + r")(?![0-9A-Fa-f]|\.[0-9])")
+    return orjson.loads(pattern.sub(SCRUBBED, orjson.dumps(measurement).decode()))
 
 
 def append_jsonl(path: str | Path, measurement: dict[str, Any]) -> None:

@@ -554,8 +554,13 @@ async def udp_exchange(
     is_response: Callable[[bytes], bool],
     timeout: float = 2.5,
     kind: str = "udp",
+    record_raw: bool = True,
 ) -> UdpResult:
-    """Send `payload` (retransmitting, RFC 5389 §7.2.1) until a datagram passing `is_response` arrives."""
+    """Send `payload` (retransmitting, RFC 5389 §7.2.1) until a datagram passing `is_response` arrives.
+
+    `record_raw=False` keeps the response bytes out of the trace: a STUN answer
+    carries the probe's own public address (RFC 5389 §15.2).
+    """
     address = _endpoint(ip, port)
     t0 = tx.now()
     loop = asyncio.get_running_loop()
@@ -589,7 +594,7 @@ async def udp_exchange(
             transport.close()
     entry = {"kind": kind, "address": address, "proto": "udp", "request_size": len(payload), "sends": sends,
              "response_size": len(response) if response is not None else None, "failure": failure,
-             "raw_response": b64(response) if response is not None else None}
+             "raw_response": b64(response) if response is not None and record_raw else None}
     entry.update(tx.stamp(t0))
     tx.trace.udp_exchanges.append(entry)
     return UdpResult(response, failure, sends)

@@ -146,6 +146,7 @@ class WhatsAppTest:
         self.chat_sessions: list[dict[str, Any]] = []
         self.fetches: list[dict[str, Any]] = []
         self._lookups: dict[str, asyncio.Future[Any]] = {}
+        self.probe_addresses: set[str] = set()  # the probe's own IPs seen on the wire (scrubbed unless published)
 
     async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Measure every feature concurrently; returns the `test_keys`."""
@@ -343,8 +344,13 @@ class WhatsAppTest:
             entry.update(tx.stamp(tx.now()))
             self.trace.udp_exchanges.append(entry)
             return
-        await udp_exchange(tx, dial, port, build_binding_request(transaction_id), is_response=is_answer,
-                           timeout=self.config.timeouts.udp, kind="stun")
+        result = await udp_exchange(tx, dial, port, build_binding_request(transaction_id), is_response=is_answer,
+                                    timeout=self.config.timeouts.udp, kind="stun", record_raw=False)
+        if result.response is not None:
+            mapped = parse_stun(result.response).mapped_address
+            if mapped is not None:
+                # The probe's own address as the relay saw it: kept only for scrubbing.
+                self.probe_addresses.add(mapped[0])
 
     # --- results -------------------------------------------------------------------
 
@@ -441,15 +447,19 @@ def measure_whatsapp(
     import datetime as dt
     import time
 
-    from wallwatch.probe.measurement import HIDDEN_IP, build_measurement, local_address_towards
+    from wallwatch.probe.measurement import HIDDEN_IP, build_measurement, local_address_towards, scrub_addresses
 
     started_at = dt.datetime.now(dt.timezone.utc)
     clock_start = time.monotonic()
-    test_keys = asyncio.run(run_whatsapp(config, settings, progress=progress))
+    test = WhatsAppTest(config, settings)
+    test_keys = asyncio.run(test.run(progress))
     resolver_ip = settings.resolver_ip()
-    probe_ip = local_address_towards(resolver_ip) if publish_ip and resolver_ip else HIDDEN_IP
-    return build_measurement(
+    local_ip = local_address_towards(resolver_ip) if resolver_ip else HIDDEN_IP
+    measurement = build_measurement(
         test_keys, test_name=TEST_NAME, test_version=TEST_VERSION, started_at=started_at,
         runtime=time.monotonic() - clock_start, probe_asn=probe_asn, probe_cc=probe_cc,
-        probe_ip=probe_ip, resolver_ip=resolver_ip,
+        probe_ip=local_ip if publish_ip else HIDDEN_IP, resolver_ip=resolver_ip,
     )
+    if publish_ip:
+        return measurement
+    return scrub_addresses(measurement, test.probe_addresses | {local_ip})
