@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from wallwatch.lab import addresses
 from wallwatch.lab.state import LAB_ENV  # set for commands run in the client: the probe's switch to lab mode
@@ -531,12 +531,3 @@ def cleanup_all(state_path: str | Path | None = None) -> list[str]:
         shutil.rmtree(path.parent / f"lab-{run_id}", ignore_errors=True)
     return removed
 
-
-@contextlib.contextmanager
-def running_lab(**kwargs: Any) -> Iterator[Lab]:
-    """`with running_lab(...) as lab:`, the same as `with Lab.up(...) as lab:`."""
-    lab = Lab.up(**kwargs)
-    try:
-        yield lab
-    finally:
-        lab.down()
