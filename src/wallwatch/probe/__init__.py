@@ -1,0 +1,48 @@
+"""The probe: measurement primitives that log OONI-format events, and the nettests.
+
+Public API
+----------
+* `wallwatch.probe.nettests.whatsapp`:
+  `measure_whatsapp(config, settings, *, probe_asn, probe_cc, publish_ip) -> measurement`
+  (one complete OONI-format measurement), `run_whatsapp(config, settings) -> test_keys`
+  (async), `default_config(settings, step_timeout=None)`, `WhatsAppConfig`, `Timeouts`.
+* `wallwatch.probe.settings.ProbeSettings.from_environment()`: lab mode when
+  `WALLWATCH_LAB` names a lab state file (lab resolver, lab CA only, address map),
+  else the system resolver and CA store.
+* `wallwatch.probe.verdicts.derive_whatsapp_features(test_keys) -> dict`: the
+  per-feature verdicts, a pure function of the recorded facts (`RULES_VERSION`).
+* `wallwatch.probe.primitives`: `resolve_udp`, `resolve_system`, `tcp_connect`,
+  `tls_handshake`, `http_request`, `udp_exchange`, `tls_sni_control`,
+  `first_flight_control`, all recording into a `wallwatch.probe.trace.Trace`.
+* `wallwatch.probe.measurement`: `build_measurement`, `append_jsonl`, `scrub_addresses`.
+
+Measurement contract (what the pipeline ingests)
+------------------------------------------------
+One OONI data-format measurement per JSONL line (df-000 base keys,
+`data_format_version` "0.2.0", `software_name` "wallwatch", `probe_ip`
+"127.0.0.1" unless `--publish-ip`; the probe's own addresses are scrubbed as
+"[scrubbed]" everywhere else). `test_keys` holds:
+
+* OONI's whatsapp keys with probe-cli 0.11.0 semantics
+  (`registration_server_status`/`_failure`, `whatsapp_web_status`/`_failure`,
+  `whatsapp_endpoints_status`, `whatsapp_endpoints_blocked`,
+  `whatsapp_endpoints_dns_inconsistent`), plus `agent`, `failure`, `failed_operation`;
+* the event arrays `queries` (with `x_dns_duplicate_responses`: late answers to
+  the same query, the trace of an injector racing the resolver), `tcp_connect`,
+  `tls_handshakes`, `requests`, `network_events`. Every entry has `t0`, `t`
+  (seconds since the measurement started), `transaction_id` and `tags`:
+  `feature:<text|media|calls|web|registration>` and `endpoint:<host>:<port>`;
+  entries made by controls also carry `control:<dns|tls_sni|payload>` and share
+  the transaction id of the attempt they control;
+* `x_wallwatch`: `rules_version`, `features` (per feature: `verdict`
+  ok|blocked|down|unknown, `method` dns|tcp_ip|tcp_reset|tls_sni|tls_mitm|
+  protocol_dpi|udp_blocking|null, `confidence`, `rule`, `evidence`,
+  `targets_ok`, `targets_total`), `chat_sessions` (per text target: `host`,
+  `port`, `transaction_id`, `address`, `stage_reached`
+  dns|connect|header_sent|handshake|echo|null, `failed_at`, `failure`,
+  `timings`, `first_flight_size`, `control`), `fetches` (per HTTPS attempt:
+  `feature`, `url`, `method`, `transaction_id`, `failure`, `failed_at`,
+  `status`, `body_length`), `udp_exchanges`, `controls` (`kind`, `address`,
+  `outcome` answered|closed|silent|reset|connect_failed|answered_not_tls,
+  `failure`), `expected_networks`, `lab` ({run_id, resolver} or null).
+"""

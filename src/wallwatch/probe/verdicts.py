@@ -381,7 +381,7 @@ def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict]) -> dict[s
     if total == 0:
         return _feature(UNKNOWN, "feature.not_measured", None, 0.0, ["no target was measured"], 0, 0)
     if len(ok) == total:
-        return _feature(OK, "feature.all_ok", None, 1.0, [f"all {total} targets worked"], total, total)
+        return _feature(OK, "feature.all_ok", None, 1.0, [f"{total} of {total} targets worked"], total, total)
     if blocked and (feature in ALL_OF_FEATURES or not ok):
         method = _dominant_method(blocked)
         same = [v for v in blocked if v.method == method]
