@@ -22,6 +22,8 @@ def run_command(
     fail_open: bool = typer.Option(False, "--fail-open/--fail-closed",
                                    help="If the censor dies: let traffic through (--queue-bypass) or drop it."),
     log: Optional[Path] = typer.Option(None, "--log", help="JSON-lines decision log (default: stderr)."),
+    offload: bool = typer.Option(True, "--offload/--no-offload", hidden=True,
+                                 help="Hand decided flows to the kernel (connmark). --no-offload is for benchmarks."),
 ) -> None:
     """Run as a router in the current network namespace until SIGTERM/SIGINT."""
     import sys
@@ -31,7 +33,7 @@ def run_command(
     stream = open(log, "a", encoding="utf-8") if log else sys.stderr  # noqa: SIM115 - closed below
     try:
         service = CensorService(str(policy), queue_num=queue, status_path=str(status_file) if status_file else None,
-                                fail_open=fail_open, log=JsonLog(stream))
+                                fail_open=fail_open, log=JsonLog(stream), offload=offload)
         code = service.run()
     finally:
         if log:

@@ -115,7 +115,8 @@ class _BoundedSocket:
 
 class CensorService:
     def __init__(self, policy_path: str, *, queue_num: int = DEFAULT_QUEUE, status_path: str | None = None,
-                 fail_open: bool = False, log: JsonLog | None = None) -> None:
+                 fail_open: bool = False, log: JsonLog | None = None, offload: bool = True) -> None:
+        self.offload = offload
         self.policy_path = policy_path
         self.queue_num = queue_num
         self.log = log or JsonLog(sys.stderr)
@@ -141,14 +142,14 @@ class CensorService:
             self.status.write({})
             self.log({"event": "error", "error": str(exc)})
             return 2
-        self.censor = Censor(policy, log=self.log)
+        self.censor = Censor(policy, log=self.log, offload=self.offload)
         self.injector = Injector()
         queue = NetfilterQueue()
         wake_r, wake_w = socket.socketpair()
         old_handlers = self._install_signals(wake_w)
         try:
             queue.bind(self.queue_num, self._on_packet, max_len=QUEUE_MAXLEN, sock_len=SOCKET_RCVBUF)
-            self.rules.apply(policy, self.censor.mark(VERDICT_ALLOW), self.censor.mark(VERDICT_DROP))
+            self._apply_rules(policy, self.censor.generation)
             self._loaded(policy)
             self._serve(queue, wake_r)
             return 0
@@ -218,14 +219,12 @@ class CensorService:
         old = self.censor.policy
         try:
             policy = load_policy(self.policy_path)
-            next_generation = self.censor.generation + 1
-            self.rules.apply(policy, offload_mark(next_generation, VERDICT_ALLOW),
-                             offload_mark(next_generation, VERDICT_DROP))
+            self._apply_rules(policy, self.censor.generation + 1)
         except (PolicyError, IptablesError) as exc:
             self.status.error = str(exc)
             self.log({"event": "reload_failed", "error": str(exc), "policy": old.name})
             try:  # the old rules stay in force (iptables-restore is atomic, but be sure)
-                self.rules.apply(old, self.censor.mark(VERDICT_ALLOW), self.censor.mark(VERDICT_DROP))
+                self._apply_rules(old, self.censor.generation)
             except IptablesError:
                 pass
             self.status.write(self.counters())
@@ -233,6 +232,11 @@ class CensorService:
         self.censor.load(policy)
         self._loaded(policy)
         return True
+
+    def _apply_rules(self, policy: Policy, generation: int) -> None:
+        # The kernel trusts only this generation's marks (never 0: with
+        # --no-offload no mark is ever set and every packet is queued).
+        self.rules.apply(policy, offload_mark(generation, VERDICT_ALLOW), offload_mark(generation, VERDICT_DROP))
 
     def _loaded(self, policy: Policy) -> None:
         assert self.censor is not None
