@@ -245,3 +245,37 @@ def test_stream_buffer_caps_and_ignores_retransmissions() -> None:
     wrap = StreamBuffer()
     wrap.start(2**32 - 2)
     assert wrap.push(2**32 - 1, b"xy") == b"xy" and wrap.push(1, b"z") == b"z"  # seq wraps around
+
+
+# --- robustness -------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from wallwatch.censor.policy import load_policy  # noqa: E402
+from tests.censor.test_policy import POLICIES  # noqa: E402
+
+_ALL = next(p for p in POLICIES if p.stem == "whatsapp-all")
+
+
+def _packets() -> st.SearchStrategy[bytes]:
+    payloads = st.one_of(st.binary(max_size=200), st.just(tls.build_client_hello("mmg.whatsapp.net")),
+                         st.just(dns.build_query("e1.whatsapp.net")), st.just(b"WA\x06\x03\x00\x00\x05"))
+    tcp = st.builds(lambda sp, dp, seq, flags, p: inet.build_tcp(CLIENT, MEDIA, sp, dp, seq=seq, flags=flags, payload=p),
+                    st.sampled_from([1000, 1001]), st.sampled_from([53, 443, 5222]), st.integers(0, 2**32 - 1),
+                    st.integers(0, 0x3F), payloads)
+    udp = st.builds(lambda sp, dp, p: inet.build_udp(CLIENT, RESOLVER, sp, dp, p),
+                    st.sampled_from([1000, 1001]), st.sampled_from([53, 3478]), payloads)
+    mutated = st.builds(lambda raw, i: raw[:i % len(raw)] + bytes([raw[i % len(raw)] ^ 0x5A]) + raw[i % len(raw) + 1:],
+                        st.one_of(tcp, udp), st.integers(0, 39))
+    return st.one_of(tcp, udp, mutated, st.binary(max_size=80))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_packets(), min_size=1, max_size=12))
+def test_any_packet_sequence_gets_a_verdict(packets: list[bytes]) -> None:
+    censor = Censor(load_policy(_ALL))
+    for raw in packets:
+        decision = censor.handle(raw, 1.0)
+        assert isinstance(decision.accept, bool)
+    assert censor.counters["packets"] == len(packets) and censor.counters["analyzer_errors"] == 0
