@@ -102,3 +102,12 @@ def test_garbage_packets_do_not_crash_the_censor(topology: Topology) -> None:
     counters = censor.counters()
     assert counters["garbage"] >= 1 and censor.proc.poll() is None
     assert topology.client_run("tls", WEB, "443", "example.org")["result"] == "reply"
+
+
+@pytest.mark.parametrize("mode, expected", [("--fail-closed", "connect_timeout"), ("--fail-open", "reply")])
+def test_a_dead_censor_fails_closed_by_default(topology: Topology, mode: str, expected: str) -> None:
+    censor = topology.start_censor(POLICIES / "none.yaml", mode)
+    assert topology.client_run("tls", WEB, "443", "web.whatsapp.com")["result"] == "reply"
+    censor.proc.kill()  # no clean-up: its rules stay, with nobody serving the queue
+    censor.proc.wait(timeout=10)
+    assert topology.client_run("tls", WEB, "443", "web.whatsapp.com")["result"] == expected
