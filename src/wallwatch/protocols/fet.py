@@ -75,7 +75,6 @@ EX3_PRINTABLE_FRACTION = "ex3-printable-fraction"
 EX4_PRINTABLE_RUN = "ex4-printable-run"
 EX5_PROTOCOL_FINGERPRINT = "ex5-protocol-fingerprint"
 
-_POPCOUNT = bytes(bin(i).count("1") for i in range(256))
 _PRINTABLE = bytes(range(PRINTABLE_MIN, PRINTABLE_MAX + 1))
 _TO_SEPARATOR = bytes(b if PRINTABLE_MIN <= b <= PRINTABLE_MAX else 0 for b in range(256))
 
@@ -118,7 +117,7 @@ def _printable_prefix(data: bytes) -> int:
 def _longest_printable_run(data: bytes) -> int:
     # Non-printable bytes become 0x00 (itself not printable), so splitting on
     # 0x00 leaves exactly the printable runs; translate and split run in C.
-    return max(len(run) for run in data.translate(_TO_SEPARATOR).split(b"\x00"))
+    return max(map(len, data.translate(_TO_SEPARATOR).split(b"\x00")))
 
 
 def detect(data: bytes) -> FetVerdict:
@@ -130,7 +129,8 @@ def detect(data: bytes) -> FetVerdict:
     if not data:
         raise ProtocolError("FET detection needs the first data packet; the payload is empty")
     length = len(data)
-    popcount_avg = sum(data.translate(_POPCOUNT)) / length
+    # One big integer's bit_count is the popcount of all bytes, in C.
+    popcount_avg = int.from_bytes(data, "big").bit_count() / length
     printable_count = length - len(data.translate(None, _PRINTABLE))
     printable_fraction = printable_count / length
     prefix = _printable_prefix(data)
