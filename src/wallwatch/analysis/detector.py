@@ -84,11 +84,16 @@ class VolumeParams:
 
 @dataclass(frozen=True)
 class HourCounts:
-    """One hour of one series: distinct decisive probes, of which blocked."""
+    """One hour of one series: distinct decisive probes, and how many of them were blocked.
+
+    `n_blocked` may be fractional: a probe that measured several times in the
+    hour counts as the share of its measurements that were blocked (the
+    series' `blocked_weight`), so every probe weighs one.
+    """
 
     hour: int
     n_probes: int
-    n_blocked: int
+    n_blocked: float
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class Segment:
     last_seen: int
     peak_share: float
     n_probe_hours: int = 0
-    n_blocked_probe_hours: int = 0
+    n_blocked_probe_hours: float = 0.0
     extra: dict[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -185,17 +190,18 @@ class _OpenBlock:
 
     def __init__(self, onset: int) -> None:
         self.onset = self.alarm = self.last_seen = onset
-        self.probe_hours = self.blocked_probe_hours = self.blocked_hours = 0
+        self.probe_hours = self.blocked_hours = 0
+        self.blocked_probe_hours = 0.0
         self.peak_share = 0.0
         self.s_down = 0.0
         self.down_start: int | None = None
         # Hours seen while the back-to-ok CUSUM runs: counted only if it falls
         # back to zero (the block went on), dropped if the segment closes.
-        self.pending: list[tuple[int, int, int]] = []
-        self.samples: list[tuple[int, int, int]] = []  # kept while a candidate run
+        self.pending: list[tuple[int, int, float]] = []
+        self.samples: list[tuple[int, int, float]] = []  # kept while a candidate run
         self.recording = True
 
-    def add(self, hour: int, n: int, k: int) -> None:
+    def add(self, hour: int, n: int, k: float) -> None:
         if self.recording:
             self.samples.append((hour, n, k))
         self.probe_hours += n
@@ -205,7 +211,7 @@ class _OpenBlock:
             self.last_seen = hour
             self.peak_share = max(self.peak_share, k / n)
 
-    def step(self, hour: int, n: int, k: int, params: BlockingParams) -> int | None:
+    def step(self, hour: int, n: int, k: float, params: BlockingParams) -> int | None:
         """Feed one hour; return the end hour if the segment just closed."""
         # Test "back to p0" against the share seen so far in this segment, so a
         # full block ends within an hour of ok probes and a partial one needs more.
@@ -236,7 +242,7 @@ class _OpenBlock:
             last_seen=self.last_seen,
             peak_share=round(self.peak_share, 4),
             n_probe_hours=self.probe_hours,
-            n_blocked_probe_hours=self.blocked_probe_hours,
+            n_blocked_probe_hours=round(self.blocked_probe_hours, 3),
         )
 
 

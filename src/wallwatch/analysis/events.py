@@ -187,7 +187,7 @@ class _Series:
     network_name: str | None = None
     hours: list[int] = field(default_factory=list)
     decisive: list[int] = field(default_factory=list)
-    blocked: list[int] = field(default_factory=list)
+    blocked: list[float] = field(default_factory=list)
     measurements: list[int] = field(default_factory=list)
     rows: pa.Table | None = None
 
@@ -206,7 +206,7 @@ class _Found:
 
 _METHOD_COLUMNS = tuple(f"blocked_{m}" for m in (*METHODS, "other"))
 _NEEDED = ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "n_probes_decisive",
-           "n_probes_blocked", "n_measurements", "n_blocked", "example_blocked_uid", *_METHOD_COLUMNS)
+           "blocked_weight", "n_measurements", "n_blocked", "example_blocked_uid", *_METHOD_COLUMNS)
 
 
 def _series_of(hourly: pa.Table) -> list[_Series]:
@@ -219,7 +219,7 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
     hour_numbers = pc.divide(hourly.column("hour").cast(pa.timestamp("us")).cast(pa.int64()), 3_600_000_000)
     hours = hour_numbers.to_pylist()
     decisive = hourly.column("n_probes_decisive").to_pylist()
-    blocked = hourly.column("n_probes_blocked").to_pylist()
+    blocked = hourly.column("blocked_weight").to_pylist()
     measurements = hourly.column("n_measurements").to_pylist()
     keys = hourly.select(["probe_cc", "probe_asn", "service", "feature"])
     # Series boundaries: rows where any key column differs from the row before.

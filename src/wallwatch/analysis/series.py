@@ -9,10 +9,13 @@ Columns of `series_hourly` (`hour`) and `series_daily` (`day`), partitioned by `
 probe_cc, probe_asn, probe_network_name, service, feature, hour|day, date,
 n_measurements, n_probes, n_probes_decisive, n_probes_blocked, n_probes_ok,
 n_probes_down, n_ok, n_blocked, n_down, n_unknown, blocked_<method> for each
-method in `series_queries.METHODS` plus blocked_other, example_blocked_uid,
-blocked_share (blocked / decisive distinct probes, null when none), state
-(insufficient|down|blocked|partial|ok). Probe counts are distinct `probe_key`s;
-measurement counts are distinct `measurement_uid`s.
+method in `series_queries.METHODS` plus blocked_other, blocked_weight (sum over
+decisive probes of each one's blocked share of its measurements),
+example_blocked_uid, blocked_share (blocked_weight / decisive probes, null when
+none), state (insufficient|down|blocked|partial|ok). Probe counts are distinct
+`probe_key`s ("n_probes_blocked": saw blocking at least once); measurement
+counts are distinct `measurement_uid`s, a measurement taking the strongest of
+its targets' verdicts (blocked > ok > down > unknown).
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def _finish(table: pa.Table, grain: str) -> pa.Table:
     bucket = table.column("bucket").cast(pa.timestamp("us"))
     table = table.set_column(table.schema.get_field_index("bucket"), grain, bucket)
     table = table.append_column("date", pc.cast(bucket, pa.date32()))
-    ints = {name for name in table.column_names if name.startswith(("n_", "blocked_")) and name != "blocked_share"}
+    ints = {name for name in table.column_names
+            if name.startswith(("n_", "blocked_")) and name not in ("blocked_share", "blocked_weight")}
     for name in ints:
         index = table.schema.get_field_index(name)
         table = table.set_column(index, name, table.column(name).cast(pa.int32()))

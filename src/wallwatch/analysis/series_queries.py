@@ -45,10 +45,19 @@ def _method_sums() -> str:
 def aggregate_sql(grain: str, where: str) -> str:
     """Sparse counts per series and `grain` ('hour' or 'day') bucket from `verdicts`.
 
-    Three plain GROUP BYs instead of many COUNT(DISTINCT CASE ...): per
-    measurement (a measurement is blocked if any of its targets is), per probe
-    (a probe is blocked in a bucket if any of its measurements is), per bucket.
-    Each level only sums or takes maxima, which both engines do fast.
+    Three plain GROUP BYs instead of many COUNT(DISTINCT CASE ...), each only
+    summing or taking maxima:
+
+    1. per measurement: its status is the strongest of its targets' verdicts
+       (blocked > ok > down > unknown): one blocked target makes it blocked;
+    2. per probe: how many of its measurements had each status;
+    3. per bucket: probe counts, and `blocked_weight`, the sum over decisive
+       probes of the share of their decisive measurements that were blocked.
+
+    `blocked_weight` is what the detector counts as "blocked probes": each probe
+    weighs one whatever its cadence, a probe measuring every five minutes at 2%
+    noise weighs ~0.02 (not "blocked at least once": 22% of its hours), and
+    blocking of 30% of attempts still shows as 0.3 per probe.
     """
     if grain not in ("hour", "day"):
         raise ValueError(f"grain must be 'hour' or 'day', got {grain!r}")
@@ -61,6 +70,8 @@ SELECT probe_cc, probe_asn, service, feature, bucket,
        sum(CASE WHEN m_blocked > 0 THEN 1 ELSE 0 END) AS n_probes_blocked,
        sum(CASE WHEN m_ok > 0 THEN 1 ELSE 0 END) AS n_probes_ok,
        sum(CASE WHEN m_down > 0 THEN 1 ELSE 0 END) AS n_probes_down,
+       sum(CASE WHEN m_ok + m_blocked > 0 THEN CAST(m_blocked AS DOUBLE) / (m_ok + m_blocked) ELSE 0 END)
+         AS blocked_weight,
        sum(m_ok) AS n_ok, sum(m_blocked) AS n_blocked, sum(m_down) AS n_down, sum(m_unknown) AS n_unknown,
        {_method_sums()},
        min(example_blocked_uid) AS example_blocked_uid
@@ -68,18 +79,17 @@ FROM (
   SELECT probe_cc, probe_asn, service, feature, bucket, probe_key,
          max(probe_network_name) AS probe_network_name,
          count(*) AS n_measurements,
-         sum(is_ok) AS m_ok, sum(is_blocked) AS m_blocked, sum(is_down) AS m_down, sum(is_unknown) AS m_unknown,
+         sum(CASE WHEN status = 3 THEN 1 ELSE 0 END) AS m_ok,
+         sum(CASE WHEN status = 4 THEN 1 ELSE 0 END) AS m_blocked,
+         sum(CASE WHEN status = 2 THEN 1 ELSE 0 END) AS m_down,
+         sum(CASE WHEN status = 1 THEN 1 ELSE 0 END) AS m_unknown,
          {_method_sums()},
          min(example_blocked_uid) AS example_blocked_uid
   FROM (
     SELECT probe_cc, probe_asn, service, feature, date_trunc('{grain}', measurement_start_time) AS bucket,
            probe_key, measurement_uid,
            max(probe_network_name) AS probe_network_name,
-           max(CASE WHEN verdict = 'blocked' THEN 1 ELSE 0 END) AS is_blocked,
-           max(CASE WHEN verdict = 'ok' THEN 1 ELSE 0 END) AS is_ok,
-           max(CASE WHEN verdict = 'down' THEN 1 ELSE 0 END) AS is_down,
-           max(CASE WHEN verdict NOT IN ('ok', 'blocked', 'down') OR verdict IS NULL THEN 1 ELSE 0 END)
-             AS is_unknown,
+           max(CASE verdict WHEN 'blocked' THEN 4 WHEN 'ok' THEN 3 WHEN 'down' THEN 2 ELSE 1 END) AS status,
            {_method_flags()},
            min(CASE WHEN verdict = 'blocked' THEN measurement_uid END) AS example_blocked_uid
     FROM verdicts
@@ -100,13 +110,13 @@ def window_sql(where: str) -> str:
 def dense_sql(aggregate: str, min_probes: int) -> str:
     """Every series x every calendar bucket, empty buckets zero-filled and marked 'insufficient'.
 
-    `series_calendar(bucket)` must be registered by the caller. `state` says
-    what the bucket shows: 'down' when more probes saw the service down than
-    saw it either work or blocked (an outage, not censorship), 'insufficient'
-    below `min_probes` decisive probes, 'blocked' when at least half the
-    decisive probes saw blocking, 'partial' from a fifth (OONI's hourly median
-    is a step at 50% and hides partial blocking: ooni/data
-    docs/implementation-plan.md §3.6), else 'ok'.
+    `series_calendar(bucket)` must be registered by the caller.
+    `blocked_share` is blocked_weight / decisive probes. `state` says what the
+    bucket shows: 'down' when more probes saw the service down than saw it
+    either work or blocked (an outage, not censorship), 'insufficient' below
+    `min_probes` decisive probes, 'blocked' from a share of one half,
+    'partial' from a fifth (OONI's hourly median is a step at 50% and hides
+    partial blocking: ooni/data docs/implementation-plan.md §3.6), else 'ok'.
     """
     zero = [
         "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "n_probes_ok",
@@ -129,18 +139,18 @@ dense AS (
   SELECT grid.probe_cc, grid.probe_asn, grid.probe_network_name, grid.service, grid.feature,
          grid.bucket,
        {filled},
+       COALESCE(agg.blocked_weight, 0.0) AS blocked_weight,
        agg.example_blocked_uid
   FROM grid LEFT JOIN agg
     ON agg.probe_cc = grid.probe_cc AND agg.probe_asn = grid.probe_asn
    AND agg.service = grid.service AND agg.feature = grid.feature AND agg.bucket = grid.bucket
 )
 SELECT *,
-       CASE WHEN n_probes_decisive > 0 THEN CAST(n_probes_blocked AS DOUBLE) / n_probes_decisive END
-         AS blocked_share,
+       CASE WHEN n_probes_decisive > 0 THEN blocked_weight / n_probes_decisive END AS blocked_share,
        CASE WHEN n_probes_down > n_probes_decisive THEN 'down'
             WHEN n_probes_decisive < {int(min_probes)} OR n_probes_decisive = 0 THEN 'insufficient'
-            WHEN 2 * n_probes_blocked >= n_probes_decisive THEN 'blocked'
-            WHEN 5 * n_probes_blocked >= n_probes_decisive THEN 'partial'
+            WHEN 2 * blocked_weight >= n_probes_decisive THEN 'blocked'
+            WHEN 5 * blocked_weight >= n_probes_decisive THEN 'partial'
             ELSE 'ok' END AS state
 FROM dense
 ORDER BY probe_cc, probe_asn, service, feature, bucket
@@ -167,4 +177,25 @@ SELECT probe_cc, probe_asn, max(probe_network_name), service, feature,
 FROM series_grid
 GROUP BY probe_cc, probe_asn, service, feature
 ORDER BY probe_cc, service, feature, probe_asn
+"""
+
+
+def network_volume_sql() -> str:
+    """Measurements per network and hour from a registered `series_grid` (hourly rows).
+
+    Per service the most-measured feature (a measurement covers several
+    features of its service), summed over services: the same volume the
+    volume-collapse detector watches (`events._volume_segments`).
+    """
+    return """
+SELECT probe_cc, probe_asn, max(probe_network_name) AS probe_network_name, hour,
+       CAST(sum(n_measurements) AS BIGINT) AS n_measurements
+FROM (
+  SELECT probe_cc, probe_asn, service, hour, max(probe_network_name) AS probe_network_name,
+         max(n_measurements) AS n_measurements
+  FROM series_grid
+  GROUP BY probe_cc, probe_asn, service, hour
+) AS per_service
+GROUP BY probe_cc, probe_asn, hour
+ORDER BY probe_cc, probe_asn, hour
 """

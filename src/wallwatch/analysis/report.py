@@ -1,0 +1,220 @@
+"""`wallwatch report`: one offline HTML page, SVG/PNG charts and CSV/Parquet exports.
+
+The page embeds its SVG charts (no CDN, no script from elsewhere: it opens
+from a USB stick), lists every detected event with its evidence, and carries
+the labels a journalist needs to quote it: country, network names, service,
+feature, dates in UTC, data source and wallwatch version.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wallwatch import __version__
+from wallwatch.analysis import charts
+from wallwatch.analysis.events import (
+    ANY,
+    BLOCKING,
+    DetectionParams,
+    Event,
+    add_rule_evidence,
+    detect_events,
+    events_table,
+    iso,
+    record_events,
+)
+from wallwatch.analysis.series import SeriesRequest, build_and_store, read_series
+from wallwatch.analysis.series_queries import network_volume_sql
+
+
+_HOURLY_TIMELINE_MAX = 7 * 24
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    countries: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    # Chart sections: every (country, service, feature) with an event first,
+    # then the most-measured others, up to this many.
+    max_groups: int = 12
+    png: bool = True
+    exports: bool = True
+    source: str = "wallwatch measurements"
+    rebuild_series: bool = True
+    record: bool = True  # append lifecycle entries to the event log
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    index: Path
+    events: list[Event]
+    charts: list[Path] = field(default_factory=list)
+    exports: list[Path] = field(default_factory=list)
+    log_entries: int = 0
+
+
+def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptions(),
+                 params: DetectionParams = DetectionParams()) -> ReportResult:
+    """Series -> events -> charts -> page (+ exports) under `out_dir`; returns what was written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if options.rebuild_series or "series_hourly" not in store.datasets():
+        build_and_store(store, SeriesRequest(countries=options.countries))
+    hourly = _only_services(read_series(store, "hour", options.countries), options.services)
+    daily = _only_services(read_series(store, "day", options.countries), options.services)
+    connection = store.connect()
+    try:
+        events = add_rule_evidence(connection, detect_events(hourly, params))
+    finally:
+        connection.close()
+    log_entries = 0
+    if options.record:
+        events, entries = record_events(store, events, params.grouping.merge_gap_hours)
+        log_entries = len(entries)
+    context = charts.ChartContext(source=options.source)
+    sections, written = _chart_sections(hourly, daily, events, out_dir / "charts", options, context)
+    exports = _exports(store, hourly, daily, events, out_dir / "exports") if options.exports else []
+    index = out_dir / "index.html"
+    index.write_text(_render_page(hourly, events, sections, exports, out_dir, options, context))
+    return ReportResult(index=index, events=events, charts=written, exports=exports, log_entries=log_entries)
+
+
+def _only_services(table: pa.Table, services: Sequence[str]) -> pa.Table:
+    if not services:
+        return table
+    return table.filter(pc.is_in(table.column("service"), value_set=pa.array(list(services))))
+
+
+@dataclass
+class _Section:
+    key: str
+    probe_cc: str
+    service: str
+    feature: str
+    title: str
+    networks: list[str]
+    events: list[Event]
+    charts: list[charts.RenderedChart]
+
+
+def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], chart_dir: Path,
+                    options: ReportOptions, context: charts.ChartContext) -> tuple[list[_Section], list[Path]]:
+    hourly_by = _group_rows(hourly)
+    daily_by = _group_rows(daily)
+    volume = defaultdict(int)
+    for key, rows in hourly_by.items():
+        volume[key] = sum(row["n_measurements"] for row in rows)
+    event_groups = [(e.probe_cc, e.service, e.feature) for e in events if e.type == BLOCKING]
+    ordered = list(dict.fromkeys(key for key in event_groups if key in hourly_by))
+    ordered += [key for key in sorted(volume, key=lambda k: -volume[k]) if key not in ordered]
+    sections, written = [], []
+    for cc, service, feature in ordered[: options.max_groups]:
+        group_events = [e for e in events if (e.probe_cc, e.service, e.feature) == (cc, service, feature)]
+        name = charts.slug(cc, service, feature)
+        # Hourly lines are readable for a week; beyond that, daily shares (events keep hour precision).
+        hours = hourly_by[(cc, service, feature)]
+        grain = "hour" if len({row["hour"] for row in hours}) <= _HOURLY_TIMELINE_MAX else "day"
+        timeline_rows = hours if grain == "hour" else daily_by.get((cc, service, feature), [])
+        rendered = [
+            charts.render(charts.timeline_spec(timeline_rows, group_events, probe_cc=cc, service=service,
+                                               feature=feature, context=context, grain=grain),
+                          chart_dir, f"{name}-timeline", png=options.png),
+            charts.render(charts.heatmap_spec(daily_by.get((cc, service, feature), []), probe_cc=cc,
+                                              service=service, feature=feature, context=context),
+                          chart_dir, f"{name}-heatmap", png=options.png),
+        ]
+        networks = sorted({charts.network_label(r["probe_asn"], r["probe_network_name"])
+                           for r in hourly_by[(cc, service, feature)]})
+        sections.append(_Section(name, cc, service, feature, f"{service} · {feature} in {cc}", networks,
+                                 group_events, rendered))
+    for cc in sorted({e.probe_cc for e in events if e.service == ANY}):
+        collapse = [e for e in events if e.probe_cc == cc and e.service == ANY]
+        rows = _network_volume(hourly, cc)
+        rendered = [charts.render(charts.volume_spec(rows, collapse, probe_cc=cc, context=context),
+                                  chart_dir, charts.slug(cc, "volume"), png=options.png)]
+        networks = sorted({charts.network_label(r["probe_asn"], r["probe_network_name"]) for r in rows})
+        sections.append(_Section(charts.slug(cc, "volume"), cc, ANY, ANY, f"measurement volume in {cc}",
+                                 networks, collapse, rendered))
+    for section in sections:
+        for chart in section.charts:
+            written.extend(p for p in (chart.svg_path, chart.png_path, chart.spec_path) if p is not None)
+    return sections, written
+
+
+def _group_rows(table: pa.Table) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    wanted = [c for c in ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "day",
+                          "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "blocked_share",
+                          "state") if c in table.column_names]
+    for row in table.select(wanted).to_pylist():
+        grouped[(row["probe_cc"], row["service"], row["feature"])].append(row)
+    return grouped
+
+
+def _network_volume(hourly: pa.Table, cc: str) -> list[dict[str, Any]]:
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        connection.register("series_grid", hourly.filter(pc.equal(hourly.column("probe_cc"), cc)))
+        return connection.sql(network_volume_sql()).to_arrow_table().to_pylist()
+    finally:
+        connection.close()
+
+
+def _exports(store: Any, hourly: pa.Table, daily: pa.Table, events: list[Event], out: Path) -> list[Path]:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {"verdicts": store.read("verdicts"), "series_hourly": hourly, "series_daily": daily,
+              "events": events_table(events)}
+    written = []
+    for name, table in tables.items():
+        for suffix in ("csv", "parquet"):
+            path = out / f"{name}.{suffix}"
+            if suffix == "csv":
+                pacsv.write_csv(table, path)
+            else:
+                pq.write_table(table, path, compression="zstd")
+            written.append(path)
+    import orjson
+
+    path = out / "events.json"
+    path.write_bytes(orjson.dumps([e.to_record() for e in events], option=orjson.OPT_INDENT_2))
+    written.append(path)
+    return written
+
+
+def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section], exports: list[Path],
+                 out_dir: Path, options: ReportOptions, context: charts.ChartContext) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("wallwatch.analysis", "templates"),
+                      autoescape=select_autoescape(["html"]))
+    env.filters["when"] = charts.when
+    env.filters["iso"] = iso
+    hours = hourly.column("hour") if hourly.num_rows else None
+    start = pc.min(hours).as_py() if hours is not None else None
+    end = pc.max(hours).as_py() if hours is not None else None
+    names = {(r["probe_asn"]): r["probe_network_name"]
+             for r in hourly.select(["probe_asn", "probe_network_name"]).to_pylist() if r["probe_network_name"]}
+    return env.get_template("report.html").render(
+        generated=datetime.now(UTC).replace(tzinfo=None, microsecond=0),
+        start=start, end=end, events=events, sections=sections, context=context, version=__version__,
+        countries=sorted(set(hourly.column("probe_cc").to_pylist())) if hourly.num_rows else [],
+        services=sorted({e.service for e in events} | set(hourly.column("service").to_pylist()
+                                                          if hourly.num_rows else [])),
+        n_series=len({(r["probe_cc"], r["probe_asn"], r["service"], r["feature"]) for r in
+                      hourly.select(["probe_cc", "probe_asn", "service", "feature"]).to_pylist()}),
+        n_measurements=pc.sum(hourly.column("n_measurements")).as_py() if hourly.num_rows else 0,
+        network_names=names, exports=[p.relative_to(out_dir).as_posix() for p in exports],
+        any_marker=ANY, options=options,
+    )
