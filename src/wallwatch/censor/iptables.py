@@ -15,6 +15,10 @@ FORWARD, and are replaced atomically with `iptables-restore --noflush`
 
 netfilterqueue has no connmark verdict, hence the mark + NF_REPEAT trick
 (OpenGFW sets the connmark directly through go-nfqueue, io/nfqueue.go).
+Static blackhole-ip rules match packet headers (`ip.dst` -> `-d`), which for
+the client's packets is the flow's server; they drop before the queue, so
+they win over any rule evaluated in Python whatever their place in the policy.
+Only IPv4 is queued and blackholed: the lab is IPv4-only.
 ALLOW/DROP carry the policy generation, so a reload retires every earlier
 verdict: those flows come back to the queue and are judged by the new policy.
 """
