@@ -1,0 +1,217 @@
+"""`wallwatch series`, `wallwatch events`, `wallwatch report`, `wallwatch export-series`.
+
+Heavy imports (DuckDB, pyarrow, Altair) stay inside the commands so that
+`wallwatch --help` stays fast. `export-series` is separate from engineer A's
+`export {verdicts,observations}` so neither command has to know the other.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="Data directory (default: $WALLWATCH_DATA or ./wallwatch-data)."),
+]
+CountryOption = Annotated[
+    list[str] | None, typer.Option("--country", "-c", help="Only this country (ISO code); repeatable.")
+]
+
+
+def _data_dir(data: Path | None) -> Path:
+    return data or Path(os.environ.get("WALLWATCH_DATA") or "wallwatch-data")
+
+
+def _store(data: Path | None):  # noqa: ANN202 - Store, imported lazily
+    from wallwatch.analysis.store import Store
+
+    root = _data_dir(data)
+    if not root.is_dir():
+        raise typer.BadParameter(f"no data directory at {root} (run `wallwatch ingest` first)", param_hint="--data")
+    return Store(root)
+
+
+def _countries(country: list[str] | None) -> tuple[str, ...]:
+    return tuple(c.upper() for c in (country or ()))
+
+
+def _ensure_series(store, countries: tuple[str, ...], rebuild: bool) -> None:  # noqa: ANN001
+    from wallwatch.analysis.series import SeriesError, SeriesRequest, build_and_store
+
+    if rebuild or "series_hourly" not in store.datasets():
+        try:
+            build_and_store(store, SeriesRequest(countries=countries))
+        except SeriesError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+
+
+def series_command(
+    data: DataOption = None,
+    country: CountryOption = None,
+    since: Annotated[datetime | None, typer.Option(help="First hour (UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Last hour (UTC), inclusive.")] = None,
+    min_probes: Annotated[int, typer.Option(help="Fewest decisive probes for an hour to count.")] = 1,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 40,
+) -> None:
+    """Build the dense hourly and daily series from the verdicts and print a summary per series."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from wallwatch.analysis.series import SeriesError, SeriesRequest, build_and_store, series_summary
+
+    store = _store(data)
+    try:
+        hourly, _, build = build_and_store(
+            store, SeriesRequest(start=since, end=until, countries=_countries(country), min_probes=min_probes)
+        )
+    except SeriesError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console = Console()
+    if not build.n_series:
+        console.print("no verdicts to build series from")
+        return
+    console.print(f"{build.n_series} series, {build.hourly_rows} series-hours, {build.daily_rows} series-days, "
+                  f"{build.start:%Y-%m-%d %H:00} to {build.end:%Y-%m-%d %H:00} UTC")
+    table = Table("country", "network", "service", "feature", "hours", "with data", "measurements",
+                  "blocked h", "partial h", "down h", "max share", "last state")
+    rows = series_summary(hourly)
+    for row in rows[:limit]:
+        network = f"AS{row['probe_asn']}" + (f" {row['probe_network_name']}" if row["probe_network_name"] else "")
+        share = row["max_blocked_share"]
+        table.add_row(row["probe_cc"], network, row["service"], row["feature"], str(row["buckets"]),
+                      str(row["with_data"]), str(row["measurements"]), str(row["blocked"]), str(row["partial"]),
+                      str(row["down"]), "-" if share is None else f"{share:.0%}", row["last_state"])
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more series (--limit)")
+
+
+class EventType(str, enum.Enum):
+    blocking = "blocking"
+    volume_collapse = "volume_collapse"
+
+
+def events_command(
+    data: DataOption = None,
+    country: CountryOption = None,
+    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")] = None,
+    event_type: Annotated[EventType | None, typer.Option("--type", help="Only this type.")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the series first.")] = True,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Append lifecycle entries to events.jsonl.")]
+    = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON lines.")] = False,
+) -> None:
+    """Detect censorship events in the series, log their lifecycle, and list them."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from wallwatch.analysis.charts import when
+    from wallwatch.analysis.events import add_rule_evidence, detect_events, record_events
+    from wallwatch.analysis.series import read_series
+
+    store = _store(data)
+    countries = _countries(country)
+    _ensure_series(store, countries, rebuild)
+    connection = store.connect()
+    try:
+        events = add_rule_evidence(connection, detect_events(read_series(store, "hour", countries)))
+    finally:
+        connection.close()
+    entries: list = []
+    if record:
+        events, entries = record_events(store, events)
+    events = [e for e in events if (not service or e.service in service)
+              and (event_type is None or e.type == event_type.value)]
+    if as_json:
+        for event in events:
+            typer.echo(orjson.dumps(event.to_record()).decode())
+        return
+    console = Console()
+    table = Table("onset (UTC)", "end (UTC)", "type", "country", "service/feature", "networks", "method",
+                  "peak", "event id", title=f"{len(events)} event(s)")
+    for e in events:
+        networks = ", ".join(f"AS{n.probe_asn}" + (f" from {n.onset:%a %d %b %H:00}" if len(e.networks) > 1 else "")
+                             for n in e.networks)
+        table.add_row(when(e.onset), when(e.end), e.type, e.probe_cc, f"{e.service}/{e.feature}", networks,
+                      ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type == "blocking" else "-",
+                      e.event_id)
+    console.print(table)
+    if record:
+        console.print(f"{len(entries)} new lifecycle entr{'y' if len(entries) == 1 else 'ies'} in "
+                      f"{store.log_path('events')}")
+
+
+def report_command(
+    data: DataOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: DATA/report).")] = None,
+    country: CountryOption = None,
+    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")] = None,
+    max_charts: Annotated[int, typer.Option(help="Most (country, service, feature) chart sections.")] = 12,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Also write PNG charts.")] = True,
+    exports: Annotated[bool, typer.Option("--exports/--no-exports", help="Write CSV/Parquet exports.")] = True,
+    source: Annotated[str, typer.Option(help="Data source named on every chart.")] = "wallwatch measurements",
+) -> None:
+    """Write an offline HTML report with charts (SVG/PNG), the event table and CSV/Parquet exports."""
+    from wallwatch.analysis.report import ReportOptions, build_report
+
+    store = _store(data)
+    target = out or (store.root / "report")
+    result = build_report(store, target, ReportOptions(
+        countries=_countries(country), services=tuple(service or ()), max_groups=max_charts, png=png,
+        exports=exports, source=source))
+    typer.echo(f"wrote {result.index} ({len(result.events)} events, {len(result.charts)} chart files, "
+               f"{len(result.exports)} exports, {result.log_entries} new log entries)")
+
+
+class SeriesDataset(str, enum.Enum):
+    hourly = "hourly"
+    daily = "daily"
+    events = "events"
+
+
+class ExportFormat(str, enum.Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+def export_series_command(
+    dataset: Annotated[SeriesDataset, typer.Argument(help="hourly or daily series, or the detected events.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="csv or parquet.")] = ExportFormat.csv,
+    data: DataOption = None,
+    country: CountryOption = None,
+) -> None:
+    """Export the series (or detected events) as one CSV or Parquet file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from wallwatch.analysis.events import detect_events, events_table
+    from wallwatch.analysis.series import read_series
+
+    store = _store(data)
+    countries = _countries(country)
+    _ensure_series(store, countries, rebuild=False)
+    if dataset is SeriesDataset.events:
+        table = events_table(detect_events(read_series(store, "hour", countries)))
+    else:
+        table = read_series(store, "hour" if dataset is SeriesDataset.hourly else "day", countries)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format is ExportFormat.parquet:
+        pq.write_table(table, out, compression="zstd")
+    else:
+        pacsv.write_csv(table, out)
+    typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("series")(series_command)
+    app.command("events")(events_command)
+    app.command("report")(report_command)
+    app.command("export-series")(export_series_command)

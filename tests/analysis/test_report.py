@@ -1,0 +1,127 @@
+"""The report (real Altair specs rendered by vl-convert) and the series/events/report CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from wallwatch import __version__
+from wallwatch.analysis.report import ReportOptions, build_report
+from wallwatch.analysis.store import VERDICTS_SCHEMA, Store
+from wallwatch.cli import app
+
+T0 = datetime(2024, 3, 4)
+JOINS = {64500: 3 * 24 + 9, 64501: 6 * 24 + 8}  # Thursday 09:00, Sunday 08:00
+
+
+def _verdicts(hours: int = 12 * 24) -> pa.Table:
+    rng = random.Random(4)
+    rows = []
+    for asn in (64500, 64501, 64502):
+        for probe in range(3):
+            for hour in range(hours):
+                if asn == 64502 and 150 <= hour < 180:  # AS64502 goes silent for 30 hours
+                    continue
+                moment = T0 + timedelta(hours=hour, minutes=rng.randrange(60))
+                blocked = JOINS.get(asn, 10**6) <= hour < 10 * 24
+                for feature in ("text", "media"):
+                    is_blocked = blocked and feature == "text"
+                    rows.append({
+                        "measurement_uid": f"u-{asn}-{probe}-{hour}", "measurement_start_time": moment,
+                        "date": moment.date(), "probe_cc": "XA", "probe_asn": asn,
+                        "probe_network_name": {64500: "Alpha Telecom", 64501: "Beta Mobile"}.get(asn),
+                        "probe_key": f"{asn}-{probe}", "test_name": "whatsapp", "software_name": "wallwatch",
+                        "service": "whatsapp", "feature": feature, "target": None,
+                        "verdict": "blocked" if is_blocked else "ok", "method": "dns" if is_blocked else None,
+                        "confidence": 0.9, "rule_id": "wa.dns-nxdomain" if is_blocked else "wa.ok",
+                        "rules_version": "1",
+                    })
+    return pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    result = Store(tmp_path_factory.mktemp("report") / "data")
+    result.write("verdicts", _verdicts())
+    return result
+
+
+@pytest.fixture(scope="module")
+def report(store: Store, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("out")
+    return out, build_report(store, out, ReportOptions(max_groups=2, source="synthetic test data"))
+
+
+def test_report_page_lists_events_with_networks_and_evidence(report) -> None:
+    out, result = report
+    kinds = sorted((e.type, e.service, e.feature) for e in result.events)
+    assert kinds == [("blocking", "whatsapp", "text"), ("volume_collapse", "*", "*")]
+    page = re.sub(r"\s+", " ", result.index.read_text())
+    assert "AS64500 Alpha Telecom: from Thu 07 Mar 2024 09:00 UTC to Thu 14 Mar 2024 00:00 UTC" in page
+    assert "AS64501 Beta Mobile: from Sun 10 Mar 2024 08:00 UTC" in page
+    assert "wa.dns-nxdomain" in page and "dns (" in page
+    assert f"wallwatch {__version__}" in page and "synthetic test data" in page
+    # Offline: no script, style or image from anywhere else.
+    assert not re.search(r"""(src|href)=["']https?://""", page)
+    assert page.count("<svg") == 5  # timeline + heatmap for two groups, and the volume chart
+
+
+def test_charts_are_rendered_and_labelled(report) -> None:
+    out, result = report
+    pngs = [p for p in result.charts if p.suffix == ".png"]
+    assert len(pngs) == 5 and all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    spec = json.loads((out / "charts" / "xa-whatsapp-text-timeline.vl.json").read_text())
+    title = spec["title"]
+    assert "whatsapp · text in XA" in title["text"]
+    assert any("times in UTC" in line and __version__ in line for line in title["subtitle"])
+    bands = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "rect")
+    (band,) = bands["data"]["values"]
+    assert band["start"] == "2024-03-07T09:00:00Z" and band["end"] == "2024-03-14T00:00:00Z"
+    svg = (out / "charts" / "xa-whatsapp-text-heatmap.svg").read_text()
+    assert "AS64500 Alpha Telecom" in svg and "insufficient" in svg
+
+
+def test_exports_are_readable(report) -> None:
+    out, result = report
+    names = {p.name for p in result.exports}
+    assert {"verdicts.csv", "verdicts.parquet", "series_hourly.parquet", "series_daily.csv", "events.json"} <= names
+    hourly = pq.read_table(out / "exports" / "series_hourly.parquet")
+    assert hourly.num_rows == 3 * 2 * 12 * 24
+    assert pacsv.read_csv(out / "exports" / "events.csv").num_rows == 2
+    assert result.log_entries == 4  # two events opened, two closed
+
+
+def test_cli_series_events_report_and_export(store: Store, tmp_path: Path) -> None:
+    runner = CliRunner(env={"COLUMNS": "220"})
+    data = ["--data", str(store.root)]
+    result = runner.invoke(app, ["series", *data, "--country", "xa"])
+    assert result.exit_code == 0, result.output
+    assert "6 series" in result.output and "Alpha Telecom" in result.output
+    result = runner.invoke(app, ["events", *data, "--no-rebuild"])
+    assert result.exit_code == 0, result.output
+    assert "blocking" in result.output and "volume_collapse" in result.output
+    assert "0 new lifecycle entries" in result.output  # the report fixture already logged them
+    result = runner.invoke(app, ["events", *data, "--json", "--type", "blocking"])
+    (line,) = result.output.strip().splitlines()
+    assert [n["probe_asn"] for n in json.loads(line)["networks"]] == [64500, 64501]
+    out = tmp_path / "hourly.csv"
+    result = runner.invoke(app, ["export-series", "hourly", "--out", str(out), *data])
+    assert result.exit_code == 0 and pacsv.read_csv(out).num_rows == 3 * 2 * 12 * 24
+    result = runner.invoke(app, ["report", *data, "--out", str(tmp_path / "r"), "--no-png", "--no-exports",
+                                 "--max-charts", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "index.html").exists() and not list((tmp_path / "r").rglob("*.png"))
+
+
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["events", "--data", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and "no data directory" in result.output
