@@ -157,6 +157,7 @@ def report_command(
     png: Annotated[bool, typer.Option("--png/--no-png", help="Also write PNG charts.")] = True,
     exports: Annotated[bool, typer.Option("--exports/--no-exports", help="Write CSV/Parquet exports.")] = True,
     source: Annotated[str, typer.Option(help="Data source named on every chart.")] = "wallwatch measurements",
+    rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the series first.")] = True,
 ) -> None:
     """Write an offline HTML report with charts (SVG/PNG), the event table and CSV/Parquet exports."""
     from wallwatch.analysis.report import ReportOptions, build_report
@@ -165,7 +166,7 @@ def report_command(
     target = out or (store.root / "report")
     result = build_report(store, target, ReportOptions(
         countries=_countries(country), services=tuple(service or ()), max_groups=max_charts, png=png,
-        exports=exports, source=source))
+        exports=exports, source=source, rebuild_series=rebuild))
     typer.echo(f"wrote {result.index} ({len(result.events)} events, {len(result.charts)} chart files, "
                f"{len(result.exports)} exports, {result.log_entries} new log entries)")
 

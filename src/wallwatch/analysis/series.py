@@ -164,13 +164,27 @@ def build_and_store(store: object, request: SeriesRequest = SeriesRequest()) -> 
         daily = build_series(connection, "day", request)
     finally:
         connection.close()
-    store.write(HOURLY, hourly, ("date",))  # type: ignore[attr-defined]
-    store.write(DAILY, daily, ("date",))  # type: ignore[attr-defined]
+    _write_by_dates(store, HOURLY, hourly)
+    _write_by_dates(store, DAILY, daily)
     keys = {tuple(row.values()) for row in hourly.select(list(q.SERIES_KEY)).to_pylist()}
     hours = hourly.column("hour")
     start = pc.min(hours).as_py() if hourly.num_rows else None
     end = pc.max(hours).as_py() if hourly.num_rows else None
     return hourly, daily, SeriesBuild(hourly.num_rows, daily.num_rows, len(keys), start, end)
+
+
+# pyarrow's write_dataset refuses more than 1024 partitions per call; a
+# multi-year grid has one per day, so write it a few hundred days at a time.
+_DATES_PER_WRITE = 500
+
+
+def _write_by_dates(store: object, dataset: str, table: pa.Table) -> None:
+    dates = sorted(pc.unique(table.column("date")).to_pylist()) if table.num_rows else []
+    for first in range(0, len(dates), _DATES_PER_WRITE):
+        chunk = dates[first : first + _DATES_PER_WRITE]
+        mask = pc.and_(pc.greater_equal(table.column("date"), pa.scalar(chunk[0], pa.date32())),
+                       pc.less_equal(table.column("date"), pa.scalar(chunk[-1], pa.date32())))
+        store.write(dataset, table.filter(mask), ("date",))  # type: ignore[attr-defined]
 
 
 def series_summary(table: pa.Table, grain: str = "hour") -> list[dict[str, object]]:
