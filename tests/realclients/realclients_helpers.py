@@ -74,12 +74,17 @@ class Capture:
 
     process: subprocess.Popen[bytes]
     path: Path
+    server: str
+    port: int
 
     @classmethod
     def start(cls, lab: Lab, server: str, port: int, path: Path) -> Capture:
         # -U: write each packet as it comes; -s 0: whole packets (the FET rules read all of it).
-        argv = ["ip", "netns", "exec", lab.namespaces["client"], "tcpdump", "-i", CLIENT_IF, "-s", "0", "-U", "-n",
-                "-w", str(path), f"tcp and dst host {server} and dst port {port}"]
+        # --immediate-mode: with TPACKET_V3's buffered blocks this kernel
+        # (Firecracker 6.18 guest) handed tcpdump only some packets, none of
+        # a short TCP exchange; immediate delivery gets all of them.
+        argv = ["ip", "netns", "exec", lab.namespaces["client"], "tcpdump", "-i", CLIENT_IF, "--immediate-mode",
+                "-s", "0", "-U", "-n", "-w", str(path), f"tcp and dst host {server} and dst port {port}"]
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not path.exists() or path.stat().st_size < 24:  # the pcap file header is written once listening
@@ -88,7 +93,7 @@ class Capture:
                 raise RuntimeError(f"tcpdump did not start: {process.stderr.read().decode() if process.stderr else ''}")
             time.sleep(0.05)
         time.sleep(0.2)
-        return cls(process, path)
+        return cls(process, path, server, port)
 
     def stop(self) -> None:
         time.sleep(0.3)  # let -U flush the last packets
@@ -103,6 +108,8 @@ class Capture:
         """Per client port, the payload of the flow's first data segment."""
         first: dict[int, bytes] = {}
         for packet in read_pcap(self.path):
+            if packet.proto != inet.PROTO_TCP or (packet.dst, packet.dport) != (self.server, self.port):
+                continue
             if packet.payload and packet.sport not in first:
                 first[packet.sport] = packet.payload
         return first

@@ -591,7 +591,7 @@ def start_obfs4_server(lab: Any, address: str = OBFS4_ADDRESS, port: int = OBFS4
     }
     with _stop_on_error(running):
         _add_service_address(lab, running, address)
-        daemon = Daemon.spawn("obfs4proxy-server", lab.namespaces["services"], ["obfs4proxy"], running.workdir, env)
+        daemon = Daemon.spawn("obfs4proxy-server", lab.namespaces["services"], ["obfs4proxy", "-enableLogging", "-logLevel", "INFO"], running.workdir, env)
         running.daemons.append(daemon)
         daemon.wait_for_log(r"SMETHODS DONE")
         match = _SMETHOD.search(daemon.log())
@@ -610,13 +610,17 @@ def obfs4_socks_credentials(args: str) -> tuple[bytes, bytes]:
 
 def start_obfs4_client(lab: Any, server: Running) -> Running:
     """obfs4proxy client in the client namespace: `info["socks"]` is its SOCKS5 address,
-    `info["credentials"]` the username/password to send (see obfs4_socks_credentials)."""
+    `info["credentials"]` the username/password to send (see obfs4_socks_credentials).
+
+    As with Tor, the SOCKS CONNECT names the *bridge* (`server.address:port`);
+    the bridge then forwards the stream to its backend.
+    """
     running = Running("obfs4-client", server.address, server.port, _workdir(lab, "obfs4-client"))
     state = running.workdir / "state"
     state.mkdir()
     env = {"TOR_PT_MANAGED_TRANSPORT_VER": "1", "TOR_PT_STATE_LOCATION": str(state), "TOR_PT_CLIENT_TRANSPORTS": "obfs4"}
     with _stop_on_error(running):
-        daemon = Daemon.spawn("obfs4proxy-client", lab.namespaces["client"], ["obfs4proxy"], running.workdir, env)
+        daemon = Daemon.spawn("obfs4proxy-client", lab.namespaces["client"], ["obfs4proxy", "-enableLogging", "-logLevel", "INFO"], running.workdir, env)
         running.daemons.append(daemon)
         daemon.wait_for_log(r"CMETHODS DONE")
         match = _CMETHOD.search(daemon.log())
