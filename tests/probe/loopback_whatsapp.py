@@ -18,7 +18,8 @@ from tests.probe import servers
 from wallwatch.probe.nettests.whatsapp import Timeouts, WhatsAppConfig
 from wallwatch.probe.settings import ProbeSettings
 
-NAMES = ("e1.whatsapp.net", "e2.whatsapp.net", "v.whatsapp.net", "web.whatsapp.com", "mmg.whatsapp.net")
+CHAT_NAMES = tuple(f"e{i}.whatsapp.net" for i in range(1, 17))
+NAMES = (*CHAT_NAMES, "v.whatsapp.net", "web.whatsapp.com", "mmg.whatsapp.net")
 FAST = Timeouts(dns=0.5, dns_linger=0.15, connect=0.5, tls=0.6, chat=0.6, http=3.0, udp=0.8, control=0.6)
 
 

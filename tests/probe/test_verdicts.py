@@ -16,7 +16,7 @@ FEATURES = ("text", "media", "calls", "web", "registration")
 class Facts:
     """Builds `test_keys` the way the nettest records them (OONI arrays + x_wallwatch), one attempt at a time."""
 
-    def __init__(self, *, resolver_alive: bool | None = True) -> None:
+    def __init__(self, *, resolver_alive: bool | None = True, resolver_engine: str = "udp") -> None:
         self.keys: dict[str, Any] = {
             "queries": [], "tcp_connect": [], "tls_handshakes": [], "requests": [], "network_events": [],
             "x_wallwatch": {"rules_version": RULES_VERSION, "chat_sessions": [], "fetches": [],
@@ -27,7 +27,8 @@ class Facts:
         if resolver_alive is not None:
             tags = ["control:dns", "endpoint:example.com:53"]
             rcode, failure = ("NXDOMAIN", "dns_nxdomain_error") if resolver_alive else (None, "generic_timeout_error")
-            self.keys["queries"].append({"hostname": "example.com", "rcode": rcode, "failure": failure,
+            self.keys["queries"].append({"engine": resolver_engine, "hostname": "example.com", "rcode": rcode,
+                                         "failure": failure,
                                          "answers": [], "transaction_id": next(self._ids), "tags": tags})
 
     @property
@@ -230,7 +231,8 @@ def test_https_rules(feature: str, kwargs: dict[str, Any], expected: str, method
      ("network_unreachable", True, ("unknown", None))],
 )
 def test_calls_rules(failure: str | None, tcp_elsewhere: bool, expected: tuple[str, str | None]) -> None:
-    facts = Facts().stun(failure=failure).stun("31.13.66.51", failure=failure)
+    # The resolver answers through getaddrinfo here, so only TCP can show the network works.
+    facts = Facts(resolver_engine="getaddrinfo").stun(failure=failure).stun("31.13.66.51", failure=failure)
     if tcp_elsewhere:
         facts.https("web", "web.whatsapp.com")
     assert verdict(facts, "calls")[:2] == expected
@@ -315,5 +317,114 @@ def test_derivation_is_pure_and_deterministic() -> None:
 def test_verdict_shape() -> None:
     for name, result in Facts().all_ok().features().items():
         assert set(result) == {"verdict", "method", "confidence", "rule", "evidence", "targets_ok",
-                               "targets_total"}
+                               "targets_total", "partial", "blocked_share"}
+        assert result["partial"] is False and result["blocked_share"] == 0.0
         assert 0.0 <= result["confidence"] <= 1.0 and result["evidence"]
+
+
+# --- partial and intermittent blocking (rules/2) ---------------------------------------------------
+
+
+def test_rules_version_is_2() -> None:
+    assert RULES_VERSION == "wallwatch-whatsapp-verdicts/2"
+
+
+def test_silent_relays_are_udp_blocking_when_the_resolver_answers_over_udp() -> None:
+    # The fully blocked bench: no TCP connection succeeds, but the DNS control came back over UDP.
+    facts = (Facts().stun(failure="generic_timeout_error").stun("31.13.66.51", failure="generic_timeout_error")
+             .https("web", "web.whatsapp.com", connect_failure="generic_timeout_error"))
+    result = facts.features()["calls"]
+    assert (result["verdict"], result["method"]) == ("blocked", "udp_blocking")
+    assert "UDP answers" in result["evidence"][0] and "TCP" not in result["evidence"][0]
+
+
+@pytest.mark.parametrize("engine, alive", [("getaddrinfo", True), ("udp", False), ("udp", None)])
+def test_calls_stay_unknown_without_udp_or_tcp_evidence(engine: str, alive: bool | None) -> None:
+    facts = Facts(resolver_alive=alive, resolver_engine=engine).stun(failure="generic_timeout_error")
+    assert verdict(facts, "calls")[:2] == ("unknown", None)
+
+
+def chat_targets(facts: Facts, interfered: int, *, total: int = 32, **failing: Any) -> Facts:
+    """`total` text targets (e1..e16 x 443/5222), the first `interfered` failing as `failing` says."""
+    failing = failing or dict(reached="header_sent", failure="connection_reset", control="closed")
+    for index in range(total):
+        host, port = f"e{index // 2 + 1}.whatsapp.net", (443, 5222)[index % 2]
+        if index < interfered:
+            facts.chat(host, port, **failing)
+        else:
+            facts.chat(host, port)
+    return facts
+
+
+@pytest.mark.parametrize("interfered", [1, 16, 32])
+def test_verified_interference_on_some_targets_blocks_text(interfered: int) -> None:
+    result = chat_targets(Facts(), interfered).features()["text"]
+    assert (result["verdict"], result["method"]) == ("blocked", "protocol_dpi")
+    assert result["blocked_share"] == round(interfered / 32, 4)
+    assert result["targets_ok"] == 32 - interfered
+    if interfered == 32:
+        assert result["partial"] is False and result["rule"] == "feature.none_ok_blocked+chat.protocol_dpi"
+        assert result["confidence"] == 0.9
+    else:
+        assert result["partial"] is True and result["rule"] == "feature.partial_blocked+chat.protocol_dpi"
+        assert result["evidence"][0].startswith(f"{interfered} of 32 targets show verified interference")
+
+
+def test_partial_confidence_grows_with_the_share_and_stays_below_a_full_block() -> None:
+    confidences = [chat_targets(Facts(), n).features()["text"]["confidence"] for n in (1, 8, 16, 31, 32)]
+    assert confidences == sorted(confidences) and len(set(confidences)) == 5
+    assert confidences[0] < 0.5 and confidences[-2] < confidences[-1]
+
+
+@pytest.mark.parametrize("weak", [
+    dict(connect_failure="generic_timeout_error"),
+    dict(connect_failure="connection_reset"),
+    dict(dns_failure="dns_nxdomain_error"),
+    dict(reached="header_sent", failure="connection_reset", control="reset", control_failure="connection_reset"),
+    dict(reached="header_sent", failure="connection_reset", control="silent"),
+    dict(reached="header_sent", failure="generic_timeout_error", control="connect_failed",
+         control_failure="generic_timeout_error"),
+    dict(reached="header_sent", failure="generic_timeout_error", control="silent"),
+    dict(reached="header_sent", failure="eof_error", control="closed"),
+])
+@pytest.mark.parametrize("interfered", [1, 16, 31])
+def test_weak_evidence_never_blocks_a_partly_working_feature(weak: dict[str, Any], interfered: int) -> None:
+    result = chat_targets(Facts(), interfered, **weak).features()["text"]
+    assert (result["verdict"], result["rule"], result["partial"]) == ("ok", "feature.some_ok", False)
+    assert result["targets_ok"] == 32 - interfered
+
+
+@pytest.mark.parametrize(("strong", "method", "rule"), [
+    (dict(reached="header_sent", failure="generic_timeout_error", control="answered"), "protocol_dpi",
+     "chat.protocol_dpi"),
+    (dict(reached="header_sent", failure="connection_reset", control="connect_failed",
+          control_failure="generic_timeout_error"), "protocol_dpi", "chat.reset_then_blackholed"),
+    (dict(answers=["198.19.250.1"], duplicates=[["198.19.1.1"]], connect_failure="generic_timeout_error"), "dns",
+     "dns.injection_race"),
+    (dict(answers=["198.19.250.1"], connect_failure="generic_timeout_error"), "dns", "dns.unexpected_answer"),
+])
+def test_each_kind_of_strong_evidence_blocks_partially(strong: dict[str, Any], method: str, rule: str) -> None:
+    result = chat_targets(Facts(), 3, **strong).features()["text"]
+    assert (result["verdict"], result["method"], result["partial"]) == ("blocked", method, True)
+    assert result["rule"] == f"feature.partial_blocked+{rule}"
+
+
+def test_sni_filtering_on_one_of_two_web_attempts_is_partial() -> None:
+    facts = Facts().https("web", "web.whatsapp.com").https(
+        "web", "web.whatsapp.com", tls_failure="connection_reset", sni_control="answered")
+    result = facts.features()["web"]
+    assert (result["verdict"], result["method"], result["partial"], result["blocked_share"]) == (
+        "blocked", "tls_sni", True, 0.5)
+
+
+def test_partial_verdict_lists_strong_evidence_before_weak() -> None:
+    facts = chat_targets(Facts(), 2)
+    facts.chat("e9.whatsapp.net", 443, connect_failure="generic_timeout_error")
+    result = facts.features()["text"]
+    assert result["blocked_share"] == round(3 / 33, 4) and result["partial"]
+    assert "connection_reset" in result["evidence"][1] and "timed out" in result["evidence"][-1]
+
+
+def test_weak_evidence_is_counted_in_the_share_of_an_ok_feature() -> None:
+    result = chat_targets(Facts(), 4, connect_failure="generic_timeout_error").features()["text"]
+    assert (result["verdict"], result["blocked_share"], result["partial"]) == ("ok", 0.125, False)

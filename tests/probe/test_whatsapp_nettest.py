@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.probe import servers
-from tests.probe.loopback_whatsapp import LoopbackWhatsApp, Policy
+from tests.probe.loopback_whatsapp import CHAT_NAMES, LoopbackWhatsApp, Policy
 from wallwatch.probe.measurement import append_jsonl, scrub_addresses
 from wallwatch.probe.nettests.whatsapp import measure_whatsapp, run_whatsapp
 from wallwatch.probe.settings import ProbeSettings
@@ -73,6 +73,42 @@ def test_chat_protocol_reset_is_protocol_dpi_and_nothing_else_is_blocked(tmp_pat
     assert {s["control"]["outcome"] for s in sessions} == {"closed"}
     # OONI's test only connects, so it sees nothing wrong: the gap this nettest closes.
     assert keys["whatsapp_endpoints_status"] == "ok"
+
+
+class OnAndOff:
+    """Resets exactly `fraction` of the WhatsApp flows it sees, whatever their order: a censor rule that fires
+    per flow with a probability (the GFW against WhatsApp text, September 2017), made deterministic so the
+    expected share is exact. Anything that is not a WhatsApp header passes."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction, self.credit, self.seen, self.reset = fraction, 0.0, 0, 0
+
+    def __call__(self, first: bytes) -> str:
+        if not first.startswith(b"WA"):
+            return servers.PASS
+        self.seen += 1
+        self.credit += self.fraction
+        if self.credit >= 1.0 - 1e-9:
+            self.credit -= 1.0
+            self.reset += 1
+            return servers.RESET
+        return servers.PASS
+
+
+@pytest.mark.parametrize("fraction", [0.25, 1 / 32])
+def test_on_and_off_chat_blocking_is_blocked_and_partial(tmp_path: Path, fraction: float) -> None:
+    gate = OnAndOff(fraction)  # one state for both ports, as one censor sees every flow
+    keys = measure(tmp_path, Policy(chat_a=gate, chat_b=gate), chat_hosts=CHAT_NAMES)
+    text = keys["x_wallwatch"]["features"]["text"]
+    assert gate.seen == 32 and gate.reset == round(32 * fraction)
+    assert (text["verdict"], text["method"], text["partial"]) == ("blocked", "protocol_dpi", True)
+    assert text["rule"] == "feature.partial_blocked+chat.protocol_dpi"
+    assert (text["targets_total"], text["targets_ok"], text["blocked_share"]) == (32, 32 - gate.reset,
+                                                                                   round(gate.reset / 32, 4))
+    assert 0.0 < text["confidence"] < 0.9
+    # The controls of the reset flows passed, which is what makes the evidence strong.
+    assert [c["outcome"] for c in keys["x_wallwatch"]["controls"]] == ["closed"] * gate.reset
+    assert all(verdicts(keys)[f] == ("ok", None) for f in ("media", "calls", "web", "registration"))
 
 
 def test_chat_protocol_blackholed_after_header_is_protocol_dpi(tmp_path: Path) -> None:

@@ -16,6 +16,41 @@ Principles (the same as ooni/data's v5 analysis: facts first, then judgment):
 * a probe-side failure (no route, resolver unreachable even for the control
   name): *unknown*.
 * the method is the first stage that was interfered with.
+
+Partial and intermittent blocking (rules version 2)
+---------------------------------------------------
+A censor that blocks "on and off" (a rule that fires per flow with
+probability p: the GFW against WhatsApp text in September 2017, and its 90 s
+penalty box that blocks 50-75% of later connections, Rambert 2021;
+censor-lab.md §4) leaves some targets working. Under rules/1 one working
+target made an any-of feature `ok`, so such a censor was invisible. Now:
+
+* a target's verdict is *strong* when the interference is verified by a
+  control or by the service's own networks: two different DNS answers to one
+  query, a DNS answer outside the service's networks whose flow then failed,
+  a reset/timeout after the ClientHello while a control SNI to the same
+  address:port was answered, a reset/timeout after the WhatsApp header while
+  a same-size control to the same address:port was answered or closed
+  normally, or a reset after the header followed by the address:port
+  refusing new flows (the penalty box). Everything else that says blocked
+  (connect timeouts, resets with no clean control, STUN silence, NXDOMAIN) is
+  *weak*: it says blocked only when nothing worked.
+* a feature is `blocked` when at least one target shows strong evidence, even
+  if others worked. Its result then says `"partial": true` (some targets
+  worked), and the confidence is scaled by the share of targets with strong
+  evidence: mean strong confidence x (0.5 + 0.5 x strong share), so one
+  interfered target of 32 is a weak claim and all 32 a full one. Rule id:
+  `feature.partial_blocked+<target rule>`.
+* a failure without such evidence never makes a partially working feature
+  blocked: weak evidence alone with a working target stays `feature.some_ok`.
+* every feature result carries `blocked_share`: targets judged interfered
+  with (strong or weak) / targets measured, and `partial`: the verdict is
+  blocked while at least one target worked.
+
+The rule ids of rules/1 keep their meaning; rules/2 adds
+`feature.partial_blocked`, `chat.reset_then_blackholed` (a rules/1 case of
+`chat.address_blackholed` with a reset first), and calls judged `udp_blocking`
+when the resolver answered over UDP even if no TCP connection succeeded.
 """
 
 from __future__ import annotations
@@ -25,7 +60,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-RULES_VERSION = "wallwatch-whatsapp-verdicts/1"
+RULES_VERSION = "wallwatch-whatsapp-verdicts/2"
 
 OK, BLOCKED, DOWN, UNKNOWN = "ok", "blocked", "down", "unknown"
 # Methods, in stage order: a tie between targets goes to the earliest stage.
@@ -52,6 +87,9 @@ class TargetVerdict:
     evidence: str
     method: str | None = None
     confidence: float = 1.0
+    # Control- or network-verified interference: enough to call a feature
+    # blocked even when other targets worked (see "Partial" above).
+    strong: bool = False
 
 
 @dataclass
@@ -76,6 +114,7 @@ class _Context:
     expected_networks: tuple[Any, ...]
     resolver_alive: bool | None  # did the DNS control get any answer?
     tcp_works: bool  # did any TCP connect in the measurement succeed?
+    udp_works: bool  # did the resolver answer a UDP query for the control name?
     chat_sessions: dict[int, dict[str, Any]]
     fetches: dict[int, dict[str, Any]]
 
@@ -138,10 +177,14 @@ def _context(test_keys: dict[str, Any]) -> _Context:
     if dns_controls:
         resolver_alive = any(_resolver_answered(q) for q in dns_controls)
     tcp_works = any((c.get("status") or {}).get("success") for c in test_keys.get("tcp_connect") or ())
+    # The control name is one no censor touches, so its answer came from the
+    # resolver itself: UDP datagrams go out and come back on this network.
+    udp_works = any(q.get("engine") == "udp" and q.get("rcode") is not None for q in dns_controls)
     return _Context(
         expected_networks=tuple(networks),
         resolver_alive=resolver_alive,
         tcp_works=tcp_works,
+        udp_works=udp_works,
         chat_sessions={s["transaction_id"]: s for s in x.get("chat_sessions") or () if "transaction_id" in s},
         fetches={f["transaction_id"]: f for f in x.get("fetches") or () if "transaction_id" in f},
     )
@@ -181,13 +224,13 @@ def _dns_verdict(attempt: _Attempt, ctx: _Context, flow_failed: bool) -> TargetV
         return TargetVerdict(ep, BLOCKED, "dns.injection_race",
                              f"{ep}: two different DNS answers to one query ({', '.join(sorted(first)) or '-'} "
                              f"then {', '.join(map(str, later))}): an on-path injector raced the resolver",
-                             "dns", 0.95)
+                             "dns", 0.95, strong=True)
     failure = query.get("failure")
     if failure is None:
         if flow_failed and first and ctx.expected_networks and not any(_expected(a, ctx) for a in first):
             return TargetVerdict(ep, BLOCKED, "dns.unexpected_answer",
                                  f"{ep}: DNS answered {', '.join(sorted(first))}, outside the service's networks, "
-                                 "and the flow to it failed", "dns", 0.85)
+                                 "and the flow to it failed", "dns", 0.85, strong=True)
         return None
     return _dns_failure_verdict(ep, failure, ctx)
 
@@ -260,7 +303,8 @@ def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
     if _control_passed(control):
         return TargetVerdict(ep, BLOCKED, "tls.sni_filtered",
                              f"{ep}: TLS {failure} after the ClientHello, while a ClientHello for {sni} to the "
-                             f"same {control.get('address')} was {control.get('outcome')}", "tls_sni", 0.9)
+                             f"same {control.get('address')} was {control.get('outcome')}", "tls_sni", 0.9,
+                             strong=True)
     method = "tcp_reset" if failure == _RESET or control.get("outcome") == "reset" else "tcp_ip"
     says = (f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
             f"failed too ({control.get('outcome')})")
@@ -306,13 +350,20 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
                              None, 0.6)
     if outcome in ("answered", "closed"):
         confidence = 0.9 if failure == _RESET else 0.8
-        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi", says, "protocol_dpi", confidence)
+        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi", says, "protocol_dpi", confidence, strong=True)
     if outcome == "silent" and failure == _RESET:
         return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi_reset", says, "protocol_dpi", 0.7)
     if outcome == "reset":
         return TargetVerdict(ep, BLOCKED, "chat.address_reset", says, "tcp_reset", 0.7)
     if outcome == "connect_failed" and control.get("failure") == _REFUSED:
         return TargetVerdict(ep, DOWN, "chat.control_refused", says, None, 0.6)
+    if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
+        # Reset right after the header, then the same address:port stops taking
+        # new connections: the GFW's penalty box on (client, server, port)
+        # after a trigger (Rambert 2021; censor-lab.md §4). A server does not
+        # reset a greeting and then vanish from the network.
+        return TargetVerdict(ep, BLOCKED, "chat.reset_then_blackholed", says + ": reset after the header, then "
+                             "new connections black-holed (residual blocking)", "protocol_dpi", 0.75, strong=True)
     if outcome == "connect_failed":
         return TargetVerdict(ep, BLOCKED, "chat.address_blackholed", says + " (residual or address blocking)",
                              "tcp_ip", 0.6)
@@ -327,10 +378,12 @@ def _udp_verdict(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
         return TargetVerdict(ep, OK, "udp.answered", f"{ep}: STUN Binding answered", None, 1.0)
     if failure == _REFUSED:
         return TargetVerdict(ep, DOWN, "udp.port_unreachable", f"{ep}: ICMP port unreachable", None, 0.7)
-    if failure == _TIMEOUT and ctx.tcp_works:
+    if failure == _TIMEOUT and (ctx.tcp_works or ctx.udp_works):
+        works = " and ".join(name for name, on in (("TCP connections", ctx.tcp_works),
+                                                   ("the resolver's UDP answers", ctx.udp_works)) if on)
         return TargetVerdict(ep, BLOCKED, "udp.no_answer",
-                             f"{ep}: no STUN answer to {exchange.get('sends')} sends while TCP paths work",
-                             "udp_blocking", 0.6)
+                             f"{ep}: no STUN answer to {exchange.get('sends')} sends while {works} show the "
+                             "network works", "udp_blocking", 0.6)
     return TargetVerdict(ep, UNKNOWN, "udp.no_answer_no_network", f"{ep}: {failure}, and nothing else works "
                          "either", None, 0.0)
 
@@ -368,31 +421,60 @@ def _dominant_method(blocked: Sequence[TargetVerdict]) -> str | None:
 
 
 def _feature(verdict: str, rule: str, method: str | None, confidence: float, evidence: list[str],
-             ok: int, total: int) -> dict[str, Any]:
+             ok: int, total: int, interfered: int = 0) -> dict[str, Any]:
     return {"verdict": verdict, "method": method, "confidence": round(confidence, 2), "rule": rule,
-            "evidence": evidence, "targets_ok": ok, "targets_total": total}
+            "evidence": evidence, "targets_ok": ok, "targets_total": total,
+            "partial": verdict == BLOCKED and ok > 0,
+            "blocked_share": round(interfered / total, 4) if total else 0.0}
+
+
+def _blocked_feature(rule: str, blocked: Sequence[TargetVerdict], ok: int, total: int,
+                     interfered: int, scale: float = 1.0) -> dict[str, Any]:
+    """Blocked, named after the dominant method among `blocked`; its evidence first."""
+    method = _dominant_method(blocked)
+    same = [v for v in blocked if v.method == method]
+    confidence = scale * sum(v.confidence for v in same) / len(same)
+    return _feature(BLOCKED, f"{rule}+{same[0].rule}", method, confidence,
+                    _evidence(same + [v for v in blocked if v.method != method]), ok, total, interfered)
+
+
+def partial_confidence_scale(strong: int, total: int) -> float:
+    """How much a partial verdict keeps of its targets' confidence: 0.5 plus half the strong share.
+
+    One interfered target in 32 could be a fluke of that one flow; half or
+    all of them is a pattern (on-and-off blocking at p = 0.5 interferes with
+    half the flows on average).
+    """
+    return 0.5 + 0.5 * strong / total
 
 
 def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict]) -> dict[str, Any]:
     total = len(verdicts)
     ok = [v for v in verdicts if v.status == OK]
     blocked = [v for v in verdicts if v.status == BLOCKED]
+    strong = [v for v in blocked if v.strong]
     down = [v for v in verdicts if v.status == DOWN]
     if total == 0:
         return _feature(UNKNOWN, "feature.not_measured", None, 0.0, ["no target was measured"], 0, 0)
     if len(ok) == total:
         return _feature(OK, "feature.all_ok", None, 1.0, [f"{total} of {total} targets worked"], total, total)
     if blocked and (feature in ALL_OF_FEATURES or not ok):
-        method = _dominant_method(blocked)
-        same = [v for v in blocked if v.method == method]
-        confidence = sum(v.confidence for v in same) / len(same)
         rule = "feature.any_blocked" if feature in ALL_OF_FEATURES else "feature.none_ok_blocked"
-        return _feature(BLOCKED, f"{rule}+{same[0].rule}", method, confidence, _evidence(same + [
-            v for v in blocked if v.method != method]), len(ok), total)
+        return _blocked_feature(rule, blocked, len(ok), total, len(blocked))
+    if strong:
+        # Some targets worked, but at least one shows verified interference:
+        # the on-and-off censor (see "Partial" in the module docstring).
+        result = _blocked_feature("feature.partial_blocked", strong, len(ok), total, len(blocked),
+                                  partial_confidence_scale(len(strong), total))
+        result["evidence"] = [f"{len(strong)} of {total} targets show verified interference while "
+                              f"{len(ok)} worked: blocked on and off"] + result["evidence"]
+        weak = [v for v in blocked if not v.strong]
+        result["evidence"] += _evidence(weak)[: max(0, _MAX_EVIDENCE - len(strong))]
+        return result
     if ok:
         failing = [v for v in verdicts if v.status != OK]
         evidence = [f"{len(ok)} of {total} targets worked; the app needs only one"] + _evidence(failing)
-        return _feature(OK, "feature.some_ok", None, len(ok) / total, evidence, len(ok), total)
+        return _feature(OK, "feature.some_ok", None, len(ok) / total, evidence, len(ok), total, len(blocked))
     if down:
         # Nothing worked and nothing showed interference: some targets are
         # down and the rest could not be judged.
