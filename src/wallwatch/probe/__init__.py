@@ -34,10 +34,11 @@ One OONI data-format measurement per JSONL line (df-000 base keys,
   `feature:<text|media|calls|web|registration>` and `endpoint:<host>:<port>`;
   entries made by controls also carry `control:<dns|tls_sni|payload>` and share
   the transaction id of the attempt they control;
-* `x_wallwatch`: `rules_version`, `features` (per feature: `verdict`
-  ok|blocked|down|unknown, `method` dns|tcp_ip|tcp_reset|tls_sni|tls_mitm|
-  protocol_dpi|udp_blocking|null, `confidence`, `rule`, `evidence`,
-  `targets_ok`, `targets_total`), `chat_sessions` (per text target: `host`,
+* `x_wallwatch`: `rules_version` ("wallwatch-whatsapp-verdicts/2"), `features`
+  (per feature: `verdict` ok|blocked|down|unknown, `method` dns|tcp_ip|
+  tcp_reset|tls_sni|tls_mitm|protocol_dpi|udp_blocking|null, `confidence`,
+  `rule`, `evidence`, `targets_ok`, `targets_total`, `partial`,
+  `blocked_share`), `chat_sessions` (per text target: `host`,
   `port`, `transaction_id`, `address`, `stage_reached`
   dns|connect|header_sent|handshake|echo|null, `failed_at`, `failure`,
   `timings`, `first_flight_size`, `control`), `fetches` (per HTTPS attempt:
@@ -45,4 +46,19 @@ One OONI data-format measurement per JSONL line (df-000 base keys,
   `status`, `body_length`), `udp_exchanges`, `controls` (`kind`, `address`,
   `outcome` answered|closed|silent|reset|connect_failed|answered_not_tls,
   `failure`), `expected_networks`, `lab` ({run_id, resolver} or null).
+
+Partial and intermittent blocking (rules/2, `verdicts.py` docstring): a
+feature is `blocked` as soon as one target shows *strong*, control-verified
+interference (a racing or out-of-network DNS answer whose flow failed; a
+reset/timeout after the ClientHello while the control SNI was answered; a
+reset/timeout after the WhatsApp header while the same-size control to the
+same address:port passed, or was black-holed right after the reset: the
+penalty box), even if other targets worked. Then `partial` is true,
+`blocked_share` = interfered targets / targets, and the confidence is scaled
+by 0.5 + 0.5 x (strong targets / targets). Weak evidence (timeouts, resets
+without a clean control, STUN silence) blocks a feature only when no target
+worked. `blocked_share` is reported for every feature (0.0 when nothing was
+interfered with); `partial` is true only on a blocked verdict with working
+targets. Calls are `udp_blocking` when relays are silent while a TCP connect
+succeeded *or* the resolver answered the control name over UDP.
 """
