@@ -67,5 +67,45 @@ def check_command(policy: Path = typer.Argument(..., help="Policy YAML file.")) 
         typer.echo(f"{index:3d}. {rule.name}: {match} => {rule.action}{extra}")
 
 
+@censor_app.command("replay")
+def replay_command(
+    capture: Path = typer.Argument(..., help="pcap or pcapng file (Ethernet, raw IP, Linux cooked, loopback)."),
+    policy: Path = typer.Option(..., "--policy", help="Policy YAML file."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines: one per flow, then a summary line."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Fix the coins of 'probability' rules (default: random)."),
+) -> None:
+    """Say what the censor would have done to each flow of a capture, offline (nothing is sent)."""
+    import json
+
+    from wallwatch.censor.pcap import CaptureError
+    from wallwatch.censor.policy import PolicyError, load_policy
+    from wallwatch.censor.replay import render_table, replay_capture
+
+    try:
+        loaded = load_policy(policy)
+        report = replay_capture(capture, loaded, seed=seed)
+    except PolicyError as exc:
+        typer.echo(f"invalid policy {policy}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (CaptureError, OSError) as exc:
+        typer.echo(f"cannot replay {capture}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        for flow in report.flows:
+            typer.echo(json.dumps(flow.to_json(), default=str))
+        typer.echo(json.dumps(report.summary_json(), default=str))
+    else:
+        import sys
+
+        from rich.console import Console
+
+        # Not a terminal (a file, a pipe): wide enough that rows do not wrap.
+        console = Console() if sys.stdout.isatty() else Console(width=220)
+        for renderable in render_table(report):
+            console.print(renderable)
+    if report.problem:
+        typer.echo(f"warning: capture damaged {report.problem}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(censor_app, name="censor")

@@ -1,0 +1,362 @@
+"""Offline replay: what the censor would have done to every flow of a capture.
+
+Each captured packet takes the path a forwarded IPv4 packet takes through the
+live censor (iptables.py, nfqueue.py), with the kernel's parts done here:
+
+    flow already decided (connmark) -> ACCEPT/DROP without the engine
+    blackhole-ip rule (WALLWATCH_STATIC) -> DROP without the engine
+    otherwise -> engine.Censor.handle(packet, now=capture time), the same flow
+                 tracking, analyzers and rules as the live censor
+
+Nothing is sent: injections (RSTs, forged DNS answers) are counted, not sent.
+Time is the capture's, so idle timeouts and time-based rules behave as they
+would have live. IPv6 is reported but not judged: the live censor queues and
+blackholes IPv4 only (iptables.py), so IPv6 flows pass it untouched.
+
+Adapter note: `engine.Censor` has no per-flow result API, so `Replayer`
+swaps the censor's flow table for a subclass that remembers the flow of the
+last lookup; the analyzer properties come from that `Flow` object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable
+
+from wallwatch.censor.actions import MARK_MASK
+from wallwatch.censor.engine import Censor
+from wallwatch.censor.flows import (
+    CLOSED_TCP_TIMEOUT, MAX_FLOWS, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT, Flow, FlowKey, FlowTable, flow_key,
+)
+from wallwatch.censor.pcap import CaptureReader, Frame, LinkError, ip_packet
+from wallwatch.censor.policy import ADDRESS_KEYS, Policy, StaticDrop, static_drops
+from wallwatch.protocols import inet
+from wallwatch.protocols.errors import ProtocolError
+
+# nfqueue.py runs flow expiry about once a second; replay does it on capture time.
+HOUSEKEEPING_INTERVAL = 1.0
+# Not judged: the live censor's iptables rules cover IPv4 only.
+NOT_QUEUED = "not-queued"
+# Still waiting for an analyzer when the capture ended; its packets were accepted.
+UNDECIDED = "undecided"
+# Link-layer problems kept verbatim in the report; beyond this they are only counted.
+MAX_NOTES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FlowVerdict:
+    """What the censor would have done to one flow of the capture."""
+
+    proto: str
+    client: str  # "ip:port" ("[ip]:port" for IPv6); the client is the flow's first sender
+    server: str
+    first_seen: float  # capture timestamps, seconds since the epoch
+    last_seen: float
+    packets: int
+    bytes: int  # on the wire, IP header included
+    props: dict[str, Any]  # what the analyzers learned (tls.sni, dns.qname, ...)
+    action: str  # the rule's action, "allow" (no rule matched), "undecided" or "not-queued"
+    rule: str | None
+    decided_frame: int | None  # capture frame number of the deciding packet
+    decided_packet: int | None  # ... and its position in the flow, 1-based
+    decided_at: float | None
+    dropped: int  # packets of this flow the censor would not have forwarded
+    injected: int  # packets the censor would have forged (RSTs, DNS answers)
+    held: int  # packets whose verdict would have been delayed (throttle delay_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "flow", **{name: getattr(self, name) for name in self.__slots__}}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    policy: str
+    policy_sha256: str
+    flows: tuple[FlowVerdict, ...]
+    counters: dict[str, int]  # replay's own: frames, garbage, link errors, kernel drops, ...
+    censor: dict[str, int]  # the engine's status counters, as the live status file shows them
+    problem: str | None = None  # capture damage: where decoding stopped and why
+    notes: tuple[str, ...] = ()
+
+    def summary_json(self) -> dict[str, Any]:
+        return {"type": "summary", "policy": self.policy, "policy_sha256": self.policy_sha256,
+                "flows": len(self.flows), "counters": self.counters, "censor": self.censor,
+                "problem": self.problem, "notes": list(self.notes)}
+
+
+@dataclass(slots=True, eq=False)
+class _FlowRecord:
+    key: FlowKey
+    proto: str
+    client: tuple[str, int]
+    server: tuple[str, int]
+    first_seen: float
+    last_seen: float
+    version: int
+    packets: int = 0
+    bytes: int = 0
+    closed: bool = False
+    engine_flow: Flow | None = None
+    action: str | None = None
+    rule: str | None = None
+    decided_frame: int | None = None
+    decided_packet: int | None = None
+    decided_at: float | None = None
+    kernel_verdict: bool | None = None  # accept/drop once the kernel owns the flow (connmark)
+    dropped: int = 0
+    injected: int = 0
+    held: int = 0
+
+    def idle(self, now: float) -> bool:
+        if self.proto == "tcp":
+            timeout = CLOSED_TCP_TIMEOUT if self.closed else TCP_IDLE_TIMEOUT
+        else:
+            timeout = UDP_IDLE_TIMEOUT
+        return now - self.last_seen >= timeout
+
+    def decide(self, action: str, rule: str | None, frame: Frame) -> None:
+        if self.action is None:
+            self.action, self.rule = action, rule
+            self.decided_frame, self.decided_packet, self.decided_at = frame.number, self.packets, frame.timestamp
+
+    def verdict(self) -> FlowVerdict:
+        props = {}
+        if self.engine_flow is not None:
+            props = {k: (list(v) if isinstance(v, tuple) else v)
+                     for k, v in self.engine_flow.props.items() if k not in ADDRESS_KEYS}
+        return FlowVerdict(
+            self.proto, _endpoint(self.client), _endpoint(self.server), self.first_seen, self.last_seen,
+            self.packets, self.bytes, props, self.action or (NOT_QUEUED if self.version == 6 else UNDECIDED),
+            self.rule, self.decided_frame, self.decided_packet, self.decided_at, self.dropped, self.injected,
+            self.held,
+        )
+
+
+def _endpoint(endpoint: tuple[str, int]) -> str:
+    address, port = endpoint
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+class _RecordingFlowTable(FlowTable):
+    """The engine's flow table, remembering the flow of the last lookup (see module note)."""
+
+    last: Flow | None = None
+
+    def lookup(self, packet: inet.Packet, now: float) -> tuple[Flow, bool]:
+        flow, from_client = super().lookup(packet, now)
+        self.last = flow
+        return flow, from_client
+
+
+@dataclass(frozen=True, slots=True)
+class _StaticMatcher:
+    """One blackhole-ip kernel rule, matched against packet headers as iptables does."""
+
+    rule: str
+    proto: int | None
+    src: ipaddress.IPv4Network | None
+    dst: ipaddress.IPv4Network | None
+    sport: tuple[int, int] | None
+    dport: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, spec: StaticDrop) -> _StaticMatcher:
+        protos = {"tcp": inet.PROTO_TCP, "udp": inet.PROTO_UDP, "icmp": 1}
+        return cls(spec.rule, protos[spec.proto] if spec.proto else None,
+                   ipaddress.IPv4Network(spec.src) if spec.src else None,
+                   ipaddress.IPv4Network(spec.dst) if spec.dst else None, spec.sport, spec.dport)
+
+    def matches(self, packet: inet.Packet) -> bool:
+        if self.proto is not None and packet.proto != self.proto:
+            return False
+        if self.src is not None and ipaddress.IPv4Address(packet.src) not in self.src:
+            return False
+        if self.dst is not None and ipaddress.IPv4Address(packet.dst) not in self.dst:
+            return False
+        if self.sport is not None and not self.sport[0] <= packet.sport <= self.sport[1]:
+            return False
+        return self.dport is None or self.dport[0] <= packet.dport <= self.dport[1]
+
+
+@dataclass
+class Replayer:
+    """Feed frames in capture order with `frame`; `report` gives the verdicts so far."""
+
+    policy: Policy
+    max_flows: int = MAX_FLOWS
+    seed: int | None = None  # fixes `probability` coins and jitter; None = random, as live
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("frames", "not_ip", "link_errors", "garbage", "not_tcp_udp", "ipv6_not_queued",
+         "queued", "kernel_accepted", "kernel_dropped", "blackholed"), 0))
+
+    def __post_init__(self) -> None:
+        options: dict[str, Any] = {} if self.seed is None else {"seed": self.seed}
+        self.censor = Censor(self.policy, max_flows=self.max_flows, **options)
+        self._table = _RecordingFlowTable(self.max_flows)
+        self.censor.flows = self._table
+        self._static = tuple(_StaticMatcher.of(spec) for rule in self.policy.static_rules
+                             for spec in static_drops(rule))
+        self._active: dict[FlowKey, _FlowRecord] = {}
+        self._records: list[_FlowRecord] = []
+        self._next_housekeeping: float | None = None
+        self.notes: list[str] = []
+
+    def frame(self, frame: Frame) -> None:
+        self.counters["frames"] += 1
+        try:
+            raw = ip_packet(frame.link_type, frame.data)
+        except LinkError as exc:
+            self._note(frame, str(exc), "link_errors")
+            return
+        if raw is None:
+            self.counters["not_ip"] += 1
+            return
+        self._housekeeping(frame.timestamp)
+        try:
+            packet = inet.parse_packet(raw)
+        except ProtocolError as exc:
+            self._note(frame, f"garbage: {exc}", "garbage")
+            self._queue(raw, frame)  # the engine must take it without a crash, as live
+            return
+        if packet.proto not in (inet.PROTO_TCP, inet.PROTO_UDP) or (packet.fragment and not packet.sport):
+            self.counters["not_tcp_udp"] += 1
+            if packet.version == 4:
+                self._queue(raw, frame)
+            return
+        record = self._record(packet, frame, len(frame.data) - len(raw))
+        if packet.version != 4:
+            self.counters["ipv6_not_queued"] += 1
+            return
+        if record.kernel_verdict is not None:
+            self.counters["kernel_accepted" if record.kernel_verdict else "kernel_dropped"] += 1
+            record.dropped += not record.kernel_verdict
+            return
+        for static in self._static:
+            if static.matches(packet):
+                self.counters["blackholed"] += 1
+                record.decide("blackhole-ip", static.rule, frame)
+                # A flow whose opening is blackholed never opens: its later packets
+                # (replies in a capture taken without the censor) would not exist.
+                record.kernel_verdict = False
+                record.dropped += 1
+                return
+        self._table.last = None
+        decision = self._queue(raw, frame)
+        if self._table.last is not None:
+            record.engine_flow = self._table.last
+        record.injected += len(decision.inject)
+        if decision.action is not None:
+            record.decide(decision.action, decision.rule, frame)
+        if not decision.accept:
+            record.dropped += 1
+        if getattr(decision, "hold_until", None) is not None:
+            record.held += 1
+        if decision.mark & MARK_MASK:  # verdict bits: the live censor hands the flow to the kernel here
+            record.kernel_verdict = decision.accept
+
+    def report(self, problem: str | None = None) -> ReplayReport:
+        flows = tuple(record.verdict() for record in self._records)
+        return ReplayReport(self.policy.name, self.policy.sha256, flows, dict(self.counters),
+                            self.censor.snapshot(), problem, tuple(self.notes))
+
+    # --- internals -------------------------------------------------------------
+
+    def _queue(self, raw: bytes, frame: Frame):  # type: ignore[no-untyped-def]
+        self.counters["queued"] += 1
+        return self.censor.handle(raw, now=frame.timestamp)
+
+    def _record(self, packet: inet.Packet, frame: Frame, link_header: int) -> _FlowRecord:
+        key = flow_key(packet)
+        record = self._active.get(key)
+        if record is not None and record.idle(frame.timestamp):
+            record = None  # the 5-tuple was reused after the flow timed out: a new flow
+        if record is None:
+            record = _FlowRecord(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport),
+                                 frame.timestamp, frame.timestamp, packet.version)
+            self._active[key] = record
+            self._records.append(record)
+        record.packets += 1
+        record.bytes += frame.wire_length - link_header
+        record.last_seen = max(record.last_seen, frame.timestamp)
+        if packet.flags & (inet.FIN | inet.RST):
+            record.closed = True
+        return record
+
+    def _housekeeping(self, now: float) -> None:
+        if self._next_housekeeping is None or now >= self._next_housekeeping:
+            self.censor.expire(now)
+            self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+
+    def _note(self, frame: Frame, message: str, counter: str) -> None:
+        self.counters[counter] += 1
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(f"frame {frame.number}: {message}")
+
+
+def replay_frames(frames: Iterable[Frame], policy: Policy, *, max_flows: int = MAX_FLOWS,
+                  seed: int | None = None) -> ReplayReport:
+    replayer = Replayer(policy, max_flows, seed)
+    for frame in frames:
+        replayer.frame(frame)
+    return replayer.report()
+
+
+def replay_capture(source: str | Path | BinaryIO, policy: Policy, *, max_flows: int = MAX_FLOWS,
+                   seed: int | None = None) -> ReplayReport:
+    """Replay a pcap/pcapng file through `policy`; CaptureError if it is not a capture at all
+    (OSError if it cannot be read). Damage part-way is reported in `problem`, never raised."""
+    reader = CaptureReader(source)
+    replayer = Replayer(policy, max_flows, seed)
+    for frame in reader:
+        replayer.frame(frame)
+    return replayer.report(reader.problem)
+
+
+# --- presentation ------------------------------------------------------------------
+
+
+def describe_verdict(flow: FlowVerdict) -> str:
+    """'reset by media-sni at packet 3', 'allowed', 'undecided (capture ended)', ..."""
+    if flow.action == UNDECIDED:
+        return "undecided (capture ended; accepted)"
+    if flow.action == NOT_QUEUED:
+        return "passed (IPv6 is not queued)"
+    if flow.action == "allow" and flow.rule is None:
+        return f"allowed at packet {flow.decided_packet}"
+    return f"{flow.action} by {flow.rule} at packet {flow.decided_packet}"
+
+
+def _props_text(props: dict[str, Any]) -> str:
+    shown = {k: v for k, v in props.items() if v not in (None, [], "")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def render_table(report: ReplayReport) -> list[Any]:
+    """Rich renderables: the flow table, then the summary lines."""
+    from rich.table import Table
+
+    start = min((f.first_seen for f in report.flows), default=0.0)
+    table = Table(title=f"policy {report.policy}: {len(report.flows)} flow(s)")
+    table.add_column("flow", overflow="fold")
+    table.add_column("time s", justify="right")
+    table.add_column("pkts/bytes", justify="right")
+    table.add_column("properties", overflow="fold")
+    table.add_column("verdict", overflow="fold")
+    table.add_column("dropped/injected", justify="right")
+    for flow in report.flows:
+        verdict = describe_verdict(flow)
+        if flow.action not in ("allow", UNDECIDED, NOT_QUEUED):
+            verdict = f"[bold red]{verdict}[/]"
+        table.add_row(
+            f"{flow.proto} {flow.client} -> {flow.server}",
+            f"+{flow.first_seen - start:.3f} ({flow.last_seen - flow.first_seen:.3f})",
+            f"{flow.packets}/{flow.bytes}", _props_text(flow.props), verdict, f"{flow.dropped}/{flow.injected}",
+        )
+    counters = ", ".join(f"{k} {v}" for k, v in report.counters.items() if v)
+    lines: list[Any] = [table, f"frames: {counters}"]
+    lines += [f"  {note}" for note in report.notes]
+    if report.problem:
+        lines.append(f"[bold yellow]capture damaged {report.problem}[/]")
+    return lines
