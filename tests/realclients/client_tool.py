@@ -81,6 +81,8 @@ async def _one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _many(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.stop_after_failures:
+        return await _until_failures(kind, args)
     gate = asyncio.Semaphore(args.parallel)
 
     async def gated() -> dict[str, Any]:
@@ -89,6 +91,14 @@ async def _many(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
     results = await asyncio.gather(*(gated() for _ in range(args.count)))
     return {"results": list(results), "ok": sum(r["ok"] for r in results), "failed": sum(not r["ok"] for r in results)}
+
+
+async def _until_failures(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One connection at a time, stopping after `--stop-after-failures` failures (penalty-box tests)."""
+    results: list[dict[str, Any]] = []
+    while len(results) < args.count and sum(not r["ok"] for r in results) < args.stop_after_failures:
+        results.append(await _one(kind, args))
+    return {"results": results, "ok": sum(r["ok"] for r in results), "failed": sum(not r["ok"] for r in results)}
 
 
 async def _telethon(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,6 +142,7 @@ def main() -> int:
     parser.add_argument("--dc")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--stop-after-failures", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args()
     if args.kind == "telethon":

@@ -35,8 +35,10 @@ def client_tool(lab: Lab, *args: str, timeout: float = 90.0) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def ping(lab: Lab, address: str, count: int = 2) -> bool:
-    return lab.run_in_client(["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", address], timeout=15).returncode == 0
+def ping(lab: Lab, address: str, count: int = 2, interval: float = 0.2) -> bool:
+    """Whether any of `count` pings from the client namespace is answered."""
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", address]
+    return lab.run_in_client(argv, timeout=15 + count * interval).returncode == 0
 
 
 # --- the censor's decision log (JSON lines in the lab's censor.log) -------------

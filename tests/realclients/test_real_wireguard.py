@@ -14,8 +14,8 @@ from wallwatch.lab.topology import Lab
 pytestmark = pytest.mark.lab
 
 # WireGuard retries a lost initiation after REKEY_TIMEOUT = 5 s (whitepaper §6.4),
-# so 6 s of pings cover two initiations.
-BLOCKED_PINGS = 6
+# so 7 pings a second apart cover two initiations.
+BLOCKED_PINGS = 7
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,6 @@ def test_wireguard_handshake_rule_stops_the_tunnel(allow_all: Lab, wireguard_ser
     require_properties("wireguard.handshake")
     allow_all.set_policy(rule_policy("block-wireguard", {"wireguard.handshake": True}, "drop"))
     with vpn_servers.start_wireguard_client(allow_all, wireguard_server) as client:
-        assert not ping(allow_all, wireguard_server.info["tunnel_server"], count=BLOCKED_PINGS)
+        assert not ping(allow_all, wireguard_server.info["tunnel_server"], count=BLOCKED_PINGS, interval=1.0)
         assert vpn_servers.wireguard_latest_handshake(allow_all, "client", client.info["interface"]) == 0
     assert wireguard_server.alive(), wireguard_server.logs()
