@@ -37,7 +37,8 @@ def test_tls_ignores_server_bytes_and_gives_up_on_http() -> None:
 def test_http_request_head() -> None:
     head = http.build_request_head("POST", "/upload", "mmg.whatsapp.net")
     update, done = feed_in_pieces(HttpAnalyzer(), head, 5)
-    assert done and update == {"http.host": "mmg.whatsapp.net", "http.method": "POST", "http.path": "/upload"}
+    assert done and update == {"http.host": "mmg.whatsapp.net", "http.method": "POST", "http.path": "/upload",
+                               "http.target": "/upload"}
     assert HttpAnalyzer().feed(C2S, tls.build_client_hello("x.example")) == (None, True)
 
 

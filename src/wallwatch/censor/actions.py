@@ -25,10 +25,26 @@ MARK_MASK = 0xFF << MARK_SHIFT
 VERDICT_ALLOW = 1
 VERDICT_DROP = 2
 _GENERATIONS = 63
+# A throttled flow's htb class (1..200, policy.Throttle.htb_class) sits in
+# bits 24-31: saved to the connmark with the verdict, restored in mangle
+# POSTROUTING, where CLASSIFY picks the class (iptables.py, shaping.py).
+CLASS_SHIFT = 24
+CLASS_MASK = 0xFF << CLASS_SHIFT
+SAVE_MASK = MARK_MASK | CLASS_MASK
 
 
 def offload_mark(generation: int, verdict: int) -> int:
     return ((((generation % _GENERATIONS) + 1) << 2 | verdict) << MARK_SHIFT) & MARK_MASK
+
+
+def class_mark(htb_class: int) -> int:
+    return (htb_class << CLASS_SHIFT) & CLASS_MASK
+
+
+def wants_repeat(mark: int) -> bool:
+    """A mark carrying a verdict goes back through FORWARD (NF_REPEAT) to be saved and offloaded;
+    a mark with only a class (a delayed flow, kept in Python) is set and the packet accepted."""
+    return bool(mark & MARK_MASK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +59,13 @@ class Injection:
 class Decision:
     """The verdict for one queued packet.
 
-    `mark` non-zero means "set this mark and repeat": the kernel saves it to the
-    connmark and handles the rest of the flow itself. `inject` is sent before
-    the verdict is given, so a forged DNS answer beats the real one.
+    `mark` with verdict bits (`wants_repeat`) means "set this mark and
+    repeat": the kernel saves it to the connmark and handles the rest of the
+    flow itself; class bits alone are set on the packet, which is accepted.
+    `inject` is sent before the verdict is given, so a forged DNS answer beats
+    the real one. `hold_until` (same clock as `Censor.handle`'s `now`) asks
+    the service to give the verdict only then: userspace delay, since this
+    kernel has no netem.
     """
 
     accept: bool
@@ -53,6 +73,7 @@ class Decision:
     inject: tuple[Injection, ...] = ()
     rule: str | None = None
     action: str | None = None
+    hold_until: float | None = None
 
 
 ACCEPT = Decision(True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -24,6 +24,8 @@ def run_command(
     log: Optional[Path] = typer.Option(None, "--log", help="JSON-lines decision log (default: stderr)."),
     offload: bool = typer.Option(True, "--offload/--no-offload", hidden=True,
                                  help="Hand decided flows to the kernel (connmark). --no-offload is for benchmarks."),
+    seed: Optional[int] = typer.Option(None, "--seed",
+                                       help="Seed for `probability` and jitter draws: same seed, same decisions."),
 ) -> None:
     """Run as a router in the current network namespace until SIGTERM/SIGINT."""
     import sys
@@ -33,7 +35,7 @@ def run_command(
     stream = open(log, "a", encoding="utf-8") if log else sys.stderr  # noqa: SIM115 - closed below
     try:
         service = CensorService(str(policy), queue_num=queue, status_path=str(status_file) if status_file else None,
-                                fail_open=fail_open, log=JsonLog(stream), offload=offload)
+                                fail_open=fail_open, log=JsonLog(stream), offload=offload, seed=seed)
         code = service.run()
     finally:
         if log:
@@ -44,7 +46,7 @@ def run_command(
 @censor_app.command("check")
 def check_command(policy: Path = typer.Argument(..., help="Policy YAML file.")) -> None:
     """Validate a policy file and print its rules."""
-    from wallwatch.censor.policy import PolicyError, load_policy, static_drops
+    from wallwatch.censor.policy import PolicyError, load_policy
 
     try:
         loaded = load_policy(policy)
@@ -57,14 +59,30 @@ def check_command(policy: Path = typer.Argument(..., help="Policy YAML file.")) 
     for index, rule in enumerate(loaded.rules, 1):
         match = ", ".join(f"{m.key} {m.operator} {list(m.values) if len(m.values) > 1 else m.values[0]}"
                           for m in rule.matchers)
-        extra = ""
-        if rule.action == "reset":
-            extra = f" x{rule.count}"
-        elif rule.action == "dns-inject":
-            extra = f" -> {', '.join(rule.answer)} ttl {rule.ttl}"
-        elif rule.action == "blackhole-ip":
-            extra = f" ({len(static_drops(rule))} kernel rule(s))"
-        typer.echo(f"{index:3d}. {rule.name}: {match} => {rule.action}{extra}")
+        typer.echo(f"{index:3d}. {rule.name}: {match} => {rule.action}{_rule_details(rule)}")
+
+
+def _rule_details(rule: Any) -> str:
+    from wallwatch.censor.policy import static_drops
+
+    extra = ""
+    if rule.action == "reset":
+        extra = f" x{rule.count}"
+    elif rule.action == "dns-inject":
+        extra = f" -> {', '.join(rule.answer)} ttl {rule.ttl}"
+    elif rule.action == "blackhole-ip":
+        extra = f" ({len(static_drops(rule))} kernel rule(s))"
+    elif rule.throttle is not None:
+        throttle = rule.throttle
+        if throttle.rate_bps:
+            extra += f" rate {throttle.rate_bps} bit/s (htb 1:{throttle.htb_class:x})"
+        if throttle.delay_ms:
+            extra += f" delay {throttle.delay_ms:g} ms" + (f" +-{throttle.jitter_ms:g} ms" if throttle.jitter_ms else "")
+    if rule.probability < 1.0:
+        extra += f", probability {rule.probability:g} per flow"
+    if rule.residual is not None:
+        extra += f", residual {rule.residual.seconds:g} s on the {rule.residual.scope}"
+    return extra
 
 
 @censor_app.command("replay")

@@ -8,18 +8,20 @@ loop (`nfqueue.py`) stays a thin shell.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable
 
 from wallwatch.censor.actions import (
-    ACCEPT, VERDICT_ALLOW, VERDICT_DROP, Decision, Injection, dns_injection, offload_mark,
+    ACCEPT, DROP, VERDICT_ALLOW, VERDICT_DROP, Decision, Injection, class_mark, dns_injection, offload_mark,
     reset_injections,
 )
 from wallwatch.censor.analyzers import ALL_ANALYZERS, Direction
 from wallwatch.censor.analyzers.dns import DnsAnalyzer
 from wallwatch.censor.flows import MAX_FLOWS, Flow, FlowTable
-from wallwatch.censor.policy import Policy, Rule, Tri
+from wallwatch.censor.policy import Policy, Rule, Throttle, Tri
 from wallwatch.protocols import inet
 from wallwatch.protocols.errors import ProtocolError
 
@@ -35,13 +37,19 @@ GARBAGE_DECISION = ACCEPT
 
 _DROP_ACTIONS = frozenset({"drop", "reset", "blackhole-ip"})
 
+# Penalty-box entries kept at most (oldest evicted first): bounds memory
+# when a scan triggers a rule toward many servers.
+MAX_PENALTIES = 65536
+
+PenaltyKey = tuple[object, ...]
+
 LogFn = Callable[[dict[str, object]], None]
 
 # Counters always present in the status file (zero until something happens).
 STANDARD_COUNTERS = (
     "packets", "garbage", "not_tcp_udp", "undecided", "queued_after_decision", "offloaded",
-    "analyzer_errors", "rst_injected", "dns_injected",
-    *(f"decisions.{action}" for action in ("allow", "drop", "reset", "dns-inject", "blackhole-ip")),
+    "analyzer_errors", "rst_injected", "dns_injected", "residual_drops", "probability_skips", "held",
+    *(f"decisions.{action}" for action in ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle")),
 )
 
 
@@ -49,10 +57,15 @@ class Censor:
     """Holds the policy and the flow table; `handle` gives each queued packet its verdict."""
 
     def __init__(self, policy: Policy, *, max_flows: int = MAX_FLOWS, log: LogFn | None = None,
-                 offload: bool = True) -> None:
+                 offload: bool = True, seed: int | None = None) -> None:
         # offload=False keeps every packet of a decided flow in Python: only for
         # benchmarks, to show what the connmark offload saves.
         self.offload = offload
+        # `probability` coins and delay jitter are hashes of (seed, flow, ...):
+        # the same seed and packets give the same decisions (tests, replay).
+        self.seed = secrets.randbits(64) if seed is None else seed
+        # The penalty box: key -> (expiry, rule name); see `_penalise`.
+        self.penalties: OrderedDict[PenaltyKey, tuple[float, str]] = OrderedDict()
         self.flows = FlowTable(max_flows)
         self.counters: Counter[str] = Counter(dict.fromkeys(STANDARD_COUNTERS, 0))
         self.log = log
@@ -95,8 +108,11 @@ class Censor:
                 self.counters["queued_after_decision"] += 1
                 return self._repeat(flow)
             flow.verdict = None  # decided under an older policy: decide again on what is known
+            flow.extra.pop("throttle", None)
         new_flow = flow.packets == 1
         if new_flow:
+            if self.penalties and self._in_penalty_box(flow, now):
+                return DROP
             self._start(flow)
         data = self._track(flow, packet, from_client)
         changed = self._feed(flow, Direction.TO_SERVER if from_client else Direction.TO_CLIENT, data)
@@ -115,7 +131,10 @@ class Censor:
         flow.props.update({
             "proto": flow.proto, "ip.src": flow.client[0], "ip.dst": flow.server[0],
             "port.src": flow.client[1], "port.dst": server_port,
+            # The GFW's QUIC port rule (protocols.quic.gfw_inspects_ports): src > dst.
+            "quic.src_port_gt_dst": flow.client[1] > server_port,
         })
+        flow.extra["serial"] = self.flows.created
         flow.analyzers = [cls(flow.proto) for cls in self._analyzers if cls.applies(flow.proto, server_port)]
         flow.pending_keys = set().union(*(a.provides for a in flow.analyzers)) if flow.analyzers else set()
 
@@ -157,7 +176,7 @@ class Censor:
 
     def _decide(self, flow: Flow, packet: inet.Packet, from_client: bool, now: float) -> Decision:
         pending = flow.pending_keys
-        result = self.policy.decide(flow.props, pending.__contains__)
+        result = self.policy.decide(flow.props, pending.__contains__, lambda rule: self._fires(rule, flow))
         if result == Tri.UNKNOWN:
             self.counters["undecided"] += 1
             return ACCEPT
@@ -178,11 +197,89 @@ class Censor:
             action = "reset"  # no racing UDP answer on TCP: the GFW resets TCP DNS instead
         if action == "allow":
             return self._settle(flow, "allow", rule, now)
+        if action == "throttle":
+            return self._throttle(rule, flow, now)
         inject: tuple[Injection, ...] = ()
         if action == "reset" and flow.proto == "tcp":
             inject = reset_injections(flow, packet, from_client, rule.count)
             self.counters["rst_injected"] += len(inject)
+        if rule.residual is not None:
+            self._penalise(flow, rule, now)
         return self._settle(flow, rule.action, rule, now, inject=inject)
+
+    # --- probability, penalty box, throttle ---------------------------------
+
+    def _coin(self, flow: Flow, label: str) -> float:
+        """A uniform number in [0, 1) fixed by (seed, flow, label)."""
+        text = f"{self.seed}|{label}|{flow.key}|{flow.extra.get('serial', 0)}"
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    def _fires(self, rule: Rule, flow: Flow) -> bool:
+        """Whether a rule with `probability` applies to this flow: one draw per flow and rule
+        ("on and off" blocking: Rambert et al. 2021 saw ~75 % of keyword requests reset;
+        Wu et al. 2023 ~26 % of FET connections blocked)."""
+        fires = self._coin(flow, rule.name) < rule.probability
+        if not fires:
+            self.counters["probability_skips"] += 1
+        return fires
+
+    @staticmethod
+    def _penalty_key(scope: str, proto: str, client_ip: str, server_ip: str, server_port: int) -> PenaltyKey:
+        return (client_ip, server_ip) if scope == "pair" else (proto, client_ip, server_ip, server_port)
+
+    def _penalise(self, flow: Flow, rule: Rule, now: float) -> None:
+        """Open the penalty box after `rule` fired: the GFW's residual censorship of the
+        (client IP, server IP, server port) triple, 90 s after a keyword (Rambert et al.
+        2021), up to 180 s after FET (Wu et al. 2023); `scope: pair` drops the port."""
+        assert rule.residual is not None
+        key = self._penalty_key(rule.residual.scope, flow.proto, flow.client[0], *flow.server)
+        self.penalties.pop(key, None)
+        self.penalties[key] = (now + rule.residual.seconds, rule.name)
+        while len(self.penalties) > MAX_PENALTIES:
+            self.penalties.popitem(last=False)
+
+    def _in_penalty_box(self, flow: Flow, now: float) -> bool:
+        """A new flow toward a penalised triple or pair is dropped, packet by packet and
+        not offloaded, so it passes as soon as the time is up (a retransmitted SYN too)."""
+        for scope in ("triple", "pair"):
+            key = self._penalty_key(scope, flow.proto, flow.client[0], *flow.server)
+            entry = self.penalties.get(key)
+            if entry is None:
+                continue
+            expiry, rule_name = entry
+            if now >= expiry:
+                del self.penalties[key]
+                continue
+            self.flows.forget(flow)
+            self.counters["residual_drops"] += 1
+            if self.log is not None:
+                self.log({"event": "decision", "rule": rule_name, "action": "drop", "residual": True,
+                          "policy": self.policy.name, "generation": self.generation, "proto": flow.proto,
+                          "client": f"{flow.client[0]}:{flow.client[1]}",
+                          "server": f"{flow.server[0]}:{flow.server[1]}", "until": round(expiry - now, 3)})
+            return True
+        return False
+
+    def _throttle(self, rule: Rule, flow: Flow, now: float) -> Decision:
+        """Slow the flow: its connmark selects the rule's htb class (shaping.py) and,
+        with `delay_ms`, each of its packets is held that long in userspace."""
+        throttle = rule.throttle
+        assert throttle is not None
+        flow.extra["throttle"] = throttle
+        if not throttle.delay_ms:
+            return self._settle(flow, "throttle", rule, now)
+        decision = self._settle(flow, "throttle", rule, now)
+        return self._held(flow, throttle, decision, now)
+
+    def _held(self, flow: Flow, throttle: Throttle, decision: Decision, now: float) -> Decision:
+        """The verdict, released after delay +- jitter; never before the flow's previous
+        packet, so jitter does not reorder the flow (netem reorders; TCP would suffer)."""
+        jitter = (2 * self._coin(flow, f"jitter{flow.packets}") - 1) * throttle.jitter_ms if throttle.jitter_ms else 0.0
+        release = max(now + (throttle.delay_ms + jitter) / 1000, flow.extra.get("released", 0.0))
+        flow.extra["released"] = release
+        self.counters["held"] += 1
+        return Decision(decision.accept, decision.mark, decision.inject, decision.rule, decision.action, release)
 
     def _inject_dns(self, rule: Rule, flow: Flow, packet: inet.Packet, now: float) -> Decision:
         injection = dns_injection(packet, rule)
@@ -207,11 +304,25 @@ class Censor:
         name = rule.name if rule else None
         if action in _DROP_ACTIONS:
             return Decision(False, self.mark(VERDICT_DROP), inject, name, action)
-        return Decision(True, self.mark(VERDICT_ALLOW), inject, name, action)
+        return Decision(True, self._allow_mark(flow), inject, name, action)
+
+    def _allow_mark(self, flow: Flow) -> int:
+        throttle: Throttle | None = flow.extra.get("throttle")
+        if throttle is None:
+            return self.mark(VERDICT_ALLOW)
+        htb = class_mark(throttle.htb_class) if throttle.rate_bps else 0
+        if throttle.delay_ms:
+            return htb  # not offloaded: every packet must come back to be held
+        return self.mark(VERDICT_ALLOW) | htb
 
     def _repeat(self, flow: Flow) -> Decision:
-        verdict = VERDICT_DROP if flow.verdict in _DROP_ACTIONS else VERDICT_ALLOW
-        return Decision(verdict == VERDICT_ALLOW, self.mark(verdict), (), flow.rule, flow.verdict)
+        if flow.verdict in _DROP_ACTIONS:
+            return Decision(False, self.mark(VERDICT_DROP), (), flow.rule, flow.verdict)
+        decision = Decision(True, self._allow_mark(flow), (), flow.rule, flow.verdict)
+        throttle: Throttle | None = flow.extra.get("throttle")
+        if throttle is not None and throttle.delay_ms:
+            return self._held(flow, throttle, decision, flow.last_seen)
+        return decision
 
     def _log(self, flow: Flow, rule: Rule | None, action: str, now: float) -> None:
         if self.log is None:
@@ -227,12 +338,16 @@ class Censor:
     # --- housekeeping ---------------------------------------------------------
 
     def expire(self, now: float | None = None) -> int:
-        return self.flows.expire(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        for key in [k for k, (expiry, _) in self.penalties.items() if expiry <= now]:
+            del self.penalties[key]
+        return self.flows.expire(now)
 
     def snapshot(self) -> dict[str, int]:
         counters = dict(self.counters)
         counters.update({
             "flows_active": len(self.flows), "flows_created": self.flows.created,
             "flows_evicted": self.flows.evicted, "flows_expired": self.flows.expired,
+            "penalties_active": len(self.penalties),
         })
         return dict(sorted(counters.items()))

@@ -172,6 +172,10 @@ class FlowTable:
         flow.packets += 1
         return flow, flow.is_from_client(packet)
 
+    def forget(self, flow: Flow) -> None:
+        """Remove a flow now (its next packet starts a new one)."""
+        self._flows.pop(flow.key, None)
+
     def _create(self, key: FlowKey, packet: Packet, now: float) -> Flow:
         while len(self._flows) >= self.max_flows:
             self._flows.popitem(last=False)

@@ -13,6 +13,10 @@ FORWARD, and are replaced atomically with `iptables-restore --noflush`
       -> WALLWATCH_STATIC                             (blackhole-ip rules: DROP)
       -> NFQUEUE --queue-num N [--queue-bypass]
 
+    mangle POSTROUTING -> WALLWATCH_TC (only while a rule throttles by rate):
+      packet has no class  -> CONNMARK --restore-mark (bits 24-31: the flow's htb class)
+      mark class == N      -> CLASSIFY --set-class 1:N  (shaping.py's htb class)
+
 netfilterqueue has no connmark verdict, hence the mark + NF_REPEAT trick
 (OpenGFW sets the connmark directly through go-nfqueue, io/nfqueue.go).
 Static blackhole-ip rules match packet headers (`ip.dst` -> `-d`), which for
@@ -29,11 +33,12 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from wallwatch.censor.actions import MARK_MASK
+from wallwatch.censor.actions import CLASS_MASK, MARK_MASK, SAVE_MASK, class_mark
 from wallwatch.censor.policy import Policy, StaticDrop, static_drops
 
 CHAIN = "WALLWATCH"
 STATIC_CHAIN = "WALLWATCH_STATIC"
+TC_CHAIN = "WALLWATCH_TC"
 _TIMEOUT = 10.0
 
 
@@ -66,10 +71,12 @@ class KernelRules:
     queue_num: int
     fail_open: bool = False
     installed: bool = False
+    tc_installed: bool = False
 
     def render(self, policy: Policy, allow_mark: int, drop_mark: int) -> str:
-        """The iptables-restore text for our two chains."""
+        """The iptables-restore text for our chains (filter, and mangle for throttling)."""
         mask = f"0x{MARK_MASK:x}"
+        save = f"0x{SAVE_MASK:x}"
         queue = f"-A {CHAIN} -j NFQUEUE --queue-num {self.queue_num}"
         if self.fail_open:
             queue += " --queue-bypass"
@@ -77,7 +84,8 @@ class KernelRules:
             "*filter",
             f":{CHAIN} - [0:0]",
             f":{STATIC_CHAIN} - [0:0]",
-            f"-A {CHAIN} -m mark ! --mark 0/{mask} -j CONNMARK --save-mark --nfmask {mask} --ctmask {mask}",
+            # Verdict and htb class both go to the connmark (actions.SAVE_MASK).
+            f"-A {CHAIN} -m mark ! --mark 0/{save} -j CONNMARK --save-mark --nfmask {save} --ctmask {save}",
             f"-A {CHAIN} -m connmark --mark 0x{allow_mark:x}/{mask} -j ACCEPT",
             f"-A {CHAIN} -m connmark --mark 0x{drop_mark:x}/{mask} -j DROP",
             f"-A {CHAIN} -j {STATIC_CHAIN}",
@@ -85,17 +93,50 @@ class KernelRules:
         ]
         for rule in policy.static_rules:
             lines += [" ".join(static_rule_args(spec)) for spec in static_drops(rule)]
-        return "\n".join(lines + ["COMMIT", ""])
+        lines += ["COMMIT"]
+        if policy.throttle_classes:
+            lines += self.render_mangle(policy)
+        return "\n".join(lines + [""])
+
+    @staticmethod
+    def render_mangle(policy: Policy) -> list[str]:
+        classes = f"0x{CLASS_MASK:x}"
+        lines = [
+            "*mangle",
+            f":{TC_CHAIN} - [0:0]",
+            # A delayed flow's packets carry their class from Python (not offloaded, no
+            # connmark yet); every other throttled packet gets it from the connmark.
+            f"-A {TC_CHAIN} -m mark --mark 0/{classes} -j CONNMARK --restore-mark --nfmask {classes} --ctmask {classes}",
+        ]
+        for htb_class, _rate, rule in policy.throttle_classes:
+            comment = rule.replace('"', "'")[:200]
+            lines.append(f"-A {TC_CHAIN} -m mark --mark 0x{class_mark(htb_class):x}/{classes} -m comment "
+                         f'--comment "wallwatch {comment}" -j CLASSIFY --set-class 1:{htb_class:x}')
+        return lines + ["COMMIT"]
 
     def apply(self, policy: Policy, allow_mark: int, drop_mark: int) -> None:
-        """Install or atomically replace our chains; add the FORWARD jump once."""
+        """Install or atomically replace our chains; add the jumps once (mangle only when throttling)."""
         _run([_iptables_binary() + "-restore", "--noflush"], stdin=self.render(policy, allow_mark, drop_mark))
         if not self.installed:
             _run([_iptables_binary(), "-I", "FORWARD", "1", "-j", CHAIN])
             self.installed = True
+        if policy.throttle_classes and not self.tc_installed:
+            _run([_iptables_binary(), "-t", "mangle", "-I", "POSTROUTING", "1", "-j", TC_CHAIN])
+            self.tc_installed = True
+        elif not policy.throttle_classes and self.tc_installed:
+            self._remove_mangle()
+
+    def _remove_mangle(self) -> None:
+        binary = _iptables_binary()
+        for _ in range(8):
+            if _run([binary, "-t", "mangle", "-D", "POSTROUTING", "-j", TC_CHAIN], check=False) != 0:
+                break
+        _run([binary, "-t", "mangle", "-F", TC_CHAIN], check=False)
+        _run([binary, "-t", "mangle", "-X", TC_CHAIN], check=False)
+        self.tc_installed = False
 
     def remove(self) -> None:
-        """Remove the jump and our chains; safe to call twice or after a half install."""
+        """Remove the jumps and our chains; safe to call twice or after a half install."""
         binary = _iptables_binary()
         for _ in range(8):  # every copy of the jump, should a crash have left one behind
             if _run([binary, "-D", "FORWARD", "-j", CHAIN], check=False) != 0:
@@ -104,6 +145,7 @@ class KernelRules:
             _run([binary, "-F", chain], check=False)
         for chain in (CHAIN, STATIC_CHAIN):
             _run([binary, "-X", chain], check=False)
+        self._remove_mangle()
         self.installed = False
 
 

@@ -7,12 +7,18 @@ served within a second even under full load. Decided flows are handed to the
 kernel through the connmark (iptables.py), so only a flow's first packets
 cost Python time; the status file's counters show it (`packets` vs
 `offloaded` and `queued_after_decision`).
+
+Userspace delay (the throttle action's `delay_ms`; this kernel has no netem):
+a held packet's verdict is given later from a heap of release times, served
+by the same loop, so holding one flow's packets never blocks other flows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import errno
+import heapq
+import itertools
 import json
 import os
 import select
@@ -24,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from wallwatch.censor.actions import VERDICT_ALLOW, VERDICT_DROP, Injector, offload_mark
+from wallwatch.censor.actions import VERDICT_ALLOW, VERDICT_DROP, Decision, Injector, offload_mark, wants_repeat
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.iptables import IptablesError, KernelRules
 from wallwatch.censor.policy import Policy, PolicyError, load_policy
+from wallwatch.censor.shaping import Shaper, ShapingError
 
 DEFAULT_QUEUE = 100  # OpenGFW's queue number (io/nfqueue.go)
 # Queue length and socket buffer: 4096 packets waiting, and an 8 MiB netlink
@@ -40,6 +47,9 @@ SOCKET_RCVBUF = 8 * 1024 * 1024
 # Packets handled per batch before the loop looks at signals and timers.
 BATCH = 256
 HOUSEKEEPING_INTERVAL = 1.0
+# Held packets count against QUEUE_MAXLEN in the kernel; beyond this many we
+# stop holding and give verdicts at once rather than let the queue overflow.
+MAX_HELD = QUEUE_MAXLEN // 2
 
 
 @dataclass
@@ -115,15 +125,22 @@ class _BoundedSocket:
 
 class CensorService:
     def __init__(self, policy_path: str, *, queue_num: int = DEFAULT_QUEUE, status_path: str | None = None,
-                 fail_open: bool = False, log: JsonLog | None = None, offload: bool = True) -> None:
+                 fail_open: bool = False, log: JsonLog | None = None, offload: bool = True,
+                 seed: int | None = None) -> None:
         self.offload = offload
+        self.seed = seed
         self.policy_path = policy_path
         self.queue_num = queue_num
         self.log = log or JsonLog(sys.stderr)
         self.status = Status(Path(status_path) if status_path else None, str(Path(policy_path).resolve()),
                              extra={"queue": queue_num, "fail_open": fail_open})
         self.rules = KernelRules(queue_num, fail_open)
+        self.shaper = Shaper()
+        self._shaped: tuple[tuple[int, int, str], ...] = ()
         self.censor: Censor | None = None
+        # (release time, tie-break, packet, decision) of packets whose verdict waits.
+        self._held: list[tuple[float, int, Any, Decision]] = []
+        self._held_order = itertools.count()
         self.injector: Injector | None = None
         self._reload = False
         self._stop = False
@@ -142,7 +159,7 @@ class CensorService:
             self.status.write({})
             self.log({"event": "error", "error": str(exc)})
             return 2
-        self.censor = Censor(policy, log=self.log, offload=self.offload)
+        self.censor = Censor(policy, log=self.log, offload=self.offload, seed=self.seed)
         self.injector = Injector()
         queue = NetfilterQueue()
         wake_r, wake_w = socket.socketpair()
@@ -153,13 +170,15 @@ class CensorService:
             self._loaded(policy)
             self._serve(queue, wake_r)
             return 0
-        except (IptablesError, OSError) as exc:
+        except (IptablesError, ShapingError, OSError) as exc:
             self.log({"event": "error", "error": str(exc)})
             self.status.error = str(exc)
             self.status.write(self.censor.snapshot())
             return 1
         finally:
+            self._release(float("inf"))
             self.rules.remove()
+            self.shaper.remove()
             queue.unbind()
             self.injector.close()
             for signum, handler in old_handlers.items():
@@ -188,7 +207,8 @@ class CensorService:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
             while not self._stop:
-                timeout = max(0.0, next_housekeeping - time.monotonic())
+                wake_at = min(next_housekeeping, self._held[0][0]) if self._held else next_housekeeping
+                timeout = max(0.0, wake_at - time.monotonic())
                 readable, _, _ = select.select([nl, wake_r], [], [], timeout)
                 if wake_r in readable:
                     try:
@@ -198,6 +218,8 @@ class CensorService:
                 if nl in readable:
                     bounded.budget = BATCH
                     queue.run_socket(bounded)
+                if self._held:
+                    self._release(time.monotonic())
                 if self._reload:
                     self._reload = False
                     self.reload()
@@ -220,12 +242,12 @@ class CensorService:
         try:
             policy = load_policy(self.policy_path)
             self._apply_rules(policy, self.censor.generation + 1)
-        except (PolicyError, IptablesError) as exc:
+        except (PolicyError, IptablesError, ShapingError) as exc:
             self.status.error = str(exc)
             self.log({"event": "reload_failed", "error": str(exc), "policy": old.name})
             try:  # the old rules stay in force (iptables-restore is atomic, but be sure)
                 self._apply_rules(old, self.censor.generation)
-            except IptablesError:
+            except (IptablesError, ShapingError):
                 pass
             self.status.write(self.counters())
             return False
@@ -237,6 +259,9 @@ class CensorService:
         # The kernel trusts only this generation's marks (never 0: with
         # --no-offload no mark is ever set and every packet is queued).
         self.rules.apply(policy, offload_mark(generation, VERDICT_ALLOW), offload_mark(generation, VERDICT_DROP))
+        if policy.throttle_classes != self._shaped:  # re-shape only when the classes changed
+            self.shaper.apply(policy)
+            self._shaped = policy.throttle_classes
 
     def _loaded(self, policy: Policy) -> None:
         assert self.censor is not None
@@ -257,13 +282,10 @@ class CensorService:
             decision = self.censor.handle(pkt.get_payload())
             if decision.inject:
                 self.injector.send(decision.inject)
-            if decision.mark:
-                pkt.set_mark(decision.mark)
-                pkt.repeat()
-            elif decision.accept:
-                pkt.accept()
-            else:
-                pkt.drop()
+            if decision.hold_until is not None and len(self._held) < MAX_HELD:
+                heapq.heappush(self._held, (decision.hold_until, next(self._held_order), pkt, decision))
+                return
+            self._verdict(pkt, decision)
         except Exception as exc:  # noqa: BLE001 - a verdict must still be given
             self._callback_errors += 1
             if self._callback_errors <= 10:
@@ -273,10 +295,32 @@ class CensorService:
             except Exception:  # noqa: BLE001 - verdict was already given
                 pass
 
+    @staticmethod
+    def _verdict(pkt: Any, decision: Decision) -> None:
+        if decision.mark:
+            pkt.set_mark(decision.mark)
+            if wants_repeat(decision.mark):
+                pkt.repeat()
+                return
+        if decision.accept:
+            pkt.accept()
+        else:
+            pkt.drop()
+
+    def _release(self, now: float) -> None:
+        """Give the verdicts of held packets whose time has come."""
+        while self._held and self._held[0][0] <= now:
+            _, _, pkt, decision = heapq.heappop(self._held)
+            try:
+                self._verdict(pkt, decision)
+            except Exception:  # noqa: BLE001 - a queue gone at shutdown; nothing to give a verdict to
+                self._callback_errors += 1
+
     def counters(self) -> dict[str, int]:
         assert self.censor is not None
         counters = self.censor.snapshot()
         counters["callback_errors"] = self._callback_errors
+        counters["held_now"] = len(self._held)
         if self.injector is not None:
             counters["injected"] = self.injector.sent
             counters["inject_errors"] = self.injector.errors

@@ -7,6 +7,13 @@ because properties arrive packet by packet: a rule whose properties are not
 known yet does not match *yet*, and a later rule may only win once every
 earlier rule is known not to match. A flow that no rule can match any more is
 allowed.
+
+Per-rule options of issue 4 (censor-lab.md §4): `probability` (the rule fires
+on a matching flow with this chance, drawn once per flow: "on and off"
+blocking), `residual` / `duration` (after the rule fires, new flows to the
+same (client IP, server IP, server port) triple, or (client IP, server IP)
+pair, are dropped for a while: the GFW's penalty box), and the `throttle`
+action's `rate`, `delay_ms` and `jitter_ms`.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ import fnmatch
 import hashlib
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
-ACTIONS = ("allow", "drop", "reset", "dns-inject", "blackhole-ip")
+ACTIONS = ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle")
+# Actions that stop a flow: the ones `residual` (penalty box) may follow.
+BLOCKING_ACTIONS = frozenset({"drop", "reset"})
 
 # What each property is, which decides how values compare.
 #   name: DNS-ish names and tokens, compared case-insensitively
@@ -35,13 +44,25 @@ KEY_TYPES: dict[str, str] = {
     "http.host": "name", "http.method": "name", "http.path": "text",
     "dns.qname": "name", "dns.qtype": "name",
     "whatsapp.header": "bool", "whatsapp.edge_routing": "bool", "whatsapp.magic": "int",
+    # issue 4 analyzers (analyzers/*.py say where each comes from)
+    "http.target": "text",
+    "fet.suspicious": "bool", "fet.exemption": "name",
+    "openvpn.handshake": "bool", "openvpn.opcode": "int",
+    "wireguard.handshake": "bool", "wireguard.message_type": "int",
+    "mtproto.obfuscated2": "bool", "mtproto.tag": "name",
+    "quic.sni": "name", "quic.version": "int", "quic.src_port_gt_dst": "bool",
+    "tor.tls": "bool",
 }
 # Keys known from the first packet of a flow (no analyzer needed).
 ADDRESS_KEYS = frozenset({"proto", "ip.src", "ip.dst", "port.src", "port.dst"})
+# Also set by the engine at a flow's first packet, from its ports: the GFW
+# inspects QUIC only when the source port is above the destination port
+# (protocols.quic.gfw_inspects_ports; usenixsecurity25-quic-sni artifact).
+FLOW_KEYS = ADDRESS_KEYS | {"quic.src_port_gt_dst"}
 
 OPERATORS_BY_TYPE: dict[str, frozenset[str]] = {
-    "name": frozenset({"suffix", "glob", "regex"}),
-    "text": frozenset({"glob", "regex"}),
+    "name": frozenset({"suffix", "glob", "regex", "contains"}),
+    "text": frozenset({"glob", "regex", "contains"}),
     "ip": frozenset({"cidr"}),
     "int": frozenset({"range"}),
     "bool": frozenset(),
@@ -55,6 +76,23 @@ MAX_RST_COUNT = 20
 DEFAULT_FORGED_ANSWER = "198.19.250.1"
 # dnspython/protocols.dns default; GFW forgeries carry assorted TTLs.
 DEFAULT_FORGED_TTL = 60
+# The GFW's penalty box: 90 s on (client IP, server IP, server port) after a
+# keyword/SNI trigger (Rambert et al. 2021, censor-lab.md §4). FET blocking
+# lasts "up to three minutes" = 180 s (Wu et al. 2023; protocols.fet).
+DEFAULT_RESIDUAL_SECONDS = 90
+MAX_RESIDUAL_SECONDS = 86400
+RESIDUAL_SCOPES = ("triple", "pair")
+# Throttle rates: tc's units (tc(8) "RATES"); htb below ~8 kbit/s is not
+# meaningful at MTU-sized packets and above 10 Gbit/s is beyond a veth here.
+MIN_RATE_BPS = 8_000
+MAX_RATE_BPS = 10_000_000_000
+_RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000,
+               "bps": 8, "kbps": 8_000, "mbps": 8_000_000, "gbps": 8_000_000_000}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$", re.IGNORECASE)
+# Userspace delay holds verdicts; a minute is beyond any real path.
+MAX_DELAY_MS = 60_000
+# htb class ids 1:1..1:N are encoded in connmark bits 24-31 (actions.py).
+MAX_THROTTLE_RULES = 200
 
 
 class PolicyError(ValueError):
@@ -88,6 +126,24 @@ class Matcher:
 
 
 @dataclass(frozen=True, slots=True)
+class Residual:
+    """After a rule fires: drop new flows to the same triple (or pair) for `seconds`."""
+
+    seconds: float
+    scope: str = "triple"  # "triple": (client IP, server IP, server port) | "pair": (client IP, server IP)
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """The throttle action's parameters; rate_bps None = no rate limit (delay only)."""
+
+    rate_bps: int | None
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    htb_class: int = 0  # 1..MAX_THROTTLE_RULES when rate_bps is set (assigned by parse_policy)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     matchers: tuple[Matcher, ...]
@@ -95,6 +151,9 @@ class Rule:
     count: int = DEFAULT_RST_COUNT
     answer: tuple[str, ...] = (DEFAULT_FORGED_ANSWER,)
     ttl: int = DEFAULT_FORGED_TTL
+    probability: float = 1.0
+    residual: Residual | None = None
+    throttle: Throttle | None = None
 
     @property
     def keys(self) -> frozenset[str]:
@@ -126,12 +185,25 @@ class Policy:
     def static_rules(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.action == "blackhole-ip")
 
-    def decide(self, props: Mapping[str, object], pending: Callable[[str], bool]) -> Rule | None | int:
-        """The winning rule, None when no rule can match any more, or Tri.UNKNOWN to wait."""
+    @property
+    def throttle_classes(self) -> tuple[tuple[int, int, str], ...]:
+        """(htb class, rate in bit/s, rule name) for every rate-limiting throttle rule."""
+        return tuple((r.throttle.htb_class, r.throttle.rate_bps, r.name)
+                     for r in self.rules if r.throttle is not None and r.throttle.rate_bps)
+
+    def decide(self, props: Mapping[str, object], pending: Callable[[str], bool],
+               fires: Callable[[Rule], bool] | None = None) -> Rule | None | int:
+        """The winning rule, None when no rule can match any more, or Tri.UNKNOWN to wait.
+
+        `fires(rule)` is asked for a matching rule with probability < 1: False
+        means the coin for this flow said no, and evaluation goes on below it.
+        """
         for rule in self.rules:
             result = rule.evaluate(props, pending)
             if result == Tri.YES:
-                return rule
+                if rule.probability >= 1.0 or fires is None or fires(rule):
+                    return rule
+                continue
             if result == Tri.UNKNOWN:
                 return Tri.UNKNOWN
         return None
@@ -172,11 +244,17 @@ def parse_policy(source: bytes | str | Mapping[str, Any], *, path: str = "") -> 
         raise PolicyError("policy 'rules' must be a list")
     rules: list[Rule] = []
     seen: set[str] = set()
+    htb_classes = 0
     for index, rule_doc in enumerate(rules_doc):
         rule = _parse_rule(rule_doc, index)
         if rule.name in seen:
             raise PolicyError(f"rule {rule.name!r}: duplicate rule name")
         seen.add(rule.name)
+        if rule.throttle is not None and rule.throttle.rate_bps:
+            htb_classes += 1
+            if htb_classes > MAX_THROTTLE_RULES:
+                raise PolicyError(f"rule {rule.name!r}: more than {MAX_THROTTLE_RULES} rate-limiting throttle rules")
+            rule = replace(rule, throttle=replace(rule.throttle, htb_class=htb_classes))
         rules.append(rule)
     name = document.get("name") or (Path(path).stem if path else "unnamed")
     return Policy(str(name), str(document.get("description") or "").strip(), tuple(rules), digest, path)
@@ -195,7 +273,8 @@ def _parse_rule(doc: Any, index: int) -> Rule:
     if not isinstance(name, str) or not name.strip():
         raise PolicyError(f"rule #{index + 1}: every rule needs a non-empty 'name'")
     where = f"rule {name!r}"
-    _reject_unknown(doc, {"name", "match", "action", "count", "answer", "ttl", "description"}, where)
+    _reject_unknown(doc, {"name", "match", "action", "count", "answer", "ttl", "description", "probability",
+                          "residual", "duration", "rate", "delay_ms", "jitter_ms"}, where)
     action = doc.get("action")
     if action not in ACTIONS:
         raise PolicyError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
@@ -220,7 +299,83 @@ def _parse_rule(doc: Any, index: int) -> Rule:
         static_drops(Rule(name, matchers, action))  # validates now, at load time
     count = _int_in(where, "count", doc.get("count", DEFAULT_RST_COUNT), 1, MAX_RST_COUNT)
     ttl = _int_in(where, "ttl", doc.get("ttl", DEFAULT_FORGED_TTL), 0, 2**31 - 1)
-    return Rule(name, matchers, action, count, _answers(where, doc.get("answer", DEFAULT_FORGED_ANSWER)), ttl)
+    return Rule(name, matchers, action, count, _answers(where, doc.get("answer", DEFAULT_FORGED_ANSWER)), ttl,
+                _probability(where, doc, action), _residual(where, doc, action), _throttle(where, doc, action))
+
+
+def _probability(where: str, doc: Mapping[str, Any], action: str) -> float:
+    if "probability" not in doc:
+        return 1.0
+    value = doc["probability"]
+    if action == "blackhole-ip":
+        raise PolicyError(f"{where}: 'probability' cannot apply to blackhole-ip (a static kernel rule, no flow)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise PolicyError(f"{where}: 'probability' must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _residual(where: str, doc: Mapping[str, Any], action: str) -> Residual | None:
+    if "residual" not in doc and "duration" not in doc:
+        return None
+    if action not in BLOCKING_ACTIONS:
+        raise PolicyError(f"{where}: 'residual' and 'duration' only follow a blocking action "
+                          f"({', '.join(sorted(BLOCKING_ACTIONS))}), not {action}")
+    if "residual" in doc and "duration" in doc:
+        raise PolicyError(f"{where}: give 'residual' or 'duration' (= residual on the triple), not both")
+    if "duration" in doc:
+        return Residual(_seconds(where, "duration", doc["duration"]), "triple")
+    spec = doc["residual"]
+    if not isinstance(spec, Mapping):
+        raise PolicyError(f"{where}: 'residual' must be a mapping like {{seconds: 90, scope: triple}}")
+    _reject_unknown(spec, {"seconds", "scope"}, f"{where}, residual")
+    scope = spec.get("scope", "triple")
+    if scope not in RESIDUAL_SCOPES:
+        raise PolicyError(f"{where}: residual 'scope' must be one of {', '.join(RESIDUAL_SCOPES)}, got {scope!r}")
+    return Residual(_seconds(where, "residual seconds", spec.get("seconds", DEFAULT_RESIDUAL_SECONDS)), scope)
+
+
+def _seconds(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_RESIDUAL_SECONDS:
+        raise PolicyError(f"{where}: '{key}' must be a number of seconds in (0, {MAX_RESIDUAL_SECONDS}], got {value!r}")
+    return float(value)
+
+
+def parse_rate(value: Any) -> int:
+    """'256kbit' -> 256000 bit/s, in tc's units (tc(8): bit, kbit, mbit, gbit; bps, kbps... are bytes/s)."""
+    match = _RATE.match(str(value)) if isinstance(value, str) else None
+    if match is None or match.group(2).lower() not in _RATE_UNITS:
+        raise ValueError(f"a rate is a number and a unit ({', '.join(_RATE_UNITS)}), like \"256kbit\"; got {value!r}")
+    return round(float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
+
+
+def _throttle(where: str, doc: Mapping[str, Any], action: str) -> Throttle | None:
+    keys = [k for k in ("rate", "delay_ms", "jitter_ms") if k in doc]
+    if action != "throttle":
+        if keys:
+            raise PolicyError(f"{where}: {', '.join(repr(k) for k in keys)} only apply to the throttle action")
+        return None
+    if "rate" not in doc and "delay_ms" not in doc:
+        raise PolicyError(f"{where}: throttle needs a 'rate' (like \"256kbit\") or a 'delay_ms', or both")
+    rate = None
+    if "rate" in doc:
+        try:
+            rate = parse_rate(doc["rate"])
+        except ValueError as exc:
+            raise PolicyError(f"{where}: 'rate': {exc}") from None
+        if not MIN_RATE_BPS <= rate <= MAX_RATE_BPS:
+            raise PolicyError(f"{where}: 'rate' must be within 8kbit..10gbit, got {doc['rate']!r}")
+    delay = _milliseconds(where, "delay_ms", doc.get("delay_ms", 0))
+    jitter = _milliseconds(where, "jitter_ms", doc.get("jitter_ms", 0))
+    if jitter > delay:
+        raise PolicyError(f"{where}: 'jitter_ms' ({jitter:g}) cannot exceed 'delay_ms' ({delay:g}): "
+                          "a packet cannot leave before it arrived")
+    return Throttle(rate, delay, jitter)
+
+
+def _milliseconds(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_DELAY_MS:
+        raise PolicyError(f"{where}: '{key}' must be a number of milliseconds in 0..{MAX_DELAY_MS}, got {value!r}")
+    return float(value)
 
 
 def _int_in(where: str, key: str, value: Any, low: int, high: int) -> int:
@@ -344,9 +499,18 @@ def _build_range(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
     return lambda value: any(low <= int(value) <= high for low, high in ranges)
 
 
+def _build_contains(kind: str, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    # Case-insensitive substring, as keyword filters match (the GFW's HTTP
+    # keyword list; Geneva's censors look for "ultrasurf" anywhere).
+    needles = tuple(str(v).lower() for v in values)
+    if not all(needles):
+        raise ValueError("an empty keyword would match everything")
+    return lambda value: any(n in str(value).lower() for n in needles)
+
+
 _BUILDERS: dict[str, Callable[[str, tuple[Any, ...]], Callable[[Any], bool]]] = {
     "eq": _build_eq, "suffix": _build_suffix, "glob": _build_glob, "regex": _build_regex,
-    "cidr": _build_cidr, "range": _build_range,
+    "cidr": _build_cidr, "range": _build_range, "contains": _build_contains,
 }
 
 
