@@ -1,18 +1,28 @@
-"""Ingest OONI measurements (and wallwatch's own) into the store, streaming and resumable.
+"""Ingest OONI measurements (and wallwatch's own) into the store, streaming, parallel and resumable.
 
 Input: files or folders of `.json` (one measurement, as OONI's API and the spec
 examples serve them), `.jsonl` and `.jsonl.gz` / `.json.gz` (one measurement per
 line, OONI's raw archive layout `raw/<YYYYMMDD>/<HH>/<CC>/<test>/*.jsonl.gz`).
-Each record is read once: header -> observations -> verdicts, appended to
-column batches that are flushed to Parquet every `batch_size` measurements, so
-memory is bounded by one batch whatever the file size.
+Each record is read once: header -> observations -> verdicts (ingest_worker.py),
+in worker processes, one file at a time per worker; this parent process dedups,
+collects the Arrow batches and writes Parquet every `batch_size` measurements.
+Memory is bounded by `batch_size` measurements' rows here plus a few
+`RECORDS_PER_BATCH` batches in flight (the result queue is bounded).
 
 Resumability, two ways:
 * a ledger of finished files (`<data>/ingested_files.jsonl`) keyed by path, size,
   mtime and a sha256 of the first and last 64 KiB: an unchanged file is skipped;
+  a file enters the ledger only after all its rows are written;
 * dedup by `measurement_uid` across files and runs: OONI's own uid when present,
   else "ww-" + sha256(report_id, input, measurement_start_time, test_name)[:32]
   (the fields of OONI's fastpath ReplacingMergeTree key, ooni/backend docs/Database.md).
+  With several workers, which of two copies of one measurement in two files of the
+  same run is kept depends on which file finishes first; counts do not.
+
+The raw text is kept as the input file itself (a gzip copy under `<data>/raw/`)
+and each measurement row points at it (`raw_file`, `raw_line`, `raw_item`), as
+OONI's own `jsonl` table points from measurement_uid to (s3path, linenum)
+(ooni/backend docs/Database.md): no record is re-serialised; `read_raw` gets one back.
 
 A record that cannot be read goes to `<data>/quarantine/<date>.jsonl` with the reason
 and is counted; the run continues.
@@ -22,36 +32,43 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import gzip
 import hashlib
+import multiprocessing
 import os
+import queue
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from wallwatch.analysis.fingerprints import FingerprintDB, load_fingerprints
-from wallwatch.analysis.observations import Header, make_observations
+from wallwatch.analysis.ingest_header import (  # noqa: F401 - re-exported: the header API lives here too
+    RecordError,
+    parse_asn,
+    parse_time,
+    probe_key,
+    read_header,
+    stable_uid,
+)
+from wallwatch.analysis.ingest_worker import Batch, FileEnd, FileReader, WorkerConfig, read_raw_line
 from wallwatch.analysis.store import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA, Store
-from wallwatch.analysis.verdicts import RuleSet, default_rule_sets, judge_measurement
+from wallwatch.analysis.verdicts import RuleSet, default_rule_sets
 
 SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 LEDGER = "ingested_files"
-# A .json file is parsed whole up to this size; bigger ones are read line by line
-# (OONI's largest single measurements are ~1 MB, ooni/data Readme).
-MAX_WHOLE_JSON_BYTES = 64 * 1024 * 1024
-# Raw text kept in a quarantine row; enough to see what went wrong.
-MAX_QUARANTINE_RECORD_CHARS = 1_000_000
 FINGERPRINT_CHUNK = 64 * 1024
-DEFAULT_BATCH = 2000
-
-
-class RecordError(ValueError):
-    """A record that is not a usable measurement; the message is the quarantine reason."""
+# Measurements per Parquet write: large writes keep files few and big (one file per
+# partition per write); 20k measurements are ~30 MB of derived rows.
+DEFAULT_BATCH = 20_000
+# How long the parent waits on the result queue before checking that its workers live.
+WORKER_POLL_S = 1.0
 
 
 @dataclass
@@ -70,13 +87,6 @@ class IngestSummary:
         data = {k: v for k, v in self.__dict__.items() if k != "quarantine_reasons"}
         data["quarantine_reasons"] = dict(self.quarantine_reasons)
         return data
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    source: str
-    line: int
-    text: bytes
 
 
 # -- reading files -----------------------------------------------------------------
@@ -98,126 +108,6 @@ def discover(paths: Iterable[Path]) -> Iterator[Path]:
 def _is_measurement_file(path: Path) -> bool:
     name = path.name
     return name.endswith(SUFFIXES) and not name.startswith("analysis") and name != "MANIFEST.tsv"
-
-
-def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
-
-
-def iter_raw_records(path: Path) -> Iterator[RawRecord]:
-    """Raw records of one file: a whole `.json` document, or one per non-blank line."""
-    source = str(path)
-    if path.name.endswith(".json") and path.stat().st_size <= MAX_WHOLE_JSON_BYTES:
-        text = path.read_bytes()
-        stripped = text.strip()
-        if stripped.startswith(b"{") and b"\n{" not in stripped:
-            yield RawRecord(source, 1, stripped)
-            return
-        if stripped.startswith(b"["):
-            yield RawRecord(source, 1, stripped)  # a JSON array: split in parse_records
-            return
-    with _open(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield RawRecord(source, number, line)
-
-
-def parse_records(raw: RawRecord) -> Iterator[tuple[RawRecord, Any]]:
-    """(raw, decoded) pairs; a JSON array yields its elements. Raises RecordError on bad JSON."""
-    try:
-        value = orjson.loads(raw.text)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"invalid_json: {exc}") from None
-    if isinstance(value, list):
-        for item in value:
-            yield RawRecord(raw.source, raw.line, orjson.dumps(item)), item
-    else:
-        yield raw, value
-
-
-# -- the header --------------------------------------------------------------------
-
-
-def parse_time(value: Any) -> dt.datetime:
-    """OONI's "YYYY-MM-DD hh:mm:ss" (df-000), also accepting ISO 8601 "T" and "Z" (UTC, returned naive)."""
-    if not isinstance(value, str) or len(value) < 19:
-        raise RecordError(f"bad_measurement_start_time: {value!r}")
-    try:
-        return dt.datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]),
-                           int(value[11:13]), int(value[14:16]), int(value[17:19]))
-    except ValueError:
-        raise RecordError(f"bad_measurement_start_time: {value!r}") from None
-
-
-def parse_asn(value: Any) -> int:
-    """ "AS30722" or 30722 -> 30722; "AS0"/missing -> 0. Values beyond int32 are private-use (RFC 6996) -> 0."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        digits = value[2:] if value[:2].upper() == "AS" else value
-        if not digits.isdigit():
-            raise RecordError(f"bad_probe_asn: {value!r}")
-        number = int(digits)
-    elif value is None:
-        return 0
-    else:
-        raise RecordError(f"bad_probe_asn: {value!r}")
-    return number if 0 <= number < 2**31 else 0
-
-
-def stable_uid(record: Mapping[str, Any]) -> str:
-    uid = record.get("measurement_uid")
-    if isinstance(uid, str) and uid:
-        return uid
-    key = "\x1f".join(str(record.get(k) or "") for k in ("report_id", "input", "measurement_start_time", "test_name"))
-    return "ww-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def probe_key(record: Mapping[str, Any], test_keys: Mapping[str, Any]) -> str:
-    """The best distinct-probe identity available: OONI's `probe_id` annotation if any, else the
-    report id (one report = one probe run), else the lab run id for wallwatch measurements."""
-    annotations = record.get("annotations")
-    if isinstance(annotations, dict) and isinstance(annotations.get("probe_id"), str):
-        return "probe:" + annotations["probe_id"]
-    report_id = record.get("report_id")
-    if isinstance(report_id, str) and report_id:
-        return "report:" + report_id
-    extension = test_keys.get("x_wallwatch")
-    lab = extension.get("lab") if isinstance(extension, dict) else None
-    if isinstance(lab, dict) and lab.get("run_id"):
-        return "lab:" + str(lab["run_id"])
-    return "unknown"
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else (None if value is None else str(value))
-
-
-def read_header(record: Any) -> tuple[Header, dict[str, Any], Mapping[str, Any]]:
-    if not isinstance(record, dict):
-        raise RecordError(f"not_a_measurement: top-level {type(record).__name__}")
-    test_name = record.get("test_name")
-    if not isinstance(test_name, str) or not test_name:
-        raise RecordError("missing_field: test_name")
-    test_keys = record.get("test_keys")
-    if not isinstance(test_keys, dict):
-        raise RecordError("missing_field: test_keys")
-    start = parse_time(record.get("measurement_start_time"))
-    probe_cc = record.get("probe_cc")
-    probe_cc = probe_cc if isinstance(probe_cc, str) and probe_cc else "ZZ"
-    header = Header(stable_uid(record), start, start.date(), probe_cc, parse_asn(record.get("probe_asn")), test_name)
-    meta = {
-        "probe_network_name": _text(record.get("probe_network_name")),
-        "probe_key": probe_key(record, test_keys),
-        "software_name": _text(record.get("software_name")) or "unknown",
-        "report_id": _text(record.get("report_id")),
-        "input": _text(record.get("input")),
-        "test_version": _text(record.get("test_version")),
-        "software_version": _text(record.get("software_version")),
-        "data_format_version": _text(record.get("data_format_version")),
-        "resolver_ip": _text(record.get("resolver_ip")),
-    }
-    return header, meta, test_keys
 
 
 # -- the run -----------------------------------------------------------------------
@@ -242,123 +132,199 @@ class FileKey:
         return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest())
 
 
+    @property
+    def ledger_key(self) -> tuple[str, int, int, str]:
+        return (self.path, self.size, self.mtime_ns, self.edges_sha256)
+
+    @property
+    def raw_key(self) -> str:
+        """A name for this version of the file's raw copy (a changed file gets a new one)."""
+        return hashlib.sha256("\x1f".join(map(str, self.ledger_key)).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerFailed:
+    file_index: int
+    trace: str
+
+
+_WORKER_DONE = "done"
+
+
+def _work(tasks: Any, results: Any, config: WorkerConfig, seen: set[str]) -> None:
+    """A worker process: read the files it is given until the None sentinel."""
+    while (task := tasks.get()) is not None:
+        index, path, raw_key = task
+        try:
+            for message in FileReader(index, path, raw_key, config, seen).batches():
+                results.put(message)
+        except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+            results.put(_WorkerFailed(index, traceback.format_exc()))
+            return
+    results.put(_WORKER_DONE)
+
+
 class Ingester:
-    """One ingest run into `store`: call `ingest_paths`, read `summary`."""
+    """One ingest run into `store`: call `ingest_paths`, read `summary`.
+
+    `workers`: processes reading files in parallel (default: one per CPU, at most one
+    per file); 1 reads in this process.
+    """
 
     def __init__(self, store: Store, *, batch_size: int = DEFAULT_BATCH, keep_raw: bool = True,
                  rule_sets: Mapping[str, RuleSet] | None = None, fingerprints: FingerprintDB | None = None,
-                 on_file: Callable[[Path, IngestSummary], None] | None = None) -> None:
+                 on_file: Callable[[Path, IngestSummary], None] | None = None, workers: int | None = None) -> None:
         self.store = store
         self.batch_size = batch_size
-        self.keep_raw = keep_raw
-        self.rule_sets = rule_sets or default_rule_sets()
-        self.fingerprints = fingerprints or load_fingerprints()
+        self.workers = workers
         self.on_file = on_file
         self.summary = IngestSummary()
+        ingested_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        self.config = WorkerConfig(store.root, keep_raw, rule_sets or default_rule_sets(),
+                                   fingerprints or load_fingerprints(), ingested_at)
         self.seen_uids = self._stored_uids()
         self.done_files = {_ledger_key(row) for row in store.read_jsonl(LEDGER)}
-        self._measurements: list[dict[str, Any]] = []
-        self._observations: list[dict[str, Any]] = []
-        self._verdicts: list[dict[str, Any]] = []
+        self._files: list[tuple[Path, FileKey]] = []
+        self._tables: dict[str, list[pa.Table]] = {"measurements": [], "observations": [], "verdicts": []}
+        self._pending = 0
         self._quarantine: list[dict[str, Any]] = []
-        self._ingested_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        self._ended: list[int] = []
 
     def _stored_uids(self) -> set[str]:
-        connection = self.store.connect()
-        try:
-            return {uid for (uid,) in connection.execute("SELECT measurement_uid FROM measurements").fetchall()}
-        finally:
-            connection.close()
+        directory = self.store.dataset_dir("measurements")
+        if not directory.is_dir():
+            return set()
+        # pyarrow rather than DuckDB: no DuckDB threads exist in this process when workers fork.
+        dataset = pads.dataset(directory, format="parquet", partitioning="hive")
+        return set(dataset.to_table(columns=["measurement_uid"]).column(0).to_pylist())
+
+    # -- the run ---------------------------------------------------------------
 
     def ingest_paths(self, paths: Iterable[Path]) -> IngestSummary:
-        for path in discover(paths):
-            self.ingest_file(path)
+        todo = [index for path in discover(paths) if (index := self._admit(path)) is not None]
+        workers = self.workers or min(os.cpu_count() or 1, len(todo))
+        if workers <= 1 or len(todo) <= 1:
+            for index in todo:
+                self._read_here(index)
+        else:
+            self._read_in_workers(todo, workers)
         self.flush()
         return self.summary
 
     def ingest_file(self, path: Path) -> None:
+        index = self._admit(path)
+        if index is not None:
+            self._read_here(index)
+            self.flush()
+
+    def _admit(self, path: Path) -> int | None:
+        """The file's index for reading, or None when the ledger says it is done."""
         self.summary.files_seen += 1
         key = FileKey.of(path)
-        if (key.path, key.size, key.mtime_ns, key.edges_sha256) in self.done_files:
+        if key.ledger_key in self.done_files:
             self.summary.files_skipped += 1
-            return
+            return None
+        self._files.append((path, key))
+        return len(self._files) - 1
+
+    def _read_here(self, index: int) -> None:
+        path, key = self._files[index]
+        for message in FileReader(index, path, key.raw_key, self.config, self.seen_uids).batches():
+            self._take(message)
+
+    def _read_in_workers(self, todo: list[int], workers: int) -> None:
+        # fork: the workers share the config and the stored uids without pickling them.
+        context = multiprocessing.get_context("fork")
+        tasks = context.SimpleQueue()
+        results = context.Queue(maxsize=2 * workers)  # bounded: backpressure keeps memory flat
+        processes = [context.Process(target=_work, args=(tasks, results, self.config, self.seen_uids), daemon=True)
+                     for _ in range(workers)]
+        for process in processes:
+            process.start()
         try:
-            for raw in iter_raw_records(path):
-                self._ingest_raw(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            # A truncated .gz: what was read stays; the rest is one quarantined "record".
-            self._quarantine_raw(RawRecord(str(path), -1, b""), f"unreadable_file: {exc}")
-        # Flushing before the ledger entry means a crash re-reads the file and dedup drops repeats.
-        self.flush()
-        self.store.append_jsonl(LEDGER, [{**dataclasses.asdict(key), "ingested_at": self._ingested_at.isoformat()}])
-        self.done_files.add((key.path, key.size, key.mtime_ns, key.edges_sha256))
-        if self.on_file:
-            self.on_file(path, self.summary)
+            for index in todo:
+                path, key = self._files[index]
+                tasks.put((index, path, key.raw_key))
+            for _ in processes:
+                tasks.put(None)
+            running = workers
+            while running:
+                try:
+                    message = results.get(timeout=WORKER_POLL_S)
+                except queue.Empty:
+                    if any(p.exitcode not in (None, 0) for p in processes):
+                        raise RuntimeError("an ingest worker died") from None
+                    continue
+                if message == _WORKER_DONE:
+                    running -= 1
+                elif isinstance(message, _WorkerFailed):
+                    raise RuntimeError(f"ingest worker failed on {self._files[message.file_index][0]}:\n"
+                                       f"{message.trace}")
+                else:
+                    self._take(message)
+        finally:
+            for process in processes:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.terminate()
+                    process.join(timeout=5)
+            results.close()
 
-    def _ingest_raw(self, raw: RawRecord) -> None:
-        try:
-            records = list(parse_records(raw))
-        except RecordError as exc:
-            self.summary.read += 1
-            self._quarantine_raw(raw, str(exc))
+    def _take(self, message: Batch | FileEnd) -> None:
+        if isinstance(message, FileEnd):
+            self._ended.append(message.file_index)
+            if self.on_file:
+                self.on_file(self._files[message.file_index][0], self.summary)
             return
-        for item_raw, record in records:
-            self.summary.read += 1
-            try:
-                self._ingest_record(item_raw, record)
-            except RecordError as exc:
-                self._quarantine_raw(item_raw, str(exc))
-            if len(self._measurements) >= self.batch_size:
-                self.flush()
+        self.summary.read += message.read
+        self.summary.duplicated += message.duplicated
+        for row in message.quarantine:
+            self.summary.quarantined += 1
+            self.summary.quarantine_reasons[row["reason"].split(":", 1)[0]] += 1
+        self._quarantine.extend(message.quarantine)
+        if message.measurements is not None:
+            self._add_rows(message)
+        if self._pending >= self.batch_size:
+            self.flush()
 
-    def _ingest_record(self, raw: RawRecord, record: Any) -> None:
-        header, meta, test_keys = read_header(record)
-        if header.measurement_uid in self.seen_uids:
-            self.summary.duplicated += 1
-            return
-        facts = make_observations(header, test_keys, meta["input"], self.fingerprints)
-        verdicts = judge_measurement(header, meta, test_keys, facts, self.rule_sets)
-        self.seen_uids.add(header.measurement_uid)
-        self.summary.stored += 1
-        self._observations.extend(facts.rows)
-        self._verdicts.extend(verdicts)
-        self._measurements.append({
-            "measurement_uid": header.measurement_uid,
-            "measurement_start_time": header.measurement_start_time,
-            "date": header.date,
-            "probe_cc": header.probe_cc,
-            "probe_asn": header.probe_asn,
-            "test_name": header.test_name,
-            "source": raw.source,
-            "ingested_at": self._ingested_at,
-            "raw": raw.text.decode("utf-8", "replace") if self.keep_raw else None,
-            **{k: meta[k] for k in ("probe_network_name", "probe_key", "report_id", "input", "test_version",
-                                     "software_name", "software_version", "data_format_version", "resolver_ip")},
-        })
-
-    def _quarantine_raw(self, raw: RawRecord, reason: str) -> None:
-        self.summary.quarantined += 1
-        self.summary.quarantine_reasons[reason.split(":", 1)[0]] += 1
-        text = raw.text.decode("utf-8", "replace").rstrip("\r\n")
-        self._quarantine.append({
-            "source": raw.source, "line": raw.line, "reason": reason,
-            "record": text[:MAX_QUARANTINE_RECORD_CHARS],
-            "truncated": len(text) > MAX_QUARANTINE_RECORD_CHARS,
-        })
+    def _add_rows(self, batch: Batch) -> None:
+        assert batch.measurements is not None and batch.observations is not None and batch.verdicts is not None
+        measurements, observations, verdicts = batch.measurements, batch.observations, batch.verdicts
+        uids = measurements.column("measurement_uid").to_pylist()
+        repeated = [uid for uid in uids if uid in self.seen_uids]
+        if repeated:  # the same measurement in another file read by another worker in this run
+            drop = pa.array(repeated, pa.string())
+            measurements = measurements.filter(pc.invert(pc.is_in(measurements["measurement_uid"], drop)))
+            observations = observations.filter(pc.invert(pc.is_in(observations["measurement_uid"], drop)))
+            verdicts = verdicts.filter(pc.invert(pc.is_in(verdicts["measurement_uid"], drop)))
+            self.summary.duplicated += len(repeated)
+        self.seen_uids.update(uids)
+        self.summary.stored += measurements.num_rows
+        self._pending += measurements.num_rows
+        self._tables["measurements"].append(measurements)
+        self._tables["observations"].append(observations)
+        self._tables["verdicts"].append(verdicts)
 
     def flush(self) -> None:
-        if self._measurements:
-            self.store.write("measurements", pa.Table.from_pylist(self._measurements, MEASUREMENTS_SCHEMA),
-                             mode="append")
-            self.summary.observations += self.store.write(
-                "observations", pa.Table.from_pylist(self._observations, OBSERVATIONS_SCHEMA), mode="append")
-            self.summary.verdicts += self.store.write(
-                "verdicts", pa.Table.from_pylist(self._verdicts, VERDICTS_SCHEMA), mode="append")
+        """Write the collected rows, then the quarantine, then the ledger entries of finished files."""
+        if self._pending:
+            tables = {name: pa.concat_tables(parts) for name, parts in self._tables.items()}
+            self.store.write("measurements", tables["measurements"], mode="append")
+            self.summary.observations += self.store.write("observations", tables["observations"], mode="append")
+            self.summary.verdicts += self.store.write("verdicts", tables["verdicts"], mode="append")
+        self._tables = {name: [] for name in self._tables}
+        self._pending = 0
         if self._quarantine:
             today = dt.datetime.now(dt.UTC).date().isoformat()
             (self.store.root / "quarantine").mkdir(parents=True, exist_ok=True)
             _append_quarantine(self.store.root / "quarantine" / f"{today}.jsonl", self._quarantine)
-        self._measurements, self._observations, self._verdicts, self._quarantine = [], [], [], []
+            self._quarantine = []
+        if self._ended:
+            keys = [self._files[index][1] for index in self._ended]
+            self.store.append_jsonl(LEDGER, [{**dataclasses.asdict(key), "ingested_at": self.config.ingested_at
+                                              .isoformat()} for key in keys])
+            self.done_files.update(key.ledger_key for key in keys)
+            self._ended = []
 
 
 def _append_quarantine(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -374,5 +340,21 @@ def _ledger_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:
 
 
 def ingest(paths: Iterable[Path], data_dir: Path, **options: Any) -> IngestSummary:
-    """Ingest `paths` into the store at `data_dir`; the summary counts read/stored/duplicated/quarantined."""
+    """Ingest `paths` into the store at `data_dir`; the summary counts read/stored/duplicated/quarantined.
+
+    Options: keep_raw (default True), workers (default: one per CPU), batch_size, rule_sets, fingerprints.
+    """
     return Ingester(Store(data_dir), **options).ingest_paths([Path(p) for p in paths])
+
+
+def read_raw(store: Store, measurement_uid: str) -> bytes:
+    """The original JSON text of a stored measurement (KeyError if unknown or stored with keep_raw=False)."""
+    connection = store.connect()
+    try:
+        row = connection.execute("SELECT raw_file, raw_line, raw_item FROM measurements WHERE measurement_uid = ? "
+                                 "AND raw_file IS NOT NULL LIMIT 1", [measurement_uid]).fetchone()
+    finally:
+        connection.close()
+    if row is None:
+        raise KeyError(f"no raw text kept for {measurement_uid}")
+    return read_raw_line(store.root, row[0], row[1], row[2])

@@ -61,7 +61,11 @@ MEASUREMENTS_SCHEMA = pa.schema(
         ("resolver_ip", pa.string()),
         ("source", pa.string()),
         ("ingested_at", pa.timestamp("us")),
-        ("raw", pa.string()),
+        # Where the original text is kept: <root>/<raw_file> (a gzip copy of the input file),
+        # line `raw_line` (0: the whole file is one document), element `raw_item` of a JSON array.
+        ("raw_file", pa.string()),
+        ("raw_line", pa.int32()),
+        ("raw_item", pa.int32()),
     ]
 )
 
