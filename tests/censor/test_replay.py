@@ -178,6 +178,39 @@ def test_snaplen_cut_packets_hide_the_sni_and_keep_wire_bytes() -> None:
     assert flow.bytes == sum(len(raw) for _, raw in packets)
 
 
+def test_penalty_box_drops_later_flows_to_the_triple_until_it_expires() -> None:
+    policy = parse_policy({"name": "box", "rules": [{"name": "media-sni", "match": {"tls.sni": "mmg.whatsapp.net"},
+                                                    "action": "reset", "residual": {"seconds": 90}}]})
+    packets = tls_flow(MEDIA, "mmg.whatsapp.net", 40001, T0)
+    packets += tls_flow(MEDIA, "example.org", 40002, T0 + 10)  # same triple, harmless SNI: boxed
+    packets += tls_flow(WEB, "example.org", 40003, T0 + 11)  # another server: free
+    packets += tls_flow(MEDIA, "example.org", 40004, T0 + 100)  # after 90 s: free again
+    report = replay(packets, policy)
+    got = [(f.client.rsplit(":")[1], f.action, f.rule, f.residual_drops) for f in report.flows]
+    assert got == [("40001", "reset", "media-sni", 0), ("40002", "drop", "media-sni", 5),
+                   ("40003", "allow", None, 0), ("40004", "allow", None, 0)]
+    assert report.censor["residual_drops"] == 3  # the client's three; the server's two never exist
+
+
+def test_probability_is_per_flow_and_fixed_by_the_seed() -> None:
+    policy = parse_policy({"name": "coin", "rules": [{"name": "media-sni", "match": {"tls.sni": "mmg.whatsapp.net"},
+                                                     "action": "reset", "probability": 0.5}]})
+    packets = [p for port in range(40000, 40040) for p in tls_flow(MEDIA, "mmg.whatsapp.net", port, T0 + port)]
+    data = pcap.encode_pcap(packets)
+    first, again = (replay_capture(io.BytesIO(data), policy, seed=7) for _ in range(2))
+    actions = [f.action for f in first.flows]
+    assert actions == [f.action for f in again.flows]
+    assert 8 <= actions.count("reset") <= 32 and set(actions) == {"reset", "allow"}
+    engine = Censor(policy, seed=7)
+    direct: dict[int, str | None] = {}
+    for t, raw in packets:
+        decision = engine.handle(raw, now=t)
+        direct.setdefault(inet.parse_packet(raw).sport, decision.action)  # the SYN: None
+        if direct[inet.parse_packet(raw).sport] is None:
+            direct[inet.parse_packet(raw).sport] = decision.action
+    assert [direct[port] for port in range(40000, 40040)] == actions
+
+
 # --- container formats and link types ----------------------------------------------------
 
 

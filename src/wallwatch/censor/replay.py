@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-from wallwatch.censor.actions import MARK_MASK
+from wallwatch.censor.actions import wants_repeat
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.flows import (
     CLOSED_TCP_TIMEOUT, MAX_FLOWS, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT, Flow, FlowKey, FlowTable, flow_key,
 )
 from wallwatch.censor.pcap import CaptureReader, Frame, LinkError, ip_packet
-from wallwatch.censor.policy import ADDRESS_KEYS, Policy, StaticDrop, static_drops
+from wallwatch.censor.policy import FLOW_KEYS, Policy, StaticDrop, static_drops
 from wallwatch.protocols import inet
 from wallwatch.protocols.errors import ProtocolError
 
@@ -65,6 +65,7 @@ class FlowVerdict:
     dropped: int  # packets of this flow the censor would not have forwarded
     injected: int  # packets the censor would have forged (RSTs, DNS answers)
     held: int  # packets whose verdict would have been delayed (throttle delay_ms)
+    residual_drops: int  # packets dropped by a penalty box an earlier flow opened (`residual`)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "flow", **{name: getattr(self, name) for name in self.__slots__}}
@@ -108,6 +109,8 @@ class _FlowRecord:
     dropped: int = 0
     injected: int = 0
     held: int = 0
+    residual_drops: int = 0
+    provisional: bool = False  # decided only by the penalty box: a later verdict replaces it
 
     def idle(self, now: float) -> bool:
         if self.proto == "tcp":
@@ -116,21 +119,21 @@ class _FlowRecord:
             timeout = UDP_IDLE_TIMEOUT
         return now - self.last_seen >= timeout
 
-    def decide(self, action: str, rule: str | None, frame: Frame) -> None:
-        if self.action is None:
-            self.action, self.rule = action, rule
+    def decide(self, action: str, rule: str | None, frame: Frame, *, provisional: bool = False) -> None:
+        if self.action is None or self.provisional:
+            self.action, self.rule, self.provisional = action, rule, provisional
             self.decided_frame, self.decided_packet, self.decided_at = frame.number, self.packets, frame.timestamp
 
     def verdict(self) -> FlowVerdict:
         props = {}
         if self.engine_flow is not None:
             props = {k: (list(v) if isinstance(v, tuple) else v)
-                     for k, v in self.engine_flow.props.items() if k not in ADDRESS_KEYS}
+                     for k, v in self.engine_flow.props.items() if k not in FLOW_KEYS}
         return FlowVerdict(
             self.proto, _endpoint(self.client), _endpoint(self.server), self.first_seen, self.last_seen,
             self.packets, self.bytes, props, self.action or (NOT_QUEUED if self.version == 6 else UNDECIDED),
             self.rule, self.decided_frame, self.decided_packet, self.decided_at, self.dropped, self.injected,
-            self.held,
+            self.held, self.residual_drops,
         )
 
 
@@ -192,8 +195,8 @@ class Replayer:
          "queued", "kernel_accepted", "kernel_dropped", "blackholed"), 0))
 
     def __post_init__(self) -> None:
-        options: dict[str, Any] = {} if self.seed is None else {"seed": self.seed}
-        self.censor = Censor(self.policy, max_flows=self.max_flows, **options)
+        self.censor = Censor(self.policy, max_flows=self.max_flows, seed=self.seed, log=self._on_log)
+        self._residual_rule: str | None = None
         self._table = _RecordingFlowTable(self.max_flows)
         self.censor.flows = self._table
         self._static = tuple(_StaticMatcher.of(spec) for rule in self.policy.static_rules
@@ -242,18 +245,29 @@ class Replayer:
                 record.kernel_verdict = False
                 record.dropped += 1
                 return
+        if record.provisional and (packet.src, packet.sport) == record.server:
+            # The penalty box dropped this flow's opening: the server's answers in a
+            # capture taken without the censor would not exist. Client packets (a
+            # retransmitted SYN) still go to the engine, which lets them by once time is up.
+            record.residual_drops += 1
+            record.dropped += 1
+            return
         self._table.last = None
+        self._residual_rule = None
         decision = self._queue(raw, frame)
         if self._table.last is not None:
             record.engine_flow = self._table.last
         record.injected += len(decision.inject)
         if decision.action is not None:
             record.decide(decision.action, decision.rule, frame)
+        elif self._residual_rule is not None:
+            record.residual_drops += 1
+            record.decide("drop", self._residual_rule, frame, provisional=True)
         if not decision.accept:
             record.dropped += 1
-        if getattr(decision, "hold_until", None) is not None:
+        if decision.hold_until is not None:
             record.held += 1
-        if decision.mark & MARK_MASK:  # verdict bits: the live censor hands the flow to the kernel here
+        if wants_repeat(decision.mark):  # verdict bits: the live censor hands the flow to the kernel here
             record.kernel_verdict = decision.accept
 
     def report(self, problem: str | None = None) -> ReplayReport:
@@ -262,6 +276,11 @@ class Replayer:
                             self.censor.snapshot(), problem, tuple(self.notes))
 
     # --- internals -------------------------------------------------------------
+
+    def _on_log(self, event: dict[str, object]) -> None:
+        # The engine names the rule of a penalty-box drop only in its decision log.
+        if event.get("residual"):
+            self._residual_rule = str(event.get("rule"))
 
     def _queue(self, raw: bytes, frame: Frame):  # type: ignore[no-untyped-def]
         self.counters["queued"] += 1
