@@ -108,7 +108,7 @@ async def _telethon(args: argparse.Namespace) -> dict[str, Any]:
     from telethon.sessions import StringSession
 
     host, port = _host_port(args.dc)
-    if not ipaddress.ip_address(host) in ipaddress.ip_network("198.18.0.0/15"):
+    if ipaddress.ip_address(host) not in ipaddress.ip_network("198.18.0.0/15"):
         raise SystemExit(f"refusing to dial {host}: not a lab address")
     client = TelegramClient(StringSession(), api_id=1, api_hash="0" * 32, connection=ConnectionTcpObfuscated,
                             timeout=args.timeout, connection_retries=0, retry_delay=0, auto_reconnect=False,
@@ -116,7 +116,7 @@ async def _telethon(args: argparse.Namespace) -> dict[str, Any]:
     client.session.set_dc(2, host, port)  # the session decides where to connect: only here
     started = time.monotonic()
     try:
-        await asyncio.wait_for(client.connect(), args.timeout * 2 + 2)
+        await asyncio.wait_for(client.connect(), args.timeout + 1)
         outcome = "connected"
     except (TimeoutError, asyncio.TimeoutError):
         outcome = "TimeoutError"

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.lab
 ALLOW_ALL_CONNECTIONS = 8
 FET_CONNECTIONS = 60  # enough for the binomial interval to exclude both 0 and "all candidates"
 NEVER_CAUGHT_CONNECTIONS = 20
-CONNECTION_TIMEOUT = "2"  # seconds; a lab GET through a proxy takes a few ms, a dropped one never ends
+CONNECTION_TIMEOUT = "3"  # seconds; a lab GET through a proxy takes a few ms, a dropped one never ends
 PARALLEL = "6"
 
 

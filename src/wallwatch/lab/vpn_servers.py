@@ -41,7 +41,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import struct
 import subprocess
@@ -236,7 +235,7 @@ def _internet_device(namespace: str) -> str:
 def _add_service_address(lab: Any, running: Running, address: str) -> None:
     """Give the svc namespace `address`/32, unless it has it already (then the owner removes it)."""
     namespace = lab.namespaces["services"]
-    if not ipaddress.ip_address(address) in ipaddress.ip_network("198.19.0.0/16"):
+    if ipaddress.ip_address(address) not in ipaddress.ip_network("198.19.0.0/16"):
         raise ValueError(f"{address} is not a lab-internet address (198.19.0.0/16)")
     device = _internet_device(namespace)
     result = _ns_run(namespace, ["ip", "addr", "add", f"{address}/32", "dev", device])
