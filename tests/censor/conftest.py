@@ -133,8 +133,36 @@ class Topology:
         censor.wait_status(lambda s: s.get("generation", 0) >= 1)
         return censor
 
-    def iptables_rules(self) -> str:
-        return self.in_ns(self.router, "iptables", "-S").stdout
+    def iptables_rules(self, table: str = "filter") -> str:
+        return self.in_ns(self.router, "iptables", "-t", table, "-S").stdout
+
+    def raw(self, host: str, port: int, payloads: list[bytes], timeout: float = 1.5) -> list[str]:
+        """One TCP connection per payload (in parallel); each connection's result."""
+        answer = self.client_run("raw", host, str(port), str(timeout), *(p.hex() for p in payloads),
+                                 timeout=timeout * 3 + 15)
+        return [r["result"] for r in answer["results"]]
+
+    def udp(self, host: str, port: int, payloads: list[bytes], sport: int = 0, timeout: float = 1.0) -> list[str]:
+        answer = self.client_run("udpraw", host, str(port), str(timeout), str(sport), *(p.hex() for p in payloads),
+                                 timeout=timeout * 3 + 15)
+        return [r["result"] for r in answer["results"]]
+
+
+class LiveCensor:
+    """One censor for a whole test module, re-targeted by SIGHUP (a reload is ms, a start ~1 s)."""
+
+    def __init__(self, topology: Topology, censor: Censor) -> None:
+        self.topology = topology
+        self.censor = censor
+        self.policy_path = censor.policy_path
+
+    def use(self, policy: dict[str, Any]) -> None:
+        """Install `policy` and wait until the censor runs it."""
+        generation = self.censor.status()["generation"]
+        self.policy_path.write_text(json.dumps(policy))  # JSON is YAML
+        os.kill(self.censor.proc.pid, signal.SIGHUP)
+        status = self.censor.wait_status(lambda s: s["generation"] > generation or "error" in s)
+        assert "error" not in status, status["error"]
 
 
 def _build(topo: Topology) -> None:
@@ -174,6 +202,32 @@ def _teardown(topo: Topology) -> None:
                 proc.wait(timeout=5)
     for ns in (topo.client, topo.router, topo.svc):
         sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture(scope="module")
+def shared_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """One topology for a whole module (building one costs ~1 s of `ip` calls)."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    run = secrets.token_hex(3)
+    topo = Topology(run, f"wwt{run}-cl", f"wwt{run}-ce", f"wwt{run}-sv", tmp_path_factory.mktemp("censor-lab"))
+    try:
+        _build(topo)
+        yield topo
+    finally:
+        _teardown(topo)
+
+
+@pytest.fixture(scope="module")
+def live_censor(shared_topology: Topology) -> Iterator[LiveCensor]:
+    policy = shared_topology.workdir / "live.yaml"
+    policy.write_text("name: none\nrules: []\n")
+    censor = shared_topology.start_censor(policy, "--seed", "1", queue=11)
+    try:
+        yield LiveCensor(shared_topology, censor)
+    finally:
+        censor.stop()
 
 
 @pytest.fixture

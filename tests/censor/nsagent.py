@@ -7,6 +7,10 @@ Usage: python nsagent.py serve
        python nsagent.py dns RESOLVER QNAME      -> {"answers": [[addresses...], ...]} in arrival order
        python nsagent.py bulk HOST PORT BYTES    -> {"sent": n, "seconds": s}
        python nsagent.py garbage DST             -> sends malformed IPv4/TCP packets through the router
+       python nsagent.py raw HOST PORT TIMEOUT HEX...   -> {"results": [...]}: one TCP connection per payload, in parallel
+       python nsagent.py udpraw HOST PORT TIMEOUT SPORT HEX...  -> {"results": [...]}: one datagram per payload
+       python nsagent.py download HOST PORT BYTES -> {"received": n, "seconds": s} (server -> client bulk)
+       python nsagent.py udprtt HOST PORT COUNT  -> {"rtts": [seconds...]}
 Every client command prints one JSON line; all waits are bounded.
 """
 
@@ -22,8 +26,14 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]
 
 from wallwatch.protocols import dns, tls, whatsapp  # noqa: E402
 
-TCP_SERVERS = [("198.19.2.3", 443), ("198.19.2.2", 443), ("198.19.1.1", 5222), ("198.19.2.2", 5201)]
-UDP_ECHO = [("198.19.3.1", 3478), ("198.19.3.2", 3478)]
+# 8080: HTTP keyword; 1194: OpenVPN over TCP; 9001: tor's ORPort; 5202/5203: throttled/free bulk.
+TCP_SERVERS = [("198.19.2.3", 443), ("198.19.2.2", 443), ("198.19.1.1", 5222), ("198.19.2.2", 5201),
+               ("198.19.2.2", 8080), ("198.19.2.2", 1194), ("198.19.2.2", 9001), ("198.19.2.2", 5202),
+               ("198.19.2.2", 5203)]
+# A bulk source: reads "BYTES\n" and sends that many bytes back (download direction).
+DOWNLOAD_SERVERS = [("198.19.2.2", 5204), ("198.19.2.2", 5205)]
+UDP_ECHO = [("198.19.3.1", 3478), ("198.19.3.2", 3478), ("198.19.2.2", 1194), ("198.19.2.2", 51820),
+            ("198.19.2.2", 443)]
 RESOLVER = ("198.19.0.53", 53)
 REAL_ANSWER = "198.19.1.1"
 TIMEOUT = 3.0
@@ -33,6 +43,9 @@ def serve() -> None:
     for address in TCP_SERVERS:
         sock = socket.create_server(address, reuse_port=True)
         threading.Thread(target=_accept_loop, args=(sock,), daemon=True).start()
+    for address in DOWNLOAD_SERVERS:
+        sock = socket.create_server(address, reuse_port=True)
+        threading.Thread(target=_accept_loop, args=(sock, _send_bulk), daemon=True).start()
     for address in UDP_ECHO:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(address)
@@ -45,10 +58,24 @@ def serve() -> None:
         time.sleep(3600)
 
 
-def _accept_loop(sock: socket.socket) -> None:
+def _accept_loop(sock: socket.socket, handler=None) -> None:  # type: ignore[no-untyped-def]
     while True:
         conn, _ = sock.accept()
-        threading.Thread(target=_echo_first, args=(conn,), daemon=True).start()
+        threading.Thread(target=handler or _echo_first, args=(conn,), daemon=True).start()
+
+
+def _send_bulk(conn: socket.socket) -> None:
+    conn.settimeout(30)
+    try:
+        wanted = int(conn.recv(64).split(b"\n")[0])
+        chunk = b"\xa5" * 65536
+        while wanted > 0:
+            conn.sendall(chunk[:wanted])
+            wanted -= len(chunk)
+    except (OSError, ValueError):
+        pass
+    finally:
+        conn.close()
 
 
 def _echo_first(conn: socket.socket) -> None:
@@ -80,9 +107,9 @@ def _dns_loop(sock: socket.socket) -> None:
             pass
 
 
-def _stream_probe(host: str, port: int, first_bytes: bytes) -> dict[str, object]:
+def _stream_probe(host: str, port: int, first_bytes: bytes, timeout: float = TIMEOUT) -> dict[str, object]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(TIMEOUT)
+    sock.settimeout(timeout)
     try:
         sock.connect((host, port))
     except TimeoutError:
@@ -145,6 +172,75 @@ def bulk(host: str, port: int, total: int) -> dict[str, object]:
     return {"sent": sent, "seconds": time.monotonic() - start}
 
 
+def _parallel(function, items: list) -> list:  # type: ignore[no-untyped-def]
+    results: list = [None] * len(items)
+
+    def run(index: int) -> None:
+        results[index] = function(items[index])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def raw_many(host: str, port: int, timeout: float, payloads: list[bytes]) -> dict[str, object]:
+    return {"results": _parallel(lambda data: _stream_probe(host, port, data, timeout), payloads)}
+
+
+def _udp_once(host: str, port: int, timeout: float, sport: int, payload: bytes) -> dict[str, object]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    try:
+        sock.bind(("0.0.0.0", sport))
+        sock.sendto(payload, (host, port))
+        data, _ = sock.recvfrom(65536)
+        return {"result": "reply" if data == payload else "other"}
+    except TimeoutError:
+        return {"result": "timeout"}
+    finally:
+        sock.close()
+
+
+def udp_many(host: str, port: int, timeout: float, sport: int, payloads: list[bytes]) -> dict[str, object]:
+    """One socket per payload; SPORT 0 = any port, else SPORT, SPORT+1, ..."""
+    items = [(sport + i if sport else 0, data) for i, data in enumerate(payloads)]
+    return {"results": _parallel(lambda item: _udp_once(host, port, timeout, *item), items)}
+
+
+def download(host: str, port: int, total: int) -> dict[str, object]:
+    sock = socket.create_connection((host, port), timeout=30)
+    start = time.monotonic()
+    sock.sendall(f"{total}\n".encode())
+    received = 0
+    while received < total:
+        data = sock.recv(1 << 20)
+        if not data:
+            break
+        received += len(data)
+    sock.close()
+    return {"received": received, "seconds": time.monotonic() - start}
+
+
+def udp_rtt(host: str, port: int, count: int) -> dict[str, object]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3.0)
+    rtts = []
+    for i in range(count):
+        payload = f"rtt{i}".encode()
+        start = time.monotonic()
+        sock.sendto(payload, (host, port))
+        try:
+            while sock.recvfrom(4096)[0] != payload:
+                pass
+            rtts.append(time.monotonic() - start)
+        except TimeoutError:
+            rtts.append(None)
+    return {"rtts": rtts}
+
+
 def garbage(dst: str) -> dict[str, object]:
     """Malformed packets: a TCP header cut to 10 bytes, and a bad TCP data offset."""
     import struct
@@ -181,6 +277,14 @@ def main(argv: list[str]) -> None:
         result = bulk(args[0], int(args[1]), int(args[2]))
     elif command == "garbage":
         result = garbage(args[0])
+    elif command == "raw":
+        result = raw_many(args[0], int(args[1]), float(args[2]), [bytes.fromhex(h) for h in args[3:]])
+    elif command == "udpraw":
+        result = udp_many(args[0], int(args[1]), float(args[2]), int(args[3]), [bytes.fromhex(h) for h in args[4:]])
+    elif command == "download":
+        result = download(args[0], int(args[1]), int(args[2]))
+    elif command == "udprtt":
+        result = udp_rtt(args[0], int(args[1]), int(args[2]))
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result), flush=True)
