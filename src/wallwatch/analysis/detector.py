@@ -1,8 +1,11 @@
 """Change detection on one hourly series: when did blocking start and stop, when did volume collapse.
 
-Dependency-free and deterministic: plain functions over a dense hourly grid
-(`hour` is an integer count of hours since the Unix epoch, so a gap is simply
-an hour with no probes). Same input, same output, same `DETECTOR_VERSION`.
+Dependency-free and deterministic: plain functions over hourly samples
+(`hour` is an integer count of hours since the Unix epoch). Silence is read
+from the hour numbers, never from rows: an hour with no probes and an absent
+hour are the same, so the dense grid and the sparse-aware grid of `series.py`
+(long silences folded into one gap row) give identical results. Same input,
+same output, same `DETECTOR_VERSION`.
 
 Blocking: a two-state Bernoulli log-likelihood-ratio CUSUM (Page 1954;
 Basseville & Nikiforov 1993 §2.2) over *k blocked distinct probes out of n
@@ -10,8 +13,15 @@ decisive ones* per hour. OONI's detector feeds the hourly *median* of a
 blocked score (ooni/data oonipipeline/analysis/detector.py), which is a step
 at 50% and so cannot see partial blocking; its own plan (docs/implementation-
 plan.md §3.6) proposes exactly this Bernoulli increment instead. Empty hours
-carry no evidence and change nothing; ok/blocked states give hysteresis; an
-evidence floor keeps one flaky hour from opening a segment.
+carry no evidence; ok/blocked states give hysteresis; an evidence floor keeps
+one flaky hour from opening a segment. After a silence of more than a day the
+accumulated evidence decays with a 48 h half-life, as in OONI's detector
+(ooni/data analysis/detector.py `CusumDetector._decay`), so stale evidence from
+before the silence does not decide what happens after it; after a silence of
+more than two weeks the detector starts afresh and an open block is closed at
+the end of its evidence (`Segment.extra["closed_by_silence"]`): we do not know
+when it ended, and claiming it lasted through months without data would be
+worse.
 
 Volume: a Poisson CUSUM (Lucas 1985) of the hourly measurement count against a
 trailing-median baseline (the baseline IODA uses, InetIntel/watchtower-sentry
@@ -23,10 +33,11 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-DETECTOR_VERSION = "ww-cusum-1"
+# ww-cusum-2: gap decay and silence closing (ww-cusum-1 let evidence wait out any silence).
+DETECTOR_VERSION = "ww-cusum-2"
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,14 @@ class BlockingParams:
     # distinct-probe observations spread over at least this many hours.
     min_blocked_probes: int = 2
     min_blocked_hours: int = 2
+    # Silences longer than this many hours decay the CUSUM statistics by
+    # 0.5 ** (silence / gap_halflife_hours): OONI's 24 h / 48 h.
+    gap_decay_after_hours: int = 24
+    gap_halflife_hours: float = 48.0
+    # After a silence longer than this (14 days, the series' dense-gap limit)
+    # the detector forgets: a candidate run is dropped, an open block closes
+    # at the hour after its last decisive sample.
+    max_silence_hours: int = 14 * 24
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -128,10 +147,22 @@ def detect_blocking(hours: Sequence[HourCounts], params: BlockingParams = Blocki
     s_up = 0.0
     run: _OpenBlock | None = None  # the candidate run since the CUSUM last left zero
     block: _OpenBlock | None = None
+    previous: int | None = None  # hour of the last decisive sample
     for sample in hours:
         n, k = sample.n_probes, min(sample.n_blocked, sample.n_probes)
         if n <= 0:
             continue
+        gap = 0 if previous is None else sample.hour - previous
+        if previous is not None and gap - 1 > params.max_silence_hours:
+            if block is not None:
+                segments.append(block.close_by_silence(previous))
+            block, run, s_up = None, None, 0.0
+        elif gap > params.gap_decay_after_hours:
+            decay = 0.5 ** (gap / params.gap_halflife_hours)
+            s_up *= decay
+            if block is not None:
+                block.s_down *= decay
+        previous = sample.hour
         if block is None:
             increment = k * up_blocked + (n - k) * up_ok
             if s_up <= 0.0 and increment > 0.0:
@@ -234,7 +265,16 @@ class _OpenBlock:
             self.pending.append((hour, n, k))
         return None
 
-    def segment(self, end: int | None) -> Segment:
+    def close_by_silence(self, last_hour: int) -> Segment:
+        """The segment when data stops for good: it ends where the back-to-ok test began, else after the data."""
+        if self.s_down > 0.0 and self.down_start is not None:
+            return self.segment(end=self.down_start, closed_by_silence=True)
+        for held in self.pending:
+            self.add(*held)
+        self.pending.clear()
+        return self.segment(end=last_hour + 1, closed_by_silence=True)
+
+    def segment(self, end: int | None, closed_by_silence: bool = False) -> Segment:
         return Segment(
             onset=self.onset,
             alarm=self.alarm,
@@ -243,6 +283,7 @@ class _OpenBlock:
             peak_share=round(self.peak_share, 4),
             n_probe_hours=self.probe_hours,
             n_blocked_probe_hours=round(self.blocked_probe_hours, 3),
+            extra={"closed_by_silence": 1.0} if closed_by_silence else {},
         )
 
 
@@ -255,7 +296,34 @@ class HourVolume:
 
 
 def detect_volume_collapse(hours: Sequence[HourVolume], params: VolumeParams = VolumeParams()) -> list[Segment]:
-    """Collapse segments of one network's measurement volume; `hours` dense and sorted."""
+    """Collapse segments of one network's measurement volume; `hours` sorted, absent hours silent."""
+    return _detect_volume_collapse(_with_silent_hours(hours, params), params)
+
+
+def _with_silent_hours(hours: Sequence[HourVolume], params: VolumeParams) -> Iterator[HourVolume]:
+    """`hours` with every absent hour between two samples as a zero-measurement hour.
+
+    A long silence is not unrolled in full: after `baseline_hours +
+    warmup_hours` zero hours the detector's state no longer changes (its
+    baseline window holds only zeros, or a collapse is open and only its last
+    low hour moves), so the rest of the silence is skipped to its last hour.
+    That keeps a months-long silence (a folded gap row) cheap and gives the
+    same segments as the fully dense grid.
+    """
+    enough = params.baseline_hours + params.warmup_hours + 1
+    previous: int | None = None
+    for sample in hours:
+        if previous is not None and sample.hour - previous > 1:
+            silent = range(previous + 1, sample.hour)
+            for hour in silent[:enough]:
+                yield HourVolume(hour, 0)
+            if len(silent) > enough:
+                yield HourVolume(silent[-1], 0)
+        yield sample
+        previous = sample.hour
+
+
+def _detect_volume_collapse(hours: Iterable[HourVolume], params: VolumeParams) -> list[Segment]:
     log_ratio = math.log(params.collapse_ratio)
     segments: list[Segment] = []
     window = _TrailingMedian(params.baseline_hours)

@@ -190,6 +190,7 @@ class _Series:
     blocked: list[float] = field(default_factory=list)
     measurements: list[int] = field(default_factory=list)
     rows: pa.Table | None = None
+    covered_until: int | None = None  # last hour the grid covers (a trailing gap row reaches past its own hour)
 
 
 @dataclass(frozen=True)
@@ -213,9 +214,12 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
     missing = [name for name in _NEEDED if name not in hourly.column_names]
     if missing:
         raise ValueError(f"hourly series lacks columns {missing}")
-    hourly = hourly.select(list(_NEEDED)).sort_by(
+    if "n_buckets" not in hourly.column_names:  # series stored before gap rows existed are fully dense
+        hourly = hourly.append_column("n_buckets", pa.array([1] * hourly.num_rows, pa.int32()))
+    hourly = hourly.select([*_NEEDED, "n_buckets"]).sort_by(
         [("probe_cc", "ascending"), ("probe_asn", "ascending"), ("service", "ascending"),
          ("feature", "ascending"), ("hour", "ascending")])
+    spans = hourly.column("n_buckets").fill_null(1).to_pylist()
     hour_numbers = pc.divide(hourly.column("hour").cast(pa.timestamp("us")).cast(pa.int64()), 3_600_000_000)
     hours = hour_numbers.to_pylist()
     decisive = hourly.column("n_probes_decisive").to_pylist()
@@ -238,7 +242,7 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
         names = [n for n in hourly.column("probe_network_name").slice(lo, hi - lo).to_pylist() if n]
         out.append(_Series(first["probe_cc"], first["probe_asn"], first["service"], first["feature"],
                            names[0] if names else None, hours[lo:hi], decisive[lo:hi], blocked[lo:hi],
-                           measurements[lo:hi], hourly.slice(lo, hi - lo)))
+                           measurements[lo:hi], hourly.slice(lo, hi - lo), hours[hi - 1] + spans[hi - 1] - 1))
     return out
 
 
@@ -278,8 +282,12 @@ def _volume_segments(series_list: Sequence[_Series], params: VolumeParams) -> li
         for hour, count in zip(series.hours, series.measurements, strict=True):
             by_service = per_hour[hour]
             by_service[series.service] = max(by_service.get(series.service, 0), count)
+        if series.covered_until is not None:
+            # A trailing gap row covers hours after its own: the silence runs to the window's end.
+            per_hour[series.covered_until].setdefault(series.service, 0)
     found = []
     for key, per_hour in volume.items():
+        # Absent hours (inside gap rows) are silent hours; the detector fills them in.
         samples = [HourVolume(hour, sum(per_hour[hour].values())) for hour in sorted(per_hour)]
         network = next(iter(per_network[key].values()))
         proxy = _Series(key[0], key[1], ANY, ANY, network.network_name)
@@ -381,6 +389,8 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
         "example_measurement_uids": examples[:_MAX_EXAMPLES],
         "rule_ids": [],
         "last_seen": iso(from_hour(max(i.segment.last_seen for i in cluster))),
+        # Networks whose part ended because their data stopped for weeks (end = end of evidence).
+        "closed_by_silence": sorted({i.series.probe_asn for i in cluster if i.segment.extra.get("closed_by_silence")}),
     }
     if event_type == VOLUME_COLLAPSE:
         evidence["baseline_per_hour"] = {str(i.series.probe_asn): i.segment.extra.get("baseline_per_hour")

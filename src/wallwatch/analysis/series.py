@@ -1,9 +1,24 @@
-"""Series: a dense hourly and daily grid per (country, ASN, service, feature).
+"""Series: a sparse-aware dense hourly and daily grid per (country, ASN, service, feature).
 
-Every series covers every bucket of the window, so an hour with no
-measurements is a row in state 'insufficient' rather than a missing row: the
-detector and the charts both need to see silence (ooni/data
-docs/implementation-plan.md §3.10 asks for the same "dense hour grid").
+An hour with no measurements is a row in state 'insufficient' rather than a
+missing row: the detector and the charts both need to see silence (ooni/data
+docs/implementation-plan.md §3.10 asks for the same "dense hour grid"). But a
+series silent for months must not cost millions of rows (the real OONI
+samples span 2016-2025: 1.5 M series-hours for 21 series), so the grid is
+dense only where there is data:
+
+* every bucket between two measured buckets of a series at most
+  `max_dense_gap` apart (14 days) is a row;
+* a longer silence keeps `gap_margin` (48 h) of dense rows next to each
+  measured bucket, and the rest of it is ONE *gap row*: state 'insufficient',
+  all counts zero, `n_buckets` = how many buckets it stands for, placed at
+  the first bucket it covers. Leading and trailing silences of the window are
+  treated the same way, so for every series `sum(n_buckets)` is the number of
+  buckets in the window: no silence is ever missing, it is only folded.
+
+Readers that need the fully dense grid unfold gap rows (`n_buckets` > 1);
+the detector needs nothing (empty buckets carry no evidence; it measures
+silences by the hour numbers), the charts break their lines at gap rows.
 
 Columns of `series_hourly` (`hour`) and `series_daily` (`day`), partitioned by `date`:
 probe_cc, probe_asn, probe_network_name, service, feature, hour|day, date,
@@ -12,7 +27,8 @@ n_probes_down, n_ok, n_blocked, n_down, n_unknown, blocked_<method> for each
 method in `series_queries.METHODS` plus blocked_other, blocked_weight (sum over
 decisive probes of each one's blocked share of its measurements),
 example_blocked_uid, blocked_share (blocked_weight / decisive probes, null when
-none), state (insufficient|down|blocked|partial|ok). Probe counts are distinct
+none), state (insufficient|down|blocked|partial|ok), n_buckets (1, or for a
+gap row the number of silent buckets it stands for). Probe counts are distinct
 `probe_key`s ("n_probes_blocked": saw blocking at least once); measurement
 counts are distinct `measurement_uid`s, a measurement taking the strongest of
 its targets' verdicts (blocked > ok > down > unknown).
@@ -50,6 +66,14 @@ class SeriesRequest:
     countries: tuple[str, ...] = ()
     # Fewest decisive distinct probes for a bucket to say anything (else 'insufficient').
     min_probes: int = 1
+    # Silences up to this long stay dense; two weeks keeps every silence that
+    # fits in the detectors' one-week baselines (IODA's probing window, our
+    # volume median) visible hour by hour.
+    max_dense_gap: timedelta = timedelta(days=14)
+    # Dense buckets kept next to data on each side of a longer silence: the
+    # 48 h of OONI's detector gap half-life (ooni/data analysis/detector.py),
+    # enough for a volume collapse to open (VolumeParams: <= ~17 h at 1/h).
+    gap_margin: timedelta = timedelta(hours=48)
 
     def where(self) -> tuple[str, list[object]]:
         clauses, params = ["1 = 1"], []
@@ -59,6 +83,9 @@ class SeriesRequest:
         if self.end is not None:
             clauses.append("measurement_start_time <= ?")
             params.append(_naive_utc(self.end))
+        if self.max_dense_gap < 2 * self.gap_margin:
+            raise SeriesError(f"max_dense_gap ({self.max_dense_gap}) must be at least twice gap_margin "
+                              f"({self.gap_margin})")
         if self.countries:
             for cc in self.countries:
                 if not _CC.match(cc):
@@ -79,38 +106,107 @@ def floor_to(moment: datetime, grain: str) -> datetime:
     return moment.replace(hour=0) if grain == "day" else moment
 
 
-def calendar(start: datetime, end: datetime, grain: str) -> pa.Table:
-    """Every bucket from the one holding `start` to the one holding `end`, inclusive."""
-    _, step = _GRAINS[grain]
-    first, last = floor_to(start, grain), floor_to(end, grain)
-    buckets = []
-    while first <= last:
-        buckets.append(first)
-        first += step
-    return pa.table({"bucket": pa.array(buckets, pa.timestamp("us"))})
-
-
 def build_series(
     connection: duckdb.DuckDBPyConnection, grain: str, request: SeriesRequest = SeriesRequest()
 ) -> pa.Table:
-    """The dense grid at `grain` ('hour' or 'day') from the `verdicts` view of `connection`."""
+    """The sparse-aware dense grid at `grain` ('hour' or 'day') from the `verdicts` view of `connection`."""
     if grain not in _GRAINS:
         raise SeriesError(f"grain must be 'hour' or 'day', got {grain!r}")
     where, params = request.where()
     lo, hi = connection.execute(q.window_sql(where), params).fetchall()[0]
     start = request.start if request.start is not None else lo
     end = request.end if request.end is not None else hi
-    if start is None or end is None:
-        return _empty(grain)
-    if _naive_utc(end) < _naive_utc(start):
+    if start is not None and end is not None and _naive_utc(end) < _naive_utc(start):
         raise SeriesError(f"series window ends ({end}) before it starts ({start})")
-    connection.register("series_calendar", calendar(start, end, grain))
+    sparse = connection.sql(q.aggregate_sql(grain, where), params=params).to_arrow_table()
+    if start is None or end is None:
+        start = end = datetime(1970, 1, 1)
+    plan = grid_plan(sparse, floor_to(start, grain), floor_to(end, grain), grain, request)
+    connection.register("series_sparse", sparse)
+    connection.register("series_plan", plan)
     try:
-        sql = q.dense_sql(q.aggregate_sql(grain, where), request.min_probes)
-        table = connection.sql(sql, params=params).to_arrow_table()
+        table = connection.sql(q.dense_sql(request.min_probes)).to_arrow_table()
     finally:
-        connection.unregister("series_calendar")
+        connection.unregister("series_sparse")
+        connection.unregister("series_plan")
     return _finish(table, grain)
+
+
+def grid_plan(sparse: pa.Table, first: datetime, last: datetime, grain: str,
+              request: SeriesRequest = SeriesRequest()) -> pa.Table:
+    """Which buckets of each series become rows: (series key..., bucket, n_buckets).
+
+    `sparse` holds the measured buckets (series key columns and `bucket`);
+    `first`..`last` (inclusive, floored) is the window. The work is
+    proportional to the rows planned, not to the window.
+    """
+    _, step = _GRAINS[grain]
+    step_us = step // timedelta(microseconds=1)
+    max_gap = max(1, request.max_dense_gap // step)
+    margin = max(0, min(request.gap_margin // step, (max_gap - 1) // 2))
+    keys = list(q.SERIES_KEY)
+    schema = pa.schema([*(sparse.schema.field(k) for k in keys), ("bucket", pa.timestamp("us")),
+                        ("n_buckets", pa.int32())])
+    if sparse.num_rows == 0:
+        return schema.empty_table()
+    ordered = sparse.select([*keys, "bucket"]).sort_by([(k, "ascending") for k in (*keys, "bucket")])
+    origin = _micros(first)
+    width = (_micros(last) - origin) // step_us + 1
+    micros = ordered.column("bucket").cast(pa.timestamp("us")).cast(pa.int64()).to_pylist()
+    owners: list[int] = []  # the row of `ordered` whose series key each planned bucket takes
+    at: list[int] = []  # bucket number within the window
+    spans: list[int] = []
+
+    def dense(owner: int, lo: int, hi: int) -> None:
+        owners.extend([owner] * (hi - lo + 1))
+        at.extend(range(lo, hi + 1))
+        spans.extend([1] * (hi - lo + 1))
+
+    def gap(owner: int, lo: int, n: int) -> None:
+        owners.append(owner)
+        at.append(lo)
+        spans.append(n)
+
+    for lo, hi in _series_bounds(ordered, keys):
+        measured = [(m - origin) // step_us for m in micros[lo:hi]]
+        head = measured[0]
+        if head <= max_gap:
+            dense(lo, 0, head - 1)
+        else:
+            gap(lo, 0, head - margin)
+            dense(lo, head - margin, head - 1)
+        for this, following in zip(measured, [*measured[1:], None], strict=True):
+            silence = (width if following is None else following) - this - 1
+            if silence <= max_gap:
+                dense(lo, this, this + silence)
+            elif following is None:
+                dense(lo, this, this + margin)
+                gap(lo, this + margin + 1, silence - margin)
+            else:
+                dense(lo, this, this + margin)
+                gap(lo, this + margin + 1, silence - 2 * margin)
+                dense(lo, following - margin, following - 1)
+    plan = ordered.select(keys).take(pa.array(owners, pa.int64()))
+    buckets = pa.array([origin + n * step_us for n in at], pa.int64()).cast(pa.timestamp("us"))
+    plan = plan.append_column("bucket", buckets).append_column("n_buckets", pa.array(spans, pa.int32()))
+    return plan.cast(schema)
+
+
+def _micros(moment: datetime) -> int:
+    return (_naive_utc(moment) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+def _series_bounds(ordered: pa.Table, keys: Sequence[str]) -> list[tuple[int, int]]:
+    """(first, end) row ranges of each series in a table sorted by its key."""
+    rows = ordered.num_rows
+    changed = [False] * (rows - 1)
+    for name in keys:
+        column = ordered.column(name).combine_chunks()
+        if rows > 1:
+            differs = pc.not_equal(column.slice(1), column.slice(0, rows - 1)).fill_null(True).to_pylist()
+            changed = [a or b for a, b in zip(changed, differs, strict=True)]
+    starts = [0] + [i + 1 for i, flag in enumerate(changed) if flag]
+    return list(zip(starts, [*starts[1:], rows], strict=True))
 
 
 def _finish(table: pa.Table, grain: str) -> pa.Table:
@@ -127,17 +223,6 @@ def _finish(table: pa.Table, grain: str) -> pa.Table:
     )
     return table
 
-
-def _empty(grain: str) -> pa.Table:
-    connection = duckdb.connect()
-    try:
-        from wallwatch.analysis.store import VERDICTS_SCHEMA
-
-        connection.register("verdicts", VERDICTS_SCHEMA.empty_table())
-        connection.register("series_calendar", pa.table({"bucket": pa.array([], pa.timestamp("us"))}))
-        return _finish(connection.sql(q.dense_sql(q.aggregate_sql(grain, "1 = 1"), 1)).to_arrow_table(), grain)
-    finally:
-        connection.close()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The SQL behind `series`: one place, portable subset (SELECT/JOIN/GROUP BY/CASE/date_trunc).
 
-Densifying uses a calendar *table* handed in by the caller rather than a
-generator function (DuckDB `range`, ClickHouse `numbers`), so the same text
-runs on either engine. Counts of measurements and probes are DISTINCT because
+Densifying uses a grid-plan *table* handed in by the caller (which buckets of
+each series are rows, `series.grid_plan`) rather than a generator function
+(DuckDB `range`, ClickHouse `numbers`), so the same text runs on either engine. Counts of measurements and probes are DISTINCT because
 `verdicts` holds one row per measurement x service x feature x target.
 """
 
@@ -107,10 +107,12 @@ def window_sql(where: str) -> str:
     return f"SELECT min(measurement_start_time), max(measurement_start_time) FROM verdicts WHERE {where}"
 
 
-def dense_sql(aggregate: str, min_probes: int) -> str:
-    """Every series x every calendar bucket, empty buckets zero-filled and marked 'insufficient'.
+def dense_sql(min_probes: int) -> str:
+    """The planned buckets of every series, empty ones zero-filled and marked 'insufficient'.
 
-    `series_calendar(bucket)` must be registered by the caller.
+    The caller registers `series_sparse` (the result of `aggregate_sql`) and
+    `series_plan` (series key, bucket, n_buckets: `series.grid_plan`); a plan
+    row with `n_buckets` > 1 is a gap row standing for a long silence.
     `blocked_share` is blocked_weight / decisive probes. `state` says what the
     bucket shows: 'down' when more probes saw the service down than saw it
     either work or blocked (an outage, not censorship), 'insufficient' below
@@ -125,23 +127,25 @@ def dense_sql(aggregate: str, min_probes: int) -> str:
     ]
     filled = ",\n       ".join(f"COALESCE(agg.{col}, 0) AS {col}" for col in zero)
     return f"""
-WITH agg AS ({aggregate}),
-keys AS (
+WITH keys AS (
   SELECT probe_cc, probe_asn, service, feature, max(probe_network_name) AS probe_network_name
-  FROM agg GROUP BY probe_cc, probe_asn, service, feature
+  FROM series_sparse GROUP BY probe_cc, probe_asn, service, feature
 ),
 grid AS (
-  SELECT keys.probe_cc, keys.probe_asn, keys.service, keys.feature, keys.probe_network_name,
-         cal.bucket
-  FROM keys CROSS JOIN series_calendar AS cal
+  SELECT plan.probe_cc, plan.probe_asn, plan.service, plan.feature, keys.probe_network_name,
+         plan.bucket, plan.n_buckets
+  FROM series_plan AS plan JOIN keys
+    ON keys.probe_cc = plan.probe_cc AND keys.probe_asn = plan.probe_asn
+   AND keys.service = plan.service AND keys.feature = plan.feature
 ),
 dense AS (
   SELECT grid.probe_cc, grid.probe_asn, grid.probe_network_name, grid.service, grid.feature,
          grid.bucket,
        {filled},
        COALESCE(agg.blocked_weight, 0.0) AS blocked_weight,
-       agg.example_blocked_uid
-  FROM grid LEFT JOIN agg
+       agg.example_blocked_uid,
+       grid.n_buckets
+  FROM grid LEFT JOIN series_sparse AS agg
     ON agg.probe_cc = grid.probe_cc AND agg.probe_asn = grid.probe_asn
    AND agg.service = grid.service AND agg.feature = grid.feature AND agg.bucket = grid.bucket
 )
@@ -164,14 +168,18 @@ SUMMARY_COLUMNS = (
 
 
 def summary_sql(grain: str) -> str:
-    """Per-series summary of a registered `series_grid` (arg_max: ClickHouse argMax)."""
+    """Per-series summary of a registered `series_grid` (arg_max: ClickHouse argMax).
+
+    `buckets` and `insufficient` count the buckets gap rows stand for, so they
+    are the same as on a fully dense grid.
+    """
     return f"""
 SELECT probe_cc, probe_asn, max(probe_network_name), service, feature,
-       count(*), sum(CASE WHEN n_measurements > 0 THEN 1 ELSE 0 END), sum(n_measurements),
+       sum(n_buckets), sum(CASE WHEN n_measurements > 0 THEN 1 ELSE 0 END), sum(n_measurements),
        sum(CASE WHEN state = 'blocked' THEN 1 ELSE 0 END),
        sum(CASE WHEN state = 'partial' THEN 1 ELSE 0 END),
        sum(CASE WHEN state = 'down' THEN 1 ELSE 0 END),
-       sum(CASE WHEN state = 'insufficient' THEN 1 ELSE 0 END),
+       sum(CASE WHEN state = 'insufficient' THEN n_buckets ELSE 0 END),
        max(blocked_share),
        arg_max(state, {grain})
 FROM series_grid
