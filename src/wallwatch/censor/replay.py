@@ -120,7 +120,7 @@ class _FlowRecord:
         return now - self.last_seen >= timeout
 
     def decide(self, action: str, rule: str | None, frame: Frame, *, provisional: bool = False) -> None:
-        if self.action is None or self.provisional:
+        if self.action is None or (self.provisional and not provisional):
             self.action, self.rule, self.provisional = action, rule, provisional
             self.decided_frame, self.decided_packet, self.decided_at = frame.number, self.packets, frame.timestamp
 
@@ -342,6 +342,8 @@ def describe_verdict(flow: FlowVerdict) -> str:
         return "undecided (capture ended; accepted)"
     if flow.action == NOT_QUEUED:
         return "passed (IPv6 is not queued)"
+    if flow.action == "drop" and flow.residual_drops:
+        return f"dropped by the penalty box of {flow.rule} from packet {flow.decided_packet}"
     if flow.action == "allow" and flow.rule is None:
         return f"allowed at packet {flow.decided_packet}"
     return f"{flow.action} by {flow.rule} at packet {flow.decided_packet}"
