@@ -32,3 +32,21 @@ def test_check_rejects_a_bad_policy(tmp_path: Path) -> None:
     bad.write_text("name: bad\nrules:\n  - name: oops\n    match: {tls.sni: x}\n    action: reset\n    count: 0\n")
     result = CliRunner().invoke(_app(), ["censor", "check", str(bad)])
     assert result.exit_code == 1 and "rule 'oops'" in result.output
+
+
+def test_check_shows_issue4_options() -> None:
+    result = CliRunner().invoke(_app(), ["censor", "check", str(REPO / "policies" / "all-techniques.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "fully-encrypted: fet.suspicious eq True => drop, probability 0.26 per flow, " \
+           "residual 180 s on the triple" in result.output
+    assert "keyword: http.target contains ['winnie', 'falun', 'ultrasurf'] => reset x3, residual 90 s" in result.output
+    assert "slow-web: tls.sni suffix web.whatsapp.com => throttle rate 256000 bit/s (htb 1:1)" in result.output
+    assert "laggy-calls: proto eq udp, ip.dst cidr 198.19.3.0/24 => throttle delay 150 ms +-30 ms" in result.output
+
+
+def test_check_rejects_a_bad_issue4_option(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nrules:\n  - name: slow\n    match: {port.dst: 443}\n    action: throttle\n"
+                   "    rate: quickly\n")
+    result = CliRunner().invoke(_app(), ["censor", "check", str(bad)])
+    assert result.exit_code == 1 and "rule 'slow': 'rate'" in result.output and "256kbit" in result.output
