@@ -12,6 +12,8 @@ import typer
 
 NETTESTS = {
     "whatsapp": "WhatsApp per feature: text (chat transport), media, calls (STUN), web, registration",
+    "openvpn": "OpenVPN handshake over UDP and TCP (client reset, server reset, TLS ClientHello -> ServerHello); "
+               "feature: tunnel",
 }
 
 probe_app = typer.Typer(help="Measure messaging services per feature (OONI data format).", no_args_is_help=True)
@@ -30,52 +32,109 @@ def run_nettest(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append the measurement to this JSONL file."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
                                             help="Bound for each step, in seconds (default: per-step defaults)."),
+    target: list[str] = typer.Option([], "--target", help="openvpn only, repeatable: "
+                                     "openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input). "
+                                     "Default in the lab: the lab's OpenVPN server."),
     probe_cc: str = typer.Option("ZZ", "--probe-cc", help="Country code to record (ZZ = hidden)."),
     probe_asn: str = typer.Option("AS0", "--probe-asn", help="ASN to record (AS0 = hidden)."),
+    probe_network_name: str = typer.Option("", "--probe-network-name", help="Network (ISP) name to record."),
+    measurement_time: Optional[str] = typer.Option(
+        None, "--measurement-time", help='Stamp the measurement with this UTC time, "YYYY-MM-DD hh:mm:ss" '
+        "(scenario replays); the real time goes to annotations.wallwatch_wall_time."),
+    annotation: list[str] = typer.Option([], "--annotation", help="key=value to add to annotations (repeatable)."),
     publish_ip: bool = typer.Option(False, "--publish-ip", help="Record the probe's IP (hidden by default)."),
 ) -> None:
     """Run NETTEST once; print feature -> verdict, method, evidence."""
     if nettest not in NETTESTS:
         raise typer.BadParameter(f"unknown nettest {nettest!r}; known: {', '.join(NETTESTS)}")
+    if target and nettest != "openvpn":
+        raise typer.BadParameter(f"--target is for the openvpn nettest; {nettest} has fixed targets")
     from rich.console import Console
 
-    from wallwatch.probe.measurement import append_jsonl
-    from wallwatch.probe.nettests.whatsapp import default_config, measure_whatsapp
+    from wallwatch.probe.measurement import Stamp, append_jsonl, parse_annotations, parse_measurement_time
     from wallwatch.probe.settings import ProbeSettings, SettingsError
 
     console = Console(stderr=True)
+    try:
+        stamp = Stamp(probe_asn=probe_asn, probe_cc=probe_cc, probe_network_name=probe_network_name,
+                      measurement_time=parse_measurement_time(measurement_time) if measurement_time else None,
+                      annotations=parse_annotations(annotation), publish_ip=publish_ip)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         settings = ProbeSettings.from_environment()
     except SettingsError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    config = default_config(settings, step_timeout=timeout)
     mode = f"lab {settings.lab.run_id}" if settings.lab else "system resolver and CA store"
-    with console.status(f"[bold]whatsapp[/bold] ({mode})") as status:
-        measurement = measure_whatsapp(config, settings, probe_asn=probe_asn, probe_cc=probe_cc,
-                                       publish_ip=publish_ip, progress=lambda m: status.update(f"whatsapp: {m}"))
+    runner = _run_openvpn if nettest == "openvpn" else _run_whatsapp
+    with console.status(f"[bold]{nettest}[/bold] ({mode})") as status:
+        measurement = runner(settings, stamp, timeout, target, lambda m: status.update(f"{nettest}: {m}"))
     if output is not None:
         append_jsonl(output, measurement)
         console.print(f"measurement appended to {output}")
     _print_features(measurement)
 
 
+def _run_whatsapp(settings: Any, stamp: Any, timeout: float | None, targets: list[str],
+                  progress: Any) -> dict[str, Any]:
+    from wallwatch.probe.nettests.whatsapp import default_config, measure_whatsapp
+
+    return measure_whatsapp(default_config(settings, step_timeout=timeout), settings, stamp=stamp,
+                            progress=progress)
+
+
+def _run_openvpn(settings: Any, stamp: Any, timeout: float | None, targets: list[str],
+                 progress: Any) -> dict[str, Any]:
+    from wallwatch.probe.nettests.openvpn import OpenVpnTarget, TargetError, lab_targets, make_config, measure_openvpn
+
+    try:
+        parsed = tuple(OpenVpnTarget.parse(uri) for uri in targets) or lab_targets(settings)
+    except TargetError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--target") from None
+    if not parsed:
+        where = ("the lab state file names no OpenVPN server (vpn_servers.openvpn)" if settings.lab
+                 else "outside the lab there is no default target")
+        raise typer.BadParameter(f"{where}; pass --target openvpn://NAME/?address=IP:PORT&transport=udp|tcp",
+                                 param_hint="--target")
+    return measure_openvpn(make_config(parsed, step_timeout=timeout), settings, stamp=stamp, progress=progress)
+
+
 def _print_features(measurement: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    features = measurement["test_keys"]["x_wallwatch"]["features"]
+    x = measurement["test_keys"]["x_wallwatch"]
     colours = {"ok": "green", "blocked": "red", "down": "yellow", "unknown": "dim"}
-    table = Table(title=f"whatsapp {measurement['measurement_start_time']} UTC "
-                        f"({measurement['test_runtime']:.1f} s)")
+    simulated = measurement.get("annotations", {}).get("wallwatch_wall_time")
+    when = f"{measurement['measurement_start_time']} UTC" + (" (simulated)" if simulated else "")
+    table = Table(title=f"{measurement['test_name']} {when} ({measurement['test_runtime']:.1f} s)")
     for column in ("feature", "verdict", "method", "targets", "evidence"):
         table.add_column(column, overflow="fold")
-    for name, feature in features.items():
+    for name, feature in x["features"].items():
         colour = colours.get(feature["verdict"], "white")
-        table.add_row(name, f"[{colour}]{feature['verdict']}[/{colour}]", feature["method"] or "-",
-                      f"{feature['targets_ok']}/{feature['targets_total']}",
+        verdict = f"[{colour}]{feature['verdict']}[/{colour}]"
+        if feature.get("partial"):
+            verdict += f" (partial, {feature.get('blocked_share', 0):.0%} interfered)"
+        table.add_row(name, verdict, feature["method"] or "-", f"{feature['targets_ok']}/{feature['targets_total']}",
                       "\n".join(feature["evidence"][:3]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    handshakes = x.get("openvpn_handshakes")
+    if handshakes:
+        console.print(_handshake_table(handshakes))
+
+
+def _handshake_table(handshakes: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="OpenVPN handshakes")
+    for column in ("target", "transport", "stage reached", "failed at", "failure", "server TLS"):
+        table.add_column(column, overflow="fold")
+    for h in handshakes:
+        table.add_row(f"{h['provider']} {h['address']}", h["transport"], h["stage_reached"] or "-",
+                      h["failed_at"] or "-", h["failure"] or "-", h["server_tls"] or "-")
+    return table
 
 
 def register(app: typer.Typer) -> None:

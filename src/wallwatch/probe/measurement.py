@@ -7,8 +7,9 @@ import re
 import secrets
 import socket
 import string
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -25,6 +26,52 @@ _ALPHABET = string.ascii_letters + string.digits
 def ooni_time(moment: dt.datetime) -> str:
     """ "YYYY-MM-DD hh:mm:ss" in UTC, df-000's timestamp format."""
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_measurement_time(text: str) -> dt.datetime:
+    """df-000's "YYYY-MM-DD hh:mm:ss" (UTC) -> an aware datetime; ValueError naming the expected shape."""
+    try:
+        moment = dt.datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        raise ValueError(f"measurement time {text!r} is not \"YYYY-MM-DD hh:mm:ss\" (UTC)") from None
+    return moment.replace(tzinfo=dt.timezone.utc)
+
+
+# Annotation keys as OONI writes them (df-000 `annotations`: flat string -> string).
+_ANNOTATION_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Keys the envelope writes itself; a user annotation must not overwrite them.
+RESERVED_ANNOTATIONS = frozenset({"engine_name", "engine_version", "platform", "wallwatch_wall_time"})
+
+
+def parse_annotations(pairs: Sequence[str]) -> dict[str, str]:
+    """["key=value", ...] -> {key: value}; ValueError on a malformed pair or a reserved key."""
+    annotations: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not _ANNOTATION_KEY.match(key):
+            raise ValueError(f"annotation {pair!r} is not key=value (key: letters, digits, _ . -)")
+        if key in RESERVED_ANNOTATIONS:
+            raise ValueError(f"annotation key {key!r} is written by wallwatch itself")
+        annotations[key] = value
+    return annotations
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the envelope says about where and when the probe ran (df-000).
+
+    The defaults hide the probe as OONI does. `measurement_time` is for
+    scenario replays: it becomes `measurement_start_time`/`test_start_time`
+    (and the report id's date), and the real start goes to
+    `annotations.wallwatch_wall_time`.
+    """
+
+    probe_asn: str = HIDDEN_ASN
+    probe_cc: str = HIDDEN_CC
+    probe_network_name: str = ""
+    measurement_time: dt.datetime | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    publish_ip: bool = False
 
 
 def make_report_id(start: dt.datetime, test_name: str, probe_cc: str, probe_asn: str) -> str:
@@ -58,21 +105,28 @@ def build_measurement(
     probe_ip: str = HIDDEN_IP,
     probe_network_name: str = "",
     resolver_ip: str = "",
-    annotations: dict[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    measurement_time: dt.datetime | None = None,
+    input: str | None = None,
 ) -> dict[str, Any]:
-    start = ooni_time(started_at)
+    """The envelope; with `measurement_time` the stamps are that (simulated) time and the real one is kept."""
+    stamped_at = measurement_time or started_at
+    start = ooni_time(stamped_at)
+    extra = {**(annotations or {})}
+    if measurement_time is not None:
+        extra["wallwatch_wall_time"] = ooni_time(started_at)
     return {
-        "annotations": {"engine_name": SOFTWARE_NAME, "engine_version": wallwatch.__version__,
-                        "platform": "linux", **(annotations or {})},
+        "annotations": {**extra, "engine_name": SOFTWARE_NAME, "engine_version": wallwatch.__version__,
+                        "platform": "linux"},
         "data_format_version": DATA_FORMAT_VERSION,
         "extensions": {"dnst": 0, "httpt": 0, "netevents": 0, "tcpconnect": 0, "tlshandshake": 0, "tunnel": 0},
-        "input": None,
+        "input": input,
         "measurement_start_time": start,
         "probe_asn": probe_asn,
         "probe_cc": probe_cc,
         "probe_ip": probe_ip,
         "probe_network_name": probe_network_name,
-        "report_id": make_report_id(started_at, test_name, probe_cc, probe_asn),
+        "report_id": make_report_id(stamped_at, test_name, probe_cc, probe_asn),
         "resolver_asn": HIDDEN_ASN,
         "resolver_ip": resolver_ip,
         "resolver_network_name": "",
@@ -84,6 +138,31 @@ def build_measurement(
         "test_start_time": start,
         "test_version": test_version,
     }
+
+
+def finish_measurement(
+    test_keys: dict[str, Any],
+    *,
+    test_name: str,
+    test_version: str,
+    started_at: dt.datetime,
+    runtime: float,
+    stamp: Stamp,
+    resolver_ip: str,
+    probe_addresses: set[str],
+    input: str | None = None,
+) -> dict[str, Any]:
+    """Envelope + scrubbing, the same for every nettest: the probe's own addresses never leave unless published."""
+    local_ip = local_address_towards(resolver_ip) if resolver_ip else HIDDEN_IP
+    measurement = build_measurement(
+        test_keys, test_name=test_name, test_version=test_version, started_at=started_at, runtime=runtime,
+        probe_asn=stamp.probe_asn, probe_cc=stamp.probe_cc, probe_network_name=stamp.probe_network_name,
+        probe_ip=local_ip if stamp.publish_ip else HIDDEN_IP, resolver_ip=resolver_ip,
+        annotations=stamp.annotations, measurement_time=stamp.measurement_time, input=input,
+    )
+    if stamp.publish_ip:
+        return measurement
+    return scrub_addresses(measurement, probe_addresses | {local_ip})
 
 
 SCRUBBED = "[scrubbed]"  # what OONI's netxlite writes in place of the probe's address

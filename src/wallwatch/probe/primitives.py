@@ -600,6 +600,53 @@ async def udp_exchange(
     return UdpResult(response, failure, sends)
 
 
+class UdpFlow:
+    """One connected UDP socket kept for a whole exchange, every datagram in `network_events`.
+
+    A handshake over UDP must come from one source port: servers key their
+    sessions on it (OpenVPN's multi.c hashes the peer address), so a fresh
+    socket per step would look like a new client to the server.
+    """
+
+    def __init__(self, tx: Transaction, ip: str, port: int,
+                 transport: asyncio.DatagramTransport, protocol: _DatagramQueue) -> None:
+        self.tx, self.ip, self.port = tx, ip, port
+        self.address = _endpoint(ip, port)
+        self._transport, self._protocol = transport, protocol
+
+    def write(self, data: bytes) -> None:
+        self._transport.sendto(data)
+        self.tx.network_event(self.tx.now(), "write", address=self.address, proto="udp", num_bytes=len(data))
+
+    async def read(self, *, timeout: float) -> bytes:
+        """The next datagram; ProbeFailure(generic_timeout_error) when none comes in time,
+        ProbeFailure(connection_refused) on an ICMP port unreachable."""
+        t0 = self.tx.now()
+        try:
+            data = await _next_datagram(self._protocol, asyncio.get_running_loop().time() + timeout)
+        except (asyncio.TimeoutError, TimeoutError, OSError) as exc:
+            failure = failures.classify(exc)
+            if failure != failures.GENERIC_TIMEOUT:
+                self.tx.network_event(t0, "read", address=self.address, proto="udp", failure=failure)
+            raise ProbeFailure(failure) from None
+        self.tx.network_event(t0, "read", address=self.address, proto="udp", num_bytes=len(data))
+        return data
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+async def open_udp_flow(tx: Transaction, ip: str, port: int) -> UdpFlow:
+    """A connected UDP socket to ip:port (no packet is sent by connecting)."""
+    try:
+        transport, protocol = await _open_udp(ip, port)
+    except OSError as exc:
+        failure = failures.classify(exc)
+        tx.network_event(tx.now(), "connect", address=_endpoint(ip, port), proto="udp", failure=failure)
+        raise ProbeFailure(failure) from None
+    return UdpFlow(tx, ip, port, transport, protocol)
+
+
 # --- controls -------------------------------------------------------------------
 
 # Outcomes of a control flow after its first flight was sent.

@@ -33,6 +33,9 @@ class LabInfo:
     ca_cert: str
     address_map: Mapping[str, str]
     state_path: str
+    # Real servers the lab runs (lab/vpn_servers.py), by kind: e.g.
+    # {"openvpn": {"address": "198.19.4.1", "port": 1194, "transports": ["udp", "tcp"]}}.
+    vpn_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_state_file(cls, path: str | os.PathLike[str]) -> "LabInfo":
@@ -49,7 +52,15 @@ class LabInfo:
             ca_cert=str(state["ca_cert"]),
             address_map=MappingProxyType(dict(state.get("address_map") or {})),
             state_path=str(path),
+            vpn_servers=MappingProxyType(_vpn_servers(state.get("vpn_servers"))),
         )
+
+
+def _vpn_servers(raw: Any) -> dict[str, Mapping[str, Any]]:
+    """Only entries with an address: a half-written entry is no target."""
+    if not isinstance(raw, dict):
+        return {}
+    return {str(kind): dict(entry) for kind, entry in raw.items() if isinstance(entry, dict) and entry.get("address")}
 
 
 @dataclass(frozen=True)

@@ -493,3 +493,124 @@ def derive_whatsapp_features(test_keys: dict[str, Any]) -> dict[str, dict[str, A
         if attempt.feature in by_feature:
             by_feature[attempt.feature].append(judge_attempt(attempt, ctx))
     return {feature: aggregate_feature(feature, verdicts) for feature, verdicts in by_feature.items()}
+
+
+# --- openvpn: the `tunnel` feature ----------------------------------------------------------------
+
+OPENVPN_RULES_VERSION = "wallwatch-openvpn-verdicts/1"
+
+
+def _other_paths_work(test_keys: dict[str, Any], handshake: dict[str, Any]) -> list[str]:
+    """What shows the network works apart from this target: other targets' answers, TCP, the resolver."""
+    x = test_keys.get("x_wallwatch") or {}
+    others = [h for h in x.get("openvpn_handshakes") or () if h is not handshake]
+    seen = []
+    if any(h.get("packets_received") for h in others):
+        seen.append("another OpenVPN target answered")
+    if any((c.get("status") or {}).get("success") for c in test_keys.get("tcp_connect") or ()
+           if c.get("transaction_id") != handshake.get("transaction_id")):
+        seen.append("a TCP connection succeeded")
+    controls = [q for q in test_keys.get("queries") or () if "control:dns" in (q.get("tags") or ())]
+    if any(_resolver_answered(q) for q in controls):
+        seen.append("the resolver answered")
+    return seen
+
+
+def judge_openvpn_handshake(handshake: dict[str, Any], test_keys: dict[str, Any]) -> TargetVerdict:
+    """One target's handshake, judged from its stage, failure and (TCP) payload control."""
+    ep = f"{handshake.get('address')}/{handshake.get('transport')}"
+    stage, at, failure = handshake.get("stage_reached"), handshake.get("failed_at"), handshake.get("failure")
+    if failure is None and stage == "server_tls":
+        tls = handshake.get("server_tls")
+        return TargetVerdict(ep, OK, "openvpn.server_tls", f"{ep}: both resets exchanged and the server answered "
+                             f"the ClientHello ({tls}) inside P_CONTROL_V1", None, 1.0)
+    if failure is None or (failure.startswith("unknown_failure") and "not dialled" in failure):
+        return TargetVerdict(ep, UNKNOWN, "openvpn.not_measured", f"{ep}: {failure or 'no result'}", None, 0.0)
+    if failure.startswith("unknown_failure"):
+        return TargetVerdict(ep, UNKNOWN, "openvpn.garbled", f"{ep}: {failure} at {at}", None, 0.3)
+    if at == "server_tls":
+        return _openvpn_after_server_reset(ep, handshake, failure)
+    if failure == _REFUSED:
+        where = "connect refused" if at == "connect" else "ICMP port unreachable"
+        return TargetVerdict(ep, DOWN, "openvpn.refused", f"{ep}: {where}: nothing listens there", None, 0.7)
+    if handshake.get("transport") == "tcp" and at == "server_reset":
+        return _openvpn_tcp_reset_unanswered(ep, handshake, failure)
+    return _openvpn_silent_address(ep, handshake, failure, test_keys, at)
+
+
+def _openvpn_after_server_reset(ep: str, handshake: dict[str, Any], failure: str) -> TargetVerdict:
+    """The server answered our reset, then the flow died once the fingerprint was complete."""
+    says = (f"{ep}: the server answered our client reset (session acknowledged), then {failure} after "
+            "P_CONTROL_V1 with the ClientHello: the flow died once both resets had crossed the wire, "
+            "which is when an opcode fingerprint (OpenGFW, Xue et al. 2022) can decide")
+    if failure == _EOF:
+        return TargetVerdict(ep, UNKNOWN, "openvpn.closed_after_hello", f"{ep}: the server closed after the "
+                             "ClientHello without a TLS answer", None, 0.3)
+    if failure in (_RESET, _TIMEOUT):
+        return TargetVerdict(ep, BLOCKED, "openvpn.stalled_after_server_reset", says, "protocol_dpi",
+                             0.85 if failure == _RESET else 0.8, strong=True)
+    return TargetVerdict(ep, UNKNOWN, "openvpn.other_failure", f"{ep}: {failure} after the server's reset",
+                         None, 0.2)
+
+
+def _openvpn_tcp_reset_unanswered(ep: str, handshake: dict[str, Any], failure: str) -> TargetVerdict:
+    """TCP connected, client reset sent, no server reset: the payload control decides."""
+    control = handshake.get("control")
+    if control is None:
+        return TargetVerdict(ep, UNKNOWN, "openvpn.failure_no_control", f"{ep}: {failure} after the client "
+                             "reset, no control ran", None, 0.3)
+    outcome = control.get("outcome")
+    says = (f"{ep}: {failure} after the client reset; a same-size non-OpenVPN payload to the same "
+            f"address:port was {outcome}")
+    if failure == _EOF and outcome == "closed":
+        return TargetVerdict(ep, DOWN, "openvpn.server_hangs_up", says + ": the server hangs up on everyone",
+                             None, 0.5)
+    if outcome in ("answered", "closed") and failure in (_RESET, _TIMEOUT):
+        return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi", says, "protocol_dpi",
+                             0.85 if failure == _RESET else 0.75, strong=True)
+    if outcome == "silent" and failure == _RESET:
+        return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi_no_clean_control", says, "protocol_dpi", 0.6)
+    if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
+        return TargetVerdict(ep, BLOCKED, "openvpn.reset_then_blackholed", says + ": reset after the client "
+                             "reset, then new connections black-holed (residual blocking)", "protocol_dpi",
+                             0.75, strong=True)
+    if outcome == "connect_failed" and control.get("failure") == _REFUSED:
+        return TargetVerdict(ep, DOWN, "openvpn.control_refused", says, None, 0.5)
+    if outcome == "reset":
+        return TargetVerdict(ep, BLOCKED, "openvpn.address_reset", says, "tcp_reset", 0.7)
+    if outcome in ("silent", "connect_failed") and failure == _TIMEOUT:
+        # An OpenVPN server must answer a client reset (ssl.c), so silence to
+        # it and to the control is data to this address:port being dropped.
+        return TargetVerdict(ep, BLOCKED, "openvpn.address_silent", says + ": data to this address:port is "
+                             "dropped", "tcp_ip", 0.5)
+    return TargetVerdict(ep, UNKNOWN, "openvpn.ambiguous", says, None, 0.3)
+
+
+def _openvpn_silent_address(ep: str, handshake: dict[str, Any], failure: str, test_keys: dict[str, Any],
+                            at: str | None) -> TargetVerdict:
+    """Nothing came back from the address: blocked only if other paths show the network works."""
+    transport = handshake.get("transport")
+    if failure == _RESET and at == "connect":
+        return TargetVerdict(ep, BLOCKED, "openvpn.connect_reset", f"{ep}: connect reset", "tcp_reset", 0.7)
+    if failure in ("network_unreachable",):
+        return TargetVerdict(ep, UNKNOWN, "openvpn.network_unreachable", f"{ep}: the probe has no route", None, 0.0)
+    works = _other_paths_work(test_keys, handshake)
+    if failure in (_TIMEOUT, "host_unreachable") and handshake.get("foreign_packets"):
+        return TargetVerdict(ep, UNKNOWN, "openvpn.unexpected_answers", f"{ep}: {failure}; only datagrams that "
+                             "were not an answer to our reset came back", None, 0.3)
+    if failure in (_TIMEOUT, "host_unreachable") and works:
+        method = "udp_blocking" if transport == "udp" else "tcp_ip"
+        what = (f"no answer to {handshake.get('packets_sent')} client resets" if transport == "udp"
+                else f"connect {failure}")
+        return TargetVerdict(ep, BLOCKED, f"openvpn.{'udp' if transport == 'udp' else 'tcp'}_silent",
+                             f"{ep}: {what} while {' and '.join(works)}: nothing reaches this address",
+                             method, 0.6)
+    return TargetVerdict(ep, UNKNOWN, "openvpn.no_network", f"{ep}: {failure} and nothing else shows the "
+                         "network works", None, 0.0)
+
+
+def derive_openvpn_features(test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `tunnel` verdict of an openvpn measurement (pure): any-of targets, with rules/2 partial semantics."""
+    x = test_keys.get("x_wallwatch") or {}
+    verdicts = [judge_openvpn_handshake(h, test_keys) for h in x.get("openvpn_handshakes") or ()]
+    return {"tunnel": aggregate_feature("tunnel", verdicts)}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 from wallwatch.probe import failures
@@ -45,6 +45,9 @@ from wallwatch.probe.primitives import (
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace, Transaction
+
+if TYPE_CHECKING:
+    from wallwatch.probe.measurement import Stamp
 
 TEST_NAME = "whatsapp"
 TEST_VERSION = "0.1.0"
@@ -442,24 +445,23 @@ def measure_whatsapp(
     probe_cc: str = "ZZ",
     publish_ip: bool = False,
     progress: Callable[[str], None] | None = None,
+    stamp: "Stamp | None" = None,
 ) -> dict[str, Any]:
-    """Run the nettest and wrap it in the OONI envelope: one complete measurement."""
+    """Run the nettest and wrap it in the OONI envelope: one complete measurement.
+
+    `stamp` (probe.measurement.Stamp) carries every envelope option; without
+    it, `probe_asn`/`probe_cc`/`publish_ip` are used as given.
+    """
     import datetime as dt
     import time
 
-    from wallwatch.probe.measurement import HIDDEN_IP, build_measurement, local_address_towards, scrub_addresses
+    from wallwatch.probe.measurement import Stamp, finish_measurement
 
+    stamp = stamp or Stamp(probe_asn=probe_asn, probe_cc=probe_cc, publish_ip=publish_ip)
     started_at = dt.datetime.now(dt.timezone.utc)
     clock_start = time.monotonic()
     test = WhatsAppTest(config, settings)
     test_keys = asyncio.run(test.run(progress))
-    resolver_ip = settings.resolver_ip()
-    local_ip = local_address_towards(resolver_ip) if resolver_ip else HIDDEN_IP
-    measurement = build_measurement(
-        test_keys, test_name=TEST_NAME, test_version=TEST_VERSION, started_at=started_at,
-        runtime=time.monotonic() - clock_start, probe_asn=probe_asn, probe_cc=probe_cc,
-        probe_ip=local_ip if publish_ip else HIDDEN_IP, resolver_ip=resolver_ip,
-    )
-    if publish_ip:
-        return measurement
-    return scrub_addresses(measurement, test.probe_addresses | {local_ip})
+    return finish_measurement(test_keys, test_name=TEST_NAME, test_version=TEST_VERSION, started_at=started_at,
+                              runtime=time.monotonic() - clock_start, stamp=stamp,
+                              resolver_ip=settings.resolver_ip(), probe_addresses=test.probe_addresses)
