@@ -81,3 +81,18 @@ def test_other_datasets_and_logs(tmp_path: Path) -> None:
         store.write("series_daily", table, partition_by=("nope",))
     with pytest.raises(StoreError):
         store.read("missing")
+
+
+def test_partitioned_write_puts_every_row_in_its_partition(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    days = [dt.date(2024, 1, 1 + i % 3) for i in range(30)]
+    ccs = ["IR", "RU", "C N"][::-1] * 10  # a space must be URI-encoded in the path, as pyarrow does
+    table = pa.table({"date": days, "probe_cc": ccs, "n": list(range(30))})
+    store.write("series_x", table, partition_by=("date", "probe_cc"))
+    got = store.connect().execute("SELECT date, probe_cc, n FROM series_x ORDER BY n").fetchall()
+    assert got == list(zip(days, ccs, range(30)))
+    leaves = {p.parent.relative_to(tmp_path / "series_x").as_posix() for p in (tmp_path / "series_x").rglob("*.parquet")}
+    assert "date=2024-01-01/probe_cc=C%20N" in leaves and len(leaves) == 3
+    # Replacing one partition leaves the others alone.
+    store.write("series_x", table.slice(0, 1), partition_by=("date", "probe_cc"))
+    assert store.connect().execute("SELECT count(*) FROM series_x").fetchone() == (30 - 10 + 1,)

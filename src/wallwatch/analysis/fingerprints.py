@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -47,24 +47,49 @@ class FingerprintDB:
     version: str
     dns_full: Mapping[str, Fingerprint]
     http: tuple[Fingerprint, ...]
+    # Derived from `http` (see __post_init__): the body rows, and header name -> rows.
+    _body: tuple[Fingerprint, ...] = field(default=(), init=False, repr=False, compare=False)
+    _by_header: Mapping[str, tuple[Fingerprint, ...]] = field(default_factory=dict, init=False, repr=False,
+                                                               compare=False)
+    _header_lengths: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_header: dict[str, list[Fingerprint]] = {}
+        for row in self.http:
+            if row.location_found != "body":
+                by_header.setdefault(row.location_found.removeprefix("header."), []).append(row)
+        object.__setattr__(self, "_body", tuple(row for row in self.http if row.location_found == "body"))
+        object.__setattr__(self, "_by_header", {name: tuple(rows) for name, rows in by_header.items()})
+        object.__setattr__(self, "_header_lengths", frozenset(map(len, by_header)))
 
     def match_dns(self, answer: str) -> Fingerprint | None:
         """The fingerprint a DNS answer (IP or CNAME) matches, if any (all DNS rows are `full`)."""
         return self.dns_full.get(answer)
 
     def match_http(self, body: str | None, headers: Mapping[str, str] | None) -> Fingerprint | None:
-        """The first HTTP fingerprint that matches a response body or one of its headers."""
-        lowered = {key.lower(): value for key, value in headers.items()} if headers else {}
-        for fingerprint in self.http:
-            if fingerprint.location_found == "body":
-                if body and fingerprint.matches(body):
-                    return fingerprint
-            else:
-                value = lowered.get(fingerprint.location_found.removeprefix("header."))
-                if isinstance(value, str) and fingerprint.matches(value):
-                    return fingerprint
-        return None
-
+        """The first HTTP fingerprint (in file order) that matches a response body or one of its headers."""
+        candidates: list[Fingerprint] = []
+        if body:
+            for fingerprint in self._body:
+                # Inlined `matches` for the common `contains` rows: this runs on every response body.
+                if fingerprint.pattern in body if fingerprint.pattern_type == "contains" else fingerprint.matches(body):
+                    candidates.append(fingerprint)
+                    break
+        if headers:
+            lengths = self._header_lengths
+            lowered: dict[str, str] = {}
+            for key, value in headers.items():
+                # Only names as long as a fingerprinted one can match: most headers skip lower().
+                if len(key) in lengths:
+                    lowered[key.lower()] = value
+            for name, rows in self._by_header.items():
+                value = lowered.get(name)
+                if isinstance(value, str):
+                    candidates.extend(row for row in rows if row.matches(value))
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        order = {id(row): index for index, row in enumerate(self.http)}
+        return min(candidates, key=lambda row: order[id(row)])
 
 def _read_rows(filename: str) -> tuple[str, list[Fingerprint]]:
     text = resources.files(DATA_PACKAGE).joinpath(filename).read_text(encoding="utf-8")

@@ -21,6 +21,7 @@ an exception (the ingest quarantines only records that are not measurements).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -126,65 +127,48 @@ def _maybe_binary(value: Any) -> str | None:
     return None
 
 
-_TITLE_OPEN = "<title"
+# Case-insensitive search instead of lowering the body: lower() copies up to 64 KiB per response.
+_TITLE_OPEN = re.compile(r"<title", re.IGNORECASE)
+_TITLE_CLOSE = re.compile(r"</title", re.IGNORECASE)
+_TITLE_WINDOW = 65536
 
 
 def _title(body: str | None) -> str | None:
     if not body:
         return None
-    lowered = body[:65536].lower()
-    start = lowered.find(_TITLE_OPEN)
-    if start < 0:
+    opening = _TITLE_OPEN.search(body, 0, _TITLE_WINDOW)
+    if opening is None:
         return None
-    start = lowered.find(">", start)
-    end = lowered.find("</title", start)
-    if start < 0 or end < 0:
+    start = body.find(">", opening.start(), _TITLE_WINDOW)
+    closing = _TITLE_CLOSE.search(body, start, _TITLE_WINDOW) if start >= 0 else None
+    if closing is None:
         return None
-    return body[start + 1 : end].strip()[:256] or None
+    return body[start + 1 : closing.start()].strip()[:256] or None
+
+
+_ROW_TEMPLATE: Row = dict.fromkeys((
+    "measurement_uid", "measurement_start_time", "date", "probe_cc", "probe_asn", "test_name", "service", "feature",
+    "target", "observation_idx", "hostname", "ip", "port", "transaction_id", "is_control", "dns_engine",
+    "dns_resolver", "dns_failure", "dns_answers", "dns_fingerprint", "dns_bogon", "tcp_success", "tcp_failure",
+    "tls_server_name", "tls_failure", "tls_version", "http_url", "http_failure", "http_status", "http_body_length",
+    "http_title", "http_fingerprint", "tunnel_failure", "tunnel_bootstrap_s", "dns_ctrl_consistent",
+    "ctrl_dns_failure", "ctrl_tcp_success", "ctrl_http_failure", "ctrl_http_status"))
+_ROW_TEMPLATE["is_control"] = False
 
 
 def _empty_row(header: Header, target: Target, index: int) -> Row:
-    return {
-        "measurement_uid": header.measurement_uid,
-        "measurement_start_time": header.measurement_start_time,
-        "date": header.date,
-        "probe_cc": header.probe_cc,
-        "probe_asn": header.probe_asn,
-        "test_name": header.test_name,
-        "service": target.service,
-        "feature": target.feature,
-        "target": target.target,
-        "observation_idx": index,
-        "hostname": None,
-        "ip": None,
-        "port": None,
-        "transaction_id": None,
-        "is_control": False,
-        "dns_engine": None,
-        "dns_resolver": None,
-        "dns_failure": None,
-        "dns_answers": None,
-        "dns_fingerprint": None,
-        "dns_bogon": None,
-        "tcp_success": None,
-        "tcp_failure": None,
-        "tls_server_name": None,
-        "tls_failure": None,
-        "tls_version": None,
-        "http_url": None,
-        "http_failure": None,
-        "http_status": None,
-        "http_body_length": None,
-        "http_title": None,
-        "http_fingerprint": None,
-        "tunnel_failure": None,
-        "tunnel_bootstrap_s": None,
-        "dns_ctrl_consistent": None,
-        "ctrl_dns_failure": None,
-        "ctrl_tcp_success": None,
-        "ctrl_http_failure": None,
-        "ctrl_http_status": None,
-    }
+    row = _ROW_TEMPLATE.copy()  # a dict copy is several times cheaper than a 39-key literal
+    row["measurement_uid"] = header.measurement_uid
+    row["measurement_start_time"] = header.measurement_start_time
+    row["date"] = header.date
+    row["probe_cc"] = header.probe_cc
+    row["probe_asn"] = header.probe_asn
+    row["test_name"] = header.test_name
+    row["service"] = target.service
+    row["feature"] = target.feature
+    row["target"] = target.target
+    row["observation_idx"] = index
+    return row
 
 
 # -- which service/feature an endpoint belongs to ----------------------------

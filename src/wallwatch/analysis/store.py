@@ -28,15 +28,19 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 WriteMode = Literal["replace", "append"]
 
 DEFAULT_DATA_DIR = "wallwatch-data"
+ROW_GROUP_ROWS = 128 * 1024
 DATA_DIR_ENV = "WALLWATCH_DATA"
 
 # Known datasets and their columns, so that an empty store still has typed views
@@ -217,6 +221,9 @@ class Store:
         if table.num_rows == 0:
             return 0
         directory.mkdir(parents=True, exist_ok=True)
+        if partitions and _plain_partition_values(table, partitions):
+            _write_partitions(table, directory, partitions, mode)
+            return table.num_rows
         partition_schema = pa.schema([table.schema.field(col) for col in partitions])
         pads.write_dataset(
             table,
@@ -227,7 +234,7 @@ class Store:
             basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
             existing_data_behavior="delete_matching" if mode == "replace" else "overwrite_or_ignore",
             file_options=pads.ParquetFileFormat().make_write_options(compression="zstd"),
-            max_rows_per_group=128 * 1024,
+            max_rows_per_group=ROW_GROUP_ROWS,
         )
         return table.num_rows
 
@@ -276,6 +283,46 @@ class Store:
             glob = _sql_string(str(directory / "**" / "*.parquet"))
             return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true)"
         return _empty_select(KNOWN_SCHEMAS[dataset])
+
+
+def _plain_partition_values(table: pa.Table, partitions: Sequence[str]) -> bool:
+    """Partition columns our own writer formats exactly as pyarrow's hive flavour does: no nulls,
+    dates, strings or integers (anything else goes through `pyarrow.dataset.write_dataset`)."""
+    for col in partitions:
+        column = table.column(col)
+        kind = column.type
+        if column.null_count or not (pa.types.is_date32(kind) or pa.types.is_string(kind)
+                                     or pa.types.is_integer(kind)):
+            return False
+    return True
+
+
+def _write_partitions(table: pa.Table, directory: Path, partitions: Sequence[str], mode: WriteMode) -> None:
+    """Hive-partitioned Parquet, one file per partition per call, with `pq.write_table`.
+
+    Same layout and semantics as `write_dataset(..., partitioning=hive)` (partition columns
+    live in the path, values URI-encoded; "replace" empties each touched partition first), at a
+    fraction of its per-file cost: ~1 ms instead of ~5 ms a file, which dominates when a batch
+    spans many days and tests (measured in bench/bench_ingest.py's corpus: 17 partitions).
+    """
+    ordered = table.sort_by([(col, "ascending") for col in partitions])  # stable: row order kept per partition
+    # Run boundaries: rows whose partition key differs from the previous row's.
+    changed = pa.array([False] * (ordered.num_rows - 1), pa.bool_())
+    for col in partitions:
+        column = ordered.column(col)
+        changed = pc.or_(changed, pc.not_equal(column.slice(1), column.slice(0, ordered.num_rows - 1)))
+    starts = [0, *(index + 1 for index in pc.indices_nonzero(changed).to_pylist()), ordered.num_rows]
+    data = ordered.drop_columns(list(partitions))
+    name = f"part-{uuid.uuid4().hex}-0.parquet"
+    for start, end in zip(starts, starts[1:]):
+        leaf = directory.joinpath(*(f"{col}={quote(str(ordered.column(col)[start].as_py()), safe='')}"
+                                    for col in partitions))
+        if mode == "replace" and leaf.is_dir():
+            for old in leaf.iterdir():
+                if old.is_file():
+                    old.unlink()
+        leaf.mkdir(parents=True, exist_ok=True)
+        pq.write_table(data.slice(start, end - start), leaf / name, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def _has_parquet(directory: Path) -> bool:
