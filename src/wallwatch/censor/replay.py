@@ -14,8 +14,8 @@ would have live. IPv6 is reported but not judged: the live censor queues and
 blackholes IPv4 only (iptables.py), so IPv6 flows pass it untouched.
 
 Adapter note: `engine.Censor` has no per-flow result API, so `Replayer`
-swaps the censor's flow table for a subclass that remembers the flow of the
-last lookup; the analyzer properties come from that `Flow` object.
+wraps the lookup method of its censor's flow table to remember the flow of
+each packet; the analyzer properties come from that `Flow` object.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Iterable
 from wallwatch.censor.actions import wants_repeat
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.flows import (
-    CLOSED_TCP_TIMEOUT, MAX_FLOWS, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT, Flow, FlowKey, FlowTable, flow_key,
+    CLOSED_TCP_TIMEOUT, MAX_FLOWS, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT, Flow, FlowKey, flow_key,
 )
 from wallwatch.censor.pcap import CaptureReader, Frame, LinkError, ip_packet
 from wallwatch.censor.policy import FLOW_KEYS, Policy, StaticDrop, static_drops
@@ -142,17 +142,6 @@ def _endpoint(endpoint: tuple[str, int]) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-class _RecordingFlowTable(FlowTable):
-    """The engine's flow table, remembering the flow of the last lookup (see module note)."""
-
-    last: Flow | None = None
-
-    def lookup(self, packet: inet.Packet, now: float) -> tuple[Flow, bool]:
-        flow, from_client = super().lookup(packet, now)
-        self.last = flow
-        return flow, from_client
-
-
 @dataclass(frozen=True, slots=True)
 class _StaticMatcher:
     """One blackhole-ip kernel rule, matched against packet headers as iptables does."""
@@ -197,8 +186,8 @@ class Replayer:
     def __post_init__(self) -> None:
         self.censor = Censor(self.policy, max_flows=self.max_flows, seed=self.seed, log=self._on_log)
         self._residual_rule: str | None = None
-        self._table = _RecordingFlowTable(self.max_flows)
-        self.censor.flows = self._table
+        self._last_flow: Flow | None = None
+        self._record_lookups()
         self._static = tuple(_StaticMatcher.of(spec) for rule in self.policy.static_rules
                              for spec in static_drops(rule))
         self._active: dict[FlowKey, _FlowRecord] = {}
@@ -252,11 +241,11 @@ class Replayer:
             record.residual_drops += 1
             record.dropped += 1
             return
-        self._table.last = None
+        self._last_flow = None
         self._residual_rule = None
         decision = self._queue(raw, frame)
-        if self._table.last is not None:
-            record.engine_flow = self._table.last
+        if self._last_flow is not None:
+            record.engine_flow = self._last_flow
         record.injected += len(decision.inject)
         if decision.action is not None:
             record.decide(decision.action, decision.rule, frame)
@@ -276,6 +265,18 @@ class Replayer:
                             self.censor.snapshot(), problem, tuple(self.notes))
 
     # --- internals -------------------------------------------------------------
+
+    def _record_lookups(self) -> None:
+        """Wrap the engine's flow-table lookup (on this instance only) to catch each packet's flow."""
+        table = self.censor.flows
+        lookup = table.lookup
+
+        def recording_lookup(packet: inet.Packet, now: float) -> tuple[Flow, bool]:
+            flow, from_client = lookup(packet, now)
+            self._last_flow = flow
+            return flow, from_client
+
+        table.lookup = recording_lookup  # type: ignore[method-assign]
 
     def _on_log(self, event: dict[str, object]) -> None:
         # The engine names the rule of a penalty-box drop only in its decision log.
