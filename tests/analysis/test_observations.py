@@ -115,3 +115,47 @@ def test_garbage_test_keys_never_raise(samples_dir: Path, data_dir: Path, tmp_pa
                               for i, tk in enumerate(weird)))
     summary = ingest([path], data_dir)
     assert (summary.stored, summary.quarantined) == (3, 0)
+
+
+def test_http_fingerprints_match_as_the_plain_ordered_scan() -> None:
+    """The Aho-Corasick prefilter and header shortcuts must not change which fingerprint wins."""
+    import random
+
+    from wallwatch.analysis.fingerprints import load_fingerprints
+
+    db = load_fingerprints()
+
+    def brute(body: str | None, headers: dict[str, str] | None) -> str | None:
+        lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        for row in db.http:
+            if row.location_found == "body":
+                if body and row.matches(body):
+                    return row.name
+            elif isinstance(value := lowered.get(row.location_found.removeprefix("header.")), str) and row.matches(value):
+                return row.name
+        return None
+
+    body_rows = [row for row in db.http if row.location_found == "body"]
+    header_rows = [row for row in db.http if row.location_found != "body"]
+    assert body_rows and header_rows
+    rng = random.Random(7)
+    filler = "<html><head><title>x</title></head><body>" + "lorem ipsum " * 200
+    cases: list[tuple[str | None, dict[str, str] | None]] = [(filler, {"Server": "nginx"}), (None, None), ("", {})]
+    for _ in range(300):
+        picked = rng.sample(body_rows, rng.randint(0, 3))
+        parts = [filler[: rng.randint(0, len(filler))]]
+        for row in picked:  # overlap patterns sometimes: a hidden occurrence must still count
+            parts.append(row.pattern[: rng.randint(0, len(row.pattern))] if rng.random() < 0.3 else "")
+            parts.append(row.pattern)
+        headers = {}
+        if rng.random() < 0.5:
+            row = rng.choice(header_rows)
+            name = row.location_found.removeprefix("header.")
+            headers[rng.choice([name, name.upper(), name.title()])] = row.pattern + ("/x" if rng.random() < 0.5 else "")
+        cases.append(("".join(parts), headers))
+    matched = 0
+    for body, headers in cases:
+        got = db.match_http(body, headers)
+        assert (got.name if got else None) == brute(body, headers)
+        matched += got is not None
+    assert matched > 100

@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from typing import Any
+
+import ahocorasick_rs
 
 DATA_PACKAGE = "wallwatch.analysis.data"
 _VERSION_RE = re.compile(r"version\s+(\S+)")
@@ -52,6 +55,7 @@ class FingerprintDB:
     _by_header: Mapping[str, tuple[Fingerprint, ...]] = field(default_factory=dict, init=False, repr=False,
                                                                compare=False)
     _header_lengths: frozenset[int] = field(default=frozenset(), init=False, repr=False, compare=False)
+    _body_prefilter: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_header: dict[str, list[Fingerprint]] = {}
@@ -61,6 +65,15 @@ class FingerprintDB:
         object.__setattr__(self, "_body", tuple(row for row in self.http if row.location_found == "body"))
         object.__setattr__(self, "_by_header", {name: tuple(rows) for name, rows in by_header.items()})
         object.__setattr__(self, "_header_lengths", frozenset(map(len, by_header)))
+        body = self._body
+        if body and all(row.pattern_type == "contains" for row in body):
+            # One Aho-Corasick pass (Rust `aho-corasick`, SIMD prefilters) tells whether any body
+            # pattern occurs at all: if one does, leftmost-first search reports at least one
+            # match. Only then are the rows tried in file order, so the answer is unchanged;
+            # most bodies are not block pages and pay one scan instead of one per pattern.
+            automaton = ahocorasick_rs.AhoCorasick([row.pattern for row in body],
+                                                   matchkind=ahocorasick_rs.MatchKind.LeftmostFirst)
+            object.__setattr__(self, "_body_prefilter", automaton)
 
     def match_dns(self, answer: str) -> Fingerprint | None:
         """The fingerprint a DNS answer (IP or CNAME) matches, if any (all DNS rows are `full`)."""
@@ -69,7 +82,7 @@ class FingerprintDB:
     def match_http(self, body: str | None, headers: Mapping[str, str] | None) -> Fingerprint | None:
         """The first HTTP fingerprint (in file order) that matches a response body or one of its headers."""
         candidates: list[Fingerprint] = []
-        if body:
+        if body and (self._body_prefilter is None or self._body_prefilter.find_matches_as_indexes(body)):
             for fingerprint in self._body:
                 # Inlined `matches` for the common `contains` rows: this runs on every response body.
                 if fingerprint.pattern in body if fingerprint.pattern_type == "contains" else fingerprint.matches(body):
