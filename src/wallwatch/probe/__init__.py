@@ -6,11 +6,23 @@ Public API
   `measure_whatsapp(config, settings, *, probe_asn, probe_cc, publish_ip) -> measurement`
   (one complete OONI-format measurement), `run_whatsapp(config, settings) -> test_keys`
   (async), `default_config(settings, step_timeout=None)`, `WhatsAppConfig`, `Timeouts`.
+* `wallwatch.probe.nettests.openvpn`:
+  `measure_openvpn(config, settings, *, stamp) -> measurement`, `run_openvpn(config, settings)`
+  (async, test_keys), `OpenVpnTarget.parse("openvpn://NAME/?address=IP:PORT&transport=udp|tcp")`,
+  `make_config(targets, step_timeout=None)`, `lab_targets(settings)` (the lab state file's
+  `vpn_servers.openvpn` = {address, port, transports}), `HandshakeState` (the sans-IO client side).
+* `wallwatch.probe.measurement.Stamp(probe_asn, probe_cc, probe_network_name, measurement_time,
+  annotations, publish_ip)`: the envelope options of every nettest (`measure_whatsapp(..., stamp=)`,
+  `measure_openvpn(..., stamp=)`); `parse_measurement_time("YYYY-MM-DD hh:mm:ss")`,
+  `parse_annotations(["k=v", ...])`. CLI: `wallwatch probe run NETTEST --measurement-time ...
+  --probe-network-name ... --annotation k=v --probe-asn ... --probe-cc ...`.
 * `wallwatch.probe.settings.ProbeSettings.from_environment()`: lab mode when
   `WALLWATCH_LAB` names a lab state file (lab resolver, lab CA only, address map),
   else the system resolver and CA store.
 * `wallwatch.probe.verdicts.derive_whatsapp_features(test_keys) -> dict`: the
-  per-feature verdicts, a pure function of the recorded facts (`RULES_VERSION`).
+  per-feature verdicts, a pure function of the recorded facts (`RULES_VERSION`);
+  `derive_openvpn_features(test_keys)` likewise for the `tunnel` feature
+  (`OPENVPN_RULES_VERSION`).
 * `wallwatch.probe.primitives`: `resolve_udp`, `resolve_system`, `tcp_connect`,
   `tls_handshake`, `http_request`, `udp_exchange`, `tls_sni_control`,
   `first_flight_control`, all recording into a `wallwatch.probe.trace.Trace`.
@@ -21,7 +33,12 @@ Measurement contract (what the pipeline ingests)
 One OONI data-format measurement per JSONL line (df-000 base keys,
 `data_format_version` "0.2.0", `software_name` "wallwatch", `probe_ip`
 "127.0.0.1" unless `--publish-ip`; the probe's own addresses are scrubbed as
-"[scrubbed]" everywhere else). `test_keys` holds:
+"[scrubbed]" everywhere else). With `--measurement-time` (scenario replays)
+`measurement_start_time`, `test_start_time` and the report id's date are that
+simulated UTC time and `annotations.wallwatch_wall_time` is the real start;
+`--probe-network-name` fills `probe_network_name`; `--annotation k=v` adds to
+`annotations` (engine_name, engine_version, platform, wallwatch_wall_time
+are reserved). A whatsapp measurement's `test_keys` holds:
 
 * OONI's whatsapp keys with probe-cli 0.11.0 semantics
   (`registration_server_status`/`_failure`, `whatsapp_web_status`/`_failure`,
@@ -46,6 +63,26 @@ One OONI data-format measurement per JSONL line (df-000 base keys,
   `status`, `body_length`), `udp_exchanges`, `controls` (`kind`, `address`,
   `outcome` answered|closed|silent|reset|connect_failed|answered_not_tls,
   `failure`), `expected_networks`, `lab` ({run_id, resolver} or null).
+
+An openvpn measurement (`test_name` "openvpn", `input` = the target URI when
+there is one target) holds OONI's openvpn keys `success`, `failure`,
+`network_events`, `tcp_connect`, `openvpn_handshake` (endpoint
+openvpn://ip:port/transport, ip, port, transport, provider, status), the DNS
+control in `queries` (only with a configured resolver: lab mode), and
+`x_wallwatch`: `rules_version` ("wallwatch-openvpn-verdicts/1"), `features`
+({"tunnel": same shape as above}), `openvpn_handshakes` (per target:
+`provider`, `uri`, `endpoint`, `address`, `transport`, `transaction_id`,
+`client_session_id`, `stage_reached` connect|client_reset_sent|server_reset|
+client_hello_sent|server_tls|null, `failed_at` connect|server_reset|
+server_tls|null, `failure`, `server_tls` server_hello|alert|other|null,
+`server_session_acked`, `packets_sent`, `packets_received`,
+`opcodes_received`, `foreign_packets`, `timings`, `control` {outcome,
+failure} for TCP failures), `controls`, `lab`. Network events carry the tags
+`feature:tunnel`, `endpoint:<ip>:<port>`, `transport:<udp|tcp>`. Tunnel
+methods: `protocol_dpi` (the flow died after the server's reset, or a TCP
+flow died on the client reset while a same-size control passed), `tcp_ip`/
+`udp_blocking` (nothing reaches the address while other paths work: weak),
+`tcp_reset`.
 
 Partial and intermittent blocking (rules/2, `verdicts.py` docstring): a
 feature is `blocked` as soon as one target shows *strong*, control-verified
