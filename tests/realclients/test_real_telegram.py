@@ -6,7 +6,7 @@ import time
 from typing import Iterator
 
 import pytest
-from realclients_helpers import client_tool, require_properties, rule_policy
+from realclients_helpers import DecisionLog, client_tool, require_properties, rule_policy
 
 from wallwatch.lab import vpn_servers
 from wallwatch.lab.topology import Lab
@@ -50,8 +50,11 @@ def test_obfuscated2_rule_resets_telethon(allow_all: Lab, telegram_dc: vpn_serve
     require_properties("mtproto.obfuscated2")
     allow_all.set_policy(rule_policy("block-mtproto", {"mtproto.obfuscated2": True}, "reset"))
     seen = len(vpn_servers.telegram_dc_records(telegram_dc))
+    log = DecisionLog(allow_all)
     outcome = _dial(allow_all, telegram_dc)
     assert "ConnectionError" in str(outcome["outcome"]), outcome  # reset: Telethon fails at once, no timeout
     records = _records_after(telegram_dc, seen)
     assert not [r for r in records if r["event"] == "message"], records
     assert all("transport" not in r for r in records), records  # not even the header got through
+    decided = log.decisions(f"{telegram_dc.address}:{telegram_dc.port}")
+    assert [(d["rule"], d["action"], d["props"].get("mtproto.tag")) for d in decided] == [("block-mtproto", "reset", "abridged")]

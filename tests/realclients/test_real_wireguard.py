@@ -6,7 +6,7 @@ import time
 from typing import Iterator
 
 import pytest
-from realclients_helpers import client_tool, ping, require_properties, rule_policy
+from realclients_helpers import DecisionLog, client_tool, ping, require_properties, rule_policy
 
 from wallwatch.lab import vpn_servers
 from wallwatch.lab.topology import Lab
@@ -41,7 +41,12 @@ def test_wireguard_handshake_and_traffic_with_allow_all(allow_all: Lab, wireguar
 def test_wireguard_handshake_rule_stops_the_tunnel(allow_all: Lab, wireguard_server: vpn_servers.Running) -> None:
     require_properties("wireguard.handshake")
     allow_all.set_policy(rule_policy("block-wireguard", {"wireguard.handshake": True}, "drop"))
+    log = DecisionLog(allow_all)
     with vpn_servers.start_wireguard_client(allow_all, wireguard_server) as client:
         assert not ping(allow_all, wireguard_server.info["tunnel_server"], count=BLOCKED_PINGS, interval=1.0)
         assert vpn_servers.wireguard_latest_handshake(allow_all, "client", client.info["interface"]) == 0
     assert wireguard_server.alive(), wireguard_server.logs()
+    decided = log.decisions(f"{wireguard_server.address}:{wireguard_server.port}")
+    dropped = [d for d in decided if d["rule"] == "block-wireguard" and d["action"] == "drop"]
+    assert dropped and all(d["props"].get("wireguard.handshake") is True for d in dropped), decided
+    assert not [d for d in decided if d["action"] != "drop" and d["props"].get("wireguard.handshake")], decided
