@@ -4,16 +4,21 @@ In fresh namespaces (client -- router -- svc, torn down at the end) it pushes
 a bulk iperf3 TCP transfer and a small-packet UDP stream through the router
 with:
 
-  (a) plain       : the veth path, no queue
-  (b) nfq-accept  : every packet to an accept-all NFQUEUE loop in Python
-  (c) censor      : `wallwatch censor run --policy policies/whatsapp-all.yaml` (traffic it allows)
-  (d) no-offload  : the same censor, decided flows kept in Python (what the connmark offload saves)
+  (a) plain        : the veth path, no queue
+  (b) nfq-accept   : every packet to an accept-all NFQUEUE loop in Python
+  (c) full-offload : `wallwatch censor run --policy policies/all-techniques.yaml`: every
+                     analyzer on, every issue-4 rule present, none matching the bench
+                     traffic; decided flows handed to the kernel (connmark)
+  (d) full-per-pkt : the same with --no-offload: every packet through Python (the cost
+                     of a packet before its flow is offloaded)
+  (e) throttled    : the full rule set plus a throttle rule on the bench flow at --rate
 
-and prints Mbit/s and packets/s per variant with ratios to (a) and (b). It
-also times the sans-IO engine alone (no kernel) per packet for the
-undecided path and the decided-flow path.
+and prints Mbit/s and packets/s per variant with ratios to (a) and (b), the
+issue-4 targets (full rule set >= 0.8x the accept-all loop's packets/s; a
+decided flow >= 0.5x the no-censor path) and the throttled flow's rate next
+to the configured one. It also times the sans-IO engine alone (no kernel).
 
-    sudo .venv/bin/python bench/bench_censor.py [--seconds 3]
+    sudo .venv/bin/python bench/bench_censor.py [--seconds 3] [--rate 20mbit]
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ sys.path.insert(0, str(REPO / "src"))
 from tests.censor.conftest import PYTHON, Topology, _build, _teardown, lab_skip_reason, sh  # noqa: E402
 
 SERVER = "198.19.2.2"
-POLICY = REPO / "policies" / "whatsapp-all.yaml"
+POLICY = REPO / "policies" / "all-techniques.yaml"
+IPERF_PORT = 5301
 
 ACCEPT_ALL = textwrap.dedent("""
     import signal, subprocess, sys
@@ -59,11 +65,11 @@ def forwarded_packets(topo: Topology) -> int:
 
 
 def iperf(topo: Topology, seconds: float, udp: bool) -> dict[str, float]:
-    server = subprocess.Popen(["ip", "netns", "exec", topo.svc, "iperf3", "-s", "-1", "-B", SERVER, "-p", "5301"],
+    server = subprocess.Popen(["ip", "netns", "exec", topo.svc, "iperf3", "-s", "-1", "-B", SERVER, "-p", str(IPERF_PORT)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        argv = ["iperf3", "-c", SERVER, "-p", "5301", "-t", str(seconds), "-J"]
+        argv = ["iperf3", "-c", SERVER, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
         if udp:
             argv += ["-u", "-b", "0", "-l", "64"]  # small datagrams: the per-packet cost shows
         before = forwarded_packets(topo)
@@ -94,6 +100,19 @@ def start_accept_all(topo: Topology) -> subprocess.Popen[bytes]:
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def throttled_policy(workdir: Path, rate: str) -> Path:
+    """The full rule set with the bench flow throttled first (decided at its SYN)."""
+    import yaml
+
+    document = yaml.safe_load(POLICY.read_text())
+    document["name"] = "all-techniques-throttled"
+    document["rules"].insert(0, {"name": "bench-throttle", "match": {"proto": "tcp", "port.dst": IPERF_PORT},
+                                 "action": "throttle", "rate": rate})
+    path = workdir / "throttled.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
 
 
 def engine_micro(n: int = 20000) -> dict[str, float]:
@@ -131,7 +150,11 @@ def engine_micro(n: int = 20000) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rate", default="20mbit", help="the throttled variant's configured rate (tc units)")
     args = parser.parse_args()
+    from wallwatch.censor.policy import parse_rate
+
+    rate_bps = parse_rate(args.rate)
     reason = lab_skip_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
@@ -143,17 +166,20 @@ def main() -> int:
     counters: dict[str, dict[str, int]] = {}
     try:
         _build(topo)
-        for variant in ("plain", "nfq-accept", "censor", "no-offload"):
+        for variant in ("plain", "nfq-accept", "full-offload", "full-per-pkt", "throttled"):
             proc = None
             censor = None
             if variant == "nfq-accept":
                 proc = start_accept_all(topo)
-            elif variant in ("censor", "no-offload"):
-                extra = ("--no-offload",) if variant == "no-offload" else ()
+            elif variant in ("full-offload", "full-per-pkt"):
+                extra = ("--no-offload",) if variant == "full-per-pkt" else ()
                 censor = topo.start_censor(POLICY, *extra, queue=7)
+            elif variant == "throttled":
+                censor = topo.start_censor(throttled_policy(workdir, args.rate), queue=7)
             try:
-                results[variant] = {"tcp": iperf(topo, args.seconds, udp=False),
-                                    "udp": iperf(topo, args.seconds, udp=True)}
+                results[variant] = {"tcp": iperf(topo, args.seconds, udp=False)}
+                if variant != "throttled":
+                    results[variant]["udp"] = iperf(topo, args.seconds, udp=True)
                 if censor is not None:
                     counters[variant] = censor.counters()
             finally:
@@ -174,15 +200,29 @@ def main() -> int:
     # queue makes the kernel segment them), delivered packets/s for UDP.
     for test, label, metric in (("tcp", "tcp bulk", "mbit_s"), ("udp", "udp 64B", "pps")):
         for variant, row in results.items():
+            if test not in row:
+                continue
             r = row[test]
             vs_a = r[metric] / results["plain"][test][metric]
             vs_b = r[metric] / results["nfq-accept"][test][metric]
             print(f"{variant:<12} {label:<10} {r['mbit_s']:>10.1f} {r['pps']:>11.0f} {vs_a:>8.2f}x {vs_b:>12.2f}x")
     print("(TCP ratios on Mbit/s; UDP ratios on packets/s delivered; UDP Mbit/s is the sender's rate)")
+    print("\nissue-4 targets:")
+    per_packet = results["full-per-pkt"]["udp"]["pps"] / results["nfq-accept"]["udp"]["pps"]
+    decided = results["full-offload"]["tcp"]["mbit_s"] / results["plain"]["tcp"]["mbit_s"]
+    for name, ratio, target in (("full rule set, per packet, packets/s vs accept-all loop", per_packet, 0.8),
+                                ("decided flow (offloaded), Mbit/s vs no-censor path", decided, 0.5)):
+        verdict = "met" if ratio >= target else f"MISSED by {(target - ratio) / target:.0%}"
+        print(f"  {name:<58} {ratio:5.2f}x (target >= {target}x): {verdict}")
+    throttled = results["throttled"]["tcp"]["mbit_s"] * 1e6
+    print(f"  throttled flow: {throttled / 1e6:.2f} Mbit/s for a configured {rate_bps / 1e6:g} Mbit/s "
+          f"({throttled / rate_bps:.2f}x)")
     print("\nqueued packets per censor run (status-file counters):")
     for variant, c in counters.items():
-        print(f"  {variant:<11} queued={c['packets']} undecided={c['undecided']} "
-              f"after_decision={c['queued_after_decision']} flows={c['flows_created']} enobufs={c.get('enobufs', 0)}")
+        blocked = sum(c.get(f"decisions.{a}", 0) for a in ("drop", "reset", "dns-inject")) + c.get("residual_drops", 0)
+        print(f"  {variant:<13} queued={c['packets']} undecided={c['undecided']} "
+              f"after_decision={c['queued_after_decision']} flows={c['flows_created']} "
+              f"throttled={c.get('decisions.throttle', 0)} blocked={blocked} enobufs={c.get('enobufs', 0)}")
     micro = engine_micro()
     print("\nsans-IO engine alone (µs per packet): " + ", ".join(f"{k}={v:.1f}" for k, v in micro.items()))
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from wallwatch.censor.analyzers.base import STREAM_LIMIT, Analyzer
 from wallwatch.protocols.inet import FIN, RST, SYN, Packet
@@ -150,6 +150,8 @@ class FlowTable:
     def __init__(self, max_flows: int = MAX_FLOWS) -> None:
         self.max_flows = max_flows
         self._flows: OrderedDict[FlowKey, Flow] = OrderedDict()
+        # Called with each flow that leaves the table (expired, evicted, forgotten).
+        self.on_remove: Callable[[Flow], None] | None = None
         self.created = 0
         self.evicted = 0
         self.expired = 0
@@ -174,12 +176,21 @@ class FlowTable:
 
     def forget(self, flow: Flow) -> None:
         """Remove a flow now (its next packet starts a new one)."""
-        self._flows.pop(flow.key, None)
+        if self._flows.pop(flow.key, None) is not None and self.on_remove is not None:
+            self.on_remove(flow)
+
+    def touch(self, flow: Flow, now: float) -> None:
+        """A packet of a known flow seen without `lookup` (the engine's fast path)."""
+        self._flows.move_to_end(flow.key)
+        flow.last_seen = now
+        flow.packets += 1
 
     def _create(self, key: FlowKey, packet: Packet, now: float) -> Flow:
         while len(self._flows) >= self.max_flows:
-            self._flows.popitem(last=False)
+            _, evicted = self._flows.popitem(last=False)
             self.evicted += 1
+            if self.on_remove is not None:
+                self.on_remove(evicted)
         flow = Flow(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport), now, now)
         self._flows[key] = flow
         self.created += 1
@@ -189,7 +200,9 @@ class FlowTable:
         """Drop idle flows (a full scan: timeouts differ per flow; called about once a second)."""
         stale = [key for key, flow in self._flows.items() if now - flow.last_seen >= flow.timeout()]
         for key in stale:
-            del self._flows[key]
+            flow = self._flows.pop(key)
+            if self.on_remove is not None:
+                self.on_remove(flow)
         removed = len(stale)
         self.expired += removed
         return removed
