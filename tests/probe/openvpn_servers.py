@@ -74,7 +74,11 @@ class OpenVpnServer:
                 "--key", "key.pem", "--verb", "3", "--hand-window", "10"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(argv, cwd=self.pki, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_listening(10.0)
+        try:
+            self._wait_listening(10.0)
+        except BaseException:
+            self.__exit__()  # __exit__ does not run when __enter__ raises: never leave a server behind
+            raise
         return self
 
     def _wait_listening(self, timeout: float) -> None:
