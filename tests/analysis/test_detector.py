@@ -131,3 +131,57 @@ def test_collapse_to_nothing_until_the_end_is_ongoing_and_needs_a_baseline() -> 
     assert segment.onset == 150 and segment.end is None
     sparse = [HourVolume(h, 0 if h >= 150 or h % 3 else 1) for h in range(200)]  # median 0: not watched
     assert detect_volume_collapse(sparse, VolumeParams()) == []
+
+
+# -- silences: gap decay, silence closing, and dense == folded ------------------------------
+
+
+def test_evidence_before_a_silence_of_days_decays() -> None:
+    """Four blocked probe-hours (~8.5 nats) then five silent days then two more: no block once decayed."""
+    before = [HourCounts(h, 1, 1) for h in range(4)]
+    after = [HourCounts(h, 1, 1) for h in range(124, 126)]
+    assert detect_blocking(before + after) == []
+    # Without the decay (an endless half-life) the same hours add up to a block: the decay is what decides.
+    never = BlockingParams(gap_halflife_hours=1e12)
+    (segment,) = detect_blocking(before + after, never)
+    assert segment.onset == 0
+    # A silence of less than a day does not decay anything.
+    (close,) = detect_blocking(before + [HourCounts(h, 1, 1) for h in range(20, 22)])
+    assert close.onset == 0
+
+
+def test_a_block_whose_data_stops_for_weeks_ends_at_its_last_evidence() -> None:
+    blocked = [HourCounts(h, 4, 4) for h in range(100, 150)]
+    later_ok = [HourCounts(h, 4, 0) for h in range(150 + 60 * 24, 150 + 61 * 24)]
+    (segment,) = detect_blocking(blocked + later_ok)
+    assert (segment.onset, segment.end, segment.last_seen) == (100, 150, 149)
+    assert segment.extra == {"closed_by_silence": 1.0}
+    # Blocked again after the silence: a new segment, not one spanning two months without data.
+    later_blocked = [HourCounts(h, 4, 4) for h in range(150 + 60 * 24, 150 + 61 * 24)]
+    first, second = detect_blocking(blocked + later_blocked)
+    assert first.end == 150 and second.onset == 150 + 60 * 24 and second.end is None
+    # Within two weeks the block simply goes on.
+    week_later = [HourCounts(h, 4, 4) for h in range(150 + 7 * 24, 150 + 8 * 24)]
+    (one,) = detect_blocking(blocked + week_later)
+    assert one.end is None and one.extra == {}
+
+
+def test_volume_detector_gives_the_same_segments_with_silent_hours_absent() -> None:
+    rng = random.Random(7)
+    # A baseline, a 30-hour collapse, a 60-day silence, data again, and a silence to the end.
+    dense = _volume(rng, 100 * 24, lambda h: 0.0 if 300 <= h < 330 or 600 <= h < 600 + 60 * 24
+                    or h >= 90 * 24 else 1.0)
+    folded = [h for h in dense if h.n_measurements or h.hour in (dense[-1].hour,)]
+    expected = detect_volume_collapse(dense)
+    assert [(s.onset, s.end) for s in expected] == [(300, 330), (600, 600 + 60 * 24), (90 * 24, None)]
+    assert detect_volume_collapse(folded) == expected
+    assert [s.last_seen for s in detect_volume_collapse(folded)] == [s.last_seen for s in expected]
+
+
+def test_blocking_detector_ignores_whether_empty_hours_are_rows() -> None:
+    rng = random.Random(8)
+    dense = _series(rng, 60 * 24, lambda h: 1.0 if 200 <= h < 400 or 40 * 24 <= h < 41 * 24 else None,
+                    silent=lambda h: 500 <= h < 30 * 24 or h % 7 == 0)
+    decisive = [h for h in dense if h.n_probes]
+    assert detect_blocking(decisive) == detect_blocking(dense)
+    assert len(detect_blocking(dense)) == 2

@@ -171,3 +171,33 @@ def test_harness_meets_the_targets_on_one_replicate(seed: int) -> None:
     assert sum(s.false_events for s in scores) == 0
     delays = sorted(d for s in scores for d in s.onset_delays)
     assert delays[len(delays) // 2] <= 1
+
+
+def test_folded_and_dense_grids_give_the_same_events(tmp_path: Path) -> None:
+    """AS64500 blocked then silent for 40 days; AS64501 collapses for a day; AS64502 silent to the end."""
+    from wallwatch.analysis.series import SeriesRequest
+
+    hours = 60 * 24
+    rows = _rows(lambda asn, h: asn == 64500 and 100 <= h < 200, hours=hours,
+                 silent=lambda asn, h: (asn == 64500 and 200 <= h < 200 + 40 * 24)
+                 or (asn == 64501 and 300 <= h < 330) or (asn == 64502 and h >= 50 * 24))
+    connection = duckdb.connect()
+    try:
+        connection.register("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA))
+        folded = build_series(connection, "hour")
+        dense = build_series(connection, "hour", SeriesRequest(max_dense_gap=timedelta(days=1000)))
+    finally:
+        connection.close()
+    assert folded.num_rows == dense.num_rows - (40 * 24 - 2 * 48) + 1
+    assert sum(folded.column("n_buckets").to_pylist()) == dense.num_rows
+    events = detect_events(folded)
+    assert events == detect_events(dense)
+    blocking = [e for e in events if e.type == BLOCKING]
+    (block,) = blocking
+    # Its data stopped for 40 days: the event ends with its evidence, and says so.
+    assert (block.onset, block.end) == (_at(100), _at(200))
+    assert block.evidence["closed_by_silence"] == [64500]
+    collapses = sorted((n.probe_asn, n.onset, n.end) for e in events if e.type == VOLUME_COLLAPSE
+                       for n in e.networks)
+    assert (64501, _at(300), _at(330)) in collapses
+    assert (64502, _at(50 * 24), None) in collapses

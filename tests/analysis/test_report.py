@@ -125,3 +125,39 @@ def test_cli_series_events_report_and_export(store: Store, tmp_path: Path) -> No
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["events", "--data", str(tmp_path / "missing")])
     assert result.exit_code != 0 and "no data directory" in result.output
+
+
+def _line_values(spec: dict) -> list[dict]:
+    line = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")
+    return (line.get("data") or spec["data"])["values"]
+
+
+def test_gap_rows_break_the_lines_and_show_as_one_cell() -> None:
+    import vl_convert as vlc
+
+    from wallwatch.analysis import charts
+
+    def row(hour: int, decisive: int, share: float | None, n_buckets: int = 1) -> dict:
+        return {"hour": T0 + timedelta(hours=hour), "probe_asn": 64500, "probe_network_name": "Alpha Telecom",
+                "n_probes_decisive": decisive, "blocked_share": share, "n_buckets": n_buckets,
+                "n_measurements": decisive}
+
+    rows = [row(0, 2, 0.0), row(1, 2, 1.0), row(2, 0, None), row(3, 0, None, 60 * 24), row(60 * 24 + 3, 2, 1.0),
+            row(60 * 24 + 4, 2, 0.5)]
+    spec = charts.timeline_spec(rows, [], probe_cc="XA", service="whatsapp", feature="text")
+    points = _line_values(spec)
+    # The empty hour is left out (the line holds), the gap row is a null that breaks the line.
+    assert [p["blocked_share"] for p in points] == [0.0, 1.0, None, 1.0, 0.5]
+    svg = vlc.vegalite_to_svg(json.dumps(spec))
+    (path,) = re.findall(r'aria-roledescription="line mark"[^>]*d="([^"]+)"', svg) or re.findall(
+        r'<path[^>]*d="(M[^"]+)"[^>]*aria-roledescription="line mark"', svg)
+    assert path.count("M") == 2
+    assert charts.covered_until(rows[3], "hour") == T0 + timedelta(hours=60 * 24 + 2)
+    volume = charts.volume_spec(rows, [], probe_cc="XA")
+    values = _line_values(volume)
+    assert [v["measurements"] for v in values] == [2, 2, 0, None, 2, 2]
+    daily = [{"day": T0 + timedelta(days=d), "probe_asn": 64500, "probe_network_name": None, "state": state,
+              "blocked_share": None, "n_measurements": 0, "n_probes": 0, "n_buckets": n}
+             for d, state, n in ((0, "ok", 1), (1, "insufficient", 58), (59, "blocked", 1))]
+    cells = charts.heatmap_spec(daily, probe_cc="XA", service="whatsapp", feature="text")["data"]["values"]
+    assert [(c["state"], c["days"]) for c in cells] == [("ok", 1), ("insufficient", 58), ("blocked", 1)]

@@ -130,3 +130,78 @@ def test_summary_per_series(store: Store) -> None:
     (xa,) = [row for row in series_summary(hourly) if row["probe_cc"] == "XA"]
     assert (xa["buckets"], xa["with_data"], xa["measurements"], xa["blocked"], xa["down"]) == (27, 4, 8, 1, 1)
     assert xa["last_state"] == "ok"
+
+
+# -- the sparse-aware grid: long silences fold into one gap row -------------------------------
+
+
+def _unfold(rows: list[dict], grain: str = "hour") -> list[datetime]:
+    step = timedelta(hours=1) if grain == "hour" else timedelta(days=1)
+    return [row[grain] + step * i for row in rows for i in range(row["n_buckets"])]
+
+
+@pytest.fixture
+def sparse_store(tmp_path: Path) -> Store:
+    """XA measured at hour 0-1, 10 days later, then 60 days later; XB once, in the middle."""
+    rows = [verdict("a1", 0.2, "p1"), verdict("a2", 1.3, "p2", "blocked", "dns"),
+            verdict("a3", 10 * 24 + 5.5, "p1"), verdict("a4", 70 * 24 + 3.1, "p1"),
+            verdict("b1", 40 * 24 + 0.5, "p7", cc="XB", asn=64600)]
+    result = Store(tmp_path / "sparse")
+    result.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA))
+    return result
+
+
+def test_long_silences_fold_into_one_gap_row_and_nothing_is_lost(sparse_store: Store) -> None:
+    hourly, daily, build = build_and_store(sparse_store)
+    window = [T0 + timedelta(hours=h) for h in range(70 * 24 + 4)]
+    for cc in ("XA", "XB"):
+        rows = _rows(hourly, probe_cc=cc)
+        assert _unfold(rows) == window  # unfolding gives the fully dense grid, bucket for bucket
+    xa = _rows(hourly, probe_cc="XA")
+    # The 10-day silence is short: dense. The 60-day one keeps 48 h each side and one gap row.
+    gaps = [row for row in xa if row["n_buckets"] > 1]
+    assert len(gaps) == 1
+    (gap,) = gaps
+    assert gap["hour"] == T0 + timedelta(hours=10 * 24 + 5 + 49)
+    assert gap["n_buckets"] == (70 * 24 + 3) - (10 * 24 + 5) - 1 - 2 * 48
+    assert (gap["state"], gap["n_measurements"], gap["n_probes"], gap["blocked_share"]) == ("insufficient", 0, 0, None)
+    assert len(xa) == (10 * 24 + 5 + 1) + 48 + 1 + 48 + 1
+    # XB: one measurement in the middle of a 70-day window: leading and trailing gap rows around 97 dense hours.
+    xb = _rows(hourly, probe_cc="XB")
+    assert [row["n_buckets"] for row in xb if row["n_buckets"] > 1] == [40 * 24 - 48, 30 * 24 + 3 - 48]
+    assert len(xb) == 2 + 48 + 1 + 48
+    assert build.hourly_rows == len(xa) + len(xb) < 2 * len(window) // 5
+    # Days fold the same way, with a margin of two days.
+    for cc in ("XA", "XB"):
+        assert _unfold(_rows(daily, probe_cc=cc), "day") == [T0 + timedelta(days=d) for d in range(71)]
+    summary = {row["probe_cc"]: row for row in series_summary(hourly)}
+    assert summary["XA"]["buckets"] == len(window) and summary["XA"]["with_data"] == 4
+    assert summary["XA"]["insufficient"] == len(window) - 4 and summary["XA"]["blocked"] == 1
+
+
+def test_dense_gap_limit_is_a_parameter(sparse_store: Store) -> None:
+    dense, _, _ = build_and_store(sparse_store, SeriesRequest(max_dense_gap=timedelta(days=100)))
+    assert set(dense.column("n_buckets").to_pylist()) == {1}
+    assert dense.num_rows == 2 * (70 * 24 + 4)
+    tight, _, _ = build_and_store(sparse_store, SeriesRequest(max_dense_gap=timedelta(days=5),
+                                                              gap_margin=timedelta(hours=6)))
+    assert len([n for n in tight.column("n_buckets").to_pylist() if n > 1]) == 4  # XA: 2, XB: 2
+    with pytest.raises(SeriesError, match="twice gap_margin"):
+        build_and_store(sparse_store, SeriesRequest(max_dense_gap=timedelta(hours=10)))
+
+
+def test_real_ooni_samples_span_nine_years_in_a_few_thousand_rows(samples_dir: Path, data_dir: Path) -> None:
+    from wallwatch.analysis.ingest import ingest
+
+    ingest([samples_dir], data_dir)
+    store = Store(data_dir)
+    hourly, daily, build = build_and_store(store)
+    window = int((build.end - build.start).total_seconds() // 3600) + 1
+    assert window > 8 * 365 * 24 and build.n_series >= 10
+    # Every series accounts for every hour of the window, folded; the grid stays small.
+    per_series: dict[tuple, int] = {}
+    for row in hourly.select(["probe_cc", "probe_asn", "service", "feature", "n_buckets"]).to_pylist():
+        key = (row["probe_cc"], row["probe_asn"], row["service"], row["feature"])
+        per_series[key] = per_series.get(key, 0) + row["n_buckets"]
+    assert set(per_series.values()) == {window}
+    assert hourly.num_rows < 200 * build.n_series and daily.num_rows < 20 * build.n_series

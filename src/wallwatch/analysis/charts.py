@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +64,18 @@ def timeline_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *,
 
     `rows`: series rows of one (country, service, feature) at `grain` ('hour'
     or 'day') with keys hour|day, probe_asn, probe_network_name,
-    n_probes_decisive, blocked_share. Buckets without decisive probes are left
-    out (gaps in the line), never drawn as zero.
+    n_probes_decisive, blocked_share and optionally n_buckets. Buckets without
+    decisive probes are left out, never drawn as zero (a short silence holds
+    the last value); a gap row (a folded silence of more than two weeks,
+    `n_buckets` > 1) breaks the line.
     """
     points = [
         {"t": iso(row[grain]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
-         "blocked_share": row["blocked_share"], "probes": row["n_probes_decisive"]}
-        for row in rows if row["n_probes_decisive"]
+         "blocked_share": row["blocked_share"] if row["n_probes_decisive"] else None,
+         "probes": row["n_probes_decisive"]}
+        for row in rows if row["n_probes_decisive"] or is_gap(row)
     ]
-    end_of_data = max((row[grain] for row in rows), default=None)
+    end_of_data = max((covered_until(row, grain) for row in rows), default=None)
     bands = [
         {"start": iso(e.onset), "end": iso(e.end or end_of_data), "label": _event_label(e)}
         for e in events if e.end or end_of_data
@@ -106,7 +109,7 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
     cells = [
         {"day": iso(row["day"]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
          "state": row["state"], "blocked_share": row["blocked_share"], "measurements": row["n_measurements"],
-         "probes": row["n_probes"]}
+         "probes": row["n_probes"], "days": row.get("n_buckets") or 1}
         for row in rows
     ]
     states = list(STATE_COLOURS)
@@ -116,11 +119,13 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
         color=alt.Color("state:N", scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
                         title="state"),
         tooltip=[alt.Tooltip("day:T", title="day (UTC)", format="%Y-%m-%d"), "network:N", "state:N",
-                 alt.Tooltip("blocked_share:Q", format=".0%"), "measurements:Q", "probes:Q"],
+                 alt.Tooltip("blocked_share:Q", format=".0%"), "measurements:Q", "probes:Q",
+                 alt.Tooltip("days:Q", title="days this cell covers")],
     ).properties(
         width=760, height=alt.Step(18),
         title=_title(f"{service} · {feature} in {probe_cc}: state per network and day", context,
-                     ["blocked ≥ 50% of probes, partial ≥ 20%, grey = no data"]),
+                     ["blocked ≥ 50% of probes, partial ≥ 20%, grey = no data; "
+                      "a silence of more than two weeks is one grey cell"]),
     )
     return chart.to_dict()
 
@@ -129,11 +134,12 @@ def volume_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *, p
                 context: ChartContext = ChartContext()) -> dict[str, Any]:
     """Measurements per network and hour, volume-collapse events shaded.
 
-    `rows`: keys hour, probe_asn, probe_network_name, n_measurements (one row per network and hour).
+    `rows`: keys hour, probe_asn, probe_network_name, n_measurements and
+    optionally n_buckets (one row per network and hour); gap rows break the line.
     """
     points = [{"t": iso(row["hour"]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
-               "measurements": row["n_measurements"]} for row in rows]
-    end_of_data = max((row["hour"] for row in rows), default=None)
+               "measurements": None if is_gap(row) else row["n_measurements"]} for row in rows]
+    end_of_data = max((covered_until(row, "hour") for row in rows), default=None)
     bands = [{"start": iso(e.onset), "end": iso(e.end or end_of_data), "label": _event_label(e)} for e in events]
     layers: list[alt.Chart] = []
     if bands:
@@ -148,6 +154,17 @@ def volume_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *, p
         title=_title(f"Measurement volume in {probe_cc}, per network", context,
                      [f"{len(events)} volume collapse(s) shaded"] if events else []),
     ).to_dict()
+
+
+def is_gap(row: Mapping[str, Any]) -> bool:
+    """A gap row: one row standing for a silence of more than two weeks (`series.py`)."""
+    return (row.get("n_buckets") or 1) > 1
+
+
+def covered_until(row: Mapping[str, Any], grain: str) -> datetime:
+    """The last bucket a row covers (a gap row covers `n_buckets` of them)."""
+    step = timedelta(hours=1) if grain == "hour" else timedelta(days=1)
+    return row[grain] + step * ((row.get("n_buckets") or 1) - 1)
 
 
 def _event_label(event: Event) -> str:

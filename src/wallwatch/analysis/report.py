@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,8 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
         name = charts.slug(cc, service, feature)
         # Hourly lines are readable for a week; beyond that, daily shares (events keep hour precision).
         hours = hourly_by[(cc, service, feature)]
-        grain = "hour" if len({row["hour"] for row in hours}) <= _HOURLY_TIMELINE_MAX else "day"
+        span = max(charts.covered_until(r, "hour") for r in hours) - min(r["hour"] for r in hours)
+        grain = "hour" if span <= timedelta(hours=_HOURLY_TIMELINE_MAX) else "day"
         timeline_rows = hours if grain == "hour" else daily_by.get((cc, service, feature), [])
         rendered = [
             charts.render(charts.timeline_spec(timeline_rows, group_events, probe_cc=cc, service=service,
@@ -152,7 +153,7 @@ def _group_rows(table: pa.Table) -> dict[tuple[str, str, str], list[dict[str, An
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     wanted = [c for c in ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "day",
                           "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "blocked_share",
-                          "state") if c in table.column_names]
+                          "state", "n_buckets") if c in table.column_names]
     for row in table.select(wanted).to_pylist():
         grouped[(row["probe_cc"], row["service"], row["feature"])].append(row)
     return grouped

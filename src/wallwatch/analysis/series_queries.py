@@ -194,13 +194,15 @@ def network_volume_sql() -> str:
     Per service the most-measured feature (a measurement covers several
     features of its service), summed over services: the same volume the
     volume-collapse detector watches (`events._volume_segments`).
+    `n_buckets` > 1 only where every series of the network is in a gap row.
     """
     return """
 SELECT probe_cc, probe_asn, max(probe_network_name) AS probe_network_name, hour,
-       CAST(sum(n_measurements) AS BIGINT) AS n_measurements
+       CAST(sum(n_measurements) AS BIGINT) AS n_measurements,
+       min(n_buckets) AS n_buckets
 FROM (
   SELECT probe_cc, probe_asn, service, hour, max(probe_network_name) AS probe_network_name,
-         max(n_measurements) AS n_measurements
+         max(n_measurements) AS n_measurements, min(n_buckets) AS n_buckets
   FROM series_grid
   GROUP BY probe_cc, probe_asn, service, hour
 ) AS per_service
