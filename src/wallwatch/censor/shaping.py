@@ -69,6 +69,10 @@ class Shaper:
         try:
             for device in devices:
                 self.devices.append(device)
+                # A censor killed with SIGKILL leaves its htb root behind, and
+                # `tc qdisc replace` cannot change it ("Change operation not
+                # supported"): delete whatever root is there first.
+                _tc(["tc", "qdisc", "del", "dev", device, "root"], check=False)
                 for argv in htb_commands(device, classes):
                     _tc(argv, check=True)
         except ShapingError:
