@@ -32,7 +32,12 @@ def _data_dir(data: Path | None) -> Path:
 def ingest_command(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders of OONI .json/.jsonl/.jsonl.gz measurements.")],
     data: DataOption = None,
-    no_raw: Annotated[bool, typer.Option("--no-raw", help="Do not keep the raw JSON of each measurement.")] = False,
+    no_raw: Annotated[bool, typer.Option(
+        "--no-raw", help="Do not keep a copy of the input files under <data>/raw/ (the raw JSON of each measurement)."
+    )] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
+    )] = None,
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from rich.console import Console
@@ -43,7 +48,7 @@ def ingest_command(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw)
+    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers)
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
     table.add_column("value", justify="right")
