@@ -97,6 +97,15 @@ class EventType(str, enum.Enum):
     volume_collapse = "volume_collapse"
 
 
+class FeedFormat(str, enum.Enum):
+    atom = "atom"
+
+
+TagAuthorityOption = Annotated[
+    str | None, typer.Option(help="Tag URI authority of feed ids, 'yourdomain.org,2025' (RFC 4151).")
+]
+
+
 def events_command(
     data: DataOption = None,
     country: CountryOption = None,
@@ -106,8 +115,13 @@ def events_command(
     record: Annotated[bool, typer.Option("--record/--no-record", help="Append lifecycle entries to events.jsonl.")]
     = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON lines.")] = False,
+    feed: Annotated[FeedFormat | None, typer.Option("--feed", help="Also write the lifecycle log as a feed.")]
+    = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Feed file (default: DATA/events.atom).")] = None,
+    feed_url: Annotated[str | None, typer.Option(help="URL the feed will be served at (rel=self).")] = None,
+    tag_authority: TagAuthorityOption = None,
 ) -> None:
-    """Detect censorship events in the series, log their lifecycle, and list them."""
+    """Detect censorship events in the series, log their lifecycle, and list them (or write an Atom feed)."""
     import orjson
     from rich.console import Console
     from rich.table import Table
@@ -129,6 +143,11 @@ def events_command(
         events, entries = record_events(store, events)
     events = [e for e in events if (not service or e.service in service)
               and (event_type is None or e.type == event_type.value)]
+    if feed is not None:
+        path = out or (store.root / "events.atom")
+        count = _write_feed(store, path, countries, tuple(service or ()),
+                            (event_type.value,) if event_type else (), feed_url, tag_authority)
+        typer.echo(f"wrote {path} ({count} feed entries)", err=as_json)
     if as_json:
         for event in events:
             typer.echo(orjson.dumps(event.to_record()).decode())
@@ -148,6 +167,18 @@ def events_command(
                       f"{store.log_path('events')}")
 
 
+def _write_feed(store, path: Path, countries: tuple[str, ...], services: tuple[str, ...],  # noqa: ANN001
+                event_types: tuple[str, ...], feed_url: str | None, tag_authority: str | None) -> int:
+    from wallwatch.analysis.feeds import DEFAULT_TAG_AUTHORITY, FeedError, FeedOptions, write_atom
+
+    options = FeedOptions(countries=countries, services=services, event_types=event_types, self_url=feed_url,
+                          tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY)
+    try:
+        return write_atom(store, path, options)
+    except FeedError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tag-authority") from exc
+
+
 def report_command(
     data: DataOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: DATA/report).")] = None,
@@ -158,15 +189,21 @@ def report_command(
     exports: Annotated[bool, typer.Option("--exports/--no-exports", help="Write CSV/Parquet exports.")] = True,
     source: Annotated[str, typer.Option(help="Data source named on every chart.")] = "wallwatch measurements",
     rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the series first.")] = True,
+    tag_authority: TagAuthorityOption = None,
 ) -> None:
-    """Write an offline HTML report with charts (SVG/PNG), the event table and CSV/Parquet exports."""
+    """Write an offline HTML report with charts (SVG/PNG), the event table, an Atom feed and CSV/Parquet exports."""
+    from wallwatch.analysis.feeds import DEFAULT_TAG_AUTHORITY, FeedError
     from wallwatch.analysis.report import ReportOptions, build_report
 
     store = _store(data)
     target = out or (store.root / "report")
-    result = build_report(store, target, ReportOptions(
-        countries=_countries(country), services=tuple(service or ()), max_groups=max_charts, png=png,
-        exports=exports, source=source, rebuild_series=rebuild))
+    try:
+        result = build_report(store, target, ReportOptions(
+            countries=_countries(country), services=tuple(service or ()), max_groups=max_charts, png=png,
+            exports=exports, source=source, rebuild_series=rebuild,
+            tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY))
+    except FeedError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tag-authority") from exc
     typer.echo(f"wrote {result.index} ({len(result.events)} events, {len(result.charts)} chart files, "
                f"{len(result.exports)} exports, {result.log_entries} new log entries)")
 

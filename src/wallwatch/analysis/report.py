@@ -1,4 +1,4 @@
-"""`wallwatch report`: one offline HTML page, SVG/PNG charts and CSV/Parquet exports.
+"""`wallwatch report`: one offline HTML page, SVG/PNG charts, an Atom feed and CSV/Parquet exports.
 
 The page embeds its SVG charts (no CDN, no script from elsewhere: it opens
 from a USB stick), lists every detected event with its evidence, and carries
@@ -31,6 +31,7 @@ from wallwatch.analysis.events import (
     iso,
     record_events,
 )
+from wallwatch.analysis.feeds import FeedOptions, write_atom
 from wallwatch.analysis.series import SeriesRequest, build_and_store, read_series
 from wallwatch.analysis.series_queries import network_volume_sql
 
@@ -50,12 +51,15 @@ class ReportOptions:
     source: str = "wallwatch measurements"
     rebuild_series: bool = True
     record: bool = True  # append lifecycle entries to the event log
+    # Tag URI authority of the Atom feed's ids (feeds.py); the feed is written as events.atom.
+    tag_authority: str = "wallwatch.invalid,2025"
 
 
 @dataclass(frozen=True)
 class ReportResult:
     index: Path
     events: list[Event]
+    feed: Path | None = None
     charts: list[Path] = field(default_factory=list)
     exports: list[Path] = field(default_factory=list)
     log_entries: int = 0
@@ -81,9 +85,13 @@ def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptio
     context = charts.ChartContext(source=options.source)
     sections, written = _chart_sections(hourly, daily, events, out_dir / "charts", options, context)
     exports = _exports(store, hourly, daily, events, out_dir / "exports") if options.exports else []
+    feed = out_dir / "events.atom"
+    write_atom(store, feed, FeedOptions(countries=options.countries, services=options.services,
+                                        tag_authority=options.tag_authority))
     index = out_dir / "index.html"
     index.write_text(_render_page(hourly, events, sections, exports, out_dir, options, context))
-    return ReportResult(index=index, events=events, charts=written, exports=exports, log_entries=log_entries)
+    return ReportResult(index=index, events=events, feed=feed, charts=written, exports=exports,
+                        log_entries=log_entries)
 
 
 def _only_services(table: pa.Table, services: Sequence[str]) -> pa.Table:
