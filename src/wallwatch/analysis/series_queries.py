@@ -2,8 +2,9 @@
 
 Densifying uses a grid-plan *table* handed in by the caller (which buckets of
 each series are rows, `series.grid_plan`) rather than a generator function
-(DuckDB `range`, ClickHouse `numbers`), so the same text runs on either engine. Counts of measurements and probes are DISTINCT because
-`verdicts` holds one row per measurement x service x feature x target.
+(DuckDB `range`, ClickHouse `numbers`), so the same text runs on either
+engine. Counts of measurements and probes are DISTINCT because `verdicts`
+holds one row per measurement x service x feature x target.
 """
 
 from __future__ import annotations
