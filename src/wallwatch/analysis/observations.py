@@ -74,6 +74,8 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def _int_or_none(value: Any) -> int | None:
+    if type(value) is int:  # the common case first (bool is a subclass of int, not this type)
+        return value
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -85,7 +87,8 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _tid(entry: Mapping[str, Any]) -> int | None:
-    return _int_or_none(entry.get("transaction_id"))
+    value = entry.get("transaction_id")
+    return value if type(value) is int else _int_or_none(value)
 
 
 def split_address(address: Any) -> tuple[str | None, int | None]:
@@ -312,8 +315,9 @@ class _Builder:
             # A then AAAA: keep the first real failure, but answers from either type count.
             if failure and failure != "dns_no_answer" and row["dns_failure"] is None:
                 row["dns_failure"] = failure
-            for answer in as_list(query.get("answers")):
-                self._add_answer(row, answer, hostname)
+            answers = query.get("answers")
+            if isinstance(answers, list) and answers:
+                self._add_answers(row, answers, hostname)
         for row in merged.values():
             if row["dns_answers"]:
                 self.any_success = True
@@ -322,21 +326,28 @@ class _Builder:
             elif row["dns_failure"] is None:
                 row["dns_failure"] = "dns_no_answer"
 
-    def _add_answer(self, row: Row, answer: Any, hostname: str | None) -> None:
-        if not isinstance(answer, dict):
-            return
-        value = answer.get("ipv4") or answer.get("ipv6") or answer.get("hostname")
-        if not isinstance(value, str):
-            return
-        row["dns_answers"].append(value)
-        fingerprint = self.fingerprints.match_dns(value)
-        if fingerprint is not None and row["dns_fingerprint"] is None:
-            row["dns_fingerprint"] = fingerprint.name
-        if answer.get("ipv4") or answer.get("ipv6"):
-            bogon = is_bogon(value)
-            row["dns_bogon"] = bool(row["dns_bogon"]) or bogon
-            if hostname:
-                self.ip_to_host.setdefault(value, hostname)
+    def _add_answers(self, row: Row, answers: list[Any], hostname: str | None) -> None:
+        # The hottest loop of the extractor (~30 answers per IM measurement): locals, no calls per answer
+        # beyond the cached is_bogon and one dict lookup for the DNS fingerprint.
+        found = row["dns_answers"]
+        fingerprint_of = self.fingerprints.dns_full.get
+        ip_to_host = self.ip_to_host
+        for answer in answers:
+            if not isinstance(answer, dict):
+                continue
+            ipv4, ipv6 = answer.get("ipv4"), answer.get("ipv6")
+            value = ipv4 or ipv6 or answer.get("hostname")
+            if not isinstance(value, str):
+                continue
+            found.append(value)
+            if row["dns_fingerprint"] is None:
+                fingerprint = fingerprint_of(value)
+                if fingerprint is not None:
+                    row["dns_fingerprint"] = fingerprint.name
+            if ipv4 or ipv6:
+                row["dns_bogon"] = bool(row["dns_bogon"]) or is_bogon(value)
+                if hostname:
+                    ip_to_host.setdefault(value, hostname)
 
     def _endpoint(self, tid: int | None, ip: str | None, port: int | None, hostname: str | None, tags: Any) -> Row:
         key = (tid, ip, port)
