@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +57,8 @@ def series_command(
     since: Annotated[datetime | None, typer.Option(help="First hour (UTC).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Last hour (UTC), inclusive.")] = None,
     min_probes: Annotated[int, typer.Option(help="Fewest decisive probes for an hour to count.")] = 1,
+    dense_gap_days: Annotated[float, typer.Option(
+        help="Silences up to this many days stay hour by hour; longer ones fold into one gap row.")] = 14.0,
     limit: Annotated[int, typer.Option(help="Rows to print.")] = 40,
 ) -> None:
     """Build the dense hourly and daily series from the verdicts and print a summary per series."""
@@ -68,7 +70,9 @@ def series_command(
     store = _store(data)
     try:
         hourly, _, build = build_and_store(
-            store, SeriesRequest(start=since, end=until, countries=_countries(country), min_probes=min_probes)
+            store, SeriesRequest(start=since, end=until, countries=_countries(country), min_probes=min_probes,
+                                 max_dense_gap=timedelta(days=dense_gap_days),
+                                 gap_margin=min(timedelta(hours=48), timedelta(days=dense_gap_days) / 2))
         )
     except SeriesError as exc:
         raise typer.BadParameter(str(exc)) from exc
