@@ -128,3 +128,11 @@ def test_lines_split_across_read_chunks(tmp_path: Path, monkeypatch: pytest.Monk
     path = tmp_path / "t.jsonl.gz"
     path.write_bytes(gzip.compress(b"\n".join(lines)))  # no final newline
     assert [(n, bytes(t)) for n, t in iter_lines(path)] == [(1, lines[0]), (4, lines[3]), (5, lines[4])]
+
+
+def test_whitespace_lines_are_not_records(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "blank.jsonl"
+    path.write_bytes(b"\n" + b" " * 40 + b"\n\t\r\n")
+    summary = ingest([path], data_dir)
+    assert (summary.read, summary.quarantined) == (0, 0)
+

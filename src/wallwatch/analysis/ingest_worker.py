@@ -211,6 +211,8 @@ class FileReader:
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if not bytes(line).strip():
+                return  # a long run of whitespace (short ones never get here, see _blank)
             self.batch.read += 1
             self._quarantine(number, line, f"invalid_json: {exc}")
             return
