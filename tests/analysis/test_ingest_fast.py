@@ -136,3 +136,37 @@ def test_whitespace_lines_are_not_records(tmp_path: Path, data_dir: Path) -> Non
     summary = ingest([path], data_dir)
     assert (summary.read, summary.quarantined) == (0, 0)
 
+
+
+@pytest.mark.timeout(120)
+def test_many_files_do_not_deadlock_the_workers(samples_dir: Path, tmp_path: Path) -> None:
+    # More queued file names than a pipe buffer holds (64 KiB) while workers wait on the parent.
+    record = orjson.loads((samples_dir / "ts-019-facebook-messenger.example.json").read_bytes())
+    record.pop("measurement_uid", None)
+    inputs = tmp_path / ("long-directory-name-" * 12)
+    inputs.mkdir()
+    for index in range(300):
+        (inputs / f"{index:04d}-{'x' * 80}.jsonl").write_bytes(orjson.dumps(dict(record, report_id=f"r{index}")))
+    summary = ingest([inputs], tmp_path / "data", workers=2, keep_raw=False)
+    assert (summary.files_seen, summary.stored) == (300, 300)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_worker_fails_the_run_and_leaves_no_process(
+        samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    import wallwatch.analysis.ingest_worker as worker
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("extractor bug")
+
+    monkeypatch.setattr(worker, "make_observations", broken)  # forked workers inherit the patch
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("ts-018-whatsapp.example.json", "ts-029-signal.example.json", "ts-020-telegram.example.json"):
+        (inputs / name).write_bytes((samples_dir / name).read_bytes())
+    with pytest.raises(RuntimeError, match="extractor bug"):
+        ingest([inputs], tmp_path / "data", workers=2)
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "data" / "ingested_files.jsonl").exists()  # nothing was marked done

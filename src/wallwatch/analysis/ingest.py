@@ -257,12 +257,15 @@ class Ingester:
     def _read_in_workers(self, todo: list[int], workers: int) -> None:
         # fork: the workers share the config and the stored uids without pickling them.
         context = multiprocessing.get_context("fork")
-        tasks = context.SimpleQueue()
+        # A Queue (its feeder thread writes the pipe) so queuing thousands of file names never
+        # blocks the parent while the workers wait for it to take their results.
+        tasks = context.Queue()
         results = context.Queue(maxsize=2 * workers)  # bounded: backpressure keeps memory flat
         processes = [context.Process(target=_work, args=(tasks, results, self.config, self.seen_uids), daemon=True)
                      for _ in range(workers)]
         for process in processes:
             process.start()
+        finished = False
         try:
             for index in todo:
                 path, key = self._files[index]
@@ -284,12 +287,16 @@ class Ingester:
                                        f"{message.trace}")
                 else:
                     self._take(message)
+            finished = True
         finally:
             for process in processes:
-                process.join(timeout=5)
-                if process.is_alive():
+                if finished:
+                    process.join(timeout=5)
+                if process.is_alive():  # the parent failed: a worker may wait on a full queue forever
                     process.terminate()
                     process.join(timeout=5)
+            tasks.close()
+            tasks.cancel_join_thread()  # sentinels nobody will read after a failure must not block exit
             results.close()
 
     def _take(self, message: Batch | FileEnd) -> None:
