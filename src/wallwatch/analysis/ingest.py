@@ -133,7 +133,6 @@ class FileKey:
                 digest.update(handle.read(FINGERPRINT_CHUNK))
         return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest())
 
-
     @property
     def ledger_key(self) -> tuple[str, int, int, str]:
         return (self.path, self.size, self.mtime_ns, self.edges_sha256)
