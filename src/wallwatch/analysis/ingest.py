@@ -377,10 +377,14 @@ def ingest(paths: Iterable[Path], data_dir: Path, **options: Any) -> IngestSumma
 
 def read_raw(store: Store, measurement_uid: str) -> bytes:
     """The original JSON text of a stored measurement (KeyError if unknown or stored with keep_raw=False)."""
+    import duckdb
+
     connection = store.connect()
     try:
         row = connection.execute("SELECT raw_file, raw_line, raw_item FROM measurements WHERE measurement_uid = ? "
                                  "AND raw_file IS NOT NULL LIMIT 1", [measurement_uid]).fetchone()
+    except duckdb.BinderException:  # a store written before raw copies existed (inline `raw` column)
+        row = None
     finally:
         connection.close()
     if row is None:
