@@ -21,8 +21,8 @@ def require_lab(*, censor: bool = False) -> None:
         pytest.skip("lab unavailable: " + "; ".join(missing))
 
 
-def client_check(lab: Lab, *args: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Run one tests/lab/client_checks.py check in the lab's client namespace."""
-    result = lab.run_in_client([sys.executable, CLIENT_CHECKS, *args], timeout=timeout)
+def client_check(lab: Lab, *args: str, timeout: float = 30.0, isp: str | None = None) -> dict[str, Any]:
+    """Run one tests/lab/client_checks.py check in the client namespace of ISP `isp` (None: the first)."""
+    result = lab.run_in_client([sys.executable, CLIENT_CHECKS, *args], timeout=timeout, isp=isp)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

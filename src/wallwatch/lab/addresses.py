@@ -28,6 +28,41 @@ LAB_BLOCK = "198.18.0.0/15"  # RFC 2544 benchmarking block: the only thing lab r
 LINKS_BLOCK = "198.18.0.0/16"
 INTERNET_BLOCK = "198.19.0.0/16"
 
+# --- several ISPs (vantage points) ----------------------------------------------
+# ISP k (1-based) of a multi-ISP lab: client subnet 198.18.k.0/24, censor<->svc
+# link 198.18.(200+k).0/24. The single-ISP lab keeps 198.18.0.0/24 and
+# 198.18.254.0/24 above. k stays below 100 because 198.18.100.0/24 and
+# 198.18.101.0/24 are the VPN tunnels of lab/vpn_servers.py.
+MAX_ISPS = 50
+_ISP_LINK_BASE = 200
+
+
+@dataclass(frozen=True, slots=True)
+class IspAddresses:
+    """The four link addresses of one ISP's client and censor; `client_subnet` is what svc routes back."""
+
+    client: str
+    censor_client_side: str
+    censor_services_side: str
+    services_side: str
+    client_subnet: str
+
+
+def isp_addresses(index: int) -> IspAddresses:
+    """Addresses of ISP `index`: 0 is the single-ISP lab, 1..MAX_ISPS the ISPs of a multi-ISP lab."""
+    if index == 0:
+        return IspAddresses(CLIENT_ADDRESS, CENSOR_CLIENT_SIDE, CENSOR_SERVICES_SIDE, SERVICES_ADDRESS, LINKS_BLOCK)
+    if not 1 <= index <= MAX_ISPS:
+        raise ValueError(f"ISP index {index} is outside 1..{MAX_ISPS}")
+    link = _ISP_LINK_BASE + index
+    return IspAddresses(
+        client=f"198.18.{index}.2",
+        censor_client_side=f"198.18.{index}.1",
+        censor_services_side=f"198.18.{link}.1",
+        services_side=f"198.18.{link}.2",
+        client_subnet=f"198.18.{index}.0/{LINK_PREFIX_LEN}",
+    )
+
 # --- the lab "internet" --------------------------------------------------------
 RESOLVER = "198.19.0.53"
 # Forged DNS answers point here by default. No host has this address, so a

@@ -4,6 +4,12 @@
     198.18.0.2/24 --veth-- 198.18.0.1 | 198.18.254.1 --veth-- 198.18.254.2
                                                                198.19.x.y on a dummy link
 
+With `Lab.up(isps=[...])` the lab holds several ISPs (vantage points): ISP k
+(1-based) has its own client namespace `ww<run>-client<k>` (198.18.k.2/24)
+and its own censor namespace `ww<run>-censor<k>` running its own censor
+process (so policies differ per ISP and change on different days), linked to
+the one services namespace over 198.18.(200+k).0/24 (addresses.isp_addresses).
+
 Veths are created directly inside their namespaces and no namespace has a
 default route or a link to the root namespace, so nothing in the lab can reach
 anything outside it (see docs/architecture.md, "The lab").
@@ -39,13 +45,16 @@ DEFAULT_STATE_PATH = Path("/run/wallwatch/lab.json")
 STATE_ENV = "WALLWATCH_LAB_STATE"  # overrides where `lab up` writes its state
 ROLES = ("client", "censor", "services")
 _ROLE_SUFFIX = {"client": "client", "censor": "censor", "services": "svc"}
-NAMESPACE_PATTERN = re.compile(r"^ww(?P<run>[0-9a-z]+)-(?P<role>client|censor|svc)$")
+# The optional digits are the ISP number of a multi-ISP lab.
+NAMESPACE_PATTERN = re.compile(r"^ww(?P<run>[0-9a-z]+)-(?P<role>client|censor|svc)(?P<isp>[0-9]*)$")
 
 # Interface names are per namespace, so fixed names are fine and read well in `ip a`.
 CLIENT_IF, CENSOR_CLIENT_IF, CENSOR_SERVICES_IF, SERVICES_IF, INTERNET_IF = (
     "to-censor", "to-client", "to-services", "to-censor", "internet",
 )
 ALLOW_ALL_POLICY: Mapping[str, Any] = {"name": "allow-all", "description": "no rules: every flow is allowed", "rules": []}
+
+ISP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 START_TIMEOUT = 30.0  # services import cryptography/noise and bind ~40 sockets; seconds on a busy 2-core box
 STOP_TIMEOUT = 5.0  # SIGTERM grace before SIGKILL; the censor removes its iptables rules in it
@@ -54,6 +63,62 @@ POLL_INTERVAL = 0.05
 
 class LabError(RuntimeError):
     """The lab could not be built, reached or changed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Isp:
+    """One vantage point: what the probe records as its network (OONI's probe_asn, probe_cc, probe_network_name)."""
+
+    id: str
+    name: str = ""
+    asn: str = "AS0"  # OONI's "hidden" values: the probe's own defaults
+    cc: str = "ZZ"
+    network_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not ISP_ID_PATTERN.match(self.id):
+            raise ValueError(f"ISP id {self.id!r} must match {ISP_ID_PATTERN.pattern}")
+        if not re.fullmatch(r"AS[0-9]+", self.asn):
+            raise ValueError(f"ISP {self.id}: asn {self.asn!r} must look like AS4134")
+        if not re.fullmatch(r"[A-Z]{2}", self.cc):
+            raise ValueError(f"ISP {self.id}: cc {self.cc!r} must be two capital letters (ISO 3166-1 alpha-2)")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "name": self.name, "asn": self.asn, "cc": self.cc, "network_name": self.network_name}
+
+
+DEFAULT_ISP = Isp("lab", "lab")  # the single-ISP lab's only vantage point
+
+
+@dataclass(frozen=True, slots=True)
+class IspSite:
+    """Where one ISP lives in a lab: its namespaces, addresses, interfaces and censor files."""
+
+    isp: Isp
+    index: int  # 0: the single-ISP layout; 1..MAX_ISPS: ISP k of a multi-ISP lab
+    client_ns: str
+    censor_ns: str
+    addresses: addresses.IspAddresses
+    services_if: str  # its veth's name in the services namespace
+    policy_path: Path
+    status_path: Path
+    log_name: str
+
+
+def isp_site(run_id: str, workdir: Path, isp: Isp, index: int) -> IspSite:
+    suffix = "" if index == 0 else str(index)
+    files = "" if index == 0 else f"-{index}"
+    return IspSite(
+        isp=isp,
+        index=index,
+        client_ns=f"ww{run_id}-client{suffix}",
+        censor_ns=f"ww{run_id}-censor{suffix}",
+        addresses=addresses.isp_addresses(index),
+        services_if=f"{SERVICES_IF}{suffix}",  # "to-censor12": within IFNAMSIZ (15)
+        policy_path=workdir / f"policy{files}.yaml",
+        status_path=workdir / f"censor-status{files}.json",
+        log_name=f"censor{files}.log",
+    )
 
 
 def default_state_path() -> Path:
@@ -161,17 +226,43 @@ class Lab:
     state_path: Path
     workdir: Path
     censor_enabled: bool
+    isps: tuple[Isp, ...] = (DEFAULT_ISP,)
+    multi_isp: bool = False  # built with `isps=[...]`: the ISP-numbered layout
     _services: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _censor: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _services_pid: int | None = None
-    _censor_pid: int | None = None
+    _censors: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    _censor_pids: dict[str, int] = field(default_factory=dict)
+    _vpn_running: dict[str, Any] = field(default_factory=dict, repr=False)  # kind -> vpn_servers.Running
+    _vpn_state: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> what the probe reads
     _down: bool = False
 
     # -- names and paths
 
     @property
+    def sites(self) -> tuple[IspSite, ...]:
+        if not self.multi_isp:
+            return (isp_site(self.run_id, self.workdir, self.isps[0], 0),)
+        return tuple(isp_site(self.run_id, self.workdir, isp, k) for k, isp in enumerate(self.isps, start=1))
+
+    def site(self, isp: str | Isp | None = None) -> IspSite:
+        """The site of ISP `isp` (an id or an Isp); None is the first ISP."""
+        sites = self.sites
+        if isp is None:
+            return sites[0]
+        wanted = isp.id if isinstance(isp, Isp) else isp
+        for site in sites:
+            if site.isp.id == wanted:
+                return site
+        raise LabError(f"no ISP {wanted!r} in this lab (ISPs: {', '.join(s.isp.id for s in sites)})")
+
+    @property
     def namespaces(self) -> dict[str, str]:
-        return namespace_names(self.run_id)
+        """client/censor of the first ISP and the services namespace (the single-ISP contract)."""
+        first = self.sites[0]
+        return {"client": first.client_ns, "censor": first.censor_ns, "services": f"ww{self.run_id}-svc"}
+
+    def all_namespaces(self) -> list[str]:
+        return [*(ns for site in self.sites for ns in (site.client_ns, site.censor_ns)), self.namespaces["services"]]
 
     @property
     def client_ns(self) -> str:
@@ -183,11 +274,11 @@ class Lab:
 
     @property
     def policy_path(self) -> Path:
-        return self.workdir / "policy.yaml"
+        return self.sites[0].policy_path
 
     @property
     def censor_status_path(self) -> Path:
-        return self.workdir / "censor-status.json"
+        return self.sites[0].status_path
 
     # -- building
 
@@ -200,20 +291,30 @@ class Lab:
         state_path: str | Path | None = None,
         run_id: str | None = None,
         timeout: float = START_TIMEOUT,
+        isps: Sequence[Isp] | None = None,
+        vpn_servers: Sequence[str] = (),
     ) -> Lab:
-        """Build a lab and return it once services (and censor) are ready.
+        """Build a lab and return it once services (and censors) are ready.
 
-        `policy` is the censor's policy (a YAML path or a dict); None means
-        allow-all. `censor=False` makes the censor namespace a plain router.
-        On any failure everything built so far is removed before the error
-        propagates.
+        `policy` is the censors' policy (a YAML path or a dict); None means
+        allow-all. `censor=False` makes the censor namespaces plain routers.
+        `isps` makes a multi-ISP lab, one client and censor namespace per ISP
+        (None: the single-ISP lab). `vpn_servers` names real servers to start
+        in the services namespace ("openvpn"), which the probe then finds in
+        the state file. On any failure everything built so far is removed
+        before the error propagates.
         """
         if policy is not None and not censor:
             raise ValueError("a policy needs the censor; drop censor=False or the policy")
+        unknown = set(vpn_servers) - set(VPN_SERVER_KINDS)
+        if unknown:
+            raise ValueError(f"unknown VPN server kinds {sorted(unknown)}; known: {', '.join(VPN_SERVER_KINDS)}")
+        chosen = _check_isps(isps)
         state = Path(state_path) if state_path is not None else default_state_path()
         _refuse_live_lab(state)
         run = run_id or secrets.token_hex(3)
-        lab = cls(run_id=run, state_path=state, workdir=state.parent / f"lab-{run}", censor_enabled=censor)
+        lab = cls(run_id=run, state_path=state, workdir=state.parent / f"lab-{run}", censor_enabled=censor,
+                  isps=chosen or (DEFAULT_ISP,), multi_isp=chosen is not None)
         try:
             lab.workdir.mkdir(parents=True)
             lab._write_state()  # first, so a crash mid-build can still be cleaned from the state file
@@ -223,8 +324,11 @@ class Lab:
             make_lab_certificates(lab.workdir / "certs", addresses.NAMES, run_id=run)
             lab._start_services(timeout)
             if censor:
-                lab._write_policy(ALLOW_ALL_POLICY if policy is None else policy)
-                lab._start_censor(timeout)
+                for site in lab.sites:
+                    lab._write_policy(site, ALLOW_ALL_POLICY if policy is None else policy)
+                lab._start_censors(timeout)
+            for kind in vpn_servers:
+                lab._start_vpn_server(kind)
             lab._write_state()
         except BaseException:
             lab.down()
@@ -232,51 +336,51 @@ class Lab:
         return lab
 
     def _build_network(self) -> None:
-        ns = self.namespaces
-        client, censor, services = ns["client"], ns["censor"], ns["services"]
-        existing = existing_namespaces() & set(ns.values())
+        services = self.namespaces["services"]
+        existing = existing_namespaces() & set(self.all_namespaces())
         if existing:
             raise LabError(f"namespaces {sorted(existing)} already exist; run id {self.run_id} is taken")
-        link = addresses.LINK_PREFIX_LEN
-        _must(
-            ["ip", "-batch", "-"],
-            "creating namespaces and veths",
-            input="\n".join(
-                [
-                    f"netns add {client}",
-                    f"netns add {censor}",
-                    f"netns add {services}",
-                    # Created inside the namespaces: never in the root namespace, not even briefly.
-                    f"link add {CLIENT_IF} netns {client} type veth peer name {CENSOR_CLIENT_IF} netns {censor}",
-                    f"link add {SERVICES_IF} netns {services} type veth peer name {CENSOR_SERVICES_IF} netns {censor}",
-                ]
-            )
-            + "\n",
-        )
+        batch = [f"netns add {services}"]
+        for site in self.sites:
+            batch += [
+                f"netns add {site.client_ns}",
+                f"netns add {site.censor_ns}",
+                # Created inside the namespaces: never in the root namespace, not even briefly.
+                f"link add {CLIENT_IF} netns {site.client_ns} type veth peer name {CENSOR_CLIENT_IF} netns {site.censor_ns}",
+                f"link add {site.services_if} netns {services} type veth peer name {CENSOR_SERVICES_IF} netns {site.censor_ns}",
+            ]
+        _must(["ip", "-batch", "-"], "creating namespaces and veths", input="\n".join(batch) + "\n")
         internet = self._internet_device(services)
-        per_namespace = {
-            client: [
-                f"addr add {addresses.CLIENT_ADDRESS}/{link} dev {CLIENT_IF}",
+        link = addresses.LINK_PREFIX_LEN
+        per_namespace: dict[str, list[str]] = {
+            services: [
+                *(f"addr add {a}/32 dev {internet}" for a in addresses.service_addresses()),
+            ]
+        }
+        for site in self.sites:
+            a = site.addresses
+            per_namespace[site.client_ns] = [
+                f"addr add {a.client}/{link} dev {CLIENT_IF}",
                 f"link set {CLIENT_IF} up",
-                f"route add {addresses.LAB_BLOCK} via {addresses.CENSOR_CLIENT_SIDE}",
-            ],
-            censor: [
-                f"addr add {addresses.CENSOR_CLIENT_SIDE}/{link} dev {CENSOR_CLIENT_IF}",
-                f"addr add {addresses.CENSOR_SERVICES_SIDE}/{link} dev {CENSOR_SERVICES_IF}",
+                f"route add {addresses.LAB_BLOCK} via {a.censor_client_side}",
+            ]
+            per_namespace[site.censor_ns] = [
+                f"addr add {a.censor_client_side}/{link} dev {CENSOR_CLIENT_IF}",
+                f"addr add {a.censor_services_side}/{link} dev {CENSOR_SERVICES_IF}",
                 f"link set {CENSOR_CLIENT_IF} up",
                 f"link set {CENSOR_SERVICES_IF} up",
-                f"route add {addresses.INTERNET_BLOCK} via {addresses.SERVICES_ADDRESS}",
-            ],
-            services: [
-                f"addr add {addresses.SERVICES_ADDRESS}/{link} dev {SERVICES_IF}",
-                f"link set {SERVICES_IF} up",
-                *(f"addr add {a}/32 dev {internet}" for a in addresses.service_addresses()),
-                f"route add {addresses.LINKS_BLOCK} via {addresses.CENSOR_SERVICES_SIDE}",
-            ],
-        }
+                f"route add {addresses.INTERNET_BLOCK} via {a.services_side}",
+            ]
+            per_namespace[services] += [
+                f"addr add {a.services_side}/{link} dev {site.services_if}",
+                f"link set {site.services_if} up",
+                # Each ISP's clients are reached back through that ISP's censor.
+                f"route add {a.client_subnet} via {a.censor_services_side}",
+            ]
         for namespace, commands in per_namespace.items():
             _must(["ip", "-n", namespace, "-batch", "-"], f"configuring {namespace}", input="\n".join(["link set lo up", *commands]) + "\n")
-        _must(["ip", "netns", "exec", censor, "sysctl", "-qw", "net.ipv4.ip_forward=1"], "enabling forwarding")
+        for site in self.sites:
+            _must(["ip", "netns", "exec", site.censor_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], "enabling forwarding")
         self._disable_offloads()
 
     @staticmethod
@@ -302,14 +406,15 @@ class Lab:
         """
         if shutil.which("ethtool") is None:
             return
-        ns = self.namespaces
-        for namespace, device in (
-            (ns["client"], CLIENT_IF),
-            (ns["censor"], CENSOR_CLIENT_IF),
-            (ns["censor"], CENSOR_SERVICES_IF),
-            (ns["services"], SERVICES_IF),
-        ):
-            _run(["ip", "netns", "exec", namespace, "ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"])
+        services = self.namespaces["services"]
+        for site in self.sites:
+            for namespace, device in (
+                (site.client_ns, CLIENT_IF),
+                (site.censor_ns, CENSOR_CLIENT_IF),
+                (site.censor_ns, CENSOR_SERVICES_IF),
+                (services, site.services_if),
+            ):
+                _run(["ip", "netns", "exec", namespace, "ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"])
 
     def _spawn(self, namespace: str, argv: Sequence[str], log_name: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / log_name, "ab") as log:
@@ -339,56 +444,80 @@ class Lab:
                 raise LabError(f"services not ready after {timeout:.0f} s:\n{_log_tail(self.workdir / 'services.log')}")
             time.sleep(POLL_INTERVAL)
 
-    def _write_policy(self, policy: str | Path | Mapping[str, Any]) -> str:
+    def _write_policy(self, site: IspSite, policy: str | Path | Mapping[str, Any]) -> str:
         if isinstance(policy, Mapping):
             import yaml
 
             data = yaml.safe_dump(dict(policy), sort_keys=False).encode()
         else:
             data = Path(policy).read_bytes()
-        _write_atomic(self.policy_path, data)
+        _write_atomic(site.policy_path, data)
         return hashlib.sha256(data).hexdigest()
 
-    def _start_censor(self, timeout: float) -> None:
-        self._censor = self._spawn(
-            self.namespaces["censor"],
-            [
-                sys.executable, "-m", "wallwatch.cli", "censor", "run",
-                "--policy", str(self.policy_path),
-                "--status-file", str(self.censor_status_path),
-            ],
-            "censor.log",
-        )
-        self._censor_pid = self._censor.pid
+    def _start_censors(self, timeout: float) -> None:
+        """One censor per ISP, all started before any is awaited (each takes a second or two to import)."""
+        for site in self.sites:
+            process = self._spawn(
+                site.censor_ns,
+                [
+                    sys.executable, "-m", "wallwatch.cli", "censor", "run",
+                    "--policy", str(site.policy_path),
+                    "--status-file", str(site.status_path),
+                ],
+                site.log_name,
+            )
+            self._censors[site.isp.id] = process
+            self._censor_pids[site.isp.id] = process.pid
         self._write_state()
-        self._await_policy(_sha256(self.policy_path), previous=None, timeout=timeout)
+        for site in self.sites:
+            self._await_policy(site, _sha256(site.policy_path), previous=None, timeout=timeout)
 
-    def _censor_alive(self) -> bool:
-        if self._censor is not None:
-            return self._censor.poll() is None
-        return self._censor_pid is not None and _process_is_ours(self._censor_pid, str(self.workdir))
+    def _start_vpn_server(self, kind: str) -> None:
+        from wallwatch.lab import vpn_servers
 
-    def _await_policy(self, sha256: str, previous: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        if kind == "openvpn":
+            if shutil.which("openvpn") is None:
+                raise LabError("the openvpn binary is not installed (apt-get install openvpn; scripts/install.sh)")
+            running = vpn_servers.start_openvpn_server(self)
+            self._vpn_running[kind] = running
+            # The probe's contract (probe/settings.py LabInfo.vpn_servers).
+            self._vpn_state[kind] = {"address": running.address, "port": running.port, "transports": ["udp", "tcp"]}
+        self._write_state()
+
+    def _censor_alive(self, site: IspSite) -> bool:
+        process = self._censors.get(site.isp.id)
+        if process is not None:
+            return process.poll() is None
+        pid = self._censor_pids.get(site.isp.id)
+        return pid is not None and _process_is_ours(pid, str(self.workdir))
+
+    def _await_policy(self, site: IspSite, sha256: str, previous: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         """Wait for the censor's status to report `sha256`, or an error newer than `previous`."""
         deadline = time.monotonic() + timeout
+        where = "" if not self.multi_isp else f" of ISP {site.isp.id}"
         while True:
-            status = _read_json(self.censor_status_path)
+            status = _read_json(site.status_path)
             # A failed load leaves the old policy (and its sha) in force, so the
             # new sha in the status means the new policy is the one in force.
             if status is not None and status.get("policy_sha256") == sha256:
                 return status
             if status is not None and status != previous and status.get("error"):
-                raise LabError(f"the censor rejected the policy: {status['error']}")
-            if not self._censor_alive():
-                raise LabError(f"the censor exited:\n{_log_tail(self.workdir / 'censor.log')}")
+                raise LabError(f"the censor{where} rejected the policy: {status['error']}")
+            if not self._censor_alive(site):
+                raise LabError(f"the censor{where} exited:\n{_log_tail(self.workdir / site.log_name)}")
             if time.monotonic() > deadline:
                 raise LabError(
-                    f"the censor did not report policy {sha256[:12]} within {timeout:.0f} s "
-                    f"(status: {status}):\n{_log_tail(self.workdir / 'censor.log')}"
+                    f"the censor{where} did not report policy {sha256[:12]} within {timeout:.0f} s "
+                    f"(status: {status}):\n{_log_tail(self.workdir / site.log_name)}"
                 )
             time.sleep(POLL_INTERVAL)
 
     # -- state
+
+    def _censor_state(self, site: IspSite) -> dict[str, Any] | None:
+        if not self.censor_enabled:
+            return None
+        return {"pid": self._censor_pids.get(site.isp.id), "policy_path": str(site.policy_path), "status_path": str(site.status_path)}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -398,13 +527,21 @@ class Lab:
             "ca_cert": str(self.ca_cert),
             "address_map": dict(addresses.REAL_TO_LAB),
             "names": dict(addresses.NAMES),
-            "censor": (
-                {"pid": self._censor_pid, "policy_path": str(self.policy_path), "status_path": str(self.censor_status_path)}
-                if self.censor_enabled
-                else None
-            ),
+            "censor": self._censor_state(self.sites[0]),
             "services_pid": self._services_pid,
             "workdir": str(self.workdir),
+            "multi_isp": self.multi_isp,
+            "isps": [
+                {
+                    **site.isp.as_dict(),
+                    "index": site.index,
+                    "namespaces": {"client": site.client_ns, "censor": site.censor_ns},
+                    "client_address": site.addresses.client,
+                    "censor": self._censor_state(site),
+                }
+                for site in self.sites
+            ],
+            "vpn_servers": dict(self._vpn_state),
         }
 
     def _write_state(self) -> None:
@@ -418,53 +555,90 @@ class Lab:
         if state is None:
             raise LabError(f"no lab state at {path} (is a lab up? `wallwatch lab up`)")
         censor = state.get("censor")
+        entries = state.get("isps") or [{**DEFAULT_ISP.as_dict(), "censor": censor}]
+        isps = tuple(Isp(**{key: entry[key] for key in ("id", "name", "asn", "cc", "network_name")}) for entry in entries)
+        pids = {entry["id"]: entry["censor"]["pid"] for entry in entries if entry.get("censor") and entry["censor"].get("pid")}
         return cls(
             run_id=state["run_id"],
             state_path=path,
             workdir=Path(state["workdir"]),
             censor_enabled=censor is not None,
+            isps=isps,
+            multi_isp=bool(state.get("multi_isp")),
             _services_pid=state.get("services_pid"),
-            _censor_pid=censor.get("pid") if censor else None,
+            _censor_pids=pids,
+            _vpn_state=dict(state.get("vpn_servers") or {}),
         )
 
     # -- using a lab
 
     def run_in(
-        self, role: str, argv: Sequence[str], *, timeout: float = 60.0, text: bool = True, **kwargs: Any
+        self, role: str, argv: Sequence[str], *, timeout: float = 60.0, text: bool = True, isp: str | Isp | None = None,
+        **kwargs: Any,
     ) -> subprocess.CompletedProcess[Any]:
-        """Run `argv` in one of the lab's namespaces ("client", "censor", "services")."""
+        """Run `argv` in one of the lab's namespaces ("client", "censor" of ISP `isp`, or "services")."""
+        if role == "services":
+            namespace = self.namespaces["services"]
+        elif role in ("client", "censor"):
+            site = self.site(isp)
+            namespace = site.client_ns if role == "client" else site.censor_ns
+        else:
+            raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         env = {**os.environ, LAB_ENV: str(self.state_path), **kwargs.pop("env", {})}
         kwargs.setdefault("capture_output", True)
         return subprocess.run(
-            ["ip", "netns", "exec", self.namespaces[role], *argv], env=env, timeout=timeout, text=text, check=False, **kwargs
+            ["ip", "netns", "exec", namespace, *argv], env=env, timeout=timeout, text=text, check=False, **kwargs
         )
 
-    def run_in_client(self, argv: Sequence[str], *, timeout: float = 60.0, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
-        """Run `argv` in the client namespace with `WALLWATCH_LAB` set, as the probe runs."""
-        return self.run_in("client", argv, timeout=timeout, **kwargs)
+    def run_in_client(
+        self, argv: Sequence[str], *, timeout: float = 60.0, isp: str | Isp | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run `argv` in ISP `isp`'s client namespace (None: the first) with `WALLWATCH_LAB` set, as the probe runs."""
+        return self.run_in("client", argv, timeout=timeout, isp=isp, **kwargs)
 
-    def censor_status(self) -> dict[str, Any] | None:
-        return _read_json(self.censor_status_path) if self.censor_enabled else None
+    def censor_status(self, isp: str | Isp | None = None) -> dict[str, Any] | None:
+        return _read_json(self.site(isp).status_path) if self.censor_enabled else None
 
-    def set_policy(self, policy: str | Path | Mapping[str, Any], *, timeout: float = 15.0) -> dict[str, Any]:
-        """Swap the censor's policy; returns the censor's status once it reports the new one loaded."""
-        if not self.censor_enabled or self._censor_pid is None:
+    def set_policy(
+        self, policy: str | Path | Mapping[str, Any], *, timeout: float = 15.0, isp: str | Isp | None = None
+    ) -> dict[str, Any]:
+        """Swap the censor's policy on ISP `isp` (None: every ISP); returns the (first) censor's status once loaded.
+
+        The censors reload in parallel: every policy is written and signalled
+        before any is awaited.
+        """
+        sites = self.sites if isp is None else (self.site(isp),)
+        return self.set_policies({site.isp.id: policy for site in sites}, timeout=timeout)[sites[0].isp.id]
+
+    def set_policies(
+        self, policies: Mapping[str, str | Path | Mapping[str, Any]], *, timeout: float = 15.0
+    ) -> dict[str, dict[str, Any]]:
+        """Put a (different) policy in force on each named ISP at once; returns each censor's status."""
+        if not self.censor_enabled:
             raise LabError("this lab runs without a censor (--no-censor)")
-        if not self._censor_alive():
-            raise LabError(f"the censor is not running:\n{_log_tail(self.workdir / 'censor.log')}")
-        previous = _read_json(self.censor_status_path)
-        sha256 = self._write_policy(policy)
-        os.kill(self._censor_pid, signal.SIGHUP)
-        return self._await_policy(sha256, previous, timeout)
+        sites = [self.site(isp_id) for isp_id in policies]
+        for site in sites:
+            if site.isp.id not in self._censor_pids or not self._censor_alive(site):
+                raise LabError(f"the censor of ISP {site.isp.id} is not running:\n{_log_tail(self.workdir / site.log_name)}")
+        pending = []
+        for site in sites:
+            previous = _read_json(site.status_path)
+            sha256 = self._write_policy(site, policies[site.isp.id])
+            os.kill(self._censor_pids[site.isp.id], signal.SIGHUP)
+            pending.append((site, sha256, previous))
+        return {site.isp.id: self._await_policy(site, sha256, previous, timeout) for site, sha256, previous in pending}
 
     def alive(self) -> dict[str, bool]:
-        """Which parts are alive: each namespace, the services, the censor."""
+        """Which parts are alive: each namespace, the services, the censor(s)."""
         present = existing_namespaces()
         marker = str(self.workdir)
-        report = {f"namespace {name}": name in present for name in self.namespaces.values()}
+        report = {f"namespace {name}": name in present for name in self.all_namespaces()}
         report["services"] = self._services_pid is not None and _process_is_ours(self._services_pid, marker)
         if self.censor_enabled:
-            report["censor"] = self._censor_pid is not None and _process_is_ours(self._censor_pid, marker)
+            for site in self.sites:
+                pid = self._censor_pids.get(site.isp.id)
+                key = "censor" if not self.multi_isp else f"censor {site.isp.id}"
+                report[key] = pid is not None and _process_is_ours(pid, marker)
         return report
 
     # -- tearing down
@@ -472,9 +646,15 @@ class Lab:
     def down(self) -> None:
         """Stop the processes, delete the namespaces, remove workdir and state. Idempotent."""
         marker = str(self.workdir)
-        # The censor first, so it removes its own rules while its namespace exists.
-        if self._censor_pid is not None:
-            _stop_process(self._censor_pid, marker, self._censor)
+        for running in reversed(list(self._vpn_running.values())):
+            with contextlib.suppress(Exception):  # best effort: the namespaces go below anyway
+                running.stop()
+        self._vpn_running.clear()
+        # The censors first, so each removes its own rules while its namespace exists.
+        for site in self.sites:
+            pid = self._censor_pids.get(site.isp.id)
+            if pid is not None:
+                _stop_process(pid, marker, self._censors.get(site.isp.id))
         if self._services_pid is not None:
             _stop_process(self._services_pid, marker, self._services)
         _remove_namespaces(self.run_id)
@@ -492,12 +672,33 @@ class Lab:
         self.down()
 
 
+VPN_SERVER_KINDS = ("openvpn",)  # what `Lab.up(vpn_servers=...)` can start (lab/vpn_servers.py has more)
+
+
+def _check_isps(isps: Sequence[Isp] | None) -> tuple[Isp, ...] | None:
+    if isps is None:
+        return None
+    chosen = tuple(isps)
+    if not 1 <= len(chosen) <= addresses.MAX_ISPS:
+        raise ValueError(f"a lab holds 1..{addresses.MAX_ISPS} ISPs, not {len(chosen)}")
+    ids = [isp.id for isp in chosen]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate ISP ids: {', '.join(duplicates)}")
+    return chosen
+
+
+def run_namespaces(run_id: str, present: set[str] | None = None) -> list[str]:
+    """Every namespace of lab `run_id` that exists, whatever its number of ISPs (client/censor first, svc last)."""
+    names = present if present is not None else existing_namespaces()
+    ours = [name for name in names if (m := NAMESPACE_PATTERN.match(name)) and m["run"] == run_id]
+    return sorted(ours, key=lambda name: (name.endswith("-svc"), name))
+
+
 def _remove_namespaces(run_id: str) -> None:
-    present = existing_namespaces()
-    for namespace in namespace_names(run_id).values():
-        if namespace in present:
-            _kill_namespace_pids(namespace)
-            _run(["ip", "netns", "del", namespace])
+    for namespace in run_namespaces(run_id):
+        _kill_namespace_pids(namespace)
+        _run(["ip", "netns", "del", namespace])
 
 
 def _refuse_live_lab(state_path: Path) -> None:
@@ -530,4 +731,3 @@ def cleanup_all(state_path: str | Path | None = None) -> list[str]:
         _remove_namespaces(run_id)
         shutil.rmtree(path.parent / f"lab-{run_id}", ignore_errors=True)
     return removed
-
