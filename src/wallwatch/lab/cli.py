@@ -138,5 +138,53 @@ def policy(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="p
     )
 
 
+@lab_app.command("replay")
+def replay(
+    scenario: Path = typer.Argument(..., exists=True, dir_okay=False, help="scenario YAML (docs/scenarios.md)"),
+    out: Path = typer.Option(Path("replay-out"), "--out", help="directory for measurements.jsonl and ground_truth.jsonl"),
+    days_per_phase: Optional[int] = typer.Option(
+        None, "--days-per-phase", min=1, help="probe only the first N days of every phase (change days always): for CI"
+    ),
+    from_: Optional[str] = typer.Option(None, "--from", help="first simulated day, YYYY-MM-DD (default: the scenario's start)"),
+    to: Optional[str] = typer.Option(None, "--to", help="last simulated day, YYYY-MM-DD (default: the scenario's end)"),
+    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="per-step probe timeout, seconds"),
+) -> None:
+    """Replay a scenario's timeline over simulated days in a multi-ISP lab; compare with its ground truth."""
+    from wallwatch.lab.capabilities import missing_lab_features
+    from wallwatch.lab.replay import render_summary, replay as run_replay
+    from wallwatch.lab.scenario import ScenarioError, load_scenario, parse_day
+    from wallwatch.lab.topology import LabError
+
+    console = _console()
+    try:
+        loaded = load_scenario(scenario)
+        start = parse_day(from_) if from_ else None
+        end = parse_day(to) if to else None
+        loaded.sample_days(days_per_phase, start, end)  # a bad range fails before any lab is built
+    except (ScenarioError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    missing = missing_lab_features()
+    if missing:
+        console.print("[red]the lab cannot run here:[/red] " + "; ".join(missing), highlight=False)
+        raise typer.Exit(2)
+
+    def on_day(day, rows, seconds):  # type: ignore[no-untyped-def]
+        bad = sum(not row.match for row in rows)
+        verdict = "[green]all match[/]" if not bad else f"[red]{bad} differ[/]"
+        console.print(f"{day} {day.strftime('%a')}: {len(rows)} feature verdicts, {verdict} ({seconds:.1f} s)", highlight=False)
+
+    try:
+        with console.status("replaying") as status:
+            report = run_replay(
+                loaded, out, days_per_phase=days_per_phase, start=start, end=end, timeout=timeout,
+                on_day=on_day, on_status=lambda message: status.update(message),
+            )
+    except (LabError, RuntimeError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    render_summary(console, report)
+    if report.mismatches:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(lab_app, name="lab")
