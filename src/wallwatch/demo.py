@@ -10,7 +10,6 @@ their own.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,37 +19,13 @@ from typing import Any
 import typer
 import yaml
 
+# Shared with `wallwatch lab replay` (re-exported: tests and bench import them from here).
+from wallwatch.lab.scenario import Expectation, Observed, observed_features, probe_in_lab
+
+__all__ = ["Expectation", "Observed", "Phase", "compare", "load_phases", "observed_features", "probe_in_lab", "run_demo"]
+
 FEATURES = ("text", "media", "calls", "web", "registration")
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "whatsapp-2017.yaml"
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """What the probe must report for one feature: a verdict and, if blocked, how."""
-
-    verdict: str
-    method: str | None
-
-    @classmethod
-    def parse(cls, text: str) -> "Expectation":
-        verdict, _, method = text.partition("/")
-        return cls(verdict, method or None)
-
-    def matches(self, observed: "Observed") -> bool:
-        return observed.verdict == self.verdict and (self.method is None or observed.method == self.method)
-
-    def __str__(self) -> str:
-        return f"{self.verdict}/{self.method}" if self.method else self.verdict
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    verdict: str
-    method: str | None
-    evidence: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return f"{self.verdict}/{self.method}" if self.method else self.verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,28 +50,6 @@ def load_phases(path: Path) -> tuple[str, list[Phase]]:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: phase {index} is missing or has a malformed {exc}") from None
     return document.get("name", path.stem), phases
-
-
-def observed_features(measurement: dict[str, Any]) -> dict[str, Observed]:
-    features = measurement.get("test_keys", {}).get("x_wallwatch", {}).get("features", {})
-    return {
-        name: Observed(result.get("verdict", "unknown"), result.get("method"), tuple(result.get("evidence") or ()))
-        for name, result in features.items()
-    }
-
-
-def probe_in_lab(lab: Any, output: Path, timeout: float, extra_args: list[str] | None = None) -> dict[str, Any]:
-    """Run the real probe in the lab's client namespace and return its measurement."""
-    output.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "wallwatch.cli", "probe", "run", "whatsapp", "--output", str(output)]
-    argv += ["--timeout", str(timeout), *(extra_args or [])]
-    result = lab.run_in_client(argv, timeout=timeout * 6 + 60)
-    if result.returncode != 0 or not output.exists():
-        raise RuntimeError(
-            f"probe failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-        )
-    lines = [line for line in output.read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1])
 
 
 def compare(phase: Phase, measurement: dict[str, Any]) -> list[dict[str, Any]]:
