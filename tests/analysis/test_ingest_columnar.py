@@ -1,0 +1,121 @@
+"""The oracle: the columnar engine stores exactly what the Python path stores.
+
+Both engines ingest the same files into two stores; the `observations`, `verdicts`
+and `measurements` datasets must be equal row for row (modulo row order and the
+`ingested_at` stamp), and so must the summaries and the quarantine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from wallwatch.analysis.ingest import discover, ingest
+from wallwatch.analysis.ingest_columnar import ColumnarStats, ingest_columnar
+from wallwatch.analysis.store import Store
+
+IM_TESTS = frozenset({"whatsapp", "telegram", "signal", "facebook_messenger"})
+
+
+def _samples(samples_dir: Path, tests: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    records = [orjson.loads(p.read_bytes()) for p in discover([samples_dir])]
+    return [r for r in records if tests is None or r.get("test_name") in tests]
+
+
+def _corpus(directory: Path, samples: list[dict[str, Any]], count: int, files: int) -> list[Path]:
+    """The bench's corpus: samples round-robin with fresh report ids, `files` .jsonl.gz files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"corpus-{i}.jsonl.gz" for i in range(files)]
+    handles = [gzip.open(p, "wb", compresslevel=1) for p in paths]
+    try:
+        for i in range(count):
+            record = dict(samples[i % len(samples)], report_id=f"oracle-{directory.name}-{i}")
+            record.pop("measurement_uid", None)
+            handles[i % files].write(orjson.dumps(record) + b"\n")
+    finally:
+        for handle in handles:
+            handle.close()
+    return paths
+
+
+def _rows(store: Store, dataset: str) -> list[tuple[Any, ...]]:
+    table = store.read(dataset)
+    drop = [name for name in ("ingested_at",) if name in table.column_names]
+    rows = table.drop(drop).to_pylist()
+    return sorted((tuple(sorted((k, repr(v)) for k, v in row.items())) for row in rows))
+
+
+def _quarantine(store: Store) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for path in sorted((store.root / "quarantine").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+    return sorted(rows, key=lambda row: (row["source"], row["line"], row["reason"]))
+
+
+def _both(paths: list[Path], tmp_path: Path) -> ColumnarStats:
+    python_store, columnar_store = Store(tmp_path / "python"), Store(tmp_path / "columnar")
+    expected = ingest(paths, python_store.root, workers=1)
+    got, stats = ingest_columnar(paths, columnar_store.root)
+    assert got.as_dict() == expected.as_dict()
+    for dataset in ("observations", "verdicts", "measurements"):
+        want, have = _rows(python_store, dataset), _rows(columnar_store, dataset)
+        assert len(have) == len(want), dataset
+        diff = [row for row in have if row not in set(want)]
+        assert not diff, f"{dataset}: {len(diff)} rows differ, first: {dict(diff[0])}"
+        assert have == want, dataset
+    assert _quarantine(columnar_store) == _quarantine(python_store)
+    assert stats.sql_records + stats.python_records == expected.read
+    return stats
+
+
+def test_every_real_sample(samples_dir: Path, tmp_path: Path) -> None:
+    lines = b"".join(orjson.dumps(record) + b"\n" for record in _samples(samples_dir))
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(lines)
+    stats = _both([path], tmp_path)
+    assert stats.sql_records >= 5  # the modern IM samples take the SQL path
+
+
+@pytest.mark.parametrize("corpus", ["mixed", "im"])
+def test_bench_corpora(samples_dir: Path, tmp_path: Path, corpus: str) -> None:
+    samples = _samples(samples_dir, IM_TESTS if corpus == "im" else None)
+    paths = _corpus(tmp_path / corpus, samples, 120, 3)
+    stats = _both(paths, tmp_path)
+    assert stats.sql_records > 0
+
+
+def test_odd_shapes_bad_lines_and_duplicates(samples_dir: Path, tmp_path: Path) -> None:
+    whatsapp = orjson.loads((samples_dir / "ts-018-whatsapp.example.json").read_bytes())
+    signal = orjson.loads((samples_dir / "ts-029-signal.example.json").read_bytes())
+    odd_port = json.loads(json.dumps(whatsapp))
+    odd_port["report_id"] = "odd-port"
+    odd_port["test_keys"]["tcp_connect"][0]["port"] = "443"  # a string port: the Python path reads it
+    false_failure = json.loads(json.dumps(signal))
+    false_failure["report_id"] = "false-failure"
+    false_failure["test_keys"]["queries"][0]["failure"] = False  # old-format "no failure"
+    bad_time = dict(whatsapp, report_id="bad-time", measurement_start_time="2022-13-40 99:00:00")
+    bad_asn = dict(whatsapp, report_id="bad-asn", probe_asn="ASX")
+    lines = [
+        orjson.dumps(whatsapp), b"", b"   ", b"{not json", orjson.dumps(whatsapp),  # the repeat is a duplicate
+        orjson.dumps([signal, {"x": 1}]), b"{}", b"42", orjson.dumps(odd_port), orjson.dumps(false_failure),
+        orjson.dumps(bad_time), orjson.dumps(bad_asn), orjson.dumps(dict(signal, report_id="plain")),
+    ]
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = _both([path], tmp_path)
+    assert stats.sql_records >= 2 and stats.routed_lines >= 8
+
+
+def test_a_failed_read_routes_the_pass_to_python(samples_dir: Path, tmp_path: Path) -> None:
+    whatsapp = orjson.loads((samples_dir / "ts-018-whatsapp.example.json").read_bytes())
+    broken = json.loads(json.dumps(whatsapp))
+    broken["report_id"] = "queries-as-string"
+    broken["test_keys"]["queries"] = "not a list"  # DuckDB's typed read refuses the whole pass
+    path = tmp_path / "broken.jsonl.gz"
+    path.write_bytes(gzip.compress(orjson.dumps(whatsapp) + b"\n" + orjson.dumps(broken) + b"\n"))
+    stats = _both([path], tmp_path)
+    assert stats.sql_records == 0 and stats.python_records == 2
