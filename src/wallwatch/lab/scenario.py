@@ -270,10 +270,23 @@ def load_scenario(path: str | Path) -> Scenario:
     return parse_scenario(text, source=str(path))
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose impossible dates (2017-09-31) are YAML errors with a line, not a bare ValueError."""
+
+    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:  # type: ignore[override]
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"invalid date {node.value!r}: {exc}", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
 def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_Loader)
+        document = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source

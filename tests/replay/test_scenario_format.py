@@ -1,0 +1,135 @@
+"""The scenario format: cn-2017-09 reads as the timeline it describes; malformed files are refused, naming line and key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wallwatch.lab.scenario import Expectation, ScenarioError, load_scenario, parse_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+CN_2017_09 = ROOT / "scenarios" / "cn-2017-09.yaml"
+
+VALID = textwrap.dedent(
+    """\
+    name: tiny
+    start: 2020-01-01
+    end: 2020-01-04
+    probes: [whatsapp]
+    isps:
+      - {id: a, name: A, asn: AS1, cc: ZZ, network_name: A net}
+      - {id: b, name: B, asn: AS2, cc: ZZ, network_name: B net}
+    policies:
+      open:
+        rules: []
+        truth:
+          whatsapp: {text: ok, media: ok, calls: ok, web: ok, registration: ok}
+      media:
+        rules:
+          - {name: media-sni, match: {tls.sni: {suffix: mmg.whatsapp.net}}, action: reset}
+        truth:
+          whatsapp: {text: ok, media: blocked/tls_sni, calls: ok, web: ok, registration: ok}
+    periods:
+      - {from: 2020-01-01, to: 2020-01-02, policy: open}
+      - {from: 2020-01-03, to: 2020-01-04, policy: media, isps: [a]}
+      - {from: 2020-01-03, to: 2020-01-04, policy: open, isps: [b]}
+    """
+)
+
+
+def day(text: str) -> dt.date:
+    return dt.date.fromisoformat(text)
+
+
+def test_cn_2017_09_is_the_timeline_of_issue_4() -> None:
+    scenario = load_scenario(CN_2017_09)
+    assert [(i.id, i.asn, i.cc) for i in scenario.isps] == [("telecom", "AS4134", "CN"), ("unicom", "AS4837", "CN"), ("mobile", "AS9808", "CN")]
+    assert (scenario.start, scenario.end, scenario.probes) == (day("2017-07-01"), day("2017-10-24"), ("whatsapp", "openvpn"))
+
+    def policies(text: str) -> list[str]:
+        return [scenario.policy_on(day(text), isp.id).name for isp in scenario.isps]
+
+    assert policies("2017-07-17") == ["open"] * 3
+    assert policies("2017-07-18") == ["media-calls"] * 3  # media and calls blocked, text works
+    assert scenario.policy_on(day("2017-07-18"), "telecom").truth["whatsapp"]["text"] == Expectation("ok", None)
+    assert policies("2017-08-15") == ["open"] * 3  # relief in August
+    # Wednesday 20 September: text on and off on one ISP, spreading to all by Saturday 23rd ...
+    assert policies("2017-09-20") == ["text-on-off", "vpn-media-calls", "vpn-media-calls"]
+    assert policies("2017-09-22") == ["text-on-off", "text-on-off", "vpn-media-calls"]
+    assert policies("2017-09-23") == ["text-on-off"] * 3
+    # ... fully blocked on Monday 25th, and kept through the Congress (18-24 October).
+    assert policies("2017-09-25") == policies("2017-10-18") == policies("2017-10-24") == ["text-blocked"] * 3
+    on_off = scenario.policies["text-on-off"]
+    chat_rule = next(rule for rule in on_off.rules if rule["match"] == {"whatsapp.header": True})
+    assert 0.3 <= chat_rule["probability"] < 1  # (1-p)^32 is negligible: text is blocked/protocol_dpi
+    assert on_off.truth["whatsapp"]["text"] == Expectation("blocked", "protocol_dpi")
+    for name in ("vpn-media-calls", "text-on-off", "text-blocked"):
+        assert any(rule["match"] == {"openvpn.handshake": True} for rule in scenario.policies[name].rules)
+        assert scenario.policies[name].truth["openvpn"]["tunnel"] == Expectation("blocked", "protocol_dpi")
+
+
+def test_sampling_keeps_the_first_days_of_every_phase_and_every_change_day() -> None:
+    scenario = load_scenario(CN_2017_09)
+    assert len(scenario.sample_days()) == 116
+    one = scenario.sample_days(1)
+    assert [str(d) for d in one] == ["2017-07-01", "2017-07-18", "2017-08-01", "2017-09-20", "2017-09-22", "2017-09-23", "2017-09-25"]
+    assert set(scenario.change_days()) <= set(one)
+    two = scenario.sample_days(2)
+    assert {day(f"2017-09-{d}") for d in range(20, 27)} <= set(two) and len(two) == 13
+    # --from/--to clip the range; a phase cut by --from starts there.
+    assert [str(d) for d in scenario.sample_days(1, day("2017-09-21"), day("2017-09-23"))] == ["2017-09-21", "2017-09-22", "2017-09-23"]
+    with pytest.raises(ScenarioError, match="no days between"):
+        scenario.sample_days(1, day("2018-01-01"), None)
+
+
+def test_the_valid_example_parses() -> None:
+    scenario = parse_scenario(VALID, source="tiny.yaml")
+    assert scenario.policy_on(day("2020-01-03"), "a").name == "media"
+    assert scenario.policy_on(day("2020-01-03"), "b").name == "open"
+    assert scenario.policy_on(day("2020-01-03"), "a").censor_policy()["rules"][0]["action"] == "reset"
+    assert scenario.probe_time == dt.time(12, 0)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("name: tiny\n", "name: tiny\nstrat: 2020-01-01\n", r"tiny.yaml:2: strat: unknown key 'strat'"),
+        ("start: 2020-01-01", "start: 2020-13-01", r"tiny.yaml:2: not valid YAML: invalid date '2020-13-01'"),
+        ("asn: AS2,", "asn: 4837,", r"tiny.yaml:7: isps\[1\].asn: .*must look like AS4134"),
+        ("{id: b,", "{id: a,", r"tiny.yaml:7: isps\[1\].id: duplicate ISP id 'a'"),
+        ("media: blocked/tls_sni", "media: blocked/sni", r"tiny.yaml:17: policies.media.truth.whatsapp.media: unknown method 'sni'"),
+        ("media: blocked/tls_sni", "media: censored", r":17: policies.media.truth.whatsapp.media: unknown verdict 'censored'"),
+        ("text: ok, media: blocked", "media: blocked", r":17: policies.media.truth.whatsapp: no ground truth for feature 'text'"),
+        ("calls: ok, web: ok, registration: ok}\nperiods", "calls: ok, web: ok, registration: ok, video: ok}\nperiods",
+         r":17: policies.media.truth.whatsapp.video: whatsapp has no feature 'video'"),
+        ("action: reset}", "action: explode}", r":14: policies.media.rules: the censor refuses it: .*explode"),
+        ("policy: media, isps: [a]", "policy: medai, isps: [a]", r":20: periods\[1\].policy: no policy 'medai'"),
+        ("isps: [b]}", "isps: [c]}", r":21: periods\[2\].isps: no ISP 'c'"),
+        ("to: 2020-01-02, policy: open}", "to: 2020-01-03, policy: open}", r"tiny.yaml:20: periods: this period overlaps the one at line 19 on 2020-01-03 for ISP a"),
+        ("to: 2020-01-02, policy: open}", "to: 2020-01-01, policy: open}", r"periods: no period covers 2020-01-02 for ISP a"),
+        ("to: 2020-01-04, policy: open, isps: [b]", "to: 2020-01-05, policy: open, isps: [b]", r":21: periods\[2\].to: .*outside the scenario"),
+        ("probes: [whatsapp]", "probes: [whatsapp, openvpn]", r":11: policies.open.truth: no ground truth for probed service 'openvpn'"),
+        ("rules: []", "rules: [", r"tiny.yaml:\d+: not valid YAML"),
+    ],
+)
+def test_malformed_scenarios_are_refused_naming_line_and_key(old: str, new: str, message: str) -> None:
+    assert old in VALID
+    with pytest.raises(ScenarioError, match=message):
+        parse_scenario(VALID.replace(old, new, 1), source="tiny.yaml")
+
+
+def test_the_cli_refuses_a_malformed_scenario_before_building_a_lab(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("media: blocked/tls_sni", "media: blocked/sni"))
+    result = subprocess.run(
+        [sys.executable, "-m", "wallwatch.cli", "lab", "replay", str(bad), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "bad.yaml:17: policies.media.truth.whatsapp.media: unknown method 'sni'" in " ".join(result.stdout.split())
+    assert not (tmp_path / "out").exists()
