@@ -43,6 +43,50 @@ def _corpus(directory: Path, samples: list[dict[str, Any]], count: int, files: i
     return paths
 
 
+def _perturbed(record: dict[str, Any], kind: int) -> dict[str, Any]:
+    """A copy of an IM measurement with interference written into its events, so that every
+    verdict rule and fact has something to disagree about (the samples are mostly "ok")."""
+    record = json.loads(json.dumps(record))
+    keys = record["test_keys"]
+    tcp, tls = keys.get("tcp_connect") or [], keys.get("tls_handshakes") or []
+    queries, requests = keys.get("queries") or [], keys.get("requests") or []
+    for index, entry in enumerate(tcp):
+        if kind == 0 or (kind == 3 and index % 2):
+            entry["status"] = {"success": False, "failure": "connection_reset"}
+        elif kind == 4:
+            entry["status"] = {"failure": "generic_timeout_error"}  # no "success" key at all
+        elif kind == 5 and index % 3 == 0:
+            entry["status"] = {"success": False, "failure": "network_unreachable"}
+        elif kind == 6:
+            entry["status"] = {"success": False, "failure": "connection_refused"}
+    for index, entry in enumerate(tls):
+        if kind == 1:
+            entry["failure"] = "generic_timeout_error"
+        elif kind == 2 and index % 2:
+            entry["failure"] = "connection_reset"
+        elif kind == 5:
+            entry["failure"] = "ssl_invalid_hostname"
+            entry["server_name"] = "" if index % 2 else entry.get("server_name")
+    for index, query in enumerate(queries):
+        if kind == 1 and index % 2 == 0:
+            query["answers"] = [{"answer_type": "A", "ipv4": "10.10.34.35"}, {"answer_type": "A", "ipv4": "8.7.198.45"}]
+        elif kind == 2:
+            query["failure"], query["answers"] = "dns_nxdomain_error", None
+        elif kind == 4 and index % 2:
+            query["failure"], query["answers"] = "generic_timeout_error", []
+        elif kind == 6:
+            query["failure"], query["answers"] = "dns_no_answer", None
+    for index, entry in enumerate(requests):
+        if kind in (0, 2):
+            entry["failure"], entry["response"] = "connection_reset", None
+        elif kind == 3:
+            entry["response"] = {"code": 200, "body": "<html><title> Blocked </title></html>",
+                                 "headers": {"Server": "Protected by WireFilter 8000"}}
+        elif kind == 4 and index % 2:
+            entry["failure"] = "generic_timeout_error"
+    return record
+
+
 def _rows(store: Store, dataset: str) -> list[tuple[Any, ...]]:
     table = store.read(dataset)
     drop = [name for name in ("ingested_at",) if name in table.column_names]
@@ -86,6 +130,19 @@ def test_bench_corpora(samples_dir: Path, tmp_path: Path, corpus: str) -> None:
     paths = _corpus(tmp_path / corpus, samples, 120, 3)
     stats = _both(paths, tmp_path)
     assert stats.sql_records > 0
+
+
+def test_interference_variants(samples_dir: Path, tmp_path: Path) -> None:
+    samples = _samples(samples_dir, IM_TESTS)
+    lines = [orjson.dumps(dict(_perturbed(record, kind), report_id=f"variant-{i}-{kind}"))
+             for i, record in enumerate(samples) for kind in range(7)]
+    path = tmp_path / "variants.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = _both([path], tmp_path)
+    assert stats.sql_records >= 5 * 7
+    verdicts = Store(tmp_path / "columnar").read("verdicts")
+    assert {"ok", "blocked", "unknown"} <= set(verdicts.column("verdict").to_pylist())
+    assert len(set(verdicts.column("rule_id").to_pylist())) >= 10  # 13 distinct rules fire today
 
 
 def test_odd_shapes_bad_lines_and_duplicates(samples_dir: Path, tmp_path: Path) -> None:
