@@ -120,3 +120,34 @@ def test_failure_mid_build_of_a_multi_isp_lab_leaves_nothing(tmp_path: Path) -> 
         Lab.up(broken, isps=ISPS[:2], state_path=tmp_path / "lab.json", run_id=run_id, timeout=20)
     assert run_namespaces(run_id) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_builds_a_scenarios_isps_and_targets_one(tmp_path: Path) -> None:
+    """`lab up --isps-from SCENARIO`, `lab exec --isp`, `lab policy --isp`, `lab down`, as a user would."""
+    require_lab(censor=True)
+    import json
+    import sys
+
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "cn-2017-09.yaml"
+    env = {**os.environ, topology.STATE_ENV: str(tmp_path / "lab.json"), "COLUMNS": "160"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "wallwatch.cli", "lab", *args], env=env, capture_output=True, text=True, timeout=90)
+
+    up = cli("up", "--isps-from", str(scenario))
+    assert up.returncode == 0, up.stdout + up.stderr
+    lab = Lab.from_state(tmp_path / "lab.json")
+    try:
+        assert [isp.asn for isp in lab.isps] == ["AS4134", "AS4837", "AS9808"] and lab.multi_isp
+        shown = cli("exec", "--isp", "unicom", "--", "ip", "-4", "-o", "addr", "show", "dev", topology.CLIENT_IF)
+        assert shown.returncode == 0 and "198.18.2.2/24" in shown.stdout, shown.stdout + shown.stderr
+        assert cli("exec", "--isp", "nope", "--", "true").returncode == 1
+        policy = tmp_path / "dns.json"
+        policy.write_text(json.dumps(DNS_INJECT))  # JSON is YAML
+        assert cli("policy", str(policy), "--isp", "mobile").returncode == 0
+        assert lab.censor_status("mobile")["policy_name"] == "dns-inject-whatsapp"
+        assert lab.censor_status("telecom")["policy_name"] == "allow-all"
+    finally:
+        down = cli("down")
+    assert down.returncode == 0
+    assert run_namespaces(lab.run_id) == []

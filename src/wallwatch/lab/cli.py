@@ -28,6 +28,11 @@ def _fail(message: str) -> typer.Exit:
 def up(
     policy: Optional[Path] = typer.Option(None, "--policy", exists=True, dir_okay=False, help="censor policy YAML (default: allow everything)"),
     no_censor: bool = typer.Option(False, "--no-censor", help="plain forwarding: no censor process"),
+    scenario: Optional[Path] = typer.Option(
+        None, "--isps-from", exists=True, dir_okay=False,
+        help="a scenario YAML: one client and censor namespace per ISP it names (docs/scenarios.md)",
+    ),
+    openvpn: bool = typer.Option(False, "--openvpn", help="also start the lab's OpenVPN server (for `probe run openvpn`)"),
 ) -> None:
     """Build the lab and leave it running; prints its run id, namespaces and addresses."""
     from rich.table import Table
@@ -36,16 +41,26 @@ def up(
     from wallwatch.lab.topology import Lab, LabError
 
     console = _console()
+    isps = None
+    if scenario is not None:
+        from wallwatch.lab.scenario import ScenarioError, load_scenario
+
+        try:
+            isps = load_scenario(scenario).isps
+        except ScenarioError as exc:
+            raise _fail(str(exc)) from None
     try:
         with console.status("bringing the lab up (namespaces, services, censor)..."):
-            lab = Lab.up(policy=policy, censor=not no_censor)
-    except (LabError, OSError) as exc:
+            lab = Lab.up(policy=policy, censor=not no_censor, isps=isps, vpn_servers=["openvpn"] if openvpn else [])
+    except (LabError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"lab [bold]{lab.run_id}[/bold] is up; state in {lab.state_path}")
-    table = Table("role", "namespace", "addresses", title="namespaces")
-    table.add_row("client", lab.namespaces["client"], addresses.CLIENT_ADDRESS)
-    table.add_row("censor", lab.namespaces["censor"], f"{addresses.CENSOR_CLIENT_SIDE}, {addresses.CENSOR_SERVICES_SIDE}")
-    table.add_row("services", lab.namespaces["services"], addresses.SERVICES_ADDRESS)
+    table = Table("role", "ISP", "namespace", "addresses", title="namespaces")
+    for site in lab.sites:
+        isp = "" if not lab.multi_isp else f"{site.isp.id} ({site.isp.asn})"
+        table.add_row("client", isp, site.client_ns, site.addresses.client)
+        table.add_row("censor", isp, site.censor_ns, f"{site.addresses.censor_client_side}, {site.addresses.censor_services_side}")
+    table.add_row("services", "", lab.namespaces["services"], ", ".join(site.addresses.services_side for site in lab.sites))
     console.print(table)
     services = Table("service", "name", "address", "ports", title="lab internet")
     services.add_row("resolver", "", addresses.RESOLVER, "53 udp/tcp")
@@ -55,10 +70,14 @@ def up(
         services.add_row("https", name, address, str(addresses.HTTPS_PORT))
     for relay in addresses.CALL_RELAYS:
         services.add_row("call relay (STUN)", "", relay, f"{addresses.STUN_PORT} udp")
+    for kind, entry in lab.state()["vpn_servers"].items():
+        services.add_row(kind, "", entry["address"], f"{entry['port']} {'/'.join(entry['transports'])}")
     services.add_row("sink (forged answers)", "", addresses.SINK, "nothing answers")
     console.print(services)
     censor = f"policy {lab.policy_path}" if lab.censor_enabled else "none (plain forwarding)"
-    console.print(f"censor: {censor}\nrun things in the client: [bold]wallwatch lab exec -- CMD[/bold]")
+    if lab.multi_isp and lab.censor_enabled:
+        censor = "one per ISP; swap one with `wallwatch lab policy FILE --isp ID`"
+    console.print(f"censor: {censor}\nrun things in the client: [bold]wallwatch lab exec [--isp ID] -- CMD[/bold]")
 
 
 @lab_app.command("down")
@@ -97,11 +116,14 @@ def status() -> None:
     for part, ok in alive.items():
         table.add_row(part, "[green]yes[/green]" if ok else "[red]no[/red]")
     console.print(table)
-    censor_status = lab.censor_status()
-    if censor_status is not None:
-        console.print_json(data=censor_status)
-    elif lab.censor_enabled:
-        console.print("censor: no status file yet")
+    for site in lab.sites:
+        censor_status = lab.censor_status(site.isp.id)
+        if lab.multi_isp:
+            console.print(f"[bold]ISP {site.isp.id}[/bold] ({site.isp.name}, {site.isp.asn}): censor in {site.censor_ns}")
+        if censor_status is not None:
+            console.print_json(data=censor_status)
+        elif lab.censor_enabled:
+            console.print("censor: no status file yet")
     if not all(alive.values()):
         raise typer.Exit(1)
 
@@ -110,7 +132,10 @@ def status() -> None:
     "exec",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
-def exec_(command: list[str] = typer.Argument(..., help="the command, after --")) -> None:
+def exec_(
+    command: list[str] = typer.Argument(..., help="the command, after --"),
+    isp: Optional[str] = typer.Option(None, "--isp", help="which ISP's client namespace (default: the first)"),
+) -> None:
     """Run CMD in the client namespace with WALLWATCH_LAB set; exits with CMD's code."""
     from wallwatch.lab.topology import Lab, LabError
 
@@ -119,17 +144,24 @@ def exec_(command: list[str] = typer.Argument(..., help="the command, after --")
     except LabError as exc:
         raise _fail(str(exc)) from None
     # No timeout and no capture: this is the user's command, on the user's terminal.
-    result = lab.run_in_client(command, timeout=None, capture_output=False)  # type: ignore[arg-type]
+    try:
+        lab.site(isp)
+    except LabError as exc:
+        raise _fail(str(exc)) from None
+    result = lab.run_in_client(command, timeout=None, capture_output=False, isp=isp)  # type: ignore[arg-type]
     raise typer.Exit(result.returncode)
 
 
 @lab_app.command("policy")
-def policy(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="policy YAML")) -> None:
+def policy(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="policy YAML"),
+    isp: Optional[str] = typer.Option(None, "--isp", help="only this ISP's censor (default: every ISP's)"),
+) -> None:
     """Swap the running censor's policy; returns once the censor reports it loaded."""
     from wallwatch.lab.topology import Lab, LabError
 
     try:
-        loaded = Lab.from_state().set_policy(file)
+        loaded = Lab.from_state().set_policy(file, isp=isp)
     except LabError as exc:
         raise _fail(str(exc)) from None
     _console().print(
