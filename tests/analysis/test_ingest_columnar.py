@@ -176,3 +176,19 @@ def test_a_failed_read_routes_the_pass_to_python(samples_dir: Path, tmp_path: Pa
     path.write_bytes(gzip.compress(orjson.dumps(whatsapp) + b"\n" + orjson.dumps(broken) + b"\n"))
     stats = _both([path], tmp_path)
     assert stats.sql_records == 0 and stats.python_records == 2
+
+
+def test_cli_engine_switch(samples_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wallwatch.cli import app
+
+    sample = samples_dir / "ts-029-signal.example.json"
+    result = CliRunner().invoke(app, ["ingest", "--engine", "columnar", "--data", str(tmp_path / "columnar"),
+                                      str(sample)])
+    assert result.exit_code == 0, result.output
+    ingest([sample], tmp_path / "python", workers=1)
+    for dataset in ("observations", "verdicts"):
+        assert _rows(Store(tmp_path / "columnar"), dataset) == _rows(Store(tmp_path / "python"), dataset)
+    bad = CliRunner().invoke(app, ["ingest", "--engine", "rust", "--data", str(tmp_path / "x"), str(sample)])
+    assert bad.exit_code != 0

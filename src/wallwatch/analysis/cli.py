@@ -38,6 +38,10 @@ def ingest_command(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
     )] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="python (default) or columnar: DuckDB SQL derives IM-test records, the rest take the "
+                         "Python path; both store the same rows (docs/storage.md)."
+    )] = "python",
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from rich.console import Console
@@ -48,7 +52,9 @@ def ingest_command(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers)
+    if engine not in ("python", "columnar"):
+        raise typer.BadParameter(f"--engine must be python or columnar, got {engine!r}")
+    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers, engine=engine)
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
     table.add_column("value", justify="right")

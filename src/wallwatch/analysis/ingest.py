@@ -367,11 +367,19 @@ def _ledger_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:
             str(row.get("edges_sha256")))
 
 
-def ingest(paths: Iterable[Path], data_dir: Path, **options: Any) -> IngestSummary:
+def ingest(paths: Iterable[Path], data_dir: Path, *, engine: str = "python", **options: Any) -> IngestSummary:
     """Ingest `paths` into the store at `data_dir`; the summary counts read/stored/duplicated/quarantined.
 
     Options: keep_raw (default True), workers (default: one per CPU), batch_size, rule_sets, fingerprints.
+    `engine="columnar"` derives IM-test records in DuckDB SQL (ingest_columnar.py; same rows, tested
+    against this path) and ignores `workers`.
     """
+    if engine == "columnar":
+        from wallwatch.analysis.ingest_columnar import ColumnarIngester
+
+        return ColumnarIngester(Store(data_dir), **options).ingest_paths([Path(p) for p in paths])
+    if engine != "python":
+        raise ValueError(f"engine must be 'python' or 'columnar', got {engine!r}")
     return Ingester(Store(data_dir), **options).ingest_paths([Path(p) for p in paths])
 
 
