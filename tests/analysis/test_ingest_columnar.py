@@ -100,6 +100,11 @@ def _quarantine(store: Store) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["source"], row["line"], row["reason"]))
 
 
+def _raw_copies(store: Store) -> list[tuple[str, bytes]]:
+    return sorted((str(p.relative_to(store.root)), p.read_bytes()) for p in (store.root / "raw").rglob("*")
+                  if p.is_file()) if (store.root / "raw").is_dir() else []
+
+
 def _both(paths: list[Path], tmp_path: Path) -> ColumnarStats:
     python_store, columnar_store = Store(tmp_path / "python"), Store(tmp_path / "columnar")
     expected = ingest(paths, python_store.root, workers=1)
@@ -112,6 +117,7 @@ def _both(paths: list[Path], tmp_path: Path) -> ColumnarStats:
         assert not diff, f"{dataset}: {len(diff)} rows differ, first: {dict(diff[0])}"
         assert have == want, dataset
     assert _quarantine(columnar_store) == _quarantine(python_store)
+    assert _raw_copies(columnar_store) == _raw_copies(python_store)
     assert stats.sql_records + stats.python_records == expected.read
     return stats
 
@@ -157,14 +163,25 @@ def test_odd_shapes_bad_lines_and_duplicates(samples_dir: Path, tmp_path: Path) 
     bad_time = dict(whatsapp, report_id="bad-time", measurement_start_time="2022-13-40 99:00:00")
     bad_asn = dict(whatsapp, report_id="bad-asn", probe_asn="ASX")
     lines = [
-        orjson.dumps(whatsapp), b"", b"   ", b"{not json", orjson.dumps(whatsapp),  # the repeat is a duplicate
-        orjson.dumps([signal, {"x": 1}]), b"{}", b"42", orjson.dumps(odd_port), orjson.dumps(false_failure),
-        orjson.dumps(bad_time), orjson.dumps(bad_asn), orjson.dumps(dict(signal, report_id="plain")),
+        orjson.dumps(whatsapp), b"", b"   ", orjson.dumps(whatsapp),  # the repeat is a duplicate
+        orjson.dumps([signal, {"x": 1}]), b"{}", b"42", orjson.dumps(odd_port), b"{not json",
+        orjson.dumps(false_failure), orjson.dumps(bad_time), orjson.dumps(bad_asn),
+        orjson.dumps(dict(signal, report_id="plain")),
     ]
     path = tmp_path / "odd.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
+    nothing_stored = tmp_path / "nothing.jsonl"  # keeps no raw copy
+    nothing_stored.write_bytes(b"{bad\n" + orjson.dumps(whatsapp) + b"\n")
+    stats = _both([path, nothing_stored], tmp_path)
+    assert stats.sql_records >= 3 and stats.routed_lines >= 8
+
+
+def test_a_uid_in_both_paths_of_one_file_is_read_by_python(samples_dir: Path, tmp_path: Path) -> None:
+    whatsapp = orjson.loads((samples_dir / "ts-018-whatsapp.example.json").read_bytes())
+    path = tmp_path / "collision.jsonl"  # line 1 takes the SQL path, the array on line 2 the Python path
+    path.write_bytes(orjson.dumps(dict(whatsapp, probe_cc="DE")) + b"\n" + orjson.dumps([whatsapp]) + b"\n")
     stats = _both([path], tmp_path)
-    assert stats.sql_records >= 2 and stats.routed_lines >= 8
+    assert stats.sql_records == 0 and stats.routed_lines == 2
 
 
 def test_a_failed_read_routes_the_pass_to_python(samples_dir: Path, tmp_path: Path) -> None:

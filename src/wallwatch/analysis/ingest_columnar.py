@@ -41,7 +41,7 @@ import orjson
 import pyarrow as pa
 
 from wallwatch.analysis.ingest import Ingester, IngestSummary, no_cyclic_gc
-from wallwatch.analysis.ingest_worker import Batch, FileReader, _keep_raw_copy, read_chunks
+from wallwatch.analysis.ingest_worker import Batch, FileEnd, FileReader, _keep_raw_copy, read_chunks
 from wallwatch.analysis.observations import _title, _url_port, classify, is_bogon, split_address, url_host
 from wallwatch.analysis.store import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA, Store
 from wallwatch.analysis.verdicts import RuleSet
@@ -49,8 +49,11 @@ from wallwatch.analysis.verdicts import RuleSet
 # The tests whose observations the SQL derives; the others take the Python path.
 SQL_TESTS = ("whatsapp", "telegram", "signal", "facebook_messenger")
 LINE_KEY = b'"__ww_line"'
-# Records per DuckDB pass: large enough that per-query costs vanish, small enough for memory.
+# A DuckDB pass runs once this many records or bytes of JSON are pending: large enough that
+# per-query costs vanish, small enough that the pass file (/dev/shm) and DuckDB's tables stay
+# a few hundred MB (OONI web_connectivity records are 15-350 KB).
 RECORDS_PER_PASS = 20_000
+BYTES_PER_PASS = 128 * 1024 * 1024
 # DuckDB's default cap is 16 MB per object; OONI's biggest are ~1 MB (ooni/data Readme).
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
 # Failed reads of one pass before all its lines go to the Python path.
@@ -577,7 +580,10 @@ class _Pending:
     """Lines of one DuckDB pass: (file index, line number, text) by global line id."""
 
     lines: list[tuple[int, int, bytes]] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
+    chunks: dict[int, bytes] = field(default_factory=dict)  # gline -> spliced text, for DuckDB
+    routed: set[int] = field(default_factory=set)  # glines the Python path reads
+    files: list[int] = field(default_factory=list)  # file indices, in order
+    size: int = 0
 
 
 class ColumnarIngester(Ingester):
@@ -590,7 +596,7 @@ class ColumnarIngester(Ingester):
         self._scratch = Path(tempfile.mkdtemp(prefix="ww-columnar-", dir=_scratch_root()))
         self._pending_pass = _Pending()
         self._con: Any = None
-        self._done_list: list[int] = []  # files whose lines are all in the pending pass
+        self._stored_files: set[int] = set()  # files with a stored measurement (others keep no raw copy)
 
     def ingest_paths(self, paths: Iterable[Path]) -> IngestSummary:
         from wallwatch.analysis.ingest import discover
@@ -626,27 +632,23 @@ class ColumnarIngester(Ingester):
         except (OSError, EOFError):  # a damaged .gz: the Python reader keeps what precedes the damage
             self._python_file(index)
             return
-        reader = self._reader(index)
-        if reader.raw_file is not None:
-            _keep_raw_copy(path, self.config.data_root / reader.raw_file)
-        routed = False
+        raw_file = self._reader(index).raw_file
+        if raw_file is not None:
+            _keep_raw_copy(path, self.config.data_root / raw_file)
         pending = self._pending_pass
+        pending.files.append(index)
         for number, line in enumerate(data.split(b"\n"), 1):
             stripped = line.strip()
             if not stripped:
                 continue
-            if stripped[:1] != b"{" or stripped[1:].lstrip()[:1] == b"}" or LINE_KEY in stripped:
-                reader._read_line(number, line)  # arrays, non-objects, {}: the Python path's reasons
-                self.stats.routed_lines += 1
-                routed = True
-                continue
             gline = len(pending.lines)
             pending.lines.append((index, number, line))
-            pending.chunks.append(b'{"__ww_line":%d,' % gline + stripped[1:])
-        if routed:
-            self._take_python(reader)
-        self._done_list.append(index)
-        if len(pending.lines) >= RECORDS_PER_PASS:
+            if stripped[:1] != b"{" or stripped[1:].lstrip()[:1] == b"}" or LINE_KEY in stripped:
+                pending.routed.add(gline)  # arrays, non-objects, {}: the Python path's reasons
+                continue
+            pending.chunks[gline] = b'{"__ww_line":%d,' % gline + stripped[1:]
+            pending.size += len(stripped)
+        if len(pending.lines) >= RECORDS_PER_PASS or pending.size >= BYTES_PER_PASS:
             self._run_pass()
 
     def _python_file(self, index: int) -> None:
@@ -657,6 +659,8 @@ class ColumnarIngester(Ingester):
             self._take(message)
 
     def _take_python(self, reader: FileReader) -> None:
+        if reader.local_seen:
+            self._stored_files.add(reader.index)
         batch = reader._take()
         self.stats.python_records += batch.read
         self._take(batch)
@@ -667,7 +671,9 @@ class ColumnarIngester(Ingester):
         if self._con is None:
             import duckdb
 
-            self._con = duckdb.connect(config={"threads": max(1, os.cpu_count() or 1)})
+            self._con = duckdb.connect(config={"threads": max(1, os.cpu_count() or 1),
+                                                  # rows carry their line id, so no order need be kept
+                                                  "preserve_insertion_order": False})
             _run(self._con, _MACROS)
             fingerprints = self.config.fingerprints
             _register(self._con, "dns_fp", {"pattern": (list(fingerprints.dns_full), pa.string()),
@@ -676,23 +682,22 @@ class ColumnarIngester(Ingester):
 
     def _run_pass(self) -> None:
         pending, self._pending_pass = self._pending_pass, _Pending()
-        done, self._done_list = self._done_list, []
-        if pending.lines:
+        sql: dict[str, pa.Table] | None = None
+        if pending.chunks:
             con = self._connection()
             if self._read_pass(con, pending):
-                self._derive(con, pending)
-        for index in done:
-            self._take_end(index)
+                sql = self._derive(con, pending)
+        self._take_pass(pending, sql)
 
     def _read_pass(self, con: Any, pending: _Pending) -> bool:
         """Load the pass into table `raw`. A line DuckDB cannot read (bad JSON, a container of
         another shape) fails the whole read and is named in the error ("in line N"): that line and
-        the two before it (an unclosed object spills onto the next line) go to the Python path,
+        the one before it (an unclosed object spills onto the next line) go to the Python path,
         which finds exactly what is wrong with each and quarantines it or reads it; then retry."""
         import duckdb
 
         path = self._scratch / "pass.jsonl"
-        order = list(range(len(pending.lines)))  # pass-file line -> gline
+        order = sorted(pending.chunks)  # pass-file line -> gline
         try:
             for _ in range(MAX_READ_RETRIES):
                 path.write_bytes(b"\n".join(pending.chunks[gline] for gline in order))
@@ -706,37 +711,47 @@ class ColumnarIngester(Ingester):
                     if hint is None:
                         break
                     bad = int(hint.group(1))
-                    culprits = order[max(0, bad - 3):bad]
+                    culprits = order[max(0, bad - 2):bad]
                     if not culprits:
                         break
-                    self._route_lines(pending, culprits)
-                    order = order[:max(0, bad - 3)] + order[bad:]
+                    pending.routed.update(culprits)
+                    order = order[:max(0, bad - 2)] + order[bad:]
                     if not order:
                         return False
-            self._route_lines(pending, order)  # no usable hint, or too many bad lines: all of it
+            pending.routed.update(order)  # no usable hint, or too many bad lines: all of it
             return False
         finally:
             path.unlink(missing_ok=True)
 
-    def _take_end(self, index: int) -> None:
-        from wallwatch.analysis.ingest_worker import FileEnd
-
-        self._take(FileEnd(index))
-
-    def _route_lines(self, pending: _Pending, glines: Iterable[int]) -> None:
-        """Records the SQL does not derive, read by the Python path (per file, in line order)."""
-        readers: dict[int, FileReader] = {}
-        for gline in sorted(glines):
-            index, number, text = pending.lines[gline]
-            reader = readers.get(index)
-            if reader is None:
-                reader = readers[index] = self._reader(index)
-            reader._read_line(number, text)
-            self.stats.routed_lines += 1
-        for reader in readers.values():
+    def _take_pass(self, pending: _Pending, sql: dict[str, pa.Table] | None) -> None:
+        """Hand each file's rows on in file order (as the one-process Python path does, so an earlier
+        file's copy of a measurement wins): its SQL rows, then its routed lines read by the Python
+        path. A uid stored by both within one file would make the kept copy depend on that split,
+        so such a file is read again wholly by the Python path, in line order."""
+        glines_of: dict[int, list[int]] = {index: [] for index in pending.files}
+        for gline, (index, _, _) in enumerate(pending.lines):
+            glines_of[index].append(gline)
+        for index in pending.files:
+            glines = glines_of[index]
+            part = _slice(sql, glines[0], glines[-1] + 1) if sql is not None and glines else None
+            reader = self._reader(index)
+            for gline in (g for g in glines if g in pending.routed):
+                reader._read_line(pending.lines[gline][1], pending.lines[gline][2])
+            if part is not None and reader.local_seen.intersection(
+                    part["measurements"].column("measurement_uid").to_pylist()):
+                part, reader = None, self._reader(index)
+                for gline in glines:
+                    reader._read_line(pending.lines[gline][1], pending.lines[gline][2])
+            self.stats.routed_lines += len(glines) if part is None else sum(g in pending.routed for g in glines)
+            if part is not None:
+                self._take_sql(part, pending)
             self._take_python(reader)
+            if reader.raw_file is not None and index not in self._stored_files:
+                (self.config.data_root / reader.raw_file).unlink(missing_ok=True)  # nothing points at it
+            self._take(FileEnd(index))
 
-    def _derive(self, con: Any, pending: _Pending) -> None:
+    def _derive(self, con: Any, pending: _Pending) -> dict[str, pa.Table]:
+        """The pass's SQL records: measurements (with `gline` and `kept`), observations and verdicts (with `gline`)."""
         _run(con, _RECORDS.format(sql_tests=", ".join(f"'{t}'" for t in SQL_TESTS)))
         _run(con, _QUERIES)
         _run(con, _ODD)
@@ -749,13 +764,8 @@ class ColumnarIngester(Ingester):
         _run(con, _OBSERVATIONS)
         _run(con, _ONLINE)
         _run(con, _FACTS)
-        routed = [row[0] for row in con.execute("SELECT gline FROM rec WHERE NOT shape_ok").fetchall()]
-        self._route_lines(pending, routed)
-        counts = con.execute("SELECT count(*) FILTER (WHERE shape_ok), "
-                             "count(*) FILTER (WHERE shape_ok AND gline NOT IN (SELECT gline FROM keep)) "
-                             "FROM rec").fetchall()[0]
-        self.stats.sql_records += counts[0]
-        self._add_sql_rows(con, pending, read=counts[0], duplicated=counts[1])
+        pending.routed.update(row[0] for row in con.execute("SELECT gline FROM rec WHERE NOT shape_ok").fetchall())
+        return self._sql_tables(con, pending)
 
     def _python_tables(self, con: Any) -> None:
         """Tables of the pure functions the SQL needs before it builds endpoints."""
@@ -803,7 +813,7 @@ class ColumnarIngester(Ingester):
             fingerprint = match.name if match else None
         return (len(body) if body is not None else None), _title(body), fingerprint
 
-    def _add_sql_rows(self, con: Any, pending: _Pending, *, read: int, duplicated: int) -> None:
+    def _sql_tables(self, con: Any, pending: _Pending) -> dict[str, pa.Table]:
         rule_sets = {name: rule_set for name, rule_set in self.config.rule_sets.items() if name in SQL_TESTS}
         verdict_arms = []
         for test_name, rule_set in rule_sets.items():
@@ -826,43 +836,55 @@ class ColumnarIngester(Ingester):
             ), judged AS (
               SELECT f.*, {which} AS rule_index FROM f JOIN rec USING (gline)
             ), rs AS ({' UNION ALL '.join(verdict_arms) if verdict_arms else "SELECT NULL AS t"})
-            SELECT rec.measurement_uid, rec.measurement_start_time, rec.measurement_start_time::DATE AS date,
+            SELECT j.gline, rec.measurement_uid, rec.measurement_start_time, rec.measurement_start_time::DATE AS date,
               rec.probe_cc, rec.probe_asn, rec.probe_network_name, rec.probe_key, rec.test_name, rec.software_name,
               j.service, j.feature, j.target, rs.verdicts[j.rule_index + 1] AS verdict,
               rs.methods[j.rule_index + 1] AS method, rs.confidences[j.rule_index + 1]::FLOAT AS confidence,
               rs.ids[j.rule_index + 1] AS rule_id, rs.rules_version
             FROM judged j JOIN rec USING (gline) JOIN rs ON rs.t = rec.test_name
             ORDER BY j.gline, j.first_idx"""
-        observations = con.sql("SELECT * EXCLUDE (gline) FROM obs ORDER BY gline, observation_idx").to_arrow_table()
-        verdicts = con.sql(verdicts_sql).to_arrow_table()
-        measurements = con.sql("""
-            SELECT rec.measurement_uid, rec.measurement_start_time, rec.measurement_start_time::DATE AS date,
-              rec.probe_cc, rec.probe_asn, probe_network_name, probe_key, report_id, input, test_name, test_version,
-              software_name, software_version, data_format_version, resolver_ip, gline
-            FROM rec WHERE gline IN (SELECT gline FROM keep) ORDER BY gline""").to_arrow_table()
-        glines = measurements.column("gline").to_pylist()
-        sources, raw_files, raw_lines = [], [], []
-        raw_names: dict[int, str | None] = {}
-        for gline in glines:
-            index, number, _ = pending.lines[gline]
-            if index not in raw_names:
-                raw_names[index] = self._reader(index).raw_file
-            sources.append(str(self._files[index][0]))
-            raw_files.append(raw_names[index])
-            raw_lines.append(number if raw_names[index] is not None else None)
-        n = len(glines)
-        measurements = measurements.drop(["gline"])
-        measurements = measurements.append_column("source", pa.array(sources, pa.string())) \
-            .append_column("ingested_at", pa.array([self.config.ingested_at] * n, pa.timestamp("us"))) \
-            .append_column("raw_file", pa.array(raw_files, pa.string())) \
-            .append_column("raw_line", pa.array(raw_lines, pa.int32())) \
-            .append_column("raw_item", pa.nulls(n, pa.int32()))
-        batch = Batch(-1, read=read, duplicated=duplicated)
+        return {
+            "observations": con.sql("SELECT * FROM obs ORDER BY gline, observation_idx").to_arrow_table(),
+            "verdicts": con.sql(verdicts_sql).to_arrow_table(),
+            "measurements": con.sql("""
+                SELECT rec.measurement_uid, rec.measurement_start_time, rec.measurement_start_time::DATE AS date,
+                  rec.probe_cc, rec.probe_asn, probe_network_name, probe_key, report_id, input, test_name,
+                  test_version, software_name, software_version, data_format_version, resolver_ip, gline,
+                  gline IN (SELECT gline FROM keep) AS kept
+                FROM rec WHERE shape_ok ORDER BY gline""").to_arrow_table(),
+        }
+
+    def _take_sql(self, part: dict[str, pa.Table], pending: _Pending) -> None:
+        """One file's SQL rows as a Batch (read = its SQL records, duplicated = those not kept)."""
+        measurements = part["measurements"]
+        read = measurements.num_rows
+        measurements = measurements.filter(measurements.column("kept"))
+        n = measurements.num_rows
+        batch = Batch(-1, read=read, duplicated=read - n)
+        self.stats.sql_records += read
         if n:
+            numbers = [pending.lines[g][1] for g in measurements.column("gline").to_pylist()]
+            index = pending.lines[measurements.column("gline")[0].as_py()][0]
+            self._stored_files.add(index)
+            raw_file = self._reader(index).raw_file
+            measurements = measurements.drop(["gline", "kept"]) \
+                .append_column("source", pa.array([str(self._files[index][0])] * n, pa.string())) \
+                .append_column("ingested_at", pa.array([self.config.ingested_at] * n, pa.timestamp("us"))) \
+                .append_column("raw_file", pa.array([raw_file] * n, pa.string())) \
+                .append_column("raw_line", pa.array(numbers if raw_file is not None else [None] * n, pa.int32())) \
+                .append_column("raw_item", pa.nulls(n, pa.int32()))
             batch.measurements = measurements.cast(MEASUREMENTS_SCHEMA)
-            batch.observations = observations.cast(OBSERVATIONS_SCHEMA)
-            batch.verdicts = verdicts.cast(VERDICTS_SCHEMA)
+            batch.observations = part["observations"].drop(["gline"]).cast(OBSERVATIONS_SCHEMA)
+            batch.verdicts = part["verdicts"].drop(["gline"]).cast(VERDICTS_SCHEMA)
         self._take(batch)
+
+
+def _slice(tables: dict[str, pa.Table], start: int, stop: int) -> dict[str, pa.Table]:
+    """The rows of glines [start, stop): one file's share of a pass."""
+    import pyarrow.compute as pc
+
+    return {name: table.filter(pc.and_(pc.greater_equal(table["gline"], start), pc.less(table["gline"], stop)))
+            for name, table in tables.items()}
 
 
 def _scratch_root() -> str | None:
