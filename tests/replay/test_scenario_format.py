@@ -133,3 +133,16 @@ def test_the_cli_refuses_a_malformed_scenario_before_building_a_lab(tmp_path: Pa
     assert result.returncode == 1, result.stdout + result.stderr
     assert "bad.yaml:17: policies.media.truth.whatsapp.media: unknown method 'sni'" in " ".join(result.stdout.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nettest_that_is_not_installed_is_skipped_with_a_warning() -> None:
+    from wallwatch.lab.replay import runnable_probes
+
+    text = VALID.replace("probes: [whatsapp]", "probes: [whatsapp, carrier-pigeon]").replace(
+        "registration: ok}\n", "registration: ok}\n      carrier-pigeon: {delivery: ok}\n"
+    )
+    scenario = parse_scenario(text, source="tiny.yaml")
+    assert scenario.policies["media"].truth["carrier-pigeon"]["delivery"] == Expectation("ok", None)
+    probes, warnings = runnable_probes(scenario)
+    assert probes == ("whatsapp",)
+    assert len(warnings) == 1 and "'carrier-pigeon' is not installed" in warnings[0]
