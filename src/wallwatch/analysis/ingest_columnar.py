@@ -10,20 +10,22 @@ per-record work runs in DuckDB's native code instead:
   check its JSON type exactly as the Python code's `isinstance` checks do (DuckDB's
   typed reads cast leniently: `false` -> 'false', "7" -> 7);
 * observations are `UNNEST`s of `queries`/`tcp_connect`/`tls_handshakes`/`requests`
-  joined on (transaction_id, ip, port); verdict facts are `GROUP BY` aggregates and
+  joined as observations._Builder joins them (one registered row per (transaction_id, ip,
+  port), ranks for repeated handshakes, round trips matched by transaction id, else by TLS
+  server name, else by the URL's IP); verdict facts are `GROUP BY` aggregates and
   the YAML rules are compiled into one `CASE` cascade per rule set (`rules_sql`), each
   verdict still naming its `rule_id` and `rules_version`;
 * pure scalar functions whose exact Python semantics matter (`classify`, `is_bogon`,
   `url_host`, `split_address`, the HTTP title and fingerprint) run in Python once per
   *distinct* value and are joined back as tables, as the fingerprints are.
 
-The SQL covers the common shape: an IM test (whatsapp, telegram, signal,
-facebook_messenger) by an OONI probe that wrote transaction ids on every event, at most
-one event per (transaction_id, ip, port) per kind, and leaves of the expected JSON types.
-Everything else (web_connectivity and the tunnels, old probes without transaction ids,
-wallwatch's own records, odd leaf types, bad JSON, top-level arrays, `.json` documents,
-damaged `.gz` files) is routed explicitly to the Python path, record by record or file
-by file, and counted in `ColumnarStats`; nothing is approximated. The oracle test
+The SQL covers an IM test (whatsapp, telegram, signal, facebook_messenger) whose leaves
+have the expected JSON types and whose round trips all have a transaction id or none has
+an address. Everything else (web_connectivity and the tunnels, wallwatch's own records,
+odd leaf types, bad time or ASN, bad JSON, top-level arrays, `.json` documents, damaged
+`.gz` files, a uid stored by both paths within one file) is routed explicitly to the
+Python path, record by record or file by file, and counted in `ColumnarStats`; nothing is
+approximated. The oracle test
 (tests/analysis/test_ingest_columnar.py) diffs both engines' datasets row for row.
 """
 
