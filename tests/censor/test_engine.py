@@ -81,6 +81,45 @@ def test_sni_reset_injects_rsts_with_exact_sequence_numbers() -> None:
     assert censor.counters["queued_after_decision"] == 1
 
 
+def test_a_new_connection_on_a_reused_port_is_judged_afresh() -> None:
+    """The old connection was reset for its SNI; a new one from the same source port to the
+    same server (a reused ephemeral port) with another SNI must pass, whatever the table held."""
+    censor = Censor(policy(MEDIA_RESET))
+    old = Tcp(MEDIA)
+    old.handshake(censor)
+    assert censor.handle(old.client_data(tls.build_client_hello("mmg.whatsapp.net")), 1.0).action == "reset"
+    new = Tcp(MEDIA)
+    new.cseq, new.sseq = 555_000, 777_000  # a new ISN on the same 5-tuple
+    syn = censor.handle(new.syn(), 2.0)
+    assert syn.accept and not syn.mark  # not the old flow's DROP
+    assert all(d.accept for d in (censor.handle(new.synack(), 2.0), censor.handle(new.ack(), 2.0)))
+    decision = censor.handle(new.client_data(tls.build_client_hello("web.whatsapp.com")), 2.0)
+    assert (decision.accept, decision.action) == (True, "allow")
+    assert censor.snapshot()["flows_reopened"] == 1 and len(censor.flows) == 1
+
+
+def test_a_reused_port_is_blocked_again_when_the_new_connection_matches() -> None:
+    """And the reverse: an allowed flow's port, reused for a blocked SNI, is reset."""
+    censor = Censor(policy(MEDIA_RESET))
+    old = Tcp(MEDIA)
+    old.handshake(censor)
+    assert censor.handle(old.client_data(tls.build_client_hello("web.whatsapp.com")), 1.0).action == "allow"
+    new = Tcp(MEDIA)
+    new.cseq, new.sseq = 555_000, 777_000
+    new.handshake(censor)
+    assert censor.handle(new.client_data(tls.build_client_hello("mmg.whatsapp.net")), 2.0).action == "reset"
+
+
+def test_a_retransmitted_syn_stays_in_its_flow() -> None:
+    censor = Censor(policy(MEDIA_RESET))
+    conn = Tcp(MEDIA)
+    conn.handshake(censor)
+    assert censor.handle(conn.client_data(tls.build_client_hello("mmg.whatsapp.net")), 1.0).action == "reset"
+    again = censor.handle(Tcp(MEDIA).syn(), 1.5)  # same ISN: the old SYN again, not a new connection
+    assert (again.accept, again.action) == (False, "reset")
+    assert censor.snapshot()["flows_reopened"] == 0
+
+
 def test_non_matching_sni_is_allowed_and_offloaded() -> None:
     censor = Censor(policy(MEDIA_RESET))
     conn = Tcp("198.19.2.2")

@@ -43,18 +43,20 @@ rules:
 """)
 
 
-def tls_flow(server: str, sni: str, sport: int, t: float, *, data_packets: int = 0) -> list[tuple[float, bytes]]:
+def tls_flow(server: str, sni: str, sport: int, t: float, *, data_packets: int = 0,
+             isn: int = 1000) -> list[tuple[float, bytes]]:
     """SYN, SYN-ACK, ACK, ClientHello, the server's answer, then more client data."""
     hello = tls.build_client_hello(sni)
+    data = isn + 1
     packets = [
-        (t, inet.build_tcp(CLIENT, server, sport, 443, seq=1000, flags=inet.SYN)),
-        (t + 0.001, inet.build_tcp(server, CLIENT, 443, sport, seq=5000, ack=1001, flags=inet.SYN | inet.ACK)),
-        (t + 0.002, inet.build_tcp(CLIENT, server, sport, 443, seq=1001, ack=5001)),
-        (t + 0.003, inet.build_tcp(CLIENT, server, sport, 443, seq=1001, ack=5001, flags=inet.ACK | inet.PSH,
+        (t, inet.build_tcp(CLIENT, server, sport, 443, seq=isn, flags=inet.SYN)),
+        (t + 0.001, inet.build_tcp(server, CLIENT, 443, sport, seq=5000, ack=data, flags=inet.SYN | inet.ACK)),
+        (t + 0.002, inet.build_tcp(CLIENT, server, sport, 443, seq=data, ack=5001)),
+        (t + 0.003, inet.build_tcp(CLIENT, server, sport, 443, seq=data, ack=5001, flags=inet.ACK | inet.PSH,
                                    payload=hello)),
-        (t + 0.004, inet.build_tcp(server, CLIENT, 443, sport, seq=5001, ack=1001 + len(hello), payload=b"x" * 100)),
+        (t + 0.004, inet.build_tcp(server, CLIENT, 443, sport, seq=5001, ack=data + len(hello), payload=b"x" * 100)),
     ]
-    seq = 1001 + len(hello)
+    seq = data + len(hello)
     for index in range(data_packets):
         packets.append((t + 0.005 + index / 1000, inet.build_tcp(CLIENT, server, sport, 443, seq=seq, ack=5101,
                                                                    payload=b"y" * 50)))
@@ -165,6 +167,15 @@ def test_a_reused_five_tuple_after_the_idle_timeout_is_a_new_flow() -> None:
     report = replay([first, later])
     assert [(f.action, f.props["dns.qname"]) for f in report.flows] == [
         (UNDECIDED, "example.org"), ("dns-inject", "e1.whatsapp.net")]
+
+
+def test_a_new_syn_on_a_decided_five_tuple_is_a_new_flow() -> None:
+    """A reused source port seconds later: the new connection gets its own row and verdict."""
+    packets = tls_flow(MEDIA, "web.whatsapp.com", 40000, T0) + tls_flow(MEDIA, "mmg.whatsapp.net", 40000, T0 + 5,
+                                                                         isn=900_000)
+    report = replay(packets)
+    assert [(f.action, f.props.get("tls.sni")) for f in report.flows] == [
+        ("allow", "web.whatsapp.com"), ("reset", "mmg.whatsapp.net")]
 
 
 def test_snaplen_cut_packets_hide_the_sni_and_keep_wire_bytes() -> None:

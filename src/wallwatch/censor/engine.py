@@ -53,6 +53,13 @@ def raw_key(raw: bytes) -> bytes | None:
     return raw[9:10] + raw[12:24]
 
 
+def _is_bare_syn(raw: bytes) -> bool:
+    """A SYN without ACK in a packet `raw_key` accepted (20-byte IPv4 header, so the TCP
+    flags are byte 33): possibly a new connection on a decided 5-tuple, which only the
+    flow table can tell from a retransmitted SYN (`Flow.is_new_connection`)."""
+    return raw[9] == 6 and len(raw) > 33 and raw[33] & (inet.SYN | inet.ACK) == inet.SYN
+
+
 def _reverse_key(key: bytes) -> bytes:
     return key[0:1] + key[5:9] + key[1:5] + key[11:13] + key[9:11]
 
@@ -116,7 +123,8 @@ class Censor:
         if self._decided:
             key = raw_key(raw)
             entry = self._decided.get(key) if key is not None else None
-            if entry is not None and entry[0].generation == self.generation and entry[0].verdict is not None:
+            if (entry is not None and entry[0].generation == self.generation and entry[0].verdict is not None
+                    and not _is_bare_syn(raw)):
                 return self._repeat_fast(entry[0], entry[1], raw, now)
         try:
             packet = inet.parse_packet(raw)
@@ -402,6 +410,7 @@ class Censor:
         counters.update({
             "flows_active": len(self.flows), "flows_created": self.flows.created,
             "flows_evicted": self.flows.evicted, "flows_expired": self.flows.expired,
+            "flows_reopened": self.flows.reopened,
             "penalties_active": len(self.penalties),
         })
         return dict(sorted(counters.items()))

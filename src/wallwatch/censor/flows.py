@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from wallwatch.censor.analyzers.base import STREAM_LIMIT, Analyzer
-from wallwatch.protocols.inet import FIN, RST, SYN, Packet
+from wallwatch.protocols.inet import ACK, FIN, PROTO_TCP, RST, SYN, Packet
 
 # Idle timeouts. TCP: OpenGFW's 10 minutes (engine/worker.go). UDP: 60 s, the
 # time the GFW tracks a UDP 4-tuple (QUIC SNI study, censor-lab.md §4).
@@ -114,6 +114,7 @@ class Flow:
     rule: str | None = None
     generation: int = 0  # policy generation the verdict was made under
     stream: StreamBuffer = field(default_factory=StreamBuffer)
+    isn: int | None = None  # the client's SYN sequence number: tells a retransmission from a new connection
     client_next_seq: int | None = None
     server_next_seq: int | None = None
     packets: int = 0
@@ -132,11 +133,19 @@ class Flow:
                 self.client_next_seq = end
             if packet.flags & SYN:
                 self.stream.start(packet.seq)
+                if self.isn is None:
+                    self.isn = packet.seq
         elif self.server_next_seq is None or seq_after(end, self.server_next_seq):
             self.server_next_seq = end
         if packet.flags & (FIN | RST):
             self.closed = True
         return self.stream.push(packet.seq, packet.payload) if from_client else b""
+
+    def is_new_connection(self, packet: Packet) -> bool:
+        """A TCP SYN (without ACK) that is not this flow's own SYN again: a new connection
+        on the same 5-tuple (a reused source port, RFC 9293 §3.4.1), which must be judged
+        afresh rather than inherit the old connection's verdict and stream state."""
+        return (packet.flags & (SYN | ACK)) == SYN and packet.seq != self.isn
 
     def timeout(self) -> float:
         if self.proto == "tcp":
@@ -155,6 +164,7 @@ class FlowTable:
         self.created = 0
         self.evicted = 0
         self.expired = 0
+        self.reopened = 0  # tracked flows replaced by a new connection on the same 5-tuple
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -166,6 +176,10 @@ class FlowTable:
         """The packet's flow (created if new) and whether the packet is client->server."""
         key = flow_key(packet)
         flow = self._flows.get(key)
+        if flow is not None and packet.proto == PROTO_TCP and flow.is_new_connection(packet):
+            self.forget(flow)
+            self.reopened += 1
+            flow = None
         if flow is None:
             flow = self._create(key, packet, now)
         else:

@@ -111,6 +111,7 @@ class _FlowRecord:
     held: int = 0
     residual_drops: int = 0
     provisional: bool = False  # decided only by the penalty box: a later verdict replaces it
+    isn: int | None = None  # the client's SYN sequence number, as in flows.Flow
 
     def idle(self, now: float) -> bool:
         if self.proto == "tcp":
@@ -290,8 +291,8 @@ class Replayer:
     def _record(self, packet: inet.Packet, frame: Frame, link_header: int) -> _FlowRecord:
         key = flow_key(packet)
         record = self._active.get(key)
-        if record is not None and record.idle(frame.timestamp):
-            record = None  # the 5-tuple was reused after the flow timed out: a new flow
+        if record is not None and (record.idle(frame.timestamp) or _reopens(record, packet)):
+            record = None  # the 5-tuple was reused (after a timeout, or by a new SYN): a new flow
         if record is None:
             record = _FlowRecord(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport),
                                  frame.timestamp, frame.timestamp, packet.version)
@@ -302,6 +303,9 @@ class Replayer:
         record.last_seen = max(record.last_seen, frame.timestamp)
         if packet.flags & (inet.FIN | inet.RST):
             record.closed = True
+        if record.isn is None and packet.proto == inet.PROTO_TCP and packet.flags & inet.SYN \
+                and not packet.flags & inet.ACK:
+            record.isn = packet.seq
         return record
 
     def _housekeeping(self, now: float) -> None:
@@ -313,6 +317,13 @@ class Replayer:
         self.counters[counter] += 1
         if len(self.notes) < MAX_NOTES:
             self.notes.append(f"frame {frame.number}: {message}")
+
+
+def _reopens(record: _FlowRecord, packet: inet.Packet) -> bool:
+    """A new connection on the record's 5-tuple: the engine starts a new flow too
+    (flows.Flow.is_new_connection), so the report gets a new row."""
+    return (record.proto == "tcp" and packet.flags & (inet.SYN | inet.ACK) == inet.SYN
+            and packet.seq != record.isn)
 
 
 def replay_frames(frames: Iterable[Frame], policy: Policy, *, max_flows: int = MAX_FLOWS,
