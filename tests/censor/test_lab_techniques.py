@@ -36,12 +36,21 @@ def test_fet_exempts_exactly_per_the_paper(live_censor: LiveCensor) -> None:
     assert {e for _, e in CASES.values() if e} <= exemptions
 
 
-def test_openvpn_client_reset_on_udp_and_tcp(live_censor: LiveCensor) -> None:
+def test_openvpn_handshake_rule_on_tcp_and_what_it_spares_on_udp(live_censor: LiveCensor) -> None:
+    """TCP: the framed client reset is dropped. UDP needs the server's reset before it decides
+    (caught end to end against the lab's real OpenVPN server in tests/probe/test_openvpn_lab.py and
+    tests/realclients/test_real_openvpn.py); here an echo answers, so nothing is OpenVPN, including
+    DNS-shaped datagrams whose transaction id reads as a client reset (opcodes 1, 7, 10, key_id 0)."""
+    from wallwatch.protocols import dns
+
     live_censor.use(one_rule("openvpn", {"openvpn.handshake": True}, "drop"))
     topo = live_censor.topology
-    assert topo.udp(SERVER, 1194, [openvpn.build_client_hard_reset_v2(), b"\x00\x01ping"]) == ["timeout", "reply"]
     assert topo.raw(SERVER, 1194, [openvpn.build_client_hard_reset_v2(tcp=True), b"\x00\x10" + RANDOMISH[:16]]) == \
         ["timeout", "reply"]
+    lookalikes = [dns.build_query("e1.whatsapp.net", "A", query_id=(opcode << 3) << 8 | 0x34) for opcode in (1, 7, 10)]
+    assert topo.udp(SERVER, 1194, [openvpn.build_client_hard_reset_v2(), *lookalikes]) == ["reply"] * 4
+    decided = [d for d in live_censor.censor.decisions() if d["proto"] == "udp"]
+    assert decided and not [d for d in decided if d["action"] == "drop"]
 
 
 def test_wireguard_handshake_but_not_nonzero_reserved_bytes(live_censor: LiveCensor) -> None:

@@ -14,7 +14,7 @@ from tests.censor.test_engine import CLIENT, Tcp
 from wallwatch.censor.actions import CLASS_MASK, MARK_MASK, VERDICT_ALLOW, class_mark, offload_mark, wants_repeat
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.policy import PolicyError, parse_policy
-from wallwatch.protocols import inet, mtproto, openvpn, quic, tls, tor, wireguard
+from wallwatch.protocols import dns, inet, mtproto, openvpn, quic, tls, tor, wireguard
 
 SERVER = "198.19.2.2"
 
@@ -75,17 +75,66 @@ def test_fet_looks_at_the_first_data_packet_only() -> None:
 # --- VPN and messenger fingerprints --------------------------------------------
 
 
-def test_openvpn_client_reset_on_udp_and_tcp() -> None:
-    rule = {"name": "ovpn", "match": {"openvpn.handshake": True}, "action": "drop"}
+OVPN_DROP = {"name": "ovpn", "match": {"openvpn.handshake": True}, "action": "drop"}
+
+
+def test_openvpn_udp_is_decided_when_the_client_answers_the_server_reset() -> None:
+    """Xue et al. 2022 §4: client reset, server reset, then the client's ack/control."""
+    c = censor(OVPN_DROP)
+    sid, server_sid = b"c" * 8, b"s" * 8
+    assert udp(c, openvpn.build_client_hard_reset_v2(sid), dport=1194).accept
+    assert props(c)["openvpn.client_reset"] is True
+    assert props(c)["openvpn.opcode"] == openvpn.P_CONTROL_HARD_RESET_CLIENT_V2
+    assert udp(c, openvpn.build_client_hard_reset_v2(sid), dport=1194).accept  # a resend changes nothing
+    assert udp(c, openvpn.build_server_hard_reset_v2(server_sid, sid), dport=1194, reply=True).accept
+    hello = openvpn.build_control(openvpn.P_CONTROL_V1, sid, acks=(0,), remote_session_id=server_sid,
+                                  packet_id=1, payload=b"\x16\x03\x01hello")
+    decision = udp(c, hello, dport=1194)
+    assert (decision.accept, decision.rule) == (False, "ovpn")
+    assert props(c)["openvpn.handshake"] is True
+
+
+def test_openvpn_tcp_is_decided_on_the_framed_client_reset() -> None:
+    c = censor(OVPN_DROP)
+    assert not tcp_first_data(c, openvpn.build_client_hard_reset_v2(tcp=True), port=1194).accept
+    assert props(c)["openvpn.handshake"] is True
+
+
+def test_openvpn_not_matched() -> None:
+    c = censor(OVPN_DROP)
+    assert udp(c, b"\x00\x01ping", dport=1194).accept and props(c)["openvpn.handshake"] is False
+    c = censor(OVPN_DROP)  # a server's reset first is not a client opening a session
+    assert udp(c, openvpn.build_server_hard_reset_v2(b"s" * 8, b"c" * 8), dport=1194).accept
+    assert props(c)["openvpn.handshake"] is False
+    c = censor(OVPN_DROP)  # the right opcode with key_id 3: not a session's first key
+    odd = bytearray(openvpn.build_client_hard_reset_v2())
+    odd[0] |= 3
+    assert udp(c, bytes(odd), dport=1194).accept and props(c)["openvpn.client_reset"] is False
+    c = censor(OVPN_DROP)  # a client reset answered by something else: not OpenVPN
+    assert udp(c, openvpn.build_client_hard_reset_v2(b"c" * 8), dport=1194).accept
+    assert udp(c, b"\x00\x01pong", dport=1194, reply=True).accept
+    assert udp(c, b"more", dport=1194).accept and props(c)["openvpn.handshake"] is False
+
+
+def test_openvpn_rule_never_drops_dns() -> None:
+    """Every transaction id, including the 24 whose first byte reads as a client reset opcode:
+    the query passes (nothing decided yet) and its answer, which repeats the id, rules it out."""
+    c = censor(OVPN_DROP)
+    for tid in range(0, 65536, 256):  # every first byte
+        query = dns.build_query("e1.whatsapp.net", "A", query_id=tid)
+        sport = 20000 + tid // 256
+        assert udp(c, query, sport=sport, dport=53).accept
+        answer = bytearray(query)
+        answer[2] |= 0x80  # QR: a response with the same id
+        assert udp(c, bytes(answer), sport=sport, dport=53, reply=True).accept
+        assert udp(c, query, sport=sport, dport=53).accept  # the flow is settled: allowed
+    assert c.counters["decisions.drop"] == 0 and c.counters["decisions.allow"] == 256
+
+
+def test_openvpn_client_reset_is_a_first_packet_property() -> None:
+    rule = {"name": "ovpn-first", "match": {"openvpn.client_reset": True}, "action": "drop"}
     c = censor(rule)
     assert not udp(c, openvpn.build_client_hard_reset_v2(), dport=1194).accept
-    assert props(c)["openvpn.opcode"] == openvpn.P_CONTROL_HARD_RESET_CLIENT_V2
-    c = censor(rule)
-    assert not tcp_first_data(c, openvpn.build_client_hard_reset_v2(tcp=True), port=1194).accept
-    c = censor(rule)
-    assert udp(c, b"\x00\x01ping", dport=1194).accept and props(c)["openvpn.handshake"] is False
-    c = censor(rule)  # a server's reset first is not a client opening a session
-    assert udp(c, openvpn.build_server_hard_reset_v2(b"s" * 8, b"c" * 8), dport=1194).accept
 
 
 def test_wireguard_handshake_and_reserved_bytes() -> None:

@@ -75,14 +75,15 @@ def test_opcode_fingerprint_is_caught_on_both_transports(lab: Any, openvpn_serve
     assert (tunnel["verdict"], tunnel["method"], tunnel["partial"]) == ("blocked", "protocol_dpi", False), tunnel
     for transport, h in handshakes.items():
         assert h["failure"] is not None and h["server_tls"] is None, (transport, h)
-    # This censor decides on the client's reset (censor/analyzers/openvpn.py), so nothing comes back:
-    # over UDP that is only "nothing reaches the address" (the lab resolver answering over UDP shows the
-    # network works); over TCP the printable control to the same address:port passes and the server
-    # closes it, which pins the drop on the OpenVPN bytes.
+    # Over UDP this censor lets both resets pass and drops the client's next step, the ClientHello
+    # in P_CONTROL_V1 (censor/analyzers/openvpn.py): the server answered, then the flow stalled.
+    # Over TCP it decides on the framed client reset, so no server reset comes back, while the
+    # printable control to the same address:port passes and the server closes it, which pins the
+    # drop on the OpenVPN bytes.
     udp, tcp = handshakes["udp"], handshakes["tcp"]
-    assert (udp["failed_at"], udp["failure"], udp["packets_received"]) == ("server_reset", "generic_timeout_error", 0)
+    assert (udp["failed_at"], udp["failure"], udp["packets_received"]) == ("server_tls", "generic_timeout_error", 1)
     assert (tcp["failed_at"], tcp["failure"]) == ("server_reset", "generic_timeout_error")
     assert tcp["control"] == {"outcome": "closed", "failure": "eof_error"}, tcp
     assert any("openvpn.reset_dpi" in tunnel["rule"] or "same-size non-OpenVPN payload" in line
                for line in tunnel["evidence"])
-    assert any("nothing reaches this address" in line for line in tunnel["evidence"]), tunnel["evidence"]
+    assert any("once both resets had crossed the wire" in line for line in tunnel["evidence"]), tunnel["evidence"]

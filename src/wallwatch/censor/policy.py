@@ -47,7 +47,7 @@ KEY_TYPES: dict[str, str] = {
     # issue 4 analyzers (analyzers/*.py say where each comes from)
     "http.target": "text",
     "fet.suspicious": "bool", "fet.exemption": "name",
-    "openvpn.handshake": "bool", "openvpn.opcode": "int",
+    "openvpn.handshake": "bool", "openvpn.client_reset": "bool", "openvpn.opcode": "int",
     "wireguard.handshake": "bool", "wireguard.message_type": "int",
     "mtproto.obfuscated2": "bool", "mtproto.tag": "name",
     "quic.sni": "name", "quic.version": "int", "quic.src_port_gt_dst": "bool",

@@ -60,6 +60,10 @@ AFTER_RESET = frozenset({P_CONTROL_SOFT_RESET_V1, P_CONTROL_V1, P_ACK_V1, P_DATA
 _DATA_OPCODES = frozenset({P_DATA_V1, P_DATA_V2})
 
 SESSION_ID_SIZE = 8  # ssl_common.h SID_SIZE
+# A session's first key is key_id 0, so both hard resets carry it; renegotiation
+# cycles 1..7 and never returns to 0 (ssl.c key_id_inc). A check OpenGFW skips: it
+# cuts the random first bytes that read as a client reset from 24 in 256 to 3.
+INITIAL_KEY_ID = 0
 OPENVPN_PORT = 1194  # IANA "openvpn"
 # OpenGFW: a TCP packet length below 6 is not OpenVPN (OpenVpnMinPktLen), and
 # the analyzer stops after 256 packets each way (OpenVpn*PktDefaultLimit).
@@ -316,13 +320,13 @@ class OpenVpnMatcher:
         if self._is_retransmitted_reset(packet, reverse):
             return
         if self.state == WAITING_CLIENT_RESET:
-            if reverse or packet.opcode not in CLIENT_RESETS:
+            if reverse or packet.opcode not in CLIENT_RESETS or packet.key_id != INITIAL_KEY_ID:
                 self.state = NOT_OPENVPN
                 return
             self.client_session_id = packet.session_id
             self.state = WAITING_SERVER_RESET
         elif self.state == WAITING_SERVER_RESET and reverse:
-            if packet.opcode not in SERVER_RESETS:
+            if packet.opcode not in SERVER_RESETS or packet.key_id != INITIAL_KEY_ID:
                 self.state = NOT_OPENVPN
                 return
             self.server_session_id = packet.session_id
