@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
 
 from wallwatch.analysis.store import VERDICTS_SCHEMA, Store, StoreError
@@ -96,3 +97,21 @@ def test_partitioned_write_puts_every_row_in_its_partition(tmp_path: Path) -> No
     # Replacing one partition leaves the others alone.
     store.write("series_x", table.slice(0, 1), partition_by=("date", "probe_cc"))
     assert store.connect().execute("SELECT count(*) FROM series_x").fetchone() == (30 - 10 + 1,)
+
+
+@pytest.mark.parametrize("layout", ["grouped", "interleaved"])
+def test_partition_files_keep_table_order(tmp_path: Path, layout: str) -> None:
+    # Grouped runs are sliced without a sort, interleaved rows are sorted first (stable): either
+    # way each partition's file holds its rows in table order.
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=d) for d in range(3)]
+    parts = [_verdict_rows(day, 200) for day in days]
+    if layout == "grouped":  # a few runs per day, as ingest batches arrive
+        table = pa.concat_tables([part.slice(s, 100) for s in (0, 100) for part in parts])
+    else:  # one run per row
+        table = pa.concat_tables([part.slice(i, 1) for i in range(200) for part in parts])
+    Store(tmp_path).write("verdicts", table, mode="append")
+    for day in days:
+        files = list((tmp_path / "verdicts" / f"date={day}").glob("*.parquet"))
+        assert len(files) == 1
+        uids = pa.parquet.read_table(files[0]).column("measurement_uid").to_pylist()
+        assert uids == [f"{day}-{i}" for i in range(200)]

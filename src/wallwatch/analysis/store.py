@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -41,6 +42,8 @@ WriteMode = Literal["replace", "append"]
 
 DEFAULT_DATA_DIR = "wallwatch-data"
 ROW_GROUP_ROWS = 128 * 1024
+# Threads writing partition files at once (Parquet encoding releases the GIL).
+WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 DATA_DIR_ENV = "WALLWATCH_DATA"
 
 # Known datasets and their columns, so that an empty store still has typed views
@@ -304,25 +307,67 @@ def _write_partitions(table: pa.Table, directory: Path, partitions: Sequence[str
     live in the path, values URI-encoded; "replace" empties each touched partition first), at a
     fraction of its per-file cost: ~1 ms instead of ~5 ms a file, which dominates when a batch
     spans many days and tests (measured in bench/bench_ingest.py's corpus: 17 partitions).
+    Each file holds its partition's rows in table order (what a stable sort by partition gives).
     """
-    ordered = table.sort_by([(col, "ascending") for col in partitions])  # stable: row order kept per partition
-    # Run boundaries: rows whose partition key differs from the previous row's.
-    changed = pa.array([False] * (ordered.num_rows - 1), pa.bool_())
-    for col in partitions:
-        column = ordered.column(col)
-        changed = pc.or_(changed, pc.not_equal(column.slice(1), column.slice(0, ordered.num_rows - 1)))
-    starts = [0, *(index + 1 for index in pc.indices_nonzero(changed).to_pylist()), ordered.num_rows]
-    data = ordered.drop_columns(list(partitions))
+    table, groups = _partition_runs(table, partitions)
+    data = table.drop_columns(list(partitions))
     name = f"part-{uuid.uuid4().hex}-0.parquet"
-    for start, end in zip(starts, starts[1:]):
-        leaf = directory.joinpath(*(f"{col}={quote(str(ordered.column(col)[start].as_py()), safe='')}"
-                                    for col in partitions))
+    jobs = []
+    for key, runs in groups.items():
+        leaf = directory.joinpath(*(f"{col}={quote(str(value), safe='')}" for col, value in zip(partitions, key)))
         if mode == "replace" and leaf.is_dir():
             for old in leaf.iterdir():
                 if old.is_file():
                     old.unlink()
         leaf.mkdir(parents=True, exist_ok=True)
-        pq.write_table(data.slice(start, end - start), leaf / name, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        rows = pa.concat_tables([data.slice(start, end - start) for start, end in runs])  # zero-copy
+        jobs.append((rows, leaf / name))
+    if len(jobs) == 1:
+        _write_file(*jobs[0])
+        return
+    # pq.write_table encodes and compresses without holding the GIL: partitions go in parallel.
+    with ThreadPoolExecutor(max_workers=min(len(jobs), WRITE_THREADS)) as pool:
+        for done in [pool.submit(_write_file, rows, path) for rows, path in jobs]:
+            done.result()
+
+
+def _write_file(rows: pa.Table, path: Path) -> None:
+    pq.write_table(rows, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+# With more runs than this per partition, one stable sort (a `take` of every column) is cheaper
+# than gathering the runs as slices.
+_MAX_RUNS_PER_PARTITION = 64
+
+Runs = dict[tuple[Any, ...], list[tuple[int, int]]]
+
+
+def _partition_runs(table: pa.Table, partitions: Sequence[str]) -> tuple[pa.Table, Runs]:
+    """The table (sorted by partition only when its rows are interleaved) and, per partition
+    key in first-seen order, the (start, end) row ranges that hold its rows, in table order.
+
+    Ingest batches arrive grouped by partition (ingest_worker orders each batch's rows), so
+    their concatenation is a few runs per partition and is written without a sort.
+    """
+    runs = _runs(table, partitions)
+    if sum(map(len, runs.values())) > _MAX_RUNS_PER_PARTITION * len(runs):
+        table = table.sort_by([(col, "ascending") for col in partitions])  # stable: table order kept
+        runs = _runs(table, partitions)
+    return table, runs
+
+
+def _runs(table: pa.Table, partitions: Sequence[str]) -> Runs:
+    n = table.num_rows
+    changed = pa.array([False] * (n - 1), pa.bool_())
+    for col in partitions:
+        column = table.column(col)
+        changed = pc.or_(changed, pc.not_equal(column.slice(1), column.slice(0, n - 1)))
+    starts = [0, *(index + 1 for index in pc.indices_nonzero(changed).to_pylist())]
+    keys = zip(*(table.column(col).take(starts).to_pylist() for col in partitions))
+    runs: Runs = {}
+    for key, start, end in zip(keys, starts, [*starts[1:], n]):
+        runs.setdefault(key, []).append((start, end))
+    return runs
 
 
 def _has_parquet(directory: Path) -> bool:
