@@ -86,15 +86,24 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+_NO_STATUS: Mapping[str, Any] = {}  # read-only stand-in for a missing/odd `status`
+
+
 def _tid(entry: Mapping[str, Any]) -> int | None:
     value = entry.get("transaction_id")
-    return value if type(value) is int else _int_or_none(value)
+    return value if value is None or type(value) is int else _int_or_none(value)
 
 
 def split_address(address: Any) -> tuple[str | None, int | None]:
     """ "1.2.3.4:443" / "[::1]:443" -> (ip, port)."""
     if not isinstance(address, str) or not address:
         return None, None
+    return _split_address(address)
+
+
+@lru_cache(maxsize=65536)
+def _split_address(address: str) -> tuple[str | None, int | None]:
+    # Cached: the same few dozen addresses recur in every measurement of a test.
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
         return host, _int_or_none(rest.lstrip(":"))
@@ -159,7 +168,8 @@ _ROW_TEMPLATE: Row = dict.fromkeys((
 _ROW_TEMPLATE["is_control"] = False
 
 
-def _empty_row(header: Header, target: Target, index: int) -> Row:
+def _header_row(header: Header) -> Row:
+    """The row template with the measurement's own columns filled (copied for each row)."""
     row = _ROW_TEMPLATE.copy()  # a dict copy is several times cheaper than a 39-key literal
     row["measurement_uid"] = header.measurement_uid
     row["measurement_start_time"] = header.measurement_start_time
@@ -167,10 +177,6 @@ def _empty_row(header: Header, target: Target, index: int) -> Row:
     row["probe_cc"] = header.probe_cc
     row["probe_asn"] = header.probe_asn
     row["test_name"] = header.test_name
-    row["service"] = target.service
-    row["feature"] = target.feature
-    row["target"] = target.target
-    row["observation_idx"] = index
     return row
 
 
@@ -216,6 +222,14 @@ def classify(test_name: str, test_input: str | None, hostname: str | None, ip: s
     if test_name in ("openvpn", "riseupvpn"):
         return Target(test_name, "tunnel", test_input)
     return Target(test_name, "endpoints", test_input)
+
+
+@lru_cache(maxsize=65536)
+def _classify_untagged(test_name: str, test_input: str | None, hostname: str | None, ip: str | None,
+                       port: int | None) -> Target:
+    """`classify` of an endpoint without tags (all but wallwatch's own whatsapp events), cached:
+    a measurement asks it once per row, about the same few dozen endpoints every time."""
+    return classify(test_name, test_input, hostname, ip, port, None)
 
 
 _FB_FEATURES = {
@@ -265,12 +279,18 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
 
 
 class _Builder:
-    """Joins OONI event arrays into endpoint rows (see module docstring for the join keys)."""
+    """Joins OONI event arrays into endpoint rows (see module docstring for the join keys).
+
+    The loops below run once per DNS answer / TCP connect / request of every measurement
+    (~60 per IM measurement): fields are read with one `get` each and normalised inline
+    when they already have the common type (str, int, None), else by the shared helpers.
+    """
 
     def __init__(self, header: Header, test_input: str | None, fingerprints: FingerprintDB) -> None:
         self.header = header
         self.test_input = test_input
         self.fingerprints = fingerprints
+        self.base_row = _header_row(header)
         self.dns_rows: list[Row] = []
         self.endpoint_rows: list[Row] = []
         self.by_tid_addr: dict[tuple[int | None, str | None, int | None], Row] = {}
@@ -285,8 +305,15 @@ class _Builder:
         return rows
 
     def _new_row(self, hostname: str | None, ip: str | None, port: int | None, tags: Any) -> Row:
-        target = classify(self.header.test_name, self.test_input, hostname, ip, port, tags)
-        row = _empty_row(self.header, target, 0)
+        test_name = self.header.test_name
+        if tags and test_name == "whatsapp":  # only whatsapp reads tags ("feature:<name>")
+            target = classify(test_name, self.test_input, hostname, ip, port, tags)
+        else:
+            target = _classify_untagged(test_name, self.test_input, hostname, ip, port)
+        row = self.base_row.copy()
+        row["service"] = target.service
+        row["feature"] = target.feature
+        row["target"] = target.target
         row["hostname"] = hostname
         row["ip"] = ip
         row["port"] = port
@@ -297,7 +324,9 @@ class _Builder:
         for query in queries:
             if not isinstance(query, dict):
                 continue
-            hostname = query.get("hostname") if isinstance(query.get("hostname"), str) else None
+            hostname = query.get("hostname")
+            if not isinstance(hostname, str):
+                hostname = None
             engine = str(query.get("engine") or "system")
             key = (_tid(query), hostname or "", engine)
             row = merged.get(key)
@@ -309,20 +338,20 @@ class _Builder:
                 row["dns_answers"] = []
                 merged[key] = row
                 self.dns_rows.append(row)
-            failure = failure_string(query.get("failure"))
-            if failure in _RESOLVER_ANSWERED:
-                self.any_success = True  # the resolver answered: the probe was online
-            # A then AAAA: keep the first real failure, but answers from either type count.
-            if failure and failure != "dns_no_answer" and row["dns_failure"] is None:
-                row["dns_failure"] = failure
+            failure = query.get("failure")
+            if failure is not None:
+                failure = failure_string(failure)
+                if failure in _RESOLVER_ANSWERED:
+                    self.any_success = True  # the resolver answered: the probe was online
+                # A then AAAA: keep the first real failure, but answers from either type count.
+                if failure and failure != "dns_no_answer" and row["dns_failure"] is None:
+                    row["dns_failure"] = failure
             answers = query.get("answers")
-            if isinstance(answers, list) and answers:
+            if answers and isinstance(answers, list):
                 self._add_answers(row, answers, hostname)
         for row in merged.values():
             if row["dns_answers"]:
                 self.any_success = True
-                if row["dns_failure"] is None:
-                    pass
             elif row["dns_failure"] is None:
                 row["dns_failure"] = "dns_no_answer"
 
@@ -335,8 +364,8 @@ class _Builder:
         for answer in answers:
             if not isinstance(answer, dict):
                 continue
-            ipv4, ipv6 = answer.get("ipv4"), answer.get("ipv6")
-            value = ipv4 or ipv6 or answer.get("hostname")
+            ip = answer.get("ipv4") or answer.get("ipv6")
+            value = ip or answer.get("hostname")
             if not isinstance(value, str):
                 continue
             found.append(value)
@@ -344,8 +373,9 @@ class _Builder:
                 fingerprint = fingerprint_of(value)
                 if fingerprint is not None:
                     row["dns_fingerprint"] = fingerprint.name
-            if ipv4 or ipv6:
-                row["dns_bogon"] = bool(row["dns_bogon"]) or is_bogon(value)
+            if ip:
+                if not row["dns_bogon"]:
+                    row["dns_bogon"] = is_bogon(value)
                 if hostname:
                     ip_to_host.setdefault(value, hostname)
 
@@ -364,15 +394,24 @@ class _Builder:
         for entry in entries:
             if not isinstance(entry, dict):
                 continue
-            ip = entry.get("ip") if isinstance(entry.get("ip"), str) else None
-            port = _int_or_none(entry.get("port"))
-            status = _as_dict(entry.get("status"))
+            ip = entry.get("ip")
+            if not isinstance(ip, str):
+                ip = None
+            port = entry.get("port")
+            if type(port) is not int:
+                port = _int_or_none(port)
+            status = entry.get("status")
+            if not isinstance(status, dict):
+                status = _NO_STATUS
             row = self._endpoint(_tid(entry), ip, port, None, entry.get("tags"))
-            failure = failure_string(status.get("failure"))
+            failure = status.get("failure")
+            if failure is not None:
+                failure = failure_string(failure)
             success = bool(status.get("success")) if "success" in status else failure is None
             row["tcp_success"] = success
             row["tcp_failure"] = failure
-            self.any_success = self.any_success or success
+            if success:
+                self.any_success = True
 
     def add_tls(self, handshakes: list[Any]) -> None:
         for entry in handshakes:
@@ -426,7 +465,7 @@ class _Builder:
             row["http_body_length"] = len(body) if body is not None else None
             row["http_title"] = _title(body)
             headers = response.get("headers")
-            if body is not None or headers:
+            if body or headers:  # neither: match_http has nothing to match
                 fingerprint = self.fingerprints.match_http(body, headers if isinstance(headers, dict) else None)
                 row["http_fingerprint"] = fingerprint.name if fingerprint else None
             if failure is None and status:
@@ -511,6 +550,7 @@ class _Builder:
         self.endpoint_rows.append(row)
 
 
+@lru_cache(maxsize=65536)
 def _url_port(url: str | None) -> int | None:
     if not url:
         return None

@@ -179,17 +179,24 @@ def _counted(failure: str | None) -> bool:
     return failure is not None and failure not in PROBE_SIDE_FAILURES
 
 
-def feature_facts(rows: Sequence[Row], measurement: MeasurementFacts,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The flat facts the rules test, summarising one feature's observation rows."""
-    facts: dict[str, Any] = dict.fromkeys((
+# Every fact a rule may test, with its value before any row is counted.
+_FACTS_TEMPLATE: dict[str, Any] = {
+    **dict.fromkeys((
         "n_dns", "n_dns_ok", "n_dns_failed", "n_dns_nxdomain", "n_dns_fingerprint", "n_dns_bogon",
         "n_dns_inconsistent", "n_endpoints", "n_ok", "n_failed", "n_tcp_ok", "n_tcp_reset", "n_tcp_timeout",
         "n_tcp_refused", "n_tcp_failed_ctrl_ok", "n_tcp_reset_ctrl_ok", "n_tcp_failed_ctrl_failed",
         "n_tls_failed", "n_tls_reset", "n_tls_timeout", "n_tls_cert", "n_http_failed", "n_http_reset",
-        "n_blockpage", "n_probe_dns_inconsistent"), 0)
-    facts.update(probe_online=measurement.any_network_success, has_control=False, final_http_ok=False,
-                 status_class_match=None, ctrl_dns_ok=None, ctrl_http_ok=None, tunnel_ok=False, tunnel_reset=False)
+        "n_blockpage", "n_probe_dns_inconsistent"), 0),
+    "probe_online": False, "has_control": False, "final_http_ok": False, "status_class_match": None,
+    "ctrl_dns_ok": None, "ctrl_http_ok": None, "tunnel_ok": False, "tunnel_reset": False,
+}
+
+
+def feature_facts(rows: Sequence[Row], measurement: MeasurementFacts,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The flat facts the rules test, summarising one feature's observation rows."""
+    facts = _FACTS_TEMPLATE.copy()
+    facts["probe_online"] = measurement.any_network_success
     for row in rows:
         if row["dns_engine"] is not None:
             _add_dns_facts(facts, row)
