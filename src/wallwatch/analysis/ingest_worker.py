@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -47,6 +47,10 @@ COMPRESSED_CHUNK = 1024 * 1024
 # large enough that per-message costs (pickling Arrow tables) stay negligible.
 RECORDS_PER_BATCH = 1000
 RAW_DIR = "raw"
+# Columns that observation and verdict rows copy from their measurement's row (the same values).
+MEASUREMENT_COLUMNS_REPEATED = frozenset({
+    "measurement_uid", "measurement_start_time", "date", "probe_cc", "probe_asn", "probe_network_name",
+    "probe_key", "test_name", "software_name"})
 # The partition keys of store.DEFAULT_PARTITIONS.
 _BY_DATE_AND_TEST = itemgetter("date", "test_name")  # measurements, observations
 _BY_DATE = itemgetter("date")  # verdicts
@@ -176,9 +180,10 @@ class FileReader:
 
     def _reset(self) -> None:
         self.batch = Batch(self.index)
+        # Per stored measurement: its row, its observation rows, its verdict rows.
         self.measurements: list[dict[str, Any]] = []
-        self.observations: list[dict[str, Any]] = []
-        self.verdicts: list[dict[str, Any]] = []
+        self.observations: list[list[dict[str, Any]]] = []
+        self.verdicts: list[list[dict[str, Any]]] = []
 
     def batches(self) -> Iterator[Batch | FileEnd]:
         if self.raw_file is not None:
@@ -200,16 +205,25 @@ class FileReader:
     def _take(self) -> Batch:
         batch = self.batch
         if self.measurements:
-            # Rows ordered by partition (a stable sort: file order kept within each), so the parent's
-            # Parquet write finds each partition in a few runs and needs no sort of its own.
-            self.measurements.sort(key=_BY_DATE_AND_TEST)
-            self.observations.sort(key=_BY_DATE_AND_TEST)
-            self.verdicts.sort(key=_BY_DATE)
-            batch.measurements = rows_to_table(self.measurements, MEASUREMENTS_SCHEMA)
-            batch.observations = rows_to_table(self.observations, OBSERVATIONS_SCHEMA)
-            batch.verdicts = rows_to_table(self.verdicts, VERDICTS_SCHEMA)
+            batch.measurements, batch.observations, batch.verdicts = self._tables()
         self._reset()
         return batch
+
+    def _tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """The batch's three tables, rows ordered by partition (stable: file order kept within each),
+        so the parent's Parquet write finds each partition in a few runs and needs no sort."""
+        measurement_rows = self.measurements
+        by_test = _stable_order(measurement_rows, _BY_DATE_AND_TEST)  # measurements, observations
+        by_date = _stable_order(measurement_rows, _BY_DATE)  # verdicts
+        measurements = rows_to_table([measurement_rows[i] for i in by_test], MEASUREMENTS_SCHEMA)
+        # Row i of `measurements` is measurement by_test[i]: where each one's shared columns are.
+        position = [0] * len(by_test)
+        for row_index, measurement_index in enumerate(by_test):
+            position[measurement_index] = row_index
+        observations = _rows_with_header(measurements, self.observations, by_test, position,
+                                         OBSERVATIONS_SCHEMA)
+        verdicts = _rows_with_header(measurements, self.verdicts, by_date, position, VERDICTS_SCHEMA)
+        return measurements, observations, verdicts
 
     def _read_line(self, number: int, line: bytes | memoryview) -> None:
         record = decode_fields(line)
@@ -245,8 +259,8 @@ class FileReader:
             return
         self.local_seen.add(uid)
         facts = make_observations(header, test_keys, meta["input"], self.config.fingerprints)
-        self.observations.extend(facts.rows)
-        self.verdicts.extend(judge_measurement(header, meta, test_keys, facts, self.config.rule_sets))
+        self.observations.append(facts.rows)
+        self.verdicts.append(judge_measurement(header, meta, test_keys, facts, self.config.rule_sets))
         row = {key: meta[key] for key in META_KEYS}
         row.update(
             measurement_uid=uid, measurement_start_time=header.measurement_start_time, date=header.date,
@@ -263,6 +277,27 @@ class FileReader:
             "record": text[:MAX_QUARANTINE_RECORD_CHARS],
             "truncated": len(text) > MAX_QUARANTINE_RECORD_CHARS,
         })
+
+
+def _stable_order(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> list[int]:
+    return sorted(range(len(rows)), key=lambda index: key(rows[index]))  # sorted() is stable
+
+
+def _rows_with_header(measurements: pa.Table, per_measurement: list[list[dict[str, Any]]], order: list[int],
+                      position: list[int], schema: pa.Schema) -> pa.Table:
+    """The rows of each measurement, in `order`, as a table of `schema`.
+
+    Observation and verdict rows repeat columns of their measurement's row (uid, time, date,
+    probe, test, ...; same names, types and values by construction in observations.py and
+    verdicts.py); those are taken from `measurements` by index instead of being converted
+    from Python once per row (`position[m]`: measurement m's row in `measurements`).
+    """
+    rows = [row for index in order for row in per_measurement[index]]
+    owners = pa.array([position[index] for index in order for _ in per_measurement[index]], pa.int32())
+    own = pa.schema([field for field in schema if field.name not in MEASUREMENT_COLUMNS_REPEATED])
+    converted = dict(zip(own.names, rows_to_table(rows, own).columns))
+    return pa.Table.from_arrays([measurements.column(name).take(owners) if name not in converted
+                                 else converted[name] for name in schema.names], schema=schema)
 
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
