@@ -31,6 +31,15 @@ bench runs it in a side venv (`$WALLWATCH_OONIDATA_PYTHON`, default
 `python3 -m venv /tmp/wallwatch-oonidata-venv && /tmp/wallwatch-oonidata-venv/bin/pip install oonidata==0.3.0 orjson`).
 If it is missing the bench says why and still prints the rest.
 Target (issue 3): the faster of (c) and (d) >= 5x (b).
+
+Measured 2026-11-30 (2 CPUs, quiet machine, defaults; per-stage costs in docs/storage.md):
+
+              (a)       (b)        (c)      (c1)      (c')      (d)    (c)/(b)
+  mixed   4,392/s   2,876/s   5,295/s   3,484/s   5,390/s   1,405/s   1.84x  (was 4,608/s, 1.59x)
+  im      7,135/s   3,023/s   6,202/s   4,428/s   6,123/s   1,853/s   2.05x  (was 4,902/s, 1.63x)
+
+Target not met: 5x is ~15,100/s, 132 µs of CPU per measurement on 2 cores for everything, and
+gunzip + decode alone take ~70 (im) / ~110 (mixed) µs of it.
 """
 
 from __future__ import annotations
