@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -310,7 +310,10 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """
     if not rows:
         return schema.empty_table()
-    columns = zip(*map(itemgetter(*schema.names), rows)) if len(schema) > 1 else ([row[schema.names[0]] for row in rows],)
+    if len(schema) == 1:  # itemgetter of one name returns the value, not a 1-tuple
+        columns: Iterable[Sequence[Any]] = ([row[schema.names[0]] for row in rows],)
+    else:
+        columns = zip(*map(itemgetter(*schema.names), rows))
     return pa.Table.from_arrays([pa.array(column, field.type) for column, field in zip(columns, schema)],
                                 schema=schema)
 
