@@ -37,6 +37,9 @@ Measured 2026-11-30 (2 CPUs, quiet machine, defaults; per-stage costs in docs/st
               (a)       (b)        (c)      (c1)      (c')      (d)    (c)/(b)
   mixed   4,392/s   2,876/s   5,295/s   3,484/s   5,390/s   1,405/s   1.84x  (was 4,608/s, 1.59x)
   im      7,135/s   3,023/s   6,202/s   4,428/s   6,123/s   1,853/s   2.05x  (was 4,902/s, 1.63x)
+  --count 8000 --files 8 --repeat 2:
+  mixed   4,376/s   2,795/s   6,188/s   3,675/s   6,457/s   1,219/s   2.21x  (was 5,564/s, 1.93x)
+  im      7,043/s   3,020/s   6,950/s   4,467/s   6,981/s   2,065/s   2.30x  (was 5,742/s, 1.90x)
 
 Target not met: 5x is ~15,100/s, 132 µs of CPU per measurement on 2 cores for everything, and
 gunzip + decode alone take ~70 (im) / ~110 (mixed) µs of it.
