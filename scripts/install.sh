@@ -25,8 +25,9 @@ fi
 
 # The newest python3 >= 3.11 on PATH (a pyenv build is fine; Debian 12's is 3.11).
 PY=""
+# (stderr quiet: a pyenv shim for a version not selected prints a complaint and fails, which is fine)
 for cand in python3.13 python3.12 python3.11 python3; do
-  if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     PY=$(command -v "$cand"); break
   fi
 done
