@@ -16,7 +16,6 @@ by the same loop, so holding one flow's packets never blocks other flows.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import heapq
 import itertools
 import json
@@ -98,29 +97,29 @@ class JsonLog:
         self.stream.flush()
 
 
-class _BoundedSocket:
-    """Gives netfilterqueue's run_socket() at most `budget` packets, then EAGAIN.
+class _BatchDone(Exception):
+    """Raised by the callback after `BATCH` packets, each with its verdict given, to end
+    `queue.run(block=False)`: under constant load its C recv loop never meets EAGAIN,
+    so signals and timers would starve. Raising is safe: a netfilter queue sends one
+    packet per netlink message, so no later packet of the same recv is skipped, and
+    netfilterqueue propagates a callback's exception out of run() (`except? -1`).
+    run() rather than run_socket(): its recv is C, not a Python call per packet."""
 
-    run_socket() loops until recv() raises EAGAIN; under constant load it
-    would never return, so signals and timers would starve.
-    """
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.budget = 0
-        self.enobufs = 0
-
-    def recv(self, size: int) -> bytes:
-        if self.budget <= 0:
-            raise BlockingIOError(errno.EAGAIN, "batch done")
-        self.budget -= 1
-        while True:
-            try:
-                return self.sock.recv(size)
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self.enobufs += 1  # the kernel dropped packets: the queue overflowed
+def kernel_queue_drops(queue_num: int) -> dict[str, int]:
+    """The kernel's drop counters for our queue, from /proc/net/netfilter/nfnetlink_queue
+    (this namespace's view): `queue_dropped` (the queue held `QUEUE_MAXLEN` packets)
+    and `user_dropped` (the netlink socket buffer was full: ENOBUFS). Empty if unreadable."""
+    try:
+        lines = Path("/proc/net/netfilter/nfnetlink_queue").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        fields = line.split()
+        # queue_number portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+        if len(fields) >= 7 and fields[0] == str(queue_num):
+            return {"queue_dropped": int(fields[5]), "enobufs": int(fields[6])}
+    return {}
 
 
 class CensorService:
@@ -145,6 +144,7 @@ class CensorService:
         self._reload = False
         self._stop = False
         self._callback_errors = 0
+        self._budget = 0  # packets left in this batch (see _BatchDone)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -201,9 +201,7 @@ class CensorService:
         self._stop = True
 
     def _serve(self, queue: Any, wake_r: socket.socket) -> None:
-        nl = socket.fromfd(queue.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
-        nl.setblocking(False)
-        bounded = _BoundedSocket(nl)
+        nl = socket.fromfd(queue.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)  # for select() only
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
             while not self._stop:
@@ -216,8 +214,11 @@ class CensorService:
                     except BlockingIOError:
                         pass
                 if nl in readable:
-                    bounded.budget = BATCH
-                    queue.run_socket(bounded)
+                    self._budget = BATCH
+                    try:
+                        queue.run(block=False)
+                    except _BatchDone:
+                        pass
                 if self._held:
                     self._release(time.monotonic())
                 if self._reload:
@@ -227,7 +228,7 @@ class CensorService:
                 if now >= next_housekeeping:
                     assert self.censor is not None
                     self.censor.expire(now)
-                    self.censor.counters["enobufs"] = bounded.enobufs
+                    self.censor.counters.update(kernel_queue_drops(self.queue_num))
                     self.status.write(self.counters())
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
         finally:
@@ -284,8 +285,8 @@ class CensorService:
                 self.injector.send(decision.inject)
             if decision.hold_until is not None and len(self._held) < MAX_HELD:
                 heapq.heappush(self._held, (decision.hold_until, next(self._held_order), pkt, decision))
-                return
-            self._verdict(pkt, decision)
+            else:
+                self._verdict(pkt, decision)
         except Exception as exc:  # noqa: BLE001 - a verdict must still be given
             self._callback_errors += 1
             if self._callback_errors <= 10:
@@ -294,6 +295,9 @@ class CensorService:
                 pkt.accept()
             except Exception:  # noqa: BLE001 - verdict was already given
                 pass
+        self._budget -= 1
+        if self._budget <= 0:
+            raise _BatchDone
 
     @staticmethod
     def _verdict(pkt: Any, decision: Decision) -> None:
