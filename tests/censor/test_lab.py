@@ -94,6 +94,8 @@ def test_offload_only_first_packets_are_queued(topology: Topology) -> None:
     assert after["undecided"] - before["undecided"] <= 10, after
     assert queued <= 40, after
     assert after["decisions.allow"] - before.get("decisions.allow", 0) == 1
+    # The kernel's own drop counters for our queue (nfnetlink_queue in /proc) are read and zero.
+    assert (after["enobufs"], after["queue_dropped"]) == (0, 0), after
 
 
 def test_garbage_packets_do_not_crash_the_censor(topology: Topology) -> None:
