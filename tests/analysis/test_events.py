@@ -94,6 +94,23 @@ def test_a_national_block_that_grows_isp_by_isp_is_one_event(tmp_path: Path) -> 
     assert enriched.evidence["rule_ids"][0] == "wa.sni-reset"
 
 
+def test_blocking_that_lets_attempts_through_is_on_and_off_until_comprehensive(tmp_path: Path) -> None:
+    """64500: about half of each blocked measurement's attempts blocked for two days, then all of
+    them (20-25 September 2017 in miniature); 64501: all of them from the start."""
+    start, full = 2 * 24 + 9, 4 * 24 + 9
+    rows = _rows(lambda asn, h: start <= h < END, asns=(64500, 64501))
+    for row in rows:
+        if row["verdict"] == "blocked":
+            hour = int((row["measurement_start_time"] - T0).total_seconds() // 3600)
+            row["blocked_share"] = 0.5 if row["probe_asn"] == 64500 and hour < full else 1.0
+    (event,) = _events(_store(tmp_path, rows))
+    networks = {n.probe_asn: n for n in event.networks}
+    assert (networks[64500].on_and_off, networks[64500].comprehensive_from) == (True, _at(full))
+    assert (networks[64501].on_and_off, networks[64501].comprehensive_from) == (False, _at(start))
+    record = event.to_record()["networks"]
+    assert {n["probe_asn"]: n["on_and_off"] for n in record} == {64500: True, 64501: False}
+
+
 def test_on_and_off_within_tolerance_is_one_event_beyond_it_two(tmp_path: Path) -> None:
     evenings = lambda asn, h: 5 * 24 <= h < 9 * 24 and 16 <= h % 24  # noqa: E731  16:00-24:00, four days
     (event,) = _events(_store(tmp_path / "a", _rows(evenings)))

@@ -161,3 +161,16 @@ def test_gap_rows_break_the_lines_and_show_as_one_cell() -> None:
              for d, state, n in ((0, "ok", 1), (1, "insufficient", 58), (59, "blocked", 1))]
     cells = charts.heatmap_spec(daily, probe_cc="XA", service="whatsapp", feature="text")["data"]["values"]
     assert [(c["state"], c["days"]) for c in cells] == [("ok", 1), ("insufficient", 58), ("blocked", 1)]
+
+
+def test_heatmap_tells_on_and_off_days_from_comprehensive_ones() -> None:
+    from wallwatch.analysis.charts import heatmap_spec
+
+    def day(n: int, state: str, share: float | None) -> dict:
+        return {"day": datetime(2017, 9, 19 + n), "probe_asn": 4134, "probe_network_name": "CHINANET",
+                "state": state, "blocked_share": 1.0 if state == "blocked" else 0.0, "n_measurements": 1,
+                "n_probes": 1, "n_buckets": 1, "attempt_blocked_share": share}
+
+    spec = heatmap_spec([day(0, "ok", None), day(1, "blocked", 0.47), day(2, "blocked", 0.95),
+                         day(3, "blocked", None)], probe_cc="CN", service="whatsapp", feature="text")
+    assert [cell["state"] for cell in spec["data"]["values"]] == ["ok", "blocked, on and off", "blocked", "blocked"]

@@ -23,14 +23,15 @@ T0 = datetime(2024, 3, 4)
 
 
 def verdict(uid: str, hour: float, probe: str, verdict: str = "ok", method: str | None = None,
-            cc: str = "XA", asn: int = 64500, feature: str = "text", target: str | None = None) -> dict:
+            cc: str = "XA", asn: int = 64500, feature: str = "text", target: str | None = None,
+            share: float | None = None) -> dict:
     moment = T0 + timedelta(hours=hour)
     return {
         "measurement_uid": uid, "measurement_start_time": moment, "date": moment.date(), "probe_cc": cc,
         "probe_asn": asn, "probe_network_name": f"Net {asn}", "probe_key": probe, "test_name": "whatsapp",
         "software_name": "wallwatch", "service": "whatsapp", "feature": feature, "target": target,
         "verdict": verdict, "method": method, "confidence": 0.9, "rule_id": f"r.{method or verdict}",
-        "rules_version": "1",
+        "rules_version": "1", "blocked_share": share,
     }
 
 
@@ -69,8 +70,11 @@ def test_hourly_grid_is_dense_and_counts_distinct_probes(store: Store) -> None:
     # m4 has one blocked and one ok target: one measurement, blocked by dns, probe both ok and blocked.
     assert (second["n_measurements"], second["n_blocked"], second["blocked_dns"]) == (3, 1, 1)
     assert (second["n_probes_decisive"], second["n_probes_down"], second["state"]) == (1, 2, "down")
+    # Attempts blocked inside the blocked measurements: m3's one target; m4's one of two.
+    assert (first["attempt_blocked_share"], second["attempt_blocked_share"]) == (1.0, 0.5)
     empty = xa[2]
     assert (empty["n_measurements"], empty["state"], empty["blocked_share"]) == (0, "insufficient", None)
+    assert empty["attempt_blocked_share"] is None
     assert xa[4]["n_unknown"] == 1 and xa[4]["state"] == "insufficient"
     # XB's series spans the same window (empty hours included) though it measured once.
     assert len(_rows(hourly, probe_cc="XB")) == 27
@@ -110,6 +114,34 @@ def test_partial_state_and_min_probes(tmp_path: Path) -> None:
     assert hourly.column("state").to_pylist() == ["partial"]
     strict, _, _ = build_and_store(store, SeriesRequest(min_probes=10))
     assert strict.column("state").to_pylist() == ["insufficient"]
+
+
+def test_attempt_share_tells_on_and_off_from_comprehensive_blocking(tmp_path: Path) -> None:
+    """Two probes blocked every hour; the probe's own `blocked_share` says how much of each
+    measurement's attempts were: about half on day one ("on and off"), all on day two."""
+    rows = [verdict("a1", 1, "p1", "blocked", "protocol_dpi", share=0.47),
+            verdict("b1", 1.5, "p2", "blocked", "protocol_dpi", share=0.53),
+            verdict("c1", 2, "p3", share=0.0),
+            verdict("a2", 25, "p1", "blocked", "protocol_dpi", share=1.0),
+            verdict("b2", 25.5, "p2", "blocked", "protocol_dpi", share=1.0)]
+    store = Store(tmp_path / "d")
+    store.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA))
+    _, daily, _ = build_and_store(store)
+    assert [(r["state"], r["n_blocked"], round(r["attempt_blocked_share"], 2)) for r in daily.to_pylist()] == [
+        ("blocked", 2, 0.5), ("blocked", 2, 1.0)]
+
+
+def test_verdicts_stored_before_the_share_column_still_build(tmp_path: Path) -> None:
+    rows = [verdict("m1", 0.1, "p1", "blocked", "dns", target="a"), verdict("m1", 0.1, "p1", "ok", target="b"),
+            verdict("m1", 0.1, "p1", "ok", target="c"), verdict("m1", 0.1, "p1", "ok", target="d")]
+    old = pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA).drop(["blocked_share"])
+    directory = tmp_path / "d" / "verdicts" / "date=2024-03-04"
+    directory.mkdir(parents=True)
+    import pyarrow.parquet as pq
+
+    pq.write_table(old.drop(["date"]), directory / "part-0.parquet")
+    hourly, _, _ = build_and_store(Store(tmp_path / "d"))
+    assert hourly.column("attempt_blocked_share").to_pylist() == [0.25]
 
 
 def test_bad_requests_are_clear_errors(store: Store) -> None:

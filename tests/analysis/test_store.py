@@ -32,6 +32,7 @@ def _verdict_rows(day: dt.date, n: int, verdict: str = "ok") -> pa.Table:
         "confidence": [0.9] * n,
         "rule_id": ["r"] * n,
         "rules_version": ["v1"] * n,
+        "blocked_share": [None] * n,
     }
     return pa.table(rows, schema=VERDICTS_SCHEMA)
 

@@ -135,7 +135,10 @@ def test_wallwatch_measurements_keep_the_probes_verdicts(samples_dir: Path, data
         "rules_version": "wallwatch-whatsapp-verdicts/1",
         "features": {
             "text": {"verdict": "blocked", "method": "protocol_dpi", "confidence": 0.9, "rule": "wa.text.dpi_reset",
-                     "evidence": ["reset after WA header"], "targets_ok": 0, "targets_total": 32},
+                     "evidence": ["reset after WA header"], "targets_ok": 15, "targets_total": 32,
+                     "partial": True, "blocked_share": 0.5312},
+            "media": {"verdict": "ok", "method": None, "confidence": 1.0, "rule": "feature.all_ok",
+                      "blocked_share": True},  # not a share: stored as unknown (null)
             "calls": {"verdict": "maybe", "method": None, "confidence": 2, "rule": "x"},
         },
         "lab": {"run_id": "r1", "resolver": "198.19.0.53"},
@@ -146,6 +149,8 @@ def test_wallwatch_measurements_keep_the_probes_verdicts(samples_dir: Path, data
     rows = Store(data_dir).read("verdicts").to_pylist()
     assert {r["rules_version"] for r in rows} == {"wallwatch-whatsapp-verdicts/1"}
     assert {r["software_name"] for r in rows} == {"wallwatch"}
+    shares = {r["feature"]: r["blocked_share"] for r in rows}
+    assert shares["text"] == pytest.approx(0.5312) and shares["media"] is None and shares["calls"] is None
 
 
 def test_rule_files_are_validated(tmp_path: Path) -> None:

@@ -162,3 +162,9 @@ def test_the_observatory_finds_what_the_lab_did(replayed: tuple[subprocess.Compl
     text = onsets[("whatsapp", "text")]
     assert (text[4134], text[4837]) == ("2017-09-20", "2017-09-22"), text
     assert events[("whatsapp", "text")]["method"] == ["protocol_dpi"]
+    # On and off at first (the rule fires on half the flows), comprehensive from Monday the 25th;
+    # the other features were blocked on every attempt from the start.
+    for network in events[("whatsapp", "text")]["networks"]:
+        assert (network["on_and_off"], network["comprehensive_from"][:10]) == (True, "2017-09-25"), network
+    for network in events[("whatsapp", "media")]["networks"]:
+        assert (network["on_and_off"], network["comprehensive_from"][:10]) == (False, "2017-09-20"), network

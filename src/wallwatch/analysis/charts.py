@@ -21,12 +21,13 @@ from typing import Any
 import altair as alt
 
 from wallwatch import __version__
-from wallwatch.analysis.events import ANY, Event, iso
+from wallwatch.analysis.events import ANY, COMPREHENSIVE_FROM_SHARE, Event, iso
 
 # Colours for hourly states, shared by the heatmap and the legend. Grey for
 # "no data" so silence is visible and never mistaken for "ok".
 STATE_COLOURS: Mapping[str, str] = {
     "blocked": "#c0392b",
+    "blocked, on and off": "#f1948a",
     "partial": "#e67e22",
     "down": "#8e44ad",
     "ok": "#27ae60",
@@ -108,7 +109,8 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
     """Network x day, coloured by the day's state; `rows` are daily series rows of one group."""
     cells = [
         {"day": iso(row["day"]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
-         "state": row["state"], "blocked_share": row["blocked_share"], "measurements": row["n_measurements"],
+         "state": _cell_state(row), "blocked_share": row["blocked_share"],
+         "attempts_blocked": row.get("attempt_blocked_share"), "measurements": row["n_measurements"],
          "probes": row["n_probes"], "days": row.get("n_buckets") or 1}
         for row in rows
     ]
@@ -119,15 +121,25 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
         color=alt.Color("state:N", scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
                         title="state"),
         tooltip=[alt.Tooltip("day:T", title="day (UTC)", format="%Y-%m-%d"), "network:N", "state:N",
-                 alt.Tooltip("blocked_share:Q", format=".0%"), "measurements:Q", "probes:Q",
-                 alt.Tooltip("days:Q", title="days this cell covers")],
+                 alt.Tooltip("blocked_share:Q", title="share of probes blocked", format=".0%"),
+                 alt.Tooltip("attempts_blocked:Q", title="attempts blocked in blocked measurements", format=".0%"),
+                 "measurements:Q", "probes:Q", alt.Tooltip("days:Q", title="days this cell covers")],
     ).properties(
         width=760, height=alt.Step(18),
         title=_title(f"{service} · {feature} in {probe_cc}: state per network and day", context,
-                     ["blocked ≥ 50% of probes, partial ≥ 20%, grey = no data; "
+                     ["blocked ≥ 50% of probes (on and off: the blocked measurements let over "
+                      f"{1 - COMPREHENSIVE_FROM_SHARE:.0%} of attempts through), partial ≥ 20%, grey = no data; "
                       "a silence of more than two weeks is one grey cell"]),
     )
     return chart.to_dict()
+
+
+def _cell_state(row: Mapping[str, Any]) -> str:
+    """The day's state, with blocking that let attempts through told apart from comprehensive blocking."""
+    share = row.get("attempt_blocked_share")
+    if row["state"] == "blocked" and share is not None and share < COMPREHENSIVE_FROM_SHARE:
+        return "blocked, on and off"
+    return row["state"]
 
 
 def volume_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *, probe_cc: str,

@@ -11,7 +11,7 @@ import enum
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -110,6 +110,15 @@ TagAuthorityOption = Annotated[
 ]
 
 
+def _network_part(network: Any, with_onset: bool) -> str:
+    """"AS4134 from Wed 20 Sep 12:00 (on and off, comprehensive from Mon 25 Sep 12:00)"."""
+    text = f"AS{network.probe_asn}" + (f" from {network.onset:%a %d %b %H:00}" if with_onset else "")
+    if network.on_and_off:
+        until = network.comprehensive_from
+        text += " (on and off" + (f", comprehensive from {until:%a %d %b %H:00})" if until else ")")
+    return text
+
+
 def events_command(
     data: DataOption = None,
     country: CountryOption = None,
@@ -160,8 +169,7 @@ def events_command(
     table = Table("onset (UTC)", "end (UTC)", "type", "country", "service/feature", "networks", "method",
                   "peak", "event id", title=f"{len(events)} event(s)")
     for e in events:
-        networks = ", ".join(f"AS{n.probe_asn}" + (f" from {n.onset:%a %d %b %H:00}" if len(e.networks) > 1 else "")
-                             for n in e.networks)
+        networks = ", ".join(_network_part(n, len(e.networks) > 1) for n in e.networks)
         table.add_row(when(e.onset), when(e.end), e.type, e.probe_cc, f"{e.service}/{e.feature}", networks,
                       ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type == "blocking" else "-",
                       e.event_id)

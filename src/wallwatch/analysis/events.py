@@ -53,6 +53,10 @@ VOLUME_COLLAPSE = "volume_collapse"
 ANY = "*"
 _EPOCH = datetime(1970, 1, 1)
 _MAX_EXAMPLES = 5
+# A blocked hour whose blocked measurements let more than a tenth of their attempts
+# through is "on and off": the censor fires on some flows only (a rule with a
+# probability; the GFW's WhatsApp text blocking of 20-24 September 2017).
+COMPREHENSIVE_FROM_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,11 @@ class NetworkSpan:
     peak_blocked_share: float
     periods: tuple[tuple[datetime, datetime | None], ...]
     feature: str | None = None  # set when features are grouped together
+    # Some blocked measurements let attempts through (see COMPREHENSIVE_FROM_SHARE) ...
+    on_and_off: bool = False
+    # ... and from when every blocked measurement blocked (nearly) every attempt, to the
+    # network's last blocked hour; None while the last blocked hour is still on and off.
+    comprehensive_from: datetime | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -103,6 +112,8 @@ class NetworkSpan:
             "alarm": iso(self.alarm),
             "peak_blocked_share": self.peak_blocked_share,
             "periods": [[iso(start), iso(stop)] for start, stop in self.periods],
+            "on_and_off": self.on_and_off,
+            "comprehensive_from": iso(self.comprehensive_from),
         }
 
 
@@ -203,6 +214,8 @@ class _Found:
     n_measurements: int
     n_blocked: int
     examples: tuple[str, ...]
+    # (hour, share of attempts blocked) of the segment's hours with blocked measurements.
+    attempt_shares: tuple[tuple[int, float], ...] = ()
 
 
 _METHOD_COLUMNS = tuple(f"blocked_{m}" for m in (*METHODS, "other"))
@@ -216,7 +229,9 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
         raise ValueError(f"hourly series lacks columns {missing}")
     if "n_buckets" not in hourly.column_names:  # series stored before gap rows existed are fully dense
         hourly = hourly.append_column("n_buckets", pa.array([1] * hourly.num_rows, pa.int32()))
-    hourly = hourly.select([*_NEEDED, "n_buckets"]).sort_by(
+    if "attempt_blocked_share" not in hourly.column_names:  # series built before the column existed
+        hourly = hourly.append_column("attempt_blocked_share", pa.nulls(hourly.num_rows, pa.float64()))
+    hourly = hourly.select([*_NEEDED, "n_buckets", "attempt_blocked_share"]).sort_by(
         [("probe_cc", "ascending"), ("probe_asn", "ascending"), ("service", "ascending"),
          ("feature", "ascending"), ("hour", "ascending")])
     spans = hourly.column("n_buckets").fill_null(1).to_pylist()
@@ -263,8 +278,29 @@ def _blocking_segments(series: _Series, params: BlockingParams) -> list[_Found]:
                     methods[column.removeprefix("blocked_")] = total
             n_blocked = pc.sum(rows.column("n_blocked")).as_py() or 0
             examples = tuple(uid for uid in rows.column("example_blocked_uid").to_pylist() if uid)[:_MAX_EXAMPLES]
-        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]), n_blocked, examples))
+        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]), n_blocked, examples,
+                            _attempt_shares(series.hours[lo:hi], rows)))
     return found
+
+
+def _attempt_shares(hours: Sequence[int], rows: pa.Table | None) -> tuple[tuple[int, float], ...]:
+    if rows is None or not rows.num_rows:
+        return ()
+    shares = rows.column("attempt_blocked_share").to_pylist()
+    return tuple((hour, share) for hour, share in zip(hours, shares, strict=True) if share is not None)
+
+
+def _on_and_off(shares: Sequence[tuple[int, float]]) -> tuple[bool, int | None]:
+    """Whether any blocked hour let attempts through, and the first hour of the final run of
+    comprehensive ones (None when the last blocked hour is on and off, or nothing is known)."""
+    ordered = sorted(shares)
+    on_and_off = any(share < COMPREHENSIVE_FROM_SHARE for _, share in ordered)
+    comprehensive_from = None
+    for hour, share in reversed(ordered):
+        if share < COMPREHENSIVE_FROM_SHARE:
+            break
+        comprehensive_from = hour
+    return on_and_off, comprehensive_from
 
 
 def _volume_segments(series_list: Sequence[_Series], params: VolumeParams) -> list[_Found]:
@@ -359,6 +395,7 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
     for asn, items in by_asn.items():
         periods = _periods(i.segment for i in items)
         ends = [stop for _, stop in periods]
+        on_and_off, comprehensive_from = _on_and_off([pair for i in items for pair in i.attempt_shares])
         networks.append(NetworkSpan(
             probe_asn=asn,
             probe_network_name=items[0].series.network_name,
@@ -368,6 +405,8 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
             peak_blocked_share=max(i.segment.peak_share for i in items),
             periods=tuple((from_hour(a), None if b is None else from_hour(b)) for a, b in periods),
             feature=None if params.grouping.by_feature else ",".join(sorted({i.series.feature for i in items})),
+            on_and_off=on_and_off,
+            comprehensive_from=None if comprehensive_from is None else from_hour(comprehensive_from),
         ))
     networks.sort(key=lambda n: (n.onset, n.probe_asn))
     onset = networks[0].onset

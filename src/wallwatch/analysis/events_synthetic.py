@@ -162,7 +162,7 @@ def scenarios(replicates: int = 6, seed: int = 20240304, kinds: Sequence[str] = 
 
 _COLUMNS = ("measurement_uid", "measurement_start_time", "date", "probe_cc", "probe_asn", "probe_network_name",
             "probe_key", "test_name", "software_name", "service", "feature", "target", "verdict", "method",
-            "confidence", "rule_id", "rules_version")
+            "confidence", "rule_id", "rules_version", "blocked_share")
 
 
 def verdicts(countries: Sequence[Country], seed: int = 7) -> pa.Table:
@@ -194,6 +194,7 @@ def verdicts(countries: Sequence[Country], seed: int = 7) -> pa.Table:
                                 ("service", service), ("feature", feature), ("target", None),
                                 ("verdict", verdict), ("method", method), ("confidence", 0.9),
                                 ("rule_id", f"syn.{method}" if method else "syn.ok"), ("rules_version", "syn-1"),
+                                ("blocked_share", None),
                             ):
                                 cols[name].append(value)
     return pa.table(cols, schema=VERDICTS_SCHEMA)

@@ -842,7 +842,7 @@ class ColumnarIngester(Ingester):
               rec.probe_cc, rec.probe_asn, rec.probe_network_name, rec.probe_key, rec.test_name, rec.software_name,
               j.service, j.feature, j.target, rs.verdicts[j.rule_index + 1] AS verdict,
               rs.methods[j.rule_index + 1] AS method, rs.confidences[j.rule_index + 1]::FLOAT AS confidence,
-              rs.ids[j.rule_index + 1] AS rule_id, rs.rules_version
+              rs.ids[j.rule_index + 1] AS rule_id, rs.rules_version, NULL::FLOAT AS blocked_share
             FROM judged j JOIN rec USING (gline) JOIN rs ON rs.t = rec.test_name
             ORDER BY j.gline, j.first_idx"""
         return {

@@ -161,7 +161,7 @@ def _group_rows(table: pa.Table) -> dict[tuple[str, str, str], list[dict[str, An
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     wanted = [c for c in ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "day",
                           "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "blocked_share",
-                          "state", "n_buckets") if c in table.column_names]
+                          "attempt_blocked_share", "state", "n_buckets") if c in table.column_names]
     for row in table.select(wanted).to_pylist():
         grouped[(row["probe_cc"], row["service"], row["feature"])].append(row)
     return grouped

@@ -27,7 +27,10 @@ n_probes_down, n_ok, n_blocked, n_down, n_unknown, blocked_<method> for each
 method in `series_queries.METHODS` plus blocked_other, blocked_weight (sum over
 decisive probes of each one's blocked share of its measurements),
 example_blocked_uid, blocked_share (blocked_weight / decisive probes, null when
-none), state (insufficient|down|blocked|partial|ok), n_buckets (1, or for a
+none), attempt_share_weight (sum over blocked measurements of the share of their
+attempts blocked), attempt_blocked_share (attempt_share_weight / n_blocked, null
+when nothing was blocked: below 1 the blocking let some attempts through, "on and
+off"), state (insufficient|down|blocked|partial|ok), n_buckets (1, or for a
 gap row the number of silent buckets it stands for). Probe counts are distinct
 `probe_key`s ("n_probes_blocked": saw blocking at least once); measurement
 counts are distinct `measurement_uid`s, a measurement taking the strongest of
@@ -118,7 +121,9 @@ def build_series(
     end = request.end if request.end is not None else hi
     if start is not None and end is not None and _naive_utc(end) < _naive_utc(start):
         raise SeriesError(f"series window ends ({end}) before it starts ({start})")
-    sparse = connection.sql(q.aggregate_sql(grain, where), params=params).to_arrow_table()
+    columns = {row[0] for row in connection.execute("DESCRIBE verdicts").fetchall()}
+    sql = q.aggregate_sql(grain, where, with_attempt_share="blocked_share" in columns)
+    sparse = connection.sql(sql, params=params).to_arrow_table()
     if start is None or end is None:
         start = end = datetime(1970, 1, 1)
     plan = grid_plan(sparse, floor_to(start, grain), floor_to(end, grain), grain, request)

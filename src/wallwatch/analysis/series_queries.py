@@ -43,7 +43,14 @@ def _method_sums() -> str:
     return ", ".join(f"sum(blocked_{method}) AS blocked_{method}" for method in (*METHODS, "other"))
 
 
-def aggregate_sql(grain: str, where: str) -> str:
+# A measurement's share of blocked attempts: the probe's own where the verdict row carries it
+# (wallwatch), else the share of its blocked targets among the decisive ones (OONI's rows are
+# per endpoint). `attempt_share_weight` sums it over blocked measurements.
+_ATTEMPT_SHARE = ("coalesce(max(blocked_share), "
+                  "avg(CASE verdict WHEN 'blocked' THEN 1.0 WHEN 'ok' THEN 0.0 END))")
+
+
+def aggregate_sql(grain: str, where: str, *, with_attempt_share: bool = True) -> str:
     """Sparse counts per series and `grain` ('hour' or 'day') bucket from `verdicts`.
 
     Three plain GROUP BYs instead of many COUNT(DISTINCT CASE ...), each only
@@ -59,7 +66,15 @@ def aggregate_sql(grain: str, where: str) -> str:
     weighs one whatever its cadence, a probe measuring every five minutes at 2%
     noise weighs ~0.02 (not "blocked at least once": 22% of its hours), and
     blocking of 30% of attempts still shows as 0.3 per probe.
+
+    `attempt_share_weight` is the other axis: inside each *blocked* measurement, the
+    share of the feature's attempts that were blocked (`_ATTEMPT_SHARE`), summed. A
+    rule firing on every flow gives 1 per blocked measurement; "on and off" blocking
+    (a probability per flow) gives less, which a share of probes cannot show when one
+    probe measures once a day. `with_attempt_share=False` for verdicts stored before
+    the `blocked_share` column existed (targets' verdicts only).
     """
+    share = _ATTEMPT_SHARE if with_attempt_share else _ATTEMPT_SHARE.replace("max(blocked_share)", "NULL")
     if grain not in ("hour", "day"):
         raise ValueError(f"grain must be 'hour' or 'day', got {grain!r}")
     return f"""
@@ -74,6 +89,7 @@ SELECT probe_cc, probe_asn, service, feature, bucket,
        sum(CASE WHEN m_ok + m_blocked > 0 THEN CAST(m_blocked AS DOUBLE) / (m_ok + m_blocked) ELSE 0 END)
          AS blocked_weight,
        sum(m_ok) AS n_ok, sum(m_blocked) AS n_blocked, sum(m_down) AS n_down, sum(m_unknown) AS n_unknown,
+       sum(m_attempt_share) AS attempt_share_weight,
        {_method_sums()},
        min(example_blocked_uid) AS example_blocked_uid
 FROM (
@@ -84,6 +100,7 @@ FROM (
          sum(CASE WHEN status = 4 THEN 1 ELSE 0 END) AS m_blocked,
          sum(CASE WHEN status = 2 THEN 1 ELSE 0 END) AS m_down,
          sum(CASE WHEN status = 1 THEN 1 ELSE 0 END) AS m_unknown,
+         sum(CASE WHEN status = 4 THEN attempt_share ELSE 0.0 END) AS m_attempt_share,
          {_method_sums()},
          min(example_blocked_uid) AS example_blocked_uid
   FROM (
@@ -91,6 +108,7 @@ FROM (
            probe_key, measurement_uid,
            max(probe_network_name) AS probe_network_name,
            max(CASE verdict WHEN 'blocked' THEN 4 WHEN 'ok' THEN 3 WHEN 'down' THEN 2 ELSE 1 END) AS status,
+           {share} AS attempt_share,
            {_method_flags()},
            min(CASE WHEN verdict = 'blocked' THEN measurement_uid END) AS example_blocked_uid
     FROM verdicts
@@ -144,6 +162,7 @@ dense AS (
          grid.bucket,
        {filled},
        COALESCE(agg.blocked_weight, 0.0) AS blocked_weight,
+       COALESCE(agg.attempt_share_weight, 0.0) AS attempt_share_weight,
        agg.example_blocked_uid,
        grid.n_buckets
   FROM grid LEFT JOIN series_sparse AS agg
@@ -152,6 +171,7 @@ dense AS (
 )
 SELECT *,
        CASE WHEN n_probes_decisive > 0 THEN blocked_weight / n_probes_decisive END AS blocked_share,
+       CASE WHEN n_blocked > 0 THEN attempt_share_weight / n_blocked END AS attempt_blocked_share,
        CASE WHEN n_probes_down > n_probes_decisive THEN 'down'
             WHEN n_probes_decisive < {int(min_probes)} OR n_probes_decisive = 0 THEN 'insufficient'
             WHEN 2 * blocked_weight >= n_probes_decisive THEN 'blocked'

@@ -139,6 +139,10 @@ VERDICTS_SCHEMA = pa.schema(
         ("confidence", pa.float32()),
         ("rule_id", pa.string()),
         ("rules_version", pa.string()),
+        # Of the feature's attempts (targets) in this measurement, the share blocked, where the
+        # measurement says: wallwatch's probe does (its feature `blocked_share`); OONI's rows are
+        # per target and leave it null (the series derive it from their target verdicts).
+        ("blocked_share", pa.float32()),
     ]
 )
 

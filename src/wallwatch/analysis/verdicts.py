@@ -319,7 +319,8 @@ def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> 
 
 
 def _verdict_row(header: Header, extra: Mapping[str, Any], service: str, feature: str, target: str | None,
-                 verdict: str, method: str | None, confidence: float, rule_id: str, rules_version: str) -> Row:
+                 verdict: str, method: str | None, confidence: float, rule_id: str, rules_version: str,
+                 blocked_share: float | None = None) -> Row:
     return {
         "measurement_uid": header.measurement_uid,
         "measurement_start_time": header.measurement_start_time,
@@ -338,6 +339,7 @@ def _verdict_row(header: Header, extra: Mapping[str, Any], service: str, feature
         "confidence": confidence,
         "rule_id": rule_id,
         "rules_version": rules_version,
+        "blocked_share": blocked_share,
     }
 
 
@@ -363,6 +365,13 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
 WALLWATCH_INVALID_RULE = "wallwatch.invalid_feature_verdict"
 
 
+def _share(value: Any) -> float | None:
+    """The probe's `blocked_share` of a feature (targets interfered with / measured), if readable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return None
+
+
 def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any]) -> Iterable[Row]:
     extension = test_keys.get("x_wallwatch")
     extension = extension if isinstance(extension, dict) else {}
@@ -377,7 +386,7 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
                  and 0.0 <= confidence <= 1.0 and isinstance(made.get("rule"), str))
         if valid:
             yield _verdict_row(header, meta, service, str(feature), None, verdict, method, float(confidence),
-                               made["rule"], rules_version)
+                               made["rule"], rules_version, _share(made.get("blocked_share")))
         else:
             # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
             yield _verdict_row(header, meta, service, str(feature), None, "unknown", None, 0.0,
