@@ -248,6 +248,22 @@ def test_reload_re_examines_decided_flows() -> None:
     assert decision.mark == offload_mark(censor.generation, VERDICT_DROP) != offload_mark(1, VERDICT_DROP)
 
 
+def test_a_datagram_flow_decided_under_an_older_policy_is_judged_afresh() -> None:
+    """A DNS query allowed while no rule looked at DNS; after a reload that injects whatsapp.net
+    names, a query from the same source port (a reused 5-tuple) must be injected, not allowed on
+    the old flow's properties."""
+    censor = Censor(policy({"name": "chat", "match": {"whatsapp.header": True}, "action": "reset"}))
+    first = inet.build_udp(CLIENT, RESOLVER, 40000, 53, dns.build_query("example.org", "A", query_id=1))
+    assert censor.handle(first, 1.0).action == "allow"
+    censor.load(policy({"name": "wa-dns", "match": {"dns.qname": {"suffix": "whatsapp.net"}},
+                        "action": "dns-inject", "answer": ["198.19.250.1"]}))
+    again = inet.build_udp(CLIENT, RESOLVER, 40000, 53, dns.build_query("v.whatsapp.net", "A", query_id=2))
+    decision = censor.handle(again, 2.0)
+    assert (decision.accept, decision.action, len(decision.inject)) == (True, "dns-inject", 1)
+    (flow,) = list(censor.flows)
+    assert flow.client == (CLIENT, 40000) and flow.props["dns.qname"] == "v.whatsapp.net"
+
+
 def test_undecided_flows_stop_being_analysed_after_a_cap() -> None:
     censor = Censor(policy(MEDIA_RESET))
     conn = Tcp(MEDIA)

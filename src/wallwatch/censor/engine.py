@@ -139,9 +139,16 @@ class Censor:
             if flow.generation == self.generation:
                 self.counters["queued_after_decision"] += 1
                 return self._repeat(flow)
-            flow.verdict = None  # decided under an older policy: decide again on what is known
-            flow.extra.pop("throttle", None)
-            self._forget_decided(flow)
+            if flow.proto == "udp":
+                # Decided under an older policy. Datagrams stand alone, and the old properties
+                # describe old datagrams (a DNS query for another name on a reused source port):
+                # judge this one afresh, as a new flow, under the policy now in force.
+                flow = self.flows.renew(flow, now)
+            else:
+                # A TCP stream cannot be read again from its start: decide again on what is known.
+                flow.verdict = None
+                flow.extra.pop("throttle", None)
+                self._forget_decided(flow)
         new_flow = flow.packets == 1
         if new_flow:
             if self.penalties and self._in_penalty_box(flow, now):

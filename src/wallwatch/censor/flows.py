@@ -193,19 +193,31 @@ class FlowTable:
         if self._flows.pop(flow.key, None) is not None and self.on_remove is not None:
             self.on_remove(flow)
 
+    def renew(self, flow: Flow, now: float) -> Flow:
+        """Replace `flow` by a fresh one with the same key and orientation, its current packet
+        counted: what a datagram flow decided under an older policy becomes (engine.handle)."""
+        self.forget(flow)
+        fresh = self._create(flow.key, None, now, client=flow.client, server=flow.server, proto=flow.proto)
+        fresh.packets = 1
+        return fresh
+
     def touch(self, flow: Flow, now: float) -> None:
         """A packet of a known flow seen without `lookup` (the engine's fast path)."""
         self._flows.move_to_end(flow.key)
         flow.last_seen = now
         flow.packets += 1
 
-    def _create(self, key: FlowKey, packet: Packet, now: float) -> Flow:
+    def _create(self, key: FlowKey, packet: Packet | None, now: float, *, client: Endpoint | None = None,
+                server: Endpoint | None = None, proto: str | None = None) -> Flow:
         while len(self._flows) >= self.max_flows:
             _, evicted = self._flows.popitem(last=False)
             self.evicted += 1
             if self.on_remove is not None:
                 self.on_remove(evicted)
-        flow = Flow(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport), now, now)
+        if packet is not None:
+            proto, client, server = packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport)
+        assert proto is not None and client is not None and server is not None
+        flow = Flow(key, proto, client, server, now, now)
         self._flows[key] = flow
         self.created += 1
         return flow
