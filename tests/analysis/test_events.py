@@ -167,6 +167,24 @@ def test_log_is_idempotent_and_later_data_extends(tmp_path: Path) -> None:
     assert len(store.read_jsonl("events")) == 3
 
 
+def test_the_log_says_when_on_and_off_blocking_becomes_comprehensive(tmp_path: Path) -> None:
+    start, full = 2 * 24 + 9, 4 * 24 + 9
+    everything = _rows(lambda asn, h: start <= h < END, asns=(64500,))
+    for row in everything:
+        if row["verdict"] == "blocked":
+            hour = int((row["measurement_start_time"] - T0).total_seconds() // 3600)
+            row["blocked_share"] = 0.5 if hour < full else 1.0
+    store = _store(tmp_path, [r for r in everything if r["measurement_start_time"] < _at(full - 6)])
+    _, entries = record_events(store, _events(store), logged_at=T0)
+    assert [e["entry"] for e in entries] == ["opened"]  # on and off so far
+    store.write("verdicts", pa.Table.from_pylist(everything, schema=VERDICTS_SCHEMA))
+    build_and_store(store)
+    _, entries = record_events(store, _events(store))
+    assert [e["entry"] for e in entries] == ["network_comprehensive", "closed"]
+    assert (entries[0]["probe_asn"], entries[0]["at"]) == (64500, "2024-03-08T09:00:00Z")
+    assert record_events(store, _events(store))[1] == []  # said once
+
+
 def test_events_export_as_a_flat_table(tmp_path: Path) -> None:
     events = _events(_store(tmp_path, _rows(lambda asn, h: JOINS[asn] <= h < END)))
     table = events_table(events)

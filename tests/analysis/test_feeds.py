@@ -150,3 +150,16 @@ def test_cli_events_feed_and_report_feed(store: Store, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert not feedparser.parse((report / "events.atom").read_bytes()).bozo
     assert 'type="application/atom+xml"' in (report / "index.html").read_text()
+
+
+def test_a_network_turning_comprehensive_has_its_own_entry() -> None:
+    snapshot = {"type": "blocking", "probe_cc": "CN", "service": "whatsapp", "feature": "text",
+                "onset": "2017-09-20T12:00:00Z", "end": None,
+                "networks": [{"probe_asn": 4134, "probe_network_name": "CHINANET-BACKBONE"}]}
+    entry = {"entry": "network_comprehensive", "event_id": "e1", "logged_at": "2017-09-26T00:00:00Z",
+             "probe_asn": 4134, "at": "2017-09-25T12:00:00Z", "event": snapshot}
+    root = ET.fromstring(atom_feed([entry]))
+    (item,) = root.findall(f"{A}entry")
+    assert item.findtext(f"{A}title") == ("WhatsApp text blocked in CN: AS4134 CHINANET-BACKBONE comprehensive "
+                                          "from Mon 25 Sep 2017 12:00 UTC (on and off before)")
+    assert item.findtext(f"{A}id") == "tag:wallwatch.invalid,2025:event/e1/network_comprehensive/AS4134"

@@ -544,17 +544,30 @@ def lifecycle_entries(events: Sequence[Event], log: Iterable[Mapping[str, Any]],
 
         if match is None:
             entry("opened", onset=snapshot["onset"])
+            for network in _newly_comprehensive(event, {}):
+                entry("network_comprehensive", probe_asn=network.probe_asn, at=iso(network.comprehensive_from))
             if event.end is not None:
                 entry("closed", end=snapshot["end"])
             continue
         for network in event.networks:
             if network.probe_asn not in match.networks:
                 entry("network_joined", probe_asn=network.probe_asn, onset=iso(network.onset))
+        for network in _newly_comprehensive(event, match.snapshot):
+            entry("network_comprehensive", probe_asn=network.probe_asn, at=iso(network.comprehensive_from))
         if match.end is not None and (event.end is None or event.end > match.end):
             entry("extended", previous_end=iso(match.end), end=snapshot["end"])
         elif match.end is None and event.end is not None:
             entry("closed", end=snapshot["end"])
     return reconciled, entries
+
+
+def _newly_comprehensive(event: Event, logged: Mapping[str, Any]) -> list[NetworkSpan]:
+    """Networks whose on-and-off blocking has become comprehensive since the logged snapshot
+    (the moment that turned WhatsApp text in China from "on and off" to "blocked", 25 Sept 2017)."""
+    before = {n.get("probe_asn"): n for n in logged.get("networks") or ()}
+    return [n for n in event.networks
+            if n.on_and_off and n.comprehensive_from is not None
+            and not (before.get(n.probe_asn) or {}).get("comprehensive_from")]
 
 
 def record_events(store: Any, events: Sequence[Event], merge_gap_hours: int = GroupingParams.merge_gap_hours,

@@ -1,7 +1,8 @@
 """An Atom 1.0 feed (RFC 4287) of the event lifecycle log, for newsrooms and feed readers.
 
-One feed entry per log entry (`opened`, `network_joined`, `extended`,
-`closed`: `events.lifecycle_entries`), built from the append-only
+One feed entry per log entry (`opened`, `network_joined`,
+`network_comprehensive`, `extended`, `closed`: `events.lifecycle_entries`),
+built from the append-only
 `events.jsonl` alone, so the feed is a pure function of the log: re-running on
 the same log gives the same bytes (no "now", no random ids, fixed attribute
 order). A feed reader that has seen an entry never sees it change.
@@ -31,7 +32,7 @@ from wallwatch import __version__
 ATOM_NS = "http://www.w3.org/2005/Atom"
 ATOM_MEDIA_TYPE = "application/atom+xml"
 DEFAULT_TAG_AUTHORITY = "wallwatch.invalid,2025"
-ENTRY_KINDS = ("opened", "network_joined", "extended", "closed")
+ENTRY_KINDS = ("opened", "network_joined", "network_comprehensive", "extended", "closed")
 _EMPTY_FEED_UPDATED = "1970-01-01T00:00:00Z"  # a feed must have <updated>; an empty log has no time
 
 # How services are written in prose (service ids: docs/storage.md, verdicts.service).
@@ -73,7 +74,7 @@ def entry_id(entry: Mapping[str, Any], tag_authority: str = DEFAULT_TAG_AUTHORIT
     """The entry's stable tag URI: event id, entry kind, and what is unique to the entry."""
     kind = entry["entry"]
     specific = f"event/{entry['event_id']}/{kind}"
-    if kind == "network_joined":
+    if kind in ("network_joined", "network_comprehensive"):
         specific += f"/AS{entry.get('probe_asn')}"
     elif kind in ("extended", "closed"):
         # An event can be closed, extended and closed again: each time has its own end.
@@ -100,6 +101,10 @@ def entry_title(entry: Mapping[str, Any]) -> str:
         joined = next((n for n in networks if n.get("probe_asn") == entry.get("probe_asn")),
                       {"probe_asn": entry.get("probe_asn")})
         return f"{subject}: {_network(joined)} joined"
+    if kind == "network_comprehensive":
+        network = next((n for n in networks if n.get("probe_asn") == entry.get("probe_asn")),
+                       {"probe_asn": entry.get("probe_asn")})
+        return f"{subject}: {_network(network)} comprehensive from {_when(entry.get('at'))} (on and off before)"
     if kind == "extended":
         end = entry.get("end")
         return f"{subject}: resumed, {'ongoing' if end is None else 'until ' + _when(end)}"
@@ -200,7 +205,8 @@ def _content_html(entry: Mapping[str, Any]) -> str:
         periods = network.get("periods") or []
         rows.append(f"<li>{e(_network(network))}: from {e(_when(network.get('onset')))}"
                     + (", ongoing" if end is None else f" to {e(_when(end))}")
-                    + (f" ({len(periods)} on/off periods)" if len(periods) > 1 else "") + "</li>")
+                    + (f" ({len(periods)} on/off periods)" if len(periods) > 1 else "")
+                    + e(_on_and_off(network)) + "</li>")
     rows.append("</ul>")
     methods = event.get("methods") or {}
     if methods:
@@ -219,6 +225,13 @@ def _content_html(entry: Mapping[str, Any]) -> str:
                 f"detector {e(str(event.get('detector_version', '?')))}, logged {e(_when(entry.get('logged_at')))}."
                 "</p>")
     return "\n".join(rows)
+
+
+def _on_and_off(network: Mapping[str, Any]) -> str:
+    if not network.get("on_and_off"):
+        return ""
+    until = network.get("comprehensive_from")
+    return "; on and off" + (f", every attempt blocked from {_when(until)}" if until else ", ongoing")
 
 
 def _network(network: Mapping[str, Any], with_name: bool = True) -> str:
