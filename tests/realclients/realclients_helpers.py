@@ -106,6 +106,20 @@ class Capture:
             self.process.kill()
             self.process.wait(5)
 
+    def ports_without_data(self) -> dict[int, int]:
+        """Client ports that sent SYNs but no data segment, with how many SYNs: connections
+        that never got as far as a first packet for the censor to judge."""
+        syns: dict[int, int] = {}
+        with_data: set[int] = set()
+        for packet in read_pcap(self.path):
+            if packet.proto != inet.PROTO_TCP or (packet.dst, packet.dport) != (self.server, self.port):
+                continue
+            if packet.payload:
+                with_data.add(packet.sport)
+            elif packet.flags & inet.SYN:
+                syns[packet.sport] = syns.get(packet.sport, 0) + 1
+        return {port: count for port, count in syns.items() if port not in with_data}
+
     def first_data_packets(self) -> dict[int, bytes]:
         """Per client port, the payload of the flow's first data segment."""
         first: dict[int, bytes] = {}

@@ -95,7 +95,7 @@ def test_proxy_works_with_allow_all(allow_all: Lab, proxy: Proxy, backend: vpn_s
         capture.stop()
     assert answer["ok"] == ALLOW_ALL_CONNECTIONS, (answer, proxy.client.logs(), proxy.server.logs())
     first = capture.first_data_packets()
-    assert len(first) == ALLOW_ALL_CONNECTIONS
+    assert len(first) == ALLOW_ALL_CONNECTIONS and capture.ports_without_data() == {}
     # Both are built to look random: most first packets are FET candidates (paper §5, Table 3).
     candidates = sum(fet.detect(payload).blocked_candidate for payload in first.values())
     assert candidates >= ALLOW_ALL_CONNECTIONS - 1, [fet.detect(p) for p in first.values()]
@@ -116,7 +116,14 @@ def test_fet_rule_catches_at_the_rate_the_paper_implies(allow_all: Lab, proxy: P
     finally:
         capture.stop()
     first = capture.first_data_packets()
-    assert len(first) == FET_CONNECTIONS, f"captured {len(first)} first packets"
+    # A connection that dies before its first data packet (seen once in many runs: its SYNs are
+    # listed below) never reaches the FET rule; it is left out of the rate, counted as failed,
+    # and must stay rare.
+    missing = FET_CONNECTIONS - len(first)
+    assert missing <= 1, (f"captured {len(first)} first packets of {FET_CONNECTIONS}; client: {answer}; "
+                          f"ports with SYNs but no data: {capture.ports_without_data()}")
+    if missing:
+        print(f"{proxy.name}: one connection sent no data: {answer}, {capture.ports_without_data()}")
     candidates = {port for port, payload in first.items() if fet.detect(payload).blocked_candidate}
     decisions = {_client_port(d): d for d in log.decisions(f"{proxy.server.address}:{proxy.server.port}")
                  if not d.get("residual")}
@@ -133,7 +140,7 @@ def test_fet_rule_catches_at_the_rate_the_paper_implies(allow_all: Lab, proxy: P
         f"{proxy.name}: {len(caught)} of {len(candidates)} candidates caught; "
         f"Binomial({len(candidates)}, {fet.BLOCK_PROBABILITY}) 99.9% interval is [{low}, {high}]"
     )
-    assert answer["failed"] == len(caught), "exactly the caught connections failed for the client"
+    assert answer["failed"] == len(caught) + missing, "exactly the caught connections failed for the client"
 
 
 def test_tls_and_http_are_never_caught_by_the_fet_rule(allow_all: Lab, backend: vpn_servers.Running) -> None:
