@@ -56,7 +56,7 @@ def raw_key(raw: bytes) -> bytes | None:
 def _is_bare_syn(raw: bytes) -> bool:
     """A SYN without ACK in a packet `raw_key` accepted (20-byte IPv4 header, so the TCP
     flags are byte 33): possibly a new connection on a decided 5-tuple, which only the
-    flow table can tell from a retransmitted SYN (`Flow.is_new_connection`)."""
+    flow table can tell from a retransmitted SYN (`flows.opens_new_connection`)."""
     return raw[9] == 6 and len(raw) > 33 and raw[33] & (inet.SYN | inet.ACK) == inet.SYN
 
 

@@ -40,6 +40,18 @@ def seq_after(a: int, b: int) -> bool:
     return 0 < (a - b) % _SEQ_MOD < _HALF
 
 
+def is_bare_syn(packet: Packet) -> bool:
+    """A TCP SYN without ACK: a client opening a connection (or resending its opening)."""
+    return packet.proto == PROTO_TCP and packet.flags & (SYN | ACK) == SYN
+
+
+def opens_new_connection(packet: Packet, isn: int | None) -> bool:
+    """A SYN (without ACK) that is not the tracked connection's own SYN again (`isn`): a new
+    connection on the same 5-tuple (a reused source port, RFC 9293 §3.4.1), to be judged
+    afresh rather than inherit the old connection's verdict and stream state."""
+    return is_bare_syn(packet) and packet.seq != isn
+
+
 def flow_key(packet: Packet) -> FlowKey:
     a, b = (packet.src, packet.sport), (packet.dst, packet.dport)
     return (packet.proto, a, b) if a <= b else (packet.proto, b, a)
@@ -141,12 +153,6 @@ class Flow:
             self.closed = True
         return self.stream.push(packet.seq, packet.payload) if from_client else b""
 
-    def is_new_connection(self, packet: Packet) -> bool:
-        """A TCP SYN (without ACK) that is not this flow's own SYN again: a new connection
-        on the same 5-tuple (a reused source port, RFC 9293 §3.4.1), which must be judged
-        afresh rather than inherit the old connection's verdict and stream state."""
-        return (packet.flags & (SYN | ACK)) == SYN and packet.seq != self.isn
-
     def timeout(self) -> float:
         if self.proto == "tcp":
             return CLOSED_TCP_TIMEOUT if self.closed else TCP_IDLE_TIMEOUT
@@ -176,12 +182,13 @@ class FlowTable:
         """The packet's flow (created if new) and whether the packet is client->server."""
         key = flow_key(packet)
         flow = self._flows.get(key)
-        if flow is not None and packet.proto == PROTO_TCP and flow.is_new_connection(packet):
+        if flow is not None and opens_new_connection(packet, flow.isn):
             self.forget(flow)
             self.reopened += 1
             flow = None
         if flow is None:
-            flow = self._create(key, packet, now)
+            flow = self._insert(Flow(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport),
+                                     now, now))
         else:
             self._flows.move_to_end(key)
         flow.last_seen = now
@@ -197,9 +204,7 @@ class FlowTable:
         """Replace `flow` by a fresh one with the same key and orientation, its current packet
         counted: what a datagram flow decided under an older policy becomes (engine.handle)."""
         self.forget(flow)
-        fresh = self._create(flow.key, None, now, client=flow.client, server=flow.server, proto=flow.proto)
-        fresh.packets = 1
-        return fresh
+        return self._insert(Flow(flow.key, flow.proto, flow.client, flow.server, now, now, packets=1))
 
     def touch(self, flow: Flow, now: float) -> None:
         """A packet of a known flow seen without `lookup` (the engine's fast path)."""
@@ -207,18 +212,14 @@ class FlowTable:
         flow.last_seen = now
         flow.packets += 1
 
-    def _create(self, key: FlowKey, packet: Packet | None, now: float, *, client: Endpoint | None = None,
-                server: Endpoint | None = None, proto: str | None = None) -> Flow:
+    def _insert(self, flow: Flow) -> Flow:
+        """Add a new flow, evicting the least recently seen ones beyond `max_flows`."""
         while len(self._flows) >= self.max_flows:
             _, evicted = self._flows.popitem(last=False)
             self.evicted += 1
             if self.on_remove is not None:
                 self.on_remove(evicted)
-        if packet is not None:
-            proto, client, server = packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport)
-        assert proto is not None and client is not None and server is not None
-        flow = Flow(key, proto, client, server, now, now)
-        self._flows[key] = flow
+        self._flows[flow.key] = flow
         self.created += 1
         return flow
 

@@ -201,38 +201,35 @@ class CensorService:
         self._stop = True
 
     def _serve(self, queue: Any, wake_r: socket.socket) -> None:
-        nl = socket.fromfd(queue.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)  # for select() only
+        queue_fd = queue.get_fd()  # select() takes the descriptor; netfilterqueue reads it
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
-        try:
-            while not self._stop:
-                wake_at = min(next_housekeeping, self._held[0][0]) if self._held else next_housekeeping
-                timeout = max(0.0, wake_at - time.monotonic())
-                readable, _, _ = select.select([nl, wake_r], [], [], timeout)
-                if wake_r in readable:
-                    try:
-                        wake_r.recv(4096)
-                    except BlockingIOError:
-                        pass
-                if nl in readable:
-                    self._budget = BATCH
-                    try:
-                        queue.run(block=False)
-                    except _BatchDone:
-                        pass
-                if self._held:
-                    self._release(time.monotonic())
-                if self._reload:
-                    self._reload = False
-                    self.reload()
-                now = time.monotonic()
-                if now >= next_housekeeping:
-                    assert self.censor is not None
-                    self.censor.expire(now)
-                    self.censor.counters.update(kernel_queue_drops(self.queue_num))
-                    self.status.write(self.counters())
-                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
-        finally:
-            nl.close()
+        while not self._stop:
+            wake_at = min(next_housekeeping, self._held[0][0]) if self._held else next_housekeeping
+            timeout = max(0.0, wake_at - time.monotonic())
+            readable, _, _ = select.select([queue_fd, wake_r], [], [], timeout)
+            if wake_r in readable:
+                try:
+                    wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+            if queue_fd in readable:
+                self._budget = BATCH
+                try:
+                    queue.run(block=False)
+                except _BatchDone:
+                    pass
+            if self._held:
+                self._release(time.monotonic())
+            if self._reload:
+                self._reload = False
+                self.reload()
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                assert self.censor is not None
+                self.censor.expire(now)
+                self.censor.counters.update(kernel_queue_drops(self.queue_num))
+                self.status.write(self.counters())
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL
 
     # --- policy -------------------------------------------------------------
 

@@ -28,7 +28,8 @@ from typing import Any, BinaryIO, Iterable
 from wallwatch.censor.actions import wants_repeat
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.flows import (
-    CLOSED_TCP_TIMEOUT, MAX_FLOWS, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT, Flow, FlowKey, flow_key,
+    CLOSED_TCP_TIMEOUT, MAX_FLOWS, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT, Flow, FlowKey, flow_key, is_bare_syn,
+    opens_new_connection,
 )
 from wallwatch.censor.pcap import CaptureReader, Frame, LinkError, ip_packet
 from wallwatch.censor.policy import FLOW_KEYS, Policy, StaticDrop, static_drops
@@ -291,7 +292,7 @@ class Replayer:
     def _record(self, packet: inet.Packet, frame: Frame, link_header: int) -> _FlowRecord:
         key = flow_key(packet)
         record = self._active.get(key)
-        if record is not None and (record.idle(frame.timestamp) or _reopens(record, packet)):
+        if record is not None and (record.idle(frame.timestamp) or opens_new_connection(packet, record.isn)):
             record = None  # the 5-tuple was reused (after a timeout, or by a new SYN): a new flow
         if record is None:
             record = _FlowRecord(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport),
@@ -303,8 +304,7 @@ class Replayer:
         record.last_seen = max(record.last_seen, frame.timestamp)
         if packet.flags & (inet.FIN | inet.RST):
             record.closed = True
-        if record.isn is None and packet.proto == inet.PROTO_TCP and packet.flags & inet.SYN \
-                and not packet.flags & inet.ACK:
+        if record.isn is None and is_bare_syn(packet):
             record.isn = packet.seq
         return record
 
@@ -317,13 +317,6 @@ class Replayer:
         self.counters[counter] += 1
         if len(self.notes) < MAX_NOTES:
             self.notes.append(f"frame {frame.number}: {message}")
-
-
-def _reopens(record: _FlowRecord, packet: inet.Packet) -> bool:
-    """A new connection on the record's 5-tuple: the engine starts a new flow too
-    (flows.Flow.is_new_connection), so the report gets a new row."""
-    return (record.proto == "tcp" and packet.flags & (inet.SYN | inet.ACK) == inet.SYN
-            and packet.seq != record.isn)
 
 
 def replay_frames(frames: Iterable[Frame], policy: Policy, *, max_flows: int = MAX_FLOWS,
