@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -106,14 +106,18 @@ class Capture:
             self.process.kill()
             self.process.wait(5)
 
+    def _to_server(self) -> Iterator[inet.Packet]:
+        """The captured client->server TCP segments, in capture order."""
+        for packet in read_pcap(self.path):
+            if packet.proto == inet.PROTO_TCP and (packet.dst, packet.dport) == (self.server, self.port):
+                yield packet
+
     def ports_without_data(self) -> dict[int, int]:
         """Client ports that sent SYNs but no data segment, with how many SYNs: connections
         that never got as far as a first packet for the censor to judge."""
         syns: dict[int, int] = {}
         with_data: set[int] = set()
-        for packet in read_pcap(self.path):
-            if packet.proto != inet.PROTO_TCP or (packet.dst, packet.dport) != (self.server, self.port):
-                continue
+        for packet in self._to_server():
             if packet.payload:
                 with_data.add(packet.sport)
             elif packet.flags & inet.SYN:
@@ -123,9 +127,7 @@ class Capture:
     def first_data_packets(self) -> dict[int, bytes]:
         """Per client port, the payload of the flow's first data segment."""
         first: dict[int, bytes] = {}
-        for packet in read_pcap(self.path):
-            if packet.proto != inet.PROTO_TCP or (packet.dst, packet.dport) != (self.server, self.port):
-                continue
+        for packet in self._to_server():
             if packet.payload and packet.sport not in first:
                 first[packet.sport] = packet.payload
         return first

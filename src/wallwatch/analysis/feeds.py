@@ -98,12 +98,9 @@ def entry_title(entry: Mapping[str, Any]) -> str:
         asns = ", ".join(_network(n, with_name=False) for n in networks)
         return f"{subject}: began {_when(entry.get('onset') or event.get('onset'))} ({asns})"
     if kind == "network_joined":
-        joined = next((n for n in networks if n.get("probe_asn") == entry.get("probe_asn")),
-                      {"probe_asn": entry.get("probe_asn")})
-        return f"{subject}: {_network(joined)} joined"
+        return f"{subject}: {_network(_entry_network(entry, networks))} joined"
     if kind == "network_comprehensive":
-        network = next((n for n in networks if n.get("probe_asn") == entry.get("probe_asn")),
-                       {"probe_asn": entry.get("probe_asn")})
+        network = _entry_network(entry, networks)
         return f"{subject}: {_network(network)} comprehensive from {_when(entry.get('at'))} (on and off before)"
     if kind == "extended":
         end = entry.get("end")
@@ -225,6 +222,12 @@ def _content_html(entry: Mapping[str, Any]) -> str:
                 f"detector {e(str(event.get('detector_version', '?')))}, logged {e(_when(entry.get('logged_at')))}."
                 "</p>")
     return "\n".join(rows)
+
+
+def _entry_network(entry: Mapping[str, Any], networks: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The event's network the entry names (`probe_asn`), with its name when the snapshot has it."""
+    asn = entry.get("probe_asn")
+    return next((n for n in networks if n.get("probe_asn") == asn), {"probe_asn": asn})
 
 
 def _on_and_off(network: Mapping[str, Any]) -> str:

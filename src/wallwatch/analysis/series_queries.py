@@ -43,11 +43,12 @@ def _method_sums() -> str:
     return ", ".join(f"sum(blocked_{method}) AS blocked_{method}" for method in (*METHODS, "other"))
 
 
-# A measurement's share of blocked attempts: the probe's own where the verdict row carries it
-# (wallwatch), else the share of its blocked targets among the decisive ones (OONI's rows are
-# per endpoint). `attempt_share_weight` sums it over blocked measurements.
-_ATTEMPT_SHARE = ("coalesce(max(blocked_share), "
-                  "avg(CASE verdict WHEN 'blocked' THEN 1.0 WHEN 'ok' THEN 0.0 END))")
+def _attempt_share(with_probe_share: bool) -> str:
+    """A measurement's share of blocked attempts: the probe's own where the verdict row carries
+    it (wallwatch), else the share of its blocked targets among the decisive ones (OONI's rows
+    are per endpoint). `attempt_share_weight` sums it over blocked measurements."""
+    probe_share = "max(blocked_share)" if with_probe_share else "NULL"
+    return f"coalesce({probe_share}, avg(CASE verdict WHEN 'blocked' THEN 1.0 WHEN 'ok' THEN 0.0 END))"
 
 
 def aggregate_sql(grain: str, where: str, *, with_attempt_share: bool = True) -> str:
@@ -68,13 +69,12 @@ def aggregate_sql(grain: str, where: str, *, with_attempt_share: bool = True) ->
     blocking of 30% of attempts still shows as 0.3 per probe.
 
     `attempt_share_weight` is the other axis: inside each *blocked* measurement, the
-    share of the feature's attempts that were blocked (`_ATTEMPT_SHARE`), summed. A
+    share of the feature's attempts that were blocked (`_attempt_share`), summed. A
     rule firing on every flow gives 1 per blocked measurement; "on and off" blocking
     (a probability per flow) gives less, which a share of probes cannot show when one
     probe measures once a day. `with_attempt_share=False` for verdicts stored before
     the `blocked_share` column existed (targets' verdicts only).
     """
-    share = _ATTEMPT_SHARE if with_attempt_share else _ATTEMPT_SHARE.replace("max(blocked_share)", "NULL")
     if grain not in ("hour", "day"):
         raise ValueError(f"grain must be 'hour' or 'day', got {grain!r}")
     return f"""
@@ -108,7 +108,7 @@ FROM (
            probe_key, measurement_uid,
            max(probe_network_name) AS probe_network_name,
            max(CASE verdict WHEN 'blocked' THEN 4 WHEN 'ok' THEN 3 WHEN 'down' THEN 2 ELSE 1 END) AS status,
-           {share} AS attempt_share,
+           {_attempt_share(with_attempt_share)} AS attempt_share,
            {_method_flags()},
            min(CASE WHEN verdict = 'blocked' THEN measurement_uid END) AS example_blocked_uid
     FROM verdicts

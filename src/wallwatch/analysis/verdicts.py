@@ -365,8 +365,8 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
 WALLWATCH_INVALID_RULE = "wallwatch.invalid_feature_verdict"
 
 
-def _share(value: Any) -> float | None:
-    """The probe's `blocked_share` of a feature (targets interfered with / measured), if readable."""
+def _unit_fraction(value: Any) -> float | None:
+    """A number within [0, 1] (a probe's confidence or blocked_share) as a float, else None."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
         return float(value)
     return None
@@ -380,13 +380,12 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
     service = header.test_name
     for feature, made in (features.items() if isinstance(features, dict) else ()):
         made = made if isinstance(made, dict) else {}
-        verdict, method, confidence = made.get("verdict"), made.get("method"), made.get("confidence")
-        valid = (verdict in VERDICTS and (method is None or method in METHODS)
-                 and isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
-                 and 0.0 <= confidence <= 1.0 and isinstance(made.get("rule"), str))
+        verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
+        valid = (verdict in VERDICTS and (method is None or method in METHODS) and confidence is not None
+                 and isinstance(made.get("rule"), str))
         if valid:
-            yield _verdict_row(header, meta, service, str(feature), None, verdict, method, float(confidence),
-                               made["rule"], rules_version, _share(made.get("blocked_share")))
+            yield _verdict_row(header, meta, service, str(feature), None, verdict, method, confidence,
+                               made["rule"], rules_version, _unit_fraction(made.get("blocked_share")))
         else:
             # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
             yield _verdict_row(header, meta, service, str(feature), None, "unknown", None, 0.0,
