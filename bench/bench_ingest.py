@@ -19,10 +19,10 @@ the best kept (the machine is shared; the best run is the least disturbed):
   (c)  wallwatch ingest: parse + observations + verdicts + Parquet writes, raw kept
        (as a gzip copy of each input file), one worker process per CPU;
   (c1) the same with one process: the per-core rate;
-  (c') the same as (c) with keep_raw=False;
-  (d)  the columnar engine (`--engine columnar`, analysis/ingest_columnar.py): DuckDB read_json +
-       SQL observations/verdicts for IM tests, other records routed to the Python path in-process;
-       its datasets equal (c)'s row for row (tests/analysis/test_ingest_columnar.py).
+  (c') the same as (c) with keep_raw=False.
+
+A DuckDB-SQL engine (read_json + SQL observations/verdicts) measured 0.3-0.6x (c) on both corpora and
+was removed (git keeps it: commit 591a5f5 and earlier); no workload was found where it won.
 
 oonidata pins cryptography~=38 and click~=8.0, which conflict with wallwatch's own
 requirements (cryptography>=42), so it is not installed into the project venv; the
@@ -30,16 +30,16 @@ bench runs it in a side venv (`$WALLWATCH_OONIDATA_PYTHON`, default
 /tmp/wallwatch-oonidata-venv/bin/python, created with
 `python3 -m venv /tmp/wallwatch-oonidata-venv && /tmp/wallwatch-oonidata-venv/bin/pip install oonidata==0.3.0 orjson`).
 If it is missing the bench says why and still prints the rest.
-Target (issue 3): the faster of (c) and (d) >= 5x (b).
+Target (issue 3): (c) >= 5x (b).
 
 Measured 2026-11-30 (2 CPUs, quiet machine, defaults; per-stage costs in docs/storage.md):
 
-              (a)       (b)        (c)      (c1)      (c')      (d)    (c)/(b)
-  mixed   4,392/s   2,876/s   5,295/s   3,484/s   5,390/s   1,405/s   1.84x  (was 4,608/s, 1.59x)
-  im      7,135/s   3,023/s   6,202/s   4,428/s   6,123/s   1,853/s   2.05x  (was 4,902/s, 1.63x)
+              (a)       (b)        (c)      (c1)      (c')    (c)/(b)
+  mixed   4,392/s   2,876/s   5,295/s   3,484/s   5,390/s   1.84x  (was 4,608/s, 1.59x)
+  im      7,135/s   3,023/s   6,202/s   4,428/s   6,123/s   2.05x  (was 4,902/s, 1.63x)
   --count 8000 --files 8 --repeat 2:
-  mixed   4,376/s   2,795/s   6,188/s   3,675/s   6,457/s   1,219/s   2.21x  (was 5,564/s, 1.93x)
-  im      7,043/s   3,020/s   6,950/s   4,467/s   6,981/s   2,065/s   2.30x  (was 5,742/s, 1.90x)
+  mixed   4,376/s   2,795/s   6,188/s   3,675/s   6,457/s   2.21x  (was 5,564/s, 1.93x)
+  im      7,043/s   3,020/s   6,950/s   4,467/s   6,981/s   2.30x  (was 5,742/s, 1.90x)
 
 Target not met: 5x is ~15,100/s, 132 µs of CPU per measurement on 2 cores for everything, and
 gunzip + decode alone take ~70 (im) / ~110 (mixed) µs of it.
@@ -86,7 +86,7 @@ print(n, time.perf_counter() - start, failed)
 
 
 def make_corpus(directory: Path, count: int, files: int, tests: frozenset[str] | None = None) -> list[Path]:
-    from wallwatch.analysis.ingest import discover
+    from wallwatch.analysis.ingest.pipeline import discover
 
     samples = [orjson.loads(p.read_bytes()) for p in discover([SAMPLES])]
     if tests is not None:
@@ -128,13 +128,12 @@ def oonidata_parse(paths: list[Path], _: Path) -> tuple[int, float, float] | str
     return int(n), float(seconds), float(seconds)
 
 
-def wallwatch_ingest(keep_raw: bool, workers: int | None,
-                     engine: str = "python") -> Callable[[list[Path], Path], tuple[int, float, float]]:
+def wallwatch_ingest(keep_raw: bool, workers: int | None) -> Callable[[list[Path], Path], tuple[int, float, float]]:
     def run(paths: list[Path], data_dir: Path) -> tuple[int, float, float]:
-        from wallwatch.analysis.ingest import ingest
+        from wallwatch.analysis.ingest.pipeline import ingest
 
         start, before = time.perf_counter(), os.times()
-        summary = ingest(paths, data_dir, keep_raw=keep_raw, workers=workers, engine=engine)
+        summary = ingest(paths, data_dir, keep_raw=keep_raw, workers=workers)
         seconds, after = time.perf_counter() - start, os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # user+system of this process and its (joined) workers
         if summary.stored != sum(1 for p in paths for _ in gzip.open(p, "rb")):
@@ -150,7 +149,6 @@ def bench_corpus(name: str, paths: list[Path], scratch: Path, repeat: int) -> di
         "(c)  wallwatch ingest+verdicts": wallwatch_ingest(True, None),
         "(c1) same, one process": wallwatch_ingest(True, 1),
         "(c') same as (c), keep_raw=False": wallwatch_ingest(False, None),
-        "(d)  columnar engine (DuckDB SQL)": wallwatch_ingest(True, None, "columnar"),
     }
     best: dict[str, tuple[float, float]] = {}  # name -> (measurements/s, CPU µs per measurement)
     for round_ in range(repeat):
@@ -174,21 +172,15 @@ def report(name: str, best: dict[str, tuple[float, float]]) -> bool | None:
         print(f"    {label:34s} {rate:9.0f}/s  ({cpu_us:5.0f} µs CPU)")
     ceiling = best["(a)  gzip + orjson.loads only"][0]
     base = best.get("(b)  oonidata 0.3.0 parse only", (0.0, 0.0))[0]
-    # Both engines store the same rows (the oracle test), so the target is judged on the faster one.
-    engines = [label for label in ("(c)  wallwatch ingest+verdicts", "(d)  columnar engine (DuckDB SQL)")
-               if label in best]
-    fastest = max(engines, key=lambda label: best[label][0])
-    ours = best[fastest][0]
-    line = f"    fastest engine {fastest[:4].strip()} = {ours / ceiling:.2f}x the parse ceiling (a)"
-    if "(d)  columnar engine (DuckDB SQL)" in best:
-        line += f"; (d)/(c) = {best['(d)  columnar engine (DuckDB SQL)'][0] / best[engines[0]][0]:.2f}"
+    ours = best["(c)  wallwatch ingest+verdicts"][0]
+    line = f"    (c) = {ours / ceiling:.2f}x the parse ceiling (a)"
     met = None
     if base:
         met = ours >= TARGET * base
         line += (f", {ours / base:.2f}x oonidata (b); target {TARGET:.0f}x = {TARGET * base:.0f}/s: "
                  f"{'MET' if met else 'NOT MET'}")
     print(line)
-    for label in ("(c1) same, one process", "(c') same as (c), keep_raw=False", "(d)  columnar engine (DuckDB SQL)"):
+    for label in ("(c1) same, one process", "(c') same as (c), keep_raw=False"):
         if base and label in best:
             print(f"    {label}: {best[label][0] / base:.2f}x oonidata")
     if base and not met and "(c1) same, one process" in best:
@@ -218,7 +210,7 @@ def main() -> None:
                   f"{size_mb:.1f} MB compressed / {raw_mb:.1f} MB JSON ({raw_mb * 1e3 / args.count:.0f} KB each)")
             verdicts.append(report(name, bench_corpus(name, paths, scratch, args.repeat)))
     if all(v is not None for v in verdicts):
-        print(f"issue 3 target (faster of (c), (d) >= {TARGET:.0f}x oonidata): " + ", ".join(
+        print(f"issue 3 target ((c) >= {TARGET:.0f}x oonidata): " + ", ".join(
             f"{name} {'met' if v else 'not met'}" for name, v in zip(("mixed", "im"), verdicts)))
 
 

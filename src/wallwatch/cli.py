@@ -25,7 +25,6 @@ _PARTS = (
     "wallwatch.censor.cli",
     "wallwatch.probe.cli",
     "wallwatch.analysis.cli",
-    "wallwatch.analysis.cli_report",
     "wallwatch.demo",
 )
 

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wallwatch.analysis.detector import (
+from wallwatch.analysis.events.detector import (
     BlockingParams,
     HourCounts,
     HourVolume,

@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from wallwatch.analysis.events import (
+from wallwatch.analysis.events.grouping import (
     BLOCKING,
     VOLUME_COLLAPSE,
     DetectionParams,
@@ -19,11 +19,10 @@ from wallwatch.analysis.events import (
     detect_events,
     event_id,
     events_table,
-    logged_events,
-    record_events,
 )
-from wallwatch.analysis.events_synthetic import scenarios, score, verdicts
-from wallwatch.analysis.series import build_and_store, build_series
+from wallwatch.analysis.events.lifecycle import logged_events, record_events
+from synthetic_events import scenarios, score, verdicts
+from wallwatch.analysis.series.build import build_and_store, build_series
 from wallwatch.analysis.store import VERDICTS_SCHEMA, Store
 
 T0 = datetime(2024, 3, 4)  # Monday
@@ -61,7 +60,7 @@ def _store(tmp_path: Path, rows: list[dict]) -> Store:
 
 
 def _events(store: Store, params: DetectionParams = DetectionParams()):
-    from wallwatch.analysis.series import read_series
+    from wallwatch.analysis.series.build import read_series
 
     return detect_events(read_series(store, "hour"), params)
 
@@ -210,7 +209,7 @@ def test_harness_meets_the_targets_on_one_replicate(seed: int) -> None:
 
 def test_folded_and_dense_grids_give_the_same_events(tmp_path: Path) -> None:
     """AS64500 blocked then silent for 40 days; AS64501 collapses for a day; AS64502 silent to the end."""
-    from wallwatch.analysis.series import SeriesRequest
+    from wallwatch.analysis.series.build import SeriesRequest
 
     hours = 60 * 24
     rows = _rows(lambda asn, h: asn == 64500 and 100 <= h < 200, hours=hours,

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from wallwatch.analysis.events import detect_events, record_events
-from wallwatch.analysis.feeds import ATOM_NS, FeedError, FeedOptions, atom_feed, entry_id, write_atom
-from wallwatch.analysis.series import build_and_store, read_series
+from wallwatch.analysis.events.grouping import detect_events
+from wallwatch.analysis.events.lifecycle import record_events
+from wallwatch.analysis.events.feeds import ATOM_NS, FeedError, FeedOptions, atom_feed, entry_id, write_atom
+from wallwatch.analysis.series.build import build_and_store, read_series
 from wallwatch.analysis.store import VERDICTS_SCHEMA, Store
 from wallwatch.cli import app
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from wallwatch.analysis.ingest import LEDGER, discover, ingest, parse_asn, stable_uid
+from wallwatch.analysis.ingest.pipeline import LEDGER, discover, ingest, parse_asn, stable_uid
 from wallwatch.analysis.store import Store
 
 

@@ -10,14 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
-from wallwatch.analysis.fingerprints import load_fingerprints
-from wallwatch.analysis.ingest import discover, ingest, read_raw
-from wallwatch.analysis.ingest_decode import decode_fields
-from wallwatch.analysis.ingest_header import read_header
-from wallwatch.analysis.ingest_worker import iter_lines
-from wallwatch.analysis.observations import make_observations
+from wallwatch.analysis.verdicts.fingerprints import load_fingerprints
+from wallwatch.analysis.ingest.pipeline import discover, ingest, read_raw
+from wallwatch.analysis.ingest.decode import decode_fields
+from wallwatch.analysis.ingest.header import read_header
+from wallwatch.analysis.ingest.worker import iter_lines
+from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.store import Store
-from wallwatch.analysis.verdicts import judge_measurement
+from wallwatch.analysis.verdicts.rules import judge_measurement
 
 
 def _derive(record: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -42,7 +42,7 @@ def _variants(samples_dir: Path) -> list[dict[str, Any]]:
 
 
 def test_partial_decode_derives_what_the_full_parse_derives(samples_dir: Path) -> None:
-    # If ingest_decode forgot a field the extractors read, rows or verdicts would differ here.
+    # If ingest/decode.py forgot a field the extractors read, rows or verdicts would differ here.
     for record in _variants(samples_dir):
         text = orjson.dumps(record)
         partial = decode_fields(text)
@@ -121,7 +121,7 @@ def test_keep_raw_false_keeps_no_copy(samples_dir: Path, data_dir: Path) -> None
 
 
 def test_lines_split_across_read_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import wallwatch.analysis.ingest_worker as worker
+    import wallwatch.analysis.ingest.worker as worker
 
     monkeypatch.setattr(worker, "READ_CHUNK", 7)  # every line straddles chunks
     lines = [b'{"a": 1}', b"", b"   ", b'{"b": "' + b"x" * 30 + b'"}', b'{"c": 3}']
@@ -156,7 +156,7 @@ def test_a_failing_worker_fails_the_run_and_leaves_no_process(
         samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import multiprocessing
 
-    import wallwatch.analysis.ingest_worker as worker
+    import wallwatch.analysis.ingest.worker as worker
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("extractor bug")

@@ -20,8 +20,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from wallwatch.analysis.ingest import ingest
-from wallwatch.analysis.observations import is_bogon, split_address
+from wallwatch.analysis.ingest.pipeline import ingest
+from wallwatch.analysis.verdicts.observations import is_bogon, split_address
 from wallwatch.analysis.store import Store
 
 CASES = [
@@ -121,7 +121,7 @@ def test_http_fingerprints_match_as_the_plain_ordered_scan() -> None:
     """The Aho-Corasick prefilter and header shortcuts must not change which fingerprint wins."""
     import random
 
-    from wallwatch.analysis.fingerprints import load_fingerprints
+    from wallwatch.analysis.verdicts.fingerprints import load_fingerprints
 
     db = load_fingerprints()
 

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wallwatch import __version__
-from wallwatch.analysis.report import ReportOptions, build_report
+from wallwatch.analysis.report.html import ReportOptions, build_report
 from wallwatch.analysis.store import VERDICTS_SCHEMA, Store
 from wallwatch.cli import app
 
@@ -135,7 +135,7 @@ def _line_values(spec: dict) -> list[dict]:
 def test_gap_rows_break_the_lines_and_show_as_one_cell() -> None:
     import vl_convert as vlc
 
-    from wallwatch.analysis import charts
+    from wallwatch.analysis.report import charts
 
     def row(hour: int, decisive: int, share: float | None, n_buckets: int = 1) -> dict:
         return {"hour": T0 + timedelta(hours=hour), "probe_asn": 64500, "probe_network_name": "Alpha Telecom",
@@ -164,7 +164,7 @@ def test_gap_rows_break_the_lines_and_show_as_one_cell() -> None:
 
 
 def test_heatmap_tells_on_and_off_days_from_comprehensive_ones() -> None:
-    from wallwatch.analysis.charts import heatmap_spec
+    from wallwatch.analysis.report.charts import heatmap_spec
 
     def day(n: int, state: str, share: float | None) -> dict:
         return {"day": datetime(2017, 9, 19 + n), "probe_asn": 4134, "probe_network_name": "CHINANET",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from wallwatch.analysis.series import (
+from wallwatch.analysis.series.build import (
     DAILY,
     HOURLY,
     SeriesError,
@@ -223,7 +223,7 @@ def test_dense_gap_limit_is_a_parameter(sparse_store: Store) -> None:
 
 
 def test_real_ooni_samples_span_nine_years_in_a_few_thousand_rows(samples_dir: Path, data_dir: Path) -> None:
-    from wallwatch.analysis.ingest import ingest
+    from wallwatch.analysis.ingest.pipeline import ingest
 
     ingest([samples_dir], data_dir)
     store = Store(data_dir)

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from wallwatch.analysis.ingest import ingest
+from wallwatch.analysis.ingest.pipeline import ingest
 from wallwatch.analysis.store import Store
-from wallwatch.analysis.verdicts import RulesError, load_rule_sets, parse_rule_set
+from wallwatch.analysis.verdicts.rules import RulesError, load_rule_sets, parse_rule_set
 
 
 def _load(samples_dir: Path, name: str) -> dict[str, Any]:

@@ -1,11 +1,16 @@
-"""`wallwatch ingest` and `wallwatch export {verdicts,observations}` (heavy imports stay inside commands)."""
+"""The pipeline's commands: `ingest`, `series`, `events`, `report`, `export`, `export-series`.
+
+Heavy imports (DuckDB, pyarrow, Altair) stay inside the commands so that
+`wallwatch --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import enum
 import os
-from enum import Enum
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,20 +18,216 @@ DataOption = Annotated[
     Path | None,
     typer.Option("--data", help="Data directory (default: $WALLWATCH_DATA or ./wallwatch-data)."),
 ]
+CountryOption = Annotated[
+    list[str] | None, typer.Option("--country", "-c", help="Only this country (ISO code); repeatable.")
+]
 
 
-class ExportFormat(str, Enum):
+def _data_dir(data: Path | None) -> Path:
+    return data or Path(os.environ.get("WALLWATCH_DATA") or "wallwatch-data")
+
+
+def _store(data: Path | None):  # noqa: ANN202 - Store, imported lazily
+    from wallwatch.analysis.store import Store
+
+    root = _data_dir(data)
+    if not root.is_dir():
+        raise typer.BadParameter(f"no data directory at {root} (run `wallwatch ingest` first)", param_hint="--data")
+    return Store(root)
+
+
+def _countries(country: list[str] | None) -> tuple[str, ...]:
+    return tuple(c.upper() for c in (country or ()))
+
+
+def _ensure_series(store, countries: tuple[str, ...], rebuild: bool) -> None:  # noqa: ANN001
+    from wallwatch.analysis.series.build import SeriesError, SeriesRequest, build_and_store
+
+    if rebuild or "series_hourly" not in store.datasets():
+        try:
+            build_and_store(store, SeriesRequest(countries=countries))
+        except SeriesError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+
+
+class ExportFormat(str, enum.Enum):
     csv = "csv"
     parquet = "parquet"
 
 
-class ExportDataset(str, Enum):
+def series_command(
+    data: DataOption = None,
+    country: CountryOption = None,
+    since: Annotated[datetime | None, typer.Option(help="First hour (UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Last hour (UTC), inclusive.")] = None,
+    min_probes: Annotated[int, typer.Option(help="Fewest decisive probes for an hour to count.")] = 1,
+    dense_gap_days: Annotated[float, typer.Option(
+        help="Silences up to this many days stay hour by hour; longer ones fold into one gap row.")] = 14.0,
+    limit: Annotated[int, typer.Option(help="Rows to print.")] = 40,
+) -> None:
+    """Build the dense hourly and daily series from the verdicts and print a summary per series."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from wallwatch.analysis.series.build import SeriesError, SeriesRequest, build_and_store, series_summary
+
+    store = _store(data)
+    try:
+        hourly, _, build = build_and_store(
+            store, SeriesRequest(start=since, end=until, countries=_countries(country), min_probes=min_probes,
+                                 max_dense_gap=timedelta(days=dense_gap_days),
+                                 gap_margin=min(timedelta(hours=48), timedelta(days=dense_gap_days) / 2))
+        )
+    except SeriesError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console = Console()
+    if not build.n_series:
+        console.print("no verdicts to build series from")
+        return
+    console.print(f"{build.n_series} series, {build.hourly_rows} series-hours, {build.daily_rows} series-days, "
+                  f"{build.start:%Y-%m-%d %H:00} to {build.end:%Y-%m-%d %H:00} UTC")
+    table = Table("country", "network", "service", "feature", "hours", "with data", "measurements",
+                  "blocked h", "partial h", "down h", "max share", "last state")
+    rows = series_summary(hourly)
+    for row in rows[:limit]:
+        network = f"AS{row['probe_asn']}" + (f" {row['probe_network_name']}" if row["probe_network_name"] else "")
+        share = row["max_blocked_share"]
+        table.add_row(row["probe_cc"], network, row["service"], row["feature"], str(row["buckets"]),
+                      str(row["with_data"]), str(row["measurements"]), str(row["blocked"]), str(row["partial"]),
+                      str(row["down"]), "-" if share is None else f"{share:.0%}", row["last_state"])
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more series (--limit)")
+
+
+class EventType(str, enum.Enum):
+    blocking = "blocking"
+    volume_collapse = "volume_collapse"
+
+
+class FeedFormat(str, enum.Enum):
+    atom = "atom"
+
+
+TagAuthorityOption = Annotated[
+    str | None, typer.Option(help="Tag URI authority of feed ids, 'yourdomain.org,2025' (RFC 4151).")
+]
+
+
+def _network_part(network: Any, with_onset: bool) -> str:
+    """"AS4134 from Wed 20 Sep 12:00 (on and off, comprehensive from Mon 25 Sep 12:00)"."""
+    text = f"AS{network.probe_asn}" + (f" from {network.onset:%a %d %b %H:00}" if with_onset else "")
+    if network.on_and_off:
+        until = network.comprehensive_from
+        text += " (on and off" + (f", comprehensive from {until:%a %d %b %H:00})" if until else ")")
+    return text
+
+
+def events_command(
+    data: DataOption = None,
+    country: CountryOption = None,
+    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")] = None,
+    event_type: Annotated[EventType | None, typer.Option("--type", help="Only this type.")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the series first.")] = True,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Append lifecycle entries to events.jsonl.")]
+    = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON lines.")] = False,
+    feed: Annotated[FeedFormat | None, typer.Option("--feed", help="Also write the lifecycle log as a feed.")]
+    = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Feed file (default: DATA/events.atom).")] = None,
+    feed_url: Annotated[str | None, typer.Option(help="URL the feed will be served at (rel=self).")] = None,
+    tag_authority: TagAuthorityOption = None,
+) -> None:
+    """Detect censorship events in the series, log their lifecycle, and list them (or write an Atom feed)."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from wallwatch.analysis.report.charts import when
+    from wallwatch.analysis.events.grouping import add_rule_evidence, detect_events
+    from wallwatch.analysis.events.lifecycle import record_events
+    from wallwatch.analysis.series.build import read_series
+
+    store = _store(data)
+    countries = _countries(country)
+    _ensure_series(store, countries, rebuild)
+    connection = store.connect()
+    try:
+        events = add_rule_evidence(connection, detect_events(read_series(store, "hour", countries)))
+    finally:
+        connection.close()
+    entries: list = []
+    if record:
+        events, entries = record_events(store, events)
+    events = [e for e in events if (not service or e.service in service)
+              and (event_type is None or e.type == event_type.value)]
+    if feed is not None:
+        path = out or (store.root / "events.atom")
+        count = _write_feed(store, path, countries, tuple(service or ()),
+                            (event_type.value,) if event_type else (), feed_url, tag_authority)
+        typer.echo(f"wrote {path} ({count} feed entries)", err=as_json)
+    if as_json:
+        for event in events:
+            typer.echo(orjson.dumps(event.to_record()).decode())
+        return
+    console = Console()
+    table = Table("onset (UTC)", "end (UTC)", "type", "country", "service/feature", "networks", "method",
+                  "peak", "event id", title=f"{len(events)} event(s)")
+    for e in events:
+        networks = ", ".join(_network_part(n, len(e.networks) > 1) for n in e.networks)
+        table.add_row(when(e.onset), when(e.end), e.type, e.probe_cc, f"{e.service}/{e.feature}", networks,
+                      ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type == "blocking" else "-",
+                      e.event_id)
+    console.print(table)
+    if record:
+        console.print(f"{len(entries)} new lifecycle entr{'y' if len(entries) == 1 else 'ies'} in "
+                      f"{store.log_path('events')}")
+
+
+def _write_feed(store, path: Path, countries: tuple[str, ...], services: tuple[str, ...],  # noqa: ANN001
+                event_types: tuple[str, ...], feed_url: str | None, tag_authority: str | None) -> int:
+    from wallwatch.analysis.events.feeds import DEFAULT_TAG_AUTHORITY, FeedError, FeedOptions, write_atom
+
+    options = FeedOptions(countries=countries, services=services, event_types=event_types, self_url=feed_url,
+                          tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY)
+    try:
+        return write_atom(store, path, options)
+    except FeedError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tag-authority") from exc
+
+
+def report_command(
+    data: DataOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: DATA/report).")] = None,
+    country: CountryOption = None,
+    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")] = None,
+    max_charts: Annotated[int, typer.Option(help="Most (country, service, feature) chart sections.")] = 12,
+    png: Annotated[bool, typer.Option("--png/--no-png", help="Also write PNG charts.")] = True,
+    exports: Annotated[bool, typer.Option("--exports/--no-exports", help="Write CSV/Parquet exports.")] = True,
+    source: Annotated[str, typer.Option(help="Data source named on every chart.")] = "wallwatch measurements",
+    rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the series first.")] = True,
+    tag_authority: TagAuthorityOption = None,
+) -> None:
+    """Write an offline HTML report with charts (SVG/PNG), the event table, an Atom feed and CSV/Parquet exports."""
+    from wallwatch.analysis.events.feeds import DEFAULT_TAG_AUTHORITY, FeedError
+    from wallwatch.analysis.report.html import ReportOptions, build_report
+
+    store = _store(data)
+    target = out or (store.root / "report")
+    try:
+        result = build_report(store, target, ReportOptions(
+            countries=_countries(country), services=tuple(service or ()), max_groups=max_charts, png=png,
+            exports=exports, source=source, rebuild_series=rebuild,
+            tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY))
+    except FeedError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tag-authority") from exc
+    typer.echo(f"wrote {result.index} ({len(result.events)} events, {len(result.charts)} chart files, "
+               f"{len(result.exports)} exports, {result.log_entries} new log entries)")
+
+
+class ExportDataset(str, enum.Enum):
     verdicts = "verdicts"
     observations = "observations"
-
-
-def _data_dir(data: Path | None) -> Path:
-    return data if data is not None else Path(os.environ.get("WALLWATCH_DATA") or "wallwatch-data")
 
 
 def ingest_command(
@@ -38,23 +239,17 @@ def ingest_command(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
     )] = None,
-    engine: Annotated[str, typer.Option(
-        "--engine", help="python (default) or columnar: DuckDB SQL derives IM-test records, the rest take the "
-                         "Python path; both store the same rows (docs/storage.md)."
-    )] = "python",
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from rich.console import Console
     from rich.table import Table
 
-    from wallwatch.analysis.ingest import ingest
+    from wallwatch.analysis.ingest.pipeline import ingest
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    if engine not in ("python", "columnar"):
-        raise typer.BadParameter(f"--engine must be python or columnar, got {engine!r}")
-    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers, engine=engine)
+    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers)
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
     table.add_column("value", justify="right")
@@ -94,6 +289,45 @@ def export_command(
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 
+class SeriesDataset(str, enum.Enum):
+    hourly = "hourly"
+    daily = "daily"
+    events = "events"
+
+
+def export_series_command(
+    dataset: Annotated[SeriesDataset, typer.Argument(help="hourly or daily series, or the detected events.")],
+    out: Annotated[Path, typer.Option("--out", help="Output file.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="csv or parquet.")] = ExportFormat.csv,
+    data: DataOption = None,
+    country: CountryOption = None,
+) -> None:
+    """Export the series (or detected events) as one CSV or Parquet file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from wallwatch.analysis.events.grouping import detect_events, events_table
+    from wallwatch.analysis.series.build import read_series
+
+    store = _store(data)
+    countries = _countries(country)
+    _ensure_series(store, countries, rebuild=False)
+    if dataset is SeriesDataset.events:
+        table = events_table(detect_events(read_series(store, "hour", countries)))
+    else:
+        table = read_series(store, "hour" if dataset is SeriesDataset.hourly else "day", countries)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if format is ExportFormat.parquet:
+        pq.write_table(table, out, compression="zstd")
+    else:
+        pacsv.write_csv(table, out)
+    typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("ingest")(ingest_command)
     app.command("export")(export_command)
+    app.command("series")(series_command)
+    app.command("events")(events_command)
+    app.command("report")(report_command)
+    app.command("export-series")(export_series_command)

@@ -350,7 +350,7 @@ def _partition_runs(table: pa.Table, partitions: Sequence[str]) -> tuple[pa.Tabl
     """The table (sorted by partition only when its rows are interleaved) and, per partition
     key in first-seen order, the (start, end) row ranges that hold its rows, in table order.
 
-    Ingest batches arrive grouped by partition (ingest_worker orders each batch's rows), so
+    Ingest batches arrive grouped by partition (the ingest worker orders each batch's rows), so
     their concatenation is a few runs per partition and is written without a sort.
     """
     runs = _runs(table, partitions)

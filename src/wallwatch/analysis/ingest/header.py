@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from wallwatch.analysis.observations import Header
+from wallwatch.analysis.verdicts.observations import Header
 
 
 class RecordError(ValueError):

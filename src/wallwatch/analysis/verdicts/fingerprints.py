@@ -1,6 +1,6 @@
 """DNS and HTTP block page fingerprints (OONI's blocking-fingerprints idea, shipped as data).
 
-The rows live in `analysis/data/fingerprints_{dns,http}.csv`, a versioned subset
+The rows live in `analysis/verdicts/data/fingerprints_{dns,http}.csv`, a versioned subset
 of https://github.com/ooni/blocking-fingerprints (the file headers name the
 commit). Matching follows the upstream Readme: `full` is equality, `prefix`
 is startswith, `contains` is substring, `regexp` is a regular expression; HTTP
@@ -21,7 +21,7 @@ from typing import Any
 
 import ahocorasick_rs
 
-DATA_PACKAGE = "wallwatch.analysis.data"
+DATA_PACKAGE = "wallwatch.analysis.verdicts.data"
 _VERSION_RE = re.compile(r"version\s+(\S+)")
 
 

@@ -1,7 +1,7 @@
 """An Atom 1.0 feed (RFC 4287) of the event lifecycle log, for newsrooms and feed readers.
 
 One feed entry per log entry (`opened`, `network_joined`,
-`network_comprehensive`, `extended`, `closed`: `events.lifecycle_entries`),
+`network_comprehensive`, `extended`, `closed`: `lifecycle.lifecycle_entries`),
 built from the append-only
 `events.jsonl` alone, so the feed is a pure function of the log: re-running on
 the same log gives the same bytes (no "now", no random ids, fixed attribute
@@ -276,7 +276,7 @@ def write_atom(store: Any, path: Any, options: FeedOptions = FeedOptions()) -> i
     """Write the feed of `store`'s event log to `path` (only if the bytes changed); return its entry count."""
     from pathlib import Path
 
-    from wallwatch.analysis.events import EVENT_LOG
+    from wallwatch.analysis.events.grouping import EVENT_LOG
 
     target = Path(path)
     data = atom_feed(store.read_jsonl(EVENT_LOG), options)

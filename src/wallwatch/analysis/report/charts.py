@@ -21,7 +21,7 @@ from typing import Any
 import altair as alt
 
 from wallwatch import __version__
-from wallwatch.analysis.events import ANY, COMPREHENSIVE_FROM_SHARE, Event, iso
+from wallwatch.analysis.events.grouping import ANY, COMPREHENSIVE_FROM_SHARE, Event, iso
 
 # Colours for hourly states, shared by the heatmap and the legend. Grey for
 # "no data" so silence is visible and never mistaken for "ok".

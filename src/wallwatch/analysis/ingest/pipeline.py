@@ -3,7 +3,7 @@
 Input: files or folders of `.json` (one measurement, as OONI's API and the spec
 examples serve them), `.jsonl` and `.jsonl.gz` / `.json.gz` (one measurement per
 line, OONI's raw archive layout `raw/<YYYYMMDD>/<HH>/<CC>/<test>/*.jsonl.gz`).
-Each record is read once: header -> observations -> verdicts (ingest_worker.py),
+Each record is read once: header -> observations -> verdicts (`worker.py`),
 in worker processes, one file at a time per worker; this parent process dedups,
 collects the Arrow batches and writes Parquet every `batch_size` measurements.
 Memory is bounded by `batch_size` measurements' rows here plus a few
@@ -50,8 +50,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from wallwatch.analysis.fingerprints import FingerprintDB, load_fingerprints
-from wallwatch.analysis.ingest_header import (  # noqa: F401 - re-exported: the header API lives here too
+from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
+from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the header API lives here too
     RecordError,
     parse_asn,
     parse_time,
@@ -59,9 +59,9 @@ from wallwatch.analysis.ingest_header import (  # noqa: F401 - re-exported: the 
     read_header,
     stable_uid,
 )
-from wallwatch.analysis.ingest_worker import Batch, FileEnd, FileReader, WorkerConfig, read_raw_line
+from wallwatch.analysis.ingest.worker import Batch, FileEnd, FileReader, WorkerConfig, read_raw_line
 from wallwatch.analysis.store import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA, Store
-from wallwatch.analysis.verdicts import RuleSet, default_rule_sets
+from wallwatch.analysis.verdicts.rules import RuleSet, default_rule_sets
 
 SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 LEDGER = "ingested_files"
@@ -367,19 +367,11 @@ def _ledger_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:
             str(row.get("edges_sha256")))
 
 
-def ingest(paths: Iterable[Path], data_dir: Path, *, engine: str = "python", **options: Any) -> IngestSummary:
+def ingest(paths: Iterable[Path], data_dir: Path, **options: Any) -> IngestSummary:
     """Ingest `paths` into the store at `data_dir`; the summary counts read/stored/duplicated/quarantined.
 
     Options: keep_raw (default True), workers (default: one per CPU), batch_size, rule_sets, fingerprints.
-    `engine="columnar"` derives IM-test records in DuckDB SQL (ingest_columnar.py; same rows, tested
-    against this path) and ignores `workers`.
     """
-    if engine == "columnar":
-        from wallwatch.analysis.ingest_columnar import ColumnarIngester
-
-        return ColumnarIngester(Store(data_dir), **options).ingest_paths([Path(p) for p in paths])
-    if engine != "python":
-        raise ValueError(f"engine must be 'python' or 'columnar', got {engine!r}")
     return Ingester(Store(data_dir), **options).ingest_paths([Path(p) for p in paths])
 
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 import pyarrow as pa
 
-from wallwatch.analysis.events import ANY, BLOCKING, VOLUME_COLLAPSE, Event, to_hour
+from wallwatch.analysis.events.grouping import ANY, BLOCKING, VOLUME_COLLAPSE, Event, to_hour
 
 WINDOW_START = datetime(2024, 3, 4)  # a Monday, 00:00 UTC
 WINDOW_WEEKS = 4

@@ -9,7 +9,7 @@ the input (`raw/<key>/<name>`), made before any row points at it.
 Speed notes (bench/bench_ingest.py measures them):
 * gunzip with ISA-L (python-isal `igzip`), 2-4x faster than zlib on inflate;
 * lines are memoryview slices of 4 MiB read chunks, never copied;
-* each line is decoded by msgspec into only the fields read (ingest_decode.py);
+* each line is decoded by msgspec into only the fields read (`decode.py`);
   bad JSON or odd shapes fall back to `orjson.loads`, the old path, record by record;
 * rows become Arrow tables here, in the worker, so the parent only concatenates.
 """
@@ -29,12 +29,12 @@ import orjson
 import pyarrow as pa
 from isal import igzip, isal_zlib
 
-from wallwatch.analysis.fingerprints import FingerprintDB
-from wallwatch.analysis.ingest_decode import decode_fields
-from wallwatch.analysis.ingest_header import META_KEYS, RecordError, read_header
-from wallwatch.analysis.observations import make_observations
+from wallwatch.analysis.verdicts.fingerprints import FingerprintDB
+from wallwatch.analysis.ingest.decode import decode_fields
+from wallwatch.analysis.ingest.header import META_KEYS, RecordError, read_header
+from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.store import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA
-from wallwatch.analysis.verdicts import RuleSet, judge_measurement
+from wallwatch.analysis.verdicts.rules import RuleSet, judge_measurement
 
 # A .json file is parsed whole up to this size; bigger ones are read line by line
 # (OONI's largest single measurements are ~1 MB, ooni/data Readme).

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wallwatch import __version__
-from wallwatch.analysis import charts
-from wallwatch.analysis.events import (
+from wallwatch.analysis.report import charts
+from wallwatch.analysis.events.grouping import (
     ANY,
     BLOCKING,
     DetectionParams,
@@ -29,11 +29,11 @@ from wallwatch.analysis.events import (
     detect_events,
     events_table,
     iso,
-    record_events,
 )
-from wallwatch.analysis.feeds import FeedOptions, write_atom
-from wallwatch.analysis.series import SeriesRequest, build_and_store, read_series
-from wallwatch.analysis.series_queries import network_volume_sql
+from wallwatch.analysis.events.lifecycle import record_events
+from wallwatch.analysis.events.feeds import FeedOptions, write_atom
+from wallwatch.analysis.series.build import SeriesRequest, build_and_store, read_series
+from wallwatch.analysis.series.queries import network_volume_sql
 
 
 _HOURLY_TIMELINE_MAX = 7 * 24
@@ -206,7 +206,7 @@ def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section]
                  out_dir: Path, options: ReportOptions, context: charts.ChartContext) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("wallwatch.analysis", "templates"),
+    env = Environment(loader=PackageLoader("wallwatch.analysis.report", "templates"),
                       autoescape=select_autoescape(["html"]))
     env.filters["when"] = charts.when
     env.filters["iso"] = iso

@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from wallwatch.analysis.fingerprints import FingerprintDB, load_fingerprints
+from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
 
 Row = dict[str, Any]
 

@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wallwatch.analysis.detector import (
+from wallwatch.analysis.events.detector import (
     DETECTOR_VERSION,
     BlockingParams,
     HourCounts,
@@ -45,13 +45,13 @@ from wallwatch.analysis.detector import (
     detect_blocking,
     detect_volume_collapse,
 )
-from wallwatch.analysis.series_queries import METHODS
+from wallwatch.analysis.series.queries import METHODS
 
 EVENT_LOG = "events"
 BLOCKING = "blocking"
 VOLUME_COLLAPSE = "volume_collapse"
 ANY = "*"
-_EPOCH = datetime(1970, 1, 1)
+EPOCH = datetime(1970, 1, 1)
 _MAX_EXAMPLES = 5
 # A blocked hour whose blocked measurements let more than a tenth of their attempts
 # through is "on and off": the censor fires on some flows only (a rule with a
@@ -171,11 +171,11 @@ def parse_iso(text: str | None) -> datetime | None:
 def to_hour(moment: datetime) -> int:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return int((moment - _EPOCH).total_seconds()) // 3600
+    return int((moment - EPOCH).total_seconds()) // 3600
 
 
 def from_hour(hour: int) -> datetime:
-    return _EPOCH + timedelta(hours=hour)
+    return EPOCH + timedelta(hours=hour)
 
 
 def event_id(probe_cc: str, service: str, feature: str, event_type: str, onset: datetime) -> str:
@@ -457,7 +457,7 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
 
 def add_rule_evidence(connection: Any, events: Sequence[Event]) -> list[Event]:
     """Fill `evidence.rule_ids` (rule -> blocked verdicts) from the `verdicts` view of a store connection."""
-    from wallwatch.analysis.events_queries import rule_counts_sql
+    from wallwatch.analysis.events.queries import rule_counts_sql
 
     enriched = []
     for event in events:
@@ -476,112 +476,6 @@ def add_rule_evidence(connection: Any, events: Sequence[Event]) -> list[Event]:
         evidence = {**event.evidence, "rule_ids": sorted(rules, key=lambda r: -rules[r]), "rule_counts": rules}
         enriched.append(replace(event, evidence=evidence))
     return enriched
-
-
-# -- the append-only lifecycle log ----------------------------------------------------
-
-
-@dataclass
-class _Logged:
-    event_id: str
-    key: tuple[str, str, str, str]
-    onset: datetime
-    end: datetime | None
-    networks: set[int]
-    snapshot: dict[str, Any]
-
-
-def replay_log(entries: Iterable[Mapping[str, Any]]) -> dict[str, _Logged]:
-    """The state of every logged event after all entries, in log order."""
-    state: dict[str, _Logged] = {}
-    for entry in entries:
-        snapshot = entry.get("event") or {}
-        eid = entry.get("event_id")
-        if not eid or not snapshot:
-            continue
-        key = (snapshot["type"], snapshot["probe_cc"], snapshot["service"], snapshot["feature"])
-        logged = state.get(eid)
-        if logged is None:
-            logged = state[eid] = _Logged(eid, key, parse_iso(snapshot["onset"]) or _EPOCH, None, set(), snapshot)
-        logged.end = parse_iso(snapshot.get("end"))
-        logged.networks |= {n["probe_asn"] for n in snapshot.get("networks", [])}
-        logged.snapshot = snapshot
-    return state
-
-
-def _overlaps(a_on: datetime, a_end: datetime | None, b_on: datetime, b_end: datetime | None, gap: int) -> bool:
-    slack = timedelta(hours=gap)
-    far = datetime(9999, 1, 1)
-    return a_on <= (b_end or far) + slack and b_on <= (a_end or far) + slack
-
-
-def lifecycle_entries(events: Sequence[Event], log: Iterable[Mapping[str, Any]],
-                      merge_gap_hours: int = GroupingParams.merge_gap_hours,
-                      logged_at: datetime | None = None) -> tuple[list[Event], list[dict[str, Any]]]:
-    """Reconcile detected events with the log: (events under their logged ids, new entries to append).
-
-    A detected event that overlaps a logged one of the same (type, country,
-    service, feature) *is* that event, even if later data moved its onset, so
-    re-running extends rather than duplicates. Only differences become entries.
-    """
-    state = replay_log(log)
-    stamp = iso(logged_at or datetime.now(UTC).replace(tzinfo=None, microsecond=0))
-    claimed: set[str] = set()
-    reconciled, entries = [], []
-    for event in events:
-        key = (event.type, event.probe_cc, event.service, event.feature)
-        match = next((s for s in state.values() if s.key == key and s.event_id not in claimed
-                      and _overlaps(s.onset, s.end, event.onset, event.end, merge_gap_hours)), None)
-        if match is not None:
-            event = replace(event, event_id=match.event_id)
-        claimed.add(event.event_id)
-        reconciled.append(event)
-        snapshot = event.to_record()
-
-        def entry(kind: str, **detail: Any) -> None:
-            entries.append({"entry": kind, "event_id": event.event_id, "logged_at": stamp, **detail,
-                            "event": snapshot})
-
-        if match is None:
-            entry("opened", onset=snapshot["onset"])
-            for network in _newly_comprehensive(event, {}):
-                entry("network_comprehensive", probe_asn=network.probe_asn, at=iso(network.comprehensive_from))
-            if event.end is not None:
-                entry("closed", end=snapshot["end"])
-            continue
-        for network in event.networks:
-            if network.probe_asn not in match.networks:
-                entry("network_joined", probe_asn=network.probe_asn, onset=iso(network.onset))
-        for network in _newly_comprehensive(event, match.snapshot):
-            entry("network_comprehensive", probe_asn=network.probe_asn, at=iso(network.comprehensive_from))
-        if match.end is not None and (event.end is None or event.end > match.end):
-            entry("extended", previous_end=iso(match.end), end=snapshot["end"])
-        elif match.end is None and event.end is not None:
-            entry("closed", end=snapshot["end"])
-    return reconciled, entries
-
-
-def _newly_comprehensive(event: Event, logged: Mapping[str, Any]) -> list[NetworkSpan]:
-    """Networks whose on-and-off blocking has become comprehensive since the logged snapshot
-    (the moment that turned WhatsApp text in China from "on and off" to "blocked", 25 Sept 2017)."""
-    before = {n.get("probe_asn"): n for n in logged.get("networks") or ()}
-    return [n for n in event.networks
-            if n.on_and_off and n.comprehensive_from is not None
-            and not (before.get(n.probe_asn) or {}).get("comprehensive_from")]
-
-
-def record_events(store: Any, events: Sequence[Event], merge_gap_hours: int = GroupingParams.merge_gap_hours,
-                  logged_at: datetime | None = None) -> tuple[list[Event], list[dict[str, Any]]]:
-    """Append the lifecycle entries `events` imply to the store's `events.jsonl`; return both."""
-    reconciled, entries = lifecycle_entries(events, store.read_jsonl(EVENT_LOG), merge_gap_hours, logged_at)
-    store.append_jsonl(EVENT_LOG, entries)
-    return reconciled, entries
-
-
-def logged_events(store: Any) -> list[dict[str, Any]]:
-    """Latest snapshot of every event in the log, by onset."""
-    state = replay_log(store.read_jsonl(EVENT_LOG))
-    return sorted((s.snapshot for s in state.values()), key=lambda r: (r["onset"], r["probe_cc"], r["service"]))
 
 
 def events_table(events: Sequence[Event]) -> pa.Table:

@@ -1,7 +1,7 @@
 """Judgments: per (measurement, service, feature) verdicts made by versioned rules kept as data.
 
 Facts come from observation rows (observations.py) summarised per feature into a
-small flat dict (`feature_facts`); the rules in `analysis/rules/*.yaml` are an
+small flat dict (`feature_facts`); the rules in `analysis/verdicts/rulesets/*.yaml` are an
 ordered cascade over those facts, first match wins, and every verdict row names
 the rule that made it (`rule_id`) and the rule set's version (`rules_version`).
 This is ooni/data's `multiIf` cascade (analysis/rules.py) kept as data rather
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from wallwatch.analysis.observations import (
+from wallwatch.analysis.verdicts.observations import (
     PROBE_SIDE_FAILURES,
     Header,
     MeasurementFacts,
@@ -37,7 +37,7 @@ METHODS = frozenset(
     {"dns", "tcp_ip", "tcp_reset", "tls_sni", "tls", "protocol_dpi", "udp_blocking", "http_diff",
      "http_failure", "blockpage"}
 )
-RULES_PACKAGE = "wallwatch.analysis.rules"
+RULES_PACKAGE = "wallwatch.analysis.verdicts.rulesets"
 # libyaml's safe loader when PyYAML was built with it: the pure-Python one takes ~0.15 s for the rules.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

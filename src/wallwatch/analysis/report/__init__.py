@@ -1,0 +1,5 @@
+"""Stage 5, report: an offline HTML page with charts, the event table, a feed and exports.
+
+`charts` builds the Vega-Lite charts (Altair) and renders them to SVG/PNG;
+`html` assembles the page from `templates/`.
+"""
