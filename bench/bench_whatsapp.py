@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 
-from wallwatch.demo import probe_in_lab  # noqa: E402
+from wallwatch.lab.demo import probe_in_lab  # noqa: E402
 from wallwatch.lab.capabilities import missing_lab_features  # noqa: E402
 from wallwatch.lab.topology import Lab  # noqa: E402
 

@@ -25,7 +25,7 @@ _PARTS = (
     "wallwatch.censor.cli",
     "wallwatch.probe.cli",
     "wallwatch.analysis.cli",
-    "wallwatch.demo",
+    "wallwatch.lab.demo",
 )
 
 

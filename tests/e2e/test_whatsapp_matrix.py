@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from wallwatch.demo import DEFAULT_SCENARIO, Expectation, compare, load_phases, observed_features, probe_in_lab, Phase
+from wallwatch.lab.demo import DEFAULT_SCENARIO, Expectation, compare, load_phases, observed_features, probe_in_lab, Phase
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

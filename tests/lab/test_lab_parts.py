@@ -12,16 +12,18 @@ from wallwatch.lab import addresses
 from wallwatch.lab.ca import make_lab_certificates
 from wallwatch.lab.dns_server import answer
 from wallwatch.lab.https_server import MediaStore, Request, registration_handler, web_handler
+from wallwatch.probe.settings import AddressMap
 from wallwatch.protocols.dns import build_query, parse_dns
 
 
-def test_map_address() -> None:
-    assert addresses.map_address("157.240.22.54") == "198.19.3.1"
-    assert addresses.map_address("31.13.70.1") == "198.19.3.2"
-    assert addresses.map_address("198.19.1.5") == "198.19.1.5"  # lab addresses map to themselves
-    assert addresses.map_address("10.0.0.1", {"10.0.0.0/8": "198.19.3.2", "10.0.0.1": "198.19.3.1"}) == "198.19.3.1"
+def test_the_lab_address_map_as_the_probe_reads_it() -> None:
+    lab_map = AddressMap.parse(addresses.REAL_TO_LAB, [addresses.LAB_BLOCK])
+    assert lab_map.map("157.240.22.54") == "198.19.3.1"
+    assert lab_map.map("31.13.70.1") == "198.19.3.2"
+    assert lab_map.map("198.19.1.5") == "198.19.1.5"  # lab addresses map to themselves
+    assert AddressMap.parse({"10.0.0.0/8": "198.19.3.2", "10.0.0.1": "198.19.3.1"}).map("10.0.0.1") == "198.19.3.1"
     with pytest.raises(KeyError, match="no lab address"):
-        addresses.map_address("8.8.8.8")
+        lab_map.map("8.8.8.8")
 
 
 def test_lab_address_for() -> None:

@@ -9,6 +9,7 @@ import pytest
 from wallwatch.lab import addresses
 from wallwatch.lab.https_server import sample_photo
 from wallwatch.lab.topology import Lab
+from wallwatch.probe.settings import AddressMap
 
 from lab_helpers import client_check
 
@@ -72,6 +73,6 @@ def test_stun_binding(plain_lab: Lab, relay: str) -> None:
 
 
 def test_real_world_relay_addresses_map_to_lab_relays(plain_lab: Lab) -> None:
-    relay = addresses.map_address("157.240.1.1")
+    relay = AddressMap.parse(addresses.REAL_TO_LAB).map("157.240.1.1")
     assert relay in addresses.CALL_RELAYS
     assert client_check(plain_lab, "stun", relay)["class"] == "success"

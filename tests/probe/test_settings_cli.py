@@ -18,7 +18,8 @@ from wallwatch.probe.settings import LAB_ENV, ProbeSettings, SettingsError
 def write_state(tmp_path: Path, **overrides: object) -> Path:
     pki = servers.make_pki(tmp_path, ["web.whatsapp.com"], tag="lab")
     state = {"run_id": "abc123", "resolver": "198.19.0.53", "ca_cert": str(pki.ca_pem),
-             "address_map": {"157.240.0.0/16": "198.19.3.1", "31.13.64.0/18": "198.19.3.2"}, **overrides}
+             "address_map": {"157.240.0.0/16": "198.19.3.1", "31.13.64.0/18": "198.19.3.2"},
+             "names": {"e1.whatsapp.net": "198.19.1.1"}, "lab_networks": ["198.18.0.0/15"], **overrides}
     path = tmp_path / "lab.json"
     path.write_text(json.dumps(state))
     return path
@@ -43,7 +44,8 @@ def test_without_lab_state_the_system_is_used() -> None:
     assert "198.19.1.1/32" not in default_config(settings).expected_networks
 
 
-@pytest.mark.parametrize("problem", ["missing_file", "missing_field", "missing_ca", "not_json"])
+@pytest.mark.parametrize("problem", ["missing_file", "missing_field", "missing_ca", "not_json", "bad_address_map",
+                                     "not_an_object"])
 def test_bad_lab_state_is_a_clear_error(tmp_path: Path, problem: str) -> None:
     path = write_state(tmp_path, **({"resolver": ""} if problem == "missing_field" else {}))
     if problem == "missing_file":
@@ -52,6 +54,10 @@ def test_bad_lab_state_is_a_clear_error(tmp_path: Path, problem: str) -> None:
         path = write_state(tmp_path, ca_cert=str(tmp_path / "gone.pem"))
     elif problem == "not_json":
         path.write_text("{not json")
+    elif problem == "bad_address_map":
+        path = write_state(tmp_path, address_map={"157.240.0.0/99": "198.19.3.1"})
+    elif problem == "not_an_object":
+        path.write_text("[]")
     with pytest.raises(SettingsError):
         ProbeSettings.from_environment({LAB_ENV: str(path)})
 

@@ -40,11 +40,9 @@ import pyarrow.parquet as pq
 
 WriteMode = Literal["replace", "append"]
 
-DEFAULT_DATA_DIR = "wallwatch-data"
 ROW_GROUP_ROWS = 128 * 1024
 # Threads writing partition files at once (Parquet encoding releases the GIL).
 WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
-DATA_DIR_ENV = "WALLWATCH_DATA"
 
 # Known datasets and their columns, so that an empty store still has typed views
 # (a query over no data returns no rows instead of failing on a missing glob).
@@ -163,11 +161,6 @@ DEFAULT_PARTITIONS: Mapping[str, tuple[str, ...]] = {
 
 class StoreError(Exception):
     """Bad use of the store: unknown dataset name, missing partition column, ..."""
-
-
-def default_data_dir() -> Path:
-    """`$WALLWATCH_DATA` or `./wallwatch-data`, the default of every `--data` option."""
-    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
 def _check_name(name: str) -> str:

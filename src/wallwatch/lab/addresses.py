@@ -5,15 +5,15 @@ benchmarking: it is never routed on the internet, so a lab address can never be
 mistaken for (or leak to) a real host. Links use 198.18.0.0/16; the lab
 "internet" where emulated services live uses 198.19.0.0/16.
 
-Two maps:
-* names -> lab addresses: what the lab's DNS resolver answers;
-* real-world IPs/CIDRs -> lab addresses: for targets the probe dials by address
-  (call relays), translated with `map_address` before dialling.
+Two maps, both handed to the probe in the lab state file (the contract is in
+`wallwatch.probe.settings`):
+* names -> lab addresses (`names`): what the lab's DNS resolver answers;
+* real-world IPs/CIDRs -> lab addresses (`address_map`): for targets the probe
+  dials by address (call relays), translated by the probe before dialling.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -99,39 +99,6 @@ REAL_TO_LAB: Mapping[str, str] = MappingProxyType(
         "31.13.64.0/18": CALL_RELAYS[1],
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Mapping:
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    lab_address: str
-
-
-def _compile(address_map: Mapping[str, str]) -> tuple[_Mapping, ...]:
-    entries = [_Mapping(ipaddress.ip_network(real, strict=False), lab) for real, lab in address_map.items()]
-    # Longest prefix first, so an exact address beats the block around it.
-    return tuple(sorted(entries, key=lambda entry: entry.network.prefixlen, reverse=True))
-
-
-_COMPILED = _compile(REAL_TO_LAB)
-
-
-def map_address(ip: str, address_map: Mapping[str, str] | None = None) -> str:
-    """The lab address standing in for the real-world address `ip`.
-
-    A lab address (198.18.0.0/15) maps to itself. Raises KeyError for a
-    real-world address the map does not cover: dialling it would leave the lab.
-    `address_map` defaults to this module's map; the probe passes the one from
-    the lab state file.
-    """
-    address = ipaddress.ip_address(ip)
-    if address in ipaddress.ip_network(LAB_BLOCK):
-        return str(address)
-    entries = _COMPILED if address_map is None else _compile(address_map)
-    for entry in entries:
-        if address.version == entry.network.version and address in entry.network:
-            return entry.lab_address
-    raise KeyError(f"{ip} has no lab address (the address map covers {', '.join(map(str, (e.network for e in entries)))})")
 
 
 def lab_address_for(name: str) -> str:

@@ -101,10 +101,8 @@ class ReplayReport:
 
 def runnable_probes(scenario: Scenario) -> tuple[tuple[str, ...], list[str]]:
     """The scenario's nettests this installation can run, and a warning for each it cannot."""
-    try:
-        from wallwatch.probe.cli import NETTESTS
-    except ImportError:
-        NETTESTS = {"whatsapp": ""}
+    from wallwatch.probe.nettests import NETTESTS
+
     runnable, warnings = [], []
     for nettest in scenario.probes:
         if nettest not in NETTESTS:

@@ -25,15 +25,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from wallwatch.lab.topology import ISP_ID_PATTERN, Isp
+from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS
 
-VERDICTS = ("ok", "blocked", "down", "unknown")
-# The probe's methods (probe/verdicts.py METHODS), in stage order.
-METHODS = ("dns", "tcp_ip", "tcp_reset", "tls_sni", "tls_mitm", "protocol_dpi", "udp_blocking")
-# Features each nettest reports (probe/verdicts.py FEATURE_ORDER; the openvpn
-# nettest's one feature). A scenario's truth must name every one of them, so
-# no feature goes unchecked; nettests not listed here are taken as written.
+# A scenario's truth must name every feature its nettest reports, so no feature goes
+# unchecked; nettests the vocabulary does not list are taken as written.
 KNOWN_FEATURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {"whatsapp": ("text", "media", "calls", "web", "registration"), "openvpn": ("tunnel",)}
+    {nettest: tuple(map(str, features)) for nettest, features in NETTEST_FEATURES.items()}
 )
 DEFAULT_PROBE_TIME = dt.time(12, 0, 0)  # UTC; any time of day would do, noon reads well
 

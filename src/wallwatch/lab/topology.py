@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from wallwatch.lab import addresses
-from wallwatch.lab.state import LAB_ENV  # set for commands run in the client: the probe's switch to lab mode
+from wallwatch.probe.settings import LAB_ENV  # set for commands run in the client: the probe's switch to lab mode
 
 DEFAULT_STATE_PATH = Path("/run/wallwatch/lab.json")
 STATE_ENV = "WALLWATCH_LAB_STATE"  # overrides where `lab up` writes its state
@@ -526,6 +526,7 @@ class Lab:
             "resolver": addresses.RESOLVER,
             "ca_cert": str(self.ca_cert),
             "address_map": dict(addresses.REAL_TO_LAB),
+            "lab_networks": [addresses.LAB_BLOCK],
             "names": dict(addresses.NAMES),
             "censor": self._censor_state(self.sites[0]),
             "services_pid": self._services_pid,

@@ -10,11 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-NETTESTS = {
-    "whatsapp": "WhatsApp per feature: text (chat transport), media, calls (STUN), web, registration",
-    "openvpn": "OpenVPN handshake over UDP and TCP (client reset, server reset, TLS ClientHello -> ServerHello); "
-               "feature: tunnel",
-}
+from wallwatch.probe.nettests import NETTESTS, TargetError
 
 probe_app = typer.Typer(help="Measure messaging services per feature (OONI data format).", no_args_is_help=True)
 
@@ -22,8 +18,8 @@ probe_app = typer.Typer(help="Measure messaging services per feature (OONI data 
 @probe_app.command("list")
 def list_nettests() -> None:
     """List the nettests this probe can run."""
-    for name, description in NETTESTS.items():
-        typer.echo(f"{name}\t{description}")
+    for name, nettest in NETTESTS.items():
+        typer.echo(f"{name}\t{nettest.description}")
 
 
 @probe_app.command("run")
@@ -47,8 +43,10 @@ def run_nettest(
     """Run NETTEST once; print feature -> verdict, method, evidence."""
     if nettest not in NETTESTS:
         raise typer.BadParameter(f"unknown nettest {nettest!r}; known: {', '.join(NETTESTS)}")
-    if target and nettest != "openvpn":
-        raise typer.BadParameter(f"--target is for the openvpn nettest; {nettest} has fixed targets")
+    if target and NETTESTS[nettest].target_syntax is None:
+        takers = [name for name, entry in NETTESTS.items() if entry.target_syntax is not None]
+        raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}; "
+                                 f"{nettest} has fixed targets")
     from rich.console import Console
 
     from wallwatch.probe.measurement import Stamp, append_jsonl, parse_annotations, parse_measurement_time
@@ -67,37 +65,16 @@ def run_nettest(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     mode = f"lab {settings.lab.run_id}" if settings.lab else "system resolver and CA store"
-    runner = _run_openvpn if nettest == "openvpn" else _run_whatsapp
     with console.status(f"[bold]{nettest}[/bold] ({mode})") as status:
-        measurement = runner(settings, stamp, timeout, target, lambda m: status.update(f"{nettest}: {m}"))
+        try:
+            measurement = NETTESTS[nettest].run_once(settings, stamp, step_timeout=timeout, targets=target,
+                                                     progress=lambda m: status.update(f"{nettest}: {m}"))
+        except TargetError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--target") from None
     if output is not None:
         append_jsonl(output, measurement)
         console.print(f"measurement appended to {output}")
     _print_features(measurement)
-
-
-def _run_whatsapp(settings: Any, stamp: Any, timeout: float | None, targets: list[str],
-                  progress: Any) -> dict[str, Any]:
-    from wallwatch.probe.nettests.whatsapp import default_config, measure_whatsapp
-
-    return measure_whatsapp(default_config(settings, step_timeout=timeout), settings, stamp=stamp,
-                            progress=progress)
-
-
-def _run_openvpn(settings: Any, stamp: Any, timeout: float | None, targets: list[str],
-                 progress: Any) -> dict[str, Any]:
-    from wallwatch.probe.nettests.openvpn import OpenVpnTarget, TargetError, lab_targets, make_config, measure_openvpn
-
-    try:
-        parsed = tuple(OpenVpnTarget.parse(uri) for uri in targets) or lab_targets(settings)
-    except TargetError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--target") from None
-    if not parsed:
-        where = ("the lab state file names no OpenVPN server (vpn_servers.openvpn)" if settings.lab
-                 else "outside the lab there is no default target")
-        raise typer.BadParameter(f"{where}; pass --target openvpn://NAME/?address=IP:PORT&transport=udp|tcp",
-                                 param_hint="--target")
-    return measure_openvpn(make_config(parsed, step_timeout=timeout), settings, stamp=stamp, progress=progress)
 
 
 def _print_features(measurement: dict[str, Any]) -> None:

@@ -1,15 +1,33 @@
 """Where the probe's resolver, trust and addresses come from: the lab or the system.
 
-`wallwatch lab exec` runs the probe with `WALLWATCH_LAB=<state file>`; the
-state file (lab contract, docs/architecture.md) names the lab resolver, the
-lab CA and the real-world -> lab address map. With it the probe uses that
-resolver, trusts that CA *only* (so a real certificate could never pass in the
-lab, and a lab certificate never outside it), and translates addresses before
-dialling. Without it: the system resolver and the system CA store.
+The probe works on any network. When it runs in the lab, the lab hands it what
+it needs through one file, the lab state file, named by `WALLWATCH_LAB`
+(`wallwatch lab exec` sets it); this module is the only reader of that file in
+the probe, and `LabInfo` is its contract. The keys the probe reads (the lab
+writes more, for itself):
+
+* `run_id` (str, required): the lab run, recorded in each measurement;
+* `resolver` (IP, required): the lab's DNS resolver, asked on port 53;
+* `ca_cert` (path, required): the lab CA; the probe trusts it *only* (so a real
+  certificate could never pass in the lab, and a lab certificate never outside it);
+* `address_map` ({real IP or CIDR: lab IP}): real-world addresses the probe
+  dials by address (call relays) and their lab stand-ins; the longest prefix wins;
+* `lab_networks` ([CIDR], default ["198.18.0.0/15"]): the lab's own address
+  space, dialled as it is;
+* `names` ({name: lab IP}): what the lab's resolver answers; these addresses and
+  the `address_map` stand-ins count as the services' own networks;
+* `vpn_servers` ({kind: {address, port, transports, ...}}): real servers to
+  measure (the openvpn nettest's default targets).
+
+An address that is neither in `lab_networks` nor covered by `address_map` is
+never dialled from the lab (`map_address` raises KeyError). Without the file:
+the system resolver, the system CA store, addresses dialled as given.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import os
 import ssl
@@ -26,14 +44,46 @@ class SettingsError(ValueError):
     """The lab state file is missing, unreadable or lacks a field the probe needs."""
 
 
+DEFAULT_LAB_NETWORKS = ("198.18.0.0/15",)  # RFC 2544's benchmarking block, where every lab address lives
+
+
+@dataclass(frozen=True)
+class AddressMap:
+    """Real-world address -> the address to dial, longest prefix first; own networks dial as they are."""
+
+    entries: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]
+    own_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    @classmethod
+    def parse(cls, mapping: Mapping[str, str], own_networks: Sequence[str] = DEFAULT_LAB_NETWORKS) -> "AddressMap":
+        entries = [(ipaddress.ip_network(real, strict=False), str(lab)) for real, lab in mapping.items()]
+        # Longest prefix first, so an exact address beats the block around it.
+        entries.sort(key=lambda entry: entry[0].prefixlen, reverse=True)
+        return cls(tuple(entries), tuple(ipaddress.ip_network(n, strict=False) for n in own_networks))
+
+    def map(self, ip: str) -> str:
+        address = ipaddress.ip_address(ip)
+        if any(address.version == net.version and address in net for net in self.own_networks):
+            return str(address)
+        for network, stand_in in self.entries:
+            if address.version == network.version and address in network:
+                return stand_in
+        covered = ", ".join(str(network) for network, _ in self.entries) or "nothing"
+        raise KeyError(f"{ip} has no lab address (the address map covers {covered})")
+
+
 @dataclass(frozen=True)
 class LabInfo:
+    """The lab state file as the probe reads it (the contract is in the module docstring)."""
+
     run_id: str
     resolver: str
     ca_cert: str
     address_map: Mapping[str, str]
     state_path: str
-    # Real servers the lab runs (lab/vpn_servers.py), by kind: e.g.
+    names: Mapping[str, str] = field(default_factory=dict)
+    lab_networks: tuple[str, ...] = DEFAULT_LAB_NETWORKS
+    # Real servers the lab runs, by kind: e.g.
     # {"openvpn": {"address": "198.19.4.1", "port": 1194, "transports": ["udp", "tcp"]}}.
     vpn_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -43,17 +93,33 @@ class LabInfo:
             state: dict[str, Any] = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise SettingsError(f"cannot read lab state file {path}: {exc}") from None
+        if not isinstance(state, dict):
+            raise SettingsError(f"lab state file {path} is not a JSON object")
         missing = [key for key in ("run_id", "resolver", "ca_cert") if not state.get(key)]
         if missing:
             raise SettingsError(f"lab state file {path} lacks {', '.join(missing)}")
-        return cls(
-            run_id=str(state["run_id"]),
-            resolver=str(state["resolver"]),
-            ca_cert=str(state["ca_cert"]),
-            address_map=MappingProxyType(dict(state.get("address_map") or {})),
-            state_path=str(path),
-            vpn_servers=MappingProxyType(_vpn_servers(state.get("vpn_servers"))),
-        )
+        try:
+            info = cls(
+                run_id=str(state["run_id"]),
+                resolver=str(state["resolver"]),
+                ca_cert=str(state["ca_cert"]),
+                address_map=MappingProxyType(dict(state.get("address_map") or {})),
+                state_path=str(path),
+                names=MappingProxyType(dict(state.get("names") or {})),
+                lab_networks=tuple(state.get("lab_networks") or DEFAULT_LAB_NETWORKS),
+                vpn_servers=MappingProxyType(_vpn_servers(state.get("vpn_servers"))),
+            )
+            info.addresses()  # every entry must parse now, not at the first dial
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"lab state file {path}: {exc}") from None
+        return info
+
+    def addresses(self) -> AddressMap:
+        return AddressMap.parse(self.address_map, self.lab_networks)
+
+    def service_addresses(self) -> tuple[str, ...]:
+        """Lab addresses that stand in for the services: a DNS answer among them is the service's own."""
+        return tuple(dict.fromkeys((*self.names.values(), *self.address_map.values())))
 
 
 def _vpn_servers(raw: Any) -> dict[str, Mapping[str, Any]]:
@@ -97,9 +163,8 @@ class ProbeSettings:
         """The address to dial for `ip`; KeyError if the lab has no stand-in (dialling would leave the lab)."""
         if self.address_map is None:
             return ip
-        from wallwatch.lab.addresses import map_address
-
-        return map_address(ip, self.address_map)
+        own = self.lab.lab_networks if self.lab is not None else DEFAULT_LAB_NETWORKS
+        return _address_map(tuple(self.address_map.items()), tuple(own)).map(ip)
 
     def tls_context(self, alpn: Sequence[str] = ()) -> ssl.SSLContext:
         """A verifying client context (one per ALPN list: contexts are shared, ALPN is per context)."""
@@ -124,3 +189,9 @@ class ProbeSettings:
         except OSError:
             pass
         return ""
+
+
+@functools.lru_cache(maxsize=8)
+def _address_map(entries: tuple[tuple[str, str], ...], own_networks: tuple[str, ...]) -> AddressMap:
+    """Parsed once per map: a nettest maps every address it dials."""
+    return AddressMap.parse(dict(entries), own_networks)

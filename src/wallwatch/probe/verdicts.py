@@ -60,17 +60,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, Feature, Method, Verdict, is_method, is_verdict
+
 RULES_VERSION = "wallwatch-whatsapp-verdicts/2"
 
-OK, BLOCKED, DOWN, UNKNOWN = "ok", "blocked", "down", "unknown"
-# Methods, in stage order: a tie between targets goes to the earliest stage.
-METHODS = ("dns", "tcp_ip", "tcp_reset", "tls_sni", "tls_mitm", "protocol_dpi", "udp_blocking")
+OK, BLOCKED, DOWN, UNKNOWN = Verdict.OK, Verdict.BLOCKED, Verdict.DOWN, Verdict.UNKNOWN
 
 # Features whose every target must work (media needs both upload and
 # download); the others work if any target does, like OONI's `any_of` targets
 # (ooni/data oonipipeline/targets.py).
 ALL_OF_FEATURES = frozenset({"media"})
-FEATURE_ORDER = ("text", "media", "calls", "web", "registration")
+FEATURE_ORDER: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES["whatsapp"]))
 
 _TIMEOUT, _RESET, _EOF, _REFUSED = "generic_timeout_error", "connection_reset", "eof_error", "connection_refused"
 _CERT_FAILURES = frozenset({"ssl_invalid_hostname", "ssl_unknown_authority", "ssl_invalid_certificate"})
@@ -90,6 +90,15 @@ class TargetVerdict:
     # Control- or network-verified interference: enough to call a feature
     # blocked even when other targets worked (see "Partial" above).
     strong: bool = False
+
+    def __post_init__(self) -> None:
+        # The vocabulary is the contract with the pipeline: a word outside it would be
+        # stored as `unknown` there, so refuse it here, where the rule that said it is.
+        if not is_verdict(self.status):
+            raise ValueError(f"{self.rule}: {self.status!r} is not a verdict ({', '.join(VERDICTS)})")
+        if (self.status == BLOCKED) != (self.method is not None) or not (self.method is None or is_method(self.method)):
+            raise ValueError(f"{self.rule}: method {self.method!r} with verdict {self.status!r}: a blocked verdict "
+                             f"names one of {', '.join(METHODS)}, any other names none")
 
 
 @dataclass
@@ -224,13 +233,13 @@ def _dns_verdict(attempt: _Attempt, ctx: _Context, flow_failed: bool) -> TargetV
         return TargetVerdict(ep, BLOCKED, "dns.injection_race",
                              f"{ep}: two different DNS answers to one query ({', '.join(sorted(first)) or '-'} "
                              f"then {', '.join(map(str, later))}): an on-path injector raced the resolver",
-                             "dns", 0.95, strong=True)
+                             Method.DNS, 0.95, strong=True)
     failure = query.get("failure")
     if failure is None:
         if flow_failed and first and ctx.expected_networks and not any(_expected(a, ctx) for a in first):
             return TargetVerdict(ep, BLOCKED, "dns.unexpected_answer",
                                  f"{ep}: DNS answered {', '.join(sorted(first))}, outside the service's networks, "
-                                 "and the flow to it failed", "dns", 0.85, strong=True)
+                                 "and the flow to it failed", Method.DNS, 0.85, strong=True)
         return None
     return _dns_failure_verdict(ep, failure, ctx)
 
@@ -238,16 +247,16 @@ def _dns_verdict(attempt: _Attempt, ctx: _Context, flow_failed: bool) -> TargetV
 def _dns_failure_verdict(ep: str, failure: str, ctx: _Context) -> TargetVerdict:
     if failure == "dns_nxdomain_error":
         return TargetVerdict(ep, BLOCKED, "dns.nxdomain", f"{ep}: the resolver says the name does not exist "
-                             "(NXDOMAIN), but it is a live service name", "dns", 0.8)
+                             "(NXDOMAIN), but it is a live service name", Method.DNS, 0.8)
     if failure == _TIMEOUT and ctx.resolver_alive:
         return TargetVerdict(ep, BLOCKED, "dns.dropped", f"{ep}: DNS query timed out while the resolver "
-                             "answered a control name", "dns", 0.8)
+                             "answered a control name", Method.DNS, 0.8)
     if failure == _TIMEOUT or failure in ("network_unreachable", "host_unreachable", _REFUSED):
         return TargetVerdict(ep, UNKNOWN, "dns.resolver_unreachable",
                              f"{ep}: DNS {failure} and the control name got no answer either: "
                              "the probe has no working resolver", None, 0.0)
     return TargetVerdict(ep, BLOCKED, "dns.error_answer",
-                         f"{ep}: the resolver answered {failure} for a live service name", "dns", 0.5)
+                         f"{ep}: the resolver answered {failure} for a live service name", Method.DNS, 0.5)
 
 
 def _connect_verdict(attempt: _Attempt) -> TargetVerdict | None:
@@ -261,13 +270,13 @@ def _connect_verdict(attempt: _Attempt) -> TargetVerdict | None:
     addresses = ", ".join(f"{c.get('ip')}:{c.get('port')}" for c in attempt.connects)
     if failed[_RESET]:
         return TargetVerdict(ep, BLOCKED, "tcp.connect_reset", f"{ep}: connect to {addresses} reset",
-                             "tcp_reset", 0.8)
+                             Method.TCP_RESET, 0.8)
     if set(failed) == {_TIMEOUT}:
         return TargetVerdict(ep, BLOCKED, "tcp.connect_timeout",
-                             f"{ep}: connect to {addresses} timed out (SYN black-holed)", "tcp_ip", 0.8)
+                             f"{ep}: connect to {addresses} timed out (SYN black-holed)", Method.TCP_IP, 0.8)
     if failed["host_unreachable"]:
         return TargetVerdict(ep, BLOCKED, "tcp.host_unreachable", f"{ep}: {addresses} host_unreachable",
-                             "tcp_ip", 0.6)
+                             Method.TCP_IP, 0.6)
     if failed[_REFUSED]:
         return TargetVerdict(ep, DOWN, "tcp.refused", f"{ep}: connect to {addresses} refused: "
                              "the host is there and not listening", None, 0.7)
@@ -292,7 +301,7 @@ def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
     ep, failure = attempt.endpoint, attempt.handshakes[0]["failure"]
     if failure in _CERT_FAILURES:
         return TargetVerdict(ep, BLOCKED, "tls.invalid_certificate",
-                             f"{ep}: TLS {failure}: something other than the service answered", "tls_mitm", 0.8)
+                             f"{ep}: TLS {failure}: something other than the service answered", Method.TLS_MITM, 0.8)
     if failure not in (_RESET, _TIMEOUT, _EOF):
         return TargetVerdict(ep, UNKNOWN, "tls.other_failure", f"{ep}: TLS handshake failed: {failure}", None, 0.2)
     control = _control(attempt, "tls_sni")
@@ -303,9 +312,9 @@ def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
     if _control_passed(control):
         return TargetVerdict(ep, BLOCKED, "tls.sni_filtered",
                              f"{ep}: TLS {failure} after the ClientHello, while a ClientHello for {sni} to the "
-                             f"same {control.get('address')} was {control.get('outcome')}", "tls_sni", 0.9,
+                             f"same {control.get('address')} was {control.get('outcome')}", Method.TLS_SNI, 0.9,
                              strong=True)
-    method = "tcp_reset" if failure == _RESET or control.get("outcome") == "reset" else "tcp_ip"
+    method = Method.TCP_RESET if failure == _RESET or control.get("outcome") == "reset" else Method.TCP_IP
     says = (f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
             f"failed too ({control.get('outcome')})")
     if failure == _TIMEOUT and control.get("outcome") == "silent":
@@ -350,11 +359,11 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
                              None, 0.6)
     if outcome in ("answered", "closed"):
         confidence = 0.9 if failure == _RESET else 0.8
-        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi", says, "protocol_dpi", confidence, strong=True)
+        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi", says, Method.PROTOCOL_DPI, confidence, strong=True)
     if outcome == "silent" and failure == _RESET:
-        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi_reset", says, "protocol_dpi", 0.7)
+        return TargetVerdict(ep, BLOCKED, "chat.protocol_dpi_reset", says, Method.PROTOCOL_DPI, 0.7)
     if outcome == "reset":
-        return TargetVerdict(ep, BLOCKED, "chat.address_reset", says, "tcp_reset", 0.7)
+        return TargetVerdict(ep, BLOCKED, "chat.address_reset", says, Method.TCP_RESET, 0.7)
     if outcome == "connect_failed" and control.get("failure") == _REFUSED:
         return TargetVerdict(ep, DOWN, "chat.control_refused", says, None, 0.6)
     if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
@@ -363,10 +372,10 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
         # after a trigger (Rambert 2021; censor-lab.md §4). A server does not
         # reset a greeting and then vanish from the network.
         return TargetVerdict(ep, BLOCKED, "chat.reset_then_blackholed", says + ": reset after the header, then "
-                             "new connections black-holed (residual blocking)", "protocol_dpi", 0.75, strong=True)
+                             "new connections black-holed (residual blocking)", Method.PROTOCOL_DPI, 0.75, strong=True)
     if outcome == "connect_failed":
         return TargetVerdict(ep, BLOCKED, "chat.address_blackholed", says + " (residual or address blocking)",
-                             "tcp_ip", 0.6)
+                             Method.TCP_IP, 0.6)
     return TargetVerdict(ep, UNKNOWN, "chat.ambiguous_silence", says, None, 0.3)
 
 
@@ -383,7 +392,7 @@ def _udp_verdict(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
                                                    ("the resolver's UDP answers", ctx.udp_works)) if on)
         return TargetVerdict(ep, BLOCKED, "udp.no_answer",
                              f"{ep}: no STUN answer to {exchange.get('sends')} sends while {works} show the "
-                             "network works", "udp_blocking", 0.6)
+                             "network works", Method.UDP_BLOCKING, 0.6)
     return TargetVerdict(ep, UNKNOWN, "udp.no_answer_no_network", f"{ep}: {failure}, and nothing else works "
                          "either", None, 0.0)
 
@@ -422,7 +431,8 @@ def _dominant_method(blocked: Sequence[TargetVerdict]) -> str | None:
 
 def _feature(verdict: str, rule: str, method: str | None, confidence: float, evidence: list[str],
              ok: int, total: int, interfered: int = 0) -> dict[str, Any]:
-    return {"verdict": verdict, "method": method, "confidence": round(confidence, 2), "rule": rule,
+    return {"verdict": str(verdict), "method": None if method is None else str(method),
+            "confidence": round(confidence, 2), "rule": rule,
             "evidence": evidence, "targets_ok": ok, "targets_total": total,
             "partial": verdict == BLOCKED and ok > 0,
             "blocked_share": round(interfered / total, 4) if total else 0.0}
@@ -547,7 +557,7 @@ def _openvpn_after_server_reset(ep: str, handshake: dict[str, Any], failure: str
         return TargetVerdict(ep, UNKNOWN, "openvpn.closed_after_hello", f"{ep}: the server closed after the "
                              "ClientHello without a TLS answer", None, 0.3)
     if failure in (_RESET, _TIMEOUT):
-        return TargetVerdict(ep, BLOCKED, "openvpn.stalled_after_server_reset", says, "protocol_dpi",
+        return TargetVerdict(ep, BLOCKED, "openvpn.stalled_after_server_reset", says, Method.PROTOCOL_DPI,
                              0.85 if failure == _RESET else 0.8, strong=True)
     return TargetVerdict(ep, UNKNOWN, "openvpn.other_failure", f"{ep}: {failure} after the server's reset",
                          None, 0.2)
@@ -566,23 +576,23 @@ def _openvpn_tcp_reset_unanswered(ep: str, handshake: dict[str, Any], failure: s
         return TargetVerdict(ep, DOWN, "openvpn.server_hangs_up", says + ": the server hangs up on everyone",
                              None, 0.5)
     if outcome in ("answered", "closed") and failure in (_RESET, _TIMEOUT):
-        return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi", says, "protocol_dpi",
+        return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi", says, Method.PROTOCOL_DPI,
                              0.85 if failure == _RESET else 0.75, strong=True)
     if outcome == "silent" and failure == _RESET:
-        return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi_no_clean_control", says, "protocol_dpi", 0.6)
+        return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi_no_clean_control", says, Method.PROTOCOL_DPI, 0.6)
     if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
         return TargetVerdict(ep, BLOCKED, "openvpn.reset_then_blackholed", says + ": reset after the client "
-                             "reset, then new connections black-holed (residual blocking)", "protocol_dpi",
+                             "reset, then new connections black-holed (residual blocking)", Method.PROTOCOL_DPI,
                              0.75, strong=True)
     if outcome == "connect_failed" and control.get("failure") == _REFUSED:
         return TargetVerdict(ep, DOWN, "openvpn.control_refused", says, None, 0.5)
     if outcome == "reset":
-        return TargetVerdict(ep, BLOCKED, "openvpn.address_reset", says, "tcp_reset", 0.7)
+        return TargetVerdict(ep, BLOCKED, "openvpn.address_reset", says, Method.TCP_RESET, 0.7)
     if outcome in ("silent", "connect_failed") and failure == _TIMEOUT:
         # An OpenVPN server must answer a client reset (ssl.c), so silence to
         # it and to the control is data to this address:port being dropped.
         return TargetVerdict(ep, BLOCKED, "openvpn.address_silent", says + ": data to this address:port is "
-                             "dropped", "tcp_ip", 0.5)
+                             "dropped", Method.TCP_IP, 0.5)
     return TargetVerdict(ep, UNKNOWN, "openvpn.ambiguous", says, None, 0.3)
 
 
@@ -591,7 +601,7 @@ def _openvpn_silent_address(ep: str, handshake: dict[str, Any], failure: str, te
     """Nothing came back from the address: blocked only if other paths show the network works."""
     transport = handshake.get("transport")
     if failure == _RESET and at == "connect":
-        return TargetVerdict(ep, BLOCKED, "openvpn.connect_reset", f"{ep}: connect reset", "tcp_reset", 0.7)
+        return TargetVerdict(ep, BLOCKED, "openvpn.connect_reset", f"{ep}: connect reset", Method.TCP_RESET, 0.7)
     if failure in ("network_unreachable",):
         return TargetVerdict(ep, UNKNOWN, "openvpn.network_unreachable", f"{ep}: the probe has no route", None, 0.0)
     works = _other_paths_work(test_keys, handshake)
@@ -599,7 +609,7 @@ def _openvpn_silent_address(ep: str, handshake: dict[str, Any], failure: str, te
         return TargetVerdict(ep, UNKNOWN, "openvpn.unexpected_answers", f"{ep}: {failure}; only datagrams that "
                              "were not an answer to our reset came back", None, 0.3)
     if failure in (_TIMEOUT, "host_unreachable") and works:
-        method = "udp_blocking" if transport == "udp" else "tcp_ip"
+        method = Method.UDP_BLOCKING if transport == "udp" else Method.TCP_IP
         what = (f"no answer to {handshake.get('packets_sent')} client resets" if transport == "udp"
                 else f"connect {failure}")
         return TargetVerdict(ep, BLOCKED, f"openvpn.{'udp' if transport == 'udp' else 'tcp'}_silent",
@@ -613,4 +623,4 @@ def derive_openvpn_features(test_keys: dict[str, Any]) -> dict[str, dict[str, An
     """The `tunnel` verdict of an openvpn measurement (pure): any-of targets, with rules/2 partial semantics."""
     x = test_keys.get("x_wallwatch") or {}
     verdicts = [judge_openvpn_handshake(h, test_keys) for h in x.get("openvpn_handshakes") or ()]
-    return {"tunnel": aggregate_feature("tunnel", verdicts)}
+    return {Feature.TUNNEL.value: aggregate_feature(Feature.TUNNEL, verdicts)}

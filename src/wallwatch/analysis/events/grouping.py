@@ -45,7 +45,7 @@ from wallwatch.analysis.events.detector import (
     detect_blocking,
     detect_volume_collapse,
 )
-from wallwatch.analysis.series.queries import METHODS
+from wallwatch.vocabulary import METHODS
 
 EVENT_LOG = "events"
 BLOCKING = "blocking"

@@ -24,7 +24,7 @@ Columns of `series_hourly` (`hour`) and `series_daily` (`day`), partitioned by `
 probe_cc, probe_asn, probe_network_name, service, feature, hour|day, date,
 n_measurements, n_probes, n_probes_decisive, n_probes_blocked, n_probes_ok,
 n_probes_down, n_ok, n_blocked, n_down, n_unknown, blocked_<method> for each
-method in `series.queries.METHODS` plus blocked_other, blocked_weight (sum over
+method in `wallwatch.vocabulary.METHODS` plus blocked_other, blocked_weight (sum over
 decisive probes of each one's blocked share of its measurements),
 example_blocked_uid, blocked_share (blocked_weight / decisive probes, null when
 none), attempt_share_weight (sum over blocked measurements of the share of their

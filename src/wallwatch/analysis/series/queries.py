@@ -9,19 +9,7 @@ holds one row per measurement x service x feature x target.
 
 from __future__ import annotations
 
-# Blocking methods named by the verdict rules (docs/storage.md, verdicts.method).
-METHODS: tuple[str, ...] = (
-    "dns",
-    "tcp_ip",
-    "tcp_reset",
-    "tls_sni",
-    "tls",
-    "protocol_dpi",
-    "udp_blocking",
-    "http_diff",
-    "http_failure",
-    "blockpage",
-)
+from wallwatch.vocabulary import METHODS  # one blocked_<method> column each, in stage order
 
 SERIES_KEY = ("probe_cc", "probe_asn", "service", "feature")
 

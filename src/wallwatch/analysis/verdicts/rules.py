@@ -31,12 +31,8 @@ from wallwatch.analysis.verdicts.observations import (
     Row,
     iter_feature_groups,
 )
+from wallwatch.vocabulary import METHODS, VERDICTS
 
-VERDICTS = ("ok", "blocked", "down", "unknown")
-METHODS = frozenset(
-    {"dns", "tcp_ip", "tcp_reset", "tls_sni", "tls", "protocol_dpi", "udp_blocking", "http_diff",
-     "http_failure", "blockpage"}
-)
 RULES_PACKAGE = "wallwatch.analysis.verdicts.rulesets"
 # libyaml's safe loader when PyYAML was built with it: the pure-Python one takes ~0.15 s for the rules.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

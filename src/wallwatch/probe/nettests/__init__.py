@@ -1,0 +1,49 @@
+"""The nettests this probe can run, by name: the one registry the CLI, the lab's replays and monitors read.
+
+Each nettest module has `run_once(settings, stamp, *, step_timeout, targets,
+progress) -> measurement`: one complete OONI-format measurement. A module is
+imported only when its nettest runs, so listing them stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from wallwatch.probe.measurement import Stamp
+    from wallwatch.probe.settings import ProbeSettings
+
+
+class TargetError(ValueError):
+    """Targets a nettest cannot take (a malformed URI, targets for a nettest with fixed ones, none at all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nettest:
+    name: str
+    description: str
+    module: str
+    # The OONI-style input it takes (`--target`); None: fixed targets.
+    target_syntax: str | None = None
+
+    def run_once(self, settings: "ProbeSettings", stamp: "Stamp", *, step_timeout: float | None = None,
+                 targets: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        if targets and self.target_syntax is None:
+            raise TargetError(f"{self.name} has fixed targets; --target is not for it")
+        module = importlib.import_module(self.module)
+        return module.run_once(settings, stamp, step_timeout=step_timeout, targets=targets, progress=progress)
+
+
+NETTESTS: Mapping[str, Nettest] = MappingProxyType({
+    nettest.name: nettest for nettest in (
+        Nettest("whatsapp", "WhatsApp per feature: text (chat transport), media, calls (STUN), web, registration",
+                "wallwatch.probe.nettests.whatsapp"),
+        Nettest("openvpn", "OpenVPN handshake over UDP and TCP (client reset, server reset, TLS ClientHello -> "
+                "ServerHello); feature: tunnel", "wallwatch.probe.nettests.openvpn",
+                target_syntax="openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input)"),
+    )
+})

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from wallwatch.probe import failures
@@ -46,6 +46,7 @@ from wallwatch.probe.primitives import (
     retransmit_schedule,
     tcp_connect,
 )
+from wallwatch.probe.nettests import TargetError
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace, Transaction
 
@@ -69,10 +70,6 @@ OPENVPN_FIRST_RTO = 2.0
 # printable) and it is no OpenVPN packet: its big-endian length prefix
 # ("wa" = 30561) is over any OpenVPN packet size, so a server drops it.
 CONTROL_FILLER = b"wallwatch control, not a VPN protocol. "
-
-
-class TargetError(ValueError):
-    """An input URI that is not openvpn://<provider>/?address=<ip>:<port>&transport=udp|tcp."""
 
 
 @dataclass(frozen=True)
@@ -437,3 +434,13 @@ def measure_openvpn(config: OpenVpnConfig, settings: ProbeSettings, *, stamp: "S
                               runtime=time.monotonic() - clock_start, stamp=stamp or Stamp(),
                               resolver_ip=settings.resolver_ip(), probe_addresses=set(), input=single)
 
+
+def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
+             targets: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The registry's entry point: `targets` as URIs, else the lab's server (TargetError if there is none)."""
+    parsed = tuple(OpenVpnTarget.parse(uri) for uri in targets) or lab_targets(settings)
+    if not parsed:
+        where = ("the lab state file names no OpenVPN server (vpn_servers.openvpn)" if settings.lab
+                 else "outside the lab there is no default target")
+        raise TargetError(f"{where}; pass --target openvpn://NAME/?address=IP:PORT&transport=udp|tcp")
+    return measure_openvpn(make_config(parsed, step_timeout=step_timeout), settings, stamp=stamp, progress=progress)

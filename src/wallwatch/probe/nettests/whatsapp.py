@@ -45,6 +45,7 @@ from wallwatch.probe.primitives import (
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace, Transaction
+from wallwatch.vocabulary import NETTEST_FEATURES
 
 if TYPE_CHECKING:
     from wallwatch.probe.measurement import Stamp
@@ -54,8 +55,8 @@ TEST_VERSION = "0.1.0"
 # The OONI test whose keys this measurement also carries (probe-cli whatsapp.go).
 OONI_TEST_VERSION = "0.11.0"
 
-TEXT, MEDIA, CALLS, WEB, REGISTRATION = "text", "media", "calls", "web", "registration"
-FEATURES = (TEXT, MEDIA, CALLS, WEB, REGISTRATION)
+FEATURES: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES[TEST_NAME]))
+TEXT, MEDIA, CALLS, WEB, REGISTRATION = FEATURES
 
 # Chat session stages, in order: how far a text attempt got.
 STAGES = ("dns", "connect", "header_sent", "handshake", "echo")
@@ -73,7 +74,7 @@ WHATSAPP_NETWORKS = (
 )
 
 # Real-world call relays: Meta address space, where WhatsApp's relays live;
-# the lab maps these blocks onto its relays (lab/addresses.py REAL_TO_LAB).
+# the lab maps these blocks onto its relays (the lab state file's `address_map`).
 CALL_RELAYS = ("157.240.229.60", "31.13.66.51")
 STUN_PORT = 3478  # RFC 5389 §18.4
 
@@ -430,9 +431,7 @@ def default_config(settings: ProbeSettings, *, step_timeout: float | None = None
     """The real-world targets; in the lab, the lab's service addresses also count as the service's own."""
     config = WhatsAppConfig()
     if settings.lab is not None:
-        from wallwatch.lab import addresses as lab_addresses
-
-        lab_networks = tuple(f"{a}/32" for a in (*lab_addresses.NAMES.values(), *lab_addresses.CALL_RELAYS))
+        lab_networks = tuple(f"{address}/32" for address in settings.lab.service_addresses())
         config = replace(config, expected_networks=config.expected_networks + lab_networks)
     return config_with_timeout(config, step_timeout)
 
@@ -465,3 +464,10 @@ def measure_whatsapp(
     return finish_measurement(test_keys, test_name=TEST_NAME, test_version=TEST_VERSION, started_at=started_at,
                               runtime=time.monotonic() - clock_start, stamp=stamp,
                               resolver_ip=settings.resolver_ip(), probe_addresses=test.probe_addresses)
+
+
+def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
+             targets: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The registry's entry point (the targets are fixed: the registry refuses any)."""
+    return measure_whatsapp(default_config(settings, step_timeout=step_timeout), settings, stamp=stamp,
+                            progress=progress)

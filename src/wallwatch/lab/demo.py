@@ -21,11 +21,12 @@ import yaml
 
 # Shared with `wallwatch lab replay` (re-exported: tests and bench import them from here).
 from wallwatch.lab.scenario import Expectation, Observed, observed_features, probe_in_lab
+from wallwatch.vocabulary import NETTEST_FEATURES
 
 __all__ = ["Expectation", "Observed", "Phase", "compare", "load_phases", "observed_features", "probe_in_lab", "run_demo"]
 
-FEATURES = ("text", "media", "calls", "web", "registration")
-DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "whatsapp-2017.yaml"
+FEATURES: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES["whatsapp"]))
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[3] / "scenarios" / "whatsapp-2017.yaml"
 
 
 @dataclass(frozen=True, slots=True)

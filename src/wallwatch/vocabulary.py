@@ -1,0 +1,178 @@
+"""The words wallwatch's findings are written in, each defined once: verdicts, methods, features.
+
+Every part that writes or reads a finding imports its words from here: the
+probe's verdict rules, the analysis rule sets and series columns, the lab's
+ground truth, the report and the dashboard. A word that is not here is not a
+finding (the probe refuses to emit it; ingest and the scenario loader refuse
+to read it), so a verdict cannot be lost between two parts that spell it
+differently.
+
+The names follow OONI's where OONI has one: OONI's web_connectivity 0.4
+`blocking` values (dns, tcp_ip, http-failure, http-diff) and the failure
+strings of its data format (df-007-errors); wallwatch adds the methods its own
+nettests can tell apart with controls (tls_sni, tls_mitm, protocol_dpi, ...).
+Each method says what evidence it needs, and in plain words what happened,
+for readers who do not speak in codes (a dashboard shows `plain` next to the
+code, never the code alone).
+
+This module imports nothing of wallwatch: it sits under every part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class Verdict(StrEnum):
+    """What a measurement says of one feature of one service on one network."""
+
+    OK = "ok"
+    """The feature worked: every stage completed and the answer was the service's own."""
+    BLOCKED = "blocked"
+    """Interference verified by a control or by the service's own networks; names a `Method`."""
+    DOWN = "down"
+    """The service itself failed (refused, a 5xx from a genuine server, hangs up on the control too)."""
+    UNKNOWN = "unknown"
+    """Not enough to say: the probe had no network, a probe-side fault, no control ran."""
+
+
+VERDICTS: tuple[str, ...] = tuple(verdict.value for verdict in Verdict)
+
+
+class Method(StrEnum):
+    """How a blocked feature was blocked, in the order of the stages of a connection.
+
+    A feature blocked at several stages is blocked by the earliest (a connection
+    whose DNS answer was forged never reaches TLS), so ties are broken by this
+    order. Each member carries `evidence` (what a rule needs before it may
+    name the method) and `plain` (the same in words a journalist can print).
+    """
+
+    evidence: str
+    plain: str
+
+    def __new__(cls, value: str, evidence: str, plain: str) -> "Method":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.evidence = evidence
+        member.plain = plain
+        return member
+
+    DNS = (
+        "dns",
+        "A DNS answer that cannot be the service's: two different answers to one query (an injector "
+        "racing the resolver), an answer outside the service's networks whose connection then failed, "
+        "a bogon answer, or an answer matching a known injector fingerprint; or NXDOMAIN / no answer for "
+        "a live name while the resolver answers a control name.",
+        "the name was answered with a false address, or not at all",
+    )
+    TCP_IP = (
+        "tcp_ip",
+        "Connections to the service's addresses time out (SYN black-holed) or are unreachable while other "
+        "connections from the same probe succeed.",
+        "the service's addresses were made unreachable",
+    )
+    TCP_RESET = (
+        "tcp_reset",
+        "The connection is reset at connect time or on its first bytes, without a protocol-specific trigger "
+        "shown by a control.",
+        "connections were cut by a forged reset",
+    )
+    TLS_SNI = (
+        "tls_sni",
+        "A reset or timeout right after the TLS ClientHello naming the service, while a control ClientHello "
+        "with a neutral server name to the same address and port is answered.",
+        "the service's name in the encrypted handshake was recognised and the connection cut",
+    )
+    TLS_MITM = (
+        "tls_mitm",
+        "The TLS handshake completed with a certificate that is not valid for the service (wrong name or an "
+        "unknown authority), so something other than the service answered.",
+        "an impostor answered in the service's place",
+    )
+    TLS = (
+        "tls",
+        "A TLS handshake fails (reset, timeout, EOF) where the control reached the service, but no SNI "
+        "control tells whether the name or the address was the trigger (OONI's web_connectivity case).",
+        "the encrypted connection to the service was cut",
+    )
+    PROTOCOL_DPI = (
+        "protocol_dpi",
+        "A reset or silence right after the app's own protocol opening (the WhatsApp header, an OpenVPN "
+        "reset, an MTProto header) while a same-size control to the same address and port passes, or the "
+        "address is black-holed right after (a penalty box).",
+        "the app's protocol was recognised and cut",
+    )
+    UDP_BLOCKING = (
+        "udp_blocking",
+        "UDP to the service (call relays, a UDP tunnel) goes unanswered while the probe's network works "
+        "(a TCP connection succeeded or the resolver answered over UDP).",
+        "the service's calls or UDP traffic were dropped",
+    )
+    HTTP_FAILURE = (
+        "http_failure",
+        "The HTTP request fails (reset, timeout, EOF) while the control fetched the page (OONI's "
+        "http-failure).",
+        "the web request was cut",
+    )
+    HTTP_DIFF = (
+        "http_diff",
+        "The HTTP response differs from the control's in status, body length or title, and matches no "
+        "known legitimate variation (OONI's http-diff).",
+        "a different page was served in place of the real one",
+    )
+    BLOCKPAGE = (
+        "blockpage",
+        "The response matches a known block page fingerprint.",
+        "a block page was served",
+    )
+
+
+METHODS: tuple[str, ...] = tuple(method.value for method in Method)
+
+
+class Feature(StrEnum):
+    """A part of a service a user would miss on its own (OONI's IM tests measure the same split)."""
+
+    TEXT = "text"
+    """Sending and receiving messages: the chat servers' own protocol."""
+    MEDIA = "media"
+    """Photos, video and voice notes: uploads to and downloads from the media servers."""
+    CALLS = "calls"
+    """Voice and video calls: the relays' STUN/UDP."""
+    WEB = "web"
+    """The service's web client (web.whatsapp.com, web.telegram.org)."""
+    REGISTRATION = "registration"
+    """Signing up and verifying a number: the registration servers."""
+    TUNNEL = "tunnel"
+    """A circumvention tunnel's handshake and bootstrap (OpenVPN, Tor, ...)."""
+    PAGE = "page"
+    """One web page (web_connectivity's input)."""
+    CONTACTS = "contacts"
+    """Contact discovery (Signal's directory)."""
+    STORAGE = "storage"
+    """Account storage and CDN (Signal)."""
+    UPTIME = "uptime"
+    """A service's status endpoint (Signal's uptime check)."""
+    ENDPOINTS = "endpoints"
+    """Endpoints of a test that names no finer feature."""
+
+
+FEATURES: tuple[str, ...] = tuple(feature.value for feature in Feature)
+
+# The features each of wallwatch's own nettests reports, in the order it reports them;
+# a scenario's ground truth must name every one (lab/scenario.py).
+NETTEST_FEATURES: Mapping[str, tuple[Feature, ...]] = MappingProxyType({
+    "whatsapp": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB, Feature.REGISTRATION),
+    "openvpn": (Feature.TUNNEL,),
+})
+
+
+def is_verdict(value: object) -> bool:
+    return isinstance(value, str) and value in VERDICTS
+
+
+def is_method(value: object) -> bool:
+    return isinstance(value, str) and value in METHODS

@@ -1,0 +1,73 @@
+"""One vocabulary: every verdict and method the probe can emit is stored by ingest as it was said.
+
+Before the vocabulary was one module the probe said `tls_mitm` and the
+pipeline, which did not know the word, stored `unknown`
+(`wallwatch.invalid_feature_verdict`): a blocked feature lost on the way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from wallwatch.analysis.ingest.pipeline import ingest
+from wallwatch.analysis.store import Store
+from wallwatch.lab.scenario import KNOWN_FEATURES, Expectation
+from wallwatch.probe.measurement import append_jsonl, build_measurement
+from wallwatch.probe.verdicts import RULES_VERSION, TargetVerdict, aggregate_feature
+from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, Method, Verdict
+
+# Every (verdict, method) pair a probe rule may name: blocked with each method, the others with none.
+EMITTABLE = [(Verdict.BLOCKED.value, method) for method in METHODS] + [
+    (verdict, None) for verdict in VERDICTS if verdict != Verdict.BLOCKED
+]
+
+
+def _measurement(index: int, verdict: str, method: str | None) -> dict:
+    """A whatsapp measurement whose text feature the probe's own aggregation judged `verdict/method`."""
+    target = TargetVerdict("e1.whatsapp.net:443", verdict, f"test.{verdict}", "evidence", method,
+                           confidence=0.9, strong=True)
+    features = {"text": aggregate_feature("text", [target])}
+    started = dt.datetime(2017, 9, 20, 12, 0, 0) + dt.timedelta(minutes=index)
+    return build_measurement({"x_wallwatch": {"rules_version": RULES_VERSION, "features": features}},
+                             test_name="whatsapp", test_version="0.1.0", started_at=started, runtime=1.0,
+                             probe_asn="AS4134", probe_cc="CN")
+
+
+def test_every_verdict_and_method_the_probe_can_emit_survives_ingest(tmp_path: Path) -> None:
+    path = tmp_path / "measurements.jsonl"
+    said = {}
+    for index, (verdict, method) in enumerate(EMITTABLE):
+        measurement = _measurement(index, verdict, method)
+        said[measurement["report_id"]] = (verdict, method)
+        append_jsonl(path, measurement)
+    summary = ingest([path], tmp_path / "data", workers=1)
+    assert summary.quarantined == 0 and summary.stored == len(EMITTABLE)
+    stored = {row["probe_key"].removeprefix("report:"): (row["verdict"], row["method"])
+              for row in Store(tmp_path / "data").read("verdicts").to_pylist()}
+    assert stored == said
+
+
+@pytest.mark.parametrize(("verdict", "method"), [
+    ("maybe", None),  # not a verdict
+    ("blocked", "tls_interception"),  # not a method
+    ("blocked", None),  # blocked says how
+    ("ok", "dns"),  # only blocked names a method
+])
+def test_the_probe_refuses_words_outside_the_vocabulary(verdict: str, method: str | None) -> None:
+    with pytest.raises(ValueError):
+        TargetVerdict("e1.whatsapp.net:443", verdict, "test.rule", "evidence", method)
+
+
+def test_every_method_says_what_evidence_it_needs_in_code_and_in_words() -> None:
+    for method in Method:
+        assert len(method.evidence) > 40 and method.plain and method.plain != method.value
+
+
+def test_the_lab_checks_ground_truth_against_the_same_words() -> None:
+    assert KNOWN_FEATURES == {nettest: tuple(features) for nettest, features in NETTEST_FEATURES.items()}
+    for verdict, method in EMITTABLE:
+        text = f"{verdict}/{method}" if method else verdict
+        assert str(Expectation.parse(text)) == text
