@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_ingest.py [--count 2000] [--files 4] [--repeat 3]
 
-Two corpora, each the real samples in ../shared/ooni-samples replicated round-robin
+Two corpora, each the real samples in tests/data/ooni-samples replicated round-robin
 with fresh report ids (so every record is a distinct measurement) into `--files`
 .jsonl.gz files in a temp dir:
 
@@ -60,9 +60,7 @@ from pathlib import Path
 
 import orjson
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ooni-samples"
-if not SAMPLES.is_dir():
-    SAMPLES = Path("/work/shared/ooni-samples")
+SAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "ooni-samples"
 OONIDATA_PYTHON = os.environ.get("WALLWATCH_OONIDATA_PYTHON", "/tmp/wallwatch-oonidata-venv/bin/python")
 IM_TESTS = frozenset({"whatsapp", "telegram", "signal", "facebook_messenger"})
 TARGET = 5.0

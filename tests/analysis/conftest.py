@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "ooni-samples"
-if not SAMPLES.is_dir():  # the tree may live elsewhere; the samples are a shared checkout
-    SAMPLES = Path("/work/shared/ooni-samples")
+# Real OONI measurements with their provenance (tests/data/ooni-samples/MANIFEST.tsv).
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "ooni-samples"
 
 
 @pytest.fixture(scope="session")
