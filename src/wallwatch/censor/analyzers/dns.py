@@ -9,7 +9,7 @@ it reads the first length-prefixed message (RFC 1035 §4.2.2) and is done.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
+from wallwatch.censor.analyzers.base import Analyzer, Direction, PropType, Update
 from wallwatch.protocols.dns import parse_dns
 from wallwatch.protocols.errors import ProtocolError
 
@@ -21,7 +21,9 @@ _TCP_MESSAGE_LIMIT = 4096
 
 class DnsAnalyzer(Analyzer):
     name = "dns"
-    provides = frozenset({"dns.qname", "dns.qtype"})
+    transports = frozenset({"udp", "tcp"})
+    ports = frozenset({DNS_PORT})
+    provides = {"dns.qname": PropType.NAME, "dns.qtype": PropType.NAME}
 
     def __init__(self, proto: str = "udp") -> None:
         super().__init__(proto)
@@ -29,9 +31,9 @@ class DnsAnalyzer(Analyzer):
         self._buffer = bytearray()
         self._queries = 0
 
-    @classmethod
-    def applies(cls, proto: str, server_port: int) -> bool:
-        return server_port == DNS_PORT and proto in ("udp", "tcp")
+    @property
+    def revises(self) -> bool:
+        return not self._tcp  # every datagram is a new query
 
     def feed(self, direction: Direction, data: bytes) -> tuple[Update | None, bool]:
         if direction is not Direction.TO_SERVER or not data:
