@@ -72,8 +72,13 @@ def test_dns_udp_each_query_updates_and_keeps_watching() -> None:
 
 def test_dns_tcp_length_prefixed_query_split() -> None:
     query = dns.build_query("web.whatsapp.com", "A")
-    update, done = feed_in_pieces(DnsAnalyzer("tcp"), len(query).to_bytes(2, "big") + query, 3)
+    update, done = feed_in_pieces(DnsAnalyzer("tcp"), dns.frame_tcp(query), 3)
     assert done and update == {"dns.qname": "web.whatsapp.com", "dns.qtype": "A"}
+
+
+def test_dns_tcp_gives_up_on_a_length_no_query_has() -> None:
+    assert DnsAnalyzer("tcp").feed(C2S, b"\x00\x05hello") == (None, True)  # shorter than a DNS header
+    assert DnsAnalyzer("tcp").feed(C2S, b"\x40\x00") == (None, True)  # 16 KiB: beyond what it buffers
 
 
 def test_applies() -> None:
@@ -121,7 +126,7 @@ def _samples() -> list[tuple[type[Analyzer], str, list[tuple[Direction, bytes]]]
     session = bytes(range(8))
     return [
         (DnsAnalyzer, "udp", [(C2S, query)]),
-        (DnsAnalyzer, "tcp", [(C2S, len(query).to_bytes(2, "big") + query)]),
+        (DnsAnalyzer, "tcp", [(C2S, dns.frame_tcp(query))]),
         (TlsAnalyzer, "tcp", [(C2S, tls.build_client_hello("mmg.whatsapp.net", ["h2"]))]),
         (HttpAnalyzer, "tcp", [(C2S, http.build_request_head("GET", "/?q=x", "example.org"))]),
         (WhatsAppAnalyzer, "tcp", [(C2S, chat.data_to_send())]),
