@@ -42,7 +42,6 @@ import os
 import re
 import secrets
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -635,11 +634,6 @@ def start_obfs4_client(lab: Any, server: Running) -> Running:
 READ_TIMEOUT = 10.0  # a client that sends nothing for this long is gone
 MAX_HEAD = 16 * 1024
 
-# The first message of a Telegram client's key exchange is unencrypted
-# (core.telegram.org/mtproto/description, "Unencrypted Message"):
-# auth_key_id = 0 (int64), message_id (int64), message_data_length (int32), data.
-_UNENCRYPTED_HEAD = struct.Struct("<qqi")
-REQ_PQ_MULTI = 0xBE7E8EF1  # req_pq_multi#be7e8ef1 nonce:int128 = ResPQ (TL schema, layer >= 82)
 
 
 def _record(path: Path, entry: dict[str, Any]) -> None:
@@ -648,16 +642,22 @@ def _record(path: Path, entry: dict[str, Any]) -> None:
 
 
 def describe_first_message(payload: bytes) -> dict[str, Any]:
-    """What the DC learns from the first decrypted transport packet."""
-    if len(payload) < _UNENCRYPTED_HEAD.size + 4:
+    """What the DC learns from the first decrypted transport packet (a client's first is
+    unencrypted: req_pq_multi, protocols.mtproto.REQ_PQ_MULTI)."""
+    from wallwatch.protocols.errors import Incomplete, ProtocolError
+    from wallwatch.protocols.mtproto import parse_message_head
+
+    try:
+        head = parse_message_head(payload)
+    except ProtocolError as exc:
+        return {"auth_key_id": None, "length": len(payload), "malformed": str(exc)}
+    if isinstance(head, Incomplete):
         return {"auth_key_id": None, "length": len(payload)}
-    auth_key_id, message_id, length = _UNENCRYPTED_HEAD.unpack_from(payload)
-    constructor = struct.unpack_from("<I", payload, _UNENCRYPTED_HEAD.size)[0] if auth_key_id == 0 else None
     return {
-        "auth_key_id": auth_key_id,
-        "message_id": message_id,
-        "message_length": length,
-        "constructor": f"0x{constructor:08x}" if constructor is not None else None,
+        "auth_key_id": head.auth_key_id,
+        "message_id": head.message_id,
+        "message_length": head.data_length,
+        "constructor": f"0x{head.constructor:08x}" if head.constructor is not None else None,
         "length": len(payload),
     }
 
