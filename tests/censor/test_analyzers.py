@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wallwatch.censor.analyzers import ALL_ANALYZERS, Direction, DnsAnalyzer, HttpAnalyzer, TlsAnalyzer, WhatsAppAnalyzer
-from wallwatch.protocols import dns, http, tls, whatsapp
+from tests.censor import payloads
+from wallwatch.censor.analyzers import (
+    ALL_ANALYZERS, PROPERTY_TYPES, Analyzer, Direction, DnsAnalyzer, FetAnalyzer, HttpAnalyzer, MtprotoAnalyzer,
+    OpenVpnAnalyzer, PropType, QuicAnalyzer, TlsAnalyzer, TorAnalyzer, WhatsAppAnalyzer, WireGuardAnalyzer,
+)
+from wallwatch.censor.analyzers.base import FLOW_PROPERTIES
+from wallwatch.censor.policy import KEY_TYPES
+from wallwatch.protocols import dns, http, mtproto, openvpn, quic, tls, tor, whatsapp, wireguard
 
 C2S, S2C = Direction.TO_SERVER, Direction.TO_CLIENT
 
@@ -66,8 +72,13 @@ def test_dns_udp_each_query_updates_and_keeps_watching() -> None:
 
 def test_dns_tcp_length_prefixed_query_split() -> None:
     query = dns.build_query("web.whatsapp.com", "A")
-    update, done = feed_in_pieces(DnsAnalyzer("tcp"), len(query).to_bytes(2, "big") + query, 3)
+    update, done = feed_in_pieces(DnsAnalyzer("tcp"), dns.frame_tcp(query), 3)
     assert done and update == {"dns.qname": "web.whatsapp.com", "dns.qtype": "A"}
+
+
+def test_dns_tcp_gives_up_on_a_length_no_query_has() -> None:
+    assert DnsAnalyzer("tcp").feed(C2S, b"\x00\x05hello") == (None, True)  # shorter than a DNS header
+    assert DnsAnalyzer("tcp").feed(C2S, b"\x40\x00") == (None, True)  # 16 KiB: beyond what it buffers
 
 
 def test_applies() -> None:
@@ -84,3 +95,113 @@ def test_arbitrary_bytes_never_raise(chunks: list[bytes], cls) -> None:
         assert update is None or isinstance(update, dict)
         if done:
             break
+
+
+# --- the contract: every analyzer emits only what it declares, with the declared type ---
+
+_PYTHON_TYPES = {PropType.NAME: str, PropType.TEXT: str, PropType.IP: str, PropType.INT: int, PropType.BOOL: bool}
+
+
+def _holds(kind: PropType, value: object) -> bool:
+    """None (known absent), a value of the type, or a tuple of them (any may match)."""
+    values = value if isinstance(value, tuple) else (value,)
+    return all(v is None or (isinstance(v, _PYTHON_TYPES[kind]) and (kind is PropType.BOOL or not isinstance(v, bool)))
+               for v in values)
+
+
+def _check_update(cls: type[Analyzer], update: object) -> None:
+    if update is None:
+        return
+    assert isinstance(update, dict)
+    undeclared = set(update) - set(cls.provides)
+    assert not undeclared, f"{cls.name} emitted undeclared {undeclared}"
+    for key, value in update.items():
+        assert _holds(cls.provides[key], value), f"{cls.name}: {key}={value!r} is not a {cls.provides[key]}"
+
+
+def _samples() -> list[tuple[type[Analyzer], str, list[tuple[Direction, bytes]]]]:
+    query = dns.build_query("e1.whatsapp.net", "AAAA")
+    chat = whatsapp.ChatClient(edge_routing=b"\x08\x02\x10\x01")
+    chat.initiate()
+    session = bytes(range(8))
+    return [
+        (DnsAnalyzer, "udp", [(C2S, query)]),
+        (DnsAnalyzer, "tcp", [(C2S, dns.frame_tcp(query))]),
+        (TlsAnalyzer, "tcp", [(C2S, tls.build_client_hello("mmg.whatsapp.net", ["h2"]))]),
+        (HttpAnalyzer, "tcp", [(C2S, http.build_request_head("GET", "/?q=x", "example.org"))]),
+        (WhatsAppAnalyzer, "tcp", [(C2S, chat.data_to_send())]),
+        (FetAnalyzer, "tcp", [(C2S, payloads.RANDOMISH)]),
+        (FetAnalyzer, "tcp", [(C2S, b"GET " + payloads.RANDOMISH)]),
+        (OpenVpnAnalyzer, "udp", [(C2S, openvpn.build_client_hard_reset_v2(session)),
+                                  (S2C, openvpn.build_server_hard_reset_v2(bytes(8), session)),
+                                  (C2S, openvpn.build_control(openvpn.P_ACK_V1, session, acks=(0,),
+                                                              remote_session_id=bytes(8), packet_id=None))]),
+        (OpenVpnAnalyzer, "tcp", [(C2S, openvpn.build_client_hard_reset_v2(session, tcp=True))]),
+        (WireGuardAnalyzer, "udp", [(C2S, wireguard.build_initiation(1))]),
+        (WireGuardAnalyzer, "udp", [(C2S, wireguard.build_transport(1, n)) for n in range(4)]),
+        (MtprotoAnalyzer, "tcp", [(C2S, mtproto.client(mtproto.TAG_ABRIDGED)[0])]),
+        (QuicAnalyzer, "udp", [(C2S, quic.build_initial("mmg.whatsapp.net"))]),
+        (TorAnalyzer, "tcp", [(C2S, tor.build_client_hello())]),
+    ]
+
+
+def test_every_analyzer_has_a_real_sample() -> None:
+    assert {cls for cls, _, _ in _samples()} == set(ALL_ANALYZERS)
+
+
+@pytest.mark.parametrize("cls, proto, packets", _samples(), ids=lambda v: getattr(v, "name", None) or "")
+def test_real_protocol_gives_declared_properties_of_declared_types(cls: type[Analyzer], proto: str,
+                                                                   packets: list[tuple[Direction, bytes]]) -> None:
+    analyzer = cls(proto)
+    seen: dict[str, object] = {}
+    for direction, data in packets:
+        update, done = analyzer.feed(direction, data)
+        _check_update(cls, update)
+        seen.update(update or {})
+        if done:
+            break
+    assert seen, f"{cls.name} found nothing in its own protocol"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([C2S, S2C]), st.binary(max_size=300)), min_size=1, max_size=5),
+       st.sampled_from(ALL_ANALYZERS), st.sampled_from(["tcp", "udp"]))
+def test_arbitrary_bytes_give_only_declared_properties(packets: list[tuple[Direction, bytes]], cls, proto: str) -> None:
+    if proto not in cls.transports:
+        proto = next(iter(cls.transports))
+    analyzer = cls(proto)
+    for direction, data in packets:
+        update, done = analyzer.feed(direction, data)
+        _check_update(cls, update)
+        if done:
+            break
+
+
+def test_policy_key_types_are_the_declarations() -> None:
+    declared = {key: kind for cls in ALL_ANALYZERS for key, kind in cls.provides.items()} | dict(FLOW_PROPERTIES)
+    assert dict(PROPERTY_TYPES) == declared == dict(KEY_TYPES)
+    assert sum(len(cls.provides) for cls in ALL_ANALYZERS) + len(FLOW_PROPERTIES) == len(PROPERTY_TYPES)  # none twice
+
+
+def test_a_declaration_outside_the_contract_is_refused() -> None:
+    with pytest.raises(TypeError, match="'tls.sni' must be 'sneaky.<what>'"):
+        class Sneaky(Analyzer):  # noqa: F841 - defining it is the test
+            name = "sneaky"
+            transports = frozenset({"tcp"})
+            provides = {"tls.sni": PropType.NAME}
+    with pytest.raises(TypeError, match="with a PropType"):
+        class Untyped(Analyzer):  # noqa: F841
+            name = "untyped"
+            transports = frozenset({"udp"})
+            provides = {"untyped.x": "name"}
+    with pytest.raises(TypeError, match="its transports"):
+        class Nowhere(Analyzer):  # noqa: F841
+            name = "nowhere"
+            provides = {"nowhere.x": PropType.BOOL}
+    with pytest.raises(TypeError):
+        TlsAnalyzer.provides["tls.extra"] = PropType.NAME  # type: ignore[index]  # closed once declared
+
+
+def test_only_a_udp_dns_analyzer_revises_its_properties() -> None:
+    assert DnsAnalyzer("udp").revises and not DnsAnalyzer("tcp").revises
+    assert not any(cls(next(iter(cls.transports))).revises for cls in ALL_ANALYZERS if cls is not DnsAnalyzer)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wallwatch.censor.policy import PolicyError, Tri, load_policy, parse_policy, static_drops
+from wallwatch.censor.policy import Decided, PolicyError, Tri, Undecided, load_policy, parse_policy, static_drops
 
 POLICIES = sorted((Path(__file__).parents[2] / "policies").glob("*.yaml"))
 
@@ -15,7 +15,7 @@ def rule_of(match: dict, action: str = "drop", **extra: object):
     return parse_policy({"name": "t", "rules": [{"name": "r", "match": match, "action": action, **extra}]}).rules[0]
 
 
-def matches(match: dict, props: dict, pending: frozenset[str] = frozenset()) -> int:
+def matches(match: dict, props: dict, pending: frozenset[str] = frozenset()) -> Tri:
     return rule_of(match).evaluate(props, pending.__contains__)
 
 
@@ -81,10 +81,21 @@ def test_first_match_waits_for_earlier_unknown_rules() -> None:
         {"name": "ip", "match": {"ip.dst": "198.19.9.9"}, "action": "drop"},
     ]})
     props = {"ip.dst": "198.19.9.9"}
-    assert policy.decide(props, {"tls.sni"}.__contains__) == Tri.UNKNOWN
-    assert policy.decide(props, frozenset().__contains__).name == "ip"
-    assert policy.decide({**props, "tls.sni": "x.example"}, frozenset().__contains__).name == "sni"
-    assert policy.decide({"ip.dst": "198.19.9.8"}, frozenset().__contains__) is None
+    assert policy.decide(props, {"tls.sni"}.__contains__) is Undecided.NEED_MORE_DATA
+    assert policy.decide(props, frozenset().__contains__) == Decided(policy.rules[1])
+    assert policy.decide({**props, "tls.sni": "x.example"}, frozenset().__contains__) == Decided(policy.rules[0])
+    assert policy.decide({"ip.dst": "198.19.9.8"}, frozenset().__contains__) is Undecided.NO_MATCH
+
+
+def test_a_skipped_coin_lets_the_rules_below_decide() -> None:
+    policy = parse_policy({"name": "p", "rules": [
+        {"name": "sometimes", "match": {"ip.dst": "198.19.9.9"}, "action": "drop", "probability": 0.5},
+        {"name": "port", "match": {"port.dst": 443}, "action": "reset"},
+    ]})
+    props = {"ip.dst": "198.19.9.9", "port.dst": 443}
+    assert policy.decide(props, frozenset().__contains__, lambda rule: True) == Decided(policy.rules[0])
+    assert policy.decide(props, frozenset().__contains__, lambda rule: False) == Decided(policy.rules[1])
+    assert policy.decide({"ip.dst": "198.19.9.9"}, frozenset().__contains__, lambda rule: False) is Undecided.NO_MATCH
 
 
 @pytest.mark.parametrize("document, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -10,10 +11,11 @@ from cryptography import x509
 
 from wallwatch.lab import addresses
 from wallwatch.lab.ca import make_lab_certificates
-from wallwatch.lab.dns_server import answer
+from wallwatch.lab.dns_server import answer, start_dns
 from wallwatch.lab.https_server import MediaStore, Request, registration_handler, web_handler
 from wallwatch.probe.settings import AddressMap
-from wallwatch.protocols.dns import build_query, parse_dns
+from wallwatch.protocols.dns import build_query, frame_tcp, parse_dns, unframe_tcp
+from wallwatch.protocols.errors import Incomplete
 
 
 def test_the_lab_address_map_as_the_probe_reads_it() -> None:
@@ -42,6 +44,36 @@ def test_dns_answers() -> None:
     assert answer(b"\x00garbage", addresses.NAMES) is None
     response = answer(build_query("e1.whatsapp.net"), addresses.NAMES) or b""
     assert answer(response, addresses.NAMES) is None  # responses are never answered (no loops)
+
+
+def test_dns_over_tcp_answers_pipelined_split_queries_and_closes_on_a_bad_length() -> None:
+    async def exchange() -> tuple[list[str], bytes]:
+        udp, tcp = await start_dns("127.0.0.1", addresses.NAMES, port=0)
+        port = tcp.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            stream = frame_tcp(build_query("v.whatsapp.net", query_id=1)) + frame_tcp(build_query("signal.org", query_id=2))
+            for piece in (stream[:1], stream[1:30], stream[30:]):  # the server must reassemble
+                writer.write(piece)
+                await writer.drain()
+            received, rcodes = b"", []
+            while len(rcodes) < 2:
+                framed = unframe_tcp(received)
+                if isinstance(framed, Incomplete):
+                    received += await asyncio.wait_for(reader.read(4096), 5)
+                    continue
+                rcodes.append(parse_dns(framed[0]).rcode)
+                received = received[framed[1]:]
+            writer.write(b"\x00\x03abc")  # no DNS message is 3 bytes long
+            closed = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return rcodes, closed
+        finally:
+            udp.close()  # type: ignore[attr-defined]
+            tcp.close()  # type: ignore[attr-defined]
+
+    rcodes, after_bad_length = asyncio.run(exchange())
+    assert rcodes == ["NOERROR", "NXDOMAIN"] and after_bad_length == b""
 
 
 def test_http_handlers() -> None:

@@ -169,3 +169,54 @@ def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
             mt.unframe(tag, data)
         except ProtocolError:
             pass
+
+
+def _unencrypted(message_id: int, data: bytes) -> bytes:
+    """An unencrypted message written out from core.telegram.org/mtproto/description."""
+    return bytes(8) + message_id.to_bytes(8, "little") + len(data).to_bytes(4, "little") + data
+
+
+def test_message_head_of_req_pq_multi_by_hand() -> None:
+    nonce = os.urandom(16)
+    data = mt.REQ_PQ_MULTI.to_bytes(4, "little") + nonce
+    message = _unencrypted(0x5F00_0000_0000_0004, data)
+    assert mt.parse_message_head(message) == mt.MessageHead(0, 0x5F00_0000_0000_0004, 20, 0xBE7E8EF1)
+    padded = message + os.urandom(7)  # padded intermediate: random bytes after the data
+    assert mt.parse_message_head(padded) == mt.parse_message_head(message)
+    for cut in (0, 8, 23):
+        assert mt.parse_message_head(message[:cut]) == Incomplete(24)
+    assert mt.parse_message_head(message[:30]) == Incomplete(len(message))
+
+
+def test_message_head_of_an_encrypted_message() -> None:
+    msg_key = os.urandom(16)
+    head = mt.parse_message_head((0x1122334455667788).to_bytes(8, "little") + msg_key + os.urandom(40))
+    assert isinstance(head, mt.MessageHead) and head.encrypted
+    assert (head.auth_key_id, head.msg_key, head.message_id, head.constructor) == (0x1122334455667788, msg_key, None, None)
+
+
+@pytest.mark.parametrize("length", [-1, 0, 3, mt.MAX_PACKET + 1])
+def test_message_head_with_an_impossible_length(length: int) -> None:
+    with pytest.raises(ProtocolError):
+        mt.parse_message_head(bytes(16) + length.to_bytes(4, "little", signed=True) + bytes(8))
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=80))
+def test_message_head_of_arbitrary_bytes_is_a_head_incomplete_or_protocol_error(data: bytes) -> None:
+    try:
+        result = mt.parse_message_head(data)
+    except ProtocolError:
+        return
+    assert isinstance(result, (mt.MessageHead, Incomplete))
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=4, max_size=200), st.integers(min_value=0, max_value=2**63 - 1), st.integers(0, 230))
+def test_message_head_at_every_cut(data: bytes, message_id: int, cut: int) -> None:
+    message = _unencrypted(message_id, data)
+    result = mt.parse_message_head(message[:cut])
+    if cut >= len(message):
+        assert result == mt.MessageHead(0, message_id, len(data), int.from_bytes(data[:4], "little"))
+    else:
+        assert isinstance(result, Incomplete) and result.needed is not None and result.needed > cut

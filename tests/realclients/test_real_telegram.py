@@ -10,6 +10,7 @@ from realclients_helpers import DecisionLog, client_tool, require_properties, ru
 
 from wallwatch.lab import vpn_servers
 from wallwatch.lab.topology import Lab
+from wallwatch.protocols import mtproto
 
 pytestmark = pytest.mark.lab
 
@@ -42,7 +43,7 @@ def test_telethon_first_message_reaches_the_dc_with_allow_all(allow_all: Lab, te
     # Telethon's ConnectionTcpObfuscated frames with the abridged codec and opens the key exchange with req_pq_multi.
     assert first["transport"] == "abridged"
     assert first["auth_key_id"] == 0
-    assert first["constructor"] == f"0x{vpn_servers.REQ_PQ_MULTI:08x}"
+    assert first["constructor"] == f"0x{mtproto.REQ_PQ_MULTI:08x}"
     assert first["message_length"] == 20  # constructor + int128 nonce
 
 

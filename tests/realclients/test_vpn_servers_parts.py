@@ -39,7 +39,7 @@ async def _dc_exchange(record: Path, payloads: list[bytes]) -> None:
 def _req_pq_multi(tag: bytes) -> bytes:
     header, session = mtproto.client(tag, dc_id=2)
     nonce = os.urandom(16)
-    body = (vpn_servers.REQ_PQ_MULTI).to_bytes(4, "little") + nonce
+    body = mtproto.REQ_PQ_MULTI.to_bytes(4, "little") + nonce
     message = (0).to_bytes(8, "little") + (7 << 32).to_bytes(8, "little") + len(body).to_bytes(4, "little") + body
     return header + session.send.apply(mtproto.frame(tag, message))
 

@@ -18,10 +18,10 @@ from wallwatch.censor.actions import (
     ACCEPT, DROP, VERDICT_ALLOW, VERDICT_DROP, Decision, Injection, class_mark, dns_injection, offload_mark,
     reset_injections,
 )
-from wallwatch.censor.analyzers import ALL_ANALYZERS, Direction
-from wallwatch.censor.analyzers.dns import DnsAnalyzer
+from wallwatch.censor.analyzers import ALL_ANALYZERS, Analyzer, Direction
+from wallwatch.censor.analyzers.base import flow_properties
 from wallwatch.censor.flows import MAX_FLOWS, Flow, FlowTable
-from wallwatch.censor.policy import Policy, Rule, Throttle, Tri
+from wallwatch.censor.policy import Decided, Policy, Rule, Throttle, Undecided
 from wallwatch.protocols import inet
 from wallwatch.protocols.errors import ProtocolError
 
@@ -98,7 +98,7 @@ class Censor:
         self.generation = 0
         self.policy = policy
         self._used_keys: frozenset[str] = frozenset()
-        self._analyzers: tuple[type, ...] = ()
+        self._analyzers: tuple[type[Analyzer], ...] = ()
         self.load(policy)
 
     # --- policy -----------------------------------------------------------
@@ -109,7 +109,7 @@ class Censor:
         self.generation += 1
         self._used_keys = frozenset(k for rule in policy.rules for k in rule.keys)
         # Only run analyzers some rule needs: with no rule on tls.* no ClientHello is parsed.
-        self._analyzers = tuple(a for a in ALL_ANALYZERS if a.provides & self._used_keys)
+        self._analyzers = tuple(a for a in ALL_ANALYZERS if a.provides.keys() & self._used_keys)
 
     def mark(self, verdict: int) -> int:
         return offload_mark(self.generation, verdict) if self.offload else 0
@@ -168,15 +168,9 @@ class Censor:
         return self._decide(flow, packet, from_client, now)
 
     def _start(self, flow: Flow) -> None:
-        server_port = flow.server[1]
-        flow.props.update({
-            "proto": flow.proto, "ip.src": flow.client[0], "ip.dst": flow.server[0],
-            "port.src": flow.client[1], "port.dst": server_port,
-            # The GFW's QUIC port rule (protocols.quic.gfw_inspects_ports): src > dst.
-            "quic.src_port_gt_dst": flow.client[1] > server_port,
-        })
+        flow.props.update(flow_properties(flow.proto, flow.client, flow.server))
         flow.extra["serial"] = self.flows.created
-        flow.analyzers = [cls(flow.proto) for cls in self._analyzers if cls.applies(flow.proto, server_port)]
+        flow.analyzers = [cls(flow.proto) for cls in self._analyzers if cls.applies(flow.proto, flow.server[1])]
         flow.pending_keys = set().union(*(a.provides for a in flow.analyzers)) if flow.analyzers else set()
 
     @staticmethod
@@ -216,19 +210,15 @@ class Censor:
     # --- rules and actions --------------------------------------------------
 
     def _decide(self, flow: Flow, packet: inet.Packet, from_client: bool, now: float) -> Decision:
-        pending = flow.pending_keys
-        result = self.policy.decide(flow.props, pending.__contains__, lambda rule: self._fires(rule, flow))
-        if result == Tri.UNKNOWN:
-            self.counters["undecided"] += 1
-            return ACCEPT
-        if result is None:
-            if any(isinstance(a, DnsAnalyzer) and a.proto == "udp" for a in flow.analyzers):
-                # A later query on this UDP flow may still match: keep watching.
-                self.counters["undecided"] += 1
-                return ACCEPT
+        result = self.policy.decide(flow.props, flow.pending_keys.__contains__, lambda rule: self._fires(rule, flow))
+        if isinstance(result, Decided):
+            return self._apply(result.rule, flow, packet, from_client, now)
+        if result is Undecided.NO_MATCH and not any(a.revises for a in flow.analyzers):
             return self._settle(flow, "allow", None, now)
-        assert isinstance(result, Rule)
-        return self._apply(result, flow, packet, from_client, now)
+        # A rule waits for a property, or a live analyzer may still revise one
+        # (the next query on a UDP DNS flow): keep watching.
+        self.counters["undecided"] += 1
+        return ACCEPT
 
     def _apply(self, rule: Rule, flow: Flow, packet: inet.Packet, from_client: bool, now: float) -> Decision:
         action = rule.action

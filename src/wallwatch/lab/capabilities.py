@@ -13,9 +13,7 @@ import secrets
 import shutil
 import subprocess
 
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+from wallwatch.lab.netns import run as _run
 
 
 def _why(result: subprocess.CompletedProcess[str]) -> str:

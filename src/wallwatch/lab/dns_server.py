@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from typing import Mapping
 
-from wallwatch.protocols.dns import build_response, parse_dns
-from wallwatch.protocols.errors import ProtocolError
+from wallwatch.protocols.dns import build_response, frame_tcp, parse_dns, unframe_tcp
+from wallwatch.protocols.errors import Incomplete, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +23,6 @@ DNS_PORT = 53
 # answers use and a common authority default.
 ANSWER_TTL = 300
 TCP_IDLE_TIMEOUT = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes, for idle TCP
-MAX_TCP_MESSAGE = 65535  # the 2-byte length prefix's limit (RFC 1035 §4.2.2)
 
 
 def answer(query: bytes, names: Mapping[str, str]) -> bytes | None:
@@ -61,17 +59,22 @@ class _UdpResolver(asyncio.DatagramProtocol):
 async def _serve_tcp_client(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, names: Mapping[str, str]
 ) -> None:
+    buffer = b""
     try:
         while True:
-            length_bytes = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
-            (length,) = struct.unpack("!H", length_bytes)
-            query = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
+            framed = unframe_tcp(buffer)
+            while isinstance(framed, Incomplete):  # read exactly what the framing says is missing
+                assert framed.needed is not None
+                buffer += await asyncio.wait_for(reader.readexactly(framed.needed - len(buffer)), TCP_IDLE_TIMEOUT)
+                framed = unframe_tcp(buffer)
+            query, used = framed
+            buffer = buffer[used:]
             response = answer(query, names)
             if response is None:
                 break
-            writer.write(struct.pack("!H", len(response)) + response)
+            writer.write(frame_tcp(response))
             await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, ProtocolError):
         pass
     finally:
         writer.close()

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from wallwatch.lab import addresses
+from wallwatch.lab import addresses, netns
+from wallwatch.lab.netns import INTERNET_IF, log_tail, process_is_ours
 from wallwatch.probe.settings import LAB_ENV  # set for commands run in the client: the probe's switch to lab mode
 
 DEFAULT_STATE_PATH = Path("/run/wallwatch/lab.json")
@@ -48,17 +49,15 @@ _ROLE_SUFFIX = {"client": "client", "censor": "censor", "services": "svc"}
 # The optional digits are the ISP number of a multi-ISP lab.
 NAMESPACE_PATTERN = re.compile(r"^ww(?P<run>[0-9a-z]+)-(?P<role>client|censor|svc)(?P<isp>[0-9]*)$")
 
-# Interface names are per namespace, so fixed names are fine and read well in `ip a`.
-CLIENT_IF, CENSOR_CLIENT_IF, CENSOR_SERVICES_IF, SERVICES_IF, INTERNET_IF = (
-    "to-censor", "to-client", "to-services", "to-censor", "internet",
-)
+# Interface names are per namespace, so fixed names are fine and read well in `ip a`
+# (the services namespace's lab-internet link is netns.INTERNET_IF).
+CLIENT_IF, CENSOR_CLIENT_IF, CENSOR_SERVICES_IF, SERVICES_IF = "to-censor", "to-client", "to-services", "to-censor"
 ALLOW_ALL_POLICY: Mapping[str, Any] = {"name": "allow-all", "description": "no rules: every flow is allowed", "rules": []}
 
 ISP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 START_TIMEOUT = 30.0  # services import cryptography/noise and bind ~40 sockets; seconds on a busy 2-core box
 STOP_TIMEOUT = 5.0  # SIGTERM grace before SIGKILL; the censor removes its iptables rules in it
-POLL_INTERVAL = 0.05
 
 
 class LabError(RuntimeError):
@@ -129,18 +128,12 @@ def namespace_names(run_id: str) -> dict[str, str]:
     return {role: f"ww{run_id}-{_ROLE_SUFFIX[role]}" for role in ROLES}
 
 
-def _run(argv: Sequence[str], *, input: str | None = None, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False)
-
-
 def _must(argv: Sequence[str], what: str, *, input: str | None = None) -> None:
-    result = _run(argv, input=input)
-    if result.returncode != 0:
-        raise LabError(f"{what} failed ({' '.join(argv)}): {result.stderr.strip() or result.stdout.strip()}")
+    netns.must(argv, what, LabError, input=input)
 
 
 def existing_namespaces() -> set[str]:
-    result = _run(["ip", "netns", "list"])
+    result = netns.run(["ip", "netns", "list"])
     return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
 
 
@@ -162,48 +155,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
 # --- processes ----------------------------------------------------------------
-
-
-def _process_is_ours(pid: int, marker: str) -> bool:
-    """Alive, not a zombie, and its command line names our workdir (guards against pid reuse)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state != "Z" and marker.encode() in cmdline
-
-
-def _stop_process(pid: int, marker: str, child: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process group, wait, then SIGKILL it. Only if it is still ours."""
-    if not _process_is_ours(pid, marker):
-        if child is not None:
-            child.poll()
-        return
-    for signum, grace in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signum)  # started with start_new_session: pid is the group id
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if child is not None and child.poll() is not None:
-                return
-            if child is None and not _process_is_ours(pid, marker):
-                return
-            time.sleep(POLL_INTERVAL)
 
 
 def _kill_namespace_pids(namespace: str) -> None:
     """Kill whatever still runs inside a lab namespace (e.g. a `lab exec` command), so it can go."""
-    result = _run(["ip", "netns", "pids", namespace])
+    result = netns.run(["ip", "netns", "pids", namespace])
     pids = [int(p) for p in result.stdout.split() if p.isdigit()]
     for signum in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
@@ -212,7 +169,7 @@ def _kill_namespace_pids(namespace: str) -> None:
         deadline = time.monotonic() + 1.0
         while pids and time.monotonic() < deadline:
             pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-            time.sleep(POLL_INTERVAL)
+            time.sleep(netns.POLL_INTERVAL)
         if not pids:
             return
 
@@ -391,7 +348,7 @@ class Lab:
         prefixes (the kernel answers for them locally and routes nothing else).
         Kernels built without CONFIG_DUMMY exist (the project's Firecracker guests).
         """
-        result = _run(["ip", "-n", services_ns, "link", "add", INTERNET_IF, "type", "dummy"])
+        result = netns.run(["ip", "-n", services_ns, "link", "add", INTERNET_IF, "type", "dummy"])
         if result.returncode != 0:
             return "lo"
         _must(["ip", "-n", services_ns, "link", "set", INTERNET_IF, "up"], "bringing the dummy link up")
@@ -414,18 +371,10 @@ class Lab:
                 (site.censor_ns, CENSOR_SERVICES_IF),
                 (services, site.services_if),
             ):
-                _run(["ip", "netns", "exec", namespace, "ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"])
+                netns.run_in(namespace, ["ethtool", "-K", device, "tso", "off", "gso", "off", "gro", "off"])
 
     def _spawn(self, namespace: str, argv: Sequence[str], log_name: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / log_name, "ab") as log:
-            return subprocess.Popen(
-                ["ip", "netns", "exec", namespace, *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: down() stops it and its children together
-                cwd=self.workdir,
-            )
+        return netns.spawn(namespace, argv, self.workdir / log_name, cwd=self.workdir)
 
     def _start_services(self, timeout: float) -> None:
         ready_file = self.workdir / "services-ready.json"
@@ -436,13 +385,8 @@ class Lab:
         )
         self._services_pid = self._services.pid
         self._write_state()
-        deadline = time.monotonic() + timeout
-        while not ready_file.exists():
-            if self._services.poll() is not None:
-                raise LabError(f"the services process exited with {self._services.returncode}:\n{_log_tail(self.workdir / 'services.log')}")
-            if time.monotonic() > deadline:
-                raise LabError(f"services not ready after {timeout:.0f} s:\n{_log_tail(self.workdir / 'services.log')}")
-            time.sleep(POLL_INTERVAL)
+        netns.wait_for(ready_file.exists, self._services, name="the services process", what=ready_file.name,
+                       timeout=timeout, log_path=self.workdir / "services.log", error=LabError)
 
     def _write_policy(self, site: IspSite, policy: str | Path | Mapping[str, Any]) -> str:
         if isinstance(policy, Mapping):
@@ -489,7 +433,7 @@ class Lab:
         if process is not None:
             return process.poll() is None
         pid = self._censor_pids.get(site.isp.id)
-        return pid is not None and _process_is_ours(pid, str(self.workdir))
+        return pid is not None and process_is_ours(pid, str(self.workdir))
 
     def _await_policy(self, site: IspSite, sha256: str, previous: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         """Wait for the censor's status to report `sha256`, or an error newer than `previous`."""
@@ -504,13 +448,13 @@ class Lab:
             if status is not None and status != previous and status.get("error"):
                 raise LabError(f"the censor{where} rejected the policy: {status['error']}")
             if not self._censor_alive(site):
-                raise LabError(f"the censor{where} exited:\n{_log_tail(self.workdir / site.log_name)}")
+                raise LabError(f"the censor{where} exited:\n{log_tail(self.workdir / site.log_name)}")
             if time.monotonic() > deadline:
                 raise LabError(
                     f"the censor{where} did not report policy {sha256[:12]} within {timeout:.0f} s "
-                    f"(status: {status}):\n{_log_tail(self.workdir / site.log_name)}"
+                    f"(status: {status}):\n{log_tail(self.workdir / site.log_name)}"
                 )
-            time.sleep(POLL_INTERVAL)
+            time.sleep(netns.POLL_INTERVAL)
 
     # -- state
 
@@ -620,7 +564,7 @@ class Lab:
         sites = [self.site(isp_id) for isp_id in policies]
         for site in sites:
             if site.isp.id not in self._censor_pids or not self._censor_alive(site):
-                raise LabError(f"the censor of ISP {site.isp.id} is not running:\n{_log_tail(self.workdir / site.log_name)}")
+                raise LabError(f"the censor of ISP {site.isp.id} is not running:\n{log_tail(self.workdir / site.log_name)}")
         pending = []
         for site in sites:
             previous = _read_json(site.status_path)
@@ -634,12 +578,12 @@ class Lab:
         present = existing_namespaces()
         marker = str(self.workdir)
         report = {f"namespace {name}": name in present for name in self.all_namespaces()}
-        report["services"] = self._services_pid is not None and _process_is_ours(self._services_pid, marker)
+        report["services"] = self._services_pid is not None and process_is_ours(self._services_pid, marker)
         if self.censor_enabled:
             for site in self.sites:
                 pid = self._censor_pids.get(site.isp.id)
                 key = "censor" if not self.multi_isp else f"censor {site.isp.id}"
-                report[key] = pid is not None and _process_is_ours(pid, marker)
+                report[key] = pid is not None and process_is_ours(pid, marker)
         return report
 
     # -- tearing down
@@ -655,9 +599,9 @@ class Lab:
         for site in self.sites:
             pid = self._censor_pids.get(site.isp.id)
             if pid is not None:
-                _stop_process(pid, marker, self._censors.get(site.isp.id))
+                netns.stop_group(pid, grace=STOP_TIMEOUT, child=self._censors.get(site.isp.id), marker=marker)
         if self._services_pid is not None:
-            _stop_process(self._services_pid, marker, self._services)
+            netns.stop_group(self._services_pid, grace=STOP_TIMEOUT, child=self._services, marker=marker)
         _remove_namespaces(self.run_id)
         shutil.rmtree(self.workdir, ignore_errors=True)
         state = _read_json(self.state_path)
@@ -699,7 +643,7 @@ def run_namespaces(run_id: str, present: set[str] | None = None) -> list[str]:
 def _remove_namespaces(run_id: str) -> None:
     for namespace in run_namespaces(run_id):
         _kill_namespace_pids(namespace)
-        _run(["ip", "netns", "del", namespace])
+        netns.run(["ip", "netns", "del", namespace])
 
 
 def _refuse_live_lab(state_path: Path) -> None:

@@ -42,13 +42,14 @@ import os
 import re
 import secrets
 import signal
-import struct
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from wallwatch.lab import netns
+from wallwatch.lab.netns import log_tail
 
 # --- addresses and ports (see the module docstring) ---------------------------
 OPENVPN_ADDRESS = "198.19.4.1"
@@ -80,8 +81,6 @@ HTTP_BACKEND_BODY = b"wallwatch real-clients backend: ok\n"
 
 START_TIMEOUT = 15.0  # a daemon that is not listening by then has failed
 STOP_GRACE = 3.0  # SIGTERM to SIGKILL
-POLL = 0.05
-COMMAND_TIMEOUT = 10.0
 
 REAL_SERVERS_DIR = "realservers"
 
@@ -90,28 +89,21 @@ class RealServerError(RuntimeError):
     """A real server or client could not be started; the message has its log tail."""
 
 
+class LabLike(Protocol):
+    """What the start functions need of a running lab (topology.Lab has it)."""
+
+    @property
+    def namespaces(self) -> Mapping[str, str]: ...  # role ("client", "services") -> namespace
+
+    workdir: Path
+    run_id: str
+
+
 # --- processes -----------------------------------------------------------------
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def _ns_run(namespace: str, argv: Sequence[str], *, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", "netns", "exec", namespace, *argv], input=input, capture_output=True, text=True,
-        timeout=COMMAND_TIMEOUT, check=False,
-    )
-
-
 def _ns_must(namespace: str, argv: Sequence[str], what: str) -> str:
-    result = _ns_run(namespace, argv)
-    if result.returncode != 0:
-        raise RealServerError(f"{what} failed ({' '.join(argv)}): {(result.stderr or result.stdout).strip()}")
-    return result.stdout
+    return netns.must(["ip", "netns", "exec", namespace, *argv], what, RealServerError)
 
 
 @dataclass
@@ -128,14 +120,7 @@ class Daemon:
               env: Mapping[str, str] | None = None) -> Daemon:
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = workdir / f"{name}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", namespace, *argv],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group: stop() ends it and any children together
-                cwd=workdir, env={**os.environ, **(env or {})},
-            )
-        return cls(name, namespace, process, log_path)
+        return cls(name, namespace, netns.spawn(namespace, argv, log_path, cwd=workdir, env=env), log_path)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -145,32 +130,15 @@ class Daemon:
 
     def wait_for(self, ready: Callable[[], Any], what: str, timeout: float = START_TIMEOUT) -> Any:
         """Poll `ready()` until it returns something truthy; fail if the process dies first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = ready()
-            if value:
-                return value
-            if not self.alive():
-                raise RealServerError(f"{self.name} exited with {self.process.returncode} before {what}:\n{_log_tail(self.log_path)}")
-            if time.monotonic() > deadline:
-                raise RealServerError(f"{self.name}: no {what} after {timeout:.0f} s:\n{_log_tail(self.log_path)}")
-            time.sleep(POLL)
+        return netns.wait_for(ready, self.process, name=self.name, what=what, timeout=timeout,
+                              log_path=self.log_path, error=RealServerError)
 
     def wait_for_log(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
         regex = re.compile(pattern)
         return self.wait_for(lambda: regex.search(self.log()), repr(pattern), timeout)
 
     def stop(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            if self.process.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(STOP_GRACE)
-        # Children that outlived the leader (same group) go too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        netns.stop_group(self.process.pid, grace=STOP_GRACE, child=self.process)
 
 
 @dataclass
@@ -192,7 +160,7 @@ class Running:
         return bool(self.daemons) and all(d.alive() for d in self.daemons)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {d.name}\n{_log_tail(d.log_path, 40)}" for d in self.daemons)
+        return "\n".join(f"--- {d.name}\n{log_tail(d.log_path, 40)}" for d in self.daemons)
 
     def stop(self) -> None:
         for daemon in reversed(self.daemons):
@@ -219,70 +187,61 @@ def _stop_on_error(running: Running):  # type: ignore[no-untyped-def]
         raise
 
 
-def _workdir(lab: Any, name: str) -> Path:
+def _workdir(lab: LabLike, name: str) -> Path:
     path = Path(lab.workdir) / REAL_SERVERS_DIR / f"{name}-{secrets.token_hex(2)}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _internet_device(namespace: str) -> str:
-    """The svc namespace's lab-internet link: the dummy, or loopback where the kernel has no dummy (see topology)."""
-    from wallwatch.lab.topology import INTERNET_IF
-
-    return INTERNET_IF if _ns_run(namespace, ["ip", "link", "show", INTERNET_IF]).returncode == 0 else "lo"
-
-
-def _add_service_address(lab: Any, running: Running, address: str) -> None:
+def _add_service_address(lab: LabLike, running: Running, address: str) -> None:
     """Give the svc namespace `address`/32, unless it has it already (then the owner removes it)."""
     namespace = lab.namespaces["services"]
     if ipaddress.ip_address(address) not in ipaddress.ip_network("198.19.0.0/16"):
         raise ValueError(f"{address} is not a lab-internet address (198.19.0.0/16)")
-    device = _internet_device(namespace)
-    result = _ns_run(namespace, ["ip", "addr", "add", f"{address}/32", "dev", device])
+    device = netns.internet_device(namespace)
+    result = netns.run_in(namespace, ["ip", "addr", "add", f"{address}/32", "dev", device])
     if result.returncode == 0:
-        running.undo.append(lambda: _ns_run(namespace, ["ip", "addr", "del", f"{address}/32", "dev", device]) and None)
+        running.undo.append(lambda: netns.run_in(namespace, ["ip", "addr", "del", f"{address}/32", "dev", device]) and None)
     elif "File exists" not in result.stderr:
         raise RealServerError(f"adding {address} in {namespace}: {result.stderr.strip()}")
 
 
 def _listening(namespace: str, proto: str, address: str, port: int) -> bool:
     flag = "-Hltn" if proto == "tcp" else "-Hlun"
-    out = _ns_run(namespace, ["ss", flag]).stdout
+    out = netns.run_in(namespace, ["ss", flag]).stdout
     return any(f"{address}:{port} " in line or f"0.0.0.0:{port} " in line or f"*:{port} " in line for line in out.splitlines())
 
 
-def _python_server(lab: Any, running: Running, kind: str, args: Sequence[str]) -> Daemon:
-    daemon = Daemon.spawn(kind, lab.namespaces["services"], [sys.executable, "-m", "wallwatch.lab.vpn_servers", kind, *args],
-                          running.workdir)
-    running.daemons.append(daemon)
-    return daemon
+def _start_python_server(lab: LabLike, kind: str, address: str, port: int, workdir: Path,
+                         args: Sequence[str] = ()) -> Running:
+    """One of the servers written here (`main`) on `address`:`port` in the svc namespace, once it listens."""
+    running = Running(kind, address, port, workdir)
+    with _stop_on_error(running):
+        _add_service_address(lab, running, address)
+        argv = [sys.executable, "-m", "wallwatch.lab.vpn_servers", kind, "--listen", f"{address}:{port}", *args]
+        daemon = Daemon.spawn(kind, lab.namespaces["services"], argv, workdir)
+        running.daemons.append(daemon)
+        daemon.wait_for(lambda: _listening(lab.namespaces["services"], "tcp", address, port), f"listener on {address}:{port}")
+    return running
 
 
 # --- the plain HTTP backend ----------------------------------------------------
 
 
-def start_http_backend(lab: Any, address: str = HTTP_BACKEND_ADDRESS, port: int = HTTP_BACKEND_PORT) -> Running:
+def start_http_backend(lab: LabLike, address: str = HTTP_BACKEND_ADDRESS, port: int = HTTP_BACKEND_PORT) -> Running:
     """A plain HTTP/1.1 server answering every request with HTTP_BACKEND_BODY (the target behind proxies)."""
-    running = Running("http-backend", address, port, _workdir(lab, "http-backend"))
-    with _stop_on_error(running):
-        _add_service_address(lab, running, address)
-        daemon = _python_server(lab, running, "http-backend", ["--listen", f"{address}:{port}"])
-        daemon.wait_for(lambda: _listening(lab.namespaces["services"], "tcp", address, port), f"listener on {address}:{port}")
-    return running
+    return _start_python_server(lab, "http-backend", address, port, _workdir(lab, "http-backend"))
 
 
 # --- the emulated Telegram data centre ----------------------------------------
 
 
-def start_telegram_dc(lab: Any, address: str = TELEGRAM_DC_ADDRESS, port: int = TELEGRAM_DC_PORT) -> Running:
+def start_telegram_dc(lab: LabLike, address: str = TELEGRAM_DC_ADDRESS, port: int = TELEGRAM_DC_PORT) -> Running:
     """The emulated DC. `info["record"]` is its JSON-lines record (read it with `telegram_dc_records`)."""
-    running = Running("telegram-dc", address, port, _workdir(lab, "telegram-dc"))
-    record = running.workdir / "dc-record.jsonl"
+    workdir = _workdir(lab, "telegram-dc")
+    record = workdir / "dc-record.jsonl"
+    running = _start_python_server(lab, "telegram-dc", address, port, workdir, ["--record", str(record)])
     running.info["record"] = record
-    with _stop_on_error(running):
-        _add_service_address(lab, running, address)
-        daemon = _python_server(lab, running, "telegram-dc", ["--listen", f"{address}:{port}", "--record", str(record)])
-        daemon.wait_for(lambda: _listening(lab.namespaces["services"], "tcp", address, port), f"listener on {address}:{port}")
     return running
 
 
@@ -355,7 +314,7 @@ def _openvpn_pki(directory: Path) -> dict[str, Path]:
 OPENVPN_READY = r"Initialization Sequence Completed"
 
 
-def start_openvpn_server(lab: Any, address: str = OPENVPN_ADDRESS, port: int = OPENVPN_PORT,
+def start_openvpn_server(lab: LabLike, address: str = OPENVPN_ADDRESS, port: int = OPENVPN_PORT,
                          protos: Sequence[str] = ("udp", "tcp")) -> Running:
     """Debian's openvpn as a TLS-mode server, one process per transport.
 
@@ -393,7 +352,7 @@ def start_openvpn_server(lab: Any, address: str = OPENVPN_ADDRESS, port: int = O
     return running
 
 
-def start_openvpn_client(lab: Any, server: Running, proto: str = "udp", *,
+def start_openvpn_client(lab: LabLike, server: Running, proto: str = "udp", *,
                          route_through_tunnel: Sequence[str] = (HTTP_BACKEND_ADDRESS,)) -> Running:
     """Debian's openvpn as a client in the client namespace. Does not wait for the tunnel:
     call `openvpn_client_connected(client, timeout)`.
@@ -450,13 +409,13 @@ def _wireguard_keypair() -> tuple[str, str]:
 WIREGUARD_SOCKET_DIR = Path("/var/run/wireguard")  # wireguard-go's UAPI sockets, shared by all namespaces
 
 
-def _interface_name(prefix: str, lab: Any) -> str:
+def _interface_name(prefix: str, lab: LabLike) -> str:
     # UAPI sockets live in one directory for every namespace, so names carry the
     # run id (IFNAMSIZ: at most 15 characters).
     return f"{prefix}{lab.run_id}"[:12] + secrets.token_hex(1)[:2]
 
 
-def _start_wireguard_interface(lab: Any, running: Running, role: str, interface: str, private_key: str,
+def _start_wireguard_interface(lab: LabLike, running: Running, role: str, interface: str, private_key: str,
                                address_cidr: str, wg_args: Sequence[str]) -> None:
     namespace = lab.namespaces[role]
     key_file = running.workdir / f"{interface}.key"
@@ -474,7 +433,7 @@ def _start_wireguard_interface(lab: Any, running: Running, role: str, interface:
     _ns_must(namespace, ["ip", "link", "set", interface, "up"], "bringing the tunnel up")
 
 
-def start_wireguard_server(lab: Any, address: str = WIREGUARD_ADDRESS, port: int = WIREGUARD_PORT) -> Running:
+def start_wireguard_server(lab: LabLike, address: str = WIREGUARD_ADDRESS, port: int = WIREGUARD_PORT) -> Running:
     """wireguard-go over TUN in the svc namespace, configured with wg(8), one peer slot.
 
     `info` has the server's public key, the client's key pair and both tunnel
@@ -497,7 +456,7 @@ def start_wireguard_server(lab: Any, address: str = WIREGUARD_ADDRESS, port: int
     return running
 
 
-def start_wireguard_client(lab: Any, server: Running, *,
+def start_wireguard_client(lab: LabLike, server: Running, *,
                            route_through_tunnel: Sequence[str] = (HTTP_BACKEND_ADDRESS,)) -> Running:
     """wireguard-go + wg in the client namespace, peered with `server`. No handshake is
     sent until traffic is: ping `server.info["tunnel_server"]` to start one."""
@@ -517,7 +476,7 @@ def start_wireguard_client(lab: Any, server: Running, *,
     return running
 
 
-def wireguard_latest_handshake(lab: Any, role: str, interface: str) -> int:
+def wireguard_latest_handshake(lab: LabLike, role: str, interface: str) -> int:
     """Unix time of the interface's latest handshake with its peer (0: none), from `wg show`."""
     out = _ns_must(lab.namespaces[role], ["wg", "show", interface, "latest-handshakes"], "wg show")
     stamps = [int(line.split()[1]) for line in out.splitlines() if len(line.split()) == 2]
@@ -527,7 +486,7 @@ def wireguard_latest_handshake(lab: Any, role: str, interface: str) -> int:
 # --- shadowsocks ---------------------------------------------------------------
 
 
-def start_shadowsocks_server(lab: Any, address: str = SHADOWSOCKS_ADDRESS, port: int = SHADOWSOCKS_PORT,
+def start_shadowsocks_server(lab: LabLike, address: str = SHADOWSOCKS_ADDRESS, port: int = SHADOWSOCKS_PORT,
                              method: str = SHADOWSOCKS_METHOD) -> Running:
     """shadowsocks-libev's ss-server (TCP only); `info` has the password and method."""
     running = Running("shadowsocks", address, port, _workdir(lab, "shadowsocks"))
@@ -547,7 +506,7 @@ def start_shadowsocks_server(lab: Any, address: str = SHADOWSOCKS_ADDRESS, port:
 SOCKS_ADDRESS = "127.0.0.1"  # the client-side proxies listen on the client namespace's loopback only
 
 
-def start_shadowsocks_client(lab: Any, server: Running, socks_port: int = 1080) -> Running:
+def start_shadowsocks_client(lab: LabLike, server: Running, socks_port: int = 1080) -> Running:
     """ss-local in the client namespace: a SOCKS5 proxy at 127.0.0.1:`socks_port` (`info["socks"]`)."""
     running = Running("shadowsocks-client", server.address, server.port, _workdir(lab, "shadowsocks-client"))
     running.info["socks"] = (SOCKS_ADDRESS, socks_port)
@@ -572,31 +531,39 @@ _SMETHOD = re.compile(r"^SMETHOD obfs4 (\S+) ARGS:(\S+)$", re.M)
 _CMETHOD = re.compile(r"^CMETHOD obfs4 socks5 127\.0\.0\.1:(\d+)$", re.M)
 
 
-def start_obfs4_server(lab: Any, address: str = OBFS4_ADDRESS, port: int = OBFS4_PORT,
+def _obfs4proxy(namespace: str, running: Running, role: str, env: Mapping[str, str]) -> re.Match[str]:
+    """Start obfs4proxy as the `role` ("server", "client") of a managed transport with
+    the TOR_PT_* variables `env`, and return its announcement of obfs4 (SMETHOD / CMETHOD),
+    once it has said "SMETHODS DONE" / "CMETHODS DONE"."""
+    state = running.workdir / "state"
+    state.mkdir()
+    env = {"TOR_PT_MANAGED_TRANSPORT_VER": "1", "TOR_PT_STATE_LOCATION": str(state), **env}
+    daemon = Daemon.spawn(f"obfs4proxy-{role}", namespace, ["obfs4proxy", "-enableLogging", "-logLevel", "INFO"],
+                          running.workdir, env)
+    running.daemons.append(daemon)
+    method, announcement = ("SMETHOD", _SMETHOD) if role == "server" else ("CMETHOD", _CMETHOD)
+    daemon.wait_for_log(rf"{method}S DONE")
+    match = announcement.search(daemon.log())
+    if match is None:
+        raise RealServerError(f"obfs4proxy {role} did not announce obfs4:\n{daemon.log()}")
+    return match
+
+
+def start_obfs4_server(lab: LabLike, address: str = OBFS4_ADDRESS, port: int = OBFS4_PORT,
                        backend: tuple[str, int] = (HTTP_BACKEND_ADDRESS, HTTP_BACKEND_PORT)) -> Running:
     """obfs4proxy server forwarding to `backend` (Tor's ORPort in a real bridge).
 
     `info["args"]` is the bridge line's "cert=...,iat-mode=0".
     """
     running = Running("obfs4", address, port, _workdir(lab, "obfs4"))
-    state = running.workdir / "state"
-    state.mkdir()
     env = {
-        "TOR_PT_MANAGED_TRANSPORT_VER": "1",
-        "TOR_PT_STATE_LOCATION": str(state),
         "TOR_PT_SERVER_TRANSPORTS": "obfs4",
         "TOR_PT_SERVER_BINDADDR": f"obfs4-{address}:{port}",
         "TOR_PT_ORPORT": f"{backend[0]}:{backend[1]}",
     }
     with _stop_on_error(running):
         _add_service_address(lab, running, address)
-        daemon = Daemon.spawn("obfs4proxy-server", lab.namespaces["services"], ["obfs4proxy", "-enableLogging", "-logLevel", "INFO"], running.workdir, env)
-        running.daemons.append(daemon)
-        daemon.wait_for_log(r"SMETHODS DONE")
-        match = _SMETHOD.search(daemon.log())
-        if match is None:
-            raise RealServerError(f"obfs4proxy did not announce obfs4:\n{daemon.log()}")
-        running.info["args"] = match.group(2)
+        running.info["args"] = _obfs4proxy(lab.namespaces["services"], running, "server", env).group(2)
     return running
 
 
@@ -607,7 +574,7 @@ def obfs4_socks_credentials(args: str) -> tuple[bytes, bytes]:
     return joined[:255], joined[255:] or b"\x00"
 
 
-def start_obfs4_client(lab: Any, server: Running) -> Running:
+def start_obfs4_client(lab: LabLike, server: Running) -> Running:
     """obfs4proxy client in the client namespace: `info["socks"]` is its SOCKS5 address,
     `info["credentials"]` the username/password to send (see obfs4_socks_credentials).
 
@@ -615,16 +582,8 @@ def start_obfs4_client(lab: Any, server: Running) -> Running:
     the bridge then forwards the stream to its backend.
     """
     running = Running("obfs4-client", server.address, server.port, _workdir(lab, "obfs4-client"))
-    state = running.workdir / "state"
-    state.mkdir()
-    env = {"TOR_PT_MANAGED_TRANSPORT_VER": "1", "TOR_PT_STATE_LOCATION": str(state), "TOR_PT_CLIENT_TRANSPORTS": "obfs4"}
     with _stop_on_error(running):
-        daemon = Daemon.spawn("obfs4proxy-client", lab.namespaces["client"], ["obfs4proxy", "-enableLogging", "-logLevel", "INFO"], running.workdir, env)
-        running.daemons.append(daemon)
-        daemon.wait_for_log(r"CMETHODS DONE")
-        match = _CMETHOD.search(daemon.log())
-        if match is None:
-            raise RealServerError(f"obfs4proxy client did not announce obfs4:\n{daemon.log()}")
+        match = _obfs4proxy(lab.namespaces["client"], running, "client", {"TOR_PT_CLIENT_TRANSPORTS": "obfs4"})
         running.info.update(socks=(SOCKS_ADDRESS, int(match.group(1))),
                             credentials=obfs4_socks_credentials(server.info["args"]))
     return running
@@ -635,11 +594,6 @@ def start_obfs4_client(lab: Any, server: Running) -> Running:
 READ_TIMEOUT = 10.0  # a client that sends nothing for this long is gone
 MAX_HEAD = 16 * 1024
 
-# The first message of a Telegram client's key exchange is unencrypted
-# (core.telegram.org/mtproto/description, "Unencrypted Message"):
-# auth_key_id = 0 (int64), message_id (int64), message_data_length (int32), data.
-_UNENCRYPTED_HEAD = struct.Struct("<qqi")
-REQ_PQ_MULTI = 0xBE7E8EF1  # req_pq_multi#be7e8ef1 nonce:int128 = ResPQ (TL schema, layer >= 82)
 
 
 def _record(path: Path, entry: dict[str, Any]) -> None:
@@ -648,16 +602,22 @@ def _record(path: Path, entry: dict[str, Any]) -> None:
 
 
 def describe_first_message(payload: bytes) -> dict[str, Any]:
-    """What the DC learns from the first decrypted transport packet."""
-    if len(payload) < _UNENCRYPTED_HEAD.size + 4:
+    """What the DC learns from the first decrypted transport packet (a client's first is
+    unencrypted: req_pq_multi, protocols.mtproto.REQ_PQ_MULTI)."""
+    from wallwatch.protocols.errors import Incomplete, ProtocolError
+    from wallwatch.protocols.mtproto import parse_message_head
+
+    try:
+        head = parse_message_head(payload)
+    except ProtocolError as exc:
+        return {"auth_key_id": None, "length": len(payload), "malformed": str(exc)}
+    if isinstance(head, Incomplete):
         return {"auth_key_id": None, "length": len(payload)}
-    auth_key_id, message_id, length = _UNENCRYPTED_HEAD.unpack_from(payload)
-    constructor = struct.unpack_from("<I", payload, _UNENCRYPTED_HEAD.size)[0] if auth_key_id == 0 else None
     return {
-        "auth_key_id": auth_key_id,
-        "message_id": message_id,
-        "message_length": length,
-        "constructor": f"0x{constructor:08x}" if constructor is not None else None,
+        "auth_key_id": head.auth_key_id,
+        "message_id": head.message_id,
+        "message_length": head.data_length,
+        "constructor": f"0x{head.constructor:08x}" if head.constructor is not None else None,
         "length": len(payload),
     }
 

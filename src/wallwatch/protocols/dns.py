@@ -23,7 +23,14 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from wallwatch.protocols.errors import ProtocolError
+from wallwatch.protocols.errors import Incomplete, ProtocolError
+
+# DNS over TCP: each message follows a two-byte big-endian length (RFC 1035
+# §4.2.2), so 65,535 bytes is the most one can carry.
+TCP_LENGTH_SIZE = 2
+MAX_TCP_MESSAGE = 0xFFFF
+# The fixed header every DNS message starts with (RFC 1035 §4.1.1).
+HEADER_SIZE = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,31 @@ def parse_dns(data: bytes) -> DnsFacts:
         rcode=dns.rcode.to_text(message.rcode()),
         answers=answers,
     )
+
+
+def frame_tcp(message: bytes) -> bytes:
+    """`message` as it goes over TCP: behind its two-byte length (RFC 1035 §4.2.2)."""
+    if len(message) > MAX_TCP_MESSAGE:
+        raise ProtocolError(f"a DNS message of {len(message)} bytes does not fit TCP's 16-bit length")
+    return len(message).to_bytes(TCP_LENGTH_SIZE, "big") + message
+
+
+def unframe_tcp(data: bytes, *, max_length: int = MAX_TCP_MESSAGE) -> tuple[bytes, int] | Incomplete:
+    """The first message of a DNS-over-TCP stream and the bytes it used (RFC 1035 §4.2.2).
+
+    Incomplete(needed) until the length and then the whole message are there;
+    ProtocolError for a length shorter than a DNS header or above `max_length`
+    (a reader that buffers less than 64 KiB says so).
+    """
+    if len(data) < TCP_LENGTH_SIZE:
+        return Incomplete(TCP_LENGTH_SIZE)
+    length = int.from_bytes(data[:TCP_LENGTH_SIZE], "big")
+    if length < HEADER_SIZE or length > max_length:
+        raise ProtocolError(f"a DNS-over-TCP length of {length} is outside {HEADER_SIZE}..{max_length}")
+    end = TCP_LENGTH_SIZE + length
+    if len(data) < end:
+        return Incomplete(end)
+    return bytes(data[TCP_LENGTH_SIZE:end]), end
 
 
 def build_query(qname: str, qtype: str = "A", *, query_id: int | None = None) -> bytes:

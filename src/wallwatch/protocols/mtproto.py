@@ -239,3 +239,56 @@ def unframe(tag: bytes, data: bytes) -> tuple[bytes, int] | Incomplete:
     if len(data) < start + size:
         return Incomplete(start + size)
     return bytes(data[start : start + size]), start + size
+
+
+# --- the message inside a transport packet -------------------------------------
+# core.telegram.org/mtproto/description: an unencrypted message (the key
+# exchange, before any auth key exists) is auth_key_id = 0 (int64), message_id
+# (int64), message_data_length (int32), then message_data, whose first 4 bytes
+# are the TL constructor; an encrypted one is a non-zero auth_key_id, a 128-bit
+# msg_key and the ciphertext. All little-endian.
+
+UNENCRYPTED_HEAD = struct.Struct("<qqi")
+CONSTRUCTOR = struct.Struct("<I")
+MSG_KEY_SIZE = 16
+REQ_PQ_MULTI = 0xBE7E8EF1  # req_pq_multi#be7e8ef1 nonce:int128 = ResPQ: a client's first message (TL schema, layer >= 82)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHead:
+    """What the start of a message says. message_id, data_length and constructor
+    are those of an unencrypted message (None for an encrypted one, whose
+    msg_key is given instead)."""
+
+    auth_key_id: int
+    message_id: int | None = None
+    data_length: int | None = None
+    constructor: int | None = None
+    msg_key: bytes | None = None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.auth_key_id != 0
+
+
+def parse_message_head(packet: bytes) -> MessageHead | Incomplete:
+    """The head of the message a (decrypted, unframed) transport packet carries.
+
+    Incomplete until the head and, for an unencrypted message, its data are
+    there (padded intermediate may add up to 15 bytes after the data);
+    ProtocolError for an unencrypted message whose data length is too short
+    to hold a constructor or beyond MAX_PACKET.
+    """
+    head_size = UNENCRYPTED_HEAD.size + CONSTRUCTOR.size  # = 8 + MSG_KEY_SIZE: both kinds need 24 bytes
+    if len(packet) < head_size:
+        return Incomplete(head_size)
+    auth_key_id, message_id, data_length = UNENCRYPTED_HEAD.unpack_from(packet)
+    if auth_key_id != 0:
+        return MessageHead(auth_key_id, msg_key=bytes(packet[8 : 8 + MSG_KEY_SIZE]))
+    if not CONSTRUCTOR.size <= data_length <= MAX_PACKET:
+        raise ProtocolError(f"an unencrypted message of {data_length} bytes cannot hold a TL constructor"
+                            if data_length < CONSTRUCTOR.size else f"a message of {data_length} bytes is beyond any real one")
+    if len(packet) < UNENCRYPTED_HEAD.size + data_length:
+        return Incomplete(UNENCRYPTED_HEAD.size + data_length)
+    (constructor,) = CONSTRUCTOR.unpack_from(packet, UNENCRYPTED_HEAD.size)
+    return MessageHead(0, message_id, data_length, constructor)

@@ -1,15 +1,16 @@
 """Analyzers: one small class per protocol, fed a flow's bytes, returning properties.
 
-The interface is OpenGFW's (`analyzer/interface.go`): `feed(direction, data)`
-returns `(property updates or None, done)`. An analyzer that sees bytes that
-are not its protocol says done with no properties; the engine catches any
-exception an analyzer raises, counts it and treats the analyzer as done, so a
-bug in one protocol never takes the censor down.
+The contract every analyzer keeps is `base.py` (after OpenGFW's
+`analyzer/interface.go`). This module lists the analyzers and derives, from
+their declarations, the type of every property a rule may match.
 """
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
+from types import MappingProxyType
+from typing import Mapping
+
+from wallwatch.censor.analyzers.base import FLOW_PROPERTIES, Analyzer, Direction, PropType, Update
 from wallwatch.censor.analyzers.dns import DnsAnalyzer
 from wallwatch.censor.analyzers.fet import FetAnalyzer
 from wallwatch.censor.analyzers.http import HttpAnalyzer
@@ -26,14 +27,20 @@ ALL_ANALYZERS: tuple[type[Analyzer], ...] = (
     FetAnalyzer, OpenVpnAnalyzer, WireGuardAnalyzer, MtprotoAnalyzer, QuicAnalyzer, TorAnalyzer,
 )
 
-# Which analyzer provides each property; the policy loader and the rule
-# evaluator use it to know when a property will never arrive.
-PROVIDERS: dict[str, tuple[type[Analyzer], ...]] = {}
-for _analyzer in ALL_ANALYZERS:
-    for _key in _analyzer.provides:
-        PROVIDERS.setdefault(_key, ())
-        PROVIDERS[_key] += (_analyzer,)
 
-__all__ = ["ALL_ANALYZERS", "PROVIDERS", "Analyzer", "Direction", "Update",
+def _property_types() -> Mapping[str, PropType]:
+    types = dict(FLOW_PROPERTIES)
+    for analyzer in ALL_ANALYZERS:
+        for key, kind in analyzer.provides.items():
+            if key in types:
+                raise TypeError(f"{analyzer.__name__}: property {key!r} is declared twice")
+            types[key] = kind
+    return MappingProxyType(types)
+
+
+# Every property a rule may match, with its type: the flow's own, then each analyzer's.
+PROPERTY_TYPES: Mapping[str, PropType] = _property_types()
+
+__all__ = ["ALL_ANALYZERS", "PROPERTY_TYPES", "Analyzer", "Direction", "PropType", "Update",
            "DnsAnalyzer", "FetAnalyzer", "HttpAnalyzer", "MtprotoAnalyzer", "OpenVpnAnalyzer", "QuicAnalyzer",
            "TlsAnalyzer", "TorAnalyzer", "WhatsAppAnalyzer", "WireGuardAnalyzer"]

@@ -9,19 +9,22 @@ it reads the first length-prefixed message (RFC 1035 §4.2.2) and is done.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
-from wallwatch.protocols.dns import parse_dns
-from wallwatch.protocols.errors import ProtocolError
+from wallwatch.censor.analyzers.base import Analyzer, Direction, PropType, Update
+from wallwatch.protocols.dns import parse_dns, unframe_tcp
+from wallwatch.protocols.errors import Incomplete, ProtocolError
 
 DNS_PORT = 53
 # A stub resolver sends a handful of queries per socket (A, AAAA, retries).
 MAX_UDP_QUERIES = 16
+# A query is a few dozen bytes; no need to buffer up to the 64 KiB the framing allows.
 _TCP_MESSAGE_LIMIT = 4096
 
 
 class DnsAnalyzer(Analyzer):
     name = "dns"
-    provides = frozenset({"dns.qname", "dns.qtype"})
+    transports = frozenset({"udp", "tcp"})
+    ports = frozenset({DNS_PORT})
+    provides = {"dns.qname": PropType.NAME, "dns.qtype": PropType.NAME}
 
     def __init__(self, proto: str = "udp") -> None:
         super().__init__(proto)
@@ -29,9 +32,9 @@ class DnsAnalyzer(Analyzer):
         self._buffer = bytearray()
         self._queries = 0
 
-    @classmethod
-    def applies(cls, proto: str, server_port: int) -> bool:
-        return server_port == DNS_PORT and proto in ("udp", "tcp")
+    @property
+    def revises(self) -> bool:
+        return not self._tcp  # every datagram is a new query
 
     def feed(self, direction: Direction, data: bytes) -> tuple[Update | None, bool]:
         if direction is not Direction.TO_SERVER or not data:
@@ -42,14 +45,13 @@ class DnsAnalyzer(Analyzer):
 
     def _feed_tcp(self, data: bytes) -> tuple[Update | None, bool]:
         self._buffer += data
-        if len(self._buffer) < 2:
-            return None, False
-        length = int.from_bytes(self._buffer[:2], "big")
-        if length > _TCP_MESSAGE_LIMIT or length < 12:
+        try:
+            framed = unframe_tcp(bytes(self._buffer), max_length=_TCP_MESSAGE_LIMIT)
+        except ProtocolError:
             return None, True
-        if len(self._buffer) < 2 + length:
+        if isinstance(framed, Incomplete):
             return None, False
-        return self._query(bytes(self._buffer[2:2 + length]), done_after=True)
+        return self._query(framed[0], done_after=True)
 
     def _query(self, message: bytes, *, done_after: bool) -> tuple[Update | None, bool]:
         self._queries += 1

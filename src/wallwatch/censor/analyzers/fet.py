@@ -12,18 +12,15 @@ probabilistic (26 %) and residual (180 s) parts are rule options
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
+from wallwatch.censor.analyzers.base import Analyzer, Direction, PropType, Update
 from wallwatch.protocols.errors import ProtocolError
 from wallwatch.protocols.fet import detect
 
 
 class FetAnalyzer(Analyzer):
     name = "fet"
-    provides = frozenset({"fet.suspicious", "fet.exemption"})
-
-    @classmethod
-    def applies(cls, proto: str, server_port: int) -> bool:
-        return proto == "tcp"  # every port (paper §3: the blocking is port-agnostic)
+    transports = frozenset({"tcp"})  # every port (paper §3: the blocking is port-agnostic)
+    provides = {"fet.suspicious": PropType.BOOL, "fet.exemption": PropType.NAME}
 
     def feed(self, direction: Direction, data: bytes) -> tuple[Update | None, bool]:
         if direction is not Direction.TO_SERVER or not data:

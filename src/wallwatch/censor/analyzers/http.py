@@ -8,21 +8,16 @@ the same value, kept for existing policies.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import StreamPrefixAnalyzer, Update
-from wallwatch.protocols.errors import Incomplete, ProtocolError
-from wallwatch.protocols.http import parse_request_head
+from wallwatch.censor.analyzers.base import PropType, StreamPrefixAnalyzer, Update
+from wallwatch.protocols.http import RequestHead, parse_request_head
 
 
-class HttpAnalyzer(StreamPrefixAnalyzer):
+class HttpAnalyzer(StreamPrefixAnalyzer[RequestHead]):
     name = "http"
-    provides = frozenset({"http.host", "http.method", "http.path", "http.target"})
+    provides = {"http.host": PropType.NAME, "http.method": PropType.NAME, "http.path": PropType.TEXT,
+                "http.target": PropType.TEXT}
+    parse = staticmethod(parse_request_head)
 
-    def parse(self, data: bytes) -> tuple[Update | None, bool]:
-        try:
-            head = parse_request_head(data)
-        except ProtocolError:
-            return None, True
-        if isinstance(head, Incomplete):
-            return None, False
-        return {"http.host": head.host, "http.method": head.method, "http.path": head.target,
-                "http.target": head.target}, True
+    def properties(self, facts: RequestHead) -> Update:
+        return {"http.host": facts.host, "http.method": facts.method, "http.path": facts.target,
+                "http.target": facts.target}

@@ -11,23 +11,18 @@ the secret and this check cannot see it.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import StreamPrefixAnalyzer, Update
-from wallwatch.protocols.errors import Incomplete, ProtocolError
-from wallwatch.protocols.mtproto import parse_header
+from wallwatch.censor.analyzers.base import PropType, StreamPrefixAnalyzer, Update
+from wallwatch.protocols.mtproto import Obfuscated2Header, parse_header
 
 # The policy vocabulary's short names for the transports.
 _TAG_NAMES = {"abridged": "abridged", "intermediate": "intermediate", "padded_intermediate": "padded"}
 
 
-class MtprotoAnalyzer(StreamPrefixAnalyzer):
+class MtprotoAnalyzer(StreamPrefixAnalyzer[Obfuscated2Header]):
     name = "mtproto"
-    provides = frozenset({"mtproto.obfuscated2", "mtproto.tag"})
+    provides = {"mtproto.obfuscated2": PropType.BOOL, "mtproto.tag": PropType.NAME}
+    parse = staticmethod(parse_header)
+    not_found = {"mtproto.obfuscated2": False, "mtproto.tag": None}
 
-    def parse(self, data: bytes) -> tuple[Update | None, bool]:
-        try:
-            header = parse_header(data)
-        except ProtocolError:
-            return {"mtproto.obfuscated2": False, "mtproto.tag": None}, True
-        if isinstance(header, Incomplete):
-            return None, False
-        return {"mtproto.obfuscated2": True, "mtproto.tag": _TAG_NAMES[header.transport]}, True
+    def properties(self, facts: Obfuscated2Header) -> Update:
+        return {"mtproto.obfuscated2": True, "mtproto.tag": _TAG_NAMES[facts.transport]}

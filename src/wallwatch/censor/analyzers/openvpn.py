@@ -27,7 +27,7 @@ Properties:
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
+from wallwatch.censor.analyzers.base import Analyzer, Direction, PropType, Update
 from wallwatch.protocols.openvpn import (
     CLIENT_RESETS, HANDSHAKE_SEEN, INITIAL_KEY_ID, NOT_OPENVPN, OpenVpnMatcher, OpenVpnPacket,
 )
@@ -37,16 +37,14 @@ _NOT_OPENVPN: Update = {"openvpn.handshake": False}
 
 class OpenVpnAnalyzer(Analyzer):
     name = "openvpn"
-    provides = frozenset({"openvpn.handshake", "openvpn.client_reset", "openvpn.opcode"})
+    transports = frozenset({"udp", "tcp"})  # any port: OpenVPN runs on 443 and elsewhere (Xue et al. §2)
+    provides = {"openvpn.handshake": PropType.BOOL, "openvpn.client_reset": PropType.BOOL,
+                "openvpn.opcode": PropType.INT}
 
     def __init__(self, proto: str) -> None:
         super().__init__(proto)
         self._matcher = OpenVpnMatcher(tcp=proto == "tcp")
         self._first: OpenVpnPacket | None = None
-
-    @classmethod
-    def applies(cls, proto: str, server_port: int) -> bool:
-        return proto in ("udp", "tcp")  # any port: OpenVPN runs on 443 and elsewhere (Xue et al. §2)
 
     def feed(self, direction: Direction, data: bytes) -> tuple[Update | None, bool]:
         if not data:

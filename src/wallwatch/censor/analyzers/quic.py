@@ -13,7 +13,7 @@ property `quic.src_port_gt_dst`, set by the engine. Decryption:
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
+from wallwatch.censor.analyzers.base import Analyzer, Direction, PropType, Update
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 from wallwatch.protocols.quic import ClientHelloAssembler
 
@@ -24,16 +24,13 @@ _NOT_QUIC: Update = {"quic.sni": None, "quic.version": None}
 
 class QuicAnalyzer(Analyzer):
     name = "quic"
-    provides = frozenset({"quic.sni", "quic.version"})
+    transports = frozenset({"udp"})
+    provides = {"quic.sni": PropType.NAME, "quic.version": PropType.INT}
 
     def __init__(self, proto: str) -> None:
         super().__init__(proto)
         self._assembler = ClientHelloAssembler()
         self._datagrams = 0
-
-    @classmethod
-    def applies(cls, proto: str, server_port: int) -> bool:
-        return proto == "udp"
 
     def feed(self, direction: Direction, data: bytes) -> tuple[Update | None, bool]:
         if not data:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import StreamPrefixAnalyzer, Update
-from wallwatch.protocols.errors import Incomplete, ProtocolError
-from wallwatch.protocols.tls import parse_client_hello
+from wallwatch.censor.analyzers.base import PropType, StreamPrefixAnalyzer, Update
+from wallwatch.protocols.tls import ClientHello, parse_client_hello
 
 
-class TlsAnalyzer(StreamPrefixAnalyzer):
+class TlsAnalyzer(StreamPrefixAnalyzer[ClientHello]):
     name = "tls"
-    provides = frozenset({"tls.sni", "tls.alpn"})
+    provides = {"tls.sni": PropType.NAME, "tls.alpn": PropType.NAME}
+    parse = staticmethod(parse_client_hello)
 
-    def parse(self, data: bytes) -> tuple[Update | None, bool]:
-        try:
-            hello = parse_client_hello(data)
-        except ProtocolError:
-            return None, True
-        if isinstance(hello, Incomplete):
-            return None, False
-        return {"tls.sni": hello.sni, "tls.alpn": hello.alpn}, True
+    def properties(self, facts: ClientHello) -> Update:
+        return {"tls.sni": facts.sni, "tls.alpn": facts.alpn}

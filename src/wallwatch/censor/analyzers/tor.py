@@ -8,20 +8,17 @@ from tor 0.4.9 / OpenSSL 3.0; `tor.tls` is true when every mark matches.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import StreamPrefixAnalyzer, Update
-from wallwatch.protocols.errors import Incomplete, ProtocolError
-from wallwatch.protocols.tor import fingerprint
+from wallwatch.censor.analyzers.base import PropType, StreamPrefixAnalyzer, Update
+from wallwatch.protocols.errors import ProtocolError
+from wallwatch.protocols.tor import TorFingerprint, fingerprint
 
 
-class TorAnalyzer(StreamPrefixAnalyzer):
+class TorAnalyzer(StreamPrefixAnalyzer[TorFingerprint]):
     name = "tor"
-    provides = frozenset({"tor.tls"})
+    provides = {"tor.tls": PropType.BOOL}
+    parse = staticmethod(fingerprint)
+    not_found = {"tor.tls": False}
+    errors = (ProtocolError, IndexError)  # IndexError: a truncated extension list in protocols.tor
 
-    def parse(self, data: bytes) -> tuple[Update | None, bool]:
-        try:
-            found = fingerprint(data)
-        except (ProtocolError, IndexError):  # IndexError: a truncated extension list in protocols.tor
-            return {"tor.tls": False}, True
-        if isinstance(found, Incomplete):
-            return None, False
-        return {"tor.tls": found.is_tor}, True
+    def properties(self, facts: TorFingerprint) -> Update:
+        return {"tor.tls": facts.is_tor}

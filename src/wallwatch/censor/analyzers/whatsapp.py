@@ -7,24 +7,19 @@ connection are fixed, whatever port it uses.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import StreamPrefixAnalyzer, Update
-from wallwatch.protocols.errors import Incomplete, ProtocolError
-from wallwatch.protocols.whatsapp import parse_stream_header
+from wallwatch.censor.analyzers.base import PropType, StreamPrefixAnalyzer, Update
+from wallwatch.protocols.whatsapp import StreamHeader, parse_stream_header
 
 
-class WhatsAppAnalyzer(StreamPrefixAnalyzer):
+class WhatsAppAnalyzer(StreamPrefixAnalyzer[StreamHeader]):
     name = "whatsapp"
-    provides = frozenset({"whatsapp.header", "whatsapp.edge_routing", "whatsapp.magic"})
+    provides = {"whatsapp.header": PropType.BOOL, "whatsapp.edge_routing": PropType.BOOL,
+                "whatsapp.magic": PropType.INT}
+    parse = staticmethod(parse_stream_header)
 
-    def parse(self, data: bytes) -> tuple[Update | None, bool]:
-        try:
-            header = parse_stream_header(data)
-        except ProtocolError:
-            return None, True
-        if isinstance(header, Incomplete):
-            return None, False
+    def properties(self, facts: StreamHeader) -> Update:
         return {
             "whatsapp.header": True,
-            "whatsapp.edge_routing": header.edge_routing is not None,
-            "whatsapp.magic": header.magic,
-        }, True
+            "whatsapp.edge_routing": facts.edge_routing is not None,
+            "whatsapp.magic": facts.magic,
+        }

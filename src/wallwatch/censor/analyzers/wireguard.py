@@ -11,7 +11,7 @@ a flow that opens with something else is not WireGuard.
 
 from __future__ import annotations
 
-from wallwatch.censor.analyzers.base import Analyzer, Direction, Update
+from wallwatch.censor.analyzers.base import Analyzer, Direction, PropType, Update
 from wallwatch.protocols.wireguard import HANDSHAKE_INITIATION, HANDSHAKE_RESPONSE, WireGuardMatcher
 
 # Transport messages before a handshake shows (a flow picked up mid-session):
@@ -22,16 +22,13 @@ _HANDSHAKES = frozenset({HANDSHAKE_INITIATION, HANDSHAKE_RESPONSE})
 
 class WireGuardAnalyzer(Analyzer):
     name = "wireguard"
-    provides = frozenset({"wireguard.handshake", "wireguard.message_type"})
+    transports = frozenset({"udp"})
+    provides = {"wireguard.handshake": PropType.BOOL, "wireguard.message_type": PropType.INT}
 
     def __init__(self, proto: str) -> None:
         super().__init__(proto)
         self._matcher = WireGuardMatcher()
         self._seen = 0
-
-    @classmethod
-    def applies(cls, proto: str, server_port: int) -> bool:
-        return proto == "udp"
 
     def feed(self, direction: Direction, data: bytes) -> tuple[Update | None, bool]:
         if not data:
