@@ -37,7 +37,7 @@ def test_server_reset_round_trip(server: bytes, client: bytes, acked: int) -> No
 
 
 def test_first_bytes_match_the_published_fingerprint() -> None:
-    # censor-lab.md §4: byte 0 is 0x38 for the client reset, 0x40 for the server's.
+    # [OpenVPN], [Xue2022]: byte 0 is 0x38 for the client reset, 0x40 for the server's.
     assert ov.build_client_hard_reset_v2()[0] == 0x38
     assert ov.build_server_hard_reset_v2(bytes(8), bytes(8))[0] == 0x40
 

@@ -3,7 +3,7 @@
 Building the outcome is sans-IO (`Decision` + the packets to inject); only
 `Injector` touches the network, through raw sockets opened once at start
 (IP_HDRINCL), since opening a socket per packet (scapy's `send()`) costs more
-than the whole verdict (censor-lab.md §5).
+than the whole verdict [scapy-cost].
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from wallwatch.censor.analyzers.base import STREAM_LIMIT, Analyzer
 from wallwatch.protocols.inet import ACK, FIN, PROTO_TCP, RST, SYN, Packet
 
 # Idle timeouts. TCP: OpenGFW's 10 minutes (engine/worker.go). UDP: 60 s, the
-# time the GFW tracks a UDP 4-tuple (QUIC SNI study, censor-lab.md §4).
+# time the GFW tracks a UDP 4-tuple [Zohaib2025].
 # A TCP flow that saw FIN or RST lingers briefly for its last packets.
 TCP_IDLE_TIMEOUT = 600.0
 UDP_IDLE_TIMEOUT = 60.0

@@ -1,7 +1,7 @@
 """The censor's iptables rules: connmark offload, static blackholes, NFQUEUE.
 
 nft's `queue` statement is missing from the project's kernel
-(CONFIG_NFT_QUEUE unset, censor-lab.md §6), so the rules are iptables ones
+(CONFIG_NFT_QUEUE unset, [kernel]), so the rules are iptables ones
 (either backend). All live in our own chains, entered by one jump from
 FORWARD, and are replaced atomically with `iptables-restore --noflush`
 (declaring a chain there flushes just that chain):

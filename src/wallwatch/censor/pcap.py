@@ -5,7 +5,7 @@ and the four link headers we need fit in this file, the decoder never holds
 more than one record in memory however large the capture, and a damaged
 capture must yield every frame before the damage plus a clear account of
 what was lost (dpkt raises on a cut record; scapy would also cost ~100 µs a
-packet, censor-lab.md §5). The IP packets themselves are parsed by
+packet, [scapy-cost]). The IP packets themselves are parsed by
 `protocols.inet`, the censor's own parser, so replay and the live censor
 read packets identically.
 

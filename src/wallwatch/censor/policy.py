@@ -8,7 +8,7 @@ known yet does not match *yet*, and a later rule may only win once every
 earlier rule is known not to match. A flow that no rule can match any more is
 allowed.
 
-Per-rule options of issue 4 (censor-lab.md §4): `probability` (the rule fires
+Per-rule options ([Rambert2021], [Wu2023]): `probability` (the rule fires
 on a matching flow with this chance, drawn once per flow: "on and off"
 blocking), `residual` / `duration` (after the rule fires, new flows to the
 same (client IP, server IP, server port) triple, or (client IP, server IP)
@@ -53,7 +53,7 @@ OPERATORS_BY_TYPE: Mapping[PropType, frozenset[str]] = {
     PropType.BOOL: frozenset(),
 }
 
-# GFW sends three RSTs per direction (censor-lab.md §4); a cap keeps a typo
+# The GFW sends three RSTs per direction ([Clayton2006]; still several in 2023, [net4people285]); a cap keeps a typo
 # from turning the censor into a packet flood.
 DEFAULT_RST_COUNT = 3
 MAX_RST_COUNT = 20
@@ -62,8 +62,8 @@ DEFAULT_FORGED_ANSWER = "198.19.250.1"
 # dnspython/protocols.dns default; GFW forgeries carry assorted TTLs.
 DEFAULT_FORGED_TTL = 60
 # The GFW's penalty box: 90 s on (client IP, server IP, server port) after a
-# keyword/SNI trigger (Rambert et al. 2021, censor-lab.md §4). FET blocking
-# lasts "up to three minutes" = 180 s (Wu et al. 2023; protocols.fet).
+# keyword/SNI trigger [Rambert2021]. FET blocking
+# lasts "up to three minutes" = 180 s ([Wu2023]; protocols.fet).
 DEFAULT_RESIDUAL_SECONDS = 90
 MAX_RESIDUAL_SECONDS = 86400
 RESIDUAL_SCOPES = ("triple", "pair")

@@ -4,13 +4,13 @@ A decided flow's connmark carries its rule's class in bits 24-31
 (actions.class_mark); iptables mangle POSTROUTING restores it to the packet
 mark and CLASSIFY sets the packet's priority to 1:<class> (iptables.py), which
 htb uses directly (tc-htb(8): "skb->priority" selects a class of the same
-major). This kernel has no `fw` classifier and no netem (censor-lab.md §6),
+major). This kernel has no `fw` classifier and no netem ([kernel]),
 hence CLASSIFY. The qdisc sits on every non-loopback interface of the
 censor's namespace, so a flow is slowed both ways: uploads leave toward the
 services, downloads toward the client. Unclassified traffic goes through
 htb's direct queue (no `default` class), untouched. One class per rule:
 every flow the rule catches shares its rate, as a service throttled by a
-censor would (WhatsApp's 2017 slow-down, censor-lab.md §4).
+censor would (WhatsApp's 2017 slow-down, [NYT2017]).
 """
 
 from __future__ import annotations

@@ -359,7 +359,7 @@ class Lab:
 
         With TSO/GSO/GRO the censor would see 64 KiB super-packets, which real
         middleboxes never do and netfilterqueue's 4 KiB buffer truncates
-        (censor-lab.md §5; CensorLab also turns these off).
+        ([netfilterqueue]; [CensorLab] also turns these off).
         """
         if shutil.which("ethtool") is None:
             return

@@ -21,8 +21,8 @@ Partial and intermittent blocking (rules version 2)
 ---------------------------------------------------
 A censor that blocks "on and off" (a rule that fires per flow with
 probability p: the GFW against WhatsApp text in September 2017, and its 90 s
-penalty box that blocks 50-75% of later connections, Rambert 2021;
-censor-lab.md §4) leaves some targets working. Under rules/1 one working
+penalty box that blocks 50-75% of later connections, [Rambert2021])
+leaves some targets working. Under rules/1 one working
 target made an any-of feature `ok`, so such a censor was invisible. Now:
 
 * a target's verdict is *strong* when the interference is verified by a
@@ -369,7 +369,7 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
     if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
         # Reset right after the header, then the same address:port stops taking
         # new connections: the GFW's penalty box on (client, server, port)
-        # after a trigger (Rambert 2021; censor-lab.md §4). A server does not
+        # after a trigger [Rambert2021]. A server does not
         # reset a greeting and then vanish from the network.
         return TargetVerdict(ep, BLOCKED, "chat.reset_then_blackholed", says + ": reset after the header, then "
                              "new connections black-holed (residual blocking)", Method.PROTOCOL_DPI, 0.75, strong=True)

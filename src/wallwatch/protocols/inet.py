@@ -3,7 +3,7 @@
 Sans-IO: bytes in, a frozen `Packet` out; bytes out for the censor's raw
 socket. Hand-written with `struct` rather than scapy because this is the
 censor's per-packet hot path: scapy's dissection costs ~100 µs a packet, which
-alone would cap the censor near 10k packets/s (censor-lab.md §5), while a
+alone would cap the censor near 10k packets/s [scapy-cost], while a
 struct unpack costs a few µs.
 
 Formats: IPv4 RFC 791, IPv6 RFC 8200 (§4 extension headers), TCP RFC 9293,

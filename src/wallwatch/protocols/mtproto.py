@@ -17,7 +17,7 @@ server->client uses bytes 8..56 reversed: key = reversed[0:32], IV =
 reversed[32:48]. With an MTProxy secret the keys are SHA-256(key || secret).
 Without a secret the key is in the header itself, so anyone on path can
 decrypt bytes 56..60 and check for a known tag: a cheap and exact DPI rule
-(censor-lab.md §4). Sans-IO: the ciphers are plain objects over bytes.
+([Telethon]'s obfuscated2 shows the header). Sans-IO: the ciphers are plain objects over bytes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """TLS ClientHello: build one with a chosen SNI and ALPN, and read them back.
 
 The censor fingerprints TLS by the first flight alone (the GFW's SNI filter,
-censor-lab.md §4), so the parser works on a stream prefix: it reassembles
+[Rambert2021]), so the parser works on a stream prefix: it reassembles
 handshake fragments across TLS records (RFC 8446 §5.1 lets a ClientHello span
 records) and answers `Incomplete` until the whole ClientHello is there.
 The builder makes a plausible TLS 1.3 first flight for SNI controls and tests;

@@ -1,6 +1,6 @@
 """WhatsApp's chat transport: framing and the Noise handshake, sans-IO.
 
-What goes on the wire, in order (censor-lab.md §4, sources cited there):
+What goes on the wire, in order ([whatsmeow], [Baileys], [yowsup], [Noise]):
 
 1. optionally an edge-routing prefix: ``'E' 'D' 0x00 0x01``, a 3-byte
    big-endian length, then that many bytes of routing info

@@ -26,7 +26,7 @@ from wallwatch.protocols.quic import gfw_inspects_ports
 Update = Mapping[str, object]
 
 # How much of a client stream an analyzer may buffer before giving up.
-# OpenGFW's fet looks at the first 8,192 bytes (censor-lab.md §1); a
+# OpenGFW's fet looks at the first 8,192 bytes [OpenGFW]; a
 # ClientHello with post-quantum key shares is ~1.8 KiB, well inside.
 STREAM_LIMIT = 8192
 
@@ -123,7 +123,7 @@ class StreamPrefixAnalyzer(Analyzer, Generic[Facts]):
     update for a stream that is not its protocol).
     """
 
-    # The GFW inspects SNI and HTTP on every TCP port (Rambert 2021, censor-lab.md §4).
+    # The GFW inspects SNI and HTTP on every TCP port [Rambert2021].
     transports = frozenset({"tcp"})
     not_found: ClassVar[Update | None] = None
     errors: ClassVar[tuple[type[Exception], ...]] = (ProtocolError,)

@@ -1,7 +1,7 @@
 """DNS analyzer: query name and type, over UDP 53 and TCP 53.
 
 Over UDP every client datagram is a new query, so the analyzer keeps
-watching (the GFW injects per query, censor-lab.md §4) and each query
+watching (the GFW injects per query, [GFWatch2021], [Triplet2020]) and each query
 replaces the flow's `dns.*` properties; it gives up after
 `MAX_UDP_QUERIES` so a long-lived flow stops costing Python time. Over TCP
 it reads the first length-prefixed message (RFC 1035 §4.2.2) and is done.

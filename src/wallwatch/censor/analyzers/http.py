@@ -2,7 +2,7 @@
 
 `http.target` (the request target, e.g. "/search?q=...") is what keyword
 filtering matches with `contains`: the GFW resets HTTP requests carrying a
-keyword on any port (Rambert et al. 2021, censor-lab.md §4). `http.path` is
+keyword on any port [Rambert2021]. `http.path` is
 the same value, kept for existing policies.
 """
 

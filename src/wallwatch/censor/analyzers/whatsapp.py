@@ -1,7 +1,7 @@
 """WhatsApp analyzer: the `ED` edge-routing prefix and `WA` header at a stream's start.
 
 This is the chat-protocol fingerprint the GFW was reported to use in
-September 2017 (censor-lab.md §4): the first bytes of every WhatsApp chat
+September 2017 ([NYT2017]; the opening bytes: [whatsmeow], [Baileys]): the first bytes of every WhatsApp chat
 connection are fixed, whatever port it uses.
 """
 

@@ -3,7 +3,7 @@
 OONI's ts-018 only TCP-connects to the chat endpoints and fetches two HTTPS
 URLs, so it cannot see a censor that lets the connection through and kills
 the chat protocol (China, 2017: text worked while media failed, then the
-Noise stream itself was blocked; censor-lab.md §4). Here each feature speaks
+Noise stream itself was blocked; [SCMP2017], [NYT2017]). Here each feature speaks
 its own protocol:
 
 * text: `e1`..`e16.whatsapp.net` on 443 and 5222 (OONI's 32 targets), the real
