@@ -34,9 +34,10 @@ from urllib.parse import quote
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from wallwatch.analysis.tables import run_bounds
 
 WriteMode = Literal["replace", "append"]
 
@@ -361,16 +362,12 @@ def _partition_runs(table: pa.Table, partitions: Sequence[str]) -> tuple[pa.Tabl
 
 
 def _runs(table: pa.Table, partitions: Sequence[str]) -> Runs:
-    n = table.num_rows
-    changed = pa.array([False] * (n - 1), pa.bool_())
-    for col in partitions:
-        column = table.column(col)
-        changed = pc.or_(changed, pc.not_equal(column.slice(1), column.slice(0, n - 1)))
-    starts = [0, *(index + 1 for index in pc.indices_nonzero(changed).to_pylist())]
+    bounds = run_bounds(table, partitions)
+    starts = [start for start, _ in bounds]
     keys = zip(*(table.column(col).take(starts).to_pylist() for col in partitions))
     runs: Runs = {}
-    for key, start, end in zip(keys, starts, [*starts[1:], n]):
-        runs.setdefault(key, []).append((start, end))
+    for key, bound in zip(keys, bounds):
+        runs.setdefault(key, []).append(bound)
     return runs
 
 
