@@ -4,7 +4,8 @@ An observation merges what the probe saw of one endpoint: the DNS answers for
 its hostname, the TCP connect, the TLS handshake and the HTTP round trip, with
 OONI's failure strings kept verbatim (ooni/spec data-formats/df-007-errors.md).
 This is the idea of OONI's v5 `WebObservation` (ooni/data
-oonidata/models/observations.py), reduced to the columns verdicts need.
+oonidata/models/observations.py), reduced to the columns verdicts need; the row's
+columns are `rows.ObservationRow`, built here as dicts from its template for speed.
 
 Events are joined into endpoints by `transaction_id` when the probe wrote one
 (probe-cli >= 3.x), else by address ("ip:port") and then by the URL's host,
@@ -28,6 +29,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from wallwatch.analysis.rows import ObservationRow
+from wallwatch.analysis.tables import row_template
 from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
 
 Row = dict[str, Any]
@@ -158,19 +161,13 @@ def _title(body: str | None) -> str | None:
     return body[start + 1 : closing.start()].strip()[:256] or None
 
 
-_ROW_TEMPLATE: Row = dict.fromkeys((
-    "measurement_uid", "measurement_start_time", "date", "probe_cc", "probe_asn", "test_name", "service", "feature",
-    "target", "observation_idx", "hostname", "ip", "port", "transaction_id", "is_control", "dns_engine",
-    "dns_resolver", "dns_failure", "dns_answers", "dns_fingerprint", "dns_bogon", "tcp_success", "tcp_failure",
-    "tls_server_name", "tls_failure", "tls_version", "http_url", "http_failure", "http_status", "http_body_length",
-    "http_title", "http_fingerprint", "tunnel_failure", "tunnel_bootstrap_s", "dns_ctrl_consistent",
-    "ctrl_dns_failure", "ctrl_tcp_success", "ctrl_http_failure", "ctrl_http_status"))
-_ROW_TEMPLATE["is_control"] = False
+# Every column of an observation row at its default (rows.ObservationRow), copied for each row.
+_ROW_TEMPLATE: Row = row_template(ObservationRow)
 
 
 def _header_row(header: Header) -> Row:
     """The row template with the measurement's own columns filled (copied for each row)."""
-    row = _ROW_TEMPLATE.copy()  # a dict copy is several times cheaper than a 39-key literal
+    row = _ROW_TEMPLATE.copy()  # a dict copy is several times cheaper than a 39-key literal or a dataclass
     row["measurement_uid"] = header.measurement_uid
     row["measurement_start_time"] = header.measurement_start_time
     row["date"] = header.date
