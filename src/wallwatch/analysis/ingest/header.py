@@ -83,7 +83,8 @@ def read_header(record: Any) -> tuple[Header, dict[str, Any], Mapping[str, Any]]
     start = parse_time(record.get("measurement_start_time"))
     probe_cc = record.get("probe_cc")
     probe_cc = probe_cc if isinstance(probe_cc, str) and probe_cc else "ZZ"
-    header = Header(stable_uid(record), start, start.date(), probe_cc, parse_asn(record.get("probe_asn")), test_name)
+    header = Header(measurement_uid=stable_uid(record), measurement_start_time=start, date=start.date(),
+                    probe_cc=probe_cc, probe_asn=parse_asn(record.get("probe_asn")), test_name=test_name)
     meta = {
         "probe_network_name": _text(record.get("probe_network_name")),
         "probe_key": probe_key(record, test_keys),

@@ -31,6 +31,7 @@ from wallwatch.analysis.verdicts.observations import (
     Header,
     MeasurementFacts,
     Row,
+    header_row,
     iter_feature_groups,
 )
 
@@ -326,15 +327,9 @@ _VERDICT_TEMPLATE: Row = row_template(VerdictRow)
 
 def _verdict_base(header: Header, meta: Mapping[str, Any]) -> Row:
     """The verdict template with the measurement's own columns filled (copied for each verdict)."""
-    row = _VERDICT_TEMPLATE.copy()
-    row["measurement_uid"] = header.measurement_uid
-    row["measurement_start_time"] = header.measurement_start_time
-    row["date"] = header.date
-    row["probe_cc"] = header.probe_cc
-    row["probe_asn"] = header.probe_asn
+    row = header_row(_VERDICT_TEMPLATE, header)
     row["probe_network_name"] = meta.get("probe_network_name")
     row["probe_key"] = meta.get("probe_key")
-    row["test_name"] = header.test_name
     row["software_name"] = meta.get("software_name")
     return row
 
