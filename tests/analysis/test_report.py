@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wallwatch import __version__
+from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.report.html import ReportOptions, build_report
 from wallwatch.analysis.store import VERDICTS_SCHEMA, Store
 from wallwatch.cli import app
@@ -98,6 +99,18 @@ def test_exports_are_readable(report) -> None:
     assert hourly.num_rows == 3 * 2 * 12 * 24
     assert pacsv.read_csv(out / "exports" / "events.csv").num_rows == 2
     assert result.log_entries == 4  # two events opened, two closed
+
+
+def test_an_export_writes_lists_as_words_in_csv(tmp_path: Path) -> None:
+    table = pa.table({"hostname": ["a.example", "b.example"],
+                      "dns_answers": pa.array([["198.18.0.1", "198.18.0.2"], []], pa.list_(pa.string()))})
+    write_export(table, tmp_path / "o" / "answers.csv", ExportFormat.csv)
+    assert pacsv.read_csv(tmp_path / "o" / "answers.csv").column("dns_answers").to_pylist() == [
+        "198.18.0.1 198.18.0.2", ""]
+    write_export(table, tmp_path / "answers.parquet", ExportFormat.parquet)
+    assert pq.read_table(tmp_path / "answers.parquet").equals(table)
+    with pytest.raises(ValueError):
+        write_export(table, tmp_path / "answers.xlsx", "xlsx")  # type: ignore[arg-type]
 
 
 def test_cli_series_events_report_and_export(store: Store, tmp_path: Path) -> None:

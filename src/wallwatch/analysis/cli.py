@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from wallwatch.analysis.report.exports import ExportFormat, write_export
+
 DataOption = Annotated[
     Path | None,
     typer.Option("--data", help="Data directory (default: $WALLWATCH_DATA or ./wallwatch-data)."),
@@ -48,11 +50,6 @@ def _ensure_series(store, countries: tuple[str, ...], rebuild: bool) -> None:  #
             build_and_store(store, SeriesRequest(countries=countries))
         except SeriesError as exc:
             raise typer.BadParameter(str(exc)) from exc
-
-
-class ExportFormat(str, enum.Enum):
-    csv = "csv"
-    parquet = "parquet"
 
 
 def series_command(
@@ -268,24 +265,10 @@ def export_command(
     data: DataOption = None,
 ) -> None:
     """Export a dataset as one CSV or Parquet file."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     from wallwatch.analysis.store import Store
 
     table = Store(_data_dir(data)).read(dataset.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if format is ExportFormat.parquet:
-        pq.write_table(table, out, compression="zstd")
-    else:
-        # CSV cannot hold lists: join DNS answers with spaces.
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        for index, column in enumerate(table.schema):
-            if pa.types.is_list(column.type):
-                table = table.set_column(index, column.name, pc.binary_join(table.column(index), " "))
-        pacsv.write_csv(table, out)
+    write_export(table, out, format)
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 
@@ -303,9 +286,6 @@ def export_series_command(
     country: CountryOption = None,
 ) -> None:
     """Export the series (or detected events) as one CSV or Parquet file."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     from wallwatch.analysis.events.grouping import detect_events, events_table
     from wallwatch.analysis.series.build import read_series
 
@@ -316,11 +296,7 @@ def export_series_command(
         table = events_table(detect_events(read_series(store, "hour", countries)))
     else:
         table = read_series(store, "hour" if dataset is SeriesDataset.hourly else "day", countries)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if format is ExportFormat.parquet:
-        pq.write_table(table, out, compression="zstd")
-    else:
-        pacsv.write_csv(table, out)
+    write_export(table, out, format)
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 

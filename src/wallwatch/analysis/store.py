@@ -9,8 +9,8 @@ dataset, so callers write plain SQL over ``measurements``, ``observations``,
 Only this module knows the physical layout; the SQL callers write against the
 views sticks to a portable subset (SELECT/JOIN/GROUP BY, CASE, COALESCE,
 date_trunc) so that it can later run on ClickHouse, where OONI keeps its own
-tables (ooni/data docs/architecture.md §4). The schema is documented in
-``docs/storage.md``.
+tables (ooni/data docs/architecture.md §4). The core datasets' rows are typed classes in
+``analysis/rows.py``, their schemas derived from them; ``docs/storage.md`` documents them.
 
 Write semantics (see docs/storage.md):
 
@@ -34,9 +34,11 @@ from urllib.parse import quote
 import duckdb
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+
+from wallwatch.analysis.rows import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA
+from wallwatch.analysis.tables import run_bounds
 
 WriteMode = Literal["replace", "append"]
 
@@ -44,106 +46,8 @@ ROW_GROUP_ROWS = 128 * 1024
 # Threads writing partition files at once (Parquet encoding releases the GIL).
 WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
-# Known datasets and their columns, so that an empty store still has typed views
-# (a query over no data returns no rows instead of failing on a missing glob).
-# Timestamps are UTC stored without a zone: DuckDB TIMESTAMP, ClickHouse DateTime64.
-MEASUREMENTS_SCHEMA = pa.schema(
-    [
-        ("measurement_uid", pa.string()),
-        ("measurement_start_time", pa.timestamp("us")),
-        ("date", pa.date32()),
-        ("probe_cc", pa.string()),
-        ("probe_asn", pa.int32()),
-        ("probe_network_name", pa.string()),
-        ("probe_key", pa.string()),
-        ("report_id", pa.string()),
-        ("input", pa.string()),
-        ("test_name", pa.string()),
-        ("test_version", pa.string()),
-        ("software_name", pa.string()),
-        ("software_version", pa.string()),
-        ("data_format_version", pa.string()),
-        ("resolver_ip", pa.string()),
-        ("source", pa.string()),
-        ("ingested_at", pa.timestamp("us")),
-        # Where the original text is kept: <root>/<raw_file> (a gzip copy of the input file),
-        # line `raw_line` (0: the whole file is one document), element `raw_item` of a JSON array.
-        ("raw_file", pa.string()),
-        ("raw_line", pa.int32()),
-        ("raw_item", pa.int32()),
-    ]
-)
-
-OBSERVATIONS_SCHEMA = pa.schema(
-    [
-        ("measurement_uid", pa.string()),
-        ("measurement_start_time", pa.timestamp("us")),
-        ("date", pa.date32()),
-        ("probe_cc", pa.string()),
-        ("probe_asn", pa.int32()),
-        ("test_name", pa.string()),
-        ("service", pa.string()),
-        ("feature", pa.string()),
-        ("target", pa.string()),
-        ("observation_idx", pa.int32()),
-        ("hostname", pa.string()),
-        ("ip", pa.string()),
-        ("port", pa.int32()),
-        ("transaction_id", pa.int64()),
-        ("is_control", pa.bool_()),
-        ("dns_engine", pa.string()),
-        ("dns_resolver", pa.string()),
-        ("dns_failure", pa.string()),
-        ("dns_answers", pa.list_(pa.string())),
-        ("dns_fingerprint", pa.string()),
-        ("dns_bogon", pa.bool_()),
-        ("tcp_success", pa.bool_()),
-        ("tcp_failure", pa.string()),
-        ("tls_server_name", pa.string()),
-        ("tls_failure", pa.string()),
-        ("tls_version", pa.string()),
-        ("http_url", pa.string()),
-        ("http_failure", pa.string()),
-        ("http_status", pa.int32()),
-        ("http_body_length", pa.int64()),
-        ("http_title", pa.string()),
-        ("http_fingerprint", pa.string()),
-        ("tunnel_failure", pa.string()),
-        ("tunnel_bootstrap_s", pa.float64()),
-        ("dns_ctrl_consistent", pa.bool_()),
-        ("ctrl_dns_failure", pa.string()),
-        ("ctrl_tcp_success", pa.bool_()),
-        ("ctrl_http_failure", pa.string()),
-        ("ctrl_http_status", pa.int32()),
-    ]
-)
-
-VERDICTS_SCHEMA = pa.schema(
-    [
-        ("measurement_uid", pa.string()),
-        ("measurement_start_time", pa.timestamp("us")),
-        ("date", pa.date32()),
-        ("probe_cc", pa.string()),
-        ("probe_asn", pa.int32()),
-        ("probe_network_name", pa.string()),
-        ("probe_key", pa.string()),
-        ("test_name", pa.string()),
-        ("software_name", pa.string()),
-        ("service", pa.string()),
-        ("feature", pa.string()),
-        ("target", pa.string()),
-        ("verdict", pa.string()),
-        ("method", pa.string()),
-        ("confidence", pa.float32()),
-        ("rule_id", pa.string()),
-        ("rules_version", pa.string()),
-        # Of the feature's attempts (targets) in this measurement, the share blocked, where the
-        # measurement says: wallwatch's probe does (its feature `blocked_share`); OONI's rows are
-        # per target and leave it null (the series derive it from their target verdicts).
-        ("blocked_share", pa.float32()),
-    ]
-)
-
+# Known datasets and their columns (one row class each, analysis/rows.py), so that an empty store
+# still has typed views (a query over no data returns no rows instead of failing on a missing glob).
 KNOWN_SCHEMAS: Mapping[str, pa.Schema] = {
     "measurements": MEASUREMENTS_SCHEMA,
     "observations": OBSERVATIONS_SCHEMA,
@@ -354,16 +258,12 @@ def _partition_runs(table: pa.Table, partitions: Sequence[str]) -> tuple[pa.Tabl
 
 
 def _runs(table: pa.Table, partitions: Sequence[str]) -> Runs:
-    n = table.num_rows
-    changed = pa.array([False] * (n - 1), pa.bool_())
-    for col in partitions:
-        column = table.column(col)
-        changed = pc.or_(changed, pc.not_equal(column.slice(1), column.slice(0, n - 1)))
-    starts = [0, *(index + 1 for index in pc.indices_nonzero(changed).to_pylist())]
+    bounds = run_bounds(table, partitions)
+    starts = [start for start, _ in bounds]
     keys = zip(*(table.column(col).take(starts).to_pylist() for col in partitions))
     runs: Runs = {}
-    for key, start, end in zip(keys, starts, [*starts[1:], n]):
-        runs.setdefault(key, []).append((start, end))
+    for key, bound in zip(keys, bounds):
+        runs.setdefault(key, []).append(bound)
     return runs
 
 

@@ -45,6 +45,7 @@ from wallwatch.analysis.events.detector import (
     detect_blocking,
     detect_volume_collapse,
 )
+from wallwatch.analysis.tables import run_bounds
 from wallwatch.vocabulary import METHODS
 
 EVENT_LOG = "events"
@@ -241,18 +242,8 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
     blocked = hourly.column("blocked_weight").to_pylist()
     measurements = hourly.column("n_measurements").to_pylist()
     keys = hourly.select(["probe_cc", "probe_asn", "service", "feature"])
-    # Series boundaries: rows where any key column differs from the row before.
-    changed = None
-    for name in keys.column_names:
-        column = keys.column(name).combine_chunks()
-        if len(column) < 2:
-            break
-        differs = pc.not_equal(column.slice(1), column.slice(0, len(column) - 1)).fill_null(True)
-        changed = differs if changed is None else pc.or_(changed, differs)
-    starts = [0] + ([i + 1 for i, flag in enumerate(changed.to_pylist()) if flag] if changed is not None else [])
-    bounds = list(zip(starts, starts[1:] + [hourly.num_rows], strict=True)) if hourly.num_rows else []
     out = []
-    for lo, hi in bounds:
+    for lo, hi in run_bounds(keys, keys.column_names):
         first = keys.slice(lo, 1).to_pylist()[0]
         names = [n for n in hourly.column("probe_network_name").slice(lo, hi - lo).to_pylist() if n]
         out.append(_Series(first["probe_cc"], first["probe_asn"], first["service"], first["feature"],

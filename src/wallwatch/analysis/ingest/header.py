@@ -69,11 +69,9 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else (None if value is None else str(value))
 
 
-META_KEYS = ("probe_network_name", "probe_key", "report_id", "input", "test_version", "software_name",
-             "software_version", "data_format_version", "resolver_ip")
-
-
 def read_header(record: Any) -> tuple[Header, dict[str, Any], Mapping[str, Any]]:
+    """(header, meta, test_keys) of a record; `meta` holds the measurement row's other columns
+    read from it (names of `rows.MeasurementRow`). Raises RecordError for a record that is no measurement."""
     if not isinstance(record, dict):
         raise RecordError(f"not_a_measurement: top-level {type(record).__name__}")
     test_name = record.get("test_name")
@@ -85,7 +83,8 @@ def read_header(record: Any) -> tuple[Header, dict[str, Any], Mapping[str, Any]]
     start = parse_time(record.get("measurement_start_time"))
     probe_cc = record.get("probe_cc")
     probe_cc = probe_cc if isinstance(probe_cc, str) and probe_cc else "ZZ"
-    header = Header(stable_uid(record), start, start.date(), probe_cc, parse_asn(record.get("probe_asn")), test_name)
+    header = Header(measurement_uid=stable_uid(record), measurement_start_time=start, date=start.date(),
+                    probe_cc=probe_cc, probe_asn=parse_asn(record.get("probe_asn")), test_name=test_name)
     meta = {
         "probe_network_name": _text(record.get("probe_network_name")),
         "probe_key": probe_key(record, test_keys),

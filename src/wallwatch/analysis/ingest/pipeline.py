@@ -60,7 +60,7 @@ from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the 
     stable_uid,
 )
 from wallwatch.analysis.ingest.worker import Batch, FileEnd, FileReader, WorkerConfig, read_raw_line
-from wallwatch.analysis.store import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA, Store
+from wallwatch.analysis.store import Store
 from wallwatch.analysis.verdicts.rules import RuleSet, default_rule_sets
 
 SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")

@@ -31,9 +31,11 @@ from isal import igzip, isal_zlib
 
 from wallwatch.analysis.verdicts.fingerprints import FingerprintDB
 from wallwatch.analysis.ingest.decode import decode_fields
-from wallwatch.analysis.ingest.header import META_KEYS, RecordError, read_header
+from wallwatch.analysis.ingest.header import RecordError, read_header
+from wallwatch.analysis.rows import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA, MeasurementRow
+from wallwatch.analysis.store import DEFAULT_PARTITIONS
+from wallwatch.analysis.tables import row_template
 from wallwatch.analysis.verdicts.observations import make_observations
-from wallwatch.analysis.store import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA
 from wallwatch.analysis.verdicts.rules import RuleSet, judge_measurement
 
 # A .json file is parsed whole up to this size; bigger ones are read line by line
@@ -47,13 +49,14 @@ COMPRESSED_CHUNK = 1024 * 1024
 # large enough that per-message costs (pickling Arrow tables) stay negligible.
 RECORDS_PER_BATCH = 1000
 RAW_DIR = "raw"
-# Columns that observation and verdict rows copy from their measurement's row (the same values).
-MEASUREMENT_COLUMNS_REPEATED = frozenset({
-    "measurement_uid", "measurement_start_time", "date", "probe_cc", "probe_asn", "probe_network_name",
-    "probe_key", "test_name", "software_name"})
-# The partition keys of store.DEFAULT_PARTITIONS.
-_BY_DATE_AND_TEST = itemgetter("date", "test_name")  # measurements, observations
-_BY_DATE = itemgetter("date")  # verdicts
+# Every column of a measurement row at its default (rows.MeasurementRow), copied for each row.
+_MEASUREMENT_TEMPLATE = row_template(MeasurementRow)
+# An observation or verdict column named as a measurement column holds its measurement's value
+# (observations.py and rules.py copy it from the same header and meta).
+MEASUREMENT_COLUMNS = frozenset(MEASUREMENTS_SCHEMA.names)
+# Batches are ordered by the partition keys (store.DEFAULT_PARTITIONS) of:
+_BY_DATE_AND_TEST = itemgetter(*DEFAULT_PARTITIONS["measurements"])  # measurements, observations
+_BY_DATE = itemgetter(*DEFAULT_PARTITIONS["verdicts"])  # verdicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +264,8 @@ class FileReader:
         facts = make_observations(header, test_keys, meta["input"], self.config.fingerprints)
         self.observations.append(facts.rows)
         self.verdicts.append(judge_measurement(header, meta, test_keys, facts, self.config.rule_sets))
-        row = {key: meta[key] for key in META_KEYS}
+        row = _MEASUREMENT_TEMPLATE.copy()
+        row.update(meta)
         row.update(
             measurement_uid=uid, measurement_start_time=header.measurement_start_time, date=header.date,
             probe_cc=header.probe_cc, probe_asn=header.probe_asn, test_name=header.test_name, source=self.source,
@@ -288,13 +292,13 @@ def _rows_with_header(measurements: pa.Table, per_measurement: list[list[dict[st
     """The rows of each measurement, in `order`, as a table of `schema`.
 
     Observation and verdict rows repeat columns of their measurement's row (uid, time, date,
-    probe, test, ...; same names, types and values by construction in observations.py and
-    verdicts.py); those are taken from `measurements` by index instead of being converted
+    probe, test, ...; same names, types and values by construction in rows.py, observations.py
+    and rules.py); those are taken from `measurements` by index instead of being converted
     from Python once per row (`position[m]`: measurement m's row in `measurements`).
     """
     rows = [row for index in order for row in per_measurement[index]]
     owners = pa.array([position[index] for index in order for _ in per_measurement[index]], pa.int32())
-    own = pa.schema([field for field in schema if field.name not in MEASUREMENT_COLUMNS_REPEATED])
+    own = pa.schema([field for field in schema if field.name not in MEASUREMENT_COLUMNS])
     converted = dict(zip(own.names, rows_to_table(rows, own).columns))
     return pa.Table.from_arrays([measurements.column(name).take(owners) if name not in converted
                                  else converted[name] for name in schema.names], schema=schema)

@@ -77,10 +77,6 @@ def timeline_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *,
         for row in rows if row["n_probes_decisive"] or is_gap(row)
     ]
     end_of_data = max((covered_until(row, grain) for row in rows), default=None)
-    bands = [
-        {"start": iso(e.onset), "end": iso(e.end or end_of_data), "label": _event_label(e)}
-        for e in events if e.end or end_of_data
-    ]
     bucket = "hour" if grain == "hour" else "day"
     line = alt.Chart(alt.Data(values=points)).mark_line(interpolate="step-after", strokeWidth=1.4).encode(
         x=_utc_x("t"),
@@ -90,11 +86,7 @@ def timeline_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *,
         tooltip=[alt.Tooltip("t:T", title=f"{bucket} (UTC)", format="%Y-%m-%d %H:00"), "network:N",
                  alt.Tooltip("blocked_share:Q", format=".0%"), "probes:Q"],
     )
-    layers: list[alt.Chart] = []
-    if bands:
-        layers.append(alt.Chart(alt.Data(values=bands)).mark_rect(opacity=0.15, color="#c0392b").encode(
-            x=alt.X("start:T", scale=alt.Scale(type="utc")), x2="end:T", tooltip=["label:N"]))
-    layers.append(line)
+    layers = [*_event_bands(events, end_of_data, "#c0392b"), line]
     shaded = [f"{len(events)} detected event(s) shaded (hour precision)"] if events else ["no detected events"]
     chart = alt.layer(*layers).properties(
         width=760, height=220,
@@ -152,11 +144,7 @@ def volume_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *, p
     points = [{"t": iso(row["hour"]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
                "measurements": None if is_gap(row) else row["n_measurements"]} for row in rows]
     end_of_data = max((covered_until(row, "hour") for row in rows), default=None)
-    bands = [{"start": iso(e.onset), "end": iso(e.end or end_of_data), "label": _event_label(e)} for e in events]
-    layers: list[alt.Chart] = []
-    if bands:
-        layers.append(alt.Chart(alt.Data(values=bands)).mark_rect(opacity=0.15, color="#34495e").encode(
-            x=alt.X("start:T", scale=alt.Scale(type="utc")), x2="end:T", tooltip=["label:N"]))
+    layers = _event_bands(events, end_of_data, "#34495e")
     layers.append(alt.Chart(alt.Data(values=points)).mark_line(strokeWidth=1).encode(
         x=_utc_x("t"), y=alt.Y("measurements:Q", title="measurements per hour"),
         color=alt.Color("network:N", title="network"),
@@ -166,6 +154,17 @@ def volume_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *, p
         title=_title(f"Measurement volume in {probe_cc}, per network", context,
                      [f"{len(events)} volume collapse(s) shaded"] if events else []),
     ).to_dict()
+
+
+def _event_bands(events: Sequence[Event], end_of_data: datetime | None, colour: str) -> list[alt.Chart]:
+    """Detected events as shaded bands (hour precision), an ongoing one up to the end of the data;
+    none when there is nothing to shade."""
+    bands = [{"start": iso(e.onset), "end": iso(e.end or end_of_data), "label": _event_label(e)}
+             for e in events if e.end or end_of_data]
+    if not bands:
+        return []
+    return [alt.Chart(alt.Data(values=bands)).mark_rect(opacity=0.15, color=colour).encode(
+        x=alt.X("start:T", scale=alt.Scale(type="utc")), x2="end:T", tooltip=["label:N"])]
 
 
 def is_gap(row: Mapping[str, Any]) -> bool:

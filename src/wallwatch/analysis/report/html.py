@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from wallwatch import __version__
 from wallwatch.analysis.report import charts
+from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.events.grouping import (
     ANY,
     BLOCKING,
@@ -179,20 +180,14 @@ def _network_volume(hourly: pa.Table, cc: str) -> list[dict[str, Any]]:
 
 
 def _exports(store: Any, hourly: pa.Table, daily: pa.Table, events: list[Event], out: Path) -> list[Path]:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
     out.mkdir(parents=True, exist_ok=True)
     tables = {"verdicts": store.read("verdicts"), "series_hourly": hourly, "series_daily": daily,
               "events": events_table(events)}
     written = []
     for name, table in tables.items():
-        for suffix in ("csv", "parquet"):
-            path = out / f"{name}.{suffix}"
-            if suffix == "csv":
-                pacsv.write_csv(table, path)
-            else:
-                pq.write_table(table, path, compression="zstd")
+        for format in ExportFormat:
+            path = out / f"{name}.{format.value}"
+            write_export(table, path, format)
             written.append(path)
     import orjson
 

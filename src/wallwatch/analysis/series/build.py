@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wallwatch.analysis.series import queries as q
+from wallwatch.analysis.tables import run_bounds
 
 HOURLY = "series_hourly"
 DAILY = "series_daily"
@@ -172,7 +173,7 @@ def grid_plan(sparse: pa.Table, first: datetime, last: datetime, grain: str,
         at.append(lo)
         spans.append(n)
 
-    for lo, hi in _series_bounds(ordered, keys):
+    for lo, hi in run_bounds(ordered, keys):
         measured = [(m - origin) // step_us for m in micros[lo:hi]]
         head = measured[0]
         if head <= max_gap:
@@ -199,19 +200,6 @@ def grid_plan(sparse: pa.Table, first: datetime, last: datetime, grain: str,
 
 def _micros(moment: datetime) -> int:
     return (_naive_utc(moment) - datetime(1970, 1, 1)) // timedelta(microseconds=1)
-
-
-def _series_bounds(ordered: pa.Table, keys: Sequence[str]) -> list[tuple[int, int]]:
-    """(first, end) row ranges of each series in a table sorted by its key."""
-    rows = ordered.num_rows
-    changed = [False] * (rows - 1)
-    for name in keys:
-        column = ordered.column(name).combine_chunks()
-        if rows > 1:
-            differs = pc.not_equal(column.slice(1), column.slice(0, rows - 1)).fill_null(True).to_pylist()
-            changed = [a or b for a, b in zip(changed, differs, strict=True)]
-    starts = [0] + [i + 1 for i, flag in enumerate(changed) if flag]
-    return list(zip(starts, [*starts[1:], rows], strict=True))
 
 
 def _finish(table: pa.Table, grain: str) -> pa.Table:

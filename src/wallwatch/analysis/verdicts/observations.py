@@ -4,7 +4,8 @@ An observation merges what the probe saw of one endpoint: the DNS answers for
 its hostname, the TCP connect, the TLS handshake and the HTTP round trip, with
 OONI's failure strings kept verbatim (ooni/spec data-formats/df-007-errors.md).
 This is the idea of OONI's v5 `WebObservation` (ooni/data
-oonidata/models/observations.py), reduced to the columns verdicts need.
+oonidata/models/observations.py), reduced to the columns verdicts need; the row's
+columns are `rows.ObservationRow`, built here as dicts from its template for speed.
 
 Events are joined into endpoints by `transaction_id` when the probe wrote one
 (probe-cli >= 3.x), else by address ("ip:port") and then by the URL's host,
@@ -23,11 +24,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from wallwatch.analysis.rows import MeasurementHead, ObservationRow
+from wallwatch.analysis.tables import row_template
 from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
 
 Row = dict[str, Any]
@@ -39,16 +42,23 @@ PROBE_SIDE_FAILURES = frozenset({"network_unreachable", "host_unreachable", "and
 _RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The measurement-level facts every observation and verdict row repeats."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Header(MeasurementHead):
+    """The measurement-level facts every observation and verdict row repeats: the columns every
+    row begins with, and the test."""
 
-    measurement_uid: str
-    measurement_start_time: Any  # datetime (UTC, naive)
-    date: Any  # date
-    probe_cc: str
-    probe_asn: int
     test_name: str
+
+
+_HEADER_COLUMNS = tuple(field.name for field in fields(Header))
+
+
+def header_row(template: Row, header: Header) -> Row:
+    """A copy of a row template with the header's columns filled (then copied for each row)."""
+    row = template.copy()  # a dict copy is several times cheaper than a 39-key literal or a dataclass
+    for name in _HEADER_COLUMNS:
+        row[name] = getattr(header, name)
+    return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,26 +168,8 @@ def _title(body: str | None) -> str | None:
     return body[start + 1 : closing.start()].strip()[:256] or None
 
 
-_ROW_TEMPLATE: Row = dict.fromkeys((
-    "measurement_uid", "measurement_start_time", "date", "probe_cc", "probe_asn", "test_name", "service", "feature",
-    "target", "observation_idx", "hostname", "ip", "port", "transaction_id", "is_control", "dns_engine",
-    "dns_resolver", "dns_failure", "dns_answers", "dns_fingerprint", "dns_bogon", "tcp_success", "tcp_failure",
-    "tls_server_name", "tls_failure", "tls_version", "http_url", "http_failure", "http_status", "http_body_length",
-    "http_title", "http_fingerprint", "tunnel_failure", "tunnel_bootstrap_s", "dns_ctrl_consistent",
-    "ctrl_dns_failure", "ctrl_tcp_success", "ctrl_http_failure", "ctrl_http_status"))
-_ROW_TEMPLATE["is_control"] = False
-
-
-def _header_row(header: Header) -> Row:
-    """The row template with the measurement's own columns filled (copied for each row)."""
-    row = _ROW_TEMPLATE.copy()  # a dict copy is several times cheaper than a 39-key literal
-    row["measurement_uid"] = header.measurement_uid
-    row["measurement_start_time"] = header.measurement_start_time
-    row["date"] = header.date
-    row["probe_cc"] = header.probe_cc
-    row["probe_asn"] = header.probe_asn
-    row["test_name"] = header.test_name
-    return row
+# Every column of an observation row at its default (rows.ObservationRow), copied for each row.
+_ROW_TEMPLATE: Row = row_template(ObservationRow)
 
 
 # -- which service/feature an endpoint belongs to ----------------------------
@@ -290,7 +282,7 @@ class _Builder:
         self.header = header
         self.test_input = test_input
         self.fingerprints = fingerprints
-        self.base_row = _header_row(header)
+        self.base_row = header_row(_ROW_TEMPLATE, header)
         self.dns_rows: list[Row] = []
         self.endpoint_rows: list[Row] = []
         self.by_tid_addr: dict[tuple[int | None, str | None, int | None], Row] = {}

@@ -24,11 +24,14 @@ from typing import Any
 
 import yaml
 
+from wallwatch.analysis.rows import VerdictRow
+from wallwatch.analysis.tables import row_template
 from wallwatch.analysis.verdicts.observations import (
     PROBE_SIDE_FAILURES,
     Header,
     MeasurementFacts,
     Row,
+    header_row,
     iter_feature_groups,
 )
 from wallwatch.vocabulary import METHODS, VERDICTS
@@ -314,29 +317,32 @@ def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> 
 # -- the verdict rows ---------------------------------------------------------------
 
 
-def _verdict_row(header: Header, extra: Mapping[str, Any], service: str, feature: str, target: str | None,
-                 verdict: str, method: str | None, confidence: float, rule_id: str, rules_version: str,
-                 blocked_share: float | None = None) -> Row:
-    return {
-        "measurement_uid": header.measurement_uid,
-        "measurement_start_time": header.measurement_start_time,
-        "date": header.date,
-        "probe_cc": header.probe_cc,
-        "probe_asn": header.probe_asn,
-        "probe_network_name": extra.get("probe_network_name"),
-        "probe_key": extra.get("probe_key"),
-        "test_name": header.test_name,
-        "software_name": extra.get("software_name"),
-        "service": service,
-        "feature": feature,
-        "target": target,
-        "verdict": verdict,
-        "method": method,
-        "confidence": confidence,
-        "rule_id": rule_id,
-        "rules_version": rules_version,
-        "blocked_share": blocked_share,
-    }
+# Every column of a verdict row at its default (rows.VerdictRow), copied for each row.
+_VERDICT_TEMPLATE: Row = row_template(VerdictRow)
+
+
+def _verdict_base(header: Header, meta: Mapping[str, Any]) -> Row:
+    """The verdict template with the measurement's own columns filled (copied for each verdict)."""
+    row = header_row(_VERDICT_TEMPLATE, header)
+    row["probe_network_name"] = meta.get("probe_network_name")
+    row["probe_key"] = meta.get("probe_key")
+    row["software_name"] = meta.get("software_name")
+    return row
+
+
+def _verdict_row(base: Row, service: str, feature: str, target: str | None, verdict: str, method: str | None,
+                 confidence: float, rule_id: str, rules_version: str, blocked_share: float | None = None) -> Row:
+    row = base.copy()
+    row["service"] = service
+    row["feature"] = feature
+    row["target"] = target
+    row["verdict"] = verdict
+    row["method"] = method
+    row["confidence"] = confidence
+    row["rule_id"] = rule_id
+    row["rules_version"] = rules_version
+    row["blocked_share"] = blocked_share
+    return row
 
 
 def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
@@ -347,14 +353,15 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
     rule_set = (rule_sets or default_rule_sets()).get(header.test_name)
     if rule_set is None:
         return []
+    base = _verdict_base(header, meta)
     rows = []
     for (service, feature, target), group in iter_feature_groups(measurement.rows):
         if feature == "uptime":
             continue  # ts-029: uptime.signal.org is resolved and ignored by OONI too
         facts = feature_facts(group, measurement, _extra_facts(header.test_name, feature, test_keys))
         rule = rule_set.judge(facts)
-        rows.append(_verdict_row(header, meta, service, feature, target, rule.verdict, rule.method,
-                                 rule.confidence, rule.id, rule_set.rules_version))
+        rows.append(_verdict_row(base, service, feature, target, rule.verdict, rule.method, rule.confidence,
+                                 rule.id, rule_set.rules_version))
     return rows
 
 
@@ -374,15 +381,16 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
     rules_version = str(extension.get("rules_version") or "wallwatch-unversioned")
     features = extension.get("features")
     service = header.test_name
+    base = _verdict_base(header, meta)
     for feature, made in (features.items() if isinstance(features, dict) else ()):
         made = made if isinstance(made, dict) else {}
         verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
         valid = (verdict in VERDICTS and (method is None or method in METHODS) and confidence is not None
                  and isinstance(made.get("rule"), str))
         if valid:
-            yield _verdict_row(header, meta, service, str(feature), None, verdict, method, confidence,
-                               made["rule"], rules_version, _unit_fraction(made.get("blocked_share")))
+            yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, made["rule"],
+                               rules_version, _unit_fraction(made.get("blocked_share")))
         else:
             # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
-            yield _verdict_row(header, meta, service, str(feature), None, "unknown", None, 0.0,
-                               WALLWATCH_INVALID_RULE, rules_version)
+            yield _verdict_row(base, service, str(feature), None, "unknown", None, 0.0, WALLWATCH_INVALID_RULE,
+                               rules_version)
