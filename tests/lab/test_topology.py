@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wallwatch.lab import addresses, topology
-from wallwatch.lab.state import read_lab_state
+from wallwatch.probe.settings import ProbeSettings
 from wallwatch.lab.topology import Lab, LabError, existing_namespaces, namespace_names
 
 from lab_helpers import CLIENT_CHECKS, client_check, require_lab
@@ -34,8 +34,11 @@ def test_state_file_follows_the_contract(plain_lab: Lab) -> None:
     assert Path(state["ca_cert"]).read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
     assert state["address_map"] == dict(addresses.REAL_TO_LAB)
     assert all(plain_lab.alive().values())
-    lab_state = read_lab_state(plain_lab.state_path)
-    assert lab_state.map_address("157.240.0.1") == "198.19.3.1" and lab_state.resolver == addresses.RESOLVER
+    # Read as the probe reads it: the state file is the lab's contract with the probe.
+    settings = ProbeSettings.from_environment({"WALLWATCH_LAB": str(plain_lab.state_path)})
+    assert settings.map_address("157.240.0.1") == "198.19.3.1" and settings.resolver == (addresses.RESOLVER, 53)
+    assert settings.map_address("198.19.1.1") == "198.19.1.1"  # the lab's own networks dial as they are
+    assert settings.lab is not None and set(settings.lab.service_addresses()) >= set(addresses.NAMES.values())
     env = plain_lab.run_in_client(["sh", "-c", "echo $WALLWATCH_LAB"])
     assert env.stdout.strip() == str(plain_lab.state_path)
 
