@@ -300,7 +300,106 @@ def export_series_command(
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 
+fingerprints_app = typer.Typer(help="OONI's blocking fingerprints: list them, check a measurement, update the data.",
+                               no_args_is_help=True)
+
+
+@fingerprints_app.command("list")
+def fingerprints_list_command(
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="Only this scope (nat, isp, prod, fp, ...).")]
+    = None,
+    country: Annotated[str | None, typer.Option("--country", "-c", help="Only rows expected in this country.")]
+    = None,
+    location: Annotated[str | None, typer.Option(help="Only this location (dns, body, header.location, ...).")]
+    = None,
+) -> None:
+    """Print the shipped fingerprint rows (name, scope, location, pattern type, pattern, countries)."""
+    from wallwatch.analysis.verdicts.fingerprints import load_fingerprints, read_manifest
+
+    db = load_fingerprints()
+    manifest = read_manifest()
+    rows = [row for row in db.rows if (not scope or row.scope in scope)
+            and (country is None or country.upper() in row.expected_countries)
+            and (location is None or row.location_found == location)]
+    for row in rows:
+        typer.echo("\t".join((row.name, row.scope, row.location_found, row.pattern_type, row.pattern,
+                              ",".join(row.expected_countries))))
+    typer.echo(f"{len(rows)} of {len(db.dns)} DNS + {len(db.http)} HTTP rows; version {db.version} "
+               f"({manifest.get('source')})", err=True)
+
+
+@fingerprints_app.command("check")
+def fingerprints_check_command(
+    measurements: Annotated[list[Path], typer.Argument(help="OONI measurement files (.json, .jsonl, .jsonl.gz).")],
+) -> None:
+    """Every fingerprint each measurement's DNS answers and HTTP responses match, and what it means there."""
+    from wallwatch.analysis.ingest.header import RecordError, read_header
+    from wallwatch.analysis.verdicts.fingerprints import load_fingerprints
+    from wallwatch.analysis.verdicts.observations import fingerprint_matches
+
+    db = load_fingerprints()
+    total = 0
+    for path in measurements:
+        for record in _records(path):
+            try:
+                header, meta, test_keys = read_header(record)
+            except RecordError as exc:
+                typer.echo(f"{path}: not a measurement ({exc})")
+                continue
+            found = fingerprint_matches(test_keys, db)
+            total += len(found)
+            typer.echo(f"{path}: {header.test_name} {meta.get('input') or ''} probe {header.probe_cc} "
+                       f"AS{header.probe_asn}: {len(found)} match(es)")
+            for match in found:
+                row = match.fingerprint
+                meaning = ("known false positive" if row.false_positive else "vague blocking word" if row.vague
+                           else "confirmed blocking" if row.expected_in(header.probe_cc)
+                           else f"evidence (expected in {','.join(row.expected_countries)})")
+                typer.echo(f"  {row.name} [{row.scope}] {match.location} {row.pattern_type} {row.pattern!r} "
+                           f"in {match.where}: {meaning}")
+    if not total:
+        typer.echo("no fingerprint matched")
+
+
+def _records(path: Path):  # noqa: ANN202 - an iterator of decoded records
+    import orjson
+
+    from wallwatch.analysis.ingest.worker import iter_lines
+
+    for _, line in iter_lines(path):
+        value = orjson.loads(bytes(line))
+        yield from (value if isinstance(value, list) else [value])
+
+
+@fingerprints_app.command("update")
+def fingerprints_update_command(
+    csv_files: Annotated[list[Path], typer.Argument(help="fingerprints_dns.csv and/or fingerprints_http.csv.")],
+    version: Annotated[str, typer.Option(help="The new data version, e.g. ooni-blocking-fingerprints-<commit>.")],
+    source: Annotated[str, typer.Option(help="Where the files come from: repository @ commit (date).")],
+    note: Annotated[str, typer.Option(help="A line for PROVENANCE.md.")] = "",
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="Data directory to update (default: the shipped data in the installed package).")] = None,
+) -> None:
+    """Validate upstream CSVs and replace the shipped fingerprint data with them, keeping the provenance."""
+    from wallwatch.analysis.verdicts.fingerprints import FILES, FingerprintError, shipped_directory, update
+
+    by_kind: dict[str, Path] = {}
+    for path in csv_files:
+        kind = next((k for k, name in FILES.items() if path.name == name), None)
+        if kind is None:
+            raise typer.BadParameter(f"{path.name}: name it {' or '.join(FILES.values())} (as upstream does)")
+        by_kind[kind] = path
+    try:
+        manifest = update(directory or shipped_directory(), by_kind.get("dns"), by_kind.get("http"),
+                          version=version, source=source, note=note)
+    except FingerprintError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    rows = ", ".join(f"{name}: {entry['rows']} rows" for name, entry in manifest["files"].items())
+    typer.echo(f"fingerprints now version {manifest['version']} ({rows})")
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(fingerprints_app, name="fingerprints")
     app.command("ingest")(ingest_command)
     app.command("export")(export_command)
     app.command("series")(series_command)

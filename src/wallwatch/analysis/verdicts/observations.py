@@ -31,13 +31,10 @@ from urllib.parse import urlsplit
 
 from wallwatch.analysis.rows import MeasurementHead, ObservationRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
+from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, load_fingerprints, maybe_binary_text
 
 Row = dict[str, Any]
 
-# IPv6 `network_unreachable` only says the probe has no IPv6 route (seen in
-# probe-cli minipipeline case issue-2456): a probe-side fact, never interference.
-PROBE_SIDE_FAILURES = frozenset({"network_unreachable", "host_unreachable", "android_dns_cache_no_data"})
 # DNS failures that are an answer from a resolver (so the network worked).
 _RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
 
@@ -140,13 +137,6 @@ def url_host(url: str) -> str | None:
         return urlsplit(url).hostname
     except ValueError:
         return None
-
-
-def _maybe_binary(value: Any) -> str | None:
-    """OONI MaybeBinaryData: a str, or {"format": "base64", "data": ...}; we only match text."""
-    if isinstance(value, str):
-        return value
-    return None
 
 
 # Case-insensitive search instead of lowering the body: lower() copies up to 64 KiB per response.
@@ -351,7 +341,7 @@ class _Builder:
         # The hottest loop of the extractor (~30 answers per IM measurement): locals, no calls per answer
         # beyond the cached is_bogon and one dict lookup for the DNS fingerprint.
         found = row["dns_answers"]
-        fingerprint_of = self.fingerprints.dns_full.get
+        fingerprint_of = self.fingerprints.dns_matcher
         ip_to_host = self.ip_to_host
         for answer in answers:
             if not isinstance(answer, dict):
@@ -453,7 +443,9 @@ class _Builder:
             row["http_failure"] = failure
             status = _int_or_none(response.get("code"))
             row["http_status"] = status
-            body = _maybe_binary(response.get("body"))
+            body = response.get("body")
+            if body is not None and type(body) is not str:
+                body = maybe_binary_text(body)  # base64 bodies (df-001 MaybeBinaryData)
             row["http_body_length"] = len(body) if body is not None else None
             row["http_title"] = _title(body)
             headers = response.get("headers")
@@ -559,3 +551,28 @@ def iter_feature_groups(rows: list[Row]) -> Iterator[tuple[tuple[str, str, str |
     for row in rows:
         groups.setdefault((row["service"], row["feature"], row["target"]), []).append(row)
     yield from groups.items()
+
+
+def fingerprint_matches(test_keys: Mapping[str, Any], fingerprints: FingerprintDB) -> list[FingerprintMatch]:
+    """Every fingerprint row any DNS answer or HTTP response of a measurement matches (for
+    `wallwatch fingerprints check`; observations keep only the row each answer is named by)."""
+    found: list[FingerprintMatch] = []
+    for query in as_list(test_keys.get("queries")):
+        if not isinstance(query, dict):
+            continue
+        for answer in as_list(query.get("answers")):
+            if not isinstance(answer, dict):
+                continue
+            value = answer.get("ipv4") or answer.get("ipv6") or answer.get("hostname")
+            row = fingerprints.match_dns(value) if isinstance(value, str) else None
+            if row is not None:
+                found.append(FingerprintMatch(row, "dns", query.get("hostname")))
+    for entry in as_list(test_keys.get("requests")):
+        if not isinstance(entry, dict):
+            continue
+        request, response = _as_dict(entry.get("request")), _as_dict(entry.get("response"))
+        headers = response.get("headers")
+        found.extend(fingerprints.match_http_all(maybe_binary_text(response.get("body")),
+                                                 headers if isinstance(headers, dict) else None,
+                                                 request.get("url") if isinstance(request.get("url"), str) else None))
+    return found
