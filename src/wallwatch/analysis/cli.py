@@ -333,6 +333,7 @@ def fingerprints_check_command(
     measurements: Annotated[list[Path], typer.Argument(help="OONI measurement files (.json, .jsonl, .jsonl.gz).")],
 ) -> None:
     """Every fingerprint each measurement's DNS answers and HTTP responses match, and what it means there."""
+    from wallwatch.analysis.compare import iter_records
     from wallwatch.analysis.ingest.header import RecordError, read_header
     from wallwatch.analysis.verdicts.fingerprints import load_fingerprints
     from wallwatch.analysis.verdicts.observations import fingerprint_matches
@@ -340,7 +341,7 @@ def fingerprints_check_command(
     db = load_fingerprints()
     total = 0
     for path in measurements:
-        for record in _records(path):
+        for record in iter_records(path):
             try:
                 header, meta, test_keys = read_header(record)
             except RecordError as exc:
@@ -359,16 +360,6 @@ def fingerprints_check_command(
                            f"in {match.where}: {meaning}")
     if not total:
         typer.echo("no fingerprint matched")
-
-
-def _records(path: Path):  # noqa: ANN202 - an iterator of decoded records
-    import orjson
-
-    from wallwatch.analysis.ingest.worker import iter_lines
-
-    for _, line in iter_lines(path):
-        value = orjson.loads(bytes(line))
-        yield from (value if isinstance(value, list) else [value])
 
 
 @fingerprints_app.command("update")
@@ -398,7 +389,44 @@ def fingerprints_update_command(
     typer.echo(f"fingerprints now version {manifest['version']} ({rows})")
 
 
+def compare_command(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders of OONI measurements.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per (measurement, feature).")] = False,
+) -> None:
+    """wallwatch's verdict next to OONI's own flags, per measurement: a confusion table and every disagreement."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from wallwatch.analysis.compare import OONI_BLOCKING, OONI_NONE, OONI_OK, compare_paths, confusion
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+    comparisons = compare_paths(paths, paths[0] if len(paths) == 1 and paths[0].is_dir() else None)
+    if as_json:
+        for comparison in comparisons:
+            typer.echo(orjson.dumps(comparison.to_record()).decode())
+        return
+    counts = confusion(comparisons)
+    flags = (OONI_BLOCKING, OONI_OK, OONI_NONE)
+    table = Table("wallwatch \\ OONI", *flags, title=f"{len(comparisons)} (measurement, feature) pairs, "
+                  f"{sum(c.agree for c in comparisons)} agree")
+    for verdict in ("blocked", "ok", "down", "unknown"):
+        table.add_row(verdict, *(str(counts.get((verdict, flag), 0)) for flag in flags))
+    console = Console()
+    console.print(table)
+    disagreements = [c for c in comparisons if not c.agree]
+    listing = Table("measurement", "feature", "wallwatch", "OONI", "reason", title=f"{len(disagreements)} "
+                    "disagreement(s)")
+    for c in disagreements:
+        listing.add_row(f"{c.source} {c.input or ''}".strip(), c.feature, f"{c.verdict} ({c.rule_id})",
+                        c.ooni_detail, c.reason or "")
+    console.print(listing)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_command)
     app.add_typer(fingerprints_app, name="fingerprints")
     app.command("ingest")(ingest_command)
     app.command("export")(export_command)
