@@ -112,12 +112,9 @@ TagAuthorityOption = Annotated[
 
 
 def _network_part(network: Any, with_onset: bool) -> str:
-    """"AS4134 from Wed 20 Sep 12:00 (on and off, comprehensive from Mon 25 Sep 12:00)"."""
+    """"AS4134 from Wed 20 Sep 12:00 (on and off, blocked 30 of 96 hours (31%), comprehensive from ...)"."""
     text = f"AS{network.probe_asn}" + (f" from {network.onset:%a %d %b %H:00}" if with_onset else "")
-    if network.on_and_off:
-        until = network.comprehensive_from
-        text += " (on and off" + (f", comprehensive from {until:%a %d %b %H:00})" if until else ")")
-    return text
+    return text + f" ({network.extent_text})"
 
 
 def events_command(
