@@ -252,7 +252,15 @@ def ingest_command(
         table.add_row(key, str(getattr(summary, key)))
     for reason, count in sorted(summary.quarantine_reasons.items()):
         table.add_row(f"quarantined: {reason}", str(count))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if summary.tests:
+        from wallwatch.analysis.verdicts.rules import judgement_of
+
+        tests = Table("test", "stored", "verdicts", title="stored measurements per test")
+        for test_name, count in sorted(summary.tests.items()):
+            tests.add_row(test_name, str(count), judgement_of(test_name))
+        console.print(tests)
 
 
 def export_command(

@@ -178,6 +178,22 @@ def default_rule_sets() -> dict[str, RuleSet]:
     return load_rule_sets()
 
 
+@lru_cache(maxsize=1)
+def not_judged() -> dict[str, str]:
+    """OONI test name -> why wallwatch stores its measurements without judging them (data/not_judged.yaml)."""
+    text = resources.files("wallwatch.analysis.verdicts.data").joinpath("not_judged.yaml").read_text(encoding="utf-8")
+    return {str(name): str(why) for name, why in (yaml.load(text, Loader=_YAML_LOADER) or {}).items()}
+
+
+def judgement_of(test_name: str, rule_sets: Mapping[str, RuleSet] | None = None) -> str:
+    """How a test's measurements are judged, in words for the ingest summary."""
+    rule_set = (rule_sets or default_rule_sets()).get(test_name)
+    if rule_set is not None:
+        return f"judged by {rule_set.rules_version}"
+    why = not_judged().get(test_name)
+    return f"stored, not judged: {why}" if why else "stored, not judged: a test wallwatch does not know"
+
+
 # -- facts per feature ------------------------------------------------------------
 
 _TIMEOUTS = frozenset({"generic_timeout_error", "connect_operation_timed_out", "timeout"})
@@ -206,6 +222,7 @@ _FACTS_TEMPLATE: dict[str, Any] = {
     # (or name none): confirmed blocking. Set by `judge_measurement` from the matches.
     "dns_fingerprint_expected": False, "blockpage_expected": False,
     "probe_fault": None,  # the first probe-side failure string seen (failures.py)
+    "tampering": None, "ech_control_ok": None, "ech_target_ok": None, "ech_target_interference": False,
 }
 
 
@@ -272,8 +289,8 @@ def _only_probe_faults(*failures: str | None) -> str | None:
 def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
     if row["tunnel_failure"] is not None or row["tunnel_bootstrap_s"] is not None:
         failure = row["tunnel_failure"]
-        facts["tunnel_ok"] = failure is None
-        facts["tunnel_reset"] = bool(failure) and _RESET in failure
+        facts["tunnel_ok"] = facts["tunnel_ok"] or failure is None  # one bootstrap / target / lookup worked
+        facts["tunnel_reset"] = facts["tunnel_reset"] or (bool(failure) and _RESET in failure)
         if is_probe_fault(failure):
             _note_probe_fault(facts, failure)
         return
@@ -342,7 +359,23 @@ _FB_KEYS = {"text": ("b_api", "b_graph", "edge"), "media": ("external_cdn", "sco
             "web": ("star",), "calls": ("stun",)}
 
 
+def _tampering(value: Any) -> bool | None:
+    """ts-006 `tampering` is a map whose `total` says it all; ts-007's is a bool."""
+    if isinstance(value, dict):
+        value = value.get("total")
+    return value if isinstance(value, bool) else None
+
+
 def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> dict[str, Any] | None:
+    if test_name in ("http_header_field_manipulation", "http_invalid_request_line"):
+        return {"tampering": _tampering(test_keys.get("tampering"))}
+    if test_name == "echcheck":
+        control, target = test_keys.get("control"), test_keys.get("target")
+        control_failure = control.get("failure") if isinstance(control, dict) else "missing"
+        target_failure = target.get("failure") if isinstance(target, dict) else "missing"
+        return {"ech_control_ok": control_failure is None, "ech_target_ok": target_failure is None,
+                "ech_target_interference": is_interference_candidate(target_failure)
+                if isinstance(target_failure, str) else False}
     if test_name == "facebook_messenger":
         # ts-019: `facebook_<ep>_dns_consistent` is false when an answer's ASN is not Facebook's
         # (AS32934); the probe had the ASN database we do not, so its fact is kept.
