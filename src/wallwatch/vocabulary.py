@@ -128,6 +128,13 @@ class Method(StrEnum):
         "The response matches a known block page fingerprint.",
         "a block page was served",
     )
+    MIDDLEBOX = (
+        "middlebox",
+        "What the probe sent to an echo helper came back altered (OONI's http_header_field_manipulation and "
+        "http_invalid_request_line `tampering`): a transparent proxy on the network's path. Judged per "
+        "network, not per site.",
+        "a device on the network rewrote web traffic (it can censor; this alone does not show it did)",
+    )
 
 
 METHODS: tuple[str, ...] = tuple(method.value for method in Method)
@@ -158,6 +165,14 @@ class Feature(StrEnum):
     """A service's status endpoint (Signal's uptime check)."""
     ENDPOINTS = "endpoints"
     """Endpoints of a test that names no finer feature."""
+    RESOLVER = "resolver"
+    """A DNS resolver itself (OONI's dnscheck: DoH, DoT, UDP resolvers)."""
+    ECH = "ech"
+    """TLS handshakes carrying the Encrypted Client Hello extension (OONI's echcheck)."""
+    HTTP_HEADERS = "http_headers"
+    """HTTP request headers reaching a server unaltered (OONI's http_header_field_manipulation)."""
+    REQUEST_LINE = "request_line"
+    """An HTTP request line reaching a server unaltered (OONI's http_invalid_request_line)."""
 
 
 FEATURES: tuple[str, ...] = tuple(feature.value for feature in Feature)

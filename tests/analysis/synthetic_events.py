@@ -197,7 +197,10 @@ def verdicts(countries: Sequence[Country], seed: int = 7) -> pa.Table:
                                 ("blocked_share", None),
                             ):
                                 cols[name].append(value)
-    return pa.table(cols, schema=VERDICTS_SCHEMA)
+    present = pa.table(cols, schema=pa.schema([f for f in VERDICTS_SCHEMA if f.name in cols]))
+    # The evidence columns (fingerprint, probe fault) stay null: synthetic verdicts cite none.
+    return pa.Table.from_arrays([present.column(f.name) if f.name in cols else pa.nulls(present.num_rows, f.type)
+                                 for f in VERDICTS_SCHEMA], schema=VERDICTS_SCHEMA)
 
 
 def _diurnal(hour: int) -> float:

@@ -33,6 +33,9 @@ def _verdict_rows(day: dt.date, n: int, verdict: str = "ok") -> pa.Table:
         "rule_id": ["r"] * n,
         "rules_version": ["v1"] * n,
         "blocked_share": [None] * n,
+        "confirmed": [False] * n,
+        **{name: [None] * n for name in ("fingerprint", "fingerprint_scope", "fingerprint_location",
+                                         "fingerprint_found_in", "probe_fault")},
     }
     return pa.table(rows, schema=VERDICTS_SCHEMA)
 

@@ -112,12 +112,9 @@ TagAuthorityOption = Annotated[
 
 
 def _network_part(network: Any, with_onset: bool) -> str:
-    """"AS4134 from Wed 20 Sep 12:00 (on and off, comprehensive from Mon 25 Sep 12:00)"."""
+    """"AS4134 from Wed 20 Sep 12:00 (on and off, blocked 30 of 96 hours (31%), comprehensive from ...)"."""
     text = f"AS{network.probe_asn}" + (f" from {network.onset:%a %d %b %H:00}" if with_onset else "")
-    if network.on_and_off:
-        until = network.comprehensive_from
-        text += " (on and off" + (f", comprehensive from {until:%a %d %b %H:00})" if until else ")")
-    return text
+    return text + f" ({network.extent_text})"
 
 
 def events_command(
@@ -255,7 +252,15 @@ def ingest_command(
         table.add_row(key, str(getattr(summary, key)))
     for reason, count in sorted(summary.quarantine_reasons.items()):
         table.add_row(f"quarantined: {reason}", str(count))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if summary.tests:
+        from wallwatch.analysis.verdicts.rules import judgement_of
+
+        tests = Table("test", "stored", "verdicts", title="stored measurements per test")
+        for test_name, count in sorted(summary.tests.items()):
+            tests.add_row(test_name, str(count), judgement_of(test_name))
+        console.print(tests)
 
 
 def export_command(
@@ -300,7 +305,134 @@ def export_series_command(
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 
+fingerprints_app = typer.Typer(help="OONI's blocking fingerprints: list them, check a measurement, update the data.",
+                               no_args_is_help=True)
+
+
+@fingerprints_app.command("list")
+def fingerprints_list_command(
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="Only this scope (nat, isp, prod, fp, ...).")]
+    = None,
+    country: Annotated[str | None, typer.Option("--country", "-c", help="Only rows expected in this country.")]
+    = None,
+    location: Annotated[str | None, typer.Option(help="Only this location (dns, body, header.location, ...).")]
+    = None,
+) -> None:
+    """Print the shipped fingerprint rows (name, scope, location, pattern type, pattern, countries)."""
+    from wallwatch.analysis.verdicts.fingerprints import load_fingerprints, read_manifest
+
+    db = load_fingerprints()
+    manifest = read_manifest()
+    rows = [row for row in db.rows if (not scope or row.scope in scope)
+            and (country is None or country.upper() in row.expected_countries)
+            and (location is None or row.location_found == location)]
+    for row in rows:
+        typer.echo("\t".join((row.name, row.scope, row.location_found, row.pattern_type, row.pattern,
+                              ",".join(row.expected_countries))))
+    typer.echo(f"{len(rows)} of {len(db.dns)} DNS + {len(db.http)} HTTP rows; version {db.version} "
+               f"({manifest.get('source')})", err=True)
+
+
+@fingerprints_app.command("check")
+def fingerprints_check_command(
+    measurements: Annotated[list[Path], typer.Argument(help="OONI measurement files (.json, .jsonl, .jsonl.gz).")],
+) -> None:
+    """Every fingerprint each measurement's DNS answers and HTTP responses match, and what it means there."""
+    from wallwatch.analysis.compare import iter_records
+    from wallwatch.analysis.ingest.header import RecordError, read_header
+    from wallwatch.analysis.verdicts.fingerprints import load_fingerprints
+    from wallwatch.analysis.verdicts.observations import fingerprint_matches
+
+    db = load_fingerprints()
+    total = 0
+    for path in measurements:
+        for record in iter_records(path):
+            try:
+                header, meta, test_keys = read_header(record)
+            except RecordError as exc:
+                typer.echo(f"{path}: not a measurement ({exc})")
+                continue
+            found = fingerprint_matches(test_keys, db)
+            total += len(found)
+            typer.echo(f"{path}: {header.test_name} {meta.get('input') or ''} probe {header.probe_cc} "
+                       f"AS{header.probe_asn}: {len(found)} match(es)")
+            for match in found:
+                row = match.fingerprint
+                meaning = ("known false positive" if row.false_positive else "vague blocking word" if row.vague
+                           else "confirmed blocking" if row.expected_in(header.probe_cc)
+                           else f"evidence (expected in {','.join(row.expected_countries)})")
+                typer.echo(f"  {row.name} [{row.scope}] {match.location} {row.pattern_type} {row.pattern!r} "
+                           f"in {match.where}: {meaning}")
+    if not total:
+        typer.echo("no fingerprint matched")
+
+
+@fingerprints_app.command("update")
+def fingerprints_update_command(
+    csv_files: Annotated[list[Path], typer.Argument(help="fingerprints_dns.csv and/or fingerprints_http.csv.")],
+    version: Annotated[str, typer.Option(help="The new data version, e.g. ooni-blocking-fingerprints-<commit>.")],
+    source: Annotated[str, typer.Option(help="Where the files come from: repository @ commit (date).")],
+    note: Annotated[str, typer.Option(help="A line for PROVENANCE.md.")] = "",
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", help="Data directory to update (default: the shipped data in the installed package).")] = None,
+) -> None:
+    """Validate upstream CSVs and replace the shipped fingerprint data with them, keeping the provenance."""
+    from wallwatch.analysis.verdicts.fingerprints import FILES, FingerprintError, shipped_directory, update
+
+    by_kind: dict[str, Path] = {}
+    for path in csv_files:
+        kind = next((k for k, name in FILES.items() if path.name == name), None)
+        if kind is None:
+            raise typer.BadParameter(f"{path.name}: name it {' or '.join(FILES.values())} (as upstream does)")
+        by_kind[kind] = path
+    try:
+        manifest = update(directory or shipped_directory(), by_kind.get("dns"), by_kind.get("http"),
+                          version=version, source=source, note=note)
+    except FingerprintError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    rows = ", ".join(f"{name}: {entry['rows']} rows" for name, entry in manifest["files"].items())
+    typer.echo(f"fingerprints now version {manifest['version']} ({rows})")
+
+
+def compare_command(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders of OONI measurements.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line per (measurement, feature).")] = False,
+) -> None:
+    """wallwatch's verdict next to OONI's own flags, per measurement: a confusion table and every disagreement."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from wallwatch.analysis.compare import OONI_BLOCKING, OONI_NONE, OONI_OK, compare_paths, confusion
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+    comparisons = compare_paths(paths, paths[0] if len(paths) == 1 and paths[0].is_dir() else None)
+    if as_json:
+        for comparison in comparisons:
+            typer.echo(orjson.dumps(comparison.to_record()).decode())
+        return
+    counts = confusion(comparisons)
+    flags = (OONI_BLOCKING, OONI_OK, OONI_NONE)
+    table = Table("wallwatch \\ OONI", *flags, title=f"{len(comparisons)} (measurement, feature) pairs, "
+                  f"{sum(c.agree for c in comparisons)} agree")
+    for verdict in ("blocked", "ok", "down", "unknown"):
+        table.add_row(verdict, *(str(counts.get((verdict, flag), 0)) for flag in flags))
+    console = Console()
+    console.print(table)
+    disagreements = [c for c in comparisons if not c.agree]
+    listing = Table("measurement", "feature", "wallwatch", "OONI", "reason", title=f"{len(disagreements)} "
+                    "disagreement(s)")
+    for c in disagreements:
+        listing.add_row(f"{c.source} {c.input or ''}".strip(), c.feature, f"{c.verdict} ({c.rule_id})",
+                        c.ooni_detail, c.reason or "")
+    console.print(listing)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_command)
+    app.add_typer(fingerprints_app, name="fingerprints")
     app.command("ingest")(ingest_command)
     app.command("export")(export_command)
     app.command("series")(series_command)

@@ -112,6 +112,16 @@ class VerdictRow(MeasurementHead):
     # measurement says: wallwatch's probe does (its feature `blocked_share`); OONI's rows are
     # per target and leave it null (the series derive it from their target verdicts).
     blocked_share: Float32 | None = None
+    # Confirmed blocking: a known blocking fingerprint (verdicts/fingerprints.py) decided the verdict
+    # and its expected_countries include the probe's country. The fingerprint columns name the row
+    # that decided it (also for one expected elsewhere, or a known false positive, scope `fp`).
+    confirmed: bool = False
+    fingerprint: str | None = None  # the row's name, e.g. ooni.cn_0
+    fingerprint_scope: str | None = None  # nat | isp | prod | inst | vbw | fp | ...
+    fingerprint_location: str | None = None  # dns | body | header.<name>
+    fingerprint_found_in: str | None = None  # the DNS name queried, or the URL of the response that matched
+    # The probe-side fault (verdicts/failures.py) an `unknown` verdict rests on, verbatim.
+    probe_fault: str | None = None
 
 
 MEASUREMENTS_SCHEMA = arrow_schema(MeasurementRow)

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from wallwatch import __version__
+from wallwatch.analysis.events.grouping import describe_extent
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 ATOM_MEDIA_TYPE = "application/atom+xml"
@@ -231,10 +232,9 @@ def _entry_network(entry: Mapping[str, Any], networks: Sequence[Mapping[str, Any
 
 
 def _on_and_off(network: Mapping[str, Any]) -> str:
-    if not network.get("on_and_off"):
-        return ""
-    until = network.get("comprehensive_from")
-    return "; on and off" + (f", every attempt blocked from {_when(until)}" if until else ", ongoing")
+    if network.get("blocked_share_of_measurements") is None and not network.get("on_and_off"):
+        return ""  # a volume collapse, or a snapshot logged before extents existed
+    return "; " + describe_extent(network)
 
 
 def _network(network: Mapping[str, Any], with_name: bool = True) -> str:

@@ -58,6 +58,37 @@ _MAX_EXAMPLES = 5
 # through is "on and off": the censor fires on some flows only (a rule with a
 # probability; the GFW's WhatsApp text blocking of 20-24 September 2017).
 COMPREHENSIVE_FROM_SHARE = 0.9
+# An hour is a blocked hour when at least half its decisive probes saw blocking.
+BLOCKED_HOUR_SHARE = 0.5
+# A network whose blocked hours block less than this share of measurements is blocked *partially*
+# (a censor dropping 30% of flows, a rollout over part of an ISP): "partial, N% of measurements",
+# never "comprehensive". On-and-off blocking that comes and goes by the hour is told apart by its
+# blocked hours being (nearly) fully blocked while others are clear.
+PARTIAL_BELOW_SHARE = 0.8
+# Hour-by-hour on-and-off blocking is "comprehensive" only from the start of a final run of at
+# least this many blocked hours with data (a few blocked hours in a row are one more "on").
+MIN_COMPREHENSIVE_RUN_HOURS = 12
+EXTENTS = ("comprehensive", "on_and_off", "partial")
+
+
+def describe_extent(network: Mapping[str, Any]) -> str:
+    """A network's part of an event in words (the event table, the feed and the report all say this)."""
+    extent = network.get("extent") or ("on_and_off" if network.get("on_and_off") else "comprehensive")
+    share = network.get("blocked_share_of_measurements")
+    if extent == "partial":
+        return f"partial, {share:.0%} of measurements" if share is not None else "partial"
+    if extent == "comprehensive":
+        return "comprehensive"
+    hours, blocked = network.get("hours_with_data"), network.get("blocked_hours")
+    text = "on and off"
+    if hours and blocked is not None and blocked < hours:
+        text += f", blocked {blocked} of {hours} hours ({blocked / hours:.0%})"
+    else:
+        text += ", some attempts got through"
+    until = network.get("comprehensive_from")
+    if until:
+        text += f", comprehensive from {until if isinstance(until, str) else iso(until)}"
+    return text
 
 
 @dataclass(frozen=True)
@@ -103,6 +134,15 @@ class NetworkSpan:
     # ... and from when every blocked measurement blocked (nearly) every attempt, to the
     # network's last blocked hour; None while the last blocked hour is still on and off.
     comprehensive_from: datetime | None = None
+    # comprehensive | on_and_off (by the hour or by the attempt) | partial (see PARTIAL_BELOW_SHARE).
+    extent: str = "comprehensive"
+    blocked_share_of_measurements: float | None = None  # over the network's hours with data in the event
+    hours_with_data: int | None = None
+    blocked_hours: int | None = None  # hours with at least BLOCKED_HOUR_SHARE of probes blocked
+
+    @property
+    def extent_text(self) -> str:
+        return describe_extent(self.to_record())
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -115,6 +155,10 @@ class NetworkSpan:
             "periods": [[iso(start), iso(stop)] for start, stop in self.periods],
             "on_and_off": self.on_and_off,
             "comprehensive_from": iso(self.comprehensive_from),
+            "extent": self.extent,
+            "blocked_share_of_measurements": self.blocked_share_of_measurements,
+            "hours_with_data": self.hours_with_data,
+            "blocked_hours": self.blocked_hours,
         }
 
 
@@ -281,6 +325,68 @@ def _attempt_shares(hours: Sequence[int], rows: pa.Table | None) -> tuple[tuple[
     return tuple((hour, share) for hour, share in zip(hours, shares, strict=True) if share is not None)
 
 
+@dataclass(frozen=True)
+class _Extent:
+    extent: str
+    on_and_off: bool
+    comprehensive_from: int | None
+    share: float | None
+    hours: int
+    blocked_hours: int
+
+
+def _extent(items: Sequence[_Found], periods: Sequence[tuple[int, int | None]]) -> _Extent:
+    """How a network was blocked over its periods, hour by hour and attempt by attempt.
+
+    Three readings of the same hours: the share of its measurements blocked (partial blocking keeps
+    it low in every hour), the hours blocked among those with data (blocking by the hour leaves clear
+    hours between fully blocked ones), and the share of attempts within blocked measurements (a
+    censor firing on some flows: `_on_and_off`)."""
+    # The whole span, clear hours between its periods included: they are the "off" of on and off.
+    first = periods[0][0]
+    stops = [stop for _, stop in periods]
+    last = None if None in stops else max(stop for stop in stops if stop is not None)
+    per_hour: dict[int, list[float]] = {}
+    for item in items:
+        series = item.series
+        for hour, n, k in zip(series.hours, series.decisive, series.blocked, strict=True):
+            if n and first <= hour and (last is None or hour < last):
+                counts = per_hour.setdefault(hour, [0, 0.0])
+                counts[0] += n
+                counts[1] += min(k, n)
+    attempt_on_off, attempt_from = _on_and_off([pair for item in items for pair in item.attempt_shares])
+    attempts = dict(pair for item in items for pair in item.attempt_shares)
+    hours = sorted(per_hour)
+    total_n = sum(per_hour[h][0] for h in hours)
+    share = round(sum(per_hour[h][1] for h in hours) / total_n, 4) if total_n else None
+    blocked = [h for h in hours if per_hour[h][1] / per_hour[h][0] >= BLOCKED_HOUR_SHARE]
+    touched = [h for h in hours if per_hour[h][1] > 0]
+    when_blocked = (sum(per_hour[h][1] for h in touched) / sum(per_hour[h][0] for h in touched)) if touched else 0.0
+    if not hours:  # no decisive data (should not happen inside a segment): the attempt reading alone
+        return _Extent("on_and_off" if attempt_on_off else "comprehensive", attempt_on_off, attempt_from, share,
+                       0, 0)
+    if when_blocked < PARTIAL_BELOW_SHARE:
+        return _Extent("partial", False, None, share, len(hours), len(blocked))
+    # The final run of comprehensive hours (blocked, and blocking every attempt where known).
+    run_start: int | None = None
+    last_blocked = blocked[-1] if blocked else None
+    for hour in reversed(hours):
+        if last_blocked is None or hour > last_blocked:
+            continue
+        full = per_hour[hour][1] / per_hour[hour][0] >= BLOCKED_HOUR_SHARE and attempts.get(
+            hour, 1.0) >= COMPREHENSIVE_FROM_SHARE
+        if not full:
+            break
+        run_start = hour
+    whole = run_start == hours[0] and last_blocked == hours[-1]
+    if whole and not attempt_on_off:
+        return _Extent("comprehensive", False, run_start, share, len(hours), len(blocked))
+    run_hours = sum(1 for h in hours if run_start is not None and run_start <= h <= (last_blocked or h))
+    comprehensive_from = run_start if run_start is not None and (whole or run_hours >= MIN_COMPREHENSIVE_RUN_HOURS) \
+        else None
+    return _Extent("on_and_off", True, comprehensive_from, share, len(hours), len(blocked))
+
+
 def _on_and_off(shares: Sequence[tuple[int, float]]) -> tuple[bool, int | None]:
     """Whether any blocked hour let attempts through, and the first hour of the final run of
     comprehensive ones (None when the last blocked hour is on and off, or nothing is known)."""
@@ -386,7 +492,8 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
     for asn, items in by_asn.items():
         periods = _periods(i.segment for i in items)
         ends = [stop for _, stop in periods]
-        on_and_off, comprehensive_from = _on_and_off([pair for i in items for pair in i.attempt_shares])
+        extent = _extent(items, periods) if event_type == BLOCKING else _Extent("comprehensive", False, None,
+                                                                                None, 0, 0)
         networks.append(NetworkSpan(
             probe_asn=asn,
             probe_network_name=items[0].series.network_name,
@@ -396,8 +503,12 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
             peak_blocked_share=max(i.segment.peak_share for i in items),
             periods=tuple((from_hour(a), None if b is None else from_hour(b)) for a, b in periods),
             feature=None if params.grouping.by_feature else ",".join(sorted({i.series.feature for i in items})),
-            on_and_off=on_and_off,
-            comprehensive_from=None if comprehensive_from is None else from_hour(comprehensive_from),
+            on_and_off=extent.on_and_off,
+            comprehensive_from=None if extent.comprehensive_from is None else from_hour(extent.comprehensive_from),
+            extent=extent.extent,
+            blocked_share_of_measurements=extent.share if event_type == BLOCKING else None,
+            hours_with_data=extent.hours if event_type == BLOCKING else None,
+            blocked_hours=extent.blocked_hours if event_type == BLOCKING else None,
         ))
     networks.sort(key=lambda n: (n.onset, n.probe_asn))
     onset = networks[0].onset

@@ -101,6 +101,12 @@ _TestKeys = TypedDict(  # noqa: UP013 - keys like `facebook_b_api_dns_consistent
         "error": Any,
         "bootstrap_time": Any,
         "x_wallwatch": Any,
+        # tor (ts-023), dnscheck (ts-028), echcheck (ts-039), the middlebox tests (ts-006, ts-007):
+        "targets": Any,
+        "lookups": Any,
+        "bootstrap_failure": Any,
+        "target": Any,
+        "tampering": Any,
         **{f"facebook_{key}_dns_consistent": Any
            for key in ("b_api", "b_graph", "edge", "external_cdn", "scontent_cdn", "star", "stun")},
     },

@@ -84,10 +84,12 @@ class IngestSummary:
     observations: int = 0
     verdicts: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
+    tests: Counter[str] = field(default_factory=Counter)  # stored measurements per test name
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "quarantine_reasons"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("quarantine_reasons", "tests")}
         data["quarantine_reasons"] = dict(self.quarantine_reasons)
+        data["tests"] = dict(self.tests)
         return data
 
 
@@ -327,6 +329,8 @@ class Ingester:
             verdicts = verdicts.filter(pc.invert(pc.is_in(verdicts["measurement_uid"], drop)))
             self.summary.duplicated += len(repeated)
         self.seen_uids.update(uids)
+        for entry in pc.value_counts(measurements["test_name"]).to_pylist():
+            self.summary.tests[entry["values"]] += entry["counts"]
         self.summary.stored += measurements.num_rows
         self._pending += measurements.num_rows
         self._tables["measurements"].append(measurements)

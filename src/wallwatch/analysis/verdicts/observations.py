@@ -31,13 +31,10 @@ from urllib.parse import urlsplit
 
 from wallwatch.analysis.rows import MeasurementHead, ObservationRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
+from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, load_fingerprints, maybe_binary_text
 
 Row = dict[str, Any]
 
-# IPv6 `network_unreachable` only says the probe has no IPv6 route (seen in
-# probe-cli minipipeline case issue-2456): a probe-side fact, never interference.
-PROBE_SIDE_FAILURES = frozenset({"network_unreachable", "host_unreachable", "android_dns_cache_no_data"})
 # DNS failures that are an answer from a resolver (so the network worked).
 _RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
 
@@ -142,13 +139,6 @@ def url_host(url: str) -> str | None:
         return None
 
 
-def _maybe_binary(value: Any) -> str | None:
-    """OONI MaybeBinaryData: a str, or {"format": "base64", "data": ...}; we only match text."""
-    if isinstance(value, str):
-        return value
-    return None
-
-
 # Case-insensitive search instead of lowering the body: lower() copies up to 64 KiB per response.
 _TITLE_OPEN = re.compile(r"<title", re.IGNORECASE)
 _TITLE_CLOSE = re.compile(r"</title", re.IGNORECASE)
@@ -209,10 +199,22 @@ def classify(test_name: str, test_input: str | None, hostname: str | None, ip: s
         return Target("signal", "text", None)  # chat.signal.org, textsecure-service
     if test_name == "facebook_messenger":
         return Target("facebook_messenger", _facebook_feature(host), None)
-    if test_name == "vanilla_tor":
+    if test_name in ("vanilla_tor", "tor"):
         return Target("tor", "tunnel", test_input)
-    if test_name in ("openvpn", "riseupvpn"):
+    if test_name in ("openvpn", "riseupvpn", "psiphon"):
         return Target(test_name, "tunnel", test_input)
+    if test_name == "torsf":
+        return Target("tor_snowflake", "tunnel", None)
+    if test_name == "stunreachability":
+        return Target("stun", "calls", test_input)
+    if test_name == "dnscheck":
+        return Target("dns", "resolver", test_input)
+    if test_name == "echcheck":
+        return Target("web", "ech", test_input)
+    if test_name == "http_header_field_manipulation":
+        return Target("middlebox", "http_headers", None)  # per network: the path, not a site
+    if test_name == "http_invalid_request_line":
+        return Target("middlebox", "request_line", None)
     return Target(test_name, "endpoints", test_input)
 
 
@@ -246,6 +248,12 @@ def _looks_like_ip(host: str) -> bool:
 # -- the extractor --------------------------------------------------------------
 
 
+# Tests whose outcome is one `failure` (and `bootstrap_time`): the tunnels (ts-016/023 vanilla_tor,
+# ts-040 openvpn, ts-026 riseupvpn, ts-030 torsf, ts-015 psiphon) and ts-025 stunreachability.
+_OUTCOME_TESTS = frozenset({"vanilla_tor", "openvpn", "riseupvpn", "torsf", "psiphon", "stunreachability"})
+_MIDDLEBOX_TESTS = frozenset({"http_header_field_manipulation", "http_invalid_request_line"})
+
+
 @dataclass(slots=True)
 class MeasurementFacts:
     """Observation rows of one measurement, plus the measurement-wide facts verdicts need."""
@@ -265,8 +273,16 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
     if header.test_name == "web_connectivity":
         builder.add_legacy_http_failure(failure_string(test_keys.get("http_experiment_failure")))
         builder.add_control(_as_dict(test_keys.get("control")), failure_string(test_keys.get("control_failure")))
-    if header.test_name in ("vanilla_tor", "openvpn", "riseupvpn"):
+    if header.test_name in _OUTCOME_TESTS:
         builder.add_tunnel(test_keys)
+    elif header.test_name == "tor":
+        builder.add_outcomes(_as_dict(test_keys.get("targets")).values())
+    elif header.test_name == "dnscheck":
+        builder.add_outcomes(_as_dict(test_keys.get("lookups")).values(), test_keys.get("bootstrap_failure"))
+    elif header.test_name == "echcheck":
+        builder.add_ech(test_keys)
+    elif header.test_name in _MIDDLEBOX_TESTS:
+        builder.add_outcomes(())  # one row: the verdict reads `tampering` from the test keys
     return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success)
 
 
@@ -351,7 +367,7 @@ class _Builder:
         # The hottest loop of the extractor (~30 answers per IM measurement): locals, no calls per answer
         # beyond the cached is_bogon and one dict lookup for the DNS fingerprint.
         found = row["dns_answers"]
-        fingerprint_of = self.fingerprints.dns_full.get
+        fingerprint_of = self.fingerprints.dns_matcher
         ip_to_host = self.ip_to_host
         for answer in answers:
             if not isinstance(answer, dict):
@@ -453,7 +469,9 @@ class _Builder:
             row["http_failure"] = failure
             status = _int_or_none(response.get("code"))
             row["http_status"] = status
-            body = _maybe_binary(response.get("body"))
+            body = response.get("body")
+            if body is not None and type(body) is not str:
+                body = maybe_binary_text(body)  # base64 bodies (df-001 MaybeBinaryData)
             row["http_body_length"] = len(body) if body is not None else None
             row["http_title"] = _title(body)
             headers = response.get("headers")
@@ -529,6 +547,41 @@ class _Builder:
             if answers:
                 row["dns_ctrl_consistent"] = bool(control_addrs.intersection(answers) or validated.intersection(answers))
 
+    def add_outcomes(self, results: Any, bootstrap_failure: Any = None) -> None:
+        """One row per result of a test with several (tor's targets, dnscheck's lookups), its `failure`
+        as the outcome; a failed bootstrap (dnscheck resolving the resolver) is one more."""
+        row = self._new_row(None, None, None, None)
+        self.endpoint_rows.append(row)  # the row a verdict group needs even with no result
+        first = True
+        for result in [*(r for r in results if isinstance(r, dict)), *(
+                [{"failure": bootstrap_failure}] if failure_string(bootstrap_failure) else [])]:
+            if not first:
+                row = self._new_row(None, None, None, None)
+                self.endpoint_rows.append(row)
+            first = False
+            failure = failure_string(result.get("failure"))
+            row["tunnel_failure"] = failure
+            row["tunnel_bootstrap_s"] = 0.0 if failure is None else None
+            if failure is None:
+                self.any_success = True
+
+    def add_ech(self, test_keys: Mapping[str, Any]) -> None:
+        """echcheck (ts-039): a TLS handshake with a GREASE ECH extension (`target`) and one without
+        (`control`, kept as an `is_control` row); since 0.2.0 both are in `tls_handshakes`."""
+        for name, control in (("control", True), ("target", False)):
+            entry = test_keys.get(name)
+            if not isinstance(entry, dict):
+                continue
+            ip, port = split_address(entry.get("address"))
+            row = self._new_row(entry.get("server_name") if isinstance(entry.get("server_name"), str) else None,
+                                ip, port, None)
+            row["is_control"] = control
+            row["tls_server_name"] = row["hostname"] or ""
+            row["tls_failure"] = failure_string(entry.get("failure"))
+            if row["tls_failure"] is None:
+                self.any_success = True
+            self.endpoint_rows.append(row)
+
     def add_tunnel(self, test_keys: Mapping[str, Any]) -> None:
         row = self._new_row(None, None, None, None)
         failure = failure_string(test_keys.get("failure"))
@@ -559,3 +612,28 @@ def iter_feature_groups(rows: list[Row]) -> Iterator[tuple[tuple[str, str, str |
     for row in rows:
         groups.setdefault((row["service"], row["feature"], row["target"]), []).append(row)
     yield from groups.items()
+
+
+def fingerprint_matches(test_keys: Mapping[str, Any], fingerprints: FingerprintDB) -> list[FingerprintMatch]:
+    """Every fingerprint row any DNS answer or HTTP response of a measurement matches (for
+    `wallwatch fingerprints check`; observations keep only the row each answer is named by)."""
+    found: list[FingerprintMatch] = []
+    for query in as_list(test_keys.get("queries")):
+        if not isinstance(query, dict):
+            continue
+        for answer in as_list(query.get("answers")):
+            if not isinstance(answer, dict):
+                continue
+            value = answer.get("ipv4") or answer.get("ipv6") or answer.get("hostname")
+            row = fingerprints.match_dns(value) if isinstance(value, str) else None
+            if row is not None:
+                found.append(FingerprintMatch(row, "dns", query.get("hostname")))
+    for entry in as_list(test_keys.get("requests")):
+        if not isinstance(entry, dict):
+            continue
+        request, response = _as_dict(entry.get("request")), _as_dict(entry.get("response"))
+        headers = response.get("headers")
+        found.extend(fingerprints.match_http_all(maybe_binary_text(response.get("body")),
+                                                 headers if isinstance(headers, dict) else None,
+                                                 request.get("url") if isinstance(request.get("url"), str) else None))
+    return found

@@ -26,8 +26,9 @@ import yaml
 
 from wallwatch.analysis.rows import VerdictRow
 from wallwatch.analysis.tables import row_template
+from wallwatch.analysis.verdicts.failures import is_interference_candidate, is_probe_fault
+from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, best, load_fingerprints
 from wallwatch.analysis.verdicts.observations import (
-    PROBE_SIDE_FAILURES,
     Header,
     MeasurementFacts,
     Row,
@@ -63,6 +64,12 @@ class Condition:
         return _OPERATORS[self.op](actual, self.value)
 
 
+# What a rule may cite as its evidence: a DNS fingerprint, a block page (HTTP) fingerprint, a vague
+# blocking word (an HTTP row of scope `vbw`) or a known false positive (scope `fp`); the verdict
+# then names the row that matched.
+FINGERPRINT_KINDS = ("dns", "http", "vague", "fp")
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     id: str
@@ -71,6 +78,8 @@ class Rule:
     confidence: float
     all_of: tuple[Condition, ...]
     any_of: tuple[tuple[Condition, ...], ...]
+    fingerprint: str | None = None  # one of FINGERPRINT_KINDS: the verdict names the matching row
+    confirmed: bool = False  # the verdict is confirmed blocking (a fingerprint expected in the country)
 
     def matches(self, facts: Mapping[str, Any]) -> bool:
         for condition in self.all_of:
@@ -128,10 +137,16 @@ def parse_rule_set(document: Mapping[str, Any], source: str) -> RuleSet:
         confidence = float(spec.get("confidence", 0.0))
         if not 0.0 <= confidence <= 1.0:
             raise RulesError(f"{where}: confidence must be within [0, 1]")
+        fingerprint, confirmed = spec.get("fingerprint"), spec.get("confirmed", False)
+        if fingerprint is not None and fingerprint not in FINGERPRINT_KINDS:
+            raise RulesError(f"{where}: fingerprint must be one of {FINGERPRINT_KINDS}")
+        if confirmed not in (True, False) or (confirmed and (verdict != "blocked" or fingerprint not in ("dns", "http"))):
+            raise RulesError(f"{where}: only a blocked verdict citing a blocking fingerprint can be confirmed")
         rules.append(Rule(
             id=str(spec["id"]), verdict=verdict, method=method, confidence=confidence,
             all_of=_conditions(spec.get("when"), where),
             any_of=tuple(_conditions(group, where) for group in spec.get("any") or ()),
+            fingerprint=fingerprint, confirmed=bool(confirmed),
         ))
     if not rules or rules[-1].all_of or rules[-1].any_of:
         raise RulesError(f"{source}: the last rule must be an unconditional fallback")
@@ -163,6 +178,22 @@ def default_rule_sets() -> dict[str, RuleSet]:
     return load_rule_sets()
 
 
+@lru_cache(maxsize=1)
+def not_judged() -> dict[str, str]:
+    """OONI test name -> why wallwatch stores its measurements without judging them (data/not_judged.yaml)."""
+    text = resources.files("wallwatch.analysis.verdicts.data").joinpath("not_judged.yaml").read_text(encoding="utf-8")
+    return {str(name): str(why) for name, why in (yaml.load(text, Loader=_YAML_LOADER) or {}).items()}
+
+
+def judgement_of(test_name: str, rule_sets: Mapping[str, RuleSet] | None = None) -> str:
+    """How a test's measurements are judged, in words for the ingest summary."""
+    rule_set = (rule_sets or default_rule_sets()).get(test_name)
+    if rule_set is not None:
+        return f"judged by {rule_set.rules_version}"
+    why = not_judged().get(test_name)
+    return f"stored, not judged: {why}" if why else "stored, not judged: a test wallwatch does not know"
+
+
 # -- facts per feature ------------------------------------------------------------
 
 _TIMEOUTS = frozenset({"generic_timeout_error", "connect_operation_timed_out", "timeout"})
@@ -173,9 +204,7 @@ def _is_timeout(failure: str | None) -> bool:
     return failure is not None and (failure in _TIMEOUTS or "timed_out" in failure or "timeout" in failure)
 
 
-def _counted(failure: str | None) -> bool:
-    """A failure that could be interference (probe-side failures never count)."""
-    return failure is not None and failure not in PROBE_SIDE_FAILURES
+_counted = is_interference_candidate  # a failure that can be evidence (verdicts/failures.py)
 
 
 # Every fact a rule may test, with its value before any row is counted.
@@ -185,9 +214,15 @@ _FACTS_TEMPLATE: dict[str, Any] = {
         "n_dns_inconsistent", "n_endpoints", "n_ok", "n_failed", "n_tcp_ok", "n_tcp_reset", "n_tcp_timeout",
         "n_tcp_refused", "n_tcp_failed_ctrl_ok", "n_tcp_reset_ctrl_ok", "n_tcp_failed_ctrl_failed",
         "n_tls_failed", "n_tls_reset", "n_tls_timeout", "n_tls_cert", "n_http_failed", "n_http_reset",
-        "n_blockpage", "n_probe_dns_inconsistent"), 0),
+        "n_blockpage", "n_probe_dns_inconsistent", "n_vague_blockpage", "n_known_false_positive",
+        "n_probe_faults"), 0),
     "probe_online": False, "has_control": False, "final_http_ok": False, "status_class_match": None,
     "ctrl_dns_ok": None, "ctrl_http_ok": None, "tunnel_ok": False, "tunnel_reset": False,
+    # A DNS fingerprint / block page whose expected_countries include the probe's country
+    # (or name none): confirmed blocking. Set by `judge_measurement` from the matches.
+    "dns_fingerprint_expected": False, "blockpage_expected": False,
+    "probe_fault": None,  # the first probe-side failure string seen (failures.py)
+    "tampering": None, "ech_control_ok": None, "ech_target_ok": None, "ech_target_interference": False,
 }
 
 
@@ -211,14 +246,14 @@ def _add_dns_facts(facts: dict[str, Any], row: Row) -> None:
     failure = row["dns_failure"]
     if row["dns_answers"]:
         facts["n_dns_ok"] += 1
-    elif _counted(failure) and failure != "dns_no_answer":
+    elif _counted(failure):
         facts["n_dns_failed"] += 1
         if failure == "dns_nxdomain_error":
             facts["n_dns_nxdomain"] += 1
+    elif is_probe_fault(failure):
+        _note_probe_fault(facts, failure)
     if failure == "dns_bogon_error" or row["dns_bogon"]:
         facts["n_dns_bogon"] += 1
-    if row["dns_fingerprint"]:
-        facts["n_dns_fingerprint"] += 1
     if row["dns_ctrl_consistent"] is False:
         facts["n_dns_inconsistent"] += 1
     if row["ctrl_dns_failure"] is not None or row["dns_ctrl_consistent"] is not None:
@@ -236,14 +271,35 @@ def _note_ctrl_dns(facts: dict[str, Any], row: Row) -> None:
             facts["ctrl_dns_ok"] = row["ctrl_dns_failure"] is None
 
 
+def _note_probe_fault(facts: dict[str, Any], failure: str) -> None:
+    facts["n_probe_faults"] += 1
+    if facts["probe_fault"] is None:
+        facts["probe_fault"] = failure
+
+
+def _only_probe_faults(*failures: str | None) -> str | None:
+    """The first probe-side fault when every failure of an attempt is one (else None): such an attempt
+    says nothing about the network (no IPv6 route, the probe's own exception text)."""
+    present = [failure for failure in failures if failure is not None]
+    if present and all(is_probe_fault(failure) for failure in present):
+        return present[0]
+    return None
+
+
 def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
     if row["tunnel_failure"] is not None or row["tunnel_bootstrap_s"] is not None:
-        facts["tunnel_ok"] = row["tunnel_failure"] is None
-        facts["tunnel_reset"] = bool(row["tunnel_failure"]) and _RESET in row["tunnel_failure"]
+        failure = row["tunnel_failure"]
+        facts["tunnel_ok"] = facts["tunnel_ok"] or failure is None  # one bootstrap / target / lookup worked
+        facts["tunnel_reset"] = facts["tunnel_reset"] or (bool(failure) and _RESET in failure)
+        if is_probe_fault(failure):
+            _note_probe_fault(facts, failure)
         return
     tcp, tls, http = row["tcp_failure"], row["tls_failure"], row["http_failure"]
-    if not (_counted(tcp) or _counted(tls) or _counted(http)) and (tcp or tls or http):
-        return  # only probe-side failures (e.g. no IPv6 route): not an attempt that can tell us anything
+    fault = _only_probe_faults(tcp, tls, http)
+    if fault is not None and row["http_status"] is None:
+        _note_probe_fault(facts, fault)
+        return  # not an attempt that can tell us anything
+
     facts["n_endpoints"] += 1
     tcp_ok = row["tcp_success"] is True or (row["tcp_success"] is None and (row["tls_server_name"] is not None
                                                                             or row["http_status"] is not None))
@@ -266,8 +322,6 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
     if _counted(http) and row["http_status"] is None:
         facts["n_http_failed"] += 1
         facts["n_http_reset"] += http == _RESET
-    if row["http_fingerprint"]:
-        facts["n_blockpage"] += 1
     if row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None or row["ctrl_http_failure"]:
         facts["has_control"] = True
     _note_ctrl_dns(facts, row)
@@ -305,7 +359,23 @@ _FB_KEYS = {"text": ("b_api", "b_graph", "edge"), "media": ("external_cdn", "sco
             "web": ("star",), "calls": ("stun",)}
 
 
+def _tampering(value: Any) -> bool | None:
+    """ts-006 `tampering` is a map whose `total` says it all; ts-007's is a bool."""
+    if isinstance(value, dict):
+        value = value.get("total")
+    return value if isinstance(value, bool) else None
+
+
 def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> dict[str, Any] | None:
+    if test_name in ("http_header_field_manipulation", "http_invalid_request_line"):
+        return {"tampering": _tampering(test_keys.get("tampering"))}
+    if test_name == "echcheck":
+        control, target = test_keys.get("control"), test_keys.get("target")
+        control_failure = control.get("failure") if isinstance(control, dict) else "missing"
+        target_failure = target.get("failure") if isinstance(target, dict) else "missing"
+        return {"ech_control_ok": control_failure is None, "ech_target_ok": target_failure is None,
+                "ech_target_interference": is_interference_candidate(target_failure)
+                if isinstance(target_failure, str) else False}
     if test_name == "facebook_messenger":
         # ts-019: `facebook_<ep>_dns_consistent` is false when an answer's ASN is not Facebook's
         # (AS32934); the probe had the ASN database we do not, so its fact is kept.
@@ -345,11 +415,82 @@ def _verdict_row(base: Row, service: str, feature: str, target: str | None, verd
     return row
 
 
+# -- fingerprint evidence -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFingerprints:
+    """The fingerprint matches of one feature's observation rows, by what a rule may cite."""
+
+    dns: tuple[FingerprintMatch, ...] = ()
+    http: tuple[FingerprintMatch, ...] = ()
+    vague: tuple[FingerprintMatch, ...] = ()
+    false_positives: tuple[FingerprintMatch, ...] = ()
+
+    def cited(self, kind: str, probe_cc: str) -> FingerprintMatch | None:
+        """The match a rule citing `kind` names: one expected in the probe's country first."""
+        matches = {"dns": self.dns, "http": self.http, "vague": self.vague, "fp": self.false_positives}[kind]
+        expected = [m for m in matches if m.fingerprint.expected_in(probe_cc)]
+        return best(expected) or best(matches)
+
+
+_NO_FINGERPRINTS = GroupFingerprints()
+
+
+def group_fingerprints(rows: Sequence[Row], fingerprints: FingerprintDB) -> GroupFingerprints:
+    """Which fingerprint rows the observation rows matched (their names are stored in the rows)."""
+    dns: list[FingerprintMatch] = []
+    http: list[FingerprintMatch] = []
+    vague: list[FingerprintMatch] = []
+    false_positives: list[FingerprintMatch] = []
+    for row in rows:
+        if row["dns_fingerprint"] is not None:
+            found = fingerprints.get_dns(row["dns_fingerprint"])
+            if found is not None:
+                dns.append(FingerprintMatch(found, found.location_found, row["hostname"]))
+        if row["http_fingerprint"] is not None:
+            found = fingerprints.get_http(row["http_fingerprint"])
+            if found is not None:
+                match = FingerprintMatch(found, found.location_found, row["http_url"])
+                (false_positives if found.false_positive else vague if found.vague else http).append(match)
+    if not (dns or http or vague or false_positives):
+        return _NO_FINGERPRINTS
+    return GroupFingerprints(tuple(dns), tuple(http), tuple(vague), tuple(false_positives))
+
+
+def _fingerprint_facts(facts: dict[str, Any], found: GroupFingerprints, probe_cc: str) -> None:
+    """Facts of the group's matches: counted by kind, and whether one is expected in the probe's country."""
+    facts["n_dns_fingerprint"] = len(found.dns)
+    facts["n_blockpage"] = len(found.http)
+    facts["n_vague_blockpage"] = len(found.vague)
+    facts["n_known_false_positive"] = len(found.false_positives)
+    facts["dns_fingerprint_expected"] = any(m.fingerprint.expected_in(probe_cc) for m in found.dns)
+    facts["blockpage_expected"] = any(m.fingerprint.expected_in(probe_cc) for m in found.http)
+
+
+def _cite(row: Row, rule: Rule, found: GroupFingerprints, probe_cc: str, facts: Mapping[str, Any]) -> Row:
+    """Fill the verdict's evidence columns: the fingerprint a rule cites, the probe fault it rests on."""
+    if rule.fingerprint is not None:
+        match = found.cited(rule.fingerprint, probe_cc)
+        if match is not None:
+            row["confirmed"] = rule.confirmed and match.fingerprint.expected_in(probe_cc)
+            row["fingerprint"] = match.fingerprint.name
+            row["fingerprint_scope"] = match.fingerprint.scope
+            row["fingerprint_location"] = match.location
+            row["fingerprint_found_in"] = match.where
+    if row["verdict"] == "unknown" and facts.get("probe_fault") is not None:
+        row["probe_fault"] = facts["probe_fault"]
+    return row
+
+
 def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
-                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None) -> list[Row]:
-    """Verdict rows for one measurement: the probe's own for wallwatch, else by the rule set of its test."""
+                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None,
+                      fingerprints: FingerprintDB | None = None) -> list[Row]:
+    """Verdict rows for one measurement: the probe's own for wallwatch (unless a fingerprint matched),
+    else by the rule set of its test."""
+    fingerprints = fingerprints or load_fingerprints()
     if meta.get("software_name") == "wallwatch":
-        return list(_wallwatch_verdicts(header, meta, test_keys))
+        return list(_wallwatch_verdicts(header, meta, test_keys, measurement, fingerprints))
     rule_set = (rule_sets or default_rule_sets()).get(header.test_name)
     if rule_set is None:
         return []
@@ -359,9 +500,13 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
         if feature == "uptime":
             continue  # ts-029: uptime.signal.org is resolved and ignored by OONI too
         facts = feature_facts(group, measurement, _extra_facts(header.test_name, feature, test_keys))
+        found = group_fingerprints(group, fingerprints)
+        if found is not _NO_FINGERPRINTS:
+            _fingerprint_facts(facts, found, header.probe_cc)
         rule = rule_set.judge(facts)
-        rows.append(_verdict_row(base, service, feature, target, rule.verdict, rule.method, rule.confidence,
-                                 rule.id, rule_set.rules_version))
+        row = _verdict_row(base, service, feature, target, rule.verdict, rule.method, rule.confidence,
+                           rule.id, rule_set.rules_version)
+        rows.append(_cite(row, rule, found, header.probe_cc, facts))
     return rows
 
 
@@ -375,21 +520,52 @@ def _unit_fraction(value: Any) -> float | None:
     return None
 
 
-def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any]) -> Iterable[Row]:
+# wallwatch's own records: a fingerprint match in the probe's DNS answers or HTTP responses decides
+# before the probe's verdict, as it does for OONI's tests (rule ids of this pseudo rule set).
+WALLWATCH_FINGERPRINT_RULES = "wallwatch-fingerprints/1"
+_WALLWATCH_FINGERPRINT_RULES = {
+    ("dns", True): Rule("ww.dns_fingerprint", "blocked", "dns", 0.95, (), (), "dns", True),
+    ("dns", False): Rule("ww.dns_fingerprint_elsewhere", "blocked", "dns", 0.7, (), (), "dns", False),
+    ("http", True): Rule("ww.blockpage", "blocked", "blockpage", 0.95, (), (), "http", True),
+    ("http", False): Rule("ww.blockpage_elsewhere", "blocked", "blockpage", 0.7, (), (), "http", False),
+}
+
+
+def _wallwatch_fingerprint_rule(found: GroupFingerprints, probe_cc: str) -> Rule | None:
+    for kind, matches in (("dns", found.dns), ("http", found.http)):
+        if matches:
+            expected = any(m.fingerprint.expected_in(probe_cc) for m in matches)
+            return _WALLWATCH_FINGERPRINT_RULES[(kind, expected)]
+    return None
+
+
+def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
+                        measurement: MeasurementFacts, fingerprints: FingerprintDB) -> Iterable[Row]:
     extension = test_keys.get("x_wallwatch")
     extension = extension if isinstance(extension, dict) else {}
     rules_version = str(extension.get("rules_version") or "wallwatch-unversioned")
     features = extension.get("features")
     service = header.test_name
     base = _verdict_base(header, meta)
+    by_feature: dict[str, list[Row]] = {}
+    for row in measurement.rows:
+        by_feature.setdefault(row["feature"], []).append(row)
     for feature, made in (features.items() if isinstance(features, dict) else ()):
+        found = group_fingerprints(by_feature.get(str(feature), ()), fingerprints)
+        rule = _wallwatch_fingerprint_rule(found, header.probe_cc) if found is not _NO_FINGERPRINTS else None
         made = made if isinstance(made, dict) else {}
+        share = _unit_fraction(made.get("blocked_share"))
+        if rule is not None:
+            row = _verdict_row(base, service, str(feature), None, rule.verdict, rule.method, rule.confidence,
+                               rule.id, WALLWATCH_FINGERPRINT_RULES, share)
+            yield _cite(row, rule, found, header.probe_cc, {})
+            continue
         verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
         valid = (verdict in VERDICTS and (method is None or method in METHODS) and confidence is not None
                  and isinstance(made.get("rule"), str))
         if valid:
             yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, made["rule"],
-                               rules_version, _unit_fraction(made.get("blocked_share")))
+                               rules_version, share)
         else:
             # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
             yield _verdict_row(base, service, str(feature), None, "unknown", None, 0.0, WALLWATCH_INVALID_RULE,

@@ -1,0 +1,90 @@
+"""Every OONI test is named: judged by a rule set, or stored with why; the spec examples of the new
+ones (tests/data/ooni-spec-examples) judged, and one change each turns them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import orjson
+
+from wallwatch.analysis.ingest.header import read_header
+from wallwatch.analysis.ingest.pipeline import ingest
+from wallwatch.analysis.verdicts.observations import make_observations
+from wallwatch.analysis.verdicts.rules import default_rule_sets, judge_measurement, judgement_of, not_judged
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "ooni-spec-examples"
+# ooni/spec nettests/ (ts-001 .. ts-041) and ooni/backend fastpath test names.
+OONI_TESTS = ["web_connectivity", "whatsapp", "telegram", "signal", "facebook_messenger", "vanilla_tor", "tor",
+              "torsf", "psiphon", "openvpn", "riseupvpn", "stunreachability", "dnscheck", "echcheck",
+              "http_header_field_manipulation", "http_invalid_request_line", "ndt", "dash", "urlgetter",
+              "dns_consistency", "http_requests", "http_host", "dns_spoof", "bridge_reachability", "tcp_connect",
+              "multi_protocol_traceroute", "captive_portal", "dns_injection", "lantern",
+              "meek_fronted_requests_test", "sni_blocking", "quicping", "tcpping", "tlsping", "simplequicping",
+              "dnsping", "browser_web", "tlsmiddlebox", "portfiltering", "randomtraffic", "shadowsocks", "ddr"]
+
+
+def test_every_ooni_test_is_judged_or_says_why_not() -> None:
+    judged, skipped = set(default_rule_sets()), set(not_judged())
+    assert not judged & skipped
+    for name in OONI_TESTS:
+        assert name in judged or name in skipped, name
+    assert judgement_of("ndt").startswith("stored, not judged: a speed test")
+    assert judgement_of("torsf") == "judged by tunnel/2"
+
+
+def _judge(record: dict) -> dict:
+    header, meta, test_keys = read_header(record)
+    facts = make_observations(header, test_keys, meta["input"])
+    (row,) = judge_measurement(header, meta, test_keys, facts)
+    return row
+
+
+def _example(name: str) -> dict:
+    return orjson.loads((EXAMPLES / name).read_bytes())
+
+
+def test_the_new_tests_are_judged() -> None:
+    torsf = _example("ts-030-torsf.example.json")
+    assert (_judge(torsf)["service"], _judge(torsf)["verdict"], _judge(torsf)["rule_id"]) == (
+        "tor_snowflake", "ok", "tunnel.ok")
+    reset = copy.deepcopy(torsf)
+    reset["test_keys"].update(failure="connection_reset", bootstrap_time=0)
+    assert (_judge(reset)["verdict"], _judge(reset)["method"]) == ("blocked", "protocol_dpi")
+    faulted = copy.deepcopy(torsf)
+    faulted["test_keys"].update(failure="unknown_failure: tor: exit status 1", bootstrap_time=0)
+    assert (_judge(faulted)["verdict"], _judge(faulted)["probe_fault"]) == ("unknown",
+                                                                           "unknown_failure: tor: exit status 1")
+    psiphon = copy.deepcopy(torsf)
+    psiphon["test_name"] = "psiphon"
+    assert (_judge(psiphon)["service"], _judge(psiphon)["verdict"]) == ("psiphon", "ok")
+    stun = copy.deepcopy(reset)
+    stun.update(test_name="stunreachability", input="stun.l.google.com:19302")
+    stun["test_keys"]["failure"] = "generic_timeout_error"
+    assert (_judge(stun)["service"], _judge(stun)["feature"], _judge(stun)["verdict"]) == ("stun", "calls", "unknown")
+    ech = _example("ts-039-echcheck.example.json")
+    assert (_judge(ech)["feature"], _judge(ech)["verdict"]) == ("ech", "ok")
+    ech["test_keys"]["target"]["failure"] = "connection_reset"
+    assert (_judge(ech)["verdict"], _judge(ech)["method"], _judge(ech)["rule_id"]) == ("blocked", "tls", "ech.blocked")
+    line = _example("ts-007-http-invalid-request-line.example.json")
+    got = _judge(line)
+    assert (got["service"], got["feature"], got["target"], got["verdict"], got["method"]) == (
+        "middlebox", "request_line", None, "blocked", "middlebox")
+    headers = copy.deepcopy(line)
+    headers["test_name"] = "http_header_field_manipulation"
+    headers["test_keys"] = {"tampering": {"header_field_name": False, "total": False}}
+    assert (_judge(headers)["feature"], _judge(headers)["verdict"]) == ("http_headers", "ok")
+    tor = copy.deepcopy(torsf)
+    tor["test_name"] = "tor"
+    tor["test_keys"] = {"targets": {"a": {"failure": "generic_timeout_error"}, "b": {"failure": None}}}
+    assert _judge(tor)["verdict"] == "ok"
+    dnscheck = copy.deepcopy(torsf)
+    dnscheck.update(test_name="dnscheck", input="https://dns.google/dns-query")
+    dnscheck["test_keys"] = {"lookups": {"x": {"failure": "connection_reset"}}, "bootstrap_failure": None}
+    assert (_judge(dnscheck)["feature"], _judge(dnscheck)["verdict"]) == ("resolver", "blocked")
+
+
+def test_ingest_counts_each_test(tmp_path: Path) -> None:
+    summary = ingest([EXAMPLES], tmp_path / "data")
+    assert summary.tests == {"torsf": 1, "echcheck": 1, "http_invalid_request_line": 1}
+    assert summary.verdicts == 3
