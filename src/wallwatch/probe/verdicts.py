@@ -413,8 +413,8 @@ def judge_attempt(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
     """The first stage that shows something wrong decides."""
     session = ctx.chat_sessions.get(attempt.transaction_id)
     fetch = ctx.fetches.get(attempt.transaction_id)
-    if session is None and fetch is None and (attempt.udp or not attempt.queries):
-        return _udp_verdict(attempt, ctx)  # a STUN exchange (dialled by address, or resolved first)
+    if session is None and fetch is None and not attempt.queries:
+        return _udp_verdict(attempt, ctx)  # a STUN exchange to a relay dialled by address
     udp_ok = bool(attempt.udp) and attempt.udp[0].get("failure") is None
     succeeded = _session_completed(session) or udp_ok or (fetch is not None and fetch.get("failure") is None)
     dns = _dns_verdict(attempt, ctx, not succeeded)

@@ -251,7 +251,11 @@ def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | N
     `options`: `opening=2017|today` (the chat client's era; default today).
     """
     config = default_config(settings, step_timeout=step_timeout)
+    from wallwatch.protocols.whatsapp import OPENINGS
+
     opening = (options or {}).get("opening")
     if opening is not None:
+        if opening not in OPENINGS:
+            raise ValueError(f"whatsapp: opening must be one of {', '.join(OPENINGS)}, not {opening!r}")
         config = replace(config, opening=opening)
     return measure_whatsapp(config, settings, stamp=stamp, progress=progress)
