@@ -132,8 +132,9 @@ class Method(StrEnum):
         "platform_filter",
         "The platform itself withheld content: a canary message carrying a keyword was accepted by the "
         "platform's server and never delivered, while the same message without the keyword, sent over the "
-        "same connection, was (Citizen Lab's WeChat method [CitizenLab2017]). The network carried both: "
-        "this is the service censoring its users, not a firewall, and only the keyword nettest names it.",
+        "same connection, was (Citizen Lab's method for WeChat, [CitizenLab2016], [CitizenLab2017]). The "
+        "network carried both: this is the service censoring its users, not a firewall, and only the "
+        "keyword nettest names it.",
         "the platform's own servers withheld messages with certain words; the network was not involved",
     )
 

@@ -39,7 +39,7 @@ def run_nettest(
         "(scenario replays); the real time goes to annotations.wallwatch_wall_time."),
     annotation: list[str] = typer.Option([], "--annotation", help="key=value to add to annotations (repeatable)."),
     option: list[str] = typer.Option([], "--option", help="key=value setting of the nettest itself (repeatable), "
-                                     "e.g. whatsapp's opening=2017|today (the chat client's era)."),
+                                     "e.g. whatsapp's opening=2017|2022|today (the chat client's era)."),
     publish_ip: bool = typer.Option(False, "--publish-ip", help="Record the probe's IP (hidden by default)."),
 ) -> None:
     """Run NETTEST once; print feature -> verdict, method, evidence."""

@@ -394,9 +394,12 @@ def random_routing_info(size: int = 8) -> bytes:
 
 # --- the clients' openings, era by era --------------------------------------------
 # What a DPI engine keys on is the first bytes of the stream ([nDPI] whatsapp.c
-# lists them): before 2018 native clients opened with the bare header `WA 1 5`;
-# from 2018 they go through the edge, `ED 0 1`, a 3-byte length, routing info
-# that starts with a protobuf tag 0x08, then `WA 6 3` (whatsmeow, Baileys).
+# lists them, release by release): before 2018 native clients opened with the
+# bare header `WA 1 5`; from 2018 they go through the edge: `ED 0 1`, a 3-byte
+# length and routing info starting with a protobuf tag 0x08, then the header;
+# nDPI 4.2 (2022) knows the edge opening with 2 bytes of routing info and
+# `WA 2 0`, later releases 4 bytes of routing info; today's clients send
+# `WA 6 3` (whatsmeow, Baileys).
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,17 +409,16 @@ class Opening:
     dict_version: int
 
 
-# Routing info as an edge hands it out: protobuf fields 1 and 2 (varints); 4 bytes like the
-# sample in nDPI's tests (`ED 00 01 00 00 04 08 ...`).
-TODAY_ROUTING_INFO = b"\x08\x02\x10\x05"
 OPENINGS: dict[str, Opening] = {
     "2017": Opening(None, 1, 5),
-    "today": Opening(TODAY_ROUTING_INFO, WA_MAGIC, WA_DICT_VERSION),
+    "2022": Opening(b"\x08\x00", 2, 0),
+    # Routing info as an edge hands it out: protobuf fields 1 and 2 (varints).
+    "today": Opening(b"\x08\x02\x10\x05", WA_MAGIC, WA_DICT_VERSION),
 }
 
 
 def client_for(opening: str = "today", *, static_private: bytes | None = None) -> ChatClient:
-    """A chat client that opens as the clients of `opening` ("2017" or "today") did."""
+    """A chat client that opens as the clients of `opening` (a key of OPENINGS) did."""
     try:
         chosen = OPENINGS[opening]
     except KeyError:

@@ -102,7 +102,8 @@ class WhatsAppConfig:
     max_addresses: int = 2  # addresses tried per target, as a dialer falls back
     timeouts: Timeouts = field(default_factory=Timeouts)
     # The chat client's opening, era by era (protocols.whatsapp.OPENINGS): "today" sends the
-    # edge-routing prefix and WA 6 3, "2017" the bare WA 1 5 header of the clients of that year.
+    # edge-routing prefix and WA 6 3, "2022" the edge opening nDPI 4.2 knows, "2017" the bare
+    # WA 1 5 header of the clients of that year.
     opening: str = "today"
 
     @property
@@ -248,7 +249,7 @@ def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | N
              options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point (the targets are fixed: the registry refuses any).
 
-    `options`: `opening=2017|today` (the chat client's era; default today).
+    `options`: `opening=2017|2022|today` (the chat client's era; default today).
     """
     config = default_config(settings, step_timeout=step_timeout)
     from wallwatch.protocols.whatsapp import OPENINGS
