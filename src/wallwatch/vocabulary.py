@@ -135,6 +135,15 @@ class Method(StrEnum):
         "network, not per site.",
         "a device on the network rewrote web traffic (it can censor; this alone does not show it did)",
     )
+    PLATFORM_FILTER = (
+        "platform_filter",
+        "The platform itself withheld content: a canary message carrying a keyword was accepted by the "
+        "platform's server and never delivered, while the same message without the keyword, sent over the "
+        "same connection, was (Citizen Lab's method for WeChat, [CitizenLab2016], [CitizenLab2017]). The "
+        "network carried both: this is the service censoring its users, not a firewall, and only the "
+        "keyword nettest names it.",
+        "the platform's own servers withheld messages with certain words; the network was not involved",
+    )
 
 
 METHODS: tuple[str, ...] = tuple(method.value for method in Method)
@@ -173,6 +182,8 @@ class Feature(StrEnum):
     """HTTP request headers reaching a server unaltered (OONI's http_header_field_manipulation)."""
     REQUEST_LINE = "request_line"
     """An HTTP request line reaching a server unaltered (OONI's http_invalid_request_line)."""
+    KEYWORDS = "keywords"
+    """Messages naming listed keywords, delivered or withheld by the platform (the keyword nettest)."""
 
 
 FEATURES: tuple[str, ...] = tuple(feature.value for feature in Feature)
@@ -182,6 +193,17 @@ FEATURES: tuple[str, ...] = tuple(feature.value for feature in Feature)
 NETTEST_FEATURES: Mapping[str, tuple[Feature, ...]] = MappingProxyType({
     "whatsapp": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB, Feature.REGISTRATION),
     "openvpn": (Feature.TUNNEL,),
+    # The messaging nettests of probe/nettests/ (one module each; docs/services.md says what each
+    # feature measures and where the real service's endpoints come from).
+    "telegram": (Feature.TEXT, Feature.MEDIA, Feature.WEB),
+    "signal": (Feature.TEXT, Feature.MEDIA, Feature.STORAGE, Feature.CALLS),
+    "facebook_messenger": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB),
+    "wechat": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB),
+    "viber": (Feature.TEXT, Feature.MEDIA, Feature.CALLS),
+    "skype": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB),
+    "facetime": (Feature.CALLS,),
+    # Platform-side filtering: a verdict about the service, not the network (Method.PLATFORM_FILTER).
+    "keyword": (Feature.KEYWORDS,),
 })
 
 

@@ -23,6 +23,8 @@ EXPECTED = {
         ('ok', 'im.all_ok', 'ok', None),
     ('backend/signal_022.json', 'contacts'):
         ('ok', 'im.all_ok', 'ok', None),
+    ('backend/signal_022.json', 'media'):
+        ('ok', 'im.all_ok', 'ok', None),
     ('backend/signal_022.json', 'storage'):
         ('ok', 'im.all_ok', 'ok', None),
     ('backend/signal_022.json', 'text'):
@@ -90,14 +92,14 @@ def test_compare_on_the_samples_asserts_every_pair(samples_dir: Path) -> None:
     assert indonesia.ooni_detail == "blocking=false, accessible=true"
     probe_fault = by_key[("backend/bug_351.json", "page")]
     assert probe_fault.probe_fault.startswith("unknown_failure 'ascii' codec")
-    assert confusion(comparisons) == {("blocked", "blocking"): 2, ("blocked", "ok"): 1, ("ok", "ok"): 26,
+    assert confusion(comparisons) == {("blocked", "blocking"): 2, ("blocked", "ok"): 1, ("ok", "ok"): 27,
                                       ("ok", "no flag"): 1, ("down", "no flag"): 1, ("unknown", "blocking"): 1}
 
 
 def test_compare_command_prints_the_table_and_the_disagreements(samples_dir: Path) -> None:
     result = CliRunner().invoke(app, ["compare", str(samples_dir)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    assert "32 (measurement, feature) pairs, 28 agree" in result.output
+    assert "33 (measurement, feature) pairs, 29 agree" in result.output
     assert "4 disagreement(s)" in result.output and "a probe fault OONI's flag counted" in result.output
     as_json = CliRunner().invoke(app, ["compare", "--json", str(samples_dir / "backend/bug_351.json")])
     assert as_json.exit_code == 0 and '"rule_id":"web.probe_fault"' in as_json.output

@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 
 from tests.censor import payloads
 from wallwatch.censor.analyzers import (
-    ALL_ANALYZERS, PROPERTY_TYPES, Analyzer, Direction, DnsAnalyzer, FetAnalyzer, HttpAnalyzer, MtprotoAnalyzer,
+    ALL_ANALYZERS, PROPERTY_TYPES, Analyzer, Direction, DnsAnalyzer, FetAnalyzer, HttpAnalyzer, MqttAnalyzer,
+    MtprotoAnalyzer, StunAnalyzer,
     OpenVpnAnalyzer, PropType, QuicAnalyzer, TlsAnalyzer, TorAnalyzer, WhatsAppAnalyzer, WireGuardAnalyzer,
 )
 from wallwatch.censor.analyzers.base import FLOW_PROPERTIES
 from wallwatch.censor.policy import KEY_TYPES
-from wallwatch.protocols import dns, http, mtproto, openvpn, quic, tls, tor, whatsapp, wireguard
+from wallwatch.protocols import dns, http, mqtt, mtproto, openvpn, quic, stun, tls, tor, whatsapp, wireguard
 
 C2S, S2C = Direction.TO_SERVER, Direction.TO_CLIENT
 
@@ -142,6 +143,8 @@ def _samples() -> list[tuple[type[Analyzer], str, list[tuple[Direction, bytes]]]
         (MtprotoAnalyzer, "tcp", [(C2S, mtproto.client(mtproto.TAG_ABRIDGED)[0])]),
         (QuicAnalyzer, "udp", [(C2S, quic.build_initial("mmg.whatsapp.net"))]),
         (TorAnalyzer, "tcp", [(C2S, tor.build_client_hello())]),
+        (StunAnalyzer, "udp", [(C2S, stun.build_binding_request(bytes(12)))]),
+        (MqttAnalyzer, "tcp", [(C2S, mqtt.build_connect("wallwatch-probe"))]),
     ]
 
 

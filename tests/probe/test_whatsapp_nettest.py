@@ -29,8 +29,20 @@ def verdicts(test_keys: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
     return {name: (f["verdict"], f["method"]) for name, f in test_keys["x_wallwatch"]["features"].items()}
 
 
+def is_whatsapp(first: bytes) -> bool:
+    """The censor's own fingerprint (protocols.whatsapp): the edge prefix of today's clients, or a bare header."""
+    from wallwatch.protocols.errors import ProtocolError
+    from wallwatch.protocols.whatsapp import parse_stream_header
+
+    try:
+        parse_stream_header(first)
+    except ProtocolError:
+        return False
+    return True
+
+
 def whatsapp_header(first: bytes) -> str:
-    return servers.RESET if first.startswith(b"WA") else servers.PASS
+    return servers.RESET if is_whatsapp(first) else servers.PASS
 
 
 def sni_is(name: str, action: str = servers.RESET) -> Any:
@@ -84,7 +96,7 @@ class OnAndOff:
         self.fraction, self.credit, self.seen, self.reset = fraction, 0.0, 0, 0
 
     def __call__(self, first: bytes) -> str:
-        if not first.startswith(b"WA"):
+        if not is_whatsapp(first):
             return servers.PASS
         self.seen += 1
         self.credit += self.fraction
@@ -112,7 +124,7 @@ def test_on_and_off_chat_blocking_is_blocked_and_partial(tmp_path: Path, fractio
 
 
 def test_chat_protocol_blackholed_after_header_is_protocol_dpi(tmp_path: Path) -> None:
-    drop_wa = lambda first: servers.DROP if first.startswith(b"WA") else servers.PASS  # noqa: E731
+    drop_wa = lambda first: servers.DROP if is_whatsapp(first) else servers.PASS  # noqa: E731
     keys = measure(tmp_path, Policy(chat_a=drop_wa, chat_b=drop_wa))
     assert verdicts(keys)["text"] == ("blocked", "protocol_dpi")
     assert {s["failure"] for s in keys["x_wallwatch"]["chat_sessions"]} == {"generic_timeout_error"}

@@ -220,3 +220,17 @@ def test_message_head_at_every_cut(data: bytes, message_id: int, cut: int) -> No
         assert result == mt.MessageHead(0, message_id, len(data), int.from_bytes(data[:4], "little"))
     else:
         assert isinstance(result, Incomplete) and result.needed is not None and result.needed > cut
+
+
+def test_req_pq_multi_and_res_pq_round_trip() -> None:
+    nonce = bytes(range(16))
+    request = mt.build_req_pq_multi(nonce, mt.client_message_id(1_500_000_000.0))
+    assert mt.parse_req_pq_multi(request) == nonce
+    answer = mt.build_res_pq(nonce, b"\x01" * 16, bytes.fromhex("17ED48941A08F981"), (-5, 7), 4)
+    parsed = mt.parse_res_pq(answer)
+    assert (parsed.nonce, parsed.server_nonce, parsed.pq, parsed.fingerprints) == (
+        nonce, b"\x01" * 16, bytes.fromhex("17ED48941A08F981"), (-5, 7))
+    with pytest.raises(ProtocolError):
+        mt.parse_res_pq(request)  # a request is not an answer
+    with pytest.raises(ProtocolError):
+        mt.parse_res_pq(answer[:-6])

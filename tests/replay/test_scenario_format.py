@@ -49,7 +49,9 @@ def day(text: str) -> dt.date:
 def test_cn_2017_09_is_the_timeline_of_issue_4() -> None:
     scenario = load_scenario(CN_2017_09)
     assert [(i.id, i.asn, i.cc) for i in scenario.isps] == [("telecom", "AS4134", "CN"), ("unicom", "AS4837", "CN"), ("mobile", "AS9808", "CN")]
-    assert (scenario.start, scenario.end, scenario.probes) == (day("2017-07-01"), day("2017-10-24"), ("whatsapp", "openvpn"))
+    assert (scenario.start, scenario.end, scenario.probes) == (day("2017-07-01"), day("2017-10-24"),
+                                                                ("whatsapp", "openvpn", "telegram", "signal",
+                                                                 "facebook_messenger"))
 
     def policies(text: str) -> list[str]:
         return [scenario.policy_on(day(text), isp.id).name for isp in scenario.isps]

@@ -43,7 +43,7 @@ _IM_FLAGS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "telegram": {"text": ("telegram_tcp_blocking", "telegram_http_blocking"), "web": ("telegram_web_status",)},
     "facebook_messenger": {feature: ("facebook_tcp_blocking", "facebook_dns_blocking")
                            for feature in ("text", "media", "web", "calls", "endpoints")},
-    "signal": {feature: ("signal_backend_status",) for feature in ("text", "calls", "contacts", "storage")},
+    "signal": {feature: ("signal_backend_status",) for feature in ("text", "media", "calls", "contacts", "storage")},
 }
 TUNNEL_TESTS = frozenset({"vanilla_tor", "tor", "torsf", "psiphon", "openvpn", "riseupvpn"})
 

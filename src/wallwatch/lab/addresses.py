@@ -9,7 +9,8 @@ Two maps, both handed to the probe in the lab state file (the contract is in
 `wallwatch.probe.settings`):
 * names -> lab addresses (`names`): what the lab's DNS resolver answers;
 * real-world IPs/CIDRs -> lab addresses (`address_map`): for targets the probe
-  dials by address (call relays), translated by the probe before dialling.
+  dials by address (call relays, Telegram's data centres), translated by the
+  probe before dialling.
 """
 
 from __future__ import annotations
@@ -86,8 +87,49 @@ HTTPS_SERVICES: Mapping[str, str] = MappingProxyType(
 )
 CALL_RELAYS: tuple[str, ...] = ("198.19.3.1", "198.19.3.2")
 
+# --- the other messaging services (docs/services.md) ------------------------------
+# One /24 per service, so a policy can black-hole one service's addresses without
+# touching another's (no collateral verdicts by construction).
+
+# Telegram's data centres, dialled by address as clients and OONI ts-020 do, on 443
+# and 80: the DC addresses of OONI's ts-020 example -> lab DCs speaking MTProto.
+TELEGRAM_DC_PORTS = (443, 80)
+TELEGRAM_DCS: Mapping[str, str] = MappingProxyType({
+    "149.154.175.50": "198.19.10.1", "149.154.167.51": "198.19.10.2", "149.154.175.100": "198.19.10.3",
+    "149.154.167.91": "198.19.10.4", "149.154.171.5": "198.19.10.5", "95.161.76.100": "198.19.10.6",
+})
+
+# HTTPS sites (lab/https_server.py): web clients and APIs answer a page, media hosts
+# (MEDIA_SITES) keep uploads and serve a photo-sized sample at /d/sample.jpg.
+HTTPS_SITES: Mapping[str, str] = MappingProxyType({
+    "web.telegram.org": "198.19.10.20",
+    "cdn4.telesco.pe": "198.19.10.21",
+    "chat.signal.org": "198.19.11.1",
+    "cdn.signal.org": "198.19.11.2",
+    "cdn2.signal.org": "198.19.11.3",
+    "storage.signal.org": "198.19.11.4",
+    "sfu.voip.signal.org": "198.19.11.5",
+    "b-api.facebook.com": "198.19.12.2",
+    "b-graph.facebook.com": "198.19.12.3",
+    "scontent.xx.fbcdn.net": "198.19.12.4",
+    "external.xx.fbcdn.net": "198.19.12.5",
+    "star.c10r.facebook.com": "198.19.12.6",
+})
+MEDIA_SITES = frozenset({"cdn4.telesco.pe", "cdn.signal.org", "cdn2.signal.org", "scontent.xx.fbcdn.net",
+                         "external.xx.fbcdn.net"})
+
+# MQTT inside TLS on 443: Messenger's chat edge (OONI ts-019's facebook_edge).
+MQTT_TLS_SERVERS: Mapping[str, str] = MappingProxyType({"edge-mqtt.facebook.com": "198.19.12.1"})
+
+# STUN servers reached by name (WhatsApp's relays are dialled by address: CALL_RELAYS).
+STUN_SERVERS: Mapping[str, str] = MappingProxyType({
+    "stun.fbsbx.com": "198.19.12.7",
+    "sfu.voip.signal.org": HTTPS_SITES["sfu.voip.signal.org"],  # the SFU takes ICE checks where it serves HTTPS
+})
+
 # Every name the lab's resolver answers; anything else is NXDOMAIN.
-NAMES: Mapping[str, str] = MappingProxyType({**CHAT_SERVERS, **HTTPS_SERVICES})
+NAMES: Mapping[str, str] = MappingProxyType({**CHAT_SERVERS, **HTTPS_SERVICES, **HTTPS_SITES, **MQTT_TLS_SERVERS,
+                                             **STUN_SERVERS})
 
 # Real-world call-relay addresses -> lab relays. WhatsApp's relays live in
 # Meta's address space (AS32934 announces 157.240.0.0/16 and 31.13.64.0/18);
@@ -97,6 +139,7 @@ REAL_TO_LAB: Mapping[str, str] = MappingProxyType(
     {
         "157.240.0.0/16": CALL_RELAYS[0],
         "31.13.64.0/18": CALL_RELAYS[1],
+        **TELEGRAM_DCS,
     }
 )
 
@@ -112,4 +155,5 @@ def lab_address_for(name: str) -> str:
 
 def service_addresses() -> tuple[str, ...]:
     """Every address the services namespace holds on its dummy link."""
-    return (RESOLVER, *CHAT_SERVERS.values(), *HTTPS_SERVICES.values(), *CALL_RELAYS)
+    return tuple(dict.fromkeys((RESOLVER, *CHAT_SERVERS.values(), *HTTPS_SERVICES.values(), *CALL_RELAYS,
+                                *TELEGRAM_DCS.values(), *NAMES.values())))

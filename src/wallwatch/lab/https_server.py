@@ -1,4 +1,4 @@
-"""The lab's emulated WhatsApp HTTPS services: registration, web, media.
+"""The lab's emulated HTTPS services: WhatsApp's registration, web and media, and every other service's sites.
 
 HTTP/1.1 over asyncio streams with h11 doing the protocol: h11 is sans-IO, the
 house's own model, small, and already what uvicorn and httpx build on, so it
@@ -33,6 +33,7 @@ MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 MAX_STORED_OBJECTS = 64
 SAMPLE_SIZE = 200 * 1024
 SERVER_HEADER = "wallwatch-lab"
+MEDIA_PATHS = ("/d/", "/file/", "/attachments/", "/v/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,23 @@ def web_handler(request: Request) -> Response:
     return NOT_FOUND
 
 
+def site_handler(host: str) -> Handler:
+    """A web client or API host of another service: a small page naming it, for any path.
+
+    What the probe checks is that the service's own server answered over a valid TLS
+    connection (OONI counts any HTTP response the same way); the page says which host.
+    """
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{host}</title></head>\n"
+            f"<body><h1>{host}</h1><p>wallwatch lab: an emulated {host}.</p></body></html>\n").encode()
+
+    def handle(request: Request) -> Response:
+        if request.method in ("GET", "HEAD", "POST", "PUT"):
+            return Response(200, page, "text/html; charset=utf-8")
+        return NOT_FOUND
+
+    return handle
+
+
 def sample_photo(size: int = SAMPLE_SIZE) -> bytes:
     """A fixed, photo-sized, incompressible object framed like a JPEG (SOI ... EOI).
 
@@ -104,8 +122,10 @@ class MediaStore:
         path = request.path.split("?", 1)[0]
         if request.method == "POST" and path == "/upload":
             return self._upload(request.body)
-        if request.method in ("GET", "HEAD") and path.startswith("/d/"):
-            object_id = path[len("/d/") :]
+        if request.method in ("GET", "HEAD") and path.startswith(MEDIA_PATHS):
+            # Each service's CDN has its own path shape (/d/, /file/, /attachments/, /v/);
+            # the last segment names the object, "sample.jpg" the fixed sample.
+            object_id = path.rsplit("/", 1)[-1]
             data = self.sample if object_id == "sample.jpg" else self.objects.get(object_id)
             if data is None:
                 return NOT_FOUND

@@ -20,15 +20,19 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 from wallwatch.lab import addresses
+from wallwatch.lab.app_servers import serve_mqtt, serve_mtproto_dc
 from wallwatch.lab.dns_server import start_dns
 from wallwatch.lab.https_server import (
+    Handler,
     MediaStore,
     registration_handler,
     server_ssl_context,
+    site_handler,
     start_https,
     web_handler,
 )
@@ -134,6 +138,25 @@ async def start_services(workdir: Path) -> list[object]:
     for relay in addresses.CALL_RELAYS:
         transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(relay, addresses.STUN_PORT))
         handles.append(transport)
+    handles += await _start_other_services(context)
+    return handles
+
+
+async def _start_other_services(context: "ssl.SSLContext") -> list[object]:
+    """Telegram's DCs, Messenger's MQTT edge, every HTTPS site and STUN server of docs/services.md."""
+    loop = asyncio.get_running_loop()
+    handles: list[object] = []
+    for dc in addresses.TELEGRAM_DCS.values():
+        for port in addresses.TELEGRAM_DC_PORTS:
+            handles.append(await asyncio.start_server(serve_mtproto_dc, dc, port))
+    for address in addresses.MQTT_TLS_SERVERS.values():
+        handles.append(await asyncio.start_server(serve_mqtt, address, addresses.HTTPS_PORT, ssl=context))
+    for host, address in addresses.HTTPS_SITES.items():
+        handler: Handler = MediaStore().handle if host in addresses.MEDIA_SITES else site_handler(host)
+        handles.append(await start_https(address, handler, context, addresses.HTTPS_PORT))
+    for address in dict.fromkeys(addresses.STUN_SERVERS.values()):
+        transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(address, addresses.STUN_PORT))
+        handles.append(transport)
     return handles
 
 
@@ -144,6 +167,10 @@ def _write_ready(workdir: Path) -> None:
         "chat": {name: [address, list(addresses.CHAT_PORTS)] for name, address in addresses.CHAT_SERVERS.items()},
         "https": dict(addresses.HTTPS_SERVICES),
         "call_relays": [[relay, addresses.STUN_PORT] for relay in addresses.CALL_RELAYS],
+        "telegram_dcs": {lab: [real, list(addresses.TELEGRAM_DC_PORTS)] for real, lab in addresses.TELEGRAM_DCS.items()},
+        "https_sites": dict(addresses.HTTPS_SITES),
+        "mqtt_tls": dict(addresses.MQTT_TLS_SERVERS),
+        "stun": dict(addresses.STUN_SERVERS),
     }
     tmp = workdir / (READY_FILE + ".tmp")
     tmp.write_text(json.dumps(ready, indent=2))

@@ -11,6 +11,12 @@ Public API
   (async, test_keys), `OpenVpnTarget.parse("openvpn://NAME/?address=IP:PORT&transport=udp|tcp")`,
   `make_config(targets, step_timeout=None)`, `lab_targets(settings)` (the lab state file's
   `vpn_servers.openvpn` = {address, port, transports}), `HandshakeState` (the sans-IO client side).
+* `wallwatch.probe.nettests.telegram`, `.signal`, `.facebook_messenger`: `run_once(...)`,
+  each a `wallwatch.probe.nettests.base.ServiceTest` (sessions with payload controls, HTTPS
+  with SNI controls, STUN, a DNS control); features, endpoints and OONI keys in docs/services.md.
+  Their `x_wallwatch` holds `rules_version` ("wallwatch-<nettest>-verdicts/1"), `features`,
+  `sessions` (the shape of `chat_sessions` below, plus `feature`, `completed`), `fetches`,
+  `udp_exchanges`, `controls`, `expected_networks`, `lab`.
 * `wallwatch.probe.measurement.Stamp(probe_asn, probe_cc, probe_network_name, measurement_time,
   annotations, publish_ip)`: the envelope options of every nettest (`measure_whatsapp(..., stamp=)`,
   `measure_openvpn(..., stamp=)`); `parse_measurement_time("YYYY-MM-DD hh:mm:ss")`,
@@ -19,7 +25,8 @@ Public API
 * `wallwatch.probe.settings.ProbeSettings.from_environment()`: lab mode when
   `WALLWATCH_LAB` names a lab state file (lab resolver, lab CA only, address map),
   else the system resolver and CA store.
-* `wallwatch.probe.verdicts.derive_whatsapp_features(test_keys) -> dict`: the
+* `wallwatch.probe.verdicts.derive_features(nettest, test_keys) -> dict`: any messaging
+  nettest's per-feature verdicts; `derive_whatsapp_features(test_keys) -> dict`: the
   per-feature verdicts, a pure function of the recorded facts (`RULES_VERSION`);
   `derive_openvpn_features(test_keys)` likewise for the `tunnel` feature
   (`OPENVPN_RULES_VERSION`).

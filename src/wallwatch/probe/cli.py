@@ -38,6 +38,8 @@ def run_nettest(
         None, "--measurement-time", help='Stamp the measurement with this UTC time, "YYYY-MM-DD hh:mm:ss" '
         "(scenario replays); the real time goes to annotations.wallwatch_wall_time."),
     annotation: list[str] = typer.Option([], "--annotation", help="key=value to add to annotations (repeatable)."),
+    option: list[str] = typer.Option([], "--option", help="key=value setting of the nettest itself (repeatable), "
+                                     "e.g. whatsapp's opening=2017|2022|today (the chat client's era)."),
     publish_ip: bool = typer.Option(False, "--publish-ip", help="Record the probe's IP (hidden by default)."),
 ) -> None:
     """Run NETTEST once; print feature -> verdict, method, evidence."""
@@ -57,6 +59,7 @@ def run_nettest(
         stamp = Stamp(probe_asn=probe_asn, probe_cc=probe_cc, probe_network_name=probe_network_name,
                       measurement_time=parse_measurement_time(measurement_time) if measurement_time else None,
                       annotations=parse_annotations(annotation), publish_ip=publish_ip)
+        options = parse_annotations(option)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     try:
@@ -68,9 +71,12 @@ def run_nettest(
     with console.status(f"[bold]{nettest}[/bold] ({mode})") as status:
         try:
             measurement = NETTESTS[nettest].run_once(settings, stamp, step_timeout=timeout, targets=target,
-                                                     progress=lambda m: status.update(f"{nettest}: {m}"))
+                                                     progress=lambda m: status.update(f"{nettest}: {m}"),
+                                                     options=options)
         except TargetError as exc:
             raise typer.BadParameter(str(exc), param_hint="--target") from None
+        except ValueError as exc:  # an option the nettest does not take
+            raise typer.BadParameter(str(exc), param_hint="--option") from None
     if output is not None:
         append_jsonl(output, measurement)
         console.print(f"measurement appended to {output}")

@@ -58,7 +58,8 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
 
 from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, Feature, Method, Verdict, is_method, is_verdict
 
@@ -194,7 +195,9 @@ def _context(test_keys: dict[str, Any]) -> _Context:
         resolver_alive=resolver_alive,
         tcp_works=tcp_works,
         udp_works=udp_works,
-        chat_sessions={s["transaction_id"]: s for s in x.get("chat_sessions") or () if "transaction_id" in s},
+        # whatsapp's chat sessions (rules/1 and /2) and every other nettest's app-protocol sessions.
+        chat_sessions={s["transaction_id"]: s for key in ("chat_sessions", "sessions")
+                       for s in x.get(key) or () if "transaction_id" in s},
         fetches={f["transaction_id"]: f for f in x.get("fetches") or () if "transaction_id" in f},
     )
 
@@ -342,9 +345,13 @@ def _http_verdict(attempt: _Attempt) -> TargetVerdict:
 
 
 def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
+    """An app-protocol session (WhatsApp's chat, MTProto, MQTT, ...): judged by its payload control."""
     ep = attempt.endpoint
     if session.get("stage_reached") == "echo":
-        return TargetVerdict(ep, OK, "chat.echo", f"{ep}: Noise handshake and echo completed", None, 1.0)
+        return TargetVerdict(ep, OK, "chat.echo", f"{ep}: handshake and echo completed", None, 1.0)
+    if _session_completed(session):
+        return TargetVerdict(ep, OK, "session.completed", f"{ep}: the service's own protocol answered "
+                             f"({session.get('stage_reached')})", None, 1.0)
     failure, at = session.get("failure"), session.get("failed_at")
     control = _control(attempt, "payload") or session.get("control")
     if failure is not None and failure.startswith("unknown_failure"):
@@ -353,7 +360,7 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
         return TargetVerdict(ep, UNKNOWN, "chat.failure_no_control", f"{ep}: {failure} at {at}, no control ran",
                              None, 0.3)
     outcome = control.get("outcome")
-    says = f"{ep}: {failure} at {at}; a same-size non-WhatsApp payload to the same address:port was {outcome}"
+    says = f"{ep}: {failure} at {at}; a same-size payload of no app protocol to the same address:port was {outcome}"
     if outcome == "closed" and failure == _EOF:
         return TargetVerdict(ep, DOWN, "chat.server_hangs_up", says + ": the server hangs up on everyone",
                              None, 0.6)
@@ -397,19 +404,30 @@ def _udp_verdict(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
                          "either", None, 0.0)
 
 
+def _session_completed(session: dict[str, Any] | None) -> bool:
+    # rules/1 sessions (whatsapp's chat) have no `completed`: the echo is their proof.
+    return session is not None and bool(session.get("completed") or session.get("stage_reached") == "echo")
+
+
 def judge_attempt(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
     """The first stage that shows something wrong decides."""
-    if attempt.feature == "calls":
-        return _udp_verdict(attempt, ctx)
     session = ctx.chat_sessions.get(attempt.transaction_id)
     fetch = ctx.fetches.get(attempt.transaction_id)
-    succeeded = (session or {}).get("stage_reached") == "echo" or (
-        fetch is not None and fetch.get("failure") is None)
-    for verdict in (_dns_verdict(attempt, ctx, not succeeded), _connect_verdict(attempt) if attempt.queries
-                    and attempt.queries[0].get("failure") is None else None):
-        if verdict is not None:
-            return verdict
-    if session is not None:
+    if session is None and fetch is None and not attempt.queries:
+        return _udp_verdict(attempt, ctx)  # a STUN exchange to a relay dialled by address
+    udp_ok = bool(attempt.udp) and attempt.udp[0].get("failure") is None
+    succeeded = _session_completed(session) or udp_ok or (fetch is not None and fetch.get("failure") is None)
+    dns = _dns_verdict(attempt, ctx, not succeeded)
+    if dns is not None:
+        return dns
+    if attempt.udp:
+        return _udp_verdict(attempt, ctx)
+    # Sessions dialled by address (Telegram's data centres) have no lookup: the connect decides first.
+    if not attempt.queries or attempt.queries[0].get("failure") is None:
+        connect = _connect_verdict(attempt)
+        if connect is not None:
+            return connect
+    if session is not None and session.get("failed_at") != "tls":
         return _chat_verdict(attempt, session)
     return _tls_verdict(attempt) or _http_verdict(attempt)
 
@@ -458,7 +476,8 @@ def partial_confidence_scale(strong: int, total: int) -> float:
     return 0.5 + 0.5 * strong / total
 
 
-def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict]) -> dict[str, Any]:
+def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict],
+                      all_of: frozenset[str] = ALL_OF_FEATURES) -> dict[str, Any]:
     total = len(verdicts)
     ok = [v for v in verdicts if v.status == OK]
     blocked = [v for v in verdicts if v.status == BLOCKED]
@@ -468,8 +487,8 @@ def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict]) -> dict[s
         return _feature(UNKNOWN, "feature.not_measured", None, 0.0, ["no target was measured"], 0, 0)
     if len(ok) == total:
         return _feature(OK, "feature.all_ok", None, 1.0, [f"{total} of {total} targets worked"], total, total)
-    if blocked and (feature in ALL_OF_FEATURES or not ok):
-        rule = "feature.any_blocked" if feature in ALL_OF_FEATURES else "feature.none_ok_blocked"
+    if blocked and (feature in all_of or not ok):
+        rule = "feature.any_blocked" if feature in all_of else "feature.none_ok_blocked"
         return _blocked_feature(rule, blocked, len(ok), total, len(blocked))
     if strong:
         # Some targets worked, but at least one shows verified interference:
@@ -497,12 +516,40 @@ def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict]) -> dict[s
 
 def derive_whatsapp_features(test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per-feature verdicts for a whatsapp measurement's `test_keys` (pure; reads facts only)."""
+    return derive_features("whatsapp", test_keys)
+
+
+# Features whose every target must work, per nettest, beyond media (ALL_OF_FEATURES): a Signal
+# call needs both its SFU and a relay that answers; a FaceTime call both the push channel
+# that rings the callee and the relay.
+EXTRA_ALL_OF: Mapping[str, frozenset[str]] = MappingProxyType({
+    "signal": frozenset({"calls"}),
+    "facetime": frozenset({"calls"}),
+})
+
+
+def rules_version(nettest: str) -> str:
+    """The rules that judged a nettest's features: whatsapp's rules/2, one shared set for the rest."""
+    return RULES_VERSION if nettest == "whatsapp" else f"wallwatch-{nettest}-verdicts/{SERVICE_RULES_REVISION}"
+
+
+SERVICE_RULES_REVISION = 1
+
+
+def derive_features(nettest: str, test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-feature verdicts of a messaging nettest's `test_keys`, its features in the vocabulary's order.
+
+    The same rules judge every service (the module docstring): attempts are grouped by
+    transaction, judged stage by stage with their controls, then aggregated per feature.
+    """
     ctx = _context(test_keys)
-    by_feature: dict[str, list[TargetVerdict]] = {feature: [] for feature in FEATURE_ORDER}
+    order = tuple(map(str, NETTEST_FEATURES[nettest]))
+    all_of = ALL_OF_FEATURES | EXTRA_ALL_OF.get(nettest, frozenset())
+    by_feature: dict[str, list[TargetVerdict]] = {feature: [] for feature in order}
     for attempt in sorted(_group(test_keys).values(), key=lambda a: a.transaction_id):
         if attempt.feature in by_feature:
             by_feature[attempt.feature].append(judge_attempt(attempt, ctx))
-    return {feature: aggregate_feature(feature, verdicts) for feature, verdicts in by_feature.items()}
+    return {feature: aggregate_feature(feature, verdicts, all_of) for feature, verdicts in by_feature.items()}
 
 
 # --- openvpn: the `tunnel` feature ----------------------------------------------------------------

@@ -292,3 +292,91 @@ def parse_message_head(packet: bytes) -> MessageHead | Incomplete:
         return Incomplete(UNENCRYPTED_HEAD.size + data_length)
     (constructor,) = CONSTRUCTOR.unpack_from(packet, UNENCRYPTED_HEAD.size)
     return MessageHead(0, message_id, data_length, constructor)
+
+
+# --- the first exchange: req_pq_multi -> resPQ --------------------------------------
+# A client's first message to a DC starts the key exchange (core.telegram.org/mtproto/auth_key,
+# step 1): req_pq_multi#be7e8ef1 nonce:int128, answered by resPQ#05162463 nonce:int128
+# server_nonce:int128 pq:string server_public_key_fingerprints:Vector<long>. Both travel as
+# unencrypted messages (auth_key_id 0). The answer echoing the client's random nonce is what
+# proves a DC, and not a middlebox, is at the other end.
+
+RES_PQ = 0x05162463
+VECTOR = 0x1CB5C415  # vector#1cb5c415: the TL boxed vector constructor
+NONCE_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ResPQ:
+    nonce: bytes
+    server_nonce: bytes
+    pq: bytes
+    fingerprints: tuple[int, ...]
+
+
+def unencrypted_message(message_id: int, data: bytes) -> bytes:
+    """auth_key_id = 0, message_id, length, data (core.telegram.org/mtproto/description)."""
+    return UNENCRYPTED_HEAD.pack(0, message_id, len(data)) + data
+
+
+def client_message_id(unix_time: float) -> int:
+    """A client message id: about unix time x 2^32, divisible by 4 (mtproto/description, "Message Identifier")."""
+    return (int(unix_time * (1 << 32)) >> 2) << 2
+
+
+def build_req_pq_multi(nonce: bytes, message_id: int) -> bytes:
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError("the nonce is an int128")
+    return unencrypted_message(message_id, CONSTRUCTOR.pack(REQ_PQ_MULTI) + nonce)
+
+
+def _tl_bytes(value: bytes) -> bytes:
+    """TL `string`/`bytes`: a 1-byte length (< 254) then the bytes, padded to 4 (mtproto/serialize)."""
+    if len(value) >= 254:
+        raise ValueError("long TL strings are not needed here")
+    body = bytes([len(value)]) + value
+    return body + b"\x00" * (-len(body) % 4)
+
+
+def build_res_pq(nonce: bytes, server_nonce: bytes, pq: bytes, fingerprints: tuple[int, ...],
+                 message_id: int) -> bytes:
+    """The DC's answer, as an unencrypted message (server message ids are odd: mtproto/description)."""
+    data = CONSTRUCTOR.pack(RES_PQ) + nonce + server_nonce + _tl_bytes(pq)
+    data += CONSTRUCTOR.pack(VECTOR) + struct.pack("<i", len(fingerprints))
+    data += b"".join(struct.pack("<q", f) for f in fingerprints)
+    return unencrypted_message(message_id | 1, data)
+
+
+def parse_req_pq_multi(packet: bytes) -> bytes:
+    """The nonce of a req_pq_multi message; ProtocolError for anything else."""
+    head = parse_message_head(packet)
+    if isinstance(head, Incomplete) or head.encrypted or head.constructor != REQ_PQ_MULTI:
+        raise ProtocolError("not a req_pq_multi message")
+    start = UNENCRYPTED_HEAD.size + CONSTRUCTOR.size
+    nonce = bytes(packet[start:start + NONCE_SIZE])
+    if len(nonce) != NONCE_SIZE:
+        raise ProtocolError("req_pq_multi without a full nonce")
+    return nonce
+
+
+def parse_res_pq(packet: bytes) -> ResPQ:
+    """A resPQ message; ProtocolError for anything else (an encrypted message, another constructor, truncation)."""
+    head = parse_message_head(packet)
+    if isinstance(head, Incomplete) or head.encrypted or head.constructor != RES_PQ:
+        raise ProtocolError("not a resPQ message")
+    pos = UNENCRYPTED_HEAD.size + CONSTRUCTOR.size
+    try:
+        nonce, server_nonce = packet[pos:pos + 16], packet[pos + 16:pos + 32]
+        pos += 32
+        size = packet[pos]
+        pq = bytes(packet[pos + 1:pos + 1 + size])
+        pos += (1 + size + 3) // 4 * 4
+        vector, count = struct.unpack_from("<Ii", packet, pos)
+        if vector != VECTOR or not 0 <= count <= 64:
+            raise ProtocolError("resPQ without a fingerprint vector")
+        fingerprints = struct.unpack_from(f"<{count}q", packet, pos + 8)
+    except (IndexError, struct.error):
+        raise ProtocolError("truncated resPQ") from None
+    if len(nonce) != NONCE_SIZE or len(server_nonce) != NONCE_SIZE or len(pq) != size:
+        raise ProtocolError("truncated resPQ")
+    return ResPQ(bytes(nonce), bytes(server_nonce), pq, tuple(fingerprints))

@@ -173,10 +173,13 @@ def classify(test_name: str, test_input: str | None, hostname: str | None, ip: s
     host = hostname or ""
     if test_name == "web_connectivity":
         return Target("web", _WEB_FEATURE, test_input)
-    if test_name == "whatsapp":
+    if test_name in _MESSAGING_TESTS:
+        # wallwatch's own events name their feature (probe/nettests/base.py); the
+        # host rules below give OONI's events the same split.
         for tag in as_list(tags):
             if isinstance(tag, str) and tag.startswith("feature:"):
-                return Target("whatsapp", tag[8:], None)
+                return Target(test_name, tag[8:], None)
+    if test_name == "whatsapp":
         if host == "v.whatsapp.net":
             return Target("whatsapp", "registration", None)
         if host.startswith("web.whatsapp"):
@@ -184,6 +187,8 @@ def classify(test_name: str, test_input: str | None, hostname: str | None, ip: s
         # e1..e16.whatsapp.net on 443/5222 are the chat edge servers (ts-018).
         return Target("whatsapp", "text", None)
     if test_name == "telegram":
+        if host.endswith("telesco.pe"):
+            return Target("telegram", "media", None)  # the file CDN (probe/nettests/telegram.py)
         if host.startswith("web.telegram") or (port == 443 and hostname and not _looks_like_ip(host)):
             return Target("telegram", "web", None)
         return Target("telegram", "text", None)  # data-centre POSTs (ts-020)
@@ -192,7 +197,9 @@ def classify(test_name: str, test_input: str | None, hostname: str | None, ip: s
             return Target("signal", "calls", None)
         if host.startswith("cdsi") or host.startswith("api.directory") or host.startswith("contentproxy"):
             return Target("signal", "contacts", None)
-        if host.startswith("storage") or host.startswith("cdn"):
+        if host.startswith("cdn"):
+            return Target("signal", "media", None)  # attachments (probe/nettests/signal.py)
+        if host.startswith("storage"):
             return Target("signal", "storage", None)
         if host.startswith("uptime"):
             return Target("signal", "uptime", None)
@@ -225,6 +232,10 @@ def _classify_untagged(test_name: str, test_input: str | None, hostname: str | N
     a measurement asks it once per row, about the same few dozen endpoints every time."""
     return classify(test_name, test_input, hostname, ip, port, None)
 
+
+# The messaging nettests, OONI's and wallwatch's (vocabulary.NETTEST_FEATURES names wallwatch's features).
+_MESSAGING_TESTS = frozenset({"whatsapp", "telegram", "signal", "facebook_messenger", "wechat", "viber", "skype",
+                              "facetime", "keyword"})
 
 _FB_FEATURES = {
     "b-api.facebook.com": "text",

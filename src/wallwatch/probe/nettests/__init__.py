@@ -1,8 +1,10 @@
 """The nettests this probe can run, by name: the one registry the CLI, the lab's replays and monitors read.
 
 Each nettest module has `run_once(settings, stamp, *, step_timeout, targets,
-progress) -> measurement`: one complete OONI-format measurement. A module is
-imported only when its nettest runs, so listing them stays fast.
+progress, options) -> measurement`: one complete OONI-format measurement.
+`options` are the nettest's own `key=value` settings (`wallwatch probe run
+--option`; a scenario's `probe_options`), e.g. whatsapp's `opening=2017`.
+A module is imported only when its nettest runs, so listing them stays fast.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ class Nettest:
     target_syntax: str | None = None
 
     def run_once(self, settings: "ProbeSettings", stamp: "Stamp", *, step_timeout: float | None = None,
-                 targets: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
+                 options: Mapping[str, str] | None = None) -> dict[str, Any]:
         if targets and self.target_syntax is None:
             raise TargetError(f"{self.name} has fixed targets; --target is not for it")
         module = importlib.import_module(self.module)
-        return module.run_once(settings, stamp, step_timeout=step_timeout, targets=targets, progress=progress)
+        return module.run_once(settings, stamp, step_timeout=step_timeout, targets=targets, progress=progress,
+                               options=dict(options or {}))
 
 
 NETTESTS: Mapping[str, Nettest] = MappingProxyType({
@@ -45,5 +49,13 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
         Nettest("openvpn", "OpenVPN handshake over UDP and TCP (client reset, server reset, TLS ClientHello -> "
                 "ServerHello); feature: tunnel", "wallwatch.probe.nettests.openvpn",
                 target_syntax="openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input)"),
+        Nettest("telegram", "Telegram per feature: text (MTProto req_pq_multi -> resPQ at each DC by address, "
+                "443 and 80), media (file CDN), web (web.telegram.org); OONI ts-020 keys",
+                "wallwatch.probe.nettests.telegram"),
+        Nettest("signal", "Signal per feature: text (chat), media (attachment CDNs), storage, calls (SFU over "
+                "HTTPS + STUN); OONI ts-029 keys", "wallwatch.probe.nettests.signal"),
+        Nettest("facebook_messenger", "Messenger per feature: text (MQTT CONNECT/CONNACK over TLS at the edge, "
+                "APIs), media (CDN), calls (STUN), web; OONI ts-019 keys",
+                "wallwatch.probe.nettests.facebook_messenger"),
     )
 })

@@ -436,7 +436,8 @@ def measure_openvpn(config: OpenVpnConfig, settings: ProbeSettings, *, stamp: "S
 
 
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
-             targets: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
+             options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point: `targets` as URIs, else the lab's server (TargetError if there is none)."""
     parsed = tuple(OpenVpnTarget.parse(uri) for uri in targets) or lab_targets(settings)
     if not parsed:

@@ -23,32 +23,31 @@ verdicts go under `x_wallwatch`.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
-from urllib.parse import urlsplit
 
 from wallwatch.probe import failures
 from wallwatch.probe.failures import ProbeFailure
-from wallwatch.probe.primitives import (
-    Resolution,
-    TcpStream,
-    first_flight_control,
-    http_request,
-    resolve_system,
-    resolve_udp,
-    tcp_connect,
-    tls_handshake,
-    tls_sni_control,
-    udp_exchange,
+from wallwatch.probe.nettests.base import (
+    CONTROL_FILLER,  # noqa: F401 - re-exported: part of this module's documented surface
+    PHOTO_SIZE,
+    STUN_PORT,
+    Common,
+    Reached,
+    ServiceTest,
+    Timeouts,
+    lab_networks,
+    measure,
 )
 from wallwatch.probe.settings import ProbeSettings
-from wallwatch.probe.trace import Trace, Transaction
+from wallwatch.probe.trace import Trace
 from wallwatch.vocabulary import NETTEST_FEATURES
 
 if TYPE_CHECKING:
     from wallwatch.probe.measurement import Stamp
+
+__all__ = ["WhatsAppConfig", "WhatsAppTest", "Timeouts", "default_config", "measure_whatsapp", "run_whatsapp"]
 
 TEST_NAME = "whatsapp"
 TEST_VERSION = "0.1.0"
@@ -60,6 +59,7 @@ TEXT, MEDIA, CALLS, WEB, REGISTRATION = FEATURES
 
 # Chat session stages, in order: how far a text attempt got.
 STAGES = ("dns", "connect", "header_sent", "handshake", "echo")
+CHAT_STAGES = STAGES[2:]
 
 # AS32934 (Meta) blocks that WhatsApp's services and relays answer from
 # (RIPEstat announced prefixes), plus the AWS Global Accelerator blocks the
@@ -76,34 +76,6 @@ WHATSAPP_NETWORKS = (
 # Real-world call relays: Meta address space, where WhatsApp's relays live;
 # the lab maps these blocks onto its relays (the lab state file's `address_map`).
 CALL_RELAYS = ("157.240.229.60", "31.13.66.51")
-STUN_PORT = 3478  # RFC 5389 §18.4
-
-# The control payload is printable ASCII: it is neither WhatsApp nor TLS, and
-# fully-encrypted-traffic detectors exempt it (>50% printable, Wu et al.,
-# USENIX Security 2023), so only the address:port decides its fate.
-CONTROL_FILLER = b"wallwatch control, not a messaging protocol. "
-
-PHOTO_SIZE = 200 * 1024  # a phone photo after WhatsApp's recompression: 100-300 KB
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Per-step bounds, in seconds. Fully blocked, a target costs at most dns + connect + 2 x chat + control."""
-
-    dns: float = 2.0
-    dns_linger: float = 0.3  # how long to wait for a racing second DNS answer
-    connect: float = 3.0
-    tls: float = 3.0
-    chat: float = 3.0
-    http: float = 6.0
-    udp: float = 2.5
-    control: float = 2.5
-
-    @classmethod
-    def scaled(cls, step: float) -> "Timeouts":
-        """Every step bounded by `step` seconds (HTTP gets twice that: it moves 200 KB)."""
-        return cls(dns=min(2.0, step), connect=step, tls=step, chat=step, http=2 * step,
-                   udp=step, control=step)
 
 
 def _chat_hosts() -> tuple[str, ...]:
@@ -129,254 +101,71 @@ class WhatsAppConfig:
     expected_networks: tuple[str, ...] = WHATSAPP_NETWORKS
     max_addresses: int = 2  # addresses tried per target, as a dialer falls back
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # The chat client's opening, era by era (protocols.whatsapp.OPENINGS): "today" sends the
+    # edge-routing prefix and WA 6 3, "2022" the edge opening nDPI 4.2 knows, "2017" the bare
+    # WA 1 5 header of the clients of that year.
+    opening: str = "today"
+
+    @property
+    def common(self) -> Common:
+        return Common(control_sni=self.control_sni, dns_control_name=self.dns_control_name,
+                      expected_networks=self.expected_networks, max_addresses=self.max_addresses,
+                      https_port=self.https_port, timeouts=self.timeouts)
 
 
-@dataclass
-class _Attempt:
-    """Mutable facts of one HTTPS attempt while it runs."""
+class WhatsAppTest(ServiceTest):
+    test_name = TEST_NAME
+    test_version = TEST_VERSION
+    sessions_key = "chat_sessions"  # the measurement contract of rules/1 and /2 (probe/__init__.py)
 
-    feature: str
-    url: str
-    failure: str | None = None
-    failed_at: str | None = None
-    status: int | None = None
-    body_length: int | None = None
-
-
-class WhatsAppTest:
     def __init__(self, config: WhatsAppConfig, settings: ProbeSettings, trace: Trace | None = None) -> None:
-        self.config, self.settings = config, settings
-        self.trace = trace or Trace()
-        self.chat_sessions: list[dict[str, Any]] = []
-        self.fetches: list[dict[str, Any]] = []
-        self._lookups: dict[str, asyncio.Future[Any]] = {}
-        self.probe_addresses: set[str] = set()  # the probe's own IPs seen on the wire (scrubbed unless published)
+        super().__init__(config.common, settings, trace)
+        self.config = config
 
-    async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Measure every feature concurrently; returns the `test_keys`."""
-        say = progress or (lambda message: None)
-        jobs: list[Awaitable[Any]] = [self._dns_control()]
-        jobs += [self._chat_target(host, port) for host in self.config.chat_hosts for port in self.config.chat_ports]
-        jobs += [self._media_upload(), self._https(MEDIA, self.config.media_download_url)]
-        jobs += [self._https(WEB, self.config.web_url), self._https(REGISTRATION, self.config.registration_url)]
-        jobs += [self._stun(relay) for relay in self.config.call_relays]
-        say(f"measuring {len(jobs)} targets")
-        await asyncio.gather(*jobs)
-        say("deriving verdicts")
-        return self._test_keys()
+    @property
+    def chat_sessions(self) -> list[dict[str, Any]]:
+        return self.sessions
 
-    # --- shared steps ------------------------------------------------------------
+    def attempts(self) -> list[Awaitable[Any]]:
+        c = self.config
+        jobs: list[Awaitable[Any]] = [self.session(TEXT, host, port, self._chat, CHAT_STAGES)
+                                      for host in c.chat_hosts for port in c.chat_ports]
+        jobs += [self.upload(MEDIA, c.media_upload_url, c.media_upload_size), self.https(MEDIA, c.media_download_url)]
+        jobs += [self.https(WEB, c.web_url), self.https(REGISTRATION, c.registration_url)]
+        jobs += [self.stun(CALLS, relay, c.stun_port) for relay in c.call_relays]
+        return jobs
 
-    async def _resolve(self, tx: Transaction, host: str) -> Resolution:
-        t = self.config.timeouts
-        if self.settings.resolver is None:
-            # The stub resolver may wait 5 s per try (resolv.conf(5) "timeout"), so give it that.
-            return await resolve_system(tx, host, timeout=max(t.dns, 5.0), shared=self._lookups)
-        return await resolve_udp(tx, host, self.settings.resolver, timeout=t.dns, linger=t.dns_linger)
+    def ooni_keys(self) -> dict[str, Any]:
+        return ooni_whatsapp_keys(self.sessions, self.trace, self.fetches)
 
-    async def _connect_any(self, tx: Transaction, addresses: Sequence[str], port: int) -> TcpStream:
-        """Dial the resolved addresses in order, as a dialer does; the last failure wins."""
-        failure = failures.unknown_failure("no address to dial")
-        for address in addresses[: self.config.max_addresses]:
-            try:
-                dial = self.settings.map_address(address)
-            except (KeyError, ValueError):
-                # Not dialled: in the lab, an unmapped real-world address would leave the lab.
-                failure = failures.unknown_failure(f"no lab address for {address}; not dialled")
-                continue
-            try:
-                return await tcp_connect(tx, dial, port, timeout=self.config.timeouts.connect)
-            except ProbeFailure as exc:
-                failure = exc.failure
-        raise ProbeFailure(failure)
-
-    async def _dns_control(self) -> None:
-        """A name the censor has no reason to touch: any answer (NXDOMAIN too) proves the resolver works."""
-        tx = self.trace.transaction("control:dns", f"endpoint:{self.config.dns_control_name}:53")
-        await self._resolve(tx, self.config.dns_control_name)
-
-    # --- text ----------------------------------------------------------------------
-
-    async def _chat_target(self, host: str, port: int) -> None:
-        tx = self.trace.transaction(f"feature:{TEXT}", f"endpoint:{host}:{port}")
-        session: dict[str, Any] = {"host": host, "port": port, "transaction_id": tx.id, "address": None,
-                                   "stage_reached": None, "failed_at": None, "failure": None,
-                                   "t0": tx.now(), "timings": {}, "first_flight_size": None, "control": None}
-        self.chat_sessions.append(session)
-
-        def reached(stage: str) -> None:
-            session["stage_reached"] = stage
-            session["timings"][stage] = tx.now()
-
-        resolution = await self._resolve(tx, host)
-        if resolution.failure:
-            session.update(failed_at="dns", failure=resolution.failure)
-            return
-        reached("dns")
-        try:
-            stream = await self._connect_any(tx, resolution.addresses, port)
-        except ProbeFailure as exc:
-            session.update(failed_at="connect", failure=exc.failure)
-            return
-        reached("connect")
-        session["address"] = stream.address
-        try:
-            await self._chat(stream, session, reached)
-        finally:
-            await stream.close()
-        if session["failure"] is not None:
-            control = await self._payload_control(tx, stream, session["first_flight_size"])
-            session["control"] = {"outcome": control.outcome, "failure": control.failure}
-
-    async def _chat(self, stream: TcpStream, session: dict[str, Any], reached: Callable[[str], None]) -> None:
-        from wallwatch.protocols.errors import ProtocolError
-        from wallwatch.protocols.whatsapp import ChatClient, HandshakeComplete, MessageReceived
+    async def _chat(self, stream: Any, reached: Reached, session: dict[str, Any]) -> None:
+        """The chat transport: opening + Noise XX, then one message the server must echo."""
+        from wallwatch.protocols.whatsapp import ChatClient, HandshakeComplete, MessageReceived, client_for
 
         timeout = self.config.timeouts.chat
-        client = ChatClient()
+        client: ChatClient = client_for(self.config.opening)
         client.initiate()
         first_flight = client.data_to_send()
         session["first_flight_size"] = len(first_flight)
         token = b"wallwatch echo " + os.urandom(8).hex().encode()
-        next_stage = "header_sent"
-        try:
-            await stream.write(first_flight, timeout=timeout)
-            reached("header_sent")
-            next_stage = "handshake"
-            while True:
-                data = await stream.read(timeout=timeout)
-                if not data:
-                    raise ProbeFailure(failures.EOF_ERROR)
-                for event in client.receive_data(data):
-                    if isinstance(event, HandshakeComplete):
-                        reached("handshake")
-                        next_stage = "echo"
-                        client.send_message(token)
-                    elif isinstance(event, MessageReceived):
-                        if event.plaintext != token:
-                            raise ProbeFailure(failures.unknown_failure("echo does not match the message sent"))
-                        reached("echo")
-                        return
-                outgoing = client.data_to_send()
-                if outgoing:
-                    await stream.write(outgoing, timeout=timeout)
-        except ProbeFailure as exc:
-            session.update(failed_at=next_stage, failure=exc.failure)
-        except ProtocolError as exc:
-            session.update(failed_at=next_stage, failure=failures.unknown_failure(f"not WhatsApp: {exc}"))
-
-    async def _payload_control(self, tx: Transaction, stream: TcpStream, size: int | None) -> Any:
-        size = size or len(CONTROL_FILLER)
-        payload = (CONTROL_FILLER * (size // len(CONTROL_FILLER) + 1))[:size]
-        return await first_flight_control(tx.tagged("control:payload"), stream.ip, stream.port, payload,
-                                          kind="payload", timeout=self.config.timeouts.control)
-
-    # --- HTTPS features ------------------------------------------------------------
-
-    def _port_for(self, url: str) -> int:
-        return self.config.https_port or urlsplit(url).port or 443
-
-    async def _media_upload(self) -> None:
-        photo = b"\xff\xd8" + os.urandom(self.config.media_upload_size - 4) + b"\xff\xd9"  # JPEG SOI ... EOI
-        await self._https(MEDIA, self.config.media_upload_url, method="POST", body=photo,
-                          headers=(("Content-Type", "image/jpeg"),))
-
-    async def _https(self, feature: str, url: str, *, method: str = "GET", body: bytes = b"",
-                     headers: Sequence[tuple[str, str]] = ()) -> None:
-        host = urlsplit(url).hostname or ""
-        port = self._port_for(url)
-        tx = self.trace.transaction(f"feature:{feature}", f"endpoint:{host}:{port}")
-        attempt = _Attempt(feature, url)
-        record: dict[str, Any] = {"feature": feature, "url": url, "method": method, "transaction_id": tx.id}
-        self.fetches.append(record)
-        try:
-            await self._fetch(tx, attempt, host, port, method, body, headers)
-        except ProbeFailure as exc:
-            attempt.failure = exc.failure
-        record.update(failure=attempt.failure, failed_at=attempt.failed_at,
-                      status=attempt.status, body_length=attempt.body_length)
-
-    async def _fetch(self, tx: Transaction, attempt: _Attempt, host: str, port: int, method: str,
-                     body: bytes, headers: Sequence[tuple[str, str]]) -> None:
-        t = self.config.timeouts
-        attempt.failed_at = "dns"
-        resolution = await self._resolve(tx, host)
-        if resolution.failure:
-            raise ProbeFailure(resolution.failure)
-        attempt.failed_at = "connect"
-        stream = await self._connect_any(tx, resolution.addresses, port)
-        try:
-            attempt.failed_at = "tls"
-            try:
-                tls = await tls_handshake(stream, host, self.settings.tls_context(("http/1.1",)),
-                                          alpn=("http/1.1",), timeout=t.tls)
-            except ProbeFailure as exc:
-                if exc.failure in (failures.CONNECTION_RESET, failures.GENERIC_TIMEOUT, failures.EOF_ERROR):
-                    await tls_sni_control(tx.tagged("control:tls_sni"), stream.ip, stream.port,
-                                          self.config.control_sni, timeout=t.control)
-                raise
-            attempt.failed_at = "http"
-            response = await http_request(tls, attempt.url, method=method, body=body, headers=headers,
-                                          timeout=t.http)
-            attempt.failed_at = None
-            attempt.status, attempt.body_length = response.status, len(response.body)
-        finally:
-            await stream.close()
-
-    # --- calls ---------------------------------------------------------------------
-
-    async def _stun(self, relay: str) -> None:
-        from wallwatch.protocols.errors import ProtocolError
-        from wallwatch.protocols.stun import build_binding_request, parse_stun
-
-        port = self.config.stun_port
-        tx = self.trace.transaction(f"feature:{CALLS}", f"endpoint:{relay}:{port}")
-        transaction_id = os.urandom(12)
-
-        def is_answer(data: bytes) -> bool:
-            try:
-                message = parse_stun(data)
-            except ProtocolError:
-                return False
-            return message.transaction_id == transaction_id and message.stun_class in ("success", "error")
-
-        try:
-            dial = self.settings.map_address(relay)
-        except (KeyError, ValueError):
-            entry = {"kind": "stun", "address": f"{relay}:{port}", "proto": "udp", "sends": 0,
-                     "failure": failures.unknown_failure(f"no lab address for {relay}; not dialled")}
-            entry.update(tx.stamp(tx.now()))
-            self.trace.udp_exchanges.append(entry)
-            return
-        result = await udp_exchange(tx, dial, port, build_binding_request(transaction_id), is_response=is_answer,
-                                    timeout=self.config.timeouts.udp, kind="stun", record_raw=False)
-        if result.response is not None:
-            mapped = parse_stun(result.response).mapped_address
-            if mapped is not None:
-                # The probe's own address as the relay saw it: kept only for scrubbing.
-                self.probe_addresses.add(mapped[0])
-
-    # --- results -------------------------------------------------------------------
-
-    def _test_keys(self) -> dict[str, Any]:
-        from wallwatch.probe.verdicts import RULES_VERSION, derive_whatsapp_features
-
-        test_keys: dict[str, Any] = {"agent": "redirect", "failed_operation": None, "failure": None}
-        test_keys.update(self.trace.event_arrays())
-        test_keys.update(ooni_whatsapp_keys(self.chat_sessions, self.trace, self.fetches))
-        lab = self.settings.lab
-        test_keys["x_wallwatch"] = {
-            "rules_version": RULES_VERSION,
-            "features": {},
-            "chat_sessions": self.chat_sessions,
-            "fetches": self.fetches,
-            "udp_exchanges": self.trace.udp_exchanges,
-            "controls": self.trace.controls,
-            "expected_networks": list(self.config.expected_networks),
-            "lab": {"run_id": lab.run_id, "resolver": lab.resolver} if lab else None,
-        }
-        test_keys["x_wallwatch"]["features"] = derive_whatsapp_features(test_keys)
-        return test_keys
+        await stream.write(first_flight, timeout=timeout)
+        reached("header_sent")
+        while True:
+            data = await stream.read(timeout=timeout)
+            if not data:
+                raise ProbeFailure(failures.EOF_ERROR)
+            for event in client.receive_data(data):
+                if isinstance(event, HandshakeComplete):
+                    reached("handshake")
+                    client.send_message(token)
+                elif isinstance(event, MessageReceived):
+                    if event.plaintext != token:
+                        raise ProbeFailure(failures.unknown_failure("echo does not match the message sent"))
+                    reached("echo")
+                    return
+            outgoing = client.data_to_send()
+            if outgoing:
+                await stream.write(outgoing, timeout=timeout)
 
 
 def ooni_whatsapp_keys(chat_sessions: Sequence[dict[str, Any]], trace: Trace,
@@ -430,9 +219,7 @@ def config_with_timeout(config: WhatsAppConfig, step: float | None) -> WhatsAppC
 def default_config(settings: ProbeSettings, *, step_timeout: float | None = None) -> WhatsAppConfig:
     """The real-world targets; in the lab, the lab's service addresses also count as the service's own."""
     config = WhatsAppConfig()
-    if settings.lab is not None:
-        lab_networks = tuple(f"{address}/32" for address in settings.lab.service_addresses())
-        config = replace(config, expected_networks=config.expected_networks + lab_networks)
+    config = replace(config, expected_networks=config.expected_networks + lab_networks(settings))
     return config_with_timeout(config, step_timeout)
 
 
@@ -451,23 +238,25 @@ def measure_whatsapp(
     `stamp` (probe.measurement.Stamp) carries every envelope option; without
     it, `probe_asn`/`probe_cc`/`publish_ip` are used as given.
     """
-    import datetime as dt
-    import time
-
-    from wallwatch.probe.measurement import Stamp, finish_measurement
+    from wallwatch.probe.measurement import Stamp
 
     stamp = stamp or Stamp(probe_asn=probe_asn, probe_cc=probe_cc, publish_ip=publish_ip)
-    started_at = dt.datetime.now(dt.timezone.utc)
-    clock_start = time.monotonic()
-    test = WhatsAppTest(config, settings)
-    test_keys = asyncio.run(test.run(progress))
-    return finish_measurement(test_keys, test_name=TEST_NAME, test_version=TEST_VERSION, started_at=started_at,
-                              runtime=time.monotonic() - clock_start, stamp=stamp,
-                              resolver_ip=settings.resolver_ip(), probe_addresses=test.probe_addresses)
+    return measure(WhatsAppTest(config, settings), stamp, progress)
 
 
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
-             targets: Sequence[str] = (), progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The registry's entry point (the targets are fixed: the registry refuses any)."""
-    return measure_whatsapp(default_config(settings, step_timeout=step_timeout), settings, stamp=stamp,
-                            progress=progress)
+             targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
+             options: dict[str, str] | None = None) -> dict[str, Any]:
+    """The registry's entry point (the targets are fixed: the registry refuses any).
+
+    `options`: `opening=2017|2022|today` (the chat client's era; default today).
+    """
+    config = default_config(settings, step_timeout=step_timeout)
+    from wallwatch.protocols.whatsapp import OPENINGS
+
+    opening = (options or {}).get("opening")
+    if opening is not None:
+        if opening not in OPENINGS:
+            raise ValueError(f"whatsapp: opening must be one of {', '.join(OPENINGS)}, not {opening!r}")
+        config = replace(config, opening=opening)
+    return measure_whatsapp(config, settings, stamp=stamp, progress=progress)

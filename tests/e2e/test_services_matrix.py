@@ -1,0 +1,107 @@
+"""Every messaging nettest against every technique that applies: verdict and method equal the ground truth.
+
+One lab for the module. For each nettest and technique (DNS injection, IP
+black-hole, reset, SNI, protocol fingerprint) the censor gets a policy that
+targets exactly one feature, the real nettest runs in the client namespace
+(`wallwatch probe run NETTEST`), and every feature must read what the policy
+implies: the targeted one blocked by that method, every other one ok (no
+collateral verdicts). Throttling, delay and residual blocking wait for the
+other branch's goodput primitive (see docs/services.md, "Not yet").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wallwatch.lab.scenario import Expectation, observed_features, probe_in_lab
+from wallwatch.vocabulary import NETTEST_FEATURES
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+def _rule(name: str, match: dict[str, Any], action: str, **options: Any) -> dict[str, Any]:
+    return {"name": name, "match": match, "action": action, **options}
+
+
+def dns_inject(name: str, suffix: str) -> dict[str, Any]:
+    return _rule(name, {"dns.qname": {"suffix": suffix}}, "dns-inject", answer=["198.19.250.1"])
+
+
+def blackhole(name: str, cidr: str, proto: str | None = None) -> dict[str, Any]:
+    return _rule(name, {"ip.dst": {"cidr": cidr}, **({"proto": proto} if proto else {})}, "blackhole-ip")
+
+
+def reset_address(name: str, cidr: str) -> dict[str, Any]:
+    """Forged resets on the first data to an address, whatever name it carries. (A reset to the SYN
+    reads as `connection_refused`, which no probe can tell from a closed port: that is `down`.)"""
+    return _rule(name, {"proto": "tcp", "ip.dst": {"cidr": cidr}, "tls.sni": {"glob": "*"}}, "reset")
+
+
+def sni_reset(name: str, suffix: str) -> dict[str, Any]:
+    return _rule(name, {"tls.sni": {"suffix": suffix}}, "reset")
+
+
+# nettest -> technique -> (rules, {feature: expected}); features not named must read ok.
+# Addresses are lab/addresses.py's: one /24 per service, so each rule reaches one feature.
+MATRIX: dict[str, dict[str, tuple[list[dict[str, Any]], dict[str, str]]]] = {
+    "telegram": {
+        "dns": ([dns_inject("web-dns", "web.telegram.org")], {"web": "blocked/dns"}),
+        "ip": ([blackhole("dcs", "198.19.10.0/29")], {"text": "blocked/tcp_ip"}),
+        "reset": ([reset_address("cdn", "198.19.10.21/32")], {"media": "blocked/tcp_reset"}),
+        "sni": ([sni_reset("web-sni", "web.telegram.org")], {"web": "blocked/tls_sni"}),
+        "fingerprint": ([_rule("mtproto", {"mtproto.obfuscated2": True}, "reset")], {"text": "blocked/protocol_dpi"}),
+    },
+    "signal": {
+        "dns": ([_rule("cdn-dns", {"dns.qname": {"glob": "cdn*.signal.org"}}, "dns-inject")], {"media": "blocked/dns"}),
+        "ip": ([blackhole("storage", "198.19.11.4/32")], {"storage": "blocked/tcp_ip"}),
+        "reset": ([reset_address("chat", "198.19.11.1/32")], {"text": "blocked/tcp_reset"}),
+        "sni": ([sni_reset("chat-sni", "chat.signal.org")], {"text": "blocked/tls_sni"}),
+        # Signal is TLS everywhere; its calls' STUN is the one fingerprint a DPI box has. A relay
+        # ignores what is not STUN, so no UDP control can tell a fingerprint from an address block.
+        "fingerprint": ([_rule("stun", {"stun.binding": True}, "drop")], {"calls": "blocked/udp_blocking"}),
+    },
+    "facebook_messenger": {
+        "dns": ([dns_inject("cdn-dns", "fbcdn.net")], {"media": "blocked/dns"}),
+        "ip": ([blackhole("stun", "198.19.12.7/32", "udp")], {"calls": "blocked/udp_blocking"}),
+        "reset": ([reset_address("star", "198.19.12.6/32")], {"web": "blocked/tcp_reset"}),
+        # Only the chat edge: the APIs still answer, so text is blocked in part (strong evidence).
+        "sni": ([sni_reset("edge-sni", "edge-mqtt.facebook.com")], {"text": "blocked/tls_sni"}),
+        "fingerprint": ([_rule("stun", {"stun.binding": True}, "drop")], {"calls": "blocked/udp_blocking"}),
+    },
+}
+CASES = [(nettest, technique) for nettest, techniques in MATRIX.items() for technique in techniques]
+
+
+def _truth(nettest: str, blocked: dict[str, str]) -> dict[str, Expectation]:
+    return {str(f): Expectation.parse(blocked.get(str(f), "ok")) for f in NETTEST_FEATURES[nettest]}
+
+
+def _probe(lab: Any, nettest: str, policy: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    lab.set_policy(policy)
+    return probe_in_lab(lab, tmp_path / f"{nettest}.jsonl", timeout=2.0, nettest=nettest)
+
+
+def _mismatches(measurement: dict[str, Any], truth: dict[str, Expectation]) -> list[str]:
+    seen = observed_features(measurement)
+    return [f"{feature}: expected {expected}, saw {seen.get(feature)} ({'; '.join(seen[feature].evidence[:3])})"
+            for feature, expected in truth.items() if feature not in seen or not expected.matches(seen[feature])]
+
+
+@pytest.mark.parametrize("nettest", list(MATRIX))
+def test_unblocked_every_feature_is_ok(lab: Any, nettest: str, tmp_path: Path) -> None:
+    measurement = _probe(lab, nettest, {"name": "none", "rules": []}, tmp_path)
+    assert not _mismatches(measurement, _truth(nettest, {}))
+    assert measurement["test_name"] == nettest and measurement["software_name"] == "wallwatch"
+    assert measurement["probe_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("nettest", "technique"), CASES, ids=[f"{n}-{t}" for n, t in CASES])
+def test_verdicts_match_the_policy_and_nothing_else_is_blocked(lab: Any, nettest: str, technique: str,
+                                                               tmp_path: Path) -> None:
+    rules, blocked = MATRIX[nettest][technique]
+    measurement = _probe(lab, nettest, {"name": f"{nettest}-{technique}", "rules": rules}, tmp_path)
+    wrong = _mismatches(measurement, _truth(nettest, blocked))
+    assert not wrong, f"{nettest} / {technique}:\n" + "\n".join(wrong)
