@@ -367,3 +367,56 @@ def test_cli_json_lines_and_errors(tmp_path: Path) -> None:
     policy.write_text("name: x\nrules:\n  - name: y\n    match: {tls.sni: {cidr: 1}}\n    action: reset\n")
     bad = runner.invoke(app, ["censor", "replay", str(capture), "--policy", str(policy)])
     assert bad.exit_code == 1 and "invalid policy" in bad.output
+
+
+# --- memory: bounded by --max-flows, not by the capture ---------------------------------------
+
+
+def _peak_rss_of_replay(capture: Path, policy: Path, *extra: str) -> int:
+    """Peak RSS in bytes of a child `wallwatch censor replay --json` (its own rusage, from wait4:
+    RUSAGE_CHILDREN would give the largest of every child this test process ever had)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "wallwatch.cli", "censor", "replay", str(capture), "--policy",
+                             str(policy), "--json", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else status
+    return usage.ru_maxrss * 1024  # kilobytes on Linux (getrusage(2))
+
+
+def test_replay_memory_is_bounded_by_max_flows_not_by_the_capture(tmp_path: Path) -> None:
+    """A SYN scan of 100,000 flows with --max-flows 4096 costs what a one-flow capture costs, plus
+    4,096 flows (~3 KB each): flows end (evicted, idle) as live, and are printed and forgotten.
+    Kept to the end, the 100,000 flows took ~330 MB more."""
+    from tests.censor.captures import write_syn_scan
+
+    policy = tmp_path / "none.yaml"
+    policy.write_text("name: none\nrules: []\n")
+    baseline = _peak_rss_of_replay(write_syn_scan(tmp_path / "one.pcap", 1), policy, "--max-flows", "4096")
+    scan = write_syn_scan(tmp_path / "scan.pcap", 100_000)
+    peak = _peak_rss_of_replay(scan, policy, "--max-flows", "4096")
+    assert peak - baseline < 48 * 2**20, f"peak {peak / 2**20:.0f} MB vs {baseline / 2**20:.0f} MB for one flow"
+
+
+def test_flows_end_as_they_go_idle_and_reach_the_sink_in_order() -> None:
+    """Idle flows end by capture time (UDP 60 s, TCP 600 s, closed TCP 10 s) and go to `on_flow`
+    at once; flows beyond max_flows end least recently seen first; the rest at the end."""
+    ended: list[tuple[str, str]] = []
+    replayer = Replayer(POLICY, max_flows=3, on_flow=lambda flow: ended.append((flow.client, flow.action)))
+    packets = [dns_query("example.org", 41000, T0), dns_query("example.org", 41001, T0 + 1)]
+    packets += [(T0 + 2, inet.build_tcp(CLIENT, WEB, 41002, 443, seq=1, flags=inet.SYN))]
+    packets += [(T0 + 3, inet.build_tcp(CLIENT, WEB, 41003, 443, seq=1, flags=inet.SYN))]  # evicts 41000
+    packets += [(T0 + 70, inet.build_tcp(CLIENT, WEB, 41003, 443, seq=2, flags=inet.ACK))]  # 41001 idle > 60 s
+    frames = [Frame(n, t, pcap.LINKTYPE_RAW, raw, len(raw)) for n, (t, raw) in enumerate(packets, 1)]
+    for frame in frames[:4]:
+        replayer.frame(frame)
+    assert ended == [(f"{CLIENT}:41000", UNDECIDED)]
+    replayer.frame(frames[4])
+    assert ended[1:] == [(f"{CLIENT}:41001", UNDECIDED)]
+    report = replayer.report()
+    assert ended[2:] == [(f"{CLIENT}:41002", UNDECIDED), (f"{CLIENT}:41003", UNDECIDED)]
+    assert report.flows == () and report.flow_count == 4 and report.summary_json()["flows"] == 4
