@@ -307,6 +307,8 @@ def test_stream_buffer_caps_and_ignores_retransmissions() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from tests.fuzzing import examples  # noqa: E402
+
 from wallwatch.censor.policy import load_policy  # noqa: E402
 from tests.censor.test_policy import POLICIES  # noqa: E402
 
@@ -326,7 +328,7 @@ def _packets() -> st.SearchStrategy[bytes]:
     return st.one_of(tcp, udp, mutated, st.binary(max_size=80))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(_packets(), min_size=1, max_size=12))
 def test_any_packet_sequence_gets_a_verdict(packets: list[bytes]) -> None:
     censor = Censor(load_policy(_ALL))
