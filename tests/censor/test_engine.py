@@ -336,3 +336,27 @@ def test_any_packet_sequence_gets_a_verdict(packets: list[bytes]) -> None:
         decision = censor.handle(raw, 1.0)
         assert isinstance(decision.accept, bool)
     assert censor.counters["packets"] == len(packets) and censor.counters["analyzer_errors"] == 0
+
+
+def test_a_packet_the_engine_fails_on_is_accepted_counted_and_logged_and_the_next_goes_on() -> None:
+    """A fault inside the engine (here a flow table that fails on one 5-tuple) costs that packet
+    a default verdict, never the censor: live and in replay the next packet is judged as usual."""
+    events: list[dict[str, object]] = []
+    censor = Censor(policy({"name": "media", "match": {"tls.sni": "mmg.whatsapp.net"}, "action": "reset"}),
+                    log=events.append)
+    lookup = censor.flows.lookup
+
+    def failing_lookup(packet: inet.Packet, now: float):  # type: ignore[no-untyped-def]
+        if packet.sport == 666:
+            raise KeyError("a bug")
+        return lookup(packet, now)
+
+    censor.flows.lookup = failing_lookup  # type: ignore[method-assign]
+    cursed = inet.build_tcp(CLIENT, MEDIA, 666, 443, seq=1, flags=inet.SYN)
+    assert censor.handle(cursed, 1.0).accept
+    flow = Tcp(MEDIA)
+    for raw in (flow.syn(), flow.synack(), flow.ack()):
+        censor.handle(raw, 1.1)
+    assert censor.handle(flow.client_data(tls.build_client_hello("mmg.whatsapp.net")), 1.2).action == "reset"
+    assert censor.counters["engine_errors"] == 1
+    assert [e["error"] for e in events if e["event"] == "engine_error"] == ["KeyError: 'a bug'"]
