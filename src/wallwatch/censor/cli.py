@@ -51,7 +51,7 @@ def check_command(policy: Path = typer.Argument(..., help="Policy YAML file.")) 
     try:
         loaded = load_policy(policy)
     except PolicyError as exc:
-        typer.echo(f"invalid policy {policy}: {exc}", err=True)
+        typer.echo(f"invalid policy: {exc}", err=True)  # the message names the file and line
         raise typer.Exit(1) from None
     typer.echo(f"policy {loaded.name!r}: {len(loaded.rules)} rule(s), sha256 {loaded.sha256}")
     if loaded.description:
@@ -113,7 +113,7 @@ def replay_command(
     try:
         loaded = load_policy(policy)
     except PolicyError as exc:
-        typer.echo(f"invalid policy {policy}: {exc}", err=True)
+        typer.echo(f"invalid policy: {exc}", err=True)  # the message names the file and line
         raise typer.Exit(1) from None
     console: Any = None
     if not as_json:
