@@ -18,7 +18,7 @@ from wallwatch.censor import pcap
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.pcap import CaptureDecoder, CaptureError, Frame
 from wallwatch.censor.policy import parse_policy
-from wallwatch.censor.replay import NOT_QUEUED, UNDECIDED, Replayer, replay_capture
+from wallwatch.censor.replay import NOT_QUEUED, UNDECIDED, Replayer, describe_verdict, replay_capture
 from wallwatch.cli import app
 from wallwatch.protocols import dns, inet, tls
 
@@ -109,7 +109,9 @@ def test_each_flow_gets_the_rule_the_engine_gives_it() -> None:
     assert (chat.action, chat.rule, chat.packets, chat.dropped) == ("blackhole-ip", "chat-servers-ip", 2, 2)
     relay = flows["198.19.3.1:3478"]
     assert (relay.action, relay.rule, relay.dropped) == ("drop", "relay-drop", 1)
-    assert report.counters["garbage"] == 1 and report.censor["garbage"] == 1
+    # Garbage never reaches the queue live (a broken IP header is dropped by the kernel, a broken
+    # TCP/UDP header is conntrack INVALID, accepted before the queue): counted, not judged.
+    assert report.counters["garbage"] == 1 and report.censor["garbage"] == 0
     assert report.counters["frames"] == len(mixed_capture())
     assert any("garbage" in note for note in report.notes)
 
@@ -149,6 +151,30 @@ def test_replay_matches_the_engine_packet_by_packet() -> None:
     report = replay(packets)
     got = {f.client: (f.action, f.rule) for f in report.flows if f.action != UNDECIDED}
     assert got == {f"{ip}:{port}": verdict for (ip, port), verdict in first.items()}
+
+
+def test_packets_conntrack_holds_invalid_pass_without_the_engine() -> None:
+    """As the live chain's `ctstate INVALID -> ACCEPT`: stray RSTs and FINs, and flag combinations
+    conntrack refuses, are forwarded and never judged, even inside a flow the censor dropped."""
+    def tcp(sport: int, flags: int, t: float, payload: bytes = b"") -> tuple[float, bytes]:
+        seq = 7 if flags & inet.SYN else 8  # data after a SYN at 7
+        return t, inet.build_tcp(CLIENT, MEDIA, sport, 443, seq=seq, ack=1, flags=flags, payload=payload)
+
+    hello = tls.build_client_hello("mmg.whatsapp.net")
+    packets = [tcp(41000, inet.RST, T0), tcp(41000, inet.RST | inet.ACK, T0 + 0.1),  # stray RSTs
+               tcp(41001, inet.FIN | inet.ACK, T0 + 0.2),  # a FIN with no connection
+               tcp(41002, inet.SYN | inet.FIN, T0 + 0.3), tcp(41003, 0, T0 + 0.4, b"x"),  # refused flags
+               tcp(41004, inet.SYN, T0 + 0.5), tcp(41004, inet.ACK | inet.PSH, T0 + 0.6, hello),  # reset flow
+               tcp(41004, inet.ACK | inet.PSH, T0 + 0.7, b"more"),  # dropped by its connmark
+               tcp(41004, inet.SYN | inet.FIN | inet.PSH, T0 + 0.8)]  # no conntrack entry: no connmark
+    report = replay(packets)
+    flows = {f.client.rsplit(":")[1]: f for f in report.flows}
+    for port in ("41000", "41001", "41002", "41003"):
+        assert (flows[port].action, flows[port].dropped) == ("conntrack-invalid", 0), port
+        assert describe_verdict(flows[port]) == "passed by the kernel (conntrack INVALID: never queued)"
+    assert (flows["41004"].action, flows["41004"].dropped, flows["41004"].packets) == ("reset", 2, 4)
+    assert report.counters["conntrack_invalid"] == 6 and report.counters["kernel_dropped"] == 1
+    assert report.censor["packets"] == 2  # the reset flow's SYN and ClientHello, nothing else
 
 
 def test_ipv6_is_reported_but_not_judged() -> None:

@@ -5,8 +5,16 @@ live censor (iptables.py, nfqueue.py), with the kernel's parts done here:
 
     flow already decided (connmark) -> ACCEPT/DROP without the engine
     blackhole-ip rule (WALLWATCH_STATIC) -> DROP without the engine
+    conntrack would hold it INVALID -> ACCEPT without the engine
     otherwise -> engine.Censor.handle(packet, now=capture time), the same flow
                  tracking, analyzers and rules as the live censor
+
+Conntrack's INVALID is emulated for what a single packet shows (Linux's
+nf_conntrack_proto_tcp.c, [linux-conntrack]): a TCP/UDP header the censor cannot
+parse, a TCP flag combination `tcp_valid_flags` refuses (SYN|FIN, no flags, FIN
+without ACK, ...), and a RST or FIN opening a flow (no connection for it). Not
+emulated: checksums (a capture taken on the sending host has offloaded,
+unfinished ones) and TCP window tracking.
 
 Nothing is sent: injections (RSTs, forged DNS answers) are counted, not sent.
 Time is the capture's, so idle timeouts and time-based rules behave as they
@@ -49,6 +57,15 @@ HOUSEKEEPING_INTERVAL = 1.0
 NOT_QUEUED = "not-queued"
 # Still waiting for an analyzer when the capture ended; its packets were accepted.
 UNDECIDED = "undecided"
+# Every packet was one conntrack holds INVALID: forwarded by the kernel, never queued.
+CONNTRACK_INVALID = "conntrack-invalid"
+# nf_conntrack_proto_tcp.c `tcp_valid_flags`: the flag combinations conntrack accepts,
+# once PSH, ECE and CWR are masked out. Any other (SYN|FIN, none, FIN alone) is INVALID.
+_TCP_VALID_FLAGS = frozenset({
+    inet.SYN, inet.SYN | inet.URG, inet.SYN | inet.ACK, inet.RST, inet.RST | inet.ACK, inet.FIN | inet.ACK,
+    inet.FIN | inet.ACK | inet.URG, inet.ACK, inet.ACK | inet.URG,
+})
+_TCP_FLAGS_IGNORED = inet.PSH | 0x40 | 0x80  # PSH, ECE, CWR
 # Link-layer problems kept verbatim in the report; beyond this they are only counted.
 MAX_NOTES = 20
 # No flow can be idle for less than the shortest timeout: an expiry sweep over flows in
@@ -130,6 +147,7 @@ class _FlowRecord:
     provisional: bool = False  # decided only by the penalty box: a later verdict replaces it
     isn: int | None = None  # the client's SYN sequence number, as in flows.Flow
     serial: int = 0  # order of first packet: the report's order
+    invalid_only: bool = True  # every packet so far was conntrack INVALID (never queued)
 
     def idle(self, now: float) -> bool:
         if self.proto == "tcp":
@@ -150,7 +168,8 @@ class _FlowRecord:
                      for k, v in self.engine_flow.props.items() if k not in FLOW_KEYS}
         return FlowVerdict(
             self.proto, _endpoint(self.client), _endpoint(self.server), self.first_seen, self.last_seen,
-            self.packets, self.bytes, props, self.action or (NOT_QUEUED if self.version == 6 else UNDECIDED),
+            self.packets, self.bytes, props,
+            self.action or (NOT_QUEUED if self.version == 6 else CONNTRACK_INVALID if self.invalid_only else UNDECIDED),
             self.rule, self.decided_frame, self.decided_packet, self.decided_at, self.dropped, self.injected,
             self.held, self.residual_drops,
         )
@@ -208,7 +227,7 @@ class Replayer:
     on_flow: FlowSink | None = None
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("frames", "not_ip", "link_errors", "garbage", "not_tcp_udp", "ipv6_not_queued",
-         "queued", "kernel_accepted", "kernel_dropped", "blackholed"), 0))
+         "queued", "kernel_accepted", "kernel_dropped", "blackholed", "conntrack_invalid"), 0))
 
     def __post_init__(self) -> None:
         self.censor = Censor(self.policy, max_flows=self.max_flows, seed=self.seed, log=self._on_log)
@@ -240,8 +259,9 @@ class Replayer:
         try:
             packet = inet.parse_packet(raw)
         except ProtocolError as exc:
+            # Never queued live: the kernel drops a broken IP header, and conntrack holds a
+            # broken TCP/UDP header INVALID, which the chain accepts without Python.
             self._note(frame, f"garbage: {exc}", "garbage")
-            self._queue(raw, frame)  # the engine must take it without a crash, as live
             return
         if packet.proto not in (inet.PROTO_TCP, inet.PROTO_UDP) or (packet.fragment and not packet.sport):
             self.counters["not_tcp_udp"] += 1
@@ -252,9 +272,11 @@ class Replayer:
         if packet.version != 4:
             self.counters["ipv6_not_queued"] += 1
             return
-        if record.kernel_verdict is not None:
+        flags_invalid = packet.proto == inet.PROTO_TCP and packet.flags & ~_TCP_FLAGS_IGNORED not in _TCP_VALID_FLAGS
+        if record.kernel_verdict is not None and not flags_invalid:  # no conntrack entry, no connmark
             self.counters["kernel_accepted" if record.kernel_verdict else "kernel_dropped"] += 1
             record.dropped += not record.kernel_verdict
+            record.invalid_only = False
             return
         for static in self._static:
             if static.matches(packet):
@@ -264,7 +286,15 @@ class Replayer:
                 # (replies in a capture taken without the censor) would not exist.
                 record.kernel_verdict = False
                 record.dropped += 1
+                record.invalid_only = False
                 return
+        # A RST or FIN when conntrack has no entry: nothing of the flow created one yet.
+        if flags_invalid or (record.invalid_only and packet.proto == inet.PROTO_TCP
+                             and packet.flags & (inet.RST | inet.FIN) and not packet.flags & inet.SYN):
+            # The chain's `ctstate INVALID -> ACCEPT`: forwarded, never queued (iptables.py).
+            self.counters["conntrack_invalid"] += 1
+            return
+        record.invalid_only = False
         if record.provisional and (packet.src, packet.sport) == record.server:
             # The penalty box dropped this flow's opening: the server's answers in a
             # capture taken without the censor would not exist. Client packets (a
@@ -414,6 +444,8 @@ def describe_verdict(flow: FlowVerdict) -> str:
         return "undecided (capture ended; accepted)"
     if flow.action == NOT_QUEUED:
         return "passed (IPv6 is not queued)"
+    if flow.action == CONNTRACK_INVALID:
+        return "passed by the kernel (conntrack INVALID: never queued)"
     if flow.action == "drop" and flow.residual_drops:
         return f"dropped by the penalty box of {flow.rule} from packet {flow.decided_packet}"
     if flow.action == "allow" and flow.rule is None:
@@ -446,7 +478,7 @@ def flow_table(title: str, flows: Iterable[FlowVerdict], start: float) -> Any:
     table.add_column("dropped/injected", justify="right")
     for flow in flows:
         verdict = describe_verdict(flow)
-        if flow.action not in ("allow", UNDECIDED, NOT_QUEUED):
+        if flow.action not in ("allow", UNDECIDED, NOT_QUEUED, CONNTRACK_INVALID):
             verdict = f"[bold red]{verdict}[/]"
         table.add_row(
             f"{flow.proto} {flow.client} -> {flow.server}",
