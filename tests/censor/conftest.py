@@ -51,6 +51,10 @@ def lab_skip_reason() -> str | None:
                    "-j", "ACCEPT", check=False)
         if probe.returncode != 0:
             return f"iptables connmark is unusable: {probe.stderr.strip()}"
+        probe = sh("ip", "netns", "exec", name, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID",
+                   "-j", "ACCEPT", check=False)
+        if probe.returncode != 0:
+            return f"iptables conntrack match is unusable: {probe.stderr.strip()}"
     finally:
         sh("ip", "netns", "del", name, check=False)
     return None

@@ -11,6 +11,9 @@ Usage: python nsagent.py serve
        python nsagent.py udpraw HOST PORT TIMEOUT SPORT HEX...  -> {"results": [...]}: one datagram per payload
        python nsagent.py download HOST PORT BYTES -> {"received": n, "seconds": s} (server -> client bulk)
        python nsagent.py udprtt HOST PORT COUNT  -> {"rtts": [seconds...]}
+       python nsagent.py invalid KIND DST DPORT COUNT SPORT PROBE_HOST PROBE_PORT
+                                                 -> {"sent": n, "seconds": s, "probe": {...}}: COUNT crafted packets
+                                                    conntrack holds INVALID, with one TCP probe opened mid-burst
 Every client command prints one JSON line; all waits are bounded.
 """
 
@@ -258,6 +261,65 @@ def garbage(dst: str) -> dict[str, object]:
     return {"sent": sent}
 
 
+# Packets conntrack holds INVALID (nf_conntrack_proto_tcp.c: tcp_valid_flags, tcp_error's checksum
+# check, and the state table's sIV for a RST or FIN with no connection; udp_error's checksum check).
+INVALID_KINDS = ("rst", "finack", "synfin", "noflags", "badtcp", "badudp", "late-rst")
+
+
+def invalid_packets(kind: str, dst: str, dport: int, count: int, sport: int) -> list[bytes]:
+    """`count` crafted packets of one INVALID kind from the client. Source ports run from
+    `sport` over up to 20,000 values (so the censor would see as many flows), except
+    `late-rst`: every RST on the one 5-tuple the caller opened before with kind `syn` (a plain
+    SYN, not INVALID: the flow's opening, which conntrack then forgets)."""
+    from wallwatch.protocols import inet
+
+    flags = {"rst": inet.RST, "finack": inet.FIN | inet.ACK, "synfin": inet.SYN | inet.FIN, "noflags": 0,
+             "badtcp": inet.PSH | inet.ACK, "late-rst": inet.RST, "syn": inet.SYN}
+    packets = []
+    for i in range(count):
+        port = sport if kind in ("late-rst", "syn") else sport + i % 20000
+        if kind == "badudp":
+            packet = bytearray(inet.build_udp("198.18.0.2", dst, port, dport, b"x" * 16))
+            packet[26] ^= 0xFF  # the UDP checksum (20-byte IPv4 header + 6)
+        else:
+            payload = b"x" * 16 if kind == "badtcp" else b""
+            packet = bytearray(inet.build_tcp("198.18.0.2", dst, port, dport, seq=1000 + 7919 * i, ack=1,
+                                              flags=flags[kind], window=512, payload=payload))
+            if kind == "badtcp":
+                packet[36] ^= 0xFF  # the TCP checksum (20-byte IPv4 header + 16)
+        packets.append(bytes(packet))
+    return packets
+
+
+def invalid_burst(kind: str, dst: str, dport: int, count: int, sport: int,
+                  probe_host: str, probe_port: int) -> dict[str, object]:
+    """Send the crafted packets as fast as a raw socket takes them; when half are out, open a
+    TCP connection (in a thread) and time it to its reply: a new connection during the burst."""
+    packets = invalid_packets(kind, dst, dport, count, sport)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    probe: dict[str, object] = {}
+
+    def timed_probe() -> None:
+        start = time.monotonic()
+        probe.update(_stream_probe(probe_host, probe_port, b"hello", timeout=3.0))
+        probe["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=timed_probe)
+    start = time.monotonic()
+    sent = 0
+    for index, packet in enumerate(packets):
+        if index == len(packets) // 2:
+            thread.start()
+        try:
+            sock.sendto(packet, (dst, 0))
+            sent += 1
+        except OSError:  # ENOBUFS: the sender outran its own queue; the count says so
+            pass
+    seconds = time.monotonic() - start
+    thread.join(10)
+    return {"sent": sent, "seconds": seconds, "probe": probe}
+
+
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command == "serve":
@@ -285,6 +347,8 @@ def main(argv: list[str]) -> None:
         result = download(args[0], int(args[1]), int(args[2]))
     elif command == "udprtt":
         result = udp_rtt(args[0], int(args[1]), int(args[2]))
+    elif command == "invalid":
+        result = invalid_burst(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5], int(args[6]))
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result), flush=True)

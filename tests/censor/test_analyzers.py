@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzzing import examples
 from tests.censor import payloads
 from wallwatch.censor.analyzers import (
     ALL_ANALYZERS, PROPERTY_TYPES, Analyzer, Direction, DnsAnalyzer, FetAnalyzer, HttpAnalyzer, MqttAnalyzer,
@@ -87,7 +88,7 @@ def test_applies() -> None:
     assert TlsAnalyzer.applies("tcp", 5222) and not TlsAnalyzer.applies("udp", 443)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.sampled_from(ALL_ANALYZERS))
 def test_arbitrary_bytes_never_raise(chunks: list[bytes], cls) -> None:
     analyzer = cls("tcp" if cls is not DnsAnalyzer else "udp")
@@ -166,7 +167,7 @@ def test_real_protocol_gives_declared_properties_of_declared_types(cls: type[Ana
     assert seen, f"{cls.name} found nothing in its own protocol"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([C2S, S2C]), st.binary(max_size=300)), min_size=1, max_size=5),
        st.sampled_from(ALL_ANALYZERS), st.sampled_from(["tcp", "udp"]))
 def test_arbitrary_bytes_give_only_declared_properties(packets: list[tuple[Direction, bytes]], cls, proto: str) -> None:

@@ -307,6 +307,8 @@ def test_stream_buffer_caps_and_ignores_retransmissions() -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from tests.fuzzing import examples  # noqa: E402
+
 from wallwatch.censor.policy import load_policy  # noqa: E402
 from tests.censor.test_policy import POLICIES  # noqa: E402
 
@@ -326,7 +328,7 @@ def _packets() -> st.SearchStrategy[bytes]:
     return st.one_of(tcp, udp, mutated, st.binary(max_size=80))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.lists(_packets(), min_size=1, max_size=12))
 def test_any_packet_sequence_gets_a_verdict(packets: list[bytes]) -> None:
     censor = Censor(load_policy(_ALL))
@@ -334,3 +336,27 @@ def test_any_packet_sequence_gets_a_verdict(packets: list[bytes]) -> None:
         decision = censor.handle(raw, 1.0)
         assert isinstance(decision.accept, bool)
     assert censor.counters["packets"] == len(packets) and censor.counters["analyzer_errors"] == 0
+
+
+def test_a_packet_the_engine_fails_on_is_accepted_counted_and_logged_and_the_next_goes_on() -> None:
+    """A fault inside the engine (here a flow table that fails on one 5-tuple) costs that packet
+    a default verdict, never the censor: live and in replay the next packet is judged as usual."""
+    events: list[dict[str, object]] = []
+    censor = Censor(policy({"name": "media", "match": {"tls.sni": "mmg.whatsapp.net"}, "action": "reset"}),
+                    log=events.append)
+    lookup = censor.flows.lookup
+
+    def failing_lookup(packet: inet.Packet, now: float):  # type: ignore[no-untyped-def]
+        if packet.sport == 666:
+            raise KeyError("a bug")
+        return lookup(packet, now)
+
+    censor.flows.lookup = failing_lookup  # type: ignore[method-assign]
+    cursed = inet.build_tcp(CLIENT, MEDIA, 666, 443, seq=1, flags=inet.SYN)
+    assert censor.handle(cursed, 1.0).accept
+    flow = Tcp(MEDIA)
+    for raw in (flow.syn(), flow.synack(), flow.ack()):
+        censor.handle(raw, 1.1)
+    assert censor.handle(flow.client_data(tls.build_client_hello("mmg.whatsapp.net")), 1.2).action == "reset"
+    assert censor.counters["engine_errors"] == 1
+    assert [e["error"] for e in events if e["event"] == "engine_error"] == ["KeyError: 'a bug'"]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import inet
 from wallwatch.protocols.errors import ProtocolError
 
@@ -72,7 +73,7 @@ def test_mixed_families_refused() -> None:
         inet.build_udp("198.18.0.2", "2001:db8::1", 1, 2, b"")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes_give_packet_or_protocol_error(raw: bytes) -> None:
     try:
@@ -82,7 +83,7 @@ def test_arbitrary_bytes_give_packet_or_protocol_error(raw: bytes) -> None:
     assert isinstance(packet, inet.Packet)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(min_size=1, max_size=60), st.integers(0, 59))
 def test_mutated_real_packets_give_packet_or_protocol_error(payload: bytes, index: int) -> None:
     raw = bytearray(inet.build_tcp("198.18.0.2", "198.19.1.1", 1234, 443, seq=7, payload=payload))
@@ -99,7 +100,7 @@ ports = st.integers(0, 65535)
 words = st.integers(0, 2**32 - 1)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.one_of(st.tuples(addresses_v4, addresses_v4), st.tuples(addresses_v6, addresses_v6)),
        ports, ports, words, words, st.integers(0, 0x3F), st.binary(max_size=200))
 def test_tcp_build_parse_round_trip(pair: tuple[str, str], sport: int, dport: int, seq: int, ack: int,
@@ -112,7 +113,7 @@ def test_tcp_build_parse_round_trip(pair: tuple[str, str], sport: int, dport: in
     assert not packet.truncated and inet.verify_checksums(raw)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.one_of(st.tuples(addresses_v4, addresses_v4), st.tuples(addresses_v6, addresses_v6)),
        ports, ports, st.binary(max_size=300))
 def test_udp_build_parse_round_trip(pair: tuple[str, str], sport: int, dport: int, payload: bytes) -> None:

@@ -149,3 +149,68 @@ def test_static_drops_expand_ports_without_proto_to_tcp_and_udp() -> None:
     specs = static_drops(rule)
     assert {(s.proto, s.dst, s.dport) for s in specs} == {
         (p, d, (3478, 3479)) for p in ("tcp", "udp") for d in ("198.19.1.0/24", "198.19.3.1/32")}
+
+
+# --- policy files: every mistake is an error naming file:line --------------------------------
+
+RULE_HEAD = "name: p\nrules:\n  - name: r\n"
+
+
+@pytest.mark.parametrize("text, line, message", [
+    # A duplicate key: `action: allow` used to win silently over `action: drop`.
+    (RULE_HEAD + "    match: {proto: tcp}\n    action: drop\n    action: allow\n", 6, "duplicate key 'action'"),
+    (RULE_HEAD + "    match: {tls.sni: a.example, tls.sni: b.example}\n    action: drop\n", 4, "duplicate key 'tls.sni'"),
+    ("name: p\nrules: []\nrules: []\n", 3, "duplicate key 'rules'"),
+    # No rules: an empty file, `rules:` with nothing, no `rules` at all.
+    ("", 1, "the policy file is empty"),
+    ("# nothing but a comment\n", 1, "the policy file is empty"),
+    ("name: p\nrules:\n", 2, "'rules' must be a list (`rules: []` for none), got None"),
+    ("name: p\n", 1, "a policy needs `rules`"),
+    # Null or a number where a string or a pattern is expected (YAML reads them as such).
+    (RULE_HEAD + "    match: {tls.sni: {suffix: null}}\n    action: drop\n", 4, "expected a string (quote it"),
+    (RULE_HEAD + "    match:\n      http.target: {regex: 5}\n    action: drop\n", 5, "got 5"),
+    (RULE_HEAD + "    match: {http.target: {contains: 1.5}}\n    action: drop\n", 4, "got 1.5"),
+    (RULE_HEAD + "    match: {tls.sni: 123}\n    action: drop\n", 4, "got 123"),
+    (RULE_HEAD + "    match: {tls.sni: {glob: ~}}\n    action: drop\n", 4, "got None"),
+    (RULE_HEAD + "    match: {tls.sni: [a.example, null]}\n    action: drop\n", 4, "got None"),
+    (RULE_HEAD + "    match: {ip.dst: {cidr: 5}}\n    action: drop\n", 4, "got 5"),
+    (RULE_HEAD + "    match: {port.dst: 443.5}\n    action: drop\n", 4, "expected an integer, got 443.5"),
+    (RULE_HEAD + "    match: {port.dst: {range: null}}\n    action: drop\n", 4, "a range is a port"),
+    (RULE_HEAD + "    match: {proto: tcp}\n    action: drop\n    description: 7\n", 6, "'description' must be a string"),
+    ("name: 12\nrules: []\n", 1, "'name' must be a non-empty string"),
+    (RULE_HEAD + "    match: {dns.qname: x}\n    action: dns-inject\n    answer: [198.19.0.1, 7]\n", 6, "'answer'"),
+    # Unsafe or unsupported regexes: backtracking-only features, and sizes beyond the bounds.
+    (RULE_HEAD + "    match:\n      tls.sni: {regex: '(a)\\1'}\n    action: drop\n", 5, "no backreferences"),
+    (RULE_HEAD + "    match:\n      tls.sni: {regex: 'a(?=b)'}\n    action: drop\n", 5, "lookaround"),
+    (RULE_HEAD + "    match:\n      tls.sni: {regex: '((a{100}){100}){100}'}\n    action: drop\n", 5, "bad regex"),
+    (RULE_HEAD + "    match:\n      tls.sni: {regex: '" + "a" * 1001 + "'}\n    action: drop\n", 5, "at most 1000"),
+    # The line of the key at fault, deep in a file.
+    (RULE_HEAD + "    match: {proto: tcp}\n    action: drop\n  - name: s\n    match: {proto: udp}\n"
+     "    action: reset\n    count: 99\n", 9, "rule 's': 'count' must be an integer in 1..20"),
+])
+def test_policy_file_errors_name_file_and_line(tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert str(info.value).startswith(f"{path}:{line}: "), str(info.value)
+    assert message in str(info.value)
+    assert info.value.line == line
+
+
+def test_an_explicit_empty_rule_list_is_a_policy() -> None:
+    policy = parse_policy("name: open\nrules: []\n")
+    assert policy.rules == () and policy.name == "open"
+
+
+@pytest.mark.timeout(60)
+def test_a_catastrophic_pattern_matches_in_linear_time() -> None:
+    """`(a+)+$` backtracks exponentially in Python's `re` on 'aaa...ab' (2^40 paths here: the
+    censor would hang on one SNI); RE2 answers at once, whatever the pattern."""
+    rule = rule_of({"tls.sni": {"regex": "^(a+)+$"}, "http.target": {"regex": "(x+x+)+y"}})
+    hostile_sni, hostile_target = "a" * 40 + ".example", "x" * 5000
+    assert rule.evaluate({"tls.sni": hostile_sni, "http.target": hostile_target}, frozenset().__contains__) is Tri.NO
+    assert rule.evaluate({"tls.sni": "aaaa", "http.target": "xxy"}, frozenset().__contains__) is Tri.YES
+    # Names stay case-insensitive, text case-sensitive, as with `re` before.
+    assert matches({"tls.sni": {"regex": r"^E\d+\.WhatsApp\.net$"}}, {"tls.sni": "e12.whatsapp.net"}) is Tri.YES
+    assert matches({"http.target": {"regex": "^/Pooh"}}, {"http.target": "/pooh"}) is Tri.NO

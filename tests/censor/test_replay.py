@@ -18,7 +18,7 @@ from wallwatch.censor import pcap
 from wallwatch.censor.engine import Censor
 from wallwatch.censor.pcap import CaptureDecoder, CaptureError, Frame
 from wallwatch.censor.policy import parse_policy
-from wallwatch.censor.replay import NOT_QUEUED, UNDECIDED, Replayer, replay_capture
+from wallwatch.censor.replay import NOT_QUEUED, UNDECIDED, Replayer, describe_verdict, replay_capture
 from wallwatch.cli import app
 from wallwatch.protocols import dns, inet, tls
 
@@ -109,7 +109,9 @@ def test_each_flow_gets_the_rule_the_engine_gives_it() -> None:
     assert (chat.action, chat.rule, chat.packets, chat.dropped) == ("blackhole-ip", "chat-servers-ip", 2, 2)
     relay = flows["198.19.3.1:3478"]
     assert (relay.action, relay.rule, relay.dropped) == ("drop", "relay-drop", 1)
-    assert report.counters["garbage"] == 1 and report.censor["garbage"] == 1
+    # Garbage never reaches the queue live (a broken IP header is dropped by the kernel, a broken
+    # TCP/UDP header is conntrack INVALID, accepted before the queue): counted, not judged.
+    assert report.counters["garbage"] == 1 and report.censor["garbage"] == 0
     assert report.counters["frames"] == len(mixed_capture())
     assert any("garbage" in note for note in report.notes)
 
@@ -149,6 +151,30 @@ def test_replay_matches_the_engine_packet_by_packet() -> None:
     report = replay(packets)
     got = {f.client: (f.action, f.rule) for f in report.flows if f.action != UNDECIDED}
     assert got == {f"{ip}:{port}": verdict for (ip, port), verdict in first.items()}
+
+
+def test_packets_conntrack_holds_invalid_pass_without_the_engine() -> None:
+    """As the live chain's `ctstate INVALID -> ACCEPT`: stray RSTs and FINs, and flag combinations
+    conntrack refuses, are forwarded and never judged, even inside a flow the censor dropped."""
+    def tcp(sport: int, flags: int, t: float, payload: bytes = b"") -> tuple[float, bytes]:
+        seq = 7 if flags & inet.SYN else 8  # data after a SYN at 7
+        return t, inet.build_tcp(CLIENT, MEDIA, sport, 443, seq=seq, ack=1, flags=flags, payload=payload)
+
+    hello = tls.build_client_hello("mmg.whatsapp.net")
+    packets = [tcp(41000, inet.RST, T0), tcp(41000, inet.RST | inet.ACK, T0 + 0.1),  # stray RSTs
+               tcp(41001, inet.FIN | inet.ACK, T0 + 0.2),  # a FIN with no connection
+               tcp(41002, inet.SYN | inet.FIN, T0 + 0.3), tcp(41003, 0, T0 + 0.4, b"x"),  # refused flags
+               tcp(41004, inet.SYN, T0 + 0.5), tcp(41004, inet.ACK | inet.PSH, T0 + 0.6, hello),  # reset flow
+               tcp(41004, inet.ACK | inet.PSH, T0 + 0.7, b"more"),  # dropped by its connmark
+               tcp(41004, inet.SYN | inet.FIN | inet.PSH, T0 + 0.8)]  # no conntrack entry: no connmark
+    report = replay(packets)
+    flows = {f.client.rsplit(":")[1]: f for f in report.flows}
+    for port in ("41000", "41001", "41002", "41003"):
+        assert (flows[port].action, flows[port].dropped) == ("conntrack-invalid", 0), port
+        assert describe_verdict(flows[port]) == "passed by the kernel (conntrack INVALID: never queued)"
+    assert (flows["41004"].action, flows["41004"].dropped, flows["41004"].packets) == ("reset", 2, 4)
+    assert report.counters["conntrack_invalid"] == 6 and report.counters["kernel_dropped"] == 1
+    assert report.censor["packets"] == 2  # the reset flow's SYN and ClientHello, nothing else
 
 
 def test_ipv6_is_reported_but_not_judged() -> None:
@@ -367,3 +393,56 @@ def test_cli_json_lines_and_errors(tmp_path: Path) -> None:
     policy.write_text("name: x\nrules:\n  - name: y\n    match: {tls.sni: {cidr: 1}}\n    action: reset\n")
     bad = runner.invoke(app, ["censor", "replay", str(capture), "--policy", str(policy)])
     assert bad.exit_code == 1 and "invalid policy" in bad.output
+
+
+# --- memory: bounded by --max-flows, not by the capture ---------------------------------------
+
+
+def _peak_rss_of_replay(capture: Path, policy: Path, *extra: str) -> int:
+    """Peak RSS in bytes of a child `wallwatch censor replay --json` (its own rusage, from wait4:
+    RUSAGE_CHILDREN would give the largest of every child this test process ever had)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "wallwatch.cli", "censor", "replay", str(capture), "--policy",
+                             str(policy), "--json", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else status
+    return usage.ru_maxrss * 1024  # kilobytes on Linux (getrusage(2))
+
+
+def test_replay_memory_is_bounded_by_max_flows_not_by_the_capture(tmp_path: Path) -> None:
+    """A SYN scan of 100,000 flows with --max-flows 4096 costs what a one-flow capture costs, plus
+    4,096 flows (~3 KB each): flows end (evicted, idle) as live, and are printed and forgotten.
+    Kept to the end, the 100,000 flows took ~330 MB more."""
+    from tests.censor.captures import write_syn_scan
+
+    policy = tmp_path / "none.yaml"
+    policy.write_text("name: none\nrules: []\n")
+    baseline = _peak_rss_of_replay(write_syn_scan(tmp_path / "one.pcap", 1), policy, "--max-flows", "4096")
+    scan = write_syn_scan(tmp_path / "scan.pcap", 100_000)
+    peak = _peak_rss_of_replay(scan, policy, "--max-flows", "4096")
+    assert peak - baseline < 48 * 2**20, f"peak {peak / 2**20:.0f} MB vs {baseline / 2**20:.0f} MB for one flow"
+
+
+def test_flows_end_as_they_go_idle_and_reach_the_sink_in_order() -> None:
+    """Idle flows end by capture time (UDP 60 s, TCP 600 s, closed TCP 10 s) and go to `on_flow`
+    at once; flows beyond max_flows end least recently seen first; the rest at the end."""
+    ended: list[tuple[str, str]] = []
+    replayer = Replayer(POLICY, max_flows=3, on_flow=lambda flow: ended.append((flow.client, flow.action)))
+    packets = [dns_query("example.org", 41000, T0), dns_query("example.org", 41001, T0 + 1)]
+    packets += [(T0 + 2, inet.build_tcp(CLIENT, WEB, 41002, 443, seq=1, flags=inet.SYN))]
+    packets += [(T0 + 3, inet.build_tcp(CLIENT, WEB, 41003, 443, seq=1, flags=inet.SYN))]  # evicts 41000
+    packets += [(T0 + 70, inet.build_tcp(CLIENT, WEB, 41003, 443, seq=2, flags=inet.ACK))]  # 41001 idle > 60 s
+    frames = [Frame(n, t, pcap.LINKTYPE_RAW, raw, len(raw)) for n, (t, raw) in enumerate(packets, 1)]
+    for frame in frames[:4]:
+        replayer.frame(frame)
+    assert ended == [(f"{CLIENT}:41000", UNDECIDED)]
+    replayer.frame(frames[4])
+    assert ended[1:] == [(f"{CLIENT}:41001", UNDECIDED)]
+    report = replayer.report()
+    assert ended[2:] == [(f"{CLIENT}:41002", UNDECIDED), (f"{CLIENT}:41003", UNDECIDED)]
+    assert report.flows == () and report.flow_count == 4 and report.summary_json()["flows"] == 4

@@ -1,6 +1,7 @@
 from hypothesis import given, settings, strategies as st
 import pytest
 
+from tests.fuzzing import examples
 from wallwatch.protocols.dns import (
     MAX_TCP_MESSAGE, DnsFacts, build_query, build_response, frame_tcp, parse_dns, unframe_tcp,
 )
@@ -35,7 +36,7 @@ def test_response_to_garbage_is_protocol_error() -> None:
         build_response(b"\x00\x01", ["198.19.0.1"])
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:
@@ -60,7 +61,7 @@ def test_tcp_framing_by_hand() -> None:
         frame_tcp(bytes(MAX_TCP_MESSAGE + 1))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(min_size=12, max_size=600), st.integers(min_value=0, max_value=700))
 def test_tcp_framing_round_trips_at_every_cut(message: bytes, cut: int) -> None:
     framed = frame_tcp(message)
@@ -71,7 +72,7 @@ def test_tcp_framing_round_trips_at_every_cut(message: bytes, cut: int) -> None:
         assert isinstance(result, Incomplete) and result.needed is not None and result.needed > cut
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=300))
 def test_tcp_unframing_arbitrary_bytes_gives_a_message_incomplete_or_protocol_error(data: bytes) -> None:
     try:

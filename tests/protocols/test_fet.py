@@ -3,6 +3,7 @@ import datetime as dt
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import fet
 from wallwatch.protocols.errors import ProtocolError
 
@@ -118,13 +119,13 @@ def test_dynamic_blocking_dates() -> None:
     assert fet.BLOCK_PROBABILITY == 0.26 and fet.RESIDUAL_BLOCK_SECONDS == 180
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.binary(min_size=1, max_size=400))
 def test_matches_the_plain_restatement(data: bytes) -> None:
     assert fet.detect(data).blocked_candidate is not oracle(data)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     st.lists(st.sampled_from([bytes([b]) for b in range(0x20, 0x7F)] + [b"\x00", b"\x80", b"\xff"]), max_size=200)
 )

@@ -1,10 +1,12 @@
 from hypothesis import given, settings, strategies as st
 import pytest
 
+from tests.fuzzing import examples
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 from wallwatch.protocols.http import RequestHead, build_request_head, parse_request_head
 
 
+@settings(max_examples=100)  # a round trip over valid input, not a fuzz target: its own count
 @given(
     st.sampled_from(["GET", "POST", "HEAD", "PUT"]),
     st.from_regex(r"/[a-zA-Z0-9/._-]{0,40}", fullmatch=True),
@@ -37,7 +39,7 @@ def test_not_http(data: bytes) -> None:
         parse_request_head(data)
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:

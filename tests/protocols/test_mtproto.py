@@ -7,6 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings, strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import mtproto as mt
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 
@@ -156,7 +157,7 @@ def test_emulated_dc_over_a_real_socket() -> None:
         right.close()
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=130))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:
@@ -201,7 +202,7 @@ def test_message_head_with_an_impossible_length(length: int) -> None:
         mt.parse_message_head(bytes(16) + length.to_bytes(4, "little", signed=True) + bytes(8))
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=80))
 def test_message_head_of_arbitrary_bytes_is_a_head_incomplete_or_protocol_error(data: bytes) -> None:
     try:
@@ -211,7 +212,7 @@ def test_message_head_of_arbitrary_bytes_is_a_head_incomplete_or_protocol_error(
     assert isinstance(result, (mt.MessageHead, Incomplete))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.binary(min_size=4, max_size=200), st.integers(min_value=0, max_value=2**63 - 1), st.integers(0, 230))
 def test_message_head_at_every_cut(data: bytes, message_id: int, cut: int) -> None:
     message = _unencrypted(message_id, data)
@@ -234,3 +235,42 @@ def test_req_pq_multi_and_res_pq_round_trip() -> None:
         mt.parse_res_pq(request)  # a request is not an answer
     with pytest.raises(ProtocolError):
         mt.parse_res_pq(answer[:-6])
+
+
+# --- unframe: arbitrary bytes, round trips, every cut ------------------------------------------
+
+
+@settings(max_examples=examples(400))
+@given(st.sampled_from([*TAGS, b"\x00\x01\x02\x03"]), st.binary(max_size=300))
+def test_unframe_of_arbitrary_bytes_is_a_packet_incomplete_or_protocol_error(tag: bytes, data: bytes) -> None:
+    try:
+        result = mt.unframe(tag, data)
+    except ProtocolError:
+        return
+    assert tag in TAGS
+    if isinstance(result, Incomplete):
+        assert result.needed is None or result.needed > len(data)
+        return
+    payload, used = result
+    assert isinstance(payload, bytes) and len(payload) < used <= len(data)
+    assert data[used - len(payload):used] == payload
+
+
+@settings(max_examples=examples(300))
+@given(st.sampled_from(TAGS), st.binary(max_size=1200), st.binary(max_size=40), st.integers(min_value=0))
+def test_unframe_inverts_frame_and_every_prefix_is_incomplete(tag: bytes, payload: bytes, trailing: bytes,
+                                                              cut: int) -> None:
+    if tag == mt.TAG_ABRIDGED:
+        payload = payload[: len(payload) // 4 * 4]  # abridged counts 4-byte words
+    packet = mt.frame(tag, payload)
+    result = mt.unframe(tag, packet + trailing)
+    assert not isinstance(result, Incomplete)
+    got, used = result
+    assert used == len(packet)
+    if tag == mt.TAG_PADDED_INTERMEDIATE:
+        assert got[: len(payload)] == payload and len(got) - len(payload) < 16
+    else:
+        assert got == payload
+    prefix = packet[: cut % len(packet)]
+    partial = mt.unframe(tag, prefix)
+    assert isinstance(partial, Incomplete) and (partial.needed is None or partial.needed == len(packet))

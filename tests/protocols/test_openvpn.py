@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import openvpn as ov
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 
@@ -143,7 +144,7 @@ def test_second_client_reset_with_a_new_session_cancels() -> None:
     assert matcher.feed(ov.build_client_hard_reset_v2(b"D" * 8), False).state == ov.NOT_OPENVPN
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.binary(max_size=120))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     for parse in (ov.parse_packet, ov.parse_tcp_packet):

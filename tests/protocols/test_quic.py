@@ -6,6 +6,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import quic
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 from wallwatch.protocols.tls import ClientHello
@@ -112,7 +113,7 @@ def test_builder_round_trip(pn_length: int) -> None:
 
 
 @given(st.from_regex(r"[a-z0-9]{1,20}(\.[a-z0-9]{1,20}){0,3}", fullmatch=True), st.binary(min_size=0, max_size=20))
-@settings(max_examples=50)
+@settings(max_examples=50)  # a round trip over valid input, not a fuzz target: its own count
 def test_builder_round_trip_any_sni_and_dcid(sni: str, dcid: bytes) -> None:
     result = quic.parse_client_initial(quic.build_initial(sni, dcid=dcid))
     assert isinstance(result, quic.QuicClientHello) and result.sni == sni and result.dcid == dcid
@@ -195,7 +196,7 @@ def test_gfw_constants() -> None:
     assert quic.GFW_FLOW_TRACKING_SECONDS == 60
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:
@@ -205,7 +206,7 @@ def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     assert isinstance(result, (quic.QuicClientHello, Incomplete))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(max_size=400))
 def test_arbitrary_decrypted_payloads_never_escape(payload: bytes) -> None:
     try:
@@ -215,7 +216,7 @@ def test_arbitrary_decrypted_payloads_never_escape(payload: bytes) -> None:
         pass
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.integers(min_value=0, max_value=1199), st.integers(min_value=0, max_value=255))
 def test_mutated_rfc_packet_never_escapes(position: int, value: int) -> None:
     mutated = bytearray(RFC_PROTECTED)
@@ -225,3 +226,83 @@ def test_mutated_rfc_packet_never_escapes(position: int, value: int) -> None:
     except ProtocolError:
         return
     assert isinstance(result, (quic.QuicClientHello, Incomplete))
+
+
+# --- the long header and Initial decryption on arbitrary and near-valid packets --------------------
+
+
+@settings(max_examples=examples(400))
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=310))
+def test_long_header_of_arbitrary_bytes_is_a_header_or_protocol_error(data: bytes, start: int) -> None:
+    try:
+        header = quic.parse_long_header(data, start)
+    except ProtocolError:
+        return
+    assert header.first_byte == data[start] and header.first_byte & 0x80
+    assert header.version == struct.unpack_from("!I", data, start + 1)[0]
+    assert start + 7 + len(header.dcid) + len(header.scid) <= header.pn_offset <= header.packet_end <= len(data)
+
+
+def _long_header_packet(first: int, version: int, dcid: bytes, scid: bytes, token: bytes, body: bytes,
+                        length_delta: int) -> bytes:
+    """A long-header packet laid out by RFC 9000 §17.2 (the Initial's token and Length fields per
+    §17.2.2), with a Length field off by `length_delta` from the body it is given."""
+    packet = bytes([first]) + struct.pack("!I", version) + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
+    if (first >> 4) & 0x03 == quic.PACKET_INITIAL:
+        packet += quic.encode_varint(len(token)) + token
+    return packet + quic.encode_varint(max(0, len(body) + length_delta)) + body
+
+
+near_valid_packets = st.tuples(
+    st.integers(0x80, 0xFF),
+    st.sampled_from([quic.QUIC_V1, 0, 0x6B3343CF, 0xFF00001D]) | st.integers(0, 2**32 - 1),
+    st.binary(max_size=22),
+    st.binary(max_size=22),
+    st.binary(max_size=30),
+    st.binary(max_size=1300),
+    st.sampled_from([0, 0, 0, -1, 1, -20, 40]),
+)
+
+
+@settings(max_examples=examples(300))
+@given(near_valid_packets, st.binary(max_size=20))
+def test_header_parse_and_initial_decryption_of_near_valid_packets(parts: tuple, trailing: bytes) -> None:
+    """Packets shaped like long headers with random fields reach the key derivation, header
+    protection and AEAD: a packet, or ProtocolError, never another exception."""
+    first, version, dcid, scid, token, _body, _delta = parts
+    datagram = _long_header_packet(*parts) + trailing
+    try:
+        header = quic.parse_long_header(datagram)
+    except ProtocolError:
+        header = None
+    if header is not None:  # what was written is what is read
+        assert (header.version, header.dcid, header.scid) == (version, dcid, scid)
+        if version != 0 and (first >> 4) & 0x03 == quic.PACKET_INITIAL:
+            assert header.token == token
+    try:
+        quic.decrypt_initial(datagram)
+    except ProtocolError:
+        return
+    pytest.fail("random ciphertext passed AES-GCM authentication")
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.binary(min_size=0, max_size=20), st.binary(min_size=0, max_size=20), st.integers(1, 4),
+       st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4))
+def test_initial_decryption_round_trip_and_any_corruption(dcid: bytes, scid: bytes, pn_length: int,
+                                                          flips: list[tuple[int, int]]) -> None:
+    """A built Initial decrypts to its ClientHello with the header it was built with; any bytes
+    changed in it give ProtocolError (the AEAD covers header and payload) or the same packet."""
+    datagram = quic.build_initial("round.trip.example", dcid=dcid, scid=scid, pn_length=pn_length, packet_number=3)
+    initial = quic.decrypt_initial(datagram)
+    assert (initial.header.dcid, initial.header.scid, initial.packet_number) == (dcid, scid, 3)
+    hello = quic.client_hello_from_handshake(b"".join(f.data for f in sorted(initial.crypto, key=lambda f: f.offset)))
+    assert isinstance(hello, ClientHello) and hello.sni == "round.trip.example"
+    corrupted = bytearray(datagram)
+    for position, value in flips:
+        corrupted[position % len(corrupted)] = value
+    try:
+        again = quic.decrypt_initial(bytes(corrupted))
+    except ProtocolError:
+        return
+    assert again.payload == initial.payload and again.header.dcid == dcid

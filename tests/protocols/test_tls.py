@@ -1,6 +1,7 @@
 from hypothesis import given, settings, strategies as st
 import pytest
 
+from tests.fuzzing import examples
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 from wallwatch.protocols.tls import ClientHello, build_client_hello, looks_like_tls_record, parse_client_hello
 
@@ -8,6 +9,7 @@ hostnames = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]([a-z0-
 alpn_ids = st.lists(st.sampled_from(["h2", "http/1.1", "xmpp-client", "h3"]), max_size=3, unique=True)
 
 
+@settings(max_examples=100)  # a round trip over valid input, not a fuzz target: its own count
 @given(hostnames, alpn_ids)
 def test_round_trip(sni: str, alpn: list[str]) -> None:
     hello = parse_client_hello(build_client_hello(sni, alpn))
@@ -65,7 +67,7 @@ def test_looks_like_tls_record() -> None:
     assert not looks_like_tls_record(b"WA\x06\x03")
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:
@@ -75,7 +77,7 @@ def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     assert isinstance(result, (ClientHello, Incomplete))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(min_size=1, max_size=200), st.integers(min_value=9, max_value=300))
 def test_mutated_client_hello_never_escapes(noise: bytes, offset: int) -> None:
     record = bytearray(build_client_hello("e1.whatsapp.net", ["xmpp-client"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import tor
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 from wallwatch.protocols.tls import build_client_hello as build_browser_like_hello, parse_client_hello
@@ -93,7 +94,7 @@ def test_split_records_still_fingerprint() -> None:
     assert isinstance(result, tor.TorFingerprint) and result.is_tor
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:
@@ -103,7 +104,7 @@ def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     assert isinstance(result, (tor.TorFingerprint, Incomplete))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.integers(min_value=5, max_value=516), st.integers(min_value=0, max_value=255))
 def test_mutated_capture_never_escapes(position: int, value: int) -> None:
     mutated = bytearray(tor.CAPTURED_CLIENT_HELLO)

@@ -2,6 +2,7 @@ from hypothesis import given, settings, strategies as st
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from tests.fuzzing import examples
 from wallwatch.protocols.errors import Incomplete, ProtocolError
 from wallwatch.protocols.whatsapp import (
     ChatClient,
@@ -106,7 +107,7 @@ def test_frame_decoder() -> None:
         decoder.feed(encode_frame(b"x" * 11))
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.binary(max_size=100))
 def test_arbitrary_header_bytes(data: bytes) -> None:
     try:
@@ -116,7 +117,7 @@ def test_arbitrary_header_bytes(data: bytes) -> None:
     assert isinstance(result, (StreamHeader, Incomplete))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_into_a_server(data: bytes) -> None:
     server = ChatServer()
@@ -127,7 +128,7 @@ def test_arbitrary_bytes_into_a_server(data: bytes) -> None:
     assert all(isinstance(e, (ClientHeaderReceived, HandshakeComplete, MessageReceived)) for e in events)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_into_a_client(data: bytes) -> None:
     client = ChatClient()
@@ -137,3 +138,39 @@ def test_arbitrary_bytes_into_a_client(data: bytes) -> None:
     except ProtocolError:
         return
     assert all(isinstance(e, (HandshakeComplete, MessageReceived)) for e in events)
+
+
+# --- FrameDecoder: arbitrary bytes in arbitrary pieces, and round trips ----------------------------
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@settings(max_examples=examples(400))
+@given(st.binary(max_size=400), st.lists(st.integers(min_value=0), max_size=8), st.integers(0, 300))
+def test_frame_decoder_on_arbitrary_bytes_in_any_pieces(data: bytes, cuts: list[int], max_size: int) -> None:
+    """Frames or ProtocolError, never another exception; every byte is in a frame, its length
+    prefix, or the buffer; no frame exceeds the limit."""
+    decoder = FrameDecoder(max_size=max_size)
+    frames: list[bytes] = []
+    try:
+        for piece in _pieces(data, cuts):
+            frames += decoder.feed(piece)
+    except ProtocolError:
+        return
+    assert all(isinstance(f, bytes) and len(f) <= max_size for f in frames)
+    assert sum(3 + len(f) for f in frames) + decoder.buffered == len(data)
+    assert decoder.buffered < 3 or int.from_bytes(data[len(data) - decoder.buffered:][:3], "big") + 3 > decoder.buffered
+
+
+@settings(max_examples=examples(300))
+@given(st.lists(st.binary(max_size=600), max_size=8), st.lists(st.integers(min_value=0), max_size=12))
+def test_frame_decoder_inverts_encode_frame_whatever_the_pieces(payloads: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    decoder = FrameDecoder()
+    frames: list[bytes] = []
+    for piece in _pieces(stream, cuts):
+        frames += decoder.feed(piece)
+    assert frames == payloads and decoder.buffered == 0

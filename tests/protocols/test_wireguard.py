@@ -3,6 +3,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.fuzzing import examples
 from wallwatch.protocols import wireguard as wg
 from wallwatch.protocols.errors import ProtocolError
 
@@ -115,7 +116,7 @@ def test_matcher_gives_up_after_four_invalid_in_a_row() -> None:
     assert matcher.done
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_give_a_result_or_protocol_error(data: bytes) -> None:
     try:

@@ -109,7 +109,8 @@ def test_the_valid_example_parses() -> None:
         ("text: ok, media: blocked", "media: blocked", r":17: policies.media.truth.whatsapp: no ground truth for feature 'text'"),
         ("calls: ok, web: ok, registration: ok}\nperiods", "calls: ok, web: ok, registration: ok, video: ok}\nperiods",
          r":17: policies.media.truth.whatsapp.video: whatsapp has no feature 'video'"),
-        ("action: reset}", "action: explode}", r":14: policies.media.rules: the censor refuses it: .*explode"),
+        # The censor's complaint is named at the rule's own line and key.
+        ("action: reset}", "action: explode}", r":15: policies.media.rules\[0\].action: the censor refuses it: .*explode"),
         ("policy: media, isps: [a]", "policy: medai, isps: [a]", r":20: periods\[1\].policy: no policy 'medai'"),
         ("isps: [b]}", "isps: [c]}", r":21: periods\[2\].isps: no ISP 'c'"),
         ("to: 2020-01-02, policy: open}", "to: 2020-01-03, policy: open}", r"tiny.yaml:20: periods: this period overlaps the one at line 19 on 2020-01-03 for ISP a"),
@@ -117,6 +118,15 @@ def test_the_valid_example_parses() -> None:
         ("to: 2020-01-04, policy: open, isps: [b]", "to: 2020-01-05, policy: open, isps: [b]", r":21: periods\[2\].to: .*outside the scenario"),
         ("probes: [whatsapp]", "probes: [whatsapp, openvpn]", r":11: policies.open.truth: no ground truth for probed service 'openvpn'"),
         ("rules: []", "rules: [", r"tiny.yaml:\d+: not valid YAML"),
+        # Duplicate keys (the later one used to win silently), nulls and numbers where text goes.
+        ("end: 2020-01-04\n", "end: 2020-01-04\nend: 2020-01-09\n", r"tiny.yaml:4: not valid YAML: found duplicate key 'end' \(first at line 3\)"),
+        ("action: reset}", "action: reset, action: allow}", r"tiny.yaml:15: not valid YAML: found duplicate key 'action'"),
+        ("media:\n    rules:\n", "media:\n    truth: {}\n    rules:\n",
+         r"tiny.yaml:17: not valid YAML: found duplicate key 'truth' \(first at line 14\)"),
+        ("rules: []", "rules:", r"tiny.yaml:10: policies.open.rules: must be a list of censor rules"),
+        ("{suffix: mmg.whatsapp.net}", "{suffix: null}", r":15: policies.media.rules\[0\].match.tls.sni.suffix: the censor refuses it: .*got None"),
+        ("policy: open}", "policy: open, note: 12}", r":19: periods\[0\].note: must be text, not 12"),
+        ("name: tiny\n", "name: tiny\ndescription: [a, b]\n", r":2: description: must be text"),
     ],
 )
 def test_malformed_scenarios_are_refused_naming_line_and_key(old: str, new: str, message: str) -> None:
@@ -148,3 +158,73 @@ def test_a_nettest_that_is_not_installed_is_skipped_with_a_warning() -> None:
     probes, warnings = runnable_probes(scenario)
     assert probes == ("whatsapp",)
     assert len(warnings) == 1 and "'carrier-pigeon' is not installed" in warnings[0]
+
+
+def test_an_empty_scenario_file_is_refused_at_line_1() -> None:
+    with pytest.raises(ScenarioError, match=r"^empty.yaml:1: scenario: a scenario is a mapping .*\(the file is empty\)"):
+        parse_scenario("# nothing yet\n", source="empty.yaml")
+
+
+# --- the demo's phases file: the same loader and the same checks ------------------------------
+
+PHASES = textwrap.dedent(
+    """\
+    name: tiny-demo
+    phases:
+      - id: normal
+        label: Before
+        policy: {name: none, rules: []}
+        expect: {text: ok, media: ok}
+      - id: media
+        policy:
+          name: media
+          rules:
+            - name: media-sni
+              match: {tls.sni: {suffix: mmg.whatsapp.net}}
+              action: reset
+        expect: {text: ok, media: blocked/tls_sni}
+    """
+)
+
+
+def test_the_default_phases_file_loads() -> None:
+    from wallwatch.lab.demo import DEFAULT_SCENARIO, load_phases
+
+    name, phases = load_phases(DEFAULT_SCENARIO)
+    assert name == "whatsapp-cn-2017" and [p.id for p in phases] == ["normal", "2017-07", "2017-09"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("        action: reset\n", "        action: reset\n          action: allow\n",
+         r"phases.yaml:14: not valid YAML: found duplicate key 'action' \(first at line 13\)"),
+        ("label: Before\n", "label: Before\n    label: After\n", r"phases.yaml:5: not valid YAML: found duplicate key 'label'"),
+        ("{suffix: mmg.whatsapp.net}", "{regex: '(a)\\1'}",
+         r"phases.yaml:12: phases\[1\].policy.rules\[0\].match.tls.sni.regex: the censor refuses it: .*no backreferences"),
+        ("action: reset", "action: explode", r"phases.yaml:13: phases\[1\].policy.rules\[0\].action: the censor refuses it"),
+        ("media: blocked/tls_sni}", "media: blocked/sni}", r"phases.yaml:14: phases\[1\].expect.media: unknown method 'sni'"),
+        ("{text: ok, media: ok}", "{text: ok, video: ok}", r"phases.yaml:6: phases\[0\].expect.video: whatsapp has no feature"),
+        ("- id: media", "- id: normal", r"phases.yaml:7: phases\[1\].id: duplicate phase id 'normal'"),
+        ("  - id: normal\n", "  - id: 7\n", r"phases.yaml:3: phases\[0\].id: must be a non-empty string, not 7"),
+        ("policy: {name: none, rules: []}", "policy: {name: none, rules: }", r"phases.yaml:5: phases\[0\].policy.rules: .*must be a list"),
+        ("policy: {name: none, rules: []}", "policy:", r"phases.yaml:5: phases\[0\].policy: must be a censor policy"),
+    ],
+)
+def test_malformed_phases_are_refused_naming_line_and_key(tmp_path: Path, old: str, new: str, message: str) -> None:
+    from wallwatch.lab.demo import load_phases
+
+    assert old in PHASES
+    path = tmp_path / "phases.yaml"
+    path.write_text(PHASES.replace(old, new, 1))
+    with pytest.raises(ScenarioError, match=message):
+        load_phases(path)
+
+
+def test_an_empty_phases_file_is_refused(tmp_path: Path) -> None:
+    from wallwatch.lab.demo import load_phases
+
+    path = tmp_path / "phases.yaml"
+    path.write_text("")
+    with pytest.raises(ScenarioError, match=r"phases.yaml:1: scenario: a phased scenario needs a non-empty `phases` list"):
+        load_phases(path)

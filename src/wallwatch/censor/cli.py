@@ -51,7 +51,7 @@ def check_command(policy: Path = typer.Argument(..., help="Policy YAML file.")) 
     try:
         loaded = load_policy(policy)
     except PolicyError as exc:
-        typer.echo(f"invalid policy {policy}: {exc}", err=True)
+        typer.echo(f"invalid policy: {exc}", err=True)  # the message names the file and line
         raise typer.Exit(1) from None
     typer.echo(f"policy {loaded.name!r}: {len(loaded.rules)} rule(s), sha256 {loaded.sha256}")
     if loaded.description:
@@ -85,41 +85,77 @@ def _rule_details(rule: Any) -> str:
     return extra
 
 
+# Flows per printed table in the table view: rows are printed in batches as flows end,
+# so the view holds a batch, not the capture (a capture with fewer flows prints one table).
+TABLE_BATCH = 1000
+
+
 @censor_app.command("replay")
 def replay_command(
     capture: Path = typer.Argument(..., help="pcap or pcapng file (Ethernet, raw IP, Linux cooked, loopback)."),
     policy: Path = typer.Option(..., "--policy", help="Policy YAML file."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines: one per flow, then a summary line."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fix the coins of 'probability' rules (default: random)."),
+    max_flows: int = typer.Option(65536, "--max-flows", min=1,
+                                  help="Flows tracked at once, as live: beyond it the least recently seen ends."),
 ) -> None:
-    """Say what the censor would have done to each flow of a capture, offline (nothing is sent)."""
-    import json
+    """Say what the censor would have done to each flow of a capture, offline (nothing is sent).
 
-    from wallwatch.censor.pcap import CaptureError
+    Flows are printed as they end (idle for their timeout, evicted, or at the end of the
+    capture), so memory stays bounded by --max-flows however long the capture."""
+    import json
+    import sys
+
+    from wallwatch.censor.pcap import CaptureError, CaptureReader
     from wallwatch.censor.policy import PolicyError, load_policy
-    from wallwatch.censor.replay import render_table, replay_capture
+    from wallwatch.censor.replay import FlowVerdict, Replayer, flow_table, summary_lines
 
     try:
         loaded = load_policy(policy)
-        report = replay_capture(capture, loaded, seed=seed)
     except PolicyError as exc:
-        typer.echo(f"invalid policy {policy}: {exc}", err=True)
+        typer.echo(f"invalid policy: {exc}", err=True)  # the message names the file and line
         raise typer.Exit(1) from None
-    except (CaptureError, OSError) as exc:
-        typer.echo(f"cannot replay {capture}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if as_json:
-        for flow in report.flows:
-            typer.echo(json.dumps(flow.to_json(), default=str))
-        typer.echo(json.dumps(report.summary_json(), default=str))
-    else:
-        import sys
-
+    console: Any = None
+    if not as_json:
         from rich.console import Console
 
         # Not a terminal (a file, a pipe): wide enough that rows do not wrap.
         console = Console() if sys.stdout.isatty() else Console(width=220)
-        for renderable in render_table(report):
+    batch: list[FlowVerdict] = []
+    printed = 0
+
+    def print_batch(title: str) -> None:
+        nonlocal printed
+        batch.sort(key=lambda flow: flow.first_seen)
+        console.print(flow_table(title, batch, replayer.first_seen or 0.0))
+        printed += len(batch)
+        batch.clear()
+
+    def on_flow(flow: FlowVerdict) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(flow.to_json(), default=str) + "\n")
+            return
+        batch.append(flow)
+        if len(batch) >= TABLE_BATCH:
+            print_batch(f"policy {loaded.name}: flows {printed + 1}-{printed + len(batch)} (in the order they ended)")
+
+    replayer = Replayer(loaded, max_flows, seed, on_flow)
+    try:
+        reader = CaptureReader(capture)
+        for frame in reader:
+            replayer.frame(frame)
+    except (CaptureError, OSError) as exc:
+        typer.echo(f"cannot replay {capture}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    report = replayer.report(reader.problem)
+    if as_json:
+        sys.stdout.write(json.dumps(report.summary_json(), default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        total = report.flow_count
+        print_batch(f"policy {loaded.name}: {total} flow(s)" if not printed
+                    else f"policy {loaded.name}: flows {printed + 1}-{total} of {total}")
+        for renderable in summary_lines(report):
             console.print(renderable)
     if report.problem:
         typer.echo(f"warning: capture damaged {report.problem}", err=True)

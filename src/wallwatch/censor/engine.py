@@ -34,6 +34,11 @@ MAX_UNDECIDED_PACKETS = 24
 # Garbage (unparseable) packets are accepted: a parser gap must not blackhole
 # real traffic, and the kernel's own checks drop truly malformed packets.
 GARBAGE_DECISION = ACCEPT
+# A packet on which the engine itself fails (a bug, not the packet's fault) is
+# accepted for the same reason, counted (`engine_errors`) and the first few logged;
+# the censor goes on with the next packet, live and in replay.
+ENGINE_ERROR_DECISION = ACCEPT
+MAX_LOGGED_ENGINE_ERRORS = 10
 
 _DROP_ACTIONS = frozenset({"drop", "reset", "blackhole-ip"})
 
@@ -68,7 +73,7 @@ LogFn = Callable[[dict[str, object]], None]
 # Counters always present in the status file (zero until something happens).
 STANDARD_COUNTERS = (
     "packets", "garbage", "not_tcp_udp", "undecided", "queued_after_decision", "offloaded",
-    "analyzer_errors", "rst_injected", "dns_injected", "residual_drops", "probability_skips", "held",
+    "analyzer_errors", "engine_errors", "rst_injected", "dns_injected", "residual_drops", "probability_skips", "held",
     *(f"decisions.{action}" for action in ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle")),
 )
 
@@ -117,9 +122,19 @@ class Censor:
     # --- packets ----------------------------------------------------------
 
     def handle(self, raw: bytes, now: float | None = None) -> Decision:
-        """Decide one packet. Never raises on bad input."""
+        """Decide one packet. Never raises: whatever goes wrong, the packet gets a verdict."""
         now = time.monotonic() if now is None else now
         self.counters["packets"] += 1
+        try:
+            return self._handle(raw, now)
+        except Exception as exc:  # noqa: BLE001 - no packet may stop the censor
+            self.counters["engine_errors"] += 1
+            if self.log is not None and self.counters["engine_errors"] <= MAX_LOGGED_ENGINE_ERRORS:
+                self.log({"event": "engine_error", "error": f"{exc.__class__.__name__}: {exc}",
+                          "packet": raw[:64].hex()})
+            return ENGINE_ERROR_DECISION
+
+    def _handle(self, raw: bytes, now: float) -> Decision:
         if self._decided:
             key = raw_key(raw)
             entry = self._decided.get(key) if key is not None else None

@@ -8,9 +8,12 @@ FORWARD, and are replaced atomically with `iptables-restore --noflush`
 
     FORWARD -> WALLWATCH:
       mark != 0            -> CONNMARK --save-mark    (the verdict Python set before repeat())
+      mark == ALLOW        -> ACCEPT                  (judged: this packet's own verdict, whether
+      mark == DROP         -> DROP                     or not conntrack could keep it)
       connmark == ALLOW    -> ACCEPT                  (offloaded: never queued again)
       connmark == DROP     -> DROP
       -> WALLWATCH_STATIC                             (blackhole-ip rules: DROP)
+      ctstate INVALID      -> ACCEPT                  (no conntrack entry to hold a verdict)
       -> NFQUEUE --queue-num N [--queue-bypass]
 
     mangle POSTROUTING -> WALLWATCH_TC (only while a rule throttles by rate):
@@ -25,6 +28,22 @@ they win over any rule evaluated in Python whatever their place in the policy.
 Only IPv4 is queued and blackholed: the lab is IPv4-only.
 ALLOW/DROP carry the policy generation, so a reload retires every earlier
 verdict: those flows come back to the queue and are judged by the new policy.
+
+No packet is queued twice for one verdict. A packet conntrack has no entry for
+cannot have its verdict saved in a connmark: conntrack holds INVALID a RST or a
+FIN|ACK with no connection (a stray one, or a late one after conntrack forgot
+the flow), a SYN|FIN, a segment with no flags, a bad TCP or UDP checksum, an
+out-of-window segment (nf_conntrack_proto_tcp.c, tcp_error() and the state
+table's sIV; [linux-conntrack]), and UNTRACKED is what a `-j CT --notrack` rule
+makes. Such a packet used to come back from repeat() with its mark, find no
+connmark, and be queued again, forever. Now its own mark decides it on the way
+back (the two `mark ==` rules), and INVALID packets are not queued at all: the
+kernel accepts them, as a router with no censor would forward them, so stray
+RSTs and FINs reach their end and a burst of them costs Python nothing. Most
+are dropped by the receiving stack anyway (a bad checksum, a RST with no
+socket). Unlike the GFW, which reads insertion packets its TCB accepts and the
+server discards (bad checksums: [Wang2017]), the analyzers never see them: this
+censor judges what conntrack can hold. Blackhole-ip rules still drop them first.
 """
 
 from __future__ import annotations
@@ -86,9 +105,15 @@ class KernelRules:
             f":{STATIC_CHAIN} - [0:0]",
             # Verdict and htb class both go to the connmark (actions.SAVE_MASK).
             f"-A {CHAIN} -m mark ! --mark 0/{save} -j CONNMARK --save-mark --nfmask {save} --ctmask {save}",
+            # The packet Python just judged, back from repeat(): its own mark decides, so it is
+            # never queued again even when conntrack has no entry to save the mark in.
+            f"-A {CHAIN} -m mark --mark 0x{allow_mark:x}/{mask} -j ACCEPT",
+            f"-A {CHAIN} -m mark --mark 0x{drop_mark:x}/{mask} -j DROP",
             f"-A {CHAIN} -m connmark --mark 0x{allow_mark:x}/{mask} -j ACCEPT",
             f"-A {CHAIN} -m connmark --mark 0x{drop_mark:x}/{mask} -j DROP",
             f"-A {CHAIN} -j {STATIC_CHAIN}",
+            # No conntrack entry, so no verdict could ever be offloaded: the kernel forwards it.
+            f"-A {CHAIN} -m conntrack --ctstate INVALID -j ACCEPT",
             queue,
         ]
         for rule in policy.static_rules:

@@ -31,6 +31,7 @@ import yaml
 
 from wallwatch.censor.analyzers import PROPERTY_TYPES
 from wallwatch.censor.analyzers.base import ADDRESS_PROPERTIES, FLOW_PROPERTIES, PropType
+from wallwatch.yamlfile import KeyPath, YamlDocument, YamlError, load_yaml
 
 ACTIONS = ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle")
 # Actions that stop a flow: the ones `residual` (penalty box) may follow.
@@ -81,7 +82,15 @@ MAX_THROTTLE_RULES = 200
 
 
 class PolicyError(ValueError):
-    """The policy file is not valid; the message names the rule and key."""
+    """The policy is not valid; the message names the file and line (YAML input), the rule and key.
+
+    `path` is the key path of the offending part (("rules", 0, "match", "tls.sni")), so a
+    caller that embedded the policy in a file of its own can name that file's line."""
+
+    def __init__(self, message: str, *, path: KeyPath = (), line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
 
 
 class Tri(enum.Enum):
@@ -219,9 +228,32 @@ class Policy:
 
 # --- loading ------------------------------------------------------------------
 
+# A policy regex longer than this is refused: a rule names a domain or a path,
+# not a grammar, and RE2's compiled program grows with the pattern.
+MAX_REGEX_LENGTH = 1000
+# RE2's memory budget for one compiled pattern (re2::RE2::Options::max_mem; its
+# default is 8 MiB): a pattern whose automaton needs more fails to compile, so a
+# policy cannot make the censor build a huge one per rule.
+REGEX_MAX_MEM = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """Where a validator is: the words of its messages ("rule 'x', key 'tls.sni'") and the key
+    path in the document (("rules", 0, "match", "tls.sni")) that becomes file:line."""
+
+    text: str
+    path: KeyPath = ()
+
+    def into(self, *keys: str | int, text: str | None = None) -> _At:
+        return _At(text if text is not None else self.text, self.path + keys)
+
+    def error(self, message: str, *keys: str | int) -> PolicyError:
+        return PolicyError(f"{self.text}: {message}" if self.text else message, path=self.path + keys)
+
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; PolicyError on any problem."""
+    """Read and validate a policy file; PolicyError ('file:line: rule ...: why') on any problem."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -231,120 +263,164 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def parse_policy(source: bytes | str | Mapping[str, Any], *, path: str = "") -> Policy:
-    """Validate a policy given as YAML bytes/text or as an already-parsed mapping."""
+    """Validate a policy given as YAML bytes/text or as an already-parsed mapping.
+
+    YAML goes through the strict loader (`wallwatch.yamlfile`: duplicate keys are
+    errors) and every error names `file:line`. A mapping's errors carry the key
+    path instead (`PolicyError.path`), for a caller that knows the lines (a scenario).
+    """
+    lines: YamlDocument | None = None
     if isinstance(source, Mapping):
         document: Any = source
-        digest = hashlib.sha256(yaml.safe_dump(dict(source), sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha256(yaml.safe_dump(_plain(source), sort_keys=True).encode()).hexdigest()
     else:
         raw = source.encode() if isinstance(source, str) else source
         digest = hashlib.sha256(raw).hexdigest()
         try:
-            document = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"policy is not valid YAML: {exc}") from None
-    if document is None:
-        document = {}
+            lines = load_yaml(raw, path or "<policy>")
+        except YamlError as exc:
+            raise PolicyError(str(exc), line=exc.line) from None
+        if lines.empty:
+            raise PolicyError(f"{lines.at()}: the policy file is empty; a policy needs `rules` "
+                              "(an explicit `rules: []` allows everything)", line=1)
+        document = lines.data
+    try:
+        return _parse_document(document, digest, path)
+    except PolicyError as exc:
+        if lines is None:
+            raise
+        raise PolicyError(f"{lines.at(*exc.path)}: {exc}", path=exc.path, line=lines.line(*exc.path)) from None
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and lists as plain dicts and lists (what yaml.safe_dump represents)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _parse_document(document: Any, digest: str, path: str) -> Policy:
+    top = _At("")
     if not isinstance(document, Mapping):
-        raise PolicyError("policy must be a mapping with 'name' and 'rules'")
-    _reject_unknown(document, {"name", "description", "rules"}, "policy")
-    rules_doc = document.get("rules") or []
+        raise top.error("a policy is a mapping with 'name', 'description' and 'rules'")
+    _reject_unknown(document, {"name", "description", "rules"}, _At("policy"))
+    if "rules" not in document:
+        raise top.error("a policy needs `rules` (an explicit `rules: []` allows everything)")
+    rules_doc = document["rules"]
     if not isinstance(rules_doc, list):
-        raise PolicyError("policy 'rules' must be a list")
+        raise top.error(f"policy 'rules' must be a list (`rules: []` for none), got {rules_doc!r}", "rules")
+    name = document.get("name", Path(path).stem if path else "unnamed")
+    if not isinstance(name, str) or not name.strip():
+        raise top.error(f"policy 'name' must be a non-empty string, got {name!r}", "name")
+    description = document.get("description") or ""
+    if not isinstance(description, str):
+        raise top.error(f"policy 'description' must be a string, got {description!r}", "description")
     rules: list[Rule] = []
     seen: set[str] = set()
     htb_classes = 0
     for index, rule_doc in enumerate(rules_doc):
         rule = _parse_rule(rule_doc, index)
+        at = _At(f"rule {rule.name!r}", ("rules", index))
         if rule.name in seen:
-            raise PolicyError(f"rule {rule.name!r}: duplicate rule name")
+            raise at.error("duplicate rule name", "name")
         seen.add(rule.name)
         if rule.throttle is not None and rule.throttle.rate_bps:
             htb_classes += 1
             if htb_classes > MAX_THROTTLE_RULES:
-                raise PolicyError(f"rule {rule.name!r}: more than {MAX_THROTTLE_RULES} rate-limiting throttle rules")
+                raise at.error(f"more than {MAX_THROTTLE_RULES} rate-limiting throttle rules", "rate")
             rule = replace(rule, throttle=replace(rule.throttle, htb_class=htb_classes))
         rules.append(rule)
-    name = document.get("name") or (Path(path).stem if path else "unnamed")
-    return Policy(str(name), str(document.get("description") or "").strip(), tuple(rules), digest, path)
+    return Policy(name, description.strip(), tuple(rules), digest, path)
 
 
-def _reject_unknown(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _reject_unknown(doc: Mapping[str, Any], allowed: set[str], at: _At) -> None:
     unknown = sorted(set(map(str, doc)) - allowed)
     if unknown:
-        raise PolicyError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise at.error(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})", unknown[0])
 
 
 def _parse_rule(doc: Any, index: int) -> Rule:
+    at = _At(f"rule #{index + 1}", ("rules", index))
     if not isinstance(doc, Mapping):
-        raise PolicyError(f"rule #{index + 1}: must be a mapping")
+        raise at.error("must be a mapping")
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise PolicyError(f"rule #{index + 1}: every rule needs a non-empty 'name'")
-    where = f"rule {name!r}"
+        raise at.error("every rule needs a non-empty 'name'", "name")
+    at = _At(f"rule {name!r}", ("rules", index))
     _reject_unknown(doc, {"name", "match", "action", "count", "answer", "ttl", "description", "probability",
-                          "residual", "duration", "rate", "delay_ms", "jitter_ms"}, where)
+                          "residual", "duration", "rate", "delay_ms", "jitter_ms"}, at)
+    if not isinstance(doc.get("description", ""), str):
+        raise at.error(f"'description' must be a string, got {doc['description']!r}", "description")
     action = doc.get("action")
     if action not in ACTIONS:
-        raise PolicyError(f"{where}: action {action!r} is not one of {', '.join(ACTIONS)}")
+        raise at.error(f"action {action!r} is not one of {', '.join(ACTIONS)}", "action")
     match = doc.get("match")
     if not isinstance(match, Mapping) or not match:
-        raise PolicyError(f"{where}: 'match' must be a non-empty mapping of property -> value")
-    matchers = tuple(_compile_matcher(where, str(key), value) for key, value in match.items())
+        raise at.error("'match' must be a non-empty mapping of property -> value", "match")
+    matchers = tuple(_compile_matcher(at.into("match"), key, value) for key, value in match.items())
     keys = {m.key for m in matchers}
     if action == "blackhole-ip" and not keys <= ADDRESS_KEYS:
         extra = ", ".join(sorted(keys - ADDRESS_KEYS))
-        raise PolicyError(f"{where}: blackhole-ip is a static kernel rule; only {', '.join(sorted(ADDRESS_KEYS))}"
-                          f" may be matched, not {extra}")
+        raise at.error(f"blackhole-ip is a static kernel rule; only {', '.join(sorted(ADDRESS_KEYS))}"
+                       f" may be matched, not {extra}", "match")
     if action == "blackhole-ip" and not keys & {"ip.src", "ip.dst"}:
-        raise PolicyError(f"{where}: blackhole-ip needs ip.src or ip.dst")
+        raise at.error("blackhole-ip needs ip.src or ip.dst", "match")
     if action == "dns-inject" and not keys & {"dns.qname", "dns.qtype"}:
-        raise PolicyError(f"{where}: dns-inject needs a dns.qname or dns.qtype match")
+        raise at.error("dns-inject needs a dns.qname or dns.qtype match", "match")
     if "count" in doc and action != "reset":
-        raise PolicyError(f"{where}: 'count' only applies to the reset action")
+        raise at.error("'count' only applies to the reset action", "count")
     if ("answer" in doc or "ttl" in doc) and action != "dns-inject":
-        raise PolicyError(f"{where}: 'answer' and 'ttl' only apply to the dns-inject action")
+        raise at.error("'answer' and 'ttl' only apply to the dns-inject action", "answer" if "answer" in doc else "ttl")
     if action == "blackhole-ip":
-        static_drops(Rule(name, matchers, action))  # validates now, at load time
-    count = _int_in(where, "count", doc.get("count", DEFAULT_RST_COUNT), 1, MAX_RST_COUNT)
-    ttl = _int_in(where, "ttl", doc.get("ttl", DEFAULT_FORGED_TTL), 0, 2**31 - 1)
-    return Rule(name, matchers, action, count, _answers(where, doc.get("answer", DEFAULT_FORGED_ANSWER)), ttl,
-                _probability(where, doc, action), _residual(where, doc, action), _throttle(where, doc, action))
+        try:
+            static_drops(Rule(name, matchers, action))  # validates now, at load time
+        except PolicyError as exc:
+            raise PolicyError(str(exc), path=at.path + ("match",)) from None
+    count = _int_in(at, "count", doc.get("count", DEFAULT_RST_COUNT), 1, MAX_RST_COUNT)
+    ttl = _int_in(at, "ttl", doc.get("ttl", DEFAULT_FORGED_TTL), 0, 2**31 - 1)
+    return Rule(name, matchers, action, count, _answers(at, doc.get("answer", DEFAULT_FORGED_ANSWER)), ttl,
+                _probability(at, doc, action), _residual(at, doc, action), _throttle(at, doc, action))
 
 
-def _probability(where: str, doc: Mapping[str, Any], action: str) -> float:
+def _probability(at: _At, doc: Mapping[str, Any], action: str) -> float:
     if "probability" not in doc:
         return 1.0
     value = doc["probability"]
     if action == "blackhole-ip":
-        raise PolicyError(f"{where}: 'probability' cannot apply to blackhole-ip (a static kernel rule, no flow)")
+        raise at.error("'probability' cannot apply to blackhole-ip (a static kernel rule, no flow)", "probability")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise PolicyError(f"{where}: 'probability' must be a number in (0, 1], got {value!r}")
+        raise at.error(f"'probability' must be a number in (0, 1], got {value!r}", "probability")
     return float(value)
 
 
-def _residual(where: str, doc: Mapping[str, Any], action: str) -> Residual | None:
+def _residual(at: _At, doc: Mapping[str, Any], action: str) -> Residual | None:
     if "residual" not in doc and "duration" not in doc:
         return None
+    key = "residual" if "residual" in doc else "duration"
     if action not in BLOCKING_ACTIONS:
-        raise PolicyError(f"{where}: 'residual' and 'duration' only follow a blocking action "
-                          f"({', '.join(sorted(BLOCKING_ACTIONS))}), not {action}")
+        raise at.error("'residual' and 'duration' only follow a blocking action "
+                       f"({', '.join(sorted(BLOCKING_ACTIONS))}), not {action}", key)
     if "residual" in doc and "duration" in doc:
-        raise PolicyError(f"{where}: give 'residual' or 'duration' (= residual on the triple), not both")
+        raise at.error("give 'residual' or 'duration' (= residual on the triple), not both", "duration")
     if "duration" in doc:
-        return Residual(_seconds(where, "duration", doc["duration"]), "triple")
+        return Residual(_seconds(at.into("duration"), "duration", doc["duration"]), "triple")
     spec = doc["residual"]
     if not isinstance(spec, Mapping):
-        raise PolicyError(f"{where}: 'residual' must be a mapping like {{seconds: 90, scope: triple}}")
-    _reject_unknown(spec, {"seconds", "scope"}, f"{where}, residual")
+        raise at.error("'residual' must be a mapping like {seconds: 90, scope: triple}", "residual")
+    _reject_unknown(spec, {"seconds", "scope"}, at.into("residual", text=f"{at.text}, residual"))
     scope = spec.get("scope", "triple")
     if scope not in RESIDUAL_SCOPES:
-        raise PolicyError(f"{where}: residual 'scope' must be one of {', '.join(RESIDUAL_SCOPES)}, got {scope!r}")
-    return Residual(_seconds(where, "residual seconds", spec.get("seconds", DEFAULT_RESIDUAL_SECONDS)), scope)
+        raise at.error(f"residual 'scope' must be one of {', '.join(RESIDUAL_SCOPES)}, got {scope!r}",
+                       "residual", "scope")
+    seconds = _seconds(at.into("residual", "seconds"), "residual seconds", spec.get("seconds", DEFAULT_RESIDUAL_SECONDS))
+    return Residual(seconds, scope)
 
 
-def _seconds(where: str, key: str, value: Any) -> float:
+def _seconds(at: _At, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_RESIDUAL_SECONDS:
-        raise PolicyError(f"{where}: '{key}' must be a number of seconds in (0, {MAX_RESIDUAL_SECONDS}], got {value!r}")
+        raise at.error(f"'{key}' must be a number of seconds in (0, {MAX_RESIDUAL_SECONDS}], got {value!r}")
     return float(value)
 
 
@@ -356,95 +432,104 @@ def parse_rate(value: Any) -> int:
     return round(float(match.group(1)) * _RATE_UNITS[match.group(2).lower()])
 
 
-def _throttle(where: str, doc: Mapping[str, Any], action: str) -> Throttle | None:
+def _throttle(at: _At, doc: Mapping[str, Any], action: str) -> Throttle | None:
     keys = [k for k in ("rate", "delay_ms", "jitter_ms") if k in doc]
     if action != "throttle":
         if keys:
-            raise PolicyError(f"{where}: {', '.join(repr(k) for k in keys)} only apply to the throttle action")
+            raise at.error(f"{', '.join(repr(k) for k in keys)} only apply to the throttle action", keys[0])
         return None
     if "rate" not in doc and "delay_ms" not in doc:
-        raise PolicyError(f"{where}: throttle needs a 'rate' (like \"256kbit\") or a 'delay_ms', or both")
+        raise at.error("throttle needs a 'rate' (like \"256kbit\") or a 'delay_ms', or both", "action")
     rate = None
     if "rate" in doc:
         try:
             rate = parse_rate(doc["rate"])
         except ValueError as exc:
-            raise PolicyError(f"{where}: 'rate': {exc}") from None
+            raise at.error(f"'rate': {exc}", "rate") from None
         if not MIN_RATE_BPS <= rate <= MAX_RATE_BPS:
-            raise PolicyError(f"{where}: 'rate' must be within 8kbit..10gbit, got {doc['rate']!r}")
-    delay = _milliseconds(where, "delay_ms", doc.get("delay_ms", 0))
-    jitter = _milliseconds(where, "jitter_ms", doc.get("jitter_ms", 0))
+            raise at.error(f"'rate' must be within 8kbit..10gbit, got {doc['rate']!r}", "rate")
+    delay = _milliseconds(at, "delay_ms", doc.get("delay_ms", 0))
+    jitter = _milliseconds(at, "jitter_ms", doc.get("jitter_ms", 0))
     if jitter > delay:
-        raise PolicyError(f"{where}: 'jitter_ms' ({jitter:g}) cannot exceed 'delay_ms' ({delay:g}): "
-                          "a packet cannot leave before it arrived")
+        raise at.error(f"'jitter_ms' ({jitter:g}) cannot exceed 'delay_ms' ({delay:g}): "
+                       "a packet cannot leave before it arrived", "jitter_ms")
     return Throttle(rate, delay, jitter)
 
 
-def _milliseconds(where: str, key: str, value: Any) -> float:
+def _milliseconds(at: _At, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_DELAY_MS:
-        raise PolicyError(f"{where}: '{key}' must be a number of milliseconds in 0..{MAX_DELAY_MS}, got {value!r}")
+        raise at.error(f"'{key}' must be a number of milliseconds in 0..{MAX_DELAY_MS}, got {value!r}", key)
     return float(value)
 
 
-def _int_in(where: str, key: str, value: Any, low: int, high: int) -> int:
+def _int_in(at: _At, key: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise PolicyError(f"{where}: '{key}' must be an integer in {low}..{high}, got {value!r}")
+        raise at.error(f"'{key}' must be an integer in {low}..{high}, got {value!r}", key)
     return value
 
 
-def _answers(where: str, value: Any) -> tuple[str, ...]:
+def _answers(at: _At, value: Any) -> tuple[str, ...]:
     values = value if isinstance(value, list) else [value]
     if not values:
-        raise PolicyError(f"{where}: 'answer' must name at least one address")
+        raise at.error("'answer' must name at least one address", "answer")
+    if not all(isinstance(v, str) for v in values):
+        raise at.error(f"'answer' must be an address or a list of addresses, got {value!r}", "answer")
     try:
-        return tuple(str(ipaddress.ip_address(str(v))) for v in values)
+        return tuple(str(ipaddress.ip_address(v)) for v in values)
     except ValueError as exc:
-        raise PolicyError(f"{where}: 'answer': {exc}") from None
+        raise at.error(f"'answer': {exc}", "answer") from None
 
 
 # --- matchers -----------------------------------------------------------------
 
 
-def _compile_matcher(where: str, key: str, spec: Any) -> Matcher:
+def _compile_matcher(at: _At, key: Any, spec: Any) -> Matcher:
     if key not in KEY_TYPES:
-        raise PolicyError(f"{where}: unknown property {key!r} (known: {', '.join(KEY_TYPES)})")
+        raise at.error(f"unknown property {key!r} (known: {', '.join(KEY_TYPES)})", key)
     kind = KEY_TYPES[key]
-    where = f"{where}, key {key!r}"
+    at = at.into(key, text=f"{at.text}, key {key!r}")
     if isinstance(spec, Mapping):
         if len(spec) != 1:
-            raise PolicyError(f"{where}: a mapping value takes exactly one operator, got {sorted(spec)}")
+            raise at.error(f"a mapping value takes exactly one operator, got {sorted(map(str, spec))}")
         operator, operand = next(iter(spec.items()))
         if operator not in OPERATORS_BY_TYPE[kind]:
             allowed = ", ".join(sorted(OPERATORS_BY_TYPE[kind])) or "none (use a value or a list)"
-            raise PolicyError(f"{where}: operator {operator!r} does not apply to a {kind} property; allowed: {allowed}")
+            raise at.error(f"operator {operator!r} does not apply to a {kind} property; allowed: {allowed}", operator)
         values = tuple(operand) if isinstance(operand, list) else (operand,)
+        at = at.into(operator)
     else:
         operator = "eq"
         values = tuple(spec) if isinstance(spec, list) else (spec,)
     if not values:
-        raise PolicyError(f"{where}: empty list of values")
+        raise at.error("empty list of values")
     try:
         test = _BUILDERS[operator](kind, values)
     except (ValueError, TypeError, re.error) as exc:
-        raise PolicyError(f"{where}: bad {operator} value: {exc}") from None
+        raise at.error(f"bad {operator} value: {exc}") from None
     return Matcher(key, operator, values, test)
+
+
+def _text_operand(value: Any) -> str:
+    """A name, text or pattern as the policy wrote it: a string, never null or a number (YAML reads
+    `1.5` and `null` as those; quote them), and never a string that is empty."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string (quote it in YAML), got {value!r}")
+    if not value:
+        raise ValueError("an empty keyword, name or pattern is not allowed (it would match everything or nothing)")
+    return value
 
 
 def _normalise(kind: PropType, value: Any) -> Any:
     if kind is PropType.NAME:
-        if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise ValueError(f"expected a string, got {value!r}")
-        return str(value).lower().rstrip(".")
+        return _text_operand(value).lower().rstrip(".")
     if kind is PropType.TEXT:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
-        return value
+        return _text_operand(value)
     if kind is PropType.IP:
-        return ipaddress.ip_address(str(value))
+        return ipaddress.ip_address(_text_operand(value))
     if kind is PropType.INT:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
-        return int(value)
+        return value
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
     return value
@@ -475,25 +560,49 @@ def _build_suffix(kind: PropType, values: tuple[Any, ...]) -> Callable[[Any], bo
 
 
 def _build_glob(kind: PropType, values: tuple[Any, ...]) -> Callable[[Any], bool]:
+    # fnmatch.translate wraps each `*` in an atomic group since Python 3.11, so no glob backtracks.
     flags = re.IGNORECASE if kind is PropType.NAME else 0
-    patterns = [re.compile(fnmatch.translate(str(v)), flags) for v in values]
+    patterns = [re.compile(fnmatch.translate(_text_operand(v)), flags) for v in values]
     return lambda value: any(p.match(str(value)) for p in patterns)
 
 
 def _build_regex(kind: PropType, values: tuple[Any, ...]) -> Callable[[Any], bool]:
-    # re.search semantics: anchor with ^...$ in the policy when needed.
-    flags = re.IGNORECASE if kind is PropType.NAME else 0
-    patterns = [re.compile(str(v), flags) for v in values]
+    """Policy regexes run on RE2 [RE2], not Python's backtracking `re`: a pattern such as `(a+)+$`
+    takes exponential time in `re` on a hostile SNI or URL (ReDoS [Davis2018]), and a censor
+    stuck in one match stalls every flow. RE2 matches in time linear in the subject whatever
+    the pattern, so no policy can be unsafe in that way; what RE2 cannot do without
+    backtracking (backreferences, lookaround) it refuses at load time, as it refuses a
+    pattern whose automaton exceeds `REGEX_MAX_MEM`. Search semantics, as `re.search`:
+    anchor with ^...$ in the policy when needed."""
+    import re2  # google-re2, the RE2 authors' bindings
+
+    options = re2.Options()
+    options.case_sensitive = kind is not PropType.NAME
+    options.max_mem = REGEX_MAX_MEM
+    options.log_errors = False
+    patterns = []
+    for value in values:
+        pattern = _text_operand(value)
+        if len(pattern) > MAX_REGEX_LENGTH:
+            raise ValueError(f"the pattern has {len(pattern)} characters (at most {MAX_REGEX_LENGTH})")
+        try:
+            patterns.append(re2.compile(pattern, options))
+        except re2.error as exc:
+            reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+            raise ValueError(f"{pattern!r}: {reason} (policy regexes are RE2 syntax: no backreferences or "
+                             "lookaround)") from None
     return lambda value: any(p.search(str(value)) for p in patterns)
 
 
 def _build_cidr(kind: PropType, values: tuple[Any, ...]) -> Callable[[Any], bool]:
-    networks = tuple(ipaddress.ip_network(str(v), strict=False) for v in values)
+    networks = tuple(ipaddress.ip_network(_text_operand(v), strict=False) for v in values)
     return lambda value: any(ipaddress.ip_address(value) in n for n in networks)
 
 
 def parse_port_range(value: Any) -> tuple[int, int]:
     """'5000-5999' or 5000 -> (5000, 5999) / (5000, 5000)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"a range is a port or \"low-high\", got {value!r}")
     text = str(value)
     low_text, _, high_text = text.partition("-")
     low, high = int(low_text), int(high_text or low_text)
@@ -510,9 +619,7 @@ def _build_range(kind: PropType, values: tuple[Any, ...]) -> Callable[[Any], boo
 def _build_contains(kind: PropType, values: tuple[Any, ...]) -> Callable[[Any], bool]:
     # Case-insensitive substring, as keyword filters match (the GFW's HTTP
     # keyword list; Geneva's censors look for "ultrasurf" anywhere).
-    needles = tuple(str(v).lower() for v in values)
-    if not all(needles):
-        raise ValueError("an empty keyword would match everything")
+    needles = tuple(_text_operand(v).lower() for v in values)
     return lambda value: any(n in str(value).lower() for n in needles)
 
 

@@ -5,13 +5,27 @@ live censor (iptables.py, nfqueue.py), with the kernel's parts done here:
 
     flow already decided (connmark) -> ACCEPT/DROP without the engine
     blackhole-ip rule (WALLWATCH_STATIC) -> DROP without the engine
+    conntrack would hold it INVALID -> ACCEPT without the engine
     otherwise -> engine.Censor.handle(packet, now=capture time), the same flow
                  tracking, analyzers and rules as the live censor
+
+Conntrack's INVALID is emulated for what a single packet shows (Linux's
+nf_conntrack_proto_tcp.c, [linux-conntrack]): a TCP/UDP header the censor cannot
+parse, a TCP flag combination `tcp_valid_flags` refuses (SYN|FIN, no flags, FIN
+without ACK, ...), and a RST or FIN opening a flow (no connection for it). Not
+emulated: checksums (a capture taken on the sending host has offloaded,
+unfinished ones) and TCP window tracking.
 
 Nothing is sent: injections (RSTs, forged DNS answers) are counted, not sent.
 Time is the capture's, so idle timeouts and time-based rules behave as they
 would have live. IPv6 is reported but not judged: the live censor queues and
 blackholes IPv4 only (iptables.py), so IPv6 flows pass it untouched.
+
+Memory is bounded by `max_flows`, not by the capture: as the live flow table
+(flows.py) does, a flow idle for its timeout (by capture time) or the least
+recently seen one beyond `max_flows` ends, and its verdict is handed to
+`on_flow` and forgotten. A 500k-flow SYN scan took 2.5 GB when every flow was
+kept to the end (bench/bench_replay.py has the figures before and after).
 
 Adapter note: `engine.Censor` has no per-flow result API, so `Replayer`
 wraps the lookup method of its censor's flow table to remember the flow of
@@ -21,9 +35,10 @@ each packet; the analyzer properties come from that `Flow` object.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from wallwatch.censor.actions import wants_repeat
 from wallwatch.censor.engine import Censor
@@ -42,8 +57,20 @@ HOUSEKEEPING_INTERVAL = 1.0
 NOT_QUEUED = "not-queued"
 # Still waiting for an analyzer when the capture ended; its packets were accepted.
 UNDECIDED = "undecided"
+# Every packet was one conntrack holds INVALID: forwarded by the kernel, never queued.
+CONNTRACK_INVALID = "conntrack-invalid"
+# nf_conntrack_proto_tcp.c `tcp_valid_flags`: the flag combinations conntrack accepts,
+# once PSH, ECE and CWR are masked out. Any other (SYN|FIN, none, FIN alone) is INVALID.
+_TCP_VALID_FLAGS = frozenset({
+    inet.SYN, inet.SYN | inet.URG, inet.SYN | inet.ACK, inet.RST, inet.RST | inet.ACK, inet.FIN | inet.ACK,
+    inet.FIN | inet.ACK | inet.URG, inet.ACK, inet.ACK | inet.URG,
+})
+_TCP_FLAGS_IGNORED = inet.PSH | 0x40 | 0x80  # PSH, ECE, CWR
 # Link-layer problems kept verbatim in the report; beyond this they are only counted.
 MAX_NOTES = 20
+# No flow can be idle for less than the shortest timeout: an expiry sweep over flows in
+# order of their last packet stops at the first one seen more recently than this.
+_SHORTEST_TIMEOUT = min(CLOSED_TCP_TIMEOUT, TCP_IDLE_TIMEOUT, UDP_IDLE_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +99,25 @@ class FlowVerdict:
         return {"type": "flow", **{name: getattr(self, name) for name in self.__slots__}}
 
 
+FlowSink = Callable[[FlowVerdict], None]
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayReport:
     policy: str
     policy_sha256: str
+    # Every flow in order of its first packet; empty when they went to an `on_flow` sink.
     flows: tuple[FlowVerdict, ...]
     counters: dict[str, int]  # replay's own: frames, garbage, link errors, kernel drops, ...
     censor: dict[str, int]  # the engine's status counters, as the live status file shows them
     problem: str | None = None  # capture damage: where decoding stopped and why
     notes: tuple[str, ...] = ()
+    flow_count: int = 0  # flows reported, kept here or not
+    first_seen: float | None = None  # the capture's earliest timestamp
 
     def summary_json(self) -> dict[str, Any]:
         return {"type": "summary", "policy": self.policy, "policy_sha256": self.policy_sha256,
-                "flows": len(self.flows), "counters": self.counters, "censor": self.censor,
+                "flows": self.flow_count, "counters": self.counters, "censor": self.censor,
                 "problem": self.problem, "notes": list(self.notes)}
 
 
@@ -113,6 +146,8 @@ class _FlowRecord:
     residual_drops: int = 0
     provisional: bool = False  # decided only by the penalty box: a later verdict replaces it
     isn: int | None = None  # the client's SYN sequence number, as in flows.Flow
+    serial: int = 0  # order of first packet: the report's order
+    invalid_only: bool = True  # every packet so far was conntrack INVALID (never queued)
 
     def idle(self, now: float) -> bool:
         if self.proto == "tcp":
@@ -133,7 +168,8 @@ class _FlowRecord:
                      for k, v in self.engine_flow.props.items() if k not in FLOW_KEYS}
         return FlowVerdict(
             self.proto, _endpoint(self.client), _endpoint(self.server), self.first_seen, self.last_seen,
-            self.packets, self.bytes, props, self.action or (NOT_QUEUED if self.version == 6 else UNDECIDED),
+            self.packets, self.bytes, props,
+            self.action or (NOT_QUEUED if self.version == 6 else CONNTRACK_INVALID if self.invalid_only else UNDECIDED),
             self.rule, self.decided_frame, self.decided_packet, self.decided_at, self.dropped, self.injected,
             self.held, self.residual_drops,
         )
@@ -176,14 +212,22 @@ class _StaticMatcher:
 
 @dataclass
 class Replayer:
-    """Feed frames in capture order with `frame`; `report` gives the verdicts so far."""
+    """Feed frames in capture order with `frame`, then call `report` once, at the end.
+
+    A flow's verdict is final when the flow ends: idle for its timeout by capture
+    time, pushed out of the `max_flows` table (least recently seen first, as live),
+    its 5-tuple reused, or the capture over. Ended flows go to `on_flow` and are
+    forgotten, so memory does not grow with the capture; without a sink they are
+    kept for `report` (small captures, tests).
+    """
 
     policy: Policy
     max_flows: int = MAX_FLOWS
     seed: int | None = None  # fixes `probability` coins and jitter; None = random, as live
+    on_flow: FlowSink | None = None
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("frames", "not_ip", "link_errors", "garbage", "not_tcp_udp", "ipv6_not_queued",
-         "queued", "kernel_accepted", "kernel_dropped", "blackholed"), 0))
+         "queued", "kernel_accepted", "kernel_dropped", "blackholed", "conntrack_invalid"), 0))
 
     def __post_init__(self) -> None:
         self.censor = Censor(self.policy, max_flows=self.max_flows, seed=self.seed, log=self._on_log)
@@ -192,8 +236,12 @@ class Replayer:
         self._record_lookups()
         self._static = tuple(_StaticMatcher.of(spec) for rule in self.policy.static_rules
                              for spec in static_drops(rule))
-        self._active: dict[FlowKey, _FlowRecord] = {}
-        self._records: list[_FlowRecord] = []
+        # Flows not ended yet, least recently seen first (as flows.FlowTable).
+        self._active: OrderedDict[FlowKey, _FlowRecord] = OrderedDict()
+        self._kept: list[tuple[int, FlowVerdict]] = []  # ended flows, without an `on_flow` sink
+        self._serial = 0
+        self._ended = 0
+        self._first_seen: float | None = None
         self._next_housekeeping: float | None = None
         self.notes: list[str] = []
 
@@ -211,8 +259,9 @@ class Replayer:
         try:
             packet = inet.parse_packet(raw)
         except ProtocolError as exc:
+            # Never queued live: the kernel drops a broken IP header, and conntrack holds a
+            # broken TCP/UDP header INVALID, which the chain accepts without Python.
             self._note(frame, f"garbage: {exc}", "garbage")
-            self._queue(raw, frame)  # the engine must take it without a crash, as live
             return
         if packet.proto not in (inet.PROTO_TCP, inet.PROTO_UDP) or (packet.fragment and not packet.sport):
             self.counters["not_tcp_udp"] += 1
@@ -223,9 +272,11 @@ class Replayer:
         if packet.version != 4:
             self.counters["ipv6_not_queued"] += 1
             return
-        if record.kernel_verdict is not None:
+        flags_invalid = packet.proto == inet.PROTO_TCP and packet.flags & ~_TCP_FLAGS_IGNORED not in _TCP_VALID_FLAGS
+        if record.kernel_verdict is not None and not flags_invalid:  # no conntrack entry, no connmark
             self.counters["kernel_accepted" if record.kernel_verdict else "kernel_dropped"] += 1
             record.dropped += not record.kernel_verdict
+            record.invalid_only = False
             return
         for static in self._static:
             if static.matches(packet):
@@ -235,7 +286,15 @@ class Replayer:
                 # (replies in a capture taken without the censor) would not exist.
                 record.kernel_verdict = False
                 record.dropped += 1
+                record.invalid_only = False
                 return
+        # A RST or FIN when conntrack has no entry: nothing of the flow created one yet.
+        if flags_invalid or (record.invalid_only and packet.proto == inet.PROTO_TCP
+                             and packet.flags & (inet.RST | inet.FIN) and not packet.flags & inet.SYN):
+            # The chain's `ctstate INVALID -> ACCEPT`: forwarded, never queued (iptables.py).
+            self.counters["conntrack_invalid"] += 1
+            return
+        record.invalid_only = False
         if record.provisional and (packet.src, packet.sport) == record.server:
             # The penalty box dropped this flow's opening: the server's answers in a
             # capture taken without the censor would not exist. Client packets (a
@@ -261,10 +320,17 @@ class Replayer:
         if wants_repeat(decision.mark):  # verdict bits: the live censor hands the flow to the kernel here
             record.kernel_verdict = decision.accept
 
+    @property
+    def first_seen(self) -> float | None:
+        """The earliest capture timestamp so far."""
+        return self._first_seen
+
     def report(self, problem: str | None = None) -> ReplayReport:
-        flows = tuple(record.verdict() for record in self._records)
+        """End every flow still open (the capture is over) and sum up."""
+        self._end_all(sorted(self._active.values(), key=lambda record: record.serial))
+        flows = tuple(verdict for _, verdict in sorted(self._kept, key=lambda item: item[0]))
         return ReplayReport(self.policy.name, self.policy.sha256, flows, dict(self.counters),
-                            self.censor.snapshot(), problem, tuple(self.notes))
+                            self.censor.snapshot(), problem, tuple(self.notes), self._ended, self._first_seen)
 
     # --- internals -------------------------------------------------------------
 
@@ -293,12 +359,17 @@ class Replayer:
         key = flow_key(packet)
         record = self._active.get(key)
         if record is not None and (record.idle(frame.timestamp) or opens_new_connection(packet, record.isn)):
-            record = None  # the 5-tuple was reused (after a timeout, or by a new SYN): a new flow
+            self._end_all([record])  # the 5-tuple was reused (after a timeout, or by a new SYN): a new flow
+            record = None
         if record is None:
+            while len(self._active) >= self.max_flows:  # evicted as the engine's own table evicts
+                self._end_all([next(iter(self._active.values()))])
+            self._serial += 1
             record = _FlowRecord(key, packet.proto_name, (packet.src, packet.sport), (packet.dst, packet.dport),
-                                 frame.timestamp, frame.timestamp, packet.version)
+                                 frame.timestamp, frame.timestamp, packet.version, serial=self._serial)
             self._active[key] = record
-            self._records.append(record)
+        else:
+            self._active.move_to_end(key)
         record.packets += 1
         record.bytes += frame.wire_length - link_header
         record.last_seen = max(record.last_seen, frame.timestamp)
@@ -309,9 +380,34 @@ class Replayer:
         return record
 
     def _housekeeping(self, now: float) -> None:
+        if self._first_seen is None or now < self._first_seen:
+            self._first_seen = now
         if self._next_housekeeping is None or now >= self._next_housekeeping:
             self.censor.expire(now)
+            self._end_all(self._idle(now))
             self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+
+    def _idle(self, now: float) -> list[_FlowRecord]:
+        """Flows idle for their timeout, oldest first; the walk stops where none can be."""
+        idle = []
+        for record in self._active.values():
+            if now - record.last_seen < _SHORTEST_TIMEOUT:
+                break
+            if record.idle(now):
+                idle.append(record)
+        return sorted(idle, key=lambda record: record.serial)
+
+    def _end_all(self, records: Iterable[_FlowRecord]) -> None:
+        """These flows are over: their verdicts are final; hand them on and forget them."""
+        for record in records:
+            if self._active.get(record.key) is record:
+                del self._active[record.key]
+            self._ended += 1
+            verdict = record.verdict()
+            if self.on_flow is not None:
+                self.on_flow(verdict)
+            else:
+                self._kept.append((record.serial, verdict))
 
     def _note(self, frame: Frame, message: str, counter: str) -> None:
         self.counters[counter] += 1
@@ -320,19 +416,20 @@ class Replayer:
 
 
 def replay_frames(frames: Iterable[Frame], policy: Policy, *, max_flows: int = MAX_FLOWS,
-                  seed: int | None = None) -> ReplayReport:
-    replayer = Replayer(policy, max_flows, seed)
+                  seed: int | None = None, on_flow: FlowSink | None = None) -> ReplayReport:
+    replayer = Replayer(policy, max_flows, seed, on_flow)
     for frame in frames:
         replayer.frame(frame)
     return replayer.report()
 
 
 def replay_capture(source: str | Path | BinaryIO, policy: Policy, *, max_flows: int = MAX_FLOWS,
-                   seed: int | None = None) -> ReplayReport:
+                   seed: int | None = None, on_flow: FlowSink | None = None) -> ReplayReport:
     """Replay a pcap/pcapng file through `policy`; CaptureError if it is not a capture at all
-    (OSError if it cannot be read). Damage part-way is reported in `problem`, never raised."""
+    (OSError if it cannot be read). Damage part-way is reported in `problem`, never raised.
+    With `on_flow`, each flow goes there as it ends and the report keeps none (bounded memory)."""
     reader = CaptureReader(source)
-    replayer = Replayer(policy, max_flows, seed)
+    replayer = Replayer(policy, max_flows, seed, on_flow)
     for frame in reader:
         replayer.frame(frame)
     return replayer.report(reader.problem)
@@ -347,6 +444,8 @@ def describe_verdict(flow: FlowVerdict) -> str:
         return "undecided (capture ended; accepted)"
     if flow.action == NOT_QUEUED:
         return "passed (IPv6 is not queued)"
+    if flow.action == CONNTRACK_INVALID:
+        return "passed by the kernel (conntrack INVALID: never queued)"
     if flow.action == "drop" and flow.residual_drops:
         return f"dropped by the penalty box of {flow.rule} from packet {flow.decided_packet}"
     if flow.action == "allow" and flow.rule is None:
@@ -361,27 +460,37 @@ def _props_text(props: dict[str, Any]) -> str:
 
 def render_table(report: ReplayReport) -> list[Any]:
     """Rich renderables: the flow table, then the summary lines."""
+    start = min((f.first_seen for f in report.flows), default=0.0)
+    title = f"policy {report.policy}: {len(report.flows)} flow(s)"
+    return [flow_table(title, report.flows, start), *summary_lines(report)]
+
+
+def flow_table(title: str, flows: Iterable[FlowVerdict], start: float) -> Any:
+    """One Rich table of flows; times are relative to `start` (the capture's first packet)."""
     from rich.table import Table
 
-    start = min((f.first_seen for f in report.flows), default=0.0)
-    table = Table(title=f"policy {report.policy}: {len(report.flows)} flow(s)")
+    table = Table(title=title)
     table.add_column("flow", overflow="fold")
     table.add_column("time s", justify="right")
     table.add_column("pkts/bytes", justify="right")
     table.add_column("properties", overflow="fold")
     table.add_column("verdict", overflow="fold")
     table.add_column("dropped/injected", justify="right")
-    for flow in report.flows:
+    for flow in flows:
         verdict = describe_verdict(flow)
-        if flow.action not in ("allow", UNDECIDED, NOT_QUEUED):
+        if flow.action not in ("allow", UNDECIDED, NOT_QUEUED, CONNTRACK_INVALID):
             verdict = f"[bold red]{verdict}[/]"
         table.add_row(
             f"{flow.proto} {flow.client} -> {flow.server}",
             f"+{flow.first_seen - start:.3f} ({flow.last_seen - flow.first_seen:.3f})",
             f"{flow.packets}/{flow.bytes}", _props_text(flow.props), verdict, f"{flow.dropped}/{flow.injected}",
         )
+    return table
+
+
+def summary_lines(report: ReplayReport) -> list[Any]:
     counters = ", ".join(f"{k} {v}" for k, v in report.counters.items() if v)
-    lines: list[Any] = [table, f"frames: {counters}"]
+    lines: list[Any] = [f"frames: {counters}"]
     lines += [f"  {note}" for note in report.notes]
     if report.problem:
         lines.append(f"[bold yellow]capture damaged {report.problem}[/]")

@@ -49,6 +49,11 @@ def _missing_censor_features(namespace: str) -> list[str]:
     added = _run(["ip", "netns", "exec", namespace, "iptables", "-A", *rule])
     if added.returncode != 0:
         return [f"iptables NFQUEUE target unusable: {_why(added)}"]
+    # The censor's chain accepts conntrack-INVALID packets before the queue (censor/iptables.py).
+    invalid = _run(["ip", "netns", "exec", namespace, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate",
+                    "INVALID", "-j", "ACCEPT"])
+    if invalid.returncode != 0:
+        return [f"iptables conntrack match unusable: {_why(invalid)}"]
     try:
         import netfilterqueue  # noqa: F401  (the censor's binding; a C extension)
     except ImportError as exc:

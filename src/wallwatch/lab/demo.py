@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 # Shared with `wallwatch lab replay` (re-exported: tests and bench import them from here).
-from wallwatch.lab.scenario import Expectation, Observed, observed_features, probe_in_lab
+from wallwatch.lab.scenario import (
+    Expectation, Observed, ScenarioError, check_censor_policy, check_keys, load_document, observed_features,
+    optional_text, parse_expectation, probe_in_lab,
+)
 from wallwatch.vocabulary import NETTEST_FEATURES
 
 __all__ = ["Expectation", "Observed", "Phase", "compare", "load_phases", "observed_features", "probe_in_lab", "run_demo"]
@@ -38,19 +40,57 @@ class Phase:
     expect: dict[str, Expectation]
 
 
+_TOP_KEYS = {"name", "description", "phases"}
+_PHASE_KEYS = {"id", "label", "description", "policy", "expect"}
+
+
 def load_phases(path: Path) -> tuple[str, list[Phase]]:
-    """Read a phased scenario; a malformed file fails here, naming what is wrong."""
-    document = yaml.safe_load(path.read_text())
-    if not isinstance(document, dict) or not isinstance(document.get("phases"), list):
-        raise ValueError(f"{path}: a scenario needs a `phases` list")
-    phases = []
+    """Read a phased scenario; ScenarioError (file:line: key: why) if anything in it is wrong,
+    including its censor policies, which the censor checks here rather than mid-demo."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the phases: {exc.strerror}") from None
+    where = load_document(text, str(path))
+    document = where.document.data
+    if not isinstance(document, dict) or not isinstance(document.get("phases"), list) or not document["phases"]:
+        raise where.error(("phases",) if isinstance(document, dict) else (), "a phased scenario needs a non-empty "
+                          "`phases` list" + (" (the file is empty)" if where.document.empty else ""))
+    check_keys(where, (), document, _TOP_KEYS)
+    optional_text(where, ("description",), document.get("description"))
+    phases: list[Phase] = []
     for index, raw in enumerate(document["phases"]):
-        try:
-            expect = {feature: Expectation.parse(str(value)) for feature, value in raw["expect"].items()}
-            phases.append(Phase(str(raw["id"]), raw.get("label", raw["id"]), raw.get("description", ""), raw["policy"], expect))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: phase {index} is missing or has a malformed {exc}") from None
-    return document.get("name", path.stem), phases
+        at: tuple[str | int, ...] = ("phases", index)
+        if not isinstance(raw, dict):
+            raise where.error(at, "a phase is a mapping with id, label, description, policy and expect")
+        check_keys(where, at, raw, _PHASE_KEYS)
+        for key in ("id", "policy", "expect"):
+            if key not in raw:
+                raise where.error(at, f"missing `{key}`")
+        phase_id = raw["id"]
+        if not isinstance(phase_id, str) or not phase_id.strip():
+            raise where.error((*at, "id"), f"must be a non-empty string, not {phase_id!r}")
+        if any(phase.id == phase_id for phase in phases):
+            raise where.error((*at, "id"), f"duplicate phase id {phase_id!r}")
+        if not isinstance(raw["policy"], dict):
+            raise where.error((*at, "policy"), "must be a censor policy (name, rules; docs/censor.md)")
+        check_censor_policy(where, (*at, "policy"), raw["policy"])
+        expect = raw["expect"]
+        if not isinstance(expect, dict) or not expect:
+            raise where.error((*at, "expect"), "must be a mapping feature -> verdict[/method]")
+        unknown = [feature for feature in expect if feature not in FEATURES]
+        if unknown:
+            raise where.error((*at, "expect", str(unknown[0])),
+                              f"whatsapp has no feature {unknown[0]!r} (features: {', '.join(FEATURES)})")
+        phases.append(Phase(
+            phase_id,
+            optional_text(where, (*at, "label"), raw.get("label")) or phase_id,
+            optional_text(where, (*at, "description"), raw.get("description")),
+            raw["policy"],
+            {str(f): parse_expectation(where, (*at, "expect", str(f)), value) for f, value in expect.items()},
+        ))
+    name = document.get("name", path.stem)
+    return (name if isinstance(name, str) and name else path.stem), phases
 
 
 def compare(phase: Phase, measurement: dict[str, Any]) -> list[dict[str, Any]]:
@@ -160,6 +200,11 @@ def register(app: typer.Typer) -> None:
         """Replay WhatsApp's 2017 blocking in China in the lab and show what the probe sees."""
         from wallwatch.lab.capabilities import missing_lab_features
 
+        try:
+            load_phases(scenario)  # a mistake in the file is named before any lab is built
+        except ScenarioError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
         missing = missing_lab_features()
         if missing:
             typer.echo("the lab cannot run here: " + "; ".join(missing), err=True)

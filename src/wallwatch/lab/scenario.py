@@ -22,10 +22,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
-
 from wallwatch.lab.topology import ISP_ID_PATTERN, Isp
 from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS
+from wallwatch.yamlfile import YamlDocument, YamlError, load_yaml
 
 # A scenario's truth must name every feature its nettest reports, so no feature goes
 # unchecked; nettests the vocabulary does not list are taken as written.
@@ -226,35 +225,19 @@ def _days(start: dt.date, end: dt.date) -> Iterable[dt.date]:
 # --- loading and validating ----------------------------------------------------
 
 
-class _Where:
-    """Finds the line of a key path in the YAML node tree, for error messages."""
+class Where:
+    """Names file:line and the key path of any part of a loaded file, for error messages."""
 
-    def __init__(self, source: str, root: yaml.Node | None) -> None:
-        self.source = source
-        self.root = root
+    def __init__(self, document: YamlDocument) -> None:
+        self.document = document
+        self.source = document.source
 
-    def line(self, *path: str | int) -> int | None:
-        node, line = self.root, (self.root.start_mark.line + 1 if self.root is not None else None)
-        for key in path:
-            child = None
-            if isinstance(node, yaml.MappingNode):
-                for key_node, value_node in node.value:
-                    if key_node.value == str(key):
-                        child, line = value_node, key_node.start_mark.line + 1
-                        break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-                child = node.value[key]
-                line = child.start_mark.line + 1
-            if child is None:
-                break
-            node = child
-        return line
+    def line(self, *path: str | int) -> int:
+        return self.document.line(*path)
 
     def error(self, path: Sequence[str | int], message: str) -> ScenarioError:
-        line = self.line(*path)
-        where = f"{self.source}:{line}" if line is not None else self.source
         key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
-        return ScenarioError(f"{where}: {key or 'scenario'}: {message}")
+        return ScenarioError(f"{self.document.at(*path)}: {key or 'scenario'}: {message}")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -267,31 +250,21 @@ def load_scenario(path: str | Path) -> Scenario:
     return parse_scenario(text, source=str(path))
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose impossible dates (2017-09-31) are YAML errors with a line, not a bare ValueError."""
-
-    def construct_yaml_timestamp(self, node: yaml.Node) -> Any:  # type: ignore[override]
-        try:
-            return super().construct_yaml_timestamp(node)
-        except ValueError as exc:
-            raise yaml.constructor.ConstructorError(None, None, f"invalid date {node.value!r}: {exc}", node.start_mark) from None
-
-
-_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+def load_document(text: str | bytes, source: str) -> Where:
+    """The strict YAML loader shared with the censor's policies (duplicate keys are errors)."""
+    try:
+        return Where(load_yaml(text, source))
+    except YamlError as exc:
+        raise ScenarioError(str(exc)) from None
 
 
 def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-        document = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ScenarioError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
-    where = _Where(source, root)
+    where = load_document(text, source)
+    document = where.document.data
     if not isinstance(document, dict):
-        raise where.error((), "a scenario is a mapping with name, start, end, isps, policies and periods")
-    _reject_unknown(where, (), document, _TOP_KEYS)
+        raise where.error((), "a scenario is a mapping with name, start, end, isps, policies and periods"
+                          + (" (the file is empty)" if where.document.empty else ""))
+    check_keys(where, (), document, _TOP_KEYS)
     for key in ("name", "start", "end", "isps", "policies", "periods"):
         if key not in document:
             raise where.error((), f"missing `{key}`")
@@ -305,7 +278,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     periods = _periods(where, document["periods"], policies, {isp.id for isp in isps}, start, end)
     scenario = Scenario(
         name=name,
-        description=str(document.get("description") or ""),
+        description=optional_text(where, ("description",), document.get("description")),
         start=start,
         end=end,
         probes=probes,
@@ -319,19 +292,29 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     return scenario
 
 
-def _reject_unknown(where: _Where, path: tuple[str | int, ...], doc: Mapping[str, Any], allowed: set[str]) -> None:
+def check_keys(where: Where, path: tuple[str | int, ...], doc: Mapping[str, Any], allowed: set[str]) -> None:
+    """Refuse a key not in `allowed`, at its line."""
     unknown = sorted(str(key) for key in doc if key not in allowed)
     if unknown:
         raise where.error((*path, unknown[0]), f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
-def _text(where: _Where, path: tuple[str | int, ...], value: Any) -> str:
+def _text(where: Where, path: tuple[str | int, ...], value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise where.error(path, f"must be a non-empty string, not {value!r}")
     return value
 
 
-def _date(where: _Where, path: tuple[str | int, ...], value: Any) -> dt.date:
+def optional_text(where: Where, path: tuple[str | int, ...], value: Any) -> str:
+    """A description or a note: absent, or a string (not a number, a list or a mapping)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise where.error(path, f"must be text, not {value!r}")
+    return value
+
+
+def _date(where: Where, path: tuple[str | int, ...], value: Any) -> dt.date:
     if isinstance(value, dt.datetime):
         raise where.error(path, f"must be a date (YYYY-MM-DD), not a time {value}")
     if isinstance(value, dt.date):
@@ -342,7 +325,7 @@ def _date(where: _Where, path: tuple[str | int, ...], value: Any) -> dt.date:
         raise where.error(path, f"must be a date YYYY-MM-DD, not {value!r}") from None
 
 
-def _time(where: _Where, path: tuple[str | int, ...], value: Any) -> dt.time:
+def _time(where: Where, path: tuple[str | int, ...], value: Any) -> dt.time:
     if isinstance(value, dt.time):
         return value
     if isinstance(value, int):  # YAML 1.1 reads 12:00:00 unquoted as sexagesimal seconds
@@ -353,7 +336,7 @@ def _time(where: _Where, path: tuple[str | int, ...], value: Any) -> dt.time:
         raise where.error(path, f"must be a time of day HH:MM:SS (UTC), not {value!r}") from None
 
 
-def _probes(where: _Where, value: Any) -> tuple[str, ...]:
+def _probes(where: Where, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise where.error(("probes",), f"must be a list of nettest names (e.g. [whatsapp, openvpn]), not {value!r}")
     if len(set(value)) != len(value):
@@ -361,7 +344,7 @@ def _probes(where: _Where, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _isps(where: _Where, value: Any) -> tuple[Isp, ...]:
+def _isps(where: Where, value: Any) -> tuple[Isp, ...]:
     if not isinstance(value, list) or not value:
         raise where.error(("isps",), "must be a non-empty list of ISPs (id, name, asn, cc, network_name)")
     isps: list[Isp] = []
@@ -369,7 +352,7 @@ def _isps(where: _Where, value: Any) -> tuple[Isp, ...]:
         path: tuple[str | int, ...] = ("isps", index)
         if not isinstance(raw, dict):
             raise where.error(path, "an ISP is a mapping with id, name, asn, cc, network_name")
-        _reject_unknown(where, path, raw, _ISP_KEYS)
+        check_keys(where, path, raw, _ISP_KEYS)
         for key in sorted(_ISP_KEYS):
             if key not in raw:
                 raise where.error(path, f"missing `{key}`")
@@ -386,9 +369,7 @@ def _isps(where: _Where, value: Any) -> tuple[Isp, ...]:
     return tuple(isps)
 
 
-def _policies(where: _Where, value: Any, probes: tuple[str, ...]) -> dict[str, ScenarioPolicy]:
-    from wallwatch.censor.policy import PolicyError, parse_policy
-
+def _policies(where: Where, value: Any, probes: tuple[str, ...]) -> dict[str, ScenarioPolicy]:
     if not isinstance(value, dict) or not value:
         raise where.error(("policies",), "must be a mapping of policy name -> {rules, truth}")
     policies: dict[str, ScenarioPolicy] = {}
@@ -396,24 +377,33 @@ def _policies(where: _Where, value: Any, probes: tuple[str, ...]) -> dict[str, S
         path: tuple[str | int, ...] = ("policies", str(name))
         if not isinstance(raw, dict):
             raise where.error(path, "a policy is a mapping with rules and truth")
-        _reject_unknown(where, path, raw, _POLICY_KEYS)
+        check_keys(where, path, raw, _POLICY_KEYS)
         for key in ("rules", "truth"):
             if key not in raw:
                 raise where.error(path, f"missing `{key}`")
-        rules = raw["rules"] if raw["rules"] is not None else []
+        rules = raw["rules"]
         if not isinstance(rules, list):
-            raise where.error((*path, "rules"), "must be a list of censor rules (docs/censor.md)")
-        policy = ScenarioPolicy(str(name), str(raw.get("description") or ""), tuple(rules), _truth(where, path, raw["truth"], probes))
-        try:
-            parse_policy(policy.censor_policy(), path=str(name))
-        except PolicyError as exc:
-            raise where.error((*path, "rules"), f"the censor refuses it: {exc}") from None
+            raise where.error((*path, "rules"), "must be a list of censor rules (docs/censor.md; `rules: []` for none)")
+        description = optional_text(where, (*path, "description"), raw.get("description"))
+        policy = ScenarioPolicy(str(name), description, tuple(rules), _truth(where, path, raw["truth"], probes))
+        check_censor_policy(where, path, policy.censor_policy())
         policies[str(name)] = policy
     return policies
 
 
+def check_censor_policy(where: Where, path: tuple[str | int, ...], policy: Mapping[str, Any]) -> None:
+    """Validate a censor policy written inside this file at `path`; the censor's complaint is
+    named at its own line (the rule, the key), not at the policy's."""
+    from wallwatch.censor.policy import PolicyError, parse_policy
+
+    try:
+        parse_policy(policy, path=str(policy.get("name") or ""))
+    except PolicyError as exc:
+        raise where.error((*path, *exc.path), f"the censor refuses it: {exc}") from None
+
+
 def _truth(
-    where: _Where, path: tuple[str | int, ...], value: Any, probes: tuple[str, ...]
+    where: Where, path: tuple[str | int, ...], value: Any, probes: tuple[str, ...]
 ) -> Mapping[str, Mapping[str, Expectation]]:
     path = (*path, "truth")
     if not isinstance(value, dict):
@@ -437,12 +427,12 @@ def _truth(
             if absent:
                 raise where.error(service_path, f"no ground truth for feature {absent[0]!r} (every feature of {service} needs one)")
         truth[str(service)] = MappingProxyType(
-            {str(f): _expectation(where, (*service_path, str(f)), text) for f, text in features.items()}
+            {str(f): parse_expectation(where, (*service_path, str(f)), text) for f, text in features.items()}
         )
     return MappingProxyType(truth)
 
 
-def _expectation(where: _Where, path: tuple[str | int, ...], value: Any) -> Expectation:
+def parse_expectation(where: Where, path: tuple[str | int, ...], value: Any) -> Expectation:
     if not isinstance(value, str):
         raise where.error(path, f"must be verdict or verdict/method (e.g. blocked/tls_sni), not {value!r}")
     expectation = Expectation.parse(value.strip())
@@ -457,7 +447,7 @@ def _expectation(where: _Where, path: tuple[str | int, ...], value: Any) -> Expe
 
 
 def _periods(
-    where: _Where, value: Any, policies: Mapping[str, ScenarioPolicy], isp_ids: set[str], start: dt.date, end: dt.date
+    where: Where, value: Any, policies: Mapping[str, ScenarioPolicy], isp_ids: set[str], start: dt.date, end: dt.date
 ) -> tuple[Period, ...]:
     if not isinstance(value, list) or not value:
         raise where.error(("periods",), "must be a non-empty list of {from, to, policy[, isps][, note]}")
@@ -466,7 +456,7 @@ def _periods(
         path: tuple[str | int, ...] = ("periods", index)
         if not isinstance(raw, dict):
             raise where.error(path, "a period is a mapping with from, to, policy and optionally isps, note")
-        _reject_unknown(where, path, raw, _PERIOD_KEYS)
+        check_keys(where, path, raw, _PERIOD_KEYS)
         for key in ("from", "to", "policy"):
             if key not in raw:
                 raise where.error(path, f"missing `{key}`")
@@ -486,11 +476,12 @@ def _periods(
             if unknown:
                 raise where.error((*path, "isps"), f"no ISP {unknown[0]!r} (ISPs: {', '.join(sorted(isp_ids))})")
             isps = tuple(str(i) for i in isps)
-        periods.append(Period(first, last, policy, isps, str(raw.get("note") or ""), where.line(*path) or 0))
+        periods.append(Period(first, last, policy, isps, optional_text(where, (*path, "note"), raw.get("note")),
+                              where.line(*path)))
     return tuple(periods)
 
 
-def _check_coverage(where: _Where, scenario: Scenario) -> None:
+def _check_coverage(where: Where, scenario: Scenario) -> None:
     """Every (day, ISP) is in exactly one period: a gap or an overlap is a mistake, named with both lines."""
     seen: dict[tuple[dt.date, str], Period] = {}
     for period in scenario.periods:
