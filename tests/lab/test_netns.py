@@ -50,6 +50,10 @@ def test_stop_group_ends_the_leader_and_a_child_that_ignores_sigterm(tmp_path: P
 def test_a_pid_whose_command_line_lacks_the_marker_is_left_alone(tmp_path: Path) -> None:
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
+        # Popen returns after fork; the child's command line is `sleep 60` only once it has exec'd.
+        deadline = time.monotonic() + 5
+        while b"sleep" not in Path(f"/proc/{other.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not netns.process_is_ours(other.pid, str(tmp_path))
         netns.stop_group(other.pid, grace=0.2, marker=str(tmp_path))
         assert other.poll() is None  # not ours: untouched

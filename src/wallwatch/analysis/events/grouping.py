@@ -65,8 +65,8 @@ BLOCKED_HOUR_SHARE = 0.5
 # never "comprehensive". On-and-off blocking that comes and goes by the hour is told apart by its
 # blocked hours being (nearly) fully blocked while others are clear.
 PARTIAL_BELOW_SHARE = 0.8
-# Hour-by-hour on-and-off blocking is "comprehensive" only from the start of a final run of at
-# least this many blocked hours with data (a few blocked hours in a row are one more "on").
+# Hour-by-hour on-and-off blocking is "comprehensive" only from the start of a final run of blocked
+# hours spanning at least this many hours (a few blocked hours in a row are one more "on").
 MIN_COMPREHENSIVE_RUN_HOURS = 12
 EXTENTS = ("comprehensive", "on_and_off", "partial")
 
@@ -381,7 +381,10 @@ def _extent(items: Sequence[_Found], periods: Sequence[tuple[int, int | None]]) 
     whole = run_start == hours[0] and last_blocked == hours[-1]
     if whole and not attempt_on_off:
         return _Extent("comprehensive", False, run_start, share, len(hours), len(blocked))
-    run_hours = sum(1 for h in hours if run_start is not None and run_start <= h <= (last_blocked or h))
+    # The run's span in hours, not its count of hours with data: a probe that measures once a day
+    # (a scenario replay, a daily monitor) has one hour with data a day, and five blocked days in a
+    # row are comprehensive blocking, while six blocked hours between clear ones are one more "on".
+    run_hours = (last_blocked - run_start + 1) if run_start is not None and last_blocked is not None else 0
     comprehensive_from = run_start if run_start is not None and (whole or run_hours >= MIN_COMPREHENSIVE_RUN_HOURS) \
         else None
     return _Extent("on_and_off", True, comprehensive_from, share, len(hours), len(blocked))
