@@ -16,6 +16,10 @@ dense only where there is data:
   treated the same way, so for every series `sum(n_buckets)` is the number of
   buckets in the window: no silence is ever missing, it is only folded.
 
+The window is the country's: from its first to its last measurement (or the
+request's `start`/`end` when given), so a country's series, and the events
+detected on them, never depend on another country's data in the same folder.
+
 Readers that need the fully dense grid unfold gap rows (`n_buckets` > 1);
 the detector needs nothing (empty buckets carry no evidence; it measures
 silences by the hour numbers), the charts break their lines at gap rows.
@@ -117,17 +121,21 @@ def build_series(
     if grain not in _GRAINS:
         raise SeriesError(f"grain must be 'hour' or 'day', got {grain!r}")
     where, params = request.where()
-    lo, hi = connection.execute(q.window_sql(where), params).fetchall()[0]
-    start = request.start if request.start is not None else lo
-    end = request.end if request.end is not None else hi
-    if start is not None and end is not None and _naive_utc(end) < _naive_utc(start):
-        raise SeriesError(f"series window ends ({end}) before it starts ({start})")
+    if request.start is not None and request.end is not None and _naive_utc(request.end) < _naive_utc(request.start):
+        raise SeriesError(f"series window ends ({request.end}) before it starts ({request.start})")
+    # Each country's series span that country's own data (or the request's window): with the
+    # folder's window, a country's trailing silence would run to another country's last
+    # measurement and the detector would close its blocks for a silence that is not its own.
+    windows = {cc: (request.start if request.start is not None else lo, request.end if request.end is not None else hi)
+               for cc, lo, hi in connection.execute(q.window_sql(where), params).fetchall()}
     columns = {row[0] for row in connection.execute("DESCRIBE verdicts").fetchall()}
     sql = q.aggregate_sql(grain, where, with_attempt_share="blocked_share" in columns)
     sparse = connection.sql(sql, params=params).to_arrow_table()
-    if start is None or end is None:
-        start = end = datetime(1970, 1, 1)
-    plan = grid_plan(sparse, floor_to(start, grain), floor_to(end, grain), grain, request)
+    plans = [grid_plan(sparse.filter(pc.equal(sparse.column("probe_cc"), cc)), floor_to(start, grain),
+                       floor_to(end, grain), grain, request)
+             for cc, (start, end) in windows.items()]
+    plan = pa.concat_tables(plans) if plans else grid_plan(sparse, datetime(1970, 1, 1), datetime(1970, 1, 1),
+                                                           grain, request)
     connection.register("series_sparse", sparse)
     connection.register("series_plan", plan)
     try:
