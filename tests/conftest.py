@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # The cn-2017-09 timeline replayed at reduced length in the lab (tests/data/replay-cn-2017-09/README.md).
-REPLAY_CN_2017 = Path(__file__).resolve().parent / "data" / "replay-cn-2017-09" / "measurements.jsonl.gz"
+REPLAY_MEASUREMENTS = Path(__file__).resolve().parent / "data" / "replay-cn-2017-09" / "measurements.jsonl.gz"
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def replay_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from wallwatch.analysis.store import Store
 
     root = tmp_path_factory.mktemp("replay-cn-2017") / "data"
-    summary = ingest([REPLAY_CN_2017], root, workers=1)
+    summary = ingest([REPLAY_MEASUREMENTS], root, workers=1)
     assert summary.stored == 78 and summary.quarantined == 0
     store = Store(root)
     hourly, _, _ = build_and_store(store)

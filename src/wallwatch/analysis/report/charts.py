@@ -252,7 +252,7 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
     )
     glyphs = base.mark_text(fontSize=11, fontWeight="bold").encode(
         text="glyph:N", color=alt.Color("ink:N", scale=None), tooltip=tooltip)
-    notes = [f"blocked ≥ 50% of probes (≈ on and off: the blocked measurements let over "
+    notes = [f"✕ blocked ≥ 50% of probes (≈ on and off: the blocked measurements let over "
              f"{1 - COMPREHENSIVE_FROM_SHARE:.0%} of attempts through), ◐ partial ≥ 20%, · grey = no data; "
              "a silence of more than two weeks is one grey cell"]
     if any(NO_EVENT_MARK in cell["glyph"] for cell in cells):
@@ -352,21 +352,30 @@ def _event_bands(events: Sequence[Event], domain: tuple[datetime, datetime] | No
 
 
 def _annotation_rules(annotations: Sequence[Annotation], domain: tuple[datetime, datetime] | None) -> list[alt.Chart]:
-    """Calendar annotations inside the span: a dashed rule at the date and its title beside it."""
-    notes = [{"t": iso(datetime.combine(a.date, datetime.min.time())), "title": a.title,
-              "row": index % 3}
-             for index, a in enumerate(annotations)
-             if domain is None or domain[0] <= datetime.combine(a.date, datetime.min.time()) < domain[1]]
+    """Calendar annotations inside the span: a dashed rule at the date and its title beside it, on
+    the rule's right in the chart's left half and on its left in the right half, so no title runs
+    off the plot."""
+    notes = []
+    for index, note in enumerate(annotations):
+        moment = datetime.combine(note.date, datetime.min.time())
+        if domain is not None and not domain[0] <= moment < domain[1]:
+            continue
+        late = domain is not None and (moment - domain[0]) > (domain[1] - domain[0]) * 0.55
+        # Pixels from the top: near the bottom of the plot, staggered so close dates do not overlap.
+        notes.append({"t": iso(moment), "title": note.title, "y": 212 - 13 * (index % 3), "late": late})
     if not notes:
         return []
-    data = alt.Data(values=notes)
-    rule = alt.Chart(data).mark_rule(color="#1c2833", strokeDash=[2, 3], strokeWidth=1).encode(
+    rule = alt.Chart(alt.Data(values=notes)).mark_rule(color="#1c2833", strokeDash=[2, 3], strokeWidth=1).encode(
         x="t:T", tooltip=[alt.Tooltip("t:T", title="date", format="%d %b %Y"), "title:N"])
-    text = alt.Chart(data).mark_text(align="left", baseline="bottom", dx=3, fontSize=10, color="#1c2833",
-                                     limit=_NO_LIMIT).encode(
-        x="t:T", y=alt.Y("row:O", axis=None, scale=alt.Scale(range=[215, 190])),
-        text="title:N")
-    return [rule, text]
+    layers = [rule]
+    for late in (False, True):
+        chosen = [n for n in notes if n["late"] is late]
+        if chosen:
+            layers.append(alt.Chart(alt.Data(values=chosen)).mark_text(
+                align="right" if late else "left", baseline="bottom", dx=-3 if late else 3, fontSize=10,
+                color="#1c2833").encode(
+                x="t:T", y=alt.Y("y:Q", scale=None), text="title:N"))
+    return layers
 
 
 def is_gap(row: Mapping[str, Any]) -> bool:
