@@ -176,6 +176,32 @@ class State(StrEnum):
 SERIES_STATES: tuple[str, ...] = tuple(state.value for state in State if state is not State.BLOCKED_ON_AND_OFF)
 
 
+class Service(StrEnum):
+    """What a verdict is about: the services the verdict rules judge (`analysis/verdicts/observations.py`
+    maps each OONI nettest's endpoints to one), each with the name a reader knows it by (`plain`).
+
+    A nettest the rules do not know keeps its own name as its service (`endpoints`), so stored
+    data may hold others; these are the ones a command can be asked about by name.
+    """
+
+    plain: str
+
+    def __new__(cls, value: str, plain: str) -> "Service":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.plain = plain
+        return member
+
+    WHATSAPP = ("whatsapp", "WhatsApp")
+    TELEGRAM = ("telegram", "Telegram")
+    SIGNAL = ("signal", "Signal")
+    FACEBOOK_MESSENGER = ("facebook_messenger", "Facebook Messenger")
+    WEB = ("web", "websites")
+    TOR = ("tor", "Tor")
+    OPENVPN = ("openvpn", "OpenVPN")
+    RISEUPVPN = ("riseupvpn", "RiseupVPN")
+
+
 class Feature(StrEnum):
     """A part of a service a user would miss on its own (OONI's IM tests measure the same split)."""
 

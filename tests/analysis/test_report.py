@@ -124,11 +124,10 @@ def test_cli_series_events_report_and_export(store: Store, tmp_path: Path) -> No
     assert "blocking" in result.output and "volume_collapse" in result.output
     assert "0 new lifecycle entries" in result.output  # the report fixture already logged them
     result = runner.invoke(app, ["events", *data, "--json", "--type", "blocking"])
-    (line,) = result.output.strip().splitlines()
+    (line,) = result.stdout.strip().splitlines()
     assert [n["probe_asn"] for n in json.loads(line)["networks"]] == [64500, 64501]
-    out = tmp_path / "hourly.csv"
-    result = runner.invoke(app, ["export-series", "hourly", "--out", str(out), *data])
-    assert result.exit_code == 0 and pacsv.read_csv(out).num_rows == 3 * 2 * 12 * 24
+    result = runner.invoke(app, ["export", "hourly", "--out", str(tmp_path / "x"), *data])
+    assert result.exit_code == 0 and pacsv.read_csv(tmp_path / "x" / "hourly.csv").num_rows == 3 * 2 * 12 * 24
     result = runner.invoke(app, ["report", *data, "--out", str(tmp_path / "r"), "--no-png", "--no-exports",
                                  "--max-charts", "1"])
     assert result.exit_code == 0, result.output

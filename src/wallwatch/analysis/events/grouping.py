@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -372,14 +372,19 @@ def _volume_segments(series_list: Sequence[_Series], params: VolumeParams) -> li
 # -- grouping ----------------------------------------------------------------------
 
 
-def detect_events(hourly: pa.Table, params: DetectionParams = DetectionParams()) -> list[Event]:
-    """Series -> detector -> grouping: every event in the hourly grid, sorted by onset."""
+def detect_events(hourly: pa.Table, params: DetectionParams = DetectionParams(),
+                  progress: Callable[[int, int], None] | None = None) -> list[Event]:
+    """Series -> detector -> grouping: every event in the hourly grid, sorted by onset.
+
+    `progress(done, total)` is called after each series (for a progress bar)."""
     series_list = _series_of(hourly)
     groups: dict[tuple[str, str, str, str], list[_Found]] = defaultdict(list)
-    for series in series_list:
+    for index, series in enumerate(series_list, 1):
         feature = series.feature if params.grouping.by_feature else ANY
         for found in _blocking_segments(series, params.blocking):
             groups[(BLOCKING, series.probe_cc, series.service, feature)].append(found)
+        if progress is not None:
+            progress(index, len(series_list))
     for found in _volume_segments(series_list, params.volume):
         groups[(VOLUME_COLLAPSE, found.series.probe_cc, ANY, ANY)].append(found)
     events = []

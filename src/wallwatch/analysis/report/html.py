@@ -9,7 +9,7 @@ feature, dates in UTC, data source and wallwatch version.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,14 +67,22 @@ class ReportResult:
     log_entries: int = 0
 
 
+# Progress: (what was just done, units done, units in all); the chart sections' count is known late.
+Progress = Callable[[str, int, int], None]
+
+
 def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptions(),
-                 params: DetectionParams = DetectionParams()) -> ReportResult:
-    """Series -> events -> charts -> page (+ exports) under `out_dir`; returns what was written."""
+                 params: DetectionParams = DetectionParams(), progress: Progress | None = None) -> ReportResult:
+    """Series -> events -> charts -> page (+ exports) under `out_dir`; returns what was written.
+
+    `progress(step, done, total)` is called as each step and each chart section is done."""
+    counter = _Counter(progress, total=4 + options.max_groups)
     out_dir.mkdir(parents=True, exist_ok=True)
     if options.rebuild_series or "series_hourly" not in store.datasets():
         build_and_store(store, SeriesRequest(countries=options.countries))
     hourly = _only_services(read_series(store, "hour", options.countries), options.services)
     daily = _only_services(read_series(store, "day", options.countries), options.services)
+    counter.done("series")
     connection = store.connect()
     try:
         events = add_rule_evidence(connection, detect_events(hourly, params))
@@ -84,18 +92,37 @@ def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptio
     if options.record:
         events, entries = record_events(store, events, params.grouping.merge_gap_hours)
         log_entries = len(entries)
+    counter.done("events")
     context = charts.ChartContext(source=options.source)
     sections, written = _chart_sections(hourly, daily, events, out_dir / "charts", options, context,
-                                         params.blocking)
+                                         params.blocking, counter)
     exports = _exports(store, hourly, daily, events, out_dir / "exports") if options.exports else []
+    counter.done("exports")
     feed = out_dir / "events.atom"
     write_atom(store, feed, FeedOptions(countries=options.countries, services=options.services,
                                         tag_authority=options.tag_authority))
     index = out_dir / "index.html"
     index.write_text(_render_page(hourly, events, sections, exports, out_dir, options, context,
                                   minimum_evidence(params.blocking)))
+    counter.done("page")
     return ReportResult(index=index, events=events, feed=feed, charts=written, exports=exports,
                         log_entries=log_entries)
+
+
+class _Counter:
+    """Units of report work done, for `build_report`'s progress callback."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.count = progress, total, 0
+
+    def expect(self, units: int) -> None:
+        """The chart sections are counted once known: the total becomes exact."""
+        self.total = self.count + units + 2  # + exports and page
+
+    def done(self, step: str) -> None:
+        self.count += 1
+        if self.progress is not None:
+            self.progress(step, self.count, self.total)
 
 
 def _only_services(table: pa.Table, services: Sequence[str]) -> pa.Table:
@@ -118,7 +145,8 @@ class _Section:
 
 def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], chart_dir: Path,
                     options: ReportOptions, context: charts.ChartContext,
-                    blocking: BlockingParams = BlockingParams()) -> tuple[list[_Section], list[Path]]:
+                    blocking: BlockingParams = BlockingParams(),
+                    counter: _Counter | None = None) -> tuple[list[_Section], list[Path]]:
     hourly_by = _group_rows(hourly)
     daily_by = _group_rows(daily)
     volume = defaultdict(int)
@@ -129,6 +157,9 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
     ordered += [key for key in sorted(volume, key=lambda k: -volume[k]) if key not in ordered]
     spans = country_spans(hourly_by.items())
     sections, written = [], []
+    collapsed = sorted({e.probe_cc for e in events if e.service == ANY})
+    counter = counter or _Counter(None, 0)
+    counter.expect(len(ordered[: options.max_groups]) + len(collapsed))
     for cc, service, feature in ordered[: options.max_groups]:
         group_events = [e for e in events if (e.probe_cc, e.service, e.feature) == (cc, service, feature)]
         name = charts.slug(cc, service, feature)
@@ -150,7 +181,8 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
                            for r in hourly_by[(cc, service, feature)]})
         sections.append(_Section(name, cc, service, feature, f"{service} · {feature} in {cc}", networks,
                                  group_events, rendered))
-    for cc in sorted({e.probe_cc for e in events if e.service == ANY}):
+        counter.done(f"charts of {service} {feature} in {cc}")
+    for cc in collapsed:
         collapse = [e for e in events if e.probe_cc == cc and e.service == ANY]
         rows = _network_volume(hourly, cc)
         rendered = [charts.render(charts.volume_spec(rows, collapse, probe_cc=cc, context=context, span=spans.get(cc)),
@@ -158,6 +190,7 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
         networks = sorted({charts.network_label(r["probe_asn"], r["probe_network_name"]) for r in rows})
         sections.append(_Section(charts.slug(cc, "volume"), cc, ANY, ANY, f"measurement volume in {cc}",
                                  networks, collapse, rendered))
+        counter.done(f"volume chart of {cc}")
     for section in sections:
         for chart in section.charts:
             written.extend(p for p in (chart.svg_path, chart.png_path, chart.spec_path) if p is not None)

@@ -44,7 +44,7 @@ its targets' verdicts (blocked > ok > down > unknown).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -237,21 +237,32 @@ class SeriesBuild:
     end: datetime | None
 
 
-def build_and_store(store: object, request: SeriesRequest = SeriesRequest()) -> tuple[pa.Table, pa.Table, SeriesBuild]:
+# The steps of `build_and_store`, for a progress bar.
+BUILD_STEPS = ("hourly grid", "daily grid", "writing hourly", "writing daily")
+
+
+def build_and_store(store: object, request: SeriesRequest = SeriesRequest(),
+                    progress: Callable[[str], None] | None = None) -> tuple[pa.Table, pa.Table, SeriesBuild]:
     """Build both grains from `store`'s verdicts and write `series_hourly` and `series_daily`.
 
     The store replaces every date partition it writes, so rebuilding is idempotent.
     A partial rebuild (a narrower window or fewer countries) replaces whole
     dates, so rebuild whole days for all countries unless that is intended.
+    `progress` is called with each of BUILD_STEPS as it is done.
     """
+    done = progress or (lambda step: None)
     connection = store.connect()  # type: ignore[attr-defined]
     try:
         hourly = build_series(connection, "hour", request)
+        done(BUILD_STEPS[0])
         daily = build_series(connection, "day", request)
+        done(BUILD_STEPS[1])
     finally:
         connection.close()
     _write_by_dates(store, HOURLY, hourly)
+    done(BUILD_STEPS[2])
     _write_by_dates(store, DAILY, daily)
+    done(BUILD_STEPS[3])
     keys = {tuple(row.values()) for row in hourly.select(list(q.SERIES_KEY)).to_pylist()}
     hours = hourly.column("hour")
     start = pc.min(hours).as_py() if hourly.num_rows else None
