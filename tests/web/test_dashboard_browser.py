@@ -94,7 +94,7 @@ def test_event_page_leads_to_a_measurement_and_its_raw_json(page: Any, dashboard
     page.click('table.now[data-cc="CN"] tr[data-feature="text"] a.event-link')
     page.wait_for_url(re.compile(r"/event/[0-9a-f]{16}$"))
     page.wait_for_selector('.chart[data-rendered="true"] svg', timeout=15_000)
-    assert "whatsapp text blocked in CN" in page.locator("h1").inner_text()
+    assert "WhatsApp text blocked in CN" in page.locator("h1").inner_text()
     networks = page.locator("table.networks").inner_text()
     assert "on and off" in networks and "every attempt blocked from Mon 25 Sep 2017" in networks
     evidence = page.locator("table.evidence tbody tr")
@@ -108,7 +108,9 @@ def test_event_page_leads_to_a_measurement_and_its_raw_json(page: Any, dashboard
     page.wait_for_url(re.compile(re.escape(f"/measurement/{uid}")))
     verdict = page.locator('table.verdicts tr[data-feature="text"]').inner_text()
     assert "✕ blocked" in verdict and "protocol_dpi" in verdict and Method.PROTOCOL_DPI.plain in verdict
-    assert "whatsapp text blocked in CN from Wed 20 Sep 2017" in [a.inner_text() for a in page.locator("a.event-link").all()]
+    assert "WhatsApp text blocked in CN from Wed 20 Sep 2017" in [a.inner_text() for a in page.locator("a.event-link").all()]
+    # Beside the rule's id, what the probe saw, in its own words.
+    assert "targets" in page.locator('table.verdicts tr[data-feature="text"] td.evidence-words').inner_text()
     page.click("#raw summary")
     raw = json.loads(page.locator("#raw-json").inner_text())
     assert raw["probe_cc"] == "CN" and raw["test_name"] == "whatsapp"

@@ -27,7 +27,7 @@ from wallwatch import __version__
 from wallwatch.analysis.report import charts
 from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.store import Store
-from wallwatch.vocabulary import Method, State, Verdict
+from wallwatch.vocabulary import Method, Service, State, Verdict
 from wallwatch.web.dashboard import views
 from wallwatch.web.dashboard.data import Filters, NoSeries, method_plain
 from wallwatch.web.dashboard.views import NotFound, View
@@ -65,6 +65,7 @@ def _templates() -> Any:
         state_plain=lambda s: State(s).plain if s in State._value2member_map_ else s,
         verdict_plain=lambda v: Verdict(v).plain if v in Verdict._value2member_map_ else v,
         is_method=lambda m: m in Method._value2member_map_, states=list(State),
+        service_plain=lambda s: Service(s).plain if s in Service._value2member_map_ else s,
     )
     return Jinja2Templates(env=env)
 

@@ -269,16 +269,29 @@ def measurement(store: Store, uid: str) -> View:
         connection.close()
     if row is None and not verdicts.num_rows:
         raise NotFound(f"no measurement {uid}")
+    evidence: dict[str, list[str]] = {}
     try:
-        raw = read_raw(store, uid)
-        pretty = orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
+        document = orjson.loads(read_raw(store, uid))
+        pretty = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+        evidence = _probe_evidence(document)
     except KeyError:
-        raw, pretty = None, None
+        pretty = None
     cited = data.events_citing(data.events(store), verdicts.to_pylist())
     return View("measurement", f"Measurement {uid}", Filters(),
                 tables={"verdicts": verdicts},
                 context={"uid": uid, "row": row or verdicts.to_pylist()[0], "verdicts": verdicts.to_pylist(),
-                         "raw": pretty, "events": cited})
+                         "raw": pretty, "events": cited, "evidence": evidence})
+
+
+def _probe_evidence(document: Any) -> dict[str, list[str]]:
+    """What wallwatch's probe wrote in words for each feature ("32 of 32 targets worked", "reset
+    after the WhatsApp header"): facts beside the verdict's rule id (probe/verdicts.py)."""
+    features = ((document.get("test_keys") or {}).get("x_wallwatch") or {}).get("features") \
+        if isinstance(document, dict) else None
+    if not isinstance(features, dict):
+        return {}
+    return {name: [str(line) for line in (feature.get("evidence") or [])[:3]]
+            for name, feature in features.items() if isinstance(feature, dict)}
 
 
 def _rows_in(rows: list[dict[str, Any]], grain: str, span: tuple[datetime, datetime] | None) -> list[dict[str, Any]]:
