@@ -69,7 +69,8 @@ def test_report_page_lists_events_with_networks_and_evidence(report) -> None:
     page = re.sub(r"\s+", " ", result.index.read_text())
     assert "AS64500 Alpha Telecom: from Thu 07 Mar 2024 09:00 UTC to Thu 14 Mar 2024 00:00 UTC" in page
     assert "AS64501 Beta Mobile: from Sun 10 Mar 2024 08:00 UTC" in page
-    assert "wa.dns-nxdomain" in page and "dns (" in page
+    assert "wa.dns-nxdomain" in page and "<code>dns</code> (" in page
+    assert re.search(r"<code>dns</code> \(\d+\): <span class=\"note\">the name was answered with a false address", page)
     assert f"wallwatch {__version__}" in page and "synthetic test data" in page
     # Offline: no script, style or image from anywhere else.
     assert not re.search(r"""(src|href)=["']https?://""", page)

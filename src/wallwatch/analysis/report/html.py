@@ -36,6 +36,7 @@ from wallwatch.analysis.events.lifecycle import record_events
 from wallwatch.analysis.events.feeds import FeedOptions, write_atom
 from wallwatch.analysis.series.build import SeriesRequest, build_and_store, read_series
 from wallwatch.analysis.series.queries import network_volume_sql
+from wallwatch.vocabulary import Method
 
 
 _HOURLY_TIMELINE_MAX = 7 * 24
@@ -266,6 +267,8 @@ def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section]
                       autoescape=select_autoescape(["html"]))
     env.filters["when"] = charts.when
     env.filters["iso"] = iso
+    # Words a journalist can print beside each method's code (vocabulary.Method.plain).
+    env.filters["plain_method"] = lambda m: Method(m).plain if m in Method._value2member_map_ else ""
     hours = hourly.column("hour") if hourly.num_rows else None
     start = pc.min(hours).as_py() if hours is not None else None
     end = pc.max(hours).as_py() if hours is not None else None
