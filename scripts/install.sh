@@ -10,7 +10,7 @@ APT_PACKAGES=(
   iproute2 iptables ipset ethtool tcpdump iputils-ping iperf3 procps
   libnetfilter-queue-dev build-essential python3 python3-venv python3-dev
   ca-certificates openvpn wireguard-tools wireguard-go shadowsocks-libev obfs4proxy
-  libndpi-bin
+  libndpi-bin chromium nodejs
 )
 
 missing=()
@@ -42,4 +42,21 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'
   echo "$want" > "$stamp"
+fi
+
+# The dashboard's charts: Vega, Vega-Lite and vega-embed from the npm registry at the versions
+# package-lock.json pins, copied into the package so pages work offline (nothing from a CDN).
+# Debian's nodejs has no npm (NodeSource's does): install it only when missing.
+command -v npm >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+vendor=src/wallwatch/web/dashboard/static/vendor
+lockstamp="$vendor/.package-lock.sha256"
+want_js=$(sha256sum package-lock.json | cut -c1-16)
+if [ "$(cat "$lockstamp" 2>/dev/null)" != "$want_js" ] || [ ! -f "$vendor/vega-embed.min.js" ]; then
+  echo "wallwatch: installing the dashboard's chart JavaScript (npm ci)"
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
+  mkdir -p "$vendor"
+  cp node_modules/vega/build/vega.min.js node_modules/vega-lite/build/vega-lite.min.js \
+     node_modules/vega-embed/build/vega-embed.min.js "$vendor/"
+  for pkg in vega vega-lite vega-embed; do cp "node_modules/$pkg/LICENSE" "$vendor/LICENSE-$pkg.txt"; done
+  echo "$want_js" > "$lockstamp"
 fi

@@ -71,3 +71,17 @@ def test_the_lab_checks_ground_truth_against_the_same_words() -> None:
     for verdict, method in EMITTABLE:
         text = f"{verdict}/{method}" if method else verdict
         assert str(Expectation.parse(text)) == text
+
+
+def test_every_service_the_rules_judge_is_a_named_service() -> None:
+    """The services a command can name (`--service`) are the ones classify() gives OONI's nettests."""
+    from wallwatch.analysis.verdicts.observations import classify
+    from wallwatch.vocabulary import Service
+
+    seen = {classify(test, None, host, None, port, []).service
+            for test in ("web_connectivity", "whatsapp", "telegram", "signal", "facebook_messenger", "vanilla_tor",
+                         "openvpn", "riseupvpn")
+            for host, port in (("e1.whatsapp.net", 443), ("web.telegram.org", 443), ("sfu.voip.signal.org", 443),
+                               ("b-api.facebook.com", 443), (None, None))}
+    assert seen == {service.value for service in Service}
+    assert all(service.plain for service in Service)

@@ -8,8 +8,11 @@ subcommand never means editing someone else's file.
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
+
+from wallwatch import __version__
 
 app = typer.Typer(
     name="wallwatch",
@@ -17,6 +20,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"wallwatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print wallwatch's version and exit.")] = False,
+) -> None:
+    """See, prove and understand network censorship of messaging apps and VPNs."""
 
 # Modules that contribute subcommands. A module that is not written yet is
 # skipped, so the command keeps working while the house grows.

@@ -26,15 +26,26 @@ from types import MappingProxyType
 
 
 class Verdict(StrEnum):
-    """What a measurement says of one feature of one service on one network."""
+    """What a measurement says of one feature of one service on one network.
 
-    OK = "ok"
+    Each member carries `plain`: the same in words a journalist can print.
+    """
+
+    plain: str
+
+    def __new__(cls, value: str, plain: str) -> "Verdict":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.plain = plain
+        return member
+
+    OK = ("ok", "it worked")
     """The feature worked: every stage completed and the answer was the service's own."""
-    BLOCKED = "blocked"
+    BLOCKED = ("blocked", "it was blocked: interference confirmed by a control")
     """Interference verified by a control or by the service's own networks; names a `Method`."""
-    DOWN = "down"
+    DOWN = ("down", "the service itself was down: an outage, not censorship")
     """The service itself failed (refused, a 5xx from a genuine server, hangs up on the control too)."""
-    UNKNOWN = "unknown"
+    UNKNOWN = ("unknown", "we cannot tell: the probe had no network, failed, or had no control")
     """Not enough to say: the probe had no network, a probe-side fault, no control ran."""
 
 
@@ -147,6 +158,64 @@ class Method(StrEnum):
 
 
 METHODS: tuple[str, ...] = tuple(method.value for method in Method)
+
+
+class State(StrEnum):
+    """What one bucket (hour or day) of a series shows: the `state` column of the series.
+
+    The series decide it from the share of decisive probes that saw blocking
+    (`analysis/series/queries.py`: blocked from a half, partial from a fifth,
+    as OONI's plan asks that partial blocking not hide under a median: ooni/data
+    docs/implementation-plan.md §3.6). `BLOCKED_ON_AND_OFF` is never stored:
+    charts and the dashboard split `blocked` with it when the blocked
+    measurements let attempts through. Each member carries `plain`.
+    """
+
+    plain: str
+
+    def __new__(cls, value: str, plain: str) -> "State":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.plain = plain
+        return member
+
+    BLOCKED = ("blocked", "blocked for most probes (half or more)")
+    BLOCKED_ON_AND_OFF = ("blocked, on and off",
+                          "blocked for most probes, but some attempts still got through (on and off)")
+    PARTIAL = ("partial", "blocked for some probes (a fifth to a half)")
+    DOWN = ("down", "the service was down for everyone: an outage, not censorship")
+    OK = ("ok", "worked for the probes that measured it")
+    INSUFFICIENT = ("insufficient", "no data: too few measurements to say anything")
+
+
+# The states a series stores (State.BLOCKED_ON_AND_OFF is derived for display only).
+SERIES_STATES: tuple[str, ...] = tuple(state.value for state in State if state is not State.BLOCKED_ON_AND_OFF)
+
+
+class Service(StrEnum):
+    """What a verdict is about: the services the verdict rules judge (`analysis/verdicts/observations.py`
+    maps each OONI nettest's endpoints to one), each with the name a reader knows it by (`plain`).
+
+    A nettest the rules do not know keeps its own name as its service (`endpoints`), so stored
+    data may hold others; these are the ones a command can be asked about by name.
+    """
+
+    plain: str
+
+    def __new__(cls, value: str, plain: str) -> "Service":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.plain = plain
+        return member
+
+    WHATSAPP = ("whatsapp", "WhatsApp")
+    TELEGRAM = ("telegram", "Telegram")
+    SIGNAL = ("signal", "Signal")
+    FACEBOOK_MESSENGER = ("facebook_messenger", "Facebook Messenger")
+    WEB = ("web", "websites")
+    TOR = ("tor", "Tor")
+    OPENVPN = ("openvpn", "OpenVPN")
+    RISEUPVPN = ("riseupvpn", "RiseupVPN")
 
 
 class Feature(StrEnum):

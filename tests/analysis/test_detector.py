@@ -185,3 +185,19 @@ def test_blocking_detector_ignores_whether_empty_hours_are_rows() -> None:
     decisive = [h for h in dense if h.n_probes]
     assert detect_blocking(decisive) == detect_blocking(dense)
     assert len(detect_blocking(dense)) == 2
+
+
+def test_the_stated_minimum_evidence_is_what_the_detector_needs() -> None:
+    """The number every page states (`minimum_evidence`) is the detector's own: n - 1 blocked
+    probe-hours open nothing, n do, whether spread over days or packed into two hours."""
+    from wallwatch.analysis.events.detector import min_blocked_probe_hours, minimum_evidence
+
+    n = min_blocked_probe_hours()
+    assert f"at least {n} blocked probe-hours" in minimum_evidence()
+    daily = [HourCounts(1000 + 24 * day, 1, 1.0) for day in range(n)]
+    assert detect_blocking(daily[:-1]) == [] and len(detect_blocking(daily)) == 1
+    packed = [HourCounts(1000, n - 1, n - 1.0), HourCounts(1001, 1, 1.0)]
+    assert len(detect_blocking(packed)) == 1
+    assert detect_blocking([HourCounts(1000, n - 2, n - 2.0), HourCounts(1001, 1, 1.0)]) == []
+    strict = BlockingParams(h_open=20.0)
+    assert min_blocked_probe_hours(strict) > n and "20 nats" in minimum_evidence(strict)

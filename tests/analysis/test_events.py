@@ -235,3 +235,16 @@ def test_folded_and_dense_grids_give_the_same_events(tmp_path: Path) -> None:
                        for n in e.networks)
     assert (64501, _at(300), _at(330)) in collapses
     assert (64502, _at(50 * 24), None) in collapses
+
+
+def test_an_event_read_back_from_its_log_snapshot_is_the_event(replay_data: Path) -> None:
+    """The dashboard reads events from the lifecycle log: a snapshot read back is the detected event."""
+    from wallwatch.analysis.events.grouping import Event
+    from wallwatch.analysis.events.lifecycle import logged_events
+
+    snapshots = logged_events(Store(replay_data))
+    assert len(snapshots) == 4
+    for snapshot in snapshots:
+        event = Event.from_record(snapshot)
+        assert event.to_record() == snapshot
+        assert all(n.on_and_off for n in event.networks) == (event.feature == "text")

@@ -136,14 +136,15 @@ def test_same_log_same_bytes_and_filters(store: Store, tmp_path: Path) -> None:
 
 def test_cli_events_feed_and_report_feed(store: Store, tmp_path: Path) -> None:
     runner = CliRunner(env={"COLUMNS": "200"})
-    out = tmp_path / "events.atom"
+    folder = tmp_path / "feed"  # --out is a folder in every command; the feed is events.atom in it
+    out = folder / "events.atom"
     result = runner.invoke(app, ["events", "--data", str(store.root), "--no-rebuild", "--feed", "atom",
-                                 "--out", str(out), "--tag-authority", "news.example,2025"])
+                                 "--out", str(folder), "--tag-authority", "news.example,2025"])
     assert result.exit_code == 0, result.output
     assert "0 new lifecycle entries" in result.output and "(3 feed entries)" in result.output
     assert b"tag:news.example,2025:event/" in out.read_bytes()
     result = runner.invoke(app, ["events", "--data", str(store.root), "--no-rebuild", "--feed", "atom",
-                                 "--out", str(out), "--tag-authority", "bad authority"])
+                                 "--out", str(folder), "--tag-authority", "bad authority"])
     assert result.exit_code != 0 and "tag authority" in result.output
     report = tmp_path / "report"
     result = runner.invoke(app, ["report", "--data", str(store.root), "--out", str(report), "--no-png",

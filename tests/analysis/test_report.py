@@ -69,7 +69,8 @@ def test_report_page_lists_events_with_networks_and_evidence(report) -> None:
     page = re.sub(r"\s+", " ", result.index.read_text())
     assert "AS64500 Alpha Telecom: from Thu 07 Mar 2024 09:00 UTC to Thu 14 Mar 2024 00:00 UTC" in page
     assert "AS64501 Beta Mobile: from Sun 10 Mar 2024 08:00 UTC" in page
-    assert "wa.dns-nxdomain" in page and "dns (" in page
+    assert "wa.dns-nxdomain" in page and "<code>dns</code> (" in page
+    assert re.search(r"<code>dns</code> \(\d+\): <span class=\"note\">the name was answered with a false address", page)
     assert f"wallwatch {__version__}" in page and "synthetic test data" in page
     # Offline: no script, style or image from anywhere else.
     assert not re.search(r"""(src|href)=["']https?://""", page)
@@ -124,11 +125,10 @@ def test_cli_series_events_report_and_export(store: Store, tmp_path: Path) -> No
     assert "blocking" in result.output and "volume_collapse" in result.output
     assert "0 new lifecycle entries" in result.output  # the report fixture already logged them
     result = runner.invoke(app, ["events", *data, "--json", "--type", "blocking"])
-    (line,) = result.output.strip().splitlines()
+    (line,) = result.stdout.strip().splitlines()
     assert [n["probe_asn"] for n in json.loads(line)["networks"]] == [64500, 64501]
-    out = tmp_path / "hourly.csv"
-    result = runner.invoke(app, ["export-series", "hourly", "--out", str(out), *data])
-    assert result.exit_code == 0 and pacsv.read_csv(out).num_rows == 3 * 2 * 12 * 24
+    result = runner.invoke(app, ["export", "hourly", "--out", str(tmp_path / "x"), *data])
+    assert result.exit_code == 0 and pacsv.read_csv(tmp_path / "x" / "hourly.csv").num_rows == 3 * 2 * 12 * 24
     result = runner.invoke(app, ["report", *data, "--out", str(tmp_path / "r"), "--no-png", "--no-exports",
                                  "--max-charts", "1"])
     assert result.exit_code == 0, result.output
@@ -187,3 +187,132 @@ def test_heatmap_tells_on_and_off_days_from_comprehensive_ones() -> None:
     spec = heatmap_spec([day(0, "ok", None), day(1, "blocked", 0.47), day(2, "blocked", 0.95),
                          day(3, "blocked", None)], probe_cc="CN", service="whatsapp", feature="text")
     assert [cell["state"] for cell in spec["data"]["values"]] == ["ok", "blocked, on and off", "blocked", "blocked"]
+
+
+# -- the report's known faults (issue 11, item 7), on the 2017 replay -----------------------------
+
+MOBILE = "AS9808 China Mobile Communications Group Co., Ltd."
+
+
+@pytest.fixture(scope="module")
+def replay_report(replay_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The report of the 2017 replay, with one measurement from another country in 2025 in the folder."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("replay-report") / "data"
+    shutil.copytree(replay_data, root)
+    store = Store(root)
+    moment = datetime(2025, 5, 1, 12)
+    store.write("verdicts", pa.Table.from_pylist([{
+        "measurement_uid": "elsewhere-2025", "measurement_start_time": moment, "date": moment.date(),
+        "probe_cc": "XB", "probe_asn": 64600, "probe_network_name": "Elsewhere", "probe_key": "x",
+        "test_name": "whatsapp", "software_name": "wallwatch", "service": "whatsapp", "feature": "text",
+        "target": None, "verdict": "ok", "method": None, "confidence": 1.0, "rule_id": "r.ok",
+        "rules_version": "1", "blocked_share": None}], schema=VERDICTS_SCHEMA), mode="append")
+    out = tmp_path_factory.mktemp("replay-out")
+    result = build_report(store, out, ReportOptions(png=False, exports=False, max_groups=7))
+    return out, result
+
+
+def _spec(out: Path, name: str) -> dict:
+    return json.loads((out / "charts" / f"{name}.vl.json").read_text())
+
+
+def _cells(spec: dict) -> list[dict]:
+    return (spec.get("data") or spec["layer"][0]["data"])["values"]
+
+
+def _layers(spec: dict) -> list[dict]:
+    return spec.get("layer", [spec])
+
+
+def test_date_axes_carry_the_year(replay_report) -> None:
+    out, _ = replay_report
+    for name in ("cn-whatsapp-text-timeline", "cn-whatsapp-text-heatmap"):
+        spec = _spec(out, name)
+        formats = [layer["encoding"]["x"]["axis"]["format"] for layer in _layers(spec)
+                   if "axis" in layer.get("encoding", {}).get("x", {})]
+        formats += [spec["encoding"]["x"]["axis"]["format"]] if "encoding" in spec else []
+        assert formats, name
+        for fmt in formats:
+            days = [fmt] if isinstance(fmt, str) else [fmt[unit] for unit in ("date", "week", "hours")]
+            assert all("%Y" in day for day in days), (name, fmt)
+        svg = (out / "charts" / f"{name}.svg").read_text()
+        assert re.search(r">\d\d (Jul|Aug|Sep) 2017<", svg), name
+
+
+def test_a_countrys_charts_and_ongoing_shading_end_with_its_own_data(replay_report) -> None:
+    """CN's data ends on 26 September 2017; another country measured in May 2025. The ongoing
+    events are shaded to the end of CN's data, and the axis ends there, not in 2025."""
+    out, _ = replay_report
+    spec = _spec(out, "cn-whatsapp-text-timeline")
+    bands = [layer for layer in spec["layer"] if layer["mark"]["type"] == "rect"][0]["data"]["values"]
+    assert [(b["start"][:10], b["end"][:10]) for b in bands] == [("2017-09-20", "2017-09-27")]
+    line = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "line")
+    assert line["encoding"]["x"]["scale"]["domain"] == ["2017-07-01T00:00:00Z", "2017-09-27T00:00:00Z"]
+
+
+def test_a_timeline_ends_at_the_last_measurement_even_over_a_trailing_silence() -> None:
+    """Series stored before grids were per country end in a trailing gap row that runs to another
+    country's last day: the chart and an ongoing event's shading still end at this data's last bucket."""
+    from wallwatch.analysis.events.grouping import Event, NetworkSpan
+    from wallwatch.analysis.report import charts
+
+    def row(day: int, n: int, share: float | None, n_buckets: int = 1) -> dict:
+        return {"day": datetime(2017, 9, 18) + timedelta(days=day), "probe_asn": 4134, "probe_network_name": "X",
+                "n_probes_decisive": n, "blocked_share": share, "n_measurements": n, "n_buckets": n_buckets}
+
+    rows = [row(0, 1, 0.0), row(1, 1, 0.0), row(2, 1, 1.0), row(3, 1, 1.0), row(4, 0, None, 2800)]
+    onset = datetime(2017, 9, 20)
+    network = NetworkSpan(4134, "X", onset, None, onset, 1.0, ((onset, None),))
+    event = Event("e", "blocking", "CN", "whatsapp", "text", onset, None, onset, (network,), {"protocol_dpi": 2},
+                  1.0, {})
+    spec = charts.timeline_spec(rows, [event], probe_cc="CN", service="whatsapp", feature="text", grain="day")
+    (band,) = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "rect")["data"]["values"]
+    assert band["end"] == "2017-09-22T00:00:00Z"
+
+
+def test_labels_and_legends_are_not_cut_off(replay_report) -> None:
+    out, _ = replay_report
+    for name in ("cn-whatsapp-text-timeline", "cn-whatsapp-text-heatmap"):
+        svg = (out / "charts" / f"{name}.svg").read_text()
+        assert "…" not in svg, name
+        assert MOBILE in svg.replace("&amp;", "&"), name
+
+
+def test_heatmap_states_are_told_by_glyph_and_word_not_colour_alone(replay_report) -> None:
+    from wallwatch.analysis.report.charts import STATE_GLYPHS
+    from wallwatch.vocabulary import State
+
+    out, _ = replay_report
+    spec = _spec(out, "cn-whatsapp-text-heatmap")
+    # One glyph per state, all different, drawn in every cell and named in the legend.
+    assert len(set(STATE_GLYPHS.values())) == len(STATE_GLYPHS) == len(State)
+    text = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "text")
+    assert text["encoding"]["text"]["field"] == "glyph"
+    cells = _cells(spec)
+    assert all(cell["glyph"].startswith(STATE_GLYPHS[cell["state"]]) for cell in cells)
+    legend = spec["layer"][0]["encoding"]["color"]["legend"]["labelExpr"]
+    assert all(f"{STATE_GLYPHS[s]} {s.value}" in legend for s in State)
+    svg = (out / "charts" / "cn-whatsapp-text-heatmap.svg").read_text()
+    assert svg.count(">✕") >= 6 and svg.count(">≈") >= 6 and svg.count(">✓") >= 6
+
+
+def test_blocked_days_no_event_covers_are_marked_and_the_minimum_evidence_is_stated(replay_report) -> None:
+    """China Mobile's text was blocked from 23 September, four daily samples before the data ends:
+    too little for the detector, so no event covers those days: they are marked, and the page says
+    what the detector needs. Days an event covers are not marked."""
+    from wallwatch.analysis.events.detector import minimum_evidence
+
+    out, result = replay_report
+    cells = _cells(_spec(out, "cn-whatsapp-text-heatmap"))
+    marked = {(c["row"], c["day"][:10]) for c in cells if c["glyph"].endswith("*")}
+    assert marked == {(MOBILE, f"2017-09-{d}") for d in (23, 24, 25, 26)}
+    media = _cells(_spec(out, "cn-whatsapp-media-heatmap"))
+    # July's two blocked days of media on every ISP: no event either (the full replay has one).
+    assert {c["day"][:10] for c in media if c["glyph"].endswith("*")} == {"2017-07-18", "2017-07-19"}
+    assert all(not c["glyph"].endswith("*") for c in media if c["day"] >= "2017-09-20")
+    page = re.sub(r"\s+", " ", result.index.read_text())
+    assert minimum_evidence() in page and "at least 5 blocked probe-hours" in page
+    subtitle = " ".join(_spec(out, "cn-whatsapp-text-heatmap")["title"]["subtitle"])
+    assert "no detected event covers" in subtitle and "at least 5 blocked probe-hours" in subtitle

@@ -76,9 +76,9 @@ def test_hourly_grid_is_dense_and_counts_distinct_probes(store: Store) -> None:
     assert (empty["n_measurements"], empty["state"], empty["blocked_share"]) == (0, "insufficient", None)
     assert empty["attempt_blocked_share"] is None
     assert xa[4]["n_unknown"] == 1 and xa[4]["state"] == "insufficient"
-    # XB's series spans the same window (empty hours included) though it measured once.
-    assert len(_rows(hourly, probe_cc="XB")) == 27
-    assert build.n_series == 2 and build.hourly_rows == 54
+    # XB's series spans XB's own data (one hour), not XA's: another country's data changes nothing.
+    assert len(_rows(hourly, probe_cc="XB")) == 1
+    assert build.n_series == 2 and build.hourly_rows == 28
     assert [row["day"].date() for row in _rows(daily, probe_cc="XA")] == [date(2024, 3, 4), date(2024, 3, 5)]
     assert _rows(daily, probe_cc="XA")[0]["n_probes"] == 5  # p1..p5
 
@@ -87,9 +87,9 @@ def test_series_are_stored_and_rebuilding_is_idempotent(store: Store) -> None:
     build_and_store(store)
     build_and_store(store)
     stored = read_series(store, "hour")
-    assert stored.num_rows == 54
+    assert stored.num_rows == 28
     assert set(store.datasets()) >= {HOURLY, DAILY}
-    assert read_series(store, "day", countries=["XB"]).num_rows == 2
+    assert read_series(store, "day", countries=["XB"]).num_rows == 1
     connection = store.connect()
     try:
         (blocked,) = connection.execute(f"SELECT sum(n_blocked) FROM {HOURLY}").fetchall()[0]
@@ -186,9 +186,9 @@ def sparse_store(tmp_path: Path) -> Store:
 def test_long_silences_fold_into_one_gap_row_and_nothing_is_lost(sparse_store: Store) -> None:
     hourly, daily, build = build_and_store(sparse_store)
     window = [T0 + timedelta(hours=h) for h in range(70 * 24 + 4)]
-    for cc in ("XA", "XB"):
-        rows = _rows(hourly, probe_cc=cc)
-        assert _unfold(rows) == window  # unfolding gives the fully dense grid, bucket for bucket
+    # Unfolding gives the fully dense grid of the country's window, bucket for bucket.
+    assert _unfold(_rows(hourly, probe_cc="XA")) == window
+    assert _unfold(_rows(hourly, probe_cc="XB")) == [T0 + timedelta(hours=40 * 24)]
     xa = _rows(hourly, probe_cc="XA")
     # The 10-day silence is short: dense. The 60-day one keeps 48 h each side and one gap row.
     gaps = [row for row in xa if row["n_buckets"] > 1]
@@ -198,14 +198,12 @@ def test_long_silences_fold_into_one_gap_row_and_nothing_is_lost(sparse_store: S
     assert gap["n_buckets"] == (70 * 24 + 3) - (10 * 24 + 5) - 1 - 2 * 48
     assert (gap["state"], gap["n_measurements"], gap["n_probes"], gap["blocked_share"]) == ("insufficient", 0, 0, None)
     assert len(xa) == (10 * 24 + 5 + 1) + 48 + 1 + 48 + 1
-    # XB: one measurement in the middle of a 70-day window: leading and trailing gap rows around 97 dense hours.
+    # XB: one measurement in the middle of XA's 70-day window: XB's own window is that one hour.
     xb = _rows(hourly, probe_cc="XB")
-    assert [row["n_buckets"] for row in xb if row["n_buckets"] > 1] == [40 * 24 - 48, 30 * 24 + 3 - 48]
-    assert len(xb) == 2 + 48 + 1 + 48
-    assert build.hourly_rows == len(xa) + len(xb) < 2 * len(window) // 5
+    assert len(xb) == 1
+    assert build.hourly_rows == len(xa) + len(xb) < len(window) // 4
     # Days fold the same way, with a margin of two days.
-    for cc in ("XA", "XB"):
-        assert _unfold(_rows(daily, probe_cc=cc), "day") == [T0 + timedelta(days=d) for d in range(71)]
+    assert _unfold(_rows(daily, probe_cc="XA"), "day") == [T0 + timedelta(days=d) for d in range(71)]
     summary = {row["probe_cc"]: row for row in series_summary(hourly)}
     assert summary["XA"]["buckets"] == len(window) and summary["XA"]["with_data"] == 4
     assert summary["XA"]["insufficient"] == len(window) - 4 and summary["XA"]["blocked"] == 1
@@ -214,10 +212,10 @@ def test_long_silences_fold_into_one_gap_row_and_nothing_is_lost(sparse_store: S
 def test_dense_gap_limit_is_a_parameter(sparse_store: Store) -> None:
     dense, _, _ = build_and_store(sparse_store, SeriesRequest(max_dense_gap=timedelta(days=100)))
     assert set(dense.column("n_buckets").to_pylist()) == {1}
-    assert dense.num_rows == 2 * (70 * 24 + 4)
+    assert dense.num_rows == (70 * 24 + 4) + 1
     tight, _, _ = build_and_store(sparse_store, SeriesRequest(max_dense_gap=timedelta(days=5),
                                                               gap_margin=timedelta(hours=6)))
-    assert len([n for n in tight.column("n_buckets").to_pylist() if n > 1]) == 4  # XA: 2, XB: 2
+    assert len([n for n in tight.column("n_buckets").to_pylist() if n > 1]) == 2  # XA's two long silences
     with pytest.raises(SeriesError, match="twice gap_margin"):
         build_and_store(sparse_store, SeriesRequest(max_dense_gap=timedelta(hours=10)))
 
@@ -228,12 +226,42 @@ def test_real_ooni_samples_span_nine_years_in_a_few_thousand_rows(samples_dir: P
     ingest([samples_dir], data_dir)
     store = Store(data_dir)
     hourly, daily, build = build_and_store(store)
-    window = int((build.end - build.start).total_seconds() // 3600) + 1
-    assert window > 8 * 365 * 24 and build.n_series >= 10
-    # Every series accounts for every hour of the window, folded; the grid stays small.
+    assert (build.end - build.start) > timedelta(days=8 * 365) and build.n_series >= 10
+    # Each country's window: its first to its last measured hour (Italy's spans seven years).
+    connection = store.connect()
+    windows = {cc: int((last - first).total_seconds() // 3600) + 1 for cc, first, last in connection.execute(
+        "SELECT probe_cc, date_trunc('hour', min(measurement_start_time)), "
+        "date_trunc('hour', max(measurement_start_time)) FROM verdicts GROUP BY probe_cc").fetchall()}
+    connection.close()
+    assert windows["IT"] > 7 * 365 * 24
+    # Every series accounts for every hour of its country's window, folded; the grid stays small.
     per_series: dict[tuple, int] = {}
     for row in hourly.select(["probe_cc", "probe_asn", "service", "feature", "n_buckets"]).to_pylist():
         key = (row["probe_cc"], row["probe_asn"], row["service"], row["feature"])
         per_series[key] = per_series.get(key, 0) + row["n_buckets"]
-    assert set(per_series.values()) == {window}
+    assert all(total == windows[cc] for (cc, *_), total in per_series.items())
     assert hourly.num_rows < 200 * build.n_series and daily.num_rows < 20 * build.n_series
+
+
+def test_a_countrys_series_and_events_do_not_depend_on_other_countries(tmp_path: Path) -> None:
+    """XA's block is still on at its last measurement; XB measured once, a month later. XA's grid
+    must span XA's own data: when it ran to XB's last hour (the folder's window), XA gained a
+    month of trailing silence and the detector closed XA's block for it ("closed by silence"),
+    so adding another country's data changed what XA's series said."""
+    from wallwatch.analysis.events.grouping import detect_events
+
+    xa = [verdict(f"a{p}-{h}", h + 0.1 * p, f"p{p}", "blocked" if h >= 24 else "ok", "dns" if h >= 24 else None)
+          for p in range(3) for h in range(4 * 24)]
+    results = {}
+    for name, rows in (("alone", xa), ("with XB", [*xa, verdict("b1", 40 * 24, "q1", cc="XB", asn=64600)])):
+        store = Store(tmp_path / name)
+        store.write("verdicts", pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA))
+        hourly, daily, _ = build_and_store(store)
+        events = [e for e in detect_events(hourly) if e.probe_cc == "XA"]
+        results[name] = (_rows(hourly, probe_cc="XA"), _rows(daily, probe_cc="XA"),
+                         [e.to_record() for e in events])
+    assert results["alone"] == results["with XB"]
+    (event,) = results["alone"][2]
+    assert event["end"] is None and event["evidence"]["closed_by_silence"] == []
+    # Each country's grid spans its own first to last measurement.
+    assert results["alone"][0][-1]["hour"] == T0 + timedelta(hours=4 * 24 - 1)

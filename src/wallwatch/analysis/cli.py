@@ -1,20 +1,25 @@
-"""The pipeline's commands: `ingest`, `series`, `events`, `report`, `export`, `export-series`.
+"""The pipeline's commands: `ingest`, `series`, `events`, `report`, `export`.
 
 Heavy imports (DuckDB, pyarrow, Altair) stay inside the commands so that
-`wallwatch --help` stays fast.
+`wallwatch --help` stays fast. Conventions shared with the other parts' commands:
+`--out` always names a folder (created if missing; the files written in it are
+named in the help), choices are Enums (their values are listed in `--help`),
+times are UTC written YYYY-MM-DD or YYYY-MM-DDTHH:MM, and long commands show a
+progress bar on stderr (`wallwatch.progress`).
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from wallwatch.analysis.report.exports import ExportFormat, write_export
+from wallwatch.vocabulary import Service
 
 DataOption = Annotated[
     Path | None,
@@ -23,6 +28,30 @@ DataOption = Annotated[
 CountryOption = Annotated[
     list[str] | None, typer.Option("--country", "-c", help="Only this country (ISO code); repeatable.")
 ]
+
+
+ServiceOption = Annotated[
+    list[Service] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")
+]
+_TIME_FORMAT = "YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)"
+
+
+def parse_utc(text: str) -> datetime:
+    """A UTC time from the command line: a day (2017-09-20), or a day and a time (2017-09-20T12:00,
+    '2017-09-20 12:00', seconds and a 'Z' or '+00:00' allowed); anything else is refused with the
+    format to use."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z").removesuffix("Z"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a time: write {_TIME_FORMAT}, e.g. 2017-09-20 or "
+                                 "2017-09-20T12:00") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _time_option(help_text: str) -> Any:
+    return typer.Option(parser=parse_utc, metavar="YYYY-MM-DD[THH:MM]", help=f"{help_text} Written {_TIME_FORMAT}.")
 
 
 def _data_dir(data: Path | None) -> Path:
@@ -47,16 +76,24 @@ def _ensure_series(store, countries: tuple[str, ...], rebuild: bool) -> None:  #
 
     if rebuild or "series_hourly" not in store.datasets():
         try:
-            build_and_store(store, SeriesRequest(countries=countries))
+            _build_series(store, SeriesRequest(countries=countries))
         except SeriesError as exc:
             raise typer.BadParameter(str(exc)) from exc
+
+
+def _build_series(store, request):  # noqa: ANN001, ANN202 - Store, SeriesRequest; imported lazily
+    from wallwatch.analysis.series.build import BUILD_STEPS, build_and_store
+    from wallwatch.progress import progress
+
+    with progress("series", len(BUILD_STEPS)) as step:
+        return build_and_store(store, request, progress=lambda done: step(description=f"series: {done}"))
 
 
 def series_command(
     data: DataOption = None,
     country: CountryOption = None,
-    since: Annotated[datetime | None, typer.Option(help="First hour (UTC).")] = None,
-    until: Annotated[datetime | None, typer.Option(help="Last hour (UTC), inclusive.")] = None,
+    since: Annotated[datetime | None, _time_option("First hour (UTC).")] = None,
+    until: Annotated[datetime | None, _time_option("Last hour (UTC), inclusive.")] = None,
     min_probes: Annotated[int, typer.Option(help="Fewest decisive probes for an hour to count.")] = 1,
     dense_gap_days: Annotated[float, typer.Option(
         help="Silences up to this many days stay hour by hour; longer ones fold into one gap row.")] = 14.0,
@@ -66,11 +103,11 @@ def series_command(
     from rich.console import Console
     from rich.table import Table
 
-    from wallwatch.analysis.series.build import SeriesError, SeriesRequest, build_and_store, series_summary
+    from wallwatch.analysis.series.build import SeriesError, SeriesRequest, series_summary
 
     store = _store(data)
     try:
-        hourly, _, build = build_and_store(
+        hourly, _, build = _build_series(
             store, SeriesRequest(start=since, end=until, countries=_countries(country), min_probes=min_probes,
                                  max_dense_gap=timedelta(days=dense_gap_days),
                                  gap_margin=min(timedelta(hours=48), timedelta(days=dense_gap_days) / 2))
@@ -120,7 +157,7 @@ def _network_part(network: Any, with_onset: bool) -> str:
 def events_command(
     data: DataOption = None,
     country: CountryOption = None,
-    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")] = None,
+    service: ServiceOption = None,
     event_type: Annotated[EventType | None, typer.Option("--type", help="Only this type.")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild/--no-rebuild", help="Rebuild the series first.")] = True,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Append lifecycle entries to events.jsonl.")]
@@ -128,7 +165,8 @@ def events_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the events as JSON lines.")] = False,
     feed: Annotated[FeedFormat | None, typer.Option("--feed", help="Also write the lifecycle log as a feed.")]
     = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Feed file (default: DATA/events.atom).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", file_okay=False, help="Folder to write the feed into, as events.atom (default: DATA).")] = None,
     feed_url: Annotated[str | None, typer.Option(help="URL the feed will be served at (rel=self).")] = None,
     tag_authority: TagAuthorityOption = None,
 ) -> None:
@@ -142,22 +180,28 @@ def events_command(
     from wallwatch.analysis.events.lifecycle import record_events
     from wallwatch.analysis.series.build import read_series
 
+    from wallwatch.progress import progress
+
     store = _store(data)
     countries = _countries(country)
+    services = tuple(s.value for s in service or ())
     _ensure_series(store, countries, rebuild)
+    hourly = read_series(store, "hour", countries)
+    with progress("events: detecting, series by series") as step:
+        found = detect_events(hourly, progress=lambda done, total: step(total=total))
     connection = store.connect()
     try:
-        events = add_rule_evidence(connection, detect_events(read_series(store, "hour", countries)))
+        events = add_rule_evidence(connection, found)
     finally:
         connection.close()
     entries: list = []
     if record:
         events, entries = record_events(store, events)
-    events = [e for e in events if (not service or e.service in service)
+    events = [e for e in events if (not services or e.service in services)
               and (event_type is None or e.type == event_type.value)]
     if feed is not None:
-        path = out or (store.root / "events.atom")
-        count = _write_feed(store, path, countries, tuple(service or ()),
+        path = (out or store.root) / "events.atom"
+        count = _write_feed(store, path, countries, services,
                             (event_type.value,) if event_type else (), feed_url, tag_authority)
         typer.echo(f"wrote {path} ({count} feed entries)", err=as_json)
     if as_json:
@@ -192,9 +236,12 @@ def _write_feed(store, path: Path, countries: tuple[str, ...], services: tuple[s
 
 def report_command(
     data: DataOption = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: DATA/report).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", file_okay=False,
+        help="Folder to write the report into: index.html, charts/, exports/, events.atom (default: DATA/report)."),
+    ] = None,
     country: CountryOption = None,
-    service: Annotated[list[str] | None, typer.Option("--service", "-s", help="Only this service; repeatable.")] = None,
+    service: ServiceOption = None,
     max_charts: Annotated[int, typer.Option(help="Most (country, service, feature) chart sections.")] = 12,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Also write PNG charts.")] = True,
     exports: Annotated[bool, typer.Option("--exports/--no-exports", help="Write CSV/Parquet exports.")] = True,
@@ -206,22 +253,21 @@ def report_command(
     from wallwatch.analysis.events.feeds import DEFAULT_TAG_AUTHORITY, FeedError
     from wallwatch.analysis.report.html import ReportOptions, build_report
 
+    from wallwatch.progress import progress
+
     store = _store(data)
     target = out or (store.root / "report")
     try:
-        result = build_report(store, target, ReportOptions(
-            countries=_countries(country), services=tuple(service or ()), max_groups=max_charts, png=png,
-            exports=exports, source=source, rebuild_series=rebuild,
-            tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY))
+        with progress("report") as step:
+            result = build_report(store, target, ReportOptions(
+                countries=_countries(country), services=tuple(s.value for s in service or ()), max_groups=max_charts,
+                png=png, exports=exports, source=source, rebuild_series=rebuild,
+                tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY),
+                progress=lambda what, done, total: step(description=f"report: {what}", total=total))
     except FeedError as exc:
         raise typer.BadParameter(str(exc), param_hint="--tag-authority") from exc
     typer.echo(f"wrote {result.index} ({len(result.events)} events, {len(result.charts)} chart files, "
                f"{len(result.exports)} exports, {result.log_entries} new log entries)")
-
-
-class ExportDataset(str, enum.Enum):
-    verdicts = "verdicts"
-    observations = "observations"
 
 
 def ingest_command(
@@ -240,10 +286,16 @@ def ingest_command(
 
     from wallwatch.analysis.ingest.pipeline import ingest
 
+    from wallwatch.analysis.ingest.pipeline import discover
+    from wallwatch.progress import progress
+
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers)
+    files = len(list(discover(paths)))
+    with progress("ingest: files", files) as step:
+        summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers,
+                         on_file=lambda path, done: step(description=f"ingest: {done.read} measurements read"))
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
     table.add_column("value", justify="right")
@@ -263,46 +315,49 @@ def ingest_command(
         console.print(tests)
 
 
-def export_command(
-    dataset: Annotated[ExportDataset, typer.Argument(help="Which dataset to export.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file.")],
-    format: Annotated[ExportFormat, typer.Option("--format", help="csv or parquet.")] = ExportFormat.csv,
-    data: DataOption = None,
-) -> None:
-    """Export a dataset as one CSV or Parquet file."""
-    from wallwatch.analysis.store import Store
+class ExportDataset(str, enum.Enum):
+    """Every dataset `export` writes: the stored facts and judgments, the series, the detected events."""
 
-    table = Store(_data_dir(data)).read(dataset.value)
-    write_export(table, out, format)
-    typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
-
-
-class SeriesDataset(str, enum.Enum):
+    measurements = "measurements"
+    observations = "observations"
+    verdicts = "verdicts"
     hourly = "hourly"
     daily = "daily"
     events = "events"
 
 
-def export_series_command(
-    dataset: Annotated[SeriesDataset, typer.Argument(help="hourly or daily series, or the detected events.")],
-    out: Annotated[Path, typer.Option("--out", help="Output file.")],
-    format: Annotated[ExportFormat, typer.Option("--format", help="csv or parquet.")] = ExportFormat.csv,
+def export_command(
+    datasets: Annotated[list[ExportDataset], typer.Argument(
+        help="Datasets to export: the stored measurements, observations and verdicts, the hourly and daily "
+             "series, or the detected events.", show_default=False)],
+    out: Annotated[Path | None, typer.Option(
+        "--out", file_okay=False,
+        help="Folder to write into, one file per dataset named DATASET.csv or DATASET.parquet "
+             "(default: DATA/exports).")] = None,
+    format: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = ExportFormat.csv,
     data: DataOption = None,
     country: CountryOption = None,
 ) -> None:
-    """Export the series (or detected events) as one CSV or Parquet file."""
+    """Export datasets as CSV or Parquet files, one per dataset, into one folder."""
     from wallwatch.analysis.events.grouping import detect_events, events_table
     from wallwatch.analysis.series.build import read_series
 
     store = _store(data)
     countries = _countries(country)
-    _ensure_series(store, countries, rebuild=False)
-    if dataset is SeriesDataset.events:
-        table = events_table(detect_events(read_series(store, "hour", countries)))
-    else:
-        table = read_series(store, "hour" if dataset is SeriesDataset.hourly else "day", countries)
-    write_export(table, out, format)
-    typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
+    folder = out or (store.root / "exports")
+    for dataset in dict.fromkeys(datasets):
+        if dataset in (ExportDataset.measurements, ExportDataset.observations, ExportDataset.verdicts):
+            where = ("probe_cc IN (" + ", ".join(f"'{cc}'" for cc in countries) + ")") if countries else None
+            table = store.read(dataset.value, where)
+        else:
+            _ensure_series(store, countries, rebuild=False)
+            if dataset is ExportDataset.events:
+                table = events_table(detect_events(read_series(store, "hour", countries)))
+            else:
+                table = read_series(store, "hour" if dataset is ExportDataset.hourly else "day", countries)
+        path = folder / f"{dataset.value}.{format.value}"
+        write_export(table, path, format)
+        typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {path}")
 
 
 fingerprints_app = typer.Typer(help="OONI's blocking fingerprints: list them, check a measurement, update the data.",
@@ -438,4 +493,3 @@ def register(app: typer.Typer) -> None:
     app.command("series")(series_command)
     app.command("events")(events_command)
     app.command("report")(report_command)
-    app.command("export-series")(export_series_command)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from pathlib import Path
 from typing import Optional
 
@@ -148,8 +150,21 @@ def exec_(
         lab.site(isp)
     except LabError as exc:
         raise _fail(str(exc)) from None
-    result = lab.run_in_client(command, timeout=None, capture_output=False, isp=isp)  # type: ignore[arg-type]
+    result = lab.run_in_client(command, timeout=None, capture_output=False, isp=isp,  # type: ignore[arg-type]
+                               env={"PATH": scripts_first_path(os.environ.get("PATH", ""))})
     raise typer.Exit(result.returncode)
+
+
+def scripts_first_path(path: str) -> str:
+    """PATH with the running interpreter's console-script folder first.
+
+    `wallwatch lab exec -- wallwatch probe run whatsapp` (the README's example) is typed as
+    `.venv/bin/wallwatch ...`, whose folder is usually not on PATH; inside the namespace the
+    inner `wallwatch` must still be found, and be this environment's, not another install's.
+    """
+    scripts = sysconfig.get_path("scripts")
+    rest = [entry for entry in path.split(os.pathsep) if entry and entry != scripts]
+    return os.pathsep.join([scripts, *rest])
 
 
 @lab_app.command("policy")
@@ -173,7 +188,8 @@ def policy(
 @lab_app.command("replay")
 def replay(
     scenario: Path = typer.Argument(..., exists=True, dir_okay=False, help="scenario YAML (docs/scenarios.md)"),
-    out: Path = typer.Option(Path("replay-out"), "--out", help="directory for measurements.jsonl and ground_truth.jsonl"),
+    out: Path = typer.Option(Path("replay-out"), "--out", file_okay=False,
+                             help="folder to write measurements.jsonl and ground_truth.jsonl into"),
     days_per_phase: Optional[int] = typer.Option(
         None, "--days-per-phase", min=1, help="probe only the first N days of every phase (change days always): for CI"
     ),
@@ -200,16 +216,22 @@ def replay(
         console.print("[red]the lab cannot run here:[/red] " + "; ".join(missing), highlight=False)
         raise typer.Exit(2)
 
-    def on_day(day, rows, seconds):  # type: ignore[no-untyped-def]
-        bad = sum(not row.match for row in rows)
-        verdict = "[green]all match[/]" if not bad else f"[red]{bad} differ[/]"
-        console.print(f"{day} {day.strftime('%a')}: {len(rows)} feature verdicts, {verdict} ({seconds:.1f} s)", highlight=False)
+    from wallwatch.progress import progress
 
+    days = loaded.sample_days(days_per_phase, start, end)
     try:
-        with console.status("replaying") as status:
+        with progress("replay: simulated days", len(days), console=console) as step:
+
+            def on_day(day, rows, seconds):  # type: ignore[no-untyped-def]
+                bad = sum(not row.match for row in rows)
+                verdict = "[green]all match[/]" if not bad else f"[red]{bad} differ[/]"
+                console.print(f"{day} {day.strftime('%a')}: {len(rows)} feature verdicts, {verdict} "
+                              f"({seconds:.1f} s)", highlight=False)
+                step(description=f"replay: {day} done")
+
             report = run_replay(
                 loaded, out, days_per_phase=days_per_phase, start=start, end=end, timeout=timeout,
-                on_day=on_day, on_status=lambda message: status.update(message),
+                on_day=on_day, on_status=lambda message: step(0, description=f"replay: {message}"),
             )
     except (LabError, RuntimeError, OSError) as exc:
         raise _fail(str(exc)) from None

@@ -194,7 +194,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         scenario: Path = typer.Option(DEFAULT_SCENARIO, help="phased scenario YAML"),
-        out: Path = typer.Option(Path("demo-out"), help="directory for measurements.jsonl and ground_truth.jsonl"),
+        out: Path = typer.Option(Path("demo-out"), file_okay=False,
+                                 help="folder to write measurements.jsonl and ground_truth.jsonl into"),
         timeout: float = typer.Option(4.0, help="per-operation probe timeout, seconds"),
     ) -> None:
         """Replay WhatsApp's 2017 blocking in China in the lab and show what the probe sees."""

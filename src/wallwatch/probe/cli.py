@@ -5,6 +5,7 @@ Heavy imports live inside the commands so `wallwatch --help` stays fast.
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +14,9 @@ import typer
 from wallwatch.probe.nettests import NETTESTS, TargetError
 
 probe_app = typer.Typer(help="Measure messaging services per feature (OONI data format).", no_args_is_help=True)
+
+# The nettests as a choice, so `--help` lists them and a typo is refused with the list.
+Nettest = enum.Enum("Nettest", {name: name for name in NETTESTS}, type=str)  # type: ignore[misc]
 
 
 @probe_app.command("list")
@@ -24,7 +28,8 @@ def list_nettests() -> None:
 
 @probe_app.command("run")
 def run_nettest(
-    nettest: str = typer.Argument(..., help="Which nettest (see `wallwatch probe list`)."),
+    nettest_choice: Nettest = typer.Argument(..., metavar="NETTEST", show_default=False,
+                                             help="Which nettest (see `wallwatch probe list`)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append the measurement to this JSONL file."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
                                             help="Bound for each step, in seconds (default: per-step defaults)."),
@@ -43,8 +48,7 @@ def run_nettest(
     publish_ip: bool = typer.Option(False, "--publish-ip", help="Record the probe's IP (hidden by default)."),
 ) -> None:
     """Run NETTEST once; print feature -> verdict, method, evidence."""
-    if nettest not in NETTESTS:
-        raise typer.BadParameter(f"unknown nettest {nettest!r}; known: {', '.join(NETTESTS)}")
+    nettest = nettest_choice.value
     if target and NETTESTS[nettest].target_syntax is None:
         takers = [name for name, entry in NETTESTS.items() if entry.target_syntax is not None]
         raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}; "

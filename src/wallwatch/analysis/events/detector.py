@@ -140,6 +140,37 @@ def _llr_pair(p_a: float, p_b: float) -> tuple[float, float]:
     return math.log(p_b / p_a), math.log((1.0 - p_b) / (1.0 - p_a))
 
 
+def min_blocked_probe_hours(params: BlockingParams = BlockingParams()) -> int:
+    """The fewest blocked probe-hours that can open a blocking segment.
+
+    With no working probe in between, each blocked probe-hour adds log(p1/p0)
+    nats to the CUSUM (2.1 nats with the defaults), which must reach `h_open`;
+    the evidence floor also asks `min_blocked_probes` of them. Working probes
+    subtract, so this is a floor: mixed hours need more.
+    """
+    needed = math.ceil(params.h_open / math.log(params.p1 / params.p0) - 1e-9)
+    return max(needed, params.min_blocked_probes)
+
+
+def minimum_evidence_brief(params: BlockingParams = BlockingParams()) -> str:
+    """`minimum_evidence` in a few words, for a chart's subtitle."""
+    return f"an event needs at least {min_blocked_probe_hours(params)} blocked probe-hours on a network"
+
+
+def minimum_evidence(params: BlockingParams = BlockingParams()) -> str:
+    """The detector's minimum evidence for an event, in words a reader can check against a chart.
+
+    Stated on every page that shows blocked hours or days, so that blocking seen with
+    less evidence (a day or two of one probe per network) is not read as a missed event.
+    """
+    n = min_blocked_probe_hours(params)
+    return (f"An event needs at least {n} blocked probe-hours on a network (say one probe blocked in each of "
+            f"{n} hours or days, or several probes in fewer hours, over at least {params.min_blocked_hours} "
+            f"hours), and more when some probes there still get through: a working probe-hour counts against "
+            f"it (detector {DETECTOR_VERSION}, p0 = {params.p0:g}, p1 = {params.p1:g}, threshold "
+            f"{params.h_open:g} nats). Blocking seen with less evidence is shown but is not an event.")
+
+
 def detect_blocking(hours: Sequence[HourCounts], params: BlockingParams = BlockingParams()) -> list[Segment]:
     """Blocked segments of one series; `hours` sorted by hour (gaps allowed)."""
     up_blocked, up_ok = _llr_pair(params.p0, params.p1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -161,6 +161,21 @@ class NetworkSpan:
             "blocked_hours": self.blocked_hours,
         }
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> NetworkSpan:
+        """The inverse of `to_record` (a snapshot in the event log)."""
+        return cls(
+            probe_asn=int(record["probe_asn"]),
+            probe_network_name=record.get("probe_network_name"),
+            onset=_parse(record["onset"]),
+            end=parse_iso(record.get("end")),
+            alarm=parse_iso(record.get("alarm")) or _parse(record["onset"]),
+            peak_blocked_share=float(record.get("peak_blocked_share") or 0.0),
+            periods=tuple((_parse(start), parse_iso(stop)) for start, stop in record.get("periods") or ()),
+            on_and_off=bool(record.get("on_and_off")),
+            comprehensive_from=parse_iso(record.get("comprehensive_from")),
+        )
+
 
 @dataclass(frozen=True)
 class Event:
@@ -201,6 +216,35 @@ class Event:
             "detector_version": self.detector_version,
             "params": dict(self.params),
         }
+
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Event:
+        """The inverse of `to_record`: an event from its snapshot in the lifecycle log, so that
+        readers of the log (the dashboard, the feed) see the same `Event` detection made."""
+        return cls(
+            event_id=record["event_id"],
+            type=record["type"],
+            probe_cc=record["probe_cc"],
+            service=record["service"],
+            feature=record["feature"],
+            onset=_parse(record["onset"]),
+            end=parse_iso(record.get("end")),
+            first_alarm=parse_iso(record.get("first_alarm")) or _parse(record["onset"]),
+            networks=tuple(NetworkSpan.from_record(n) for n in record.get("networks") or ()),
+            methods=dict(record.get("methods") or {}),
+            peak_blocked_share=float(record.get("peak_blocked_share") or 0.0),
+            evidence=dict(record.get("evidence") or {}),
+            detector_version=record.get("detector_version") or DETECTOR_VERSION,
+            params=dict(record.get("params") or {}),
+        )
+
+
+def _parse(text: str) -> datetime:
+    moment = parse_iso(text)
+    if moment is None:
+        raise ValueError("an event record needs its onset")
+    return moment
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -437,14 +481,19 @@ def _volume_segments(series_list: Sequence[_Series], params: VolumeParams) -> li
 # -- grouping ----------------------------------------------------------------------
 
 
-def detect_events(hourly: pa.Table, params: DetectionParams = DetectionParams()) -> list[Event]:
-    """Series -> detector -> grouping: every event in the hourly grid, sorted by onset."""
+def detect_events(hourly: pa.Table, params: DetectionParams = DetectionParams(),
+                  progress: Callable[[int, int], None] | None = None) -> list[Event]:
+    """Series -> detector -> grouping: every event in the hourly grid, sorted by onset.
+
+    `progress(done, total)` is called after each series (for a progress bar)."""
     series_list = _series_of(hourly)
     groups: dict[tuple[str, str, str, str], list[_Found]] = defaultdict(list)
-    for series in series_list:
+    for index, series in enumerate(series_list, 1):
         feature = series.feature if params.grouping.by_feature else ANY
         for found in _blocking_segments(series, params.blocking):
             groups[(BLOCKING, series.probe_cc, series.service, feature)].append(found)
+        if progress is not None:
+            progress(index, len(series_list))
     for found in _volume_segments(series_list, params.volume):
         groups[(VOLUME_COLLAPSE, found.series.probe_cc, ANY, ANY)].append(found)
     events = []

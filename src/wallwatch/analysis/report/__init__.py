@@ -2,5 +2,5 @@
 
 `charts` builds the Vega-Lite charts (Altair) and renders them to SVG/PNG;
 `html` assembles the page from `templates/`; `exports` writes a table as one CSV or
-Parquet file (also for `wallwatch export` and `export-series`).
+Parquet file (also for `wallwatch export`).
 """

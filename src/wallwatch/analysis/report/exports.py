@@ -1,4 +1,4 @@
-"""Exports: one table as one CSV or Parquet file (`wallwatch export`, `export-series`, the report's exports).
+"""Exports: one table as one CSV or Parquet file (`wallwatch export`, the report's exports).
 
 pyarrow is imported when a file is written, not with the module: the CLI takes
 `ExportFormat` for its options and `wallwatch --help` must stay fast.

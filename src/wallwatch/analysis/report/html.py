@@ -9,7 +9,7 @@ feature, dates in UTC, data source and wallwatch version.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,10 +31,12 @@ from wallwatch.analysis.events.grouping import (
     events_table,
     iso,
 )
+from wallwatch.analysis.events.detector import BlockingParams, minimum_evidence, minimum_evidence_brief
 from wallwatch.analysis.events.lifecycle import record_events
 from wallwatch.analysis.events.feeds import FeedOptions, write_atom
 from wallwatch.analysis.series.build import SeriesRequest, build_and_store, read_series
 from wallwatch.analysis.series.queries import network_volume_sql
+from wallwatch.vocabulary import Method
 
 
 _HOURLY_TIMELINE_MAX = 7 * 24
@@ -66,14 +68,22 @@ class ReportResult:
     log_entries: int = 0
 
 
+# Progress: (what was just done, units done, units in all); the chart sections' count is known late.
+Progress = Callable[[str, int, int], None]
+
+
 def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptions(),
-                 params: DetectionParams = DetectionParams()) -> ReportResult:
-    """Series -> events -> charts -> page (+ exports) under `out_dir`; returns what was written."""
+                 params: DetectionParams = DetectionParams(), progress: Progress | None = None) -> ReportResult:
+    """Series -> events -> charts -> page (+ exports) under `out_dir`; returns what was written.
+
+    `progress(step, done, total)` is called as each step and each chart section is done."""
+    counter = _Counter(progress, total=4 + options.max_groups)
     out_dir.mkdir(parents=True, exist_ok=True)
     if options.rebuild_series or "series_hourly" not in store.datasets():
         build_and_store(store, SeriesRequest(countries=options.countries))
     hourly = _only_services(read_series(store, "hour", options.countries), options.services)
     daily = _only_services(read_series(store, "day", options.countries), options.services)
+    counter.done("series")
     connection = store.connect()
     try:
         events = add_rule_evidence(connection, detect_events(hourly, params))
@@ -83,16 +93,37 @@ def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptio
     if options.record:
         events, entries = record_events(store, events, params.grouping.merge_gap_hours)
         log_entries = len(entries)
+    counter.done("events")
     context = charts.ChartContext(source=options.source)
-    sections, written = _chart_sections(hourly, daily, events, out_dir / "charts", options, context)
+    sections, written = _chart_sections(hourly, daily, events, out_dir / "charts", options, context,
+                                         params.blocking, counter)
     exports = _exports(store, hourly, daily, events, out_dir / "exports") if options.exports else []
+    counter.done("exports")
     feed = out_dir / "events.atom"
     write_atom(store, feed, FeedOptions(countries=options.countries, services=options.services,
                                         tag_authority=options.tag_authority))
     index = out_dir / "index.html"
-    index.write_text(_render_page(hourly, events, sections, exports, out_dir, options, context))
+    index.write_text(_render_page(hourly, events, sections, exports, out_dir, options, context,
+                                  minimum_evidence(params.blocking)))
+    counter.done("page")
     return ReportResult(index=index, events=events, feed=feed, charts=written, exports=exports,
                         log_entries=log_entries)
+
+
+class _Counter:
+    """Units of report work done, for `build_report`'s progress callback."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.count = progress, total, 0
+
+    def expect(self, units: int) -> None:
+        """The chart sections are counted once known: the total becomes exact."""
+        self.total = self.count + units + 2  # + exports and page
+
+    def done(self, step: str) -> None:
+        self.count += 1
+        if self.progress is not None:
+            self.progress(step, self.count, self.total)
 
 
 def _only_services(table: pa.Table, services: Sequence[str]) -> pa.Table:
@@ -114,7 +145,9 @@ class _Section:
 
 
 def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], chart_dir: Path,
-                    options: ReportOptions, context: charts.ChartContext) -> tuple[list[_Section], list[Path]]:
+                    options: ReportOptions, context: charts.ChartContext,
+                    blocking: BlockingParams = BlockingParams(),
+                    counter: _Counter | None = None) -> tuple[list[_Section], list[Path]]:
     hourly_by = _group_rows(hourly)
     daily_by = _group_rows(daily)
     volume = defaultdict(int)
@@ -123,39 +156,68 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
     event_groups = [(e.probe_cc, e.service, e.feature) for e in events if e.type == BLOCKING]
     ordered = list(dict.fromkeys(key for key in event_groups if key in hourly_by))
     ordered += [key for key in sorted(volume, key=lambda k: -volume[k]) if key not in ordered]
+    spans = country_spans(hourly_by.items())
     sections, written = [], []
+    collapsed = sorted({e.probe_cc for e in events if e.service == ANY})
+    counter = counter or _Counter(None, 0)
+    counter.expect(len(ordered[: options.max_groups]) + len(collapsed))
     for cc, service, feature in ordered[: options.max_groups]:
         group_events = [e for e in events if (e.probe_cc, e.service, e.feature) == (cc, service, feature)]
         name = charts.slug(cc, service, feature)
-        # Hourly lines are readable for a week; beyond that, daily shares (events keep hour precision).
-        hours = hourly_by[(cc, service, feature)]
-        span = max(charts.covered_until(r, "hour") for r in hours) - min(r["hour"] for r in hours)
-        grain = "hour" if span <= timedelta(hours=_HOURLY_TIMELINE_MAX) else "day"
-        timeline_rows = hours if grain == "hour" else daily_by.get((cc, service, feature), [])
+        grain = timeline_grain(spans.get(cc))
+        timeline_rows = hourly_by[(cc, service, feature)] if grain == "hour" else daily_by.get((cc, service, feature), [])
+        span = spans.get(cc)
+        if span is not None and grain == "day":
+            span = (span[0].replace(hour=0), span[1].replace(hour=0))
         rendered = [
             charts.render(charts.timeline_spec(timeline_rows, group_events, probe_cc=cc, service=service,
-                                               feature=feature, context=context, grain=grain),
+                                               feature=feature, context=context, grain=grain, span=span),
                           chart_dir, f"{name}-timeline", png=options.png),
             charts.render(charts.heatmap_spec(daily_by.get((cc, service, feature), []), probe_cc=cc,
-                                              service=service, feature=feature, context=context),
+                                              service=service, feature=feature, context=context,
+                                              events=group_events, minimum_evidence=minimum_evidence_brief(blocking)),
                           chart_dir, f"{name}-heatmap", png=options.png),
         ]
         networks = sorted({charts.network_label(r["probe_asn"], r["probe_network_name"])
                            for r in hourly_by[(cc, service, feature)]})
         sections.append(_Section(name, cc, service, feature, f"{service} · {feature} in {cc}", networks,
                                  group_events, rendered))
-    for cc in sorted({e.probe_cc for e in events if e.service == ANY}):
+        counter.done(f"charts of {service} {feature} in {cc}")
+    for cc in collapsed:
         collapse = [e for e in events if e.probe_cc == cc and e.service == ANY]
         rows = _network_volume(hourly, cc)
-        rendered = [charts.render(charts.volume_spec(rows, collapse, probe_cc=cc, context=context),
+        rendered = [charts.render(charts.volume_spec(rows, collapse, probe_cc=cc, context=context, span=spans.get(cc)),
                                   chart_dir, charts.slug(cc, "volume"), png=options.png)]
         networks = sorted({charts.network_label(r["probe_asn"], r["probe_network_name"]) for r in rows})
         sections.append(_Section(charts.slug(cc, "volume"), cc, ANY, ANY, f"measurement volume in {cc}",
                                  networks, collapse, rendered))
+        counter.done(f"volume chart of {cc}")
     for section in sections:
         for chart in section.charts:
             written.extend(p for p in (chart.svg_path, chart.png_path, chart.spec_path) if p is not None)
     return sections, written
+
+
+def country_spans(groups: Iterable[tuple[tuple[str, str, str], list[dict[str, Any]]]]
+                  ) -> dict[str, tuple[datetime, datetime]]:
+    """Each country's first and last measured hour, from its hourly rows grouped per (cc, service, feature).
+
+    A country's charts span these, not the whole folder's dates."""
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for (cc, _, _), rows in groups:
+        span = charts.data_span(rows, "hour")
+        if span is None:
+            continue
+        known = spans.get(cc)
+        spans[cc] = span if known is None else (min(known[0], span[0]), max(known[1], span[1]))
+    return spans
+
+
+def timeline_grain(span: tuple[datetime, datetime] | None) -> str:
+    """Hourly lines are readable for a week of data; beyond that, daily shares (events keep hour precision)."""
+    if span is None or span[1] - span[0] <= timedelta(hours=_HOURLY_TIMELINE_MAX):
+        return "hour"
+    return "day"
 
 
 def _group_rows(table: pa.Table) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
@@ -198,13 +260,15 @@ def _exports(store: Any, hourly: pa.Table, daily: pa.Table, events: list[Event],
 
 
 def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section], exports: list[Path],
-                 out_dir: Path, options: ReportOptions, context: charts.ChartContext) -> str:
+                 out_dir: Path, options: ReportOptions, context: charts.ChartContext, evidence_floor: str) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("wallwatch.analysis.report", "templates"),
                       autoescape=select_autoescape(["html"]))
     env.filters["when"] = charts.when
     env.filters["iso"] = iso
+    # Words a journalist can print beside each method's code (vocabulary.Method.plain).
+    env.filters["plain_method"] = lambda m: Method(m).plain if m in Method._value2member_map_ else ""
     hours = hourly.column("hour") if hourly.num_rows else None
     start = pc.min(hours).as_py() if hours is not None else None
     end = pc.max(hours).as_py() if hours is not None else None
@@ -220,5 +284,6 @@ def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section]
                       hourly.select(["probe_cc", "probe_asn", "service", "feature"]).to_pylist()}),
         n_measurements=pc.sum(hourly.column("n_measurements")).as_py() if hourly.num_rows else 0,
         network_names=names, exports=[p.relative_to(out_dir).as_posix() for p in exports],
-        any_marker=ANY, options=options,
+        any_marker=ANY, options=options, evidence_floor=evidence_floor,
+        no_event_mark=charts.NO_EVENT_MARK,
     )

@@ -16,6 +16,10 @@ dense only where there is data:
   treated the same way, so for every series `sum(n_buckets)` is the number of
   buckets in the window: no silence is ever missing, it is only folded.
 
+The window is the country's: from its first to its last measurement (or the
+request's `start`/`end` when given), so a country's series, and the events
+detected on them, never depend on another country's data in the same folder.
+
 Readers that need the fully dense grid unfold gap rows (`n_buckets` > 1);
 the detector needs nothing (empty buckets carry no evidence; it measures
 silences by the hour numbers), the charts break their lines at gap rows.
@@ -40,7 +44,7 @@ its targets' verdicts (blocked > ok > down > unknown).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -117,17 +121,21 @@ def build_series(
     if grain not in _GRAINS:
         raise SeriesError(f"grain must be 'hour' or 'day', got {grain!r}")
     where, params = request.where()
-    lo, hi = connection.execute(q.window_sql(where), params).fetchall()[0]
-    start = request.start if request.start is not None else lo
-    end = request.end if request.end is not None else hi
-    if start is not None and end is not None and _naive_utc(end) < _naive_utc(start):
-        raise SeriesError(f"series window ends ({end}) before it starts ({start})")
+    if request.start is not None and request.end is not None and _naive_utc(request.end) < _naive_utc(request.start):
+        raise SeriesError(f"series window ends ({request.end}) before it starts ({request.start})")
+    # Each country's series span that country's own data (or the request's window): with the
+    # folder's window, a country's trailing silence would run to another country's last
+    # measurement and the detector would close its blocks for a silence that is not its own.
+    windows = {cc: (request.start if request.start is not None else lo, request.end if request.end is not None else hi)
+               for cc, lo, hi in connection.execute(q.window_sql(where), params).fetchall()}
     columns = {row[0] for row in connection.execute("DESCRIBE verdicts").fetchall()}
     sql = q.aggregate_sql(grain, where, with_attempt_share="blocked_share" in columns)
     sparse = connection.sql(sql, params=params).to_arrow_table()
-    if start is None or end is None:
-        start = end = datetime(1970, 1, 1)
-    plan = grid_plan(sparse, floor_to(start, grain), floor_to(end, grain), grain, request)
+    plans = [grid_plan(sparse.filter(pc.equal(sparse.column("probe_cc"), cc)), floor_to(start, grain),
+                       floor_to(end, grain), grain, request)
+             for cc, (start, end) in windows.items()]
+    plan = pa.concat_tables(plans) if plans else grid_plan(sparse, datetime(1970, 1, 1), datetime(1970, 1, 1),
+                                                           grain, request)
     connection.register("series_sparse", sparse)
     connection.register("series_plan", plan)
     try:
@@ -229,21 +237,32 @@ class SeriesBuild:
     end: datetime | None
 
 
-def build_and_store(store: object, request: SeriesRequest = SeriesRequest()) -> tuple[pa.Table, pa.Table, SeriesBuild]:
+# The steps of `build_and_store`, for a progress bar.
+BUILD_STEPS = ("hourly grid", "daily grid", "writing hourly", "writing daily")
+
+
+def build_and_store(store: object, request: SeriesRequest = SeriesRequest(),
+                    progress: Callable[[str], None] | None = None) -> tuple[pa.Table, pa.Table, SeriesBuild]:
     """Build both grains from `store`'s verdicts and write `series_hourly` and `series_daily`.
 
     The store replaces every date partition it writes, so rebuilding is idempotent.
     A partial rebuild (a narrower window or fewer countries) replaces whole
     dates, so rebuild whole days for all countries unless that is intended.
+    `progress` is called with each of BUILD_STEPS as it is done.
     """
+    done = progress or (lambda step: None)
     connection = store.connect()  # type: ignore[attr-defined]
     try:
         hourly = build_series(connection, "hour", request)
+        done(BUILD_STEPS[0])
         daily = build_series(connection, "day", request)
+        done(BUILD_STEPS[1])
     finally:
         connection.close()
     _write_by_dates(store, HOURLY, hourly)
+    done(BUILD_STEPS[2])
     _write_by_dates(store, DAILY, daily)
+    done(BUILD_STEPS[3])
     keys = {tuple(row.values()) for row in hourly.select(list(q.SERIES_KEY)).to_pylist()}
     hours = hourly.column("hour")
     start = pc.min(hours).as_py() if hourly.num_rows else None

@@ -9,7 +9,7 @@ holds one row per measurement x service x feature x target.
 
 from __future__ import annotations
 
-from wallwatch.vocabulary import METHODS  # one blocked_<method> column each, in stage order
+from wallwatch.vocabulary import METHODS, State  # one blocked_<method> column each, in stage order; states
 
 SERIES_KEY = ("probe_cc", "probe_asn", "service", "feature")
 
@@ -111,7 +111,9 @@ GROUP BY probe_cc, probe_asn, service, feature, bucket
 
 
 def window_sql(where: str) -> str:
-    return f"SELECT min(measurement_start_time), max(measurement_start_time) FROM verdicts WHERE {where}"
+    """Each country's first and last measurement: the window its series span."""
+    return (f"SELECT probe_cc, min(measurement_start_time), max(measurement_start_time) FROM verdicts "
+            f"WHERE {where} GROUP BY probe_cc ORDER BY probe_cc")
 
 
 def dense_sql(min_probes: int) -> str:
@@ -160,11 +162,11 @@ dense AS (
 SELECT *,
        CASE WHEN n_probes_decisive > 0 THEN blocked_weight / n_probes_decisive END AS blocked_share,
        CASE WHEN n_blocked > 0 THEN attempt_share_weight / n_blocked END AS attempt_blocked_share,
-       CASE WHEN n_probes_down > n_probes_decisive THEN 'down'
-            WHEN n_probes_decisive < {int(min_probes)} OR n_probes_decisive = 0 THEN 'insufficient'
-            WHEN 2 * blocked_weight >= n_probes_decisive THEN 'blocked'
-            WHEN 5 * blocked_weight >= n_probes_decisive THEN 'partial'
-            ELSE 'ok' END AS state
+       CASE WHEN n_probes_down > n_probes_decisive THEN '{State.DOWN.value}'
+            WHEN n_probes_decisive < {int(min_probes)} OR n_probes_decisive = 0 THEN '{State.INSUFFICIENT.value}'
+            WHEN 2 * blocked_weight >= n_probes_decisive THEN '{State.BLOCKED.value}'
+            WHEN 5 * blocked_weight >= n_probes_decisive THEN '{State.PARTIAL.value}'
+            ELSE '{State.OK.value}' END AS state
 FROM dense
 ORDER BY probe_cc, probe_asn, service, feature, bucket
 """
