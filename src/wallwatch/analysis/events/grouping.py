@@ -117,6 +117,14 @@ class DetectionParams:
                 "grouping": self.grouping.as_dict()}
 
 
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 @dataclass(frozen=True)
 class NetworkSpan:
     """One network's part in an event."""
@@ -174,6 +182,11 @@ class NetworkSpan:
             periods=tuple((_parse(start), parse_iso(stop)) for start, stop in record.get("periods") or ()),
             on_and_off=bool(record.get("on_and_off")),
             comprehensive_from=parse_iso(record.get("comprehensive_from")),
+            # Snapshots logged before extents existed read as the extent they described.
+            extent=record.get("extent") or ("on_and_off" if record.get("on_and_off") else "comprehensive"),
+            blocked_share_of_measurements=_float_or_none(record.get("blocked_share_of_measurements")),
+            hours_with_data=_int_or_none(record.get("hours_with_data")),
+            blocked_hours=_int_or_none(record.get("blocked_hours")),
         )
 
 

@@ -184,7 +184,8 @@ def now_rows(connection: duckdb.DuckDBPyConnection, logged: Sequence[Event], fil
         state = min((n["state"] for n in per_network), key=_STATE_ORDER.index)
         if event is not None:
             on_and_off = any(n.on_and_off and n.comprehensive_from is None for n in event.networks)
-            state = State.BLOCKED_ON_AND_OFF if on_and_off else State.BLOCKED
+            partial = all(n.extent == "partial" for n in event.networks)
+            state = State.PARTIAL if partial else State.BLOCKED_ON_AND_OFF if on_and_off else State.BLOCKED
         seen = [m for m in METHODS if any(n.get(f"blocked_{m}") for n in per_network
                                           if n["state"] in _STATE_ORDER[:3])]
         out.append(NowRow(
