@@ -96,7 +96,7 @@ def test_event_page_leads_to_a_measurement_and_its_raw_json(page: Any, dashboard
     page.wait_for_selector('.chart[data-rendered="true"] svg', timeout=15_000)
     assert "WhatsApp text blocked in CN" in page.locator("h1").inner_text()
     networks = page.locator("table.networks").inner_text()
-    assert "on and off" in networks and "every attempt blocked from Mon 25 Sep 2017" in networks
+    assert "on and off" in networks and "comprehensive from Mon 25 Sep 2017" in networks
     evidence = page.locator("table.evidence tbody tr")
     assert evidence.count() >= 8
     assert page.locator('table.evidence tr[data-verdict="blocked"]').count() >= 8

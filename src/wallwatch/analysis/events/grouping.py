@@ -87,7 +87,9 @@ def describe_extent(network: Mapping[str, Any]) -> str:
         text += ", some attempts got through"
     until = network.get("comprehensive_from")
     if until:
-        text += f", comprehensive from {until if isinstance(until, str) else iso(until)}"
+        moment = parse_iso(until) if isinstance(until, str) else until
+        # Words for a reader: "Mon 25 Sep 2017 12:00 UTC", the day of the week as the press gave it.
+        text += f", comprehensive from {moment:%a %d %b %Y %H:%M} UTC"
     return text
 
 
