@@ -236,17 +236,40 @@ def ingest_command(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
     )] = None,
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0, help="Seconds to wait for another writer of the data folder (default: stop at once)."
+    )] = 0.0,
+    max_line_mb: Annotated[float, typer.Option(
+        "--max-line-mb", min=0.001, help="Longest line read whole, in MiB; a longer one is quarantined "
+        "(or read element by element when it is a JSON array)."
+    )] = 32.0,
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from rich.console import Console
     from rich.table import Table
 
+    from wallwatch.analysis.commitlog import StoreLocked, is_no_space
     from wallwatch.analysis.ingest.pipeline import ingest
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
-    summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers)
+    console = Console()
+    try:
+        summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers, lock_wait=wait,
+                         max_line_bytes=int(max_line_mb * 1024 * 1024))
+    except StoreLocked as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        # What was committed before stays; the batch being written is not visible. Running again
+        # once there is room reads the unfinished files again and stores what is missing.
+        console.print(f"[red]ingest stopped: {exc.strerror} ({exc.filename or _data_dir(data)}). Everything "
+                      f"stored before the last batch is intact; free some space and run the same command "
+                      f"again to finish.[/red]")
+        raise typer.Exit(4) from None
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
     table.add_column("value", justify="right")
@@ -255,7 +278,10 @@ def ingest_command(
         table.add_row(key, str(getattr(summary, key)))
     for reason, count in sorted(summary.quarantine_reasons.items()):
         table.add_row(f"quarantined: {reason}", str(count))
-    Console().print(table)
+    console.print(table)
+    for line in summary.files_not_read:
+        console.print(f"not read: {line}", highlight=False, soft_wrap=True)
+    console.print(f"quarantine file: {summary.quarantine_file}", highlight=False, soft_wrap=True)
 
 
 def export_command(
