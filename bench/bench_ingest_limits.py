@@ -47,8 +47,9 @@ OWN_SRC = HERE.parent / "src"
 TARGET_MB = 500
 THROUGHPUT_BUDGET = 0.05
 
-# Runs in the child: one ingest, then what it cost. RUSAGE_CHILDREN is the largest waited-for
-# worker (multiprocessing joins them), ru_maxrss is in KiB on Linux (getrusage(2)).
+# Runs in the child: one ingest, then what it cost. VmHWM is this process image's peak RSS
+# (proc(5); ru_maxrss would carry the forking bench's own peak over execve(2)); RUSAGE_CHILDREN is
+# the largest waited-for worker (multiprocessing joins them), in KiB (getrusage(2)).
 _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
@@ -58,7 +59,7 @@ start = time.perf_counter()
 summary = ingest(paths, data, workers=workers or None)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "summary": summary.as_dict(),
-                  "parent_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "parent_kb": int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM"))),
                   "worker_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
 

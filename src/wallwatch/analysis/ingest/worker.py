@@ -279,6 +279,7 @@ def _array_items(number: int, parts: list[bytes], stream: Iterator[bytes],
     parts.clear()
     pos = text.index("[") + 1
     index = 0
+    need_separator = False  # after an element: "," or "]" comes next
     exhausted = False
 
     def more() -> bool:
@@ -305,17 +306,15 @@ def _array_items(number: int, parts: list[bytes], stream: Iterator[bytes],
             if more():
                 continue
             return (yield from bad("invalid_json: the array is not closed"))
-        if text[pos] == "]":
-            return (text[pos + 1:]).encode() + utf8.getstate()[0]
-        if index:
+        if text[pos] == "]" and (index == 0 or need_separator):
+            # The line ends at the next newline (whatever else is on it is not read).
+            return (yield from _skip_to_newline(text[pos + 1:], stream, utf8))
+        if need_separator:
             if text[pos] != ",":
                 return (yield from bad(f"invalid_json: expected ',' or ']' after element {index - 1}"))
             pos += 1
-            while True:
-                while pos < len(text) and text[pos] in _WHITESPACE:
-                    pos += 1
-                if pos < len(text) or not more():
-                    break
+            need_separator = False
+            continue
         try:
             value, end = decoder.raw_decode(text, pos)
             if end == len(text) and not exhausted:
@@ -331,6 +330,7 @@ def _array_items(number: int, parts: list[bytes], stream: Iterator[bytes],
         yield number, ArrayItem(index, value)
         index += 1
         pos = end
+        need_separator = True
         if pos > READ_CHUNK:
             text, pos = text[pos:], 0
 
