@@ -243,6 +243,9 @@ def ingest_command(
         "--max-line-mb", min=0.001, help="Longest line read whole, in MiB; a longer one is quarantined "
         "(or read element by element when it is a JSON array)."
     )] = 32.0,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Measurements per commit: each batch becomes visible at once, or not at all."
+    )] = 20_000,
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from rich.console import Console
@@ -257,7 +260,7 @@ def ingest_command(
     console = Console()
     try:
         summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers, lock_wait=wait,
-                         max_line_bytes=int(max_line_mb * 1024 * 1024))
+                         max_line_bytes=int(max_line_mb * 1024 * 1024), batch_size=batch_size)
     except StoreLocked as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None

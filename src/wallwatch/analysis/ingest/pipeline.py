@@ -180,6 +180,10 @@ class FileKey:
 class _WorkerFailed:
     file_index: int
     trace: str
+    # An OSError (a full disk while keeping a raw copy) is raised again as itself in the parent.
+    errno: int | None = None
+    strerror: str | None = None
+    filename: str | None = None
 
 
 _WORKER_DONE = "done"
@@ -232,6 +236,10 @@ def _work(tasks: Any, results: Any, config: WorkerConfig, seen: set[str], parent
     try:
         for batch in read_files(task_list(), config, seen):
             results.put(batch)
+    except OSError as exc:
+        results.put(_WorkerFailed(current[0], traceback.format_exc(), exc.errno, exc.strerror,
+                                  None if exc.filename is None else str(exc.filename)))
+        return
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(_WorkerFailed(current[0], traceback.format_exc()))
         return
@@ -374,6 +382,8 @@ class Ingester:
                 if message == _WORKER_DONE:
                     running -= 1
                 elif isinstance(message, _WorkerFailed):
+                    if message.errno is not None:
+                        raise OSError(message.errno, message.strerror, message.filename)
                     failed = self._files[message.file_index][0] if message.file_index >= 0 else "?"
                     raise RuntimeError(f"ingest worker failed on {failed}:\n{message.trace}")
                 else:
