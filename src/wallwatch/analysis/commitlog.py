@@ -1,9 +1,10 @@
 """The store's commit log: which files are visible, changed all at once or not at all.
 
-A data folder is written by one writer at a time (`WriterLock`) and read by anyone at any
+A data folder is written by one writer at a time (`writer_lock`) and read by anyone at any
 time. Every file a writer makes is written under a temporary name, fsync'd and renamed
-(rename(2) is atomic; fsync(2) before it so a crash never leaves a named but empty file);
-appends to a JSON-lines log are fsync'd too. None of that is visible yet: a file is part of
+(rename(2) is atomic; fsync(2) before it so a crash never leaves a named but empty file, and
+of the folder after it so the name itself is durable: [Pillai2014]); appends to a
+JSON-lines log are fsync'd too. None of that is visible yet: a file is part of
 the store only once a *commit* names it. A commit is one small JSON file
 `_store/log/<seq>.json`, itself written to a temporary name, fsync'd and renamed, so it
 exists whole or not at all; it lists the Parquet files it adds and removes per dataset, the
