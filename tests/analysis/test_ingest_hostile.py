@@ -264,6 +264,8 @@ def test_a_second_writer_is_refused_naming_the_holder(samples_dir: Path, data_di
         assert f"PID {holder.pid}" in " ".join(result.stdout.split())
         with pytest.raises(StoreLocked, match=f"PID {holder.pid}"):
             ingest([path], data_dir)
+        series = _cli(["series", "--data", str(data_dir)])  # any writer, said in one line
+        assert series.returncode == 3 and f"PID {holder.pid}" in series.stderr and "Traceback" not in series.stderr
     finally:
         holder.kill()
         holder.wait()

@@ -7,7 +7,9 @@ Heavy imports (DuckDB, pyarrow, Altair) stay inside the commands so that
 from __future__ import annotations
 
 import enum
+import functools
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -329,10 +331,33 @@ def export_series_command(
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 
+def _store_errors_said_plainly(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that writes the store: another writer holding it (exit 3) or a full disk (exit 4)
+    is said in one line, not a traceback; the store is as its last commit left it either way."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from wallwatch.analysis.commitlog import StoreLocked, is_no_space
+
+        try:
+            command(*args, **kwargs)
+        except StoreLocked as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(3) from None
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            typer.echo(f"stopped: {exc.strerror} ({exc.filename or 'the data folder'}); nothing half-written "
+                       f"is visible: free some space and run again", err=True)
+            raise typer.Exit(4) from None
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
     app.command("ingest")(ingest_command)
     app.command("export")(export_command)
-    app.command("series")(series_command)
-    app.command("events")(events_command)
-    app.command("report")(report_command)
+    app.command("series")(_store_errors_said_plainly(series_command))
+    app.command("events")(_store_errors_said_plainly(events_command))
+    app.command("report")(_store_errors_said_plainly(report_command))
     app.command("export-series")(export_series_command)

@@ -242,8 +242,10 @@ def build_and_store(store: object, request: SeriesRequest = SeriesRequest()) -> 
         daily = build_series(connection, "day", request)
     finally:
         connection.close()
-    _write_by_dates(store, HOURLY, hourly)
-    _write_by_dates(store, DAILY, daily)
+    # One commit for both grains: a reader never sees new hourly rows next to old daily ones.
+    with store.transaction():  # type: ignore[attr-defined]
+        _write_by_dates(store, HOURLY, hourly)
+        _write_by_dates(store, DAILY, daily)
     keys = {tuple(row.values()) for row in hourly.select(list(q.SERIES_KEY)).to_pylist()}
     hours = hourly.column("hour")
     start = pc.min(hours).as_py() if hourly.num_rows else None
