@@ -237,16 +237,14 @@ def test_a_failed_write_leaves_the_store_as_it_was(tmp_path: Path, monkeypatch: 
 
     store = Store(tmp_path)
     store.write("series_x", _table("2024-01-01", 2, 1))
-    real = store_module.finish_file
-    calls = []
+    real = store_module.finish_files
 
-    def failing(partial: Path, path: Path) -> None:
-        calls.append(path)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(partial, path)
+    def failing(pairs: object) -> None:  # the first file renamed, then the disk is full
+        first, *_ = list(pairs)
+        real([first])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "finish_file", failing)
+    monkeypatch.setattr(store_module, "finish_files", failing)
     with pytest.raises(OSError):
         store.write("series_x", pa.concat_tables([_table("2024-01-01", 5, 2), _table("2024-01-02", 5, 2)]))
     assert store.connect().execute("SELECT count(*), sum(n) FROM series_x").fetchone() == (2, 2)

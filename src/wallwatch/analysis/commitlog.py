@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,11 +139,39 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
 def finish_file(partial: Path, path: Path) -> None:
     """A file fully written at `partial`: fsync it and rename it to `path` (the folder is fsync'd
     by the commit, once for all its files)."""
-    step(f"written {path.name}")
-    fsync_path(partial)
-    step(f"fsync'd {path.name}")
-    os.replace(partial, path)
-    step(f"renamed {path.name}")
+    finish_files([(partial, path)])
+
+
+# fsync(2)s in flight at once: ext4 folds concurrent fsyncs into one journal commit, so 120 files
+# take ~0.04 s from 16 threads and ~0.6 s one after another (measured on this project's machine).
+FSYNC_THREADS = 16
+
+
+def fsync_all(paths: Iterable[Path]) -> None:
+    """fsync files and folders, many at once (see FSYNC_THREADS)."""
+    paths = list(paths)
+
+    def sync(path: Path) -> None:
+        (fsync_dir if path.is_dir() else fsync_path)(path)
+
+    if len(paths) <= 1:
+        for path in paths:
+            sync(path)
+        return
+    with ThreadPoolExecutor(max_workers=min(FSYNC_THREADS, len(paths))) as pool:
+        list(pool.map(sync, paths))
+
+
+def finish_files(pairs: Iterable[tuple[Path, Path]]) -> None:
+    """Files fully written at temporary names: fsync them all, then rename each to its name."""
+    pairs = list(pairs)
+    for partial, path in pairs:
+        step(f"written {path.name}")
+    fsync_all(partial for partial, _ in pairs)
+    for partial, path in pairs:
+        step(f"fsync'd {path.name}")
+        os.replace(partial, path)
+        step(f"renamed {path.name}")
 
 
 # -- the state ------------------------------------------------------------------------------
@@ -435,8 +464,7 @@ class Transaction:
         """Write the commit file (the moment the changes become visible); returns the new state."""
         if self.empty():
             return self.snapshot
-        for directory in sorted(self._dirs):
-            fsync_dir(directory)  # the renames and new log files are on disk before the commit is
+        fsync_all(sorted(self._dirs))  # the renames and new log files are on disk before the commit is
         seq = self.snapshot.seq + 1
         commit = {"seq": seq, "at": time.time(), "pid": os.getpid(),
                   "add": {k: sorted(v) for k, v in self.add.items()},

@@ -53,6 +53,7 @@ from wallwatch.analysis.commitlog import (
     Transaction,
     delete_retired,
     finish_file,
+    finish_files,
     load_snapshot,
     temporary_name,
     writer_lock,
@@ -314,11 +315,16 @@ def _write_partitions(transaction: Transaction, dataset: str, table: pa.Table, d
         leaf.mkdir(parents=True, exist_ok=True)
     if len(jobs) == 1:
         _write_file(*jobs[0])
-        return
-    # pq.write_table encodes and compresses without holding the GIL: partitions go in parallel.
-    with ThreadPoolExecutor(max_workers=min(len(jobs), WRITE_THREADS)) as pool:
-        for done in [pool.submit(_write_file, *job) for job in jobs]:
-            done.result()
+    else:
+        # pq.write_table encodes and compresses without holding the GIL: partitions go in parallel.
+        with ThreadPoolExecutor(max_workers=min(len(jobs), WRITE_THREADS)) as pool:
+            for done in [pool.submit(_write_file, *job) for job in jobs]:
+                done.result()
+    # Then all fsync'd at once and renamed (commitlog.finish_files): one by one, in the writing
+    # threads, the fsyncs cost more than the writes.
+    finish_files((temporary_name(path), path) for _, _, _, path in jobs)
+    for _, _, _, path in jobs:
+        transaction.made(dataset, path)
 
 
 def _component(col: str, value: Any) -> str:
@@ -343,9 +349,8 @@ def _retire_leaves(transaction: Transaction, dataset: str, leaves: Iterable[Path
 def _write_file(transaction: Transaction, dataset: str, rows: pa.Table, path: Path) -> None:
     partial = temporary_name(path)
     transaction.making(partial)
+    transaction.making(path)
     pq.write_table(rows, partial, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    finish_file(partial, path)
-    transaction.made(dataset, path)
 
 
 def _write_through_dataset(transaction: Transaction, dataset: str, table: pa.Table, directory: Path,

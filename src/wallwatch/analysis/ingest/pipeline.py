@@ -41,7 +41,6 @@ import queue
 import signal
 import stat
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -63,7 +62,7 @@ from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the 
     read_header,
     stable_uid,
 )
-from wallwatch.analysis.commitlog import Snapshot, fsync_dir, fsync_path
+from wallwatch.analysis.commitlog import Snapshot, fsync_all
 from wallwatch.analysis.ingest.worker import (
     DEFAULT_MAX_LINE_BYTES,
     RAW_DIR,
@@ -86,8 +85,6 @@ FINGERPRINT_CHUNK = 64 * 1024
 DEFAULT_BATCH = 20_000
 # How long the parent waits on the result queue before checking that its workers live.
 WORKER_POLL_S = 1.0
-# Threads fsync'ing the batch's new raw copies before its commit names them.
-FSYNC_THREADS = 8
 
 
 @dataclass
@@ -513,19 +510,9 @@ def _progress_mark(key: FileKey) -> str:
 
 def _fsync_files(root: Path, relpaths: list[str]) -> None:
     """fsync each file and its folder (a raw copy and its new `raw/<key>/` entry) before a commit
-    names them; in threads, as the file system folds concurrent fsyncs into one journal commit."""
+    names them, many at once (commitlog.fsync_all)."""
     paths = [root / relpath for relpath in relpaths]
-    targets = paths + sorted({path.parent for path in paths}) + ([root / RAW_DIR] if paths else [])
-
-    def sync(path: Path) -> None:
-        (fsync_dir if path.is_dir() else fsync_path)(path)
-
-    if len(targets) <= 2:
-        for target in targets:
-            sync(target)
-        return
-    with ThreadPoolExecutor(max_workers=min(FSYNC_THREADS, len(targets))) as pool:
-        list(pool.map(sync, targets))
+    fsync_all([*paths, *sorted({path.parent for path in paths}), *([root / RAW_DIR] if paths else [])])
 
 
 def _ledger_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:
