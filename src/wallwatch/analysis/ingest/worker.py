@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -644,6 +645,20 @@ def _keep_raw_copy(source: Path, destination: Path) -> None:
                                                          mtime=int(source.stat().st_mtime)) as writer:
             shutil.copyfileobj(reader, writer, READ_CHUNK)
     partial.replace(destination)
+    # Start its write-back now, off the reading path: the parent fsyncs it again before the commit
+    # that names it (which is what makes it durable), and then finds little left to write.
+    threading.Thread(target=_fsync_quietly, args=(destination,), daemon=True).start()
+
+
+def _fsync_quietly(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the parent's fsync before the commit reports it
 
 
 def read_raw_line(data_root: Path, raw_file: str, raw_line: int, raw_item: int | None = None) -> bytes:
