@@ -304,3 +304,19 @@ def test_commits_are_checkpointed(tmp_path: Path) -> None:
     assert sum(name.endswith(".checkpoint.json") for name in names) == 2
     assert len(names) < CHECKPOINT_EVERY + 10  # commits before the previous checkpoint are gone
     assert [row["i"] for row in store.read_jsonl("events")] == list(range(CHECKPOINT_EVERY * 2 + 3))
+
+
+def test_compaction_merges_small_files_in_one_commit(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i in range(10):  # ten small batches, as a live collector commits them
+        store.write("series_x", pa.concat_tables([_table("2024-01-01", 2, i), _table("2024-01-02", 1, i)]),
+                    mode="append")
+    store.write("series_x", _table("2024-01-03", 1, 7), mode="append")  # one file: left alone
+    before = sorted(store.connect().execute("SELECT date, n FROM series_x").fetchall())
+    old_reader = store.connect()
+    assert store.compact("series_x") == 20
+    files = store.committed_files("series_x")
+    assert sorted(path.parent.name for path in files) == ["date=2024-01-01", "date=2024-01-02", "date=2024-01-03"]
+    assert sorted(store.connect().execute("SELECT date, n FROM series_x").fetchall()) == before
+    assert sorted(old_reader.execute("SELECT date, n FROM series_x").fetchall()) == before
+    assert store.compact("series_x") == 0

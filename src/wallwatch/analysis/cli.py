@@ -331,6 +331,20 @@ def export_series_command(
     typer.echo(f"wrote {table.num_rows} {dataset.value} rows to {out}")
 
 
+def compact_command(
+    data: DataOption = None,
+    dataset: Annotated[list[str] | None, typer.Option(
+        "--dataset", help="Only this dataset; repeatable (default: every dataset).")] = None,
+    min_files: Annotated[int, typer.Option(
+        "--min-files", min=2, help="Merge a partition's small files once it has this many.")] = 8,
+) -> None:
+    """Merge each partition's small Parquet files into one (after many small ingest batches)."""
+    store = _store(data)
+    for name in dataset or store.datasets():
+        removed = store.compact(name, min_files=min_files)
+        typer.echo(f"{name}: {removed} files merged" if removed else f"{name}: nothing to merge")
+
+
 def _store_errors_said_plainly(command: Callable[..., None]) -> Callable[..., None]:
     """A command that writes the store: another writer holding it (exit 3) or a full disk (exit 4)
     is said in one line, not a traceback; the store is as its last commit left it either way."""
@@ -361,3 +375,4 @@ def register(app: typer.Typer) -> None:
     app.command("events")(_store_errors_said_plainly(events_command))
     app.command("report")(_store_errors_said_plainly(report_command))
     app.command("export-series")(export_series_command)
+    app.command("compact")(_store_errors_said_plainly(compact_command))

@@ -222,6 +222,35 @@ class Store:
                 _write_through_dataset(transaction, dataset, table, directory, partitions, mode)
         return table.num_rows
 
+    def compact(self, dataset: str, *, min_files: int = 8, max_bytes: int = 256 * 1024 * 1024) -> int:
+        """Merge each partition's small files into one, in one commit; returns how many files went.
+
+        A long-running writer that commits many small batches (a live collector) leaves many small
+        files per partition, and every query opens each one; compaction rewrites them as one file
+        (rows unchanged, their order within the partition not kept), as Delta Lake's OPTIMIZE does
+        [DeltaLake2020]. A partition with fewer than `min_files` files under `max_bytes` / 4 each
+        is left alone; merged files are at most ~`max_bytes` (read whole, so that bounds memory).
+        Readers that connected before keep the old files for RETAIN_S seconds."""
+        removed = 0
+        with self.transaction() as transaction:
+            by_leaf: dict[str, list[Path]] = {}
+            for relpath in sorted(transaction.snapshot.files.get(dataset, ())):
+                by_leaf.setdefault(relpath.rsplit("/", 1)[0], []).append(self.root / relpath)
+            for leaf, files in by_leaf.items():
+                small = [(path, path.stat().st_size) for path in files if path.stat().st_size < max_bytes // 4]
+                for group in _groups(small, max_bytes):
+                    if len(group) < min_files:
+                        continue
+                    schema = pa.unify_schemas([pq.read_schema(path) for path in group])
+                    table = pads.dataset([str(path) for path in group], schema=schema, format="parquet").to_table()
+                    target = self.root / leaf / f"part-{uuid.uuid4().hex}-0.parquet"
+                    _write_file(transaction, dataset, table, target)
+                    finish_files([(temporary_name(target), target)])
+                    transaction.made(dataset, target)
+                    transaction.retire(dataset, [path.relative_to(self.root).as_posix() for path in group])
+                    removed += len(group)
+        return removed
+
     def append_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append rows to the append-only log `<root>/<name>.jsonl`; return how many were written."""
         lines = [orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS, default=str) + b"\n" for row in rows]
@@ -275,6 +304,20 @@ class Store:
             listed = "[" + ", ".join(_sql_string(str(path)) for path in files) + "]"
             return f"SELECT * FROM read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
         return _empty_select(KNOWN_SCHEMAS[dataset])
+
+
+def _groups(files: list[tuple[Path, int]], max_bytes: int) -> Iterator[list[Path]]:
+    """Consecutive files in groups of at most `max_bytes` in all."""
+    group: list[Path] = []
+    size = 0
+    for path, length in files:
+        if group and size + length > max_bytes:
+            yield group
+            group, size = [], 0
+        group.append(path)
+        size += length
+    if group:
+        yield group
 
 
 def _plain_partition_values(table: pa.Table, partitions: Sequence[str]) -> bool:
