@@ -66,6 +66,7 @@ from wallwatch.analysis.commitlog import Snapshot, fsync_all
 from wallwatch.analysis.ingest.worker import (
     DEFAULT_MAX_LINE_BYTES,
     RAW_DIR,
+    RECORDS_PER_BATCH,
     Batch,
     WorkerConfig,
     raw_name,
@@ -263,8 +264,10 @@ class Ingester:
         self.lock_wait = lock_wait
         self.summary = IngestSummary()
         ingested_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        # A worker's batch is never larger than a commit: small commits (a live collector's) stay small.
         self.config = WorkerConfig(store.root, keep_raw, rule_sets or default_rule_sets(),
-                                   fingerprints or load_fingerprints(), ingested_at, max_line_bytes)
+                                   fingerprints or load_fingerprints(), ingested_at, max_line_bytes,
+                                   min(RECORDS_PER_BATCH, batch_size))
         self.seen_uids: set[str] = set()
         self.done_files: set[tuple[str, int, int, str]] = set()
         self._files: list[tuple[Path, FileKey]] = []

@@ -77,6 +77,8 @@ class WorkerConfig:
     # A line longer than this is quarantined without being held whole (a JSON array that long is
     # read element by element instead); memory per worker is bounded by it, not by the input.
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    # Records per Batch: RECORDS_PER_BATCH, or fewer when the parent commits more often.
+    records_per_batch: int = RECORDS_PER_BATCH
 
 
 @dataclass(slots=True)
@@ -364,7 +366,8 @@ class BatchBuilder:
     10,000 batches of one (each a set of three Arrow tables with their own buffers and schema,
     pickled and held by the parent until the next Parquet write)."""
 
-    def __init__(self) -> None:
+    def __init__(self, records_per_batch: int = RECORDS_PER_BATCH) -> None:
+        self.limit = records_per_batch
         self._reset()
 
     def _reset(self) -> None:
@@ -378,7 +381,7 @@ class BatchBuilder:
         self.verdicts: list[list[dict[str, Any]]] = []
 
     def full(self) -> bool:
-        return self.batch.read >= RECORDS_PER_BATCH or len(self.batch.ended) >= RECORDS_PER_BATCH
+        return self.batch.read >= self.limit or len(self.batch.ended) >= RECORDS_PER_BATCH
 
     def pending(self) -> bool:
         batch = self.batch
@@ -410,7 +413,7 @@ class BatchBuilder:
 
 def read_files(tasks: Iterable[tuple[int, Path, str]], config: WorkerConfig, seen: set[str]) -> Iterator[Batch]:
     """Batches of the files (index, path, raw key) in order; every file's end is in one of them."""
-    builder = BatchBuilder()
+    builder = BatchBuilder(config.records_per_batch)
     for index, path, raw_key in tasks:
         yield from FileReader(index, path, raw_key, config, seen, builder).batches()
     if builder.pending():
@@ -437,7 +440,7 @@ class FileReader:
         self.config = config
         self.seen = seen
         self.raw_file = f"{RAW_DIR}/{raw_key}/{raw_name(path)}" if config.keep_raw else None
-        self.builder = builder or BatchBuilder()
+        self.builder = builder or BatchBuilder(config.records_per_batch)
         # Quarantine rows held while none of the file's records was a measurement yet.
         self._held: list[dict[str, Any]] | None = []
         self._not_measurement: str | None = None
