@@ -30,7 +30,7 @@ from wallwatch.analysis.commitlog import RETAIN_S, load_snapshot, recover
 from wallwatch.analysis.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-KILL_POINTS = int(os.environ.get("WALLWATCH_KILL_POINTS") or 16)
+KILL_POINTS = int(os.environ.get("WALLWATCH_KILL_POINTS") or 14)
 SEED = 20170920  # the day WhatsApp text died in China
 
 
@@ -43,7 +43,7 @@ def _ingest(inputs: Path, data: Path, **env: str) -> subprocess.CompletedProcess
     # Two workers and small batches: several commits, each with its three datasets, quarantine
     # and ledger entries, and files finishing in every order.
     return subprocess.run([sys.executable, "-m", "wallwatch.cli", "ingest", str(inputs), "--data", str(data),
-                           "--workers", "2", "--batch-size", "7"], capture_output=True, text=True, timeout=120,
+                           "--workers", "2", "--batch-size", "12"], capture_output=True, text=True, timeout=120,
                           env=_env(**env))
 
 
@@ -139,7 +139,7 @@ def test_kill_at_any_write_step_loses_nothing_and_stores_nothing_twice(
         assert killed.returncode in (-signal.SIGKILL, 0), (point, killed.stderr[-2000:])
         kills += killed.returncode == -signal.SIGKILL
         _consistent(data, rows)  # readers, with no writer having recovered anything
-        if number % 3 == 0:  # sometimes the re-run is killed too, at a point of its own
+        if number % 4 == 0:  # sometimes the re-run is killed too, at a point of its own
             again = _ingest(corpus, data, WALLWATCH_STORE_KILL_AT=str(rng.randint(1, total)))
             assert again.returncode in (0, -signal.SIGKILL), again.stderr[-2000:]
             _consistent(data, rows)
