@@ -9,10 +9,15 @@ collects the Arrow batches and writes Parquet every `batch_size` measurements.
 Memory is bounded by `batch_size` measurements' rows here plus a few
 `RECORDS_PER_BATCH` batches in flight (the result queue is bounded).
 
+Every batch is one commit (`Store.transaction`, analysis/commitlog.py): its measurements,
+observations, verdicts, quarantine rows, the ledger entries of the files it finished and
+the raw copies its rows point at become visible together or not at all, whatever kills
+the run. The run holds the data folder's writer lock throughout.
+
 Resumability, two ways:
 * a ledger of finished files (`<data>/ingested_files.jsonl`) keyed by path, size,
   mtime and a sha256 of the first and last 64 KiB: an unchanged file is skipped;
-  a file enters the ledger only after all its rows are written;
+  a file enters the ledger in the commit that holds its last rows;
 * dedup by `measurement_uid` across files and runs: OONI's own uid when present,
   else "ww-" + sha256(report_id, input, measurement_start_time, test_name)[:32]
   (the fields of OONI's fastpath ReplacingMergeTree key, ooni/backend docs/Database.md).
@@ -25,7 +30,10 @@ OONI's own `jsonl` table points from measurement_uid to (s3path, linenum)
 (ooni/backend docs/Database.md): no record is re-serialised; `read_raw` gets one back.
 
 A record that cannot be read goes to `<data>/quarantine/<date>.jsonl` with the reason
-and is counted; the run continues.
+and is counted; the run continues (a re-read file's rows an interrupted run already
+quarantined are not written twice: a commit mark counts them). A file that is not a
+regular file, or whose first records are none of them measurements, is skipped whole
+with one line in `IngestSummary.files_not_read`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """One file's share of an ingest: lines -> header -> observations -> verdicts -> Arrow batches.
 
-This is the part of `ingest` that runs in worker processes (see ingest.py for the
-parent: dedup across files, Parquet writes, ledger). It is pure with respect to
-the store: it reads one input file and yields `Batch`es of Arrow tables plus the
-quarantine rows, then one `FileEnd`. The one side effect is the kept raw copy of
-the input (`raw/<key>/<name>`), made before any row points at it.
+This is the part of `ingest` that runs in worker processes (see pipeline.py for the
+parent: dedup across files, commits, ledger). It is pure with respect to the store:
+it reads input files one after another and yields `Batch`es of Arrow tables plus the
+quarantine rows and the files that ended, a batch spanning files. The one side effect
+is the kept raw copy of each input (`raw/<key>/<name>`), made before any row points at
+it and visible only once a commit names it.
+
+Memory is bounded by configuration, not input: a line over `max_line_bytes` is never
+held whole (`split_lines`), a JSON array that long is read element by element, and a
+batch holds at most `records_per_batch` records whatever the number of files.
 
 Speed notes (bench/bench_ingest.py measures them):
 * gunzip with ISA-L (python-isal `igzip`), 2-4x faster than zlib on inflate;
