@@ -286,7 +286,9 @@ def ingest_command(
     console.print(table)
     for line in summary.files_not_read:
         console.print(f"not read: {line}", highlight=False, soft_wrap=True)
-    console.print(f"quarantine file: {summary.quarantine_file}", highlight=False, soft_wrap=True)
+    console.print(f"quarantine file: {summary.quarantine_file}"
+                  + ("" if summary.quarantined else " (nothing quarantined by this run)"), highlight=False,
+                  soft_wrap=True)
 
 
 def export_command(

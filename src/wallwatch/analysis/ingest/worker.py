@@ -464,7 +464,9 @@ class FileReader:
             # What was read stays; the rest is one quarantined "record".
             self._quarantine(-1, b"", f"unreadable_file: {exc}")
         if self._held:  # the file ended before any measurement: none of it is one
-            self._not_measurement = f"none of its {len(self._held)} records is a measurement ({self._example()})"
+            count = len(self._held)
+            self._not_measurement = (f"none of its {count} records is a measurement" if count > 1 else
+                                     "its one record is not a measurement") + f" ({self._example()})"
         batch = self.builder.batch
         if self._not_measurement is not None:
             batch.not_measurements.append((self.index, self._not_measurement))
