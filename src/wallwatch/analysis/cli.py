@@ -267,13 +267,13 @@ def ingest_command(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
     except OSError as exc:
-        if not is_no_space(exc):
-            raise
-        # What was committed before stays; the batch being written is not visible. Running again
-        # once there is room reads the unfinished files again and stores what is missing.
-        console.print(f"[red]ingest stopped: {exc.strerror} ({exc.filename or _data_dir(data)}). Everything "
-                      f"stored before the last batch is intact; free some space and run the same command "
-                      f"again to finish.[/red]")
+        # A full disk or any other write error: what was committed before stays; the batch being
+        # written is not visible. Running again reads the unfinished files again and stores what
+        # is missing.
+        remedy = "free some space and" if is_no_space(exc) else "fix the cause and"
+        console.print(f"[red]ingest stopped: {exc.strerror or exc} ({exc.filename or _data_dir(data)}). Everything "
+                      f"stored before the last batch is intact; {remedy} run the same command again to "
+                      f"finish.[/red]")
         raise typer.Exit(4) from None
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
