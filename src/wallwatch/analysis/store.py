@@ -49,7 +49,7 @@ from wallwatch.analysis.commitlog import (
     LOG_DIR,
     STAGING_DIR,
     Snapshot,
-    StoreLocked,
+    StoreLocked,  # noqa: F401 - re-exported: callers catch it from here
     Transaction,
     delete_retired,
     finish_file,
@@ -87,7 +87,6 @@ DEFAULT_PARTITIONS: Mapping[str, tuple[str, ...]] = {
 # A path component (a hive `col=value` folder) longer than this is refused: NAME_MAX is 255 bytes
 # on Linux file systems (limits.h), and a value URI-encodes to up to 3 bytes a byte.
 MAX_PATH_COMPONENT = 200
-__all__ = ["Store", "StoreError", "StoreLocked", "KNOWN_SCHEMAS", "DEFAULT_PARTITIONS"]
 
 
 class StoreError(Exception):
