@@ -343,3 +343,17 @@ def test_workers_die_with_their_parent(samples_dir: Path, data_dir: Path, tmp_pa
     ingest([folder], data_dir)
     assert Store(data_dir).connect().execute(
         "SELECT count(*), count(DISTINCT measurement_uid) FROM measurements").fetchone() == (8000, 8000)
+
+
+def test_a_file_given_twice_is_read_once(samples_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"m{i}.jsonl").write_bytes(orjson.dumps(_good(samples_dir, report_id=f"twice{i}")) + b"\n")
+    summary = ingest([folder, folder / "m3.jsonl", folder], data_dir, workers=2)
+    assert (summary.files_seen, summary.files_skipped, summary.stored, summary.duplicated) == (13, 7, 6, 0)
+    from wallwatch.analysis.ingest.pipeline import read_raw
+
+    store = Store(data_dir)
+    for (uid,) in store.connect().execute("SELECT measurement_uid FROM measurements").fetchall():
+        assert orjson.loads(read_raw(store, uid))["report_id"].startswith("twice")

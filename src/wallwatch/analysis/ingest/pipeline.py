@@ -279,6 +279,7 @@ class Ingester:
         self.seen_uids: set[str] = set()
         self.done_files: set[tuple[str, int, int, str]] = set()
         self._files: list[tuple[Path, FileKey]] = []
+        self._admitted: set[tuple[str, int, int, str]] = set()
         self._tables: dict[str, list[pa.Table]] = {"measurements": [], "observations": [], "verdicts": []}
         self._pending = 0
         self._quarantine: list[dict[str, Any]] = []
@@ -341,9 +342,10 @@ class Ingester:
         except OSError as exc:
             self.summary.files_not_read.append(f"{path}: {exc.strerror or exc}, skipped")
             return None
-        if key.ledger_key in self.done_files:
-            self.summary.files_skipped += 1
+        if key.ledger_key in self.done_files or key.ledger_key in self._admitted:
+            self.summary.files_skipped += 1  # done, or given twice in this run (one raw copy, one reader)
             return None
+        self._admitted.add(key.ledger_key)
         self._files.append((path, key))
         index = len(self._files) - 1
         assert self._snapshot is not None
