@@ -357,3 +357,22 @@ def test_a_file_given_twice_is_read_once(samples_dir: Path, data_dir: Path, tmp_
     store = Store(data_dir)
     for (uid,) in store.connect().execute("SELECT measurement_uid FROM measurements").fetchall():
         assert orjson.loads(read_raw(store, uid))["report_id"].startswith("twice")
+
+
+def test_an_array_over_the_stream_size_is_streamed_under_the_limit(samples_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import wallwatch.analysis.ingest.worker as worker
+
+    records = [_good(samples_dir, report_id=f"s{i}") for i in range(5)]
+    line = b"[" + b",".join(orjson.dumps(r) for r in records) + b"]"
+    small = b"[" + orjson.dumps(records[0]) + b"]"
+    monkeypatch.setattr(worker, "ARRAY_STREAM_BYTES", 2 * len(small))
+    for text in (line + b"\n" + small + b"\n", line):  # a whole line; the last line of a file
+        lines = list(split_lines(iter([text]), max_line_bytes=1 << 30))
+        assert [type(x).__name__ for _, x in lines][:5] == ["ArrayItem"] * 5
+        assert [x.value["report_id"] for _, x in lines[:5]] == [f"s{i}" for i in range(5)]
+    assert bytes(lines_of(line + b"\n" + small + b"\n")[-1][1]) == small  # a short array stays one line
+
+
+def lines_of(text: bytes) -> list:
+    return list(split_lines(iter([text[i:i + 3000] for i in range(0, len(text), 3000)]), max_line_bytes=1 << 30))

@@ -54,6 +54,8 @@ from wallwatch.analysis.verdicts.rules import RuleSet, judge_measurement
 MAX_WHOLE_JSON_BYTES = 64 * 1024 * 1024
 # The longest line read whole, by default: 32x OONI's largest measurements.
 DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+# A JSON array on one line longer than this is read element by element even under the limit.
+ARRAY_STREAM_BYTES = 4 * 1024 * 1024
 # Raw text kept in a quarantine row; enough to see what went wrong.
 MAX_QUARANTINE_RECORD_CHARS = 1_000_000
 READ_CHUNK = 4 * 1024 * 1024
@@ -210,7 +212,7 @@ def split_lines(chunks: Iterable[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_
             if newline < 0:
                 parts.append(chunk)
                 size += len(chunk)
-                if size > max_line_bytes:
+                if _stream(parts[0], size, max_line_bytes):
                     number += 1
                     rest = yield from _long_line(number, parts, stream, max_line_bytes)
                     parts, size = [], 0
@@ -221,7 +223,7 @@ def split_lines(chunks: Iterable[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_
             parts.append(chunk[:newline])
             line = b"".join(parts)
             parts, size, start = [], 0, newline + 1
-            if len(line) > max_line_bytes:
+            if _stream(line, len(line), max_line_bytes):
                 rest = yield from _long_line(number, [line], iter(()), max_line_bytes)
                 if rest:
                     raise AssertionError("a whole line has nothing after it")  # pragma: no cover
@@ -230,14 +232,14 @@ def split_lines(chunks: Iterable[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_
         view = memoryview(chunk)
         while (newline := chunk.find(b"\n", start)) >= 0:
             number += 1
-            if newline - start > max_line_bytes:
+            if _stream(chunk[start:start + 64], newline - start, max_line_bytes):
                 yield from _long_line(number, [chunk[start:newline]], iter(()), max_line_bytes)
             elif not _blank(chunk, start, newline):
                 yield number, view[start:newline]
             start = newline + 1
         if start < len(chunk):
             parts, size = [chunk[start:]], len(chunk) - start
-            if size > max_line_bytes:
+            if _stream(parts[0], size, max_line_bytes):
                 number += 1
                 rest = yield from _long_line(number, parts, stream, max_line_bytes)
                 parts, size = [], 0
@@ -245,8 +247,17 @@ def split_lines(chunks: Iterable[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_
                     pushed.append(rest)
     if parts:
         line = b"".join(parts)
-        if not _blank(line, 0, len(line)):
+        if _stream(line, len(line), max_line_bytes):
+            yield from _long_line(number + 1, [line], iter(()), max_line_bytes)
+        elif not _blank(line, 0, len(line)):
             yield number + 1, line
+
+
+def _stream(start: bytes, size: int, max_line_bytes: int) -> bool:
+    """Whether a line (of which `start` is the beginning) is not to be held whole: it is over the
+    limit, or it is a JSON array over ARRAY_STREAM_BYTES (orjson would turn all of it into Python
+    objects at once, ~5-10x its size, where the streaming reader holds one element)."""
+    return size > max_line_bytes or (size > ARRAY_STREAM_BYTES and start[:64].lstrip()[:1] == b"[")
 
 
 def _long_line(number: int, parts: list[bytes], stream: Iterator[bytes],
