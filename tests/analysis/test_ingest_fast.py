@@ -159,14 +159,35 @@ def test_a_failing_worker_fails_the_run_and_leaves_no_process(
     import wallwatch.analysis.ingest.worker as worker
 
     def broken(*args: Any, **kwargs: Any) -> Any:
-        raise ValueError("extractor bug")
+        raise ValueError("reader bug")
 
-    monkeypatch.setattr(worker, "make_observations", broken)  # forked workers inherit the patch
+    monkeypatch.setattr(worker, "iter_lines", broken)  # forked workers inherit the patch
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("ts-018-whatsapp.example.json", "ts-029-signal.example.json", "ts-020-telegram.example.json"):
         (inputs / name).write_bytes((samples_dir / name).read_bytes())
-    with pytest.raises(RuntimeError, match="extractor bug"):
+    with pytest.raises(RuntimeError, match="reader bug"):
         ingest([inputs], tmp_path / "data", workers=2)
     assert multiprocessing.active_children() == []
-    assert not (tmp_path / "data" / "ingested_files.jsonl").exists()  # nothing was marked done
+    assert Store(tmp_path / "data").read_jsonl("ingested_files") == []  # nothing was marked done
+
+
+def test_a_record_that_breaks_an_extractor_is_quarantined_and_the_run_goes_on(
+        samples_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wallwatch.analysis.ingest.worker as worker
+
+    real = worker.make_observations
+
+    def broken_on_signal(header: Any, *args: Any) -> Any:
+        if header.test_name == "signal":
+            raise ValueError("extractor bug")
+        return real(header, *args)
+
+    monkeypatch.setattr(worker, "make_observations", broken_on_signal)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("ts-018-whatsapp.example.json", "ts-029-signal.example.json", "ts-020-telegram.example.json"):
+        (inputs / name).write_bytes((samples_dir / name).read_bytes())
+    summary = ingest([inputs], tmp_path / "data", workers=2)
+    assert (summary.read, summary.stored, summary.quarantined) == (3, 2, 1)
+    assert summary.quarantine_reasons == {"unprocessable": 1}

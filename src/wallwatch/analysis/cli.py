@@ -11,7 +11,9 @@ progress bar on stderr (`wallwatch.progress`).
 from __future__ import annotations
 
 import enum
+import functools
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -279,11 +281,22 @@ def ingest_command(
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
     )] = None,
+    wait: Annotated[float, typer.Option(
+        "--wait", min=0, help="Seconds to wait for another writer of the data folder (default: stop at once)."
+    )] = 0.0,
+    max_line_mb: Annotated[float, typer.Option(
+        "--max-line-mb", min=0.001, help="Longest line read whole, in MiB; a longer one is quarantined "
+        "(or read element by element when it is a JSON array)."
+    )] = 32.0,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Measurements per commit: each batch becomes visible at once, or not at all."
+    )] = 20_000,
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from rich.console import Console
     from rich.table import Table
 
+    from wallwatch.analysis.commitlog import StoreLocked, is_no_space
     from wallwatch.analysis.ingest.pipeline import ingest
 
     from wallwatch.analysis.ingest.pipeline import discover
@@ -292,10 +305,25 @@ def ingest_command(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+    console = Console()
     files = len(list(discover(paths)))
-    with progress("ingest: files", files) as step:
-        summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers,
-                         on_file=lambda path, done: step(description=f"ingest: {done.read} measurements read"))
+    try:
+        with progress("ingest: files", files) as step:
+            summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers, lock_wait=wait,
+                             max_line_bytes=int(max_line_mb * 1024 * 1024), batch_size=batch_size,
+                             on_file=lambda path, done: step(description=f"ingest: {done.read} measurements read"))
+    except StoreLocked as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
+    except OSError as exc:
+        # A full disk or any other write error: what was committed before stays; the batch being
+        # written is not visible. Running again reads the unfinished files again and stores what
+        # is missing.
+        remedy = "free some space and" if is_no_space(exc) else "fix the cause and"
+        console.print(f"[red]ingest stopped: {exc.strerror or exc} ({exc.filename or _data_dir(data)}). Everything "
+                      f"stored before the last batch is intact; {remedy} run the same command again to "
+                      f"finish.[/red]")
+        raise typer.Exit(4) from None
     table = Table(title=f"ingest into {_data_dir(data)}")
     table.add_column("count")
     table.add_column("value", justify="right")
@@ -304,7 +332,6 @@ def ingest_command(
         table.add_row(key, str(getattr(summary, key)))
     for reason, count in sorted(summary.quarantine_reasons.items()):
         table.add_row(f"quarantined: {reason}", str(count))
-    console = Console()
     console.print(table)
     if summary.tests:
         from wallwatch.analysis.verdicts.rules import judgement_of
@@ -313,6 +340,11 @@ def ingest_command(
         for test_name, count in sorted(summary.tests.items()):
             tests.add_row(test_name, str(count), judgement_of(test_name))
         console.print(tests)
+    for line in summary.files_not_read:
+        console.print(f"not read: {line}", highlight=False, soft_wrap=True)
+    console.print(f"quarantine file: {summary.quarantine_file}"
+                  + ("" if summary.quarantined else " (nothing quarantined by this run)"), highlight=False,
+                  soft_wrap=True)
 
 
 class ExportDataset(str, enum.Enum):
@@ -485,11 +517,49 @@ def compare_command(
     console.print(listing)
 
 
+def compact_command(
+    data: DataOption = None,
+    dataset: Annotated[list[str] | None, typer.Option(
+        "--dataset", help="Only this dataset; repeatable (default: every dataset).")] = None,
+    min_files: Annotated[int, typer.Option(
+        "--min-files", min=2, help="Merge a partition's small files once it has this many.")] = 8,
+) -> None:
+    """Merge each partition's small Parquet files into one (after many small ingest batches)."""
+    store = _store(data)
+    for name in dataset or store.datasets():
+        removed = store.compact(name, min_files=min_files)
+        typer.echo(f"{name}: {removed} files merged" if removed else f"{name}: nothing to merge")
+
+
+def _store_errors_said_plainly(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that writes the store: another writer holding it (exit 3) or a full disk (exit 4)
+    is said in one line, not a traceback; the store is as its last commit left it either way."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from wallwatch.analysis.commitlog import StoreLocked, is_no_space
+
+        try:
+            command(*args, **kwargs)
+        except StoreLocked as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(3) from None
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            typer.echo(f"stopped: {exc.strerror} ({exc.filename or 'the data folder'}); nothing half-written "
+                       f"is visible: free some space and run again", err=True)
+            raise typer.Exit(4) from None
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare_command)
     app.add_typer(fingerprints_app, name="fingerprints")
     app.command("ingest")(ingest_command)
     app.command("export")(export_command)
-    app.command("series")(series_command)
-    app.command("events")(events_command)
-    app.command("report")(report_command)
+    app.command("series")(_store_errors_said_plainly(series_command))
+    app.command("events")(_store_errors_said_plainly(events_command))
+    app.command("report")(_store_errors_said_plainly(report_command))
+    app.command("compact")(_store_errors_said_plainly(compact_command))

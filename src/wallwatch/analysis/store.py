@@ -19,14 +19,22 @@ Write semantics (see docs/storage.md):
   for some dates is idempotent.
 * ``mode="append"`` adds new files next to the existing ones; ingest uses it
   after deduplicating by ``measurement_uid`` itself.
+
+Every change is atomic and crash-safe (``analysis/commitlog.py``): files are written to a
+temporary name, fsync'd and renamed, and become visible only when a commit names them;
+``Store.transaction()`` groups several writes (ingest: one batch's three datasets, its
+quarantine and ledger entries) into one commit. One writer at a time holds the folder's lock
+(``Store.writer()``); readers never wait and see the last commit.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -37,6 +45,19 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from wallwatch.analysis.commitlog import (
+    LOG_DIR,
+    STAGING_DIR,
+    Snapshot,
+    StoreLocked,  # noqa: F401 - re-exported: callers catch it from here
+    Transaction,
+    delete_retired,
+    finish_file,
+    finish_files,
+    load_snapshot,
+    temporary_name,
+    writer_lock,
+)
 from wallwatch.analysis.rows import MEASUREMENTS_SCHEMA, OBSERVATIONS_SCHEMA, VERDICTS_SCHEMA
 from wallwatch.analysis.tables import run_bounds
 
@@ -63,13 +84,18 @@ DEFAULT_PARTITIONS: Mapping[str, tuple[str, ...]] = {
 }
 
 
+# A path component (a hive `col=value` folder) longer than this is refused: NAME_MAX is 255 bytes
+# on Linux file systems (limits.h), and a value URI-encodes to up to 3 bytes a byte.
+MAX_PATH_COMPONENT = 200
+
+
 class StoreError(Exception):
     """Bad use of the store: unknown dataset name, missing partition column, ..."""
 
 
 def _check_name(name: str) -> str:
-    if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
-        raise StoreError(f"dataset/log name must be [A-Za-z0-9_-]+, got {name!r}")
+    if not name or len(name) > 64 or not all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in name):
+        raise StoreError(f"dataset/log name must be [A-Za-z0-9_-]{{1,64}}, got {name!r}")
     return name
 
 
@@ -80,8 +106,68 @@ def _sql_string(text: str) -> str:
 class Store:
     """Datasets of hive-partitioned Parquet under `root`, queried through DuckDB views."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, lock_wait: float = 0.0) -> None:
         self.root = Path(root)
+        # Seconds a write waits for another process's writer lock before failing (StoreLocked).
+        self.lock_wait = lock_wait
+        self._transaction: Transaction | None = None
+        self._snapshot: Snapshot | None = None  # the state while this object holds the lock
+
+    # -- the writer lock and transactions -------------------------------------------------
+
+    @contextmanager
+    def writer(self, wait: float | None = None) -> Iterator[Store]:
+        """Hold the data folder's writer lock for a while (a whole ingest run): one writer at a
+        time; a second fails at once with StoreLocked naming the holder's PID, or waits `wait`
+        seconds. Taking it after a writer died removes that writer's debris first."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with writer_lock(self.root, self.lock_wait if wait is None else wait):
+            yield self
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Writes (`write`, `append_jsonl`, or the Transaction's own calls) that become visible
+        together when the block ends, or not at all if it raises or the process dies.
+        Nested calls join the outer transaction."""
+        if self._transaction is not None:
+            yield self._transaction
+            return
+        with self.writer():
+            transaction = Transaction(self.root, self._current_snapshot())
+            self._transaction = transaction
+            try:
+                yield transaction
+                transaction.deleted = delete_retired(self.root, transaction.snapshot)
+                self._snapshot = transaction.commit()
+            except BaseException:
+                transaction.abandon()
+                self._snapshot = None
+                raise
+            finally:
+                self._transaction = None
+
+    def _current_snapshot(self) -> Snapshot:
+        """The committed state (called with the lock held: nobody else can change it)."""
+        cached = self._snapshot
+        if cached is not None and not (self.root / LOG_DIR / f"{cached.seq + 1:012d}.json").exists():
+            return cached
+        snapshot = load_snapshot(self.root)
+        if snapshot is None:  # writer_lock adopts the folder when it has no commit yet
+            raise StoreError(f"{self.root}: no commit log after taking the writer lock")
+        self._snapshot = snapshot
+        return snapshot
+
+    def snapshot(self) -> Snapshot | None:
+        """The committed state now (None: a folder no commit was written to, read the old way)."""
+        return load_snapshot(self.root)
+
+    def committed_files(self, dataset: str, snapshot: Snapshot | None = None) -> list[Path]:
+        """The Parquet files of `dataset` a reader sees."""
+        directory = self.dataset_dir(dataset)
+        snapshot = snapshot if snapshot is not None else self.snapshot()
+        if snapshot is None:  # written before the commit log, never by a writer since
+            return sorted(directory.rglob("*.parquet")) if directory.is_dir() else []
+        return [self.root / path for path in sorted(snapshot.files.get(dataset, ()))]
 
     # -- paths ---------------------------------------------------------------
 
@@ -92,7 +178,10 @@ class Store:
         return self.root / f"{_check_name(name)}.jsonl"
 
     def datasets(self) -> list[str]:
-        """Names of datasets that hold at least one Parquet file, sorted."""
+        """Names of datasets that hold at least one committed Parquet file, sorted."""
+        snapshot = self.snapshot()
+        if snapshot is not None:
+            return snapshot.datasets()
         if not self.root.is_dir():
             return []
         return sorted(
@@ -124,50 +213,76 @@ class Store:
             raise StoreError(f"{dataset}: partition columns {missing} not in table columns {table.column_names}")
         if table.num_rows == 0:
             return 0
-        directory.mkdir(parents=True, exist_ok=True)
-        if partitions and _plain_partition_values(table, partitions):
-            _write_partitions(table, directory, partitions, mode)
-            return table.num_rows
-        partition_schema = pa.schema([table.schema.field(col) for col in partitions])
-        pads.write_dataset(
-            table,
-            directory,
-            format="parquet",
-            partitioning=pads.partitioning(partition_schema, flavor="hive"),
-            # A unique name per call, so appends never overwrite earlier files.
-            basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
-            existing_data_behavior="delete_matching" if mode == "replace" else "overwrite_or_ignore",
-            file_options=pads.ParquetFileFormat().make_write_options(compression="zstd"),
-            max_rows_per_group=ROW_GROUP_ROWS,
-        )
+        with self.transaction() as transaction:
+            directory.mkdir(parents=True, exist_ok=True)
+            if partitions and _plain_partition_values(table, partitions):
+                _write_partitions(transaction, dataset, table, directory, partitions, mode)
+            else:
+                _write_through_dataset(transaction, dataset, table, directory, partitions, mode)
         return table.num_rows
+
+    def compact(self, dataset: str, *, min_files: int = 8, max_bytes: int = 256 * 1024 * 1024) -> int:
+        """Merge each partition's small files into one, in one commit; returns how many files went.
+
+        A long-running writer that commits many small batches (a live collector) leaves many small
+        files per partition, and every query opens each one; compaction rewrites them as one file
+        (rows unchanged, their order within the partition not kept), as Delta Lake's OPTIMIZE does
+        [DeltaLake2020]. A partition with fewer than `min_files` files under `max_bytes` / 4 each
+        is left alone; merged files are at most ~`max_bytes` (read whole, so that bounds memory).
+        Readers that connected before keep the old files for RETAIN_S seconds."""
+        removed = 0
+        with self.transaction() as transaction:
+            by_leaf: dict[str, list[Path]] = {}
+            for relpath in sorted(transaction.snapshot.files.get(dataset, ())):
+                by_leaf.setdefault(relpath.rsplit("/", 1)[0], []).append(self.root / relpath)
+            for leaf, files in by_leaf.items():
+                small = [(path, path.stat().st_size) for path in files if path.stat().st_size < max_bytes // 4]
+                for group in _groups(small, max_bytes):
+                    if len(group) < min_files:
+                        continue
+                    schema = pa.unify_schemas([pq.read_schema(path) for path in group])
+                    table = pads.dataset([str(path) for path in group], schema=schema, format="parquet").to_table()
+                    target = self.root / leaf / f"part-{uuid.uuid4().hex}-0.parquet"
+                    _write_file(transaction, dataset, table, target)
+                    finish_files([(temporary_name(target), target)])
+                    transaction.made(dataset, target)
+                    transaction.retire(dataset, [path.relative_to(self.root).as_posix() for path in group])
+                    removed += len(group)
+        return removed
 
     def append_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append rows to the append-only log `<root>/<name>.jsonl`; return how many were written."""
-        path = self.log_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         lines = [orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS, default=str) + b"\n" for row in rows]
         if lines:
-            with path.open("ab") as handle:
-                handle.write(b"".join(lines))
+            with self.transaction() as transaction:
+                transaction.append_log(self.log_path(name).relative_to(self.root).as_posix(), b"".join(lines))
         return len(lines)
+
+    def read_log(self, relpath: str) -> bytes:
+        """The committed bytes of a log (`events.jsonl`, `quarantine/<date>.jsonl`, ...)."""
+        path = self.root / relpath
+        snapshot = self.snapshot()
+        length = None if snapshot is None else snapshot.logs.get(relpath, 0)
+        try:
+            with path.open("rb") as handle:
+                return handle.read() if length is None else handle.read(length)
+        except FileNotFoundError:
+            return b""
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
         """All rows of a log written with `append_jsonl` (empty when it does not exist)."""
-        path = self.log_path(name)
-        if not path.exists():
-            return []
-        with path.open("rb") as handle:
-            return [orjson.loads(line) for line in handle if line.strip()]
+        data = self.read_log(self.log_path(name).relative_to(self.root).as_posix())
+        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
     # -- reading -------------------------------------------------------------
 
     def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per dataset (core datasets always exist, maybe empty)."""
         connection = duckdb.connect(database)
-        names = set(self.datasets()) | set(KNOWN_SCHEMAS)
+        snapshot = self.snapshot()  # one state for every view: they agree with each other
+        names = set(snapshot.datasets() if snapshot is not None else self.datasets()) | set(KNOWN_SCHEMAS)
         for name in sorted(names):
-            connection.execute(f"CREATE OR REPLACE VIEW {name} AS {self._select_sql(name)}")
+            connection.execute(f"CREATE OR REPLACE VIEW {name} AS {self._select_sql(name, snapshot)}")
         return connection
 
     def read(self, dataset: str, where: str | None = None) -> pa.Table:
@@ -181,12 +296,27 @@ class Store:
         finally:
             connection.close()
 
-    def _select_sql(self, dataset: str) -> str:
-        directory = self.dataset_dir(dataset)
-        if _has_parquet(directory):
-            glob = _sql_string(str(directory / "**" / "*.parquet"))
-            return f"SELECT * FROM read_parquet({glob}, hive_partitioning = true, union_by_name = true)"
+    def _select_sql(self, dataset: str, snapshot: Snapshot | None) -> str:
+        # The committed files by name, never a glob: a file no commit names is not there.
+        files = self.committed_files(dataset, snapshot)
+        if files:
+            listed = "[" + ", ".join(_sql_string(str(path)) for path in files) + "]"
+            return f"SELECT * FROM read_parquet({listed}, hive_partitioning = true, union_by_name = true)"
         return _empty_select(KNOWN_SCHEMAS[dataset])
+
+
+def _groups(files: list[tuple[Path, int]], max_bytes: int) -> Iterator[list[Path]]:
+    """Consecutive files in groups of at most `max_bytes` in all."""
+    group: list[Path] = []
+    size = 0
+    for path, length in files:
+        if group and size + length > max_bytes:
+            yield group
+            group, size = [], 0
+        group.append(path)
+        size += length
+    if group:
+        yield group
 
 
 def _plain_partition_values(table: pa.Table, partitions: Sequence[str]) -> bool:
@@ -201,7 +331,8 @@ def _plain_partition_values(table: pa.Table, partitions: Sequence[str]) -> bool:
     return True
 
 
-def _write_partitions(table: pa.Table, directory: Path, partitions: Sequence[str], mode: WriteMode) -> None:
+def _write_partitions(transaction: Transaction, dataset: str, table: pa.Table, directory: Path,
+                      partitions: Sequence[str], mode: WriteMode) -> None:
     """Hive-partitioned Parquet, one file per partition per call, with `pq.write_table`.
 
     Same layout and semantics as `write_dataset(..., partitioning=hive)` (partition columns
@@ -214,26 +345,90 @@ def _write_partitions(table: pa.Table, directory: Path, partitions: Sequence[str
     data = table.drop_columns(list(partitions))
     name = f"part-{uuid.uuid4().hex}-0.parquet"
     jobs = []
+    leaves = []
     for key, runs in groups.items():
-        leaf = directory.joinpath(*(f"{col}={quote(str(value), safe='')}" for col, value in zip(partitions, key)))
-        if mode == "replace" and leaf.is_dir():
-            for old in leaf.iterdir():
-                if old.is_file():
-                    old.unlink()
-        leaf.mkdir(parents=True, exist_ok=True)
+        leaf = directory.joinpath(*(_component(col, value) for col, value in zip(partitions, key)))
+        leaves.append(leaf)
         rows = pa.concat_tables([data.slice(start, end - start) for start, end in runs])  # zero-copy
-        jobs.append((rows, leaf / name))
+        jobs.append((transaction, dataset, rows, leaf / name))
+    if mode == "replace":
+        _retire_leaves(transaction, dataset, leaves)
+    for leaf in leaves:
+        leaf.mkdir(parents=True, exist_ok=True)
     if len(jobs) == 1:
         _write_file(*jobs[0])
-        return
-    # pq.write_table encodes and compresses without holding the GIL: partitions go in parallel.
-    with ThreadPoolExecutor(max_workers=min(len(jobs), WRITE_THREADS)) as pool:
-        for done in [pool.submit(_write_file, rows, path) for rows, path in jobs]:
-            done.result()
+    else:
+        # pq.write_table encodes and compresses without holding the GIL: partitions go in parallel.
+        with ThreadPoolExecutor(max_workers=min(len(jobs), WRITE_THREADS)) as pool:
+            for done in [pool.submit(_write_file, *job) for job in jobs]:
+                done.result()
+    # Then all fsync'd at once and renamed (commitlog.finish_files): one by one, in the writing
+    # threads, the fsyncs cost more than the writes.
+    finish_files((temporary_name(path), path) for _, _, _, path in jobs)
+    for _, _, _, path in jobs:
+        transaction.made(dataset, path)
 
 
-def _write_file(rows: pa.Table, path: Path) -> None:
-    pq.write_table(rows, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+def _component(col: str, value: Any) -> str:
+    text = f"{col}={quote(str(value), safe='')}"
+    if len(text.encode()) > MAX_PATH_COMPONENT:
+        raise StoreError(f"partition value too long for a folder name ({len(text)} > {MAX_PATH_COMPONENT}): "
+                         f"{text[:80]}...")
+    return text
+
+
+def _retire_leaves(transaction: Transaction, dataset: str, leaves: Iterable[Path]) -> None:
+    """mode="replace": the committed files of these partitions go when the new ones come."""
+    wanted = {leaf.relative_to(transaction.root).as_posix() for leaf in leaves}
+    live = transaction.snapshot.files.get(dataset, set())
+    transaction.retire(dataset, [path for path in live if path.rsplit("/", 1)[0] in wanted])
+    earlier = transaction.add.get(dataset, [])  # written by this same transaction: replaced too
+    for path in [p for p in earlier if p.rsplit("/", 1)[0] in wanted]:
+        earlier.remove(path)
+        (transaction.root / path).unlink(missing_ok=True)
+
+
+def _write_file(transaction: Transaction, dataset: str, rows: pa.Table, path: Path) -> None:
+    partial = temporary_name(path)
+    transaction.making(partial)
+    transaction.making(path)
+    pq.write_table(rows, partial, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+def _write_through_dataset(transaction: Transaction, dataset: str, table: pa.Table, directory: Path,
+                           partitions: Sequence[str], mode: WriteMode) -> None:
+    """Partition values our writer does not format (nulls, other types): pyarrow's writer lays
+    the files out in a staging folder, then each is fsync'd and renamed into the dataset."""
+    staging = transaction.root / STAGING_DIR / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    try:
+        partition_schema = pa.schema([table.schema.field(col) for col in partitions])
+        pads.write_dataset(
+            table,
+            staging,
+            format="parquet",
+            partitioning=pads.partitioning(partition_schema, flavor="hive") if partitions else None,
+            basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
+            file_options=pads.ParquetFileFormat().make_write_options(compression="zstd"),
+            max_rows_per_group=ROW_GROUP_ROWS,
+        )
+        made = sorted(path for path in staging.rglob("*.parquet"))
+        leaves = sorted({directory / path.parent.relative_to(staging) for path in made})
+        for leaf in leaves:
+            if len(leaf.name.encode()) > MAX_PATH_COMPONENT:
+                raise StoreError(f"partition value too long for a folder name: {leaf.name[:80]}...")
+        if mode == "replace":
+            _retire_leaves(transaction, dataset, leaves)
+        for path in made:
+            final = directory / path.relative_to(staging)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = temporary_name(final)
+            transaction.making(partial)
+            os.replace(path, partial)
+            finish_file(partial, final)
+            transaction.made(dataset, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # With more runs than this per partition, one stable sort (a `take` of every column) is cheaper

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,15 +15,47 @@ class RecordError(ValueError):
     """A record that is not a usable measurement; the message is the quarantine reason."""
 
 
+# What may follow "YYYY-MM-DD hh:mm:ss": fractional seconds, then a zone: "Z" or an offset
+# ("+05:00", "+0500", "+05"), as RFC 3339 §5.6 and ISO 8601 write them.
+_TIME_SUFFIX = re.compile(r"(?:\.\d{1,9})?(?:(?P<z>[Zz])|(?P<sign>[+-])(?P<hh>\d{2})(?::?(?P<mm>\d{2}))?)?")
+
+
 def parse_time(value: Any) -> dt.datetime:
-    """OONI's "YYYY-MM-DD hh:mm:ss" (df-000), also accepting ISO 8601 "T" and "Z" (UTC, returned naive)."""
-    if not isinstance(value, str) or len(value) < 19:
+    """OONI's "YYYY-MM-DD hh:mm:ss" (df-000, UTC), also ISO 8601 with "T", fractional seconds
+    (dropped, as before) and a zone: "Z", or an offset such as "+05:00", converted to UTC.
+    Returned naive, in UTC; anything else after the seconds is refused, never ignored."""
+    if not isinstance(value, str) or len(value) < 19 or value[10] not in " Tt":
         raise RecordError(f"bad_measurement_start_time: {value!r}")
     try:
-        return dt.datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]),
-                           int(value[11:13]), int(value[14:16]), int(value[17:19]))
+        moment = dt.datetime(int(value[0:4]), int(value[5:7]), int(value[8:10]),
+                             int(value[11:13]), int(value[14:16]), int(value[17:19]))
     except ValueError:
         raise RecordError(f"bad_measurement_start_time: {value!r}") from None
+    if len(value) == 19:
+        return moment
+    suffix = _TIME_SUFFIX.fullmatch(value, 19)
+    if suffix is None:
+        raise RecordError(f"bad_measurement_start_time: {value!r} (unreadable after the seconds)")
+    if suffix["sign"]:
+        hours, minutes = int(suffix["hh"]), int(suffix["mm"] or 0)
+        if hours > 23 or minutes > 59:
+            raise RecordError(f"bad_measurement_start_time: {value!r} (offset out of range)")
+        offset = dt.timedelta(hours=hours, minutes=minutes)
+        moment = moment - offset if suffix["sign"] == "+" else moment + offset
+    return moment
+
+
+# A test name becomes a folder name (`test_name=<t>` partitions): OONI's are short snake_case
+# (ooni/spec nettests/ts-*.md); anything longer or with control characters is no test's name.
+MAX_TEST_NAME = 64
+
+
+def _check_test_name(test_name: str) -> str:
+    if len(test_name) > MAX_TEST_NAME or not test_name.isprintable():
+        shown = test_name[:40] + ("..." if len(test_name) > 40 else "")
+        raise RecordError(f"bad_test_name: {shown!r} ({len(test_name)} characters; at most {MAX_TEST_NAME} "
+                          f"printable ones)")
+    return test_name
 
 
 def parse_asn(value: Any) -> int:
@@ -77,6 +110,7 @@ def read_header(record: Any) -> tuple[Header, dict[str, Any], Mapping[str, Any]]
     test_name = record.get("test_name")
     if not isinstance(test_name, str) or not test_name:
         raise RecordError("missing_field: test_name")
+    _check_test_name(test_name)
     test_keys = record.get("test_keys")
     if not isinstance(test_keys, dict):
         raise RecordError("missing_field: test_keys")

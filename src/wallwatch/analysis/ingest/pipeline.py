@@ -9,10 +9,15 @@ collects the Arrow batches and writes Parquet every `batch_size` measurements.
 Memory is bounded by `batch_size` measurements' rows here plus a few
 `RECORDS_PER_BATCH` batches in flight (the result queue is bounded).
 
+Every batch is one commit (`Store.transaction`, analysis/commitlog.py): its measurements,
+observations, verdicts, quarantine rows, the ledger entries of the files it finished and
+the raw copies its rows point at become visible together or not at all, whatever kills
+the run. The run holds the data folder's writer lock throughout.
+
 Resumability, two ways:
 * a ledger of finished files (`<data>/ingested_files.jsonl`) keyed by path, size,
   mtime and a sha256 of the first and last 64 KiB: an unchanged file is skipped;
-  a file enters the ledger only after all its rows are written;
+  a file enters the ledger in the commit that holds its last rows;
 * dedup by `measurement_uid` across files and runs: OONI's own uid when present,
   else "ww-" + sha256(report_id, input, measurement_start_time, test_name)[:32]
   (the fields of OONI's fastpath ReplacingMergeTree key, ooni/backend docs/Database.md).
@@ -25,11 +30,15 @@ OONI's own `jsonl` table points from measurement_uid to (s3path, linenum)
 (ooni/backend docs/Database.md): no record is re-serialised; `read_raw` gets one back.
 
 A record that cannot be read goes to `<data>/quarantine/<date>.jsonl` with the reason
-and is counted; the run continues.
+and is counted; the run continues (a re-read file's rows an interrupted run already
+quarantined are not written twice: a commit mark counts them). A file that is not a
+regular file, or whose first records are none of them measurements, is skipped whole
+with one line in `IngestSummary.files_not_read`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import datetime as dt
@@ -37,6 +46,8 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import signal
+import stat
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -59,12 +70,24 @@ from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the 
     read_header,
     stable_uid,
 )
-from wallwatch.analysis.ingest.worker import Batch, FileEnd, FileReader, WorkerConfig, read_raw_line
+from wallwatch.analysis.commitlog import Snapshot, fsync_all
+from wallwatch.analysis.ingest.worker import (
+    DEFAULT_MAX_LINE_BYTES,
+    RAW_DIR,
+    RECORDS_PER_BATCH,
+    Batch,
+    WorkerConfig,
+    raw_name,
+    read_files,
+    read_raw_line,
+)
 from wallwatch.analysis.store import Store
 from wallwatch.analysis.verdicts.rules import RuleSet, default_rule_sets
 
 SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 LEDGER = "ingested_files"
+LEDGER_LOG = f"{LEDGER}.jsonl"
+QUARANTINE_DIR = "quarantine"
 FINGERPRINT_CHUNK = 64 * 1024
 # Measurements per Parquet write: large writes keep files few and big (one file per
 # partition per write); 20k measurements are ~30 MB of derived rows.
@@ -85,6 +108,10 @@ class IngestSummary:
     verdicts: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     tests: Counter[str] = field(default_factory=Counter)  # stored measurements per test name
+    # Files not read at all, with why: not a regular file (a FIFO, a device), or not measurements.
+    files_not_read: list[str] = field(default_factory=list)
+    # Where this run's quarantined records went (one file per UTC day).
+    quarantine_file: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k not in ("quarantine_reasons", "tests")}
@@ -96,15 +123,24 @@ class IngestSummary:
 # -- reading files -----------------------------------------------------------------
 
 
-def discover(paths: Iterable[Path]) -> Iterator[Path]:
-    """Measurement files under `paths`, sorted; OONI minipipeline `analysis*.json` files are not measurements."""
+def discover(paths: Iterable[Path], not_read: list[str] | None = None) -> Iterator[Path]:
+    """Measurement files under `paths`, sorted; OONI minipipeline `analysis*.json` files are not measurements.
+
+    A path that is not a regular file (a FIFO, a socket, a device) is never opened: it is named
+    in `not_read` (a FIFO opened for reading blocks until a writer comes)."""
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if _is_measurement_file(child):
+            for child in sorted(p for p in path.rglob("*") if _is_measurement_file(p)):
+                if child.is_file():
                     yield child
+                elif not child.is_dir() and not_read is not None:
+                    not_read.append(f"{child}: not a regular file, skipped")
         elif path.is_file():
             yield path
+        elif path.exists():
+            if not_read is None:
+                raise OSError(f"{path}: not a regular file")
+            not_read.append(f"{path}: not a regular file, skipped")
         else:
             raise FileNotFoundError(path)
 
@@ -126,14 +162,17 @@ class FileKey:
 
     @classmethod
     def of(cls, path: Path) -> FileKey:
-        stat = path.stat()
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks, even on a FIFO
+        with os.fdopen(fd, "rb") as handle:
+            stat_ = os.fstat(fd)
+            if not stat.S_ISREG(stat_.st_mode):
+                raise OSError(f"{path}: not a regular file")
+            digest = hashlib.sha256()
             digest.update(handle.read(FINGERPRINT_CHUNK))
-            if stat.st_size > FINGERPRINT_CHUNK:
-                handle.seek(max(FINGERPRINT_CHUNK, stat.st_size - FINGERPRINT_CHUNK))
+            if stat_.st_size > FINGERPRINT_CHUNK:
+                handle.seek(max(FINGERPRINT_CHUNK, stat_.st_size - FINGERPRINT_CHUNK))
                 digest.update(handle.read(FINGERPRINT_CHUNK))
-        return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+        return cls(str(path.resolve()), stat_.st_size, stat_.st_mtime_ns, digest.hexdigest())
 
     @property
     def ledger_key(self) -> tuple[str, int, int, str]:
@@ -149,6 +188,10 @@ class FileKey:
 class _WorkerFailed:
     file_index: int
     trace: str
+    # An OSError (a full disk while keeping a raw copy) is raised again as itself in the parent.
+    errno: int | None = None
+    strerror: str | None = None
+    filename: str | None = None
 
 
 _WORKER_DONE = "done"
@@ -171,17 +214,43 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _work(tasks: Any, results: Any, config: WorkerConfig, seen: set[str]) -> None:
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (prctl(2) PR_SET_PDEATHSIG), so a
+    `kill -9` of `wallwatch ingest` leaves no worker blocked on a queue nobody reads. If the
+    parent died before the call, exit now (the signal is only sent for a death after it)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's poll still ends the run
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _work(tasks: Any, results: Any, config: WorkerConfig, seen: set[str], parent_pid: int) -> None:
     """A worker process: read the files it is given until the None sentinel."""
+    die_with_parent(parent_pid)
     gc.disable()  # see no_cyclic_gc; this process ends with the run
-    while (task := tasks.get()) is not None:
-        index, path, raw_key = task
-        try:
-            for message in FileReader(index, path, raw_key, config, seen).batches():
-                results.put(message)
-        except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-            results.put(_WorkerFailed(index, traceback.format_exc()))
-            return
+    current = [-1]
+
+    def task_list() -> Iterator[tuple[int, Path, str]]:
+        while (task := tasks.get()) is not None:
+            current[0] = task[0]
+            yield task
+
+    try:
+        for batch in read_files(task_list(), config, seen):
+            results.put(batch)
+    except OSError as exc:
+        results.put(_WorkerFailed(current[0], traceback.format_exc(), exc.errno, exc.strerror,
+                                  None if exc.filename is None else str(exc.filename)))
+        return
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        results.put(_WorkerFailed(current[0], traceback.format_exc()))
+        return
     results.put(_WORKER_DONE)
 
 
@@ -189,71 +258,112 @@ class Ingester:
     """One ingest run into `store`: call `ingest_paths`, read `summary`.
 
     `workers`: processes reading files in parallel (default: one per CPU, at most one
-    per file); 1 reads in this process.
+    per file); 1 reads in this process. `lock_wait`: seconds to wait for another writer
+    of the data folder (default: fail at once, naming it). `max_line_bytes`: the longest
+    line read whole (longer ones are quarantined, or streamed when they are a JSON array).
     """
 
     def __init__(self, store: Store, *, batch_size: int = DEFAULT_BATCH, keep_raw: bool = True,
                  rule_sets: Mapping[str, RuleSet] | None = None, fingerprints: FingerprintDB | None = None,
-                 on_file: Callable[[Path, IngestSummary], None] | None = None, workers: int | None = None) -> None:
+                 on_file: Callable[[Path, IngestSummary], None] | None = None, workers: int | None = None,
+                 lock_wait: float = 0.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.store = store
         self.batch_size = batch_size
         self.workers = workers
         self.on_file = on_file
+        self.lock_wait = lock_wait
         self.summary = IngestSummary()
         ingested_at = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        # A worker's batch is never larger than a commit: small commits (a live collector's) stay small.
         self.config = WorkerConfig(store.root, keep_raw, rule_sets or default_rule_sets(),
-                                   fingerprints or load_fingerprints(), ingested_at)
-        self.seen_uids = self._stored_uids()
-        self.done_files = {_ledger_key(row) for row in store.read_jsonl(LEDGER)}
+                                   fingerprints or load_fingerprints(), ingested_at, max_line_bytes,
+                                   min(RECORDS_PER_BATCH, batch_size))
+        self.seen_uids: set[str] = set()
+        self.done_files: set[tuple[str, int, int, str]] = set()
         self._files: list[tuple[Path, FileKey]] = []
+        self._admitted: set[tuple[str, int, int, str]] = set()
         self._tables: dict[str, list[pa.Table]] = {"measurements": [], "observations": [], "verdicts": []}
         self._pending = 0
         self._quarantine: list[dict[str, Any]] = []
         self._ended: list[int] = []
+        self._snapshot: Snapshot | None = None
+        # Per file index: quarantine rows this run produced, and how many an interrupted run
+        # committed before (a re-read file's first that-many rows are not written again).
+        self._quarantined_rows: Counter[int] = Counter()
+        self._quarantine_done: dict[int, int] = {}
+        self._referenced_raw: set[str] = set()  # raw copies rows of this run point at
+        self._new_raw: set[str] = set()  # ... not yet committed
+        self.summary.quarantine_file = str(store.root / _quarantine_log())
 
-    def _stored_uids(self) -> set[str]:
-        directory = self.store.dataset_dir("measurements")
-        if not directory.is_dir():
+    def _load_state(self) -> None:
+        """What is committed (read with the writer lock held, after any recovery)."""
+        snapshot = self.store.snapshot()
+        assert snapshot is not None  # the writer lock adopts a folder with no commit yet
+        self._snapshot = snapshot
+        self.seen_uids = self._stored_uids(snapshot)
+        self.done_files = {_ledger_key(row) for row in self.store.read_jsonl(LEDGER)}
+
+    def _stored_uids(self, snapshot: Snapshot) -> set[str]:
+        files = self.store.committed_files("measurements", snapshot)
+        if not files:
             return set()
         # pyarrow rather than DuckDB: no DuckDB threads exist in this process when workers fork.
-        dataset = pads.dataset(directory, format="parquet", partitioning="hive")
+        dataset = pads.dataset([str(path) for path in files], format="parquet")
         return set(dataset.to_table(columns=["measurement_uid"]).column(0).to_pylist())
 
     # -- the run ---------------------------------------------------------------
 
     def ingest_paths(self, paths: Iterable[Path]) -> IngestSummary:
-        todo = [index for path in discover(paths) if (index := self._admit(path)) is not None]
-        workers = self.workers or min(os.cpu_count() or 1, len(todo))
-        with no_cyclic_gc():
-            if workers <= 1 or len(todo) <= 1:
-                for index in todo:
-                    self._read_here(index)
-            else:
-                self._read_in_workers(todo, workers)
-            self.flush()
+        with self.store.writer(self.lock_wait):
+            self._load_state()
+            found = list(discover(paths, self.summary.files_not_read))
+            todo = [index for path in found if (index := self._admit(path)) is not None]
+            workers = self.workers or min(os.cpu_count() or 1, len(todo))
+            with no_cyclic_gc():
+                if workers <= 1 or len(todo) <= 1:
+                    self._read_here(todo)
+                else:
+                    self._read_in_workers(todo, workers)
+                self.flush()
         return self.summary
 
     def ingest_file(self, path: Path) -> None:
-        index = self._admit(path)
-        if index is not None:
-            with no_cyclic_gc():
-                self._read_here(index)
-                self.flush()
+        with self.store.writer(self.lock_wait):
+            self._load_state()
+            index = self._admit(path)
+            if index is not None:
+                with no_cyclic_gc():
+                    self._read_here([index])
+                    self.flush()
 
     def _admit(self, path: Path) -> int | None:
-        """The file's index for reading, or None when the ledger says it is done."""
+        """The file's index for reading, or None when the ledger says it is done (or it cannot be)."""
         self.summary.files_seen += 1
-        key = FileKey.of(path)
-        if key.ledger_key in self.done_files:
-            self.summary.files_skipped += 1
+        try:
+            key = FileKey.of(path)
+        except OSError as exc:
+            self.summary.files_not_read.append(f"{path}: {exc.strerror or exc}, skipped")
             return None
+        if key.ledger_key in self.done_files or key.ledger_key in self._admitted:
+            self.summary.files_skipped += 1  # done, or given twice in this run (one raw copy, one reader)
+            return None
+        self._admitted.add(key.ledger_key)
         self._files.append((path, key))
-        return len(self._files) - 1
+        index = len(self._files) - 1
+        assert self._snapshot is not None
+        done = self._snapshot.marks.get(_progress_mark(key))
+        if done:
+            self._quarantine_done[index] = int(done)
+        return index
 
-    def _read_here(self, index: int) -> None:
-        path, key = self._files[index]
-        for message in FileReader(index, path, key.raw_key, self.config, self.seen_uids).batches():
-            self._take(message)
+    def _tasks(self, todo: list[int]) -> Iterator[tuple[int, Path, str]]:
+        for index in todo:
+            path, key = self._files[index]
+            yield index, path, key.raw_key
+
+    def _read_here(self, todo: list[int]) -> None:
+        for batch in read_files(self._tasks(todo), self.config, self.seen_uids):
+            self._take(batch)
 
     def _read_in_workers(self, todo: list[int], workers: int) -> None:
         # fork: the workers share the config and the stored uids without pickling them.
@@ -262,15 +372,15 @@ class Ingester:
         # blocks the parent while the workers wait for it to take their results.
         tasks = context.Queue()
         results = context.Queue(maxsize=2 * workers)  # bounded: backpressure keeps memory flat
-        processes = [context.Process(target=_work, args=(tasks, results, self.config, self.seen_uids), daemon=True)
+        processes = [context.Process(target=_work, args=(tasks, results, self.config, self.seen_uids, os.getpid()),
+                                     daemon=True)
                      for _ in range(workers)]
         for process in processes:
             process.start()
         finished = False
         try:
-            for index in todo:
-                path, key = self._files[index]
-                tasks.put((index, path, key.raw_key))
+            for task in self._tasks(todo):
+                tasks.put(task)
             for _ in processes:
                 tasks.put(None)
             running = workers
@@ -284,8 +394,10 @@ class Ingester:
                 if message == _WORKER_DONE:
                     running -= 1
                 elif isinstance(message, _WorkerFailed):
-                    raise RuntimeError(f"ingest worker failed on {self._files[message.file_index][0]}:\n"
-                                       f"{message.trace}")
+                    if message.errno is not None:
+                        raise OSError(message.errno, message.strerror, message.filename)
+                    failed = self._files[message.file_index][0] if message.file_index >= 0 else "?"
+                    raise RuntimeError(f"ingest worker failed on {failed}:\n{message.trace}")
                 else:
                     self._take(message)
             finished = True
@@ -300,22 +412,35 @@ class Ingester:
             tasks.cancel_join_thread()  # sentinels nobody will read after a failure must not block exit
             results.close()
 
-    def _take(self, message: Batch | FileEnd) -> None:
-        if isinstance(message, FileEnd):
-            self._ended.append(message.file_index)
-            if self.on_file:
-                self.on_file(self._files[message.file_index][0], self.summary)
-            return
-        self.summary.read += message.read
-        self.summary.duplicated += message.duplicated
-        for row in message.quarantine:
+    def _take(self, batch: Batch) -> None:
+        self.summary.read += batch.read
+        self.summary.duplicated += batch.duplicated
+        for index, row in batch.quarantine:
+            self._quarantined_rows[index] += 1
+            if self._quarantined_rows[index] <= self._quarantine_done.get(index, 0):
+                continue  # committed by an earlier, interrupted run that read this file too
             self.summary.quarantined += 1
             self.summary.quarantine_reasons[row["reason"].split(":", 1)[0]] += 1
-        self._quarantine.extend(message.quarantine)
-        if message.measurements is not None:
-            self._add_rows(message)
+            self._quarantine.append(row)
+        if batch.measurements is not None:
+            self._add_rows(batch)
+        for index, why in batch.not_measurements:
+            self.summary.files_not_read.append(f"{self._files[index][0]}: {why}; skipped as not measurements")
+        for index in batch.ended:
+            self._end_file(index)
         if self._pending >= self.batch_size:
             self.flush()
+
+    def _end_file(self, index: int) -> None:
+        self._ended.append(index)
+        path, key = self._files[index]
+        raw_file = f"{RAW_DIR}/{key.raw_key}/{raw_name(path)}"
+        assert self._snapshot is not None
+        if (self.config.keep_raw and raw_file not in self._referenced_raw
+                and raw_file not in self._snapshot.raw):
+            (self.store.root / raw_file).unlink(missing_ok=True)  # no row points at it
+        if self.on_file:
+            self.on_file(path, self.summary)
 
     def _add_rows(self, batch: Batch) -> None:
         assert batch.measurements is not None and batch.observations is not None and batch.verdicts is not None
@@ -331,6 +456,10 @@ class Ingester:
         self.seen_uids.update(uids)
         for entry in pc.value_counts(measurements["test_name"]).to_pylist():
             self.summary.tests[entry["values"]] += entry["counts"]
+        if self.config.keep_raw and measurements.num_rows:
+            raw = set(pc.unique(measurements["raw_file"]).drop_null().to_pylist())
+            self._new_raw.update(raw - self._referenced_raw)
+            self._referenced_raw.update(raw)
         self.summary.stored += measurements.num_rows
         self._pending += measurements.num_rows
         self._tables["measurements"].append(measurements)
@@ -338,32 +467,69 @@ class Ingester:
         self._tables["verdicts"].append(verdicts)
 
     def flush(self) -> None:
-        """Write the collected rows, then the quarantine, then the ledger entries of finished files."""
+        """One commit: the collected rows, the quarantine, the ledger entries of finished files and
+        the raw copies the rows point at become visible together, or (killed, disk full) none of them."""
+        if not (self._pending or self._quarantine or self._ended):
+            return
+        assert self._snapshot is not None
+        quarantine_log = _quarantine_log()
+        with self.store.transaction() as transaction:
+            if self._pending:
+                tables = {name: pa.concat_tables(parts) for name, parts in self._tables.items()}
+                self.store.write("measurements", tables["measurements"], mode="append")
+                observations = self.store.write("observations", tables["observations"], mode="append")
+                verdicts = self.store.write("verdicts", tables["verdicts"], mode="append")
+            if self._quarantine:
+                transaction.append_log(quarantine_log, b"".join(orjson.dumps(row) + b"\n" for row in self._quarantine))
+            ended = set(self._ended)
+            for index, count in self._quarantined_rows.items():  # progress of files not finished yet
+                if index not in ended and count > self._quarantine_done.get(index, 0):
+                    transaction.marks[_progress_mark(self._files[index][1])] = count
+            for index in ended:
+                mark = _progress_mark(self._files[index][1])
+                if mark in self._snapshot.marks:
+                    transaction.marks[mark] = None
+            if self._ended:
+                keys = [self._files[index][1] for index in self._ended]
+                transaction.append_log(LEDGER_LOG, b"".join(orjson.dumps(
+                    {**dataclasses.asdict(key), "ingested_at": self.config.ingested_at.isoformat()}) + b"\n"
+                    for key in keys))
+            if self._new_raw:
+                _fsync_files(self.store.root, sorted(self._new_raw))
+                transaction.raw.update(self._new_raw)
+        # Committed: only now is it counted as done.
         if self._pending:
-            tables = {name: pa.concat_tables(parts) for name, parts in self._tables.items()}
-            self.store.write("measurements", tables["measurements"], mode="append")
-            self.summary.observations += self.store.write("observations", tables["observations"], mode="append")
-            self.summary.verdicts += self.store.write("verdicts", tables["verdicts"], mode="append")
+            self.summary.observations += observations
+            self.summary.verdicts += verdicts
+        if self._quarantine:
+            self.summary.quarantine_file = str(self.store.root / quarantine_log)
+        for index in self._ended:
+            self.done_files.add(self._files[index][1].ledger_key)
+            self._quarantine_done[index] = self._quarantined_rows.get(index, 0)
+        for index, count in self._quarantined_rows.items():
+            self._quarantine_done[index] = max(self._quarantine_done.get(index, 0), count)
+        self._snapshot = transaction.snapshot
         self._tables = {name: [] for name in self._tables}
         self._pending = 0
-        if self._quarantine:
-            today = dt.datetime.now(dt.UTC).date().isoformat()
-            (self.store.root / "quarantine").mkdir(parents=True, exist_ok=True)
-            _append_quarantine(self.store.root / "quarantine" / f"{today}.jsonl", self._quarantine)
-            self._quarantine = []
-        if self._ended:
-            keys = [self._files[index][1] for index in self._ended]
-            self.store.append_jsonl(LEDGER, [{**dataclasses.asdict(key), "ingested_at": self.config.ingested_at
-                                              .isoformat()} for key in keys])
-            self.done_files.update(key.ledger_key for key in keys)
-            self._ended = []
+        self._quarantine = []
+        self._ended = []
+        self._new_raw = set()
 
 
-def _append_quarantine(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("ab") as handle:
-        handle.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
-        handle.flush()
-        os.fsync(handle.fileno())
+def _quarantine_log() -> str:
+    return f"{QUARANTINE_DIR}/{dt.datetime.now(dt.UTC).date().isoformat()}.jsonl"
+
+
+def _progress_mark(key: FileKey) -> str:
+    """The commit mark holding how many quarantine rows of a file an unfinished run committed."""
+    return f"ingest.quarantined.{key.raw_key}"
+
+
+def _fsync_files(root: Path, relpaths: list[str]) -> None:
+    """fsync each file and its folder (a raw copy and its new `raw/<key>/` entry) before a commit
+    names them, many at once (commitlog.fsync_all)."""
+    paths = [root / relpath for relpath in relpaths]
+    fsync_all([*paths, *sorted({path.parent for path in paths}), *([root / RAW_DIR] if paths else [])])
 
 
 def _ledger_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:

@@ -1,10 +1,15 @@
 """One file's share of an ingest: lines -> header -> observations -> verdicts -> Arrow batches.
 
-This is the part of `ingest` that runs in worker processes (see ingest.py for the
-parent: dedup across files, Parquet writes, ledger). It is pure with respect to
-the store: it reads one input file and yields `Batch`es of Arrow tables plus the
-quarantine rows, then one `FileEnd`. The one side effect is the kept raw copy of
-the input (`raw/<key>/<name>`), made before any row points at it.
+This is the part of `ingest` that runs in worker processes (see pipeline.py for the
+parent: dedup across files, commits, ledger). It is pure with respect to the store:
+it reads input files one after another and yields `Batch`es of Arrow tables plus the
+quarantine rows and the files that ended, a batch spanning files. The one side effect
+is the kept raw copy of each input (`raw/<key>/<name>`), made before any row points at
+it and visible only once a commit names it.
+
+Memory is bounded by configuration, not input: a line over `max_line_bytes` is never
+held whole (`split_lines`), a JSON array that long is read element by element, and a
+batch holds at most `records_per_batch` records whatever the number of files.
 
 Speed notes (bench/bench_ingest.py measures them):
 * gunzip with ISA-L (python-isal `igzip`), 2-4x faster than zlib on inflate;
@@ -16,10 +21,16 @@ Speed notes (bench/bench_ingest.py measures them):
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import gzip
+import hashlib
+import json
+import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import stat
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -41,6 +52,10 @@ from wallwatch.analysis.verdicts.rules import RuleSet, judge_measurement
 # A .json file is parsed whole up to this size; bigger ones are read line by line
 # (OONI's largest single measurements are ~1 MB, ooni/data Readme).
 MAX_WHOLE_JSON_BYTES = 64 * 1024 * 1024
+# The longest line read whole, by default: 32x OONI's largest measurements.
+DEFAULT_MAX_LINE_BYTES = 32 * 1024 * 1024
+# A JSON array on one line longer than this is read element by element even under the limit.
+ARRAY_STREAM_BYTES = 4 * 1024 * 1024
 # Raw text kept in a quarantine row; enough to see what went wrong.
 MAX_QUARANTINE_RECORD_CHARS = 1_000_000
 READ_CHUNK = 4 * 1024 * 1024
@@ -66,24 +81,28 @@ class WorkerConfig:
     rule_sets: Mapping[str, RuleSet]
     fingerprints: FingerprintDB
     ingested_at: dt.datetime
+    # A line longer than this is quarantined without being held whole (a JSON array that long is
+    # read element by element instead); memory per worker is bounded by it, not by the input.
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    # Records per Batch: RECORDS_PER_BATCH, or fewer when the parent commits more often.
+    records_per_batch: int = RECORDS_PER_BATCH
 
 
 @dataclass(slots=True)
 class Batch:
-    """Rows of up to RECORDS_PER_BATCH records of one file (tables None when nothing was stored)."""
+    """Rows of up to RECORDS_PER_BATCH records of one or more files (tables None when nothing
+    was stored), their quarantine rows (file index, row), and the files that ended with it
+    (every row of an ended file is in this batch or an earlier one)."""
 
-    file_index: int
     read: int = 0
     duplicated: int = 0
     measurements: pa.Table | None = None
     observations: pa.Table | None = None
     verdicts: pa.Table | None = None
-    quarantine: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class FileEnd:
-    file_index: int
+    quarantine: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+    # Files skipped as a whole: (file index, why), e.g. their first records are not measurements.
+    not_measurements: list[tuple[int, str]] = field(default_factory=list)
 
 
 # -- reading lines ------------------------------------------------------------------
@@ -94,8 +113,14 @@ def read_chunks(path: Path) -> Iterator[bytes]:
 
     A truncated or corrupt .gz raises EOFError/BadGzipFile only after every byte
     that could be inflated was yielded, so the records before the damage are kept.
+    The file is opened non-blocking and must be a regular file: a FIFO or a device given
+    as a path is refused (OSError) instead of blocking the reader for ever.
     """
-    with path.open("rb") as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"not a regular file: {path}")
+    with os.fdopen(fd, "rb") as handle:
         if not path.name.endswith(".gz"):
             while chunk := handle.read(READ_CHUNK):
                 yield chunk
@@ -123,41 +148,223 @@ def read_chunks(path: Path) -> Iterator[bytes]:
             raise EOFError("compressed file ended before the end-of-stream marker was reached")
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes | memoryview]]:
-    """(line number, text) of each non-blank line; a small `.json` document is line 0 (the whole file)."""
-    if path.name.endswith(".json") and path.stat().st_size <= MAX_WHOLE_JSON_BYTES:
-        text = path.read_bytes()
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line longer than the limit: its first bytes (for the quarantine row) and its length."""
+
+    head: bytes
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayItem:
+    """One element of a JSON array too long to hold as one line, read on its own."""
+
+    index: int
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BadArrayRest:
+    """The rest of such an array could not be read (bad JSON, an element over the limit,
+    nesting too deep): one quarantined record for all of it."""
+
+    index: int
+    reason: str
+    head: bytes
+
+
+Line = bytes | memoryview | LongLine | ArrayItem | BadArrayRest
+
+
+def iter_lines(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Line]]:
+    """(line number, text) of each non-blank line; a small `.json` document is line 0 (the whole file).
+    Lines over `max_line_bytes` come as LongLine, or as ArrayItems when they are a JSON array."""
+    if path.name.endswith(".json") and path.stat().st_size <= min(MAX_WHOLE_JSON_BYTES, max_line_bytes):
+        text = b"".join(read_chunks(path))
         stripped = text.strip()
         if (stripped.startswith(b"{") and b"\n{" not in stripped) or stripped.startswith(b"["):
             yield 0, stripped  # one document, or a JSON array split by the caller
             return
-    yield from _split_lines(read_chunks(path))
+    yield from split_lines(read_chunks(path), max_line_bytes)
 
 
-def _split_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes | memoryview]]:
+def split_lines(chunks: Iterable[bytes], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Line]]:
+    """Non-blank lines of a stream of chunks, in memory bounded by `max_line_bytes` + one chunk.
+
+    A line cut by chunk ends is gathered as a list of parts and joined once (never `+=`, which
+    copies the whole pending line at every chunk: quadratic in its length). Past the limit the
+    parts are dropped and the line is skipped to its newline (LongLine), unless it is a JSON
+    array, which is read element by element (`_array_items`).
+    """
+    stream = iter(chunks)
+    pushed: list[bytes] = []  # bytes handed back after an array that ended mid-chunk
     number = 0
-    pending = b""  # the start of a line cut by the end of the previous chunk
-    for chunk in chunks:
+    parts: list[bytes] = []  # the start of a line cut by the end of the previous chunk(s)
+    size = 0
+    while True:
+        chunk = pushed.pop() if pushed else next(stream, None)
+        if chunk is None:
+            break
         start = 0
-        if pending:
+        if parts:
             newline = chunk.find(b"\n")
             if newline < 0:
-                pending += chunk
+                parts.append(chunk)
+                size += len(chunk)
+                if _stream(parts[0], size, max_line_bytes):
+                    number += 1
+                    rest = yield from _long_line(number, parts, stream, max_line_bytes)
+                    parts, size = [], 0
+                    if rest:
+                        pushed.append(rest)
                 continue
             number += 1
-            line = pending + chunk[:newline]
-            pending, start = b"", newline + 1
-            if not _blank(line, 0, len(line)):
+            parts.append(chunk[:newline])
+            line = b"".join(parts)
+            parts, size, start = [], 0, newline + 1
+            if _stream(line, len(line), max_line_bytes):
+                rest = yield from _long_line(number, [line], iter(()), max_line_bytes)
+                if rest:
+                    raise AssertionError("a whole line has nothing after it")  # pragma: no cover
+            elif not _blank(line, 0, len(line)):
                 yield number, line
         view = memoryview(chunk)
         while (newline := chunk.find(b"\n", start)) >= 0:
             number += 1
-            if not _blank(chunk, start, newline):
+            if _stream(chunk[start:start + 64], newline - start, max_line_bytes):
+                yield from _long_line(number, [chunk[start:newline]], iter(()), max_line_bytes)
+            elif not _blank(chunk, start, newline):
                 yield number, view[start:newline]
             start = newline + 1
-        pending = chunk[start:]
-    if pending and not _blank(pending, 0, len(pending)):
-        yield number + 1, pending
+        if start < len(chunk):
+            parts, size = [chunk[start:]], len(chunk) - start
+            if _stream(parts[0], size, max_line_bytes):
+                number += 1
+                rest = yield from _long_line(number, parts, stream, max_line_bytes)
+                parts, size = [], 0
+                if rest:
+                    pushed.append(rest)
+    if parts:
+        line = b"".join(parts)
+        if _stream(line, len(line), max_line_bytes):
+            yield from _long_line(number + 1, [line], iter(()), max_line_bytes)
+        elif not _blank(line, 0, len(line)):
+            yield number + 1, line
+
+
+def _stream(start: bytes, size: int, max_line_bytes: int) -> bool:
+    """Whether a line (of which `start` is the beginning) is not to be held whole: it is over the
+    limit, or it is a JSON array over ARRAY_STREAM_BYTES (orjson would turn all of it into Python
+    objects at once, ~5-10x its size, where the streaming reader holds one element)."""
+    return size > max_line_bytes or (size > ARRAY_STREAM_BYTES and start[:64].lstrip()[:1] == b"[")
+
+
+def _long_line(number: int, parts: list[bytes], stream: Iterator[bytes],
+               max_line_bytes: int) -> Generator[tuple[int, Line], None, bytes]:
+    """Yield what a line over the limit holds; return the bytes after its newline (to split on)."""
+    first = parts[0].lstrip()
+    if first.startswith(b"["):
+        return (yield from _array_items(number, parts, stream, max_line_bytes))
+    head = b"".join(parts)[:MAX_QUARANTINE_RECORD_CHARS]
+    length = sum(map(len, parts))
+    parts.clear()  # the line is not held
+    for chunk in stream:
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            yield number, LongLine(head, length + newline)
+            return chunk[newline + 1:]
+        length += len(chunk)
+    yield number, LongLine(head, length)
+    return b""
+
+
+_WHITESPACE = " \t\r\n"
+
+
+def _array_items(number: int, parts: list[bytes], stream: Iterator[bytes],
+                 max_item_bytes: int) -> Generator[tuple[int, Line], None, bytes]:
+    """The elements of a JSON array on one line, one at a time; returns the bytes after the line.
+
+    Each element is parsed by the stdlib's C scanner `JSONDecoder.raw_decode`, which returns
+    where the value ends, over a window of the text that holds the current element and one
+    chunk: an element that does not parse yet is retried with one more chunk, up to
+    `max_item_bytes` (then the rest of the array is one BadArrayRest and the line is skipped).
+    No library here both streams an array and bounds each element (ijson does the first).
+    """
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    text = utf8.decode(b"".join(parts))
+    parts.clear()
+    pos = text.index("[") + 1
+    index = 0
+    need_separator = False  # after an element: "," or "]" comes next
+    exhausted = False
+
+    def more() -> bool:
+        nonlocal text, pos, exhausted
+        if exhausted:
+            return False
+        chunk = next(stream, None)
+        if chunk is None:
+            exhausted = True
+            text = text[pos:] + utf8.decode(b"", final=True)
+        else:
+            text = text[pos:] + utf8.decode(chunk)
+        pos = 0
+        return True
+
+    def bad(reason: str) -> Generator[tuple[int, Line], None, bytes]:
+        yield number, BadArrayRest(index, reason, text[pos:pos + 1000].encode())
+        return (yield from _skip_to_newline(text[pos:], stream, utf8))
+
+    while True:
+        while pos < len(text) and text[pos] in _WHITESPACE:
+            pos += 1
+        if pos >= len(text):
+            if more():
+                continue
+            return (yield from bad("invalid_json: the array is not closed"))
+        if text[pos] == "]" and (index == 0 or need_separator):
+            # The line ends at the next newline (whatever else is on it is not read).
+            return (yield from _skip_to_newline(text[pos + 1:], stream, utf8))
+        if need_separator:
+            if text[pos] != ",":
+                return (yield from bad(f"invalid_json: expected ',' or ']' after element {index - 1}"))
+            pos += 1
+            need_separator = False
+            continue
+        try:
+            value, end = decoder.raw_decode(text, pos)
+            if end == len(text) and not exhausted:
+                raise ValueError("may go on in the next chunk")  # e.g. a number cut by the window
+        except RecursionError:
+            return (yield from bad(f"too_deep: element {index} is nested deeper than the parser allows"))
+        except ValueError:
+            if len(text) - pos > max_item_bytes:
+                return (yield from bad(f"line_too_long: element {index} is longer than {max_item_bytes} bytes"))
+            if more():
+                continue
+            return (yield from bad(f"invalid_json: element {index} does not parse"))
+        yield number, ArrayItem(index, value)
+        index += 1
+        pos = end
+        need_separator = True
+        if pos > READ_CHUNK:
+            text, pos = text[pos:], 0
+
+
+def _skip_to_newline(text: str, stream: Iterator[bytes], utf8: codecs.IncrementalDecoder
+                     ) -> Generator[tuple[int, Line], None, bytes]:
+    newline = text.find("\n")
+    if newline >= 0:
+        return text[newline + 1:].encode() + utf8.getstate()[0]
+    for chunk in stream:
+        at = chunk.find(b"\n")
+        if at >= 0:
+            return chunk[at + 1:]
+    return b""
+    yield  # a generator
 
 
 def _blank(data: bytes, start: int, end: int) -> bool:
@@ -165,47 +372,38 @@ def _blank(data: bytes, start: int, end: int) -> bool:
     return end - start < 16 and not data[start:end].strip()
 
 
-# -- one file -----------------------------------------------------------------------
+# -- one worker's rows ----------------------------------------------------------------
 
 
-class FileReader:
-    """Turns one input file into Batches; `seen` are uids already stored (never stored again)."""
+class BatchBuilder:
+    """The rows a worker gathers from one or more files until a batch is full.
 
-    def __init__(self, index: int, path: Path, raw_key: str, config: WorkerConfig, seen: set[str]) -> None:
-        self.index = index
-        self.path = path
-        self.source = str(path)
-        self.config = config
-        self.seen = seen
-        self.local_seen: set[str] = set()
-        self.raw_file = f"{RAW_DIR}/{raw_key}/{_raw_name(path)}" if config.keep_raw else None
+    Batches span files: 10,000 files of one measurement each make 10 batches of 1,000, not
+    10,000 batches of one (each a set of three Arrow tables with their own buffers and schema,
+    pickled and held by the parent until the next Parquet write)."""
+
+    def __init__(self, records_per_batch: int = RECORDS_PER_BATCH) -> None:
+        self.limit = records_per_batch
         self._reset()
 
     def _reset(self) -> None:
-        self.batch = Batch(self.index)
+        self.batch = Batch()
+        # The batch's uids: a measurement twice in one batch is stored once (across batches the
+        # parent drops repeats, as it does across workers).
+        self.uids: set[str] = set()
         # Per stored measurement: its row, its observation rows, its verdict rows.
         self.measurements: list[dict[str, Any]] = []
         self.observations: list[list[dict[str, Any]]] = []
         self.verdicts: list[list[dict[str, Any]]] = []
 
-    def batches(self) -> Iterator[Batch | FileEnd]:
-        if self.raw_file is not None:
-            _keep_raw_copy(self.path, self.config.data_root / self.raw_file)
-        try:
-            for number, line in iter_lines(self.path):
-                self._read_line(number, line)
-                if self.batch.read >= RECORDS_PER_BATCH:
-                    yield self._take()
-        except (OSError, EOFError) as exc:  # incl. gzip.BadGzipFile: a truncated or corrupt .gz
-            # What was read stays; the rest is one quarantined "record".
-            self._quarantine(-1, b"", f"unreadable_file: {exc}")
-        if self.batch.read or self.batch.quarantine:
-            yield self._take()
-        if self.raw_file is not None and not self.local_seen:
-            (self.config.data_root / self.raw_file).unlink(missing_ok=True)  # nothing points at it
-        yield FileEnd(self.index)
+    def full(self) -> bool:
+        return self.batch.read >= self.limit or len(self.batch.ended) >= RECORDS_PER_BATCH
 
-    def _take(self) -> Batch:
+    def pending(self) -> bool:
+        batch = self.batch
+        return bool(batch.read or batch.quarantine or batch.ended or batch.not_measurements)
+
+    def take(self) -> Batch:
         batch = self.batch
         if self.measurements:
             batch.measurements, batch.observations, batch.verdicts = self._tables()
@@ -228,10 +426,95 @@ class FileReader:
         verdicts = _rows_with_header(measurements, self.verdicts, by_date, position, VERDICTS_SCHEMA)
         return measurements, observations, verdicts
 
-    def _read_line(self, number: int, line: bytes | memoryview) -> None:
-        record = decode_fields(line)
+
+def read_files(tasks: Iterable[tuple[int, Path, str]], config: WorkerConfig, seen: set[str]) -> Iterator[Batch]:
+    """Batches of the files (index, path, raw key) in order; every file's end is in one of them."""
+    builder = BatchBuilder(config.records_per_batch)
+    for index, path, raw_key in tasks:
+        yield from FileReader(index, path, raw_key, config, seen, builder).batches()
+    if builder.pending():
+        yield builder.take()
+
+
+# -- one file -----------------------------------------------------------------------
+
+# A file whose first this-many records are none of them measurements (not JSON, or JSON without
+# `test_name` and `test_keys`, the two fields every OONI measurement has: df-000-base) is not a
+# measurement file (a replay's ground_truth.jsonl, a log): skipped as a whole with one message
+# instead of one quarantine row per line.
+PROBATION_RECORDS = 8
+
+
+class FileReader:
+    """Turns one input file into rows of `builder`; `seen` are uids already stored (never stored again)."""
+
+    def __init__(self, index: int, path: Path, raw_key: str, config: WorkerConfig, seen: set[str],
+                 builder: BatchBuilder | None = None) -> None:
+        self.index = index
+        self.path = path
+        self.source = str(path)
+        self.config = config
+        self.seen = seen
+        self.raw_file = f"{RAW_DIR}/{raw_key}/{raw_name(path)}" if config.keep_raw else None
+        self.builder = builder or BatchBuilder(config.records_per_batch)
+        # Quarantine rows held while none of the file's records was a measurement yet.
+        self._held: list[dict[str, Any]] | None = []
+        self._not_measurement: str | None = None
+
+    def batches(self) -> Iterator[Batch]:
+        if self.raw_file is not None:
+            _keep_raw_copy(self.path, self.config.data_root / self.raw_file)
+        try:
+            for number, line in iter_lines(self.path, self.config.max_line_bytes):
+                self._read_line(number, line)
+                if self._not_measurement is not None:
+                    break
+                if self.builder.full():
+                    yield self.builder.take()
+        except (OSError, EOFError) as exc:  # incl. gzip.BadGzipFile: a truncated or corrupt .gz
+            # What was read stays; the rest is one quarantined "record".
+            self._quarantine(-1, b"", f"unreadable_file: {exc}")
+        if self._held:  # the file ended before any measurement: none of it is one
+            count = len(self._held)
+            self._not_measurement = (f"none of its {count} records is a measurement" if count > 1 else
+                                     "its one record is not a measurement") + f" ({self._example()})"
+        batch = self.builder.batch
+        if self._not_measurement is not None:
+            batch.not_measurements.append((self.index, self._not_measurement))
+        elif self._held is not None:
+            self._release()
+        batch.ended.append(self.index)
+
+    def _example(self) -> str:
+        return self._held[0]["reason"][:120] if self._held else ""
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        self.builder.batch.quarantine.extend((self.index, row) for row in held or ())
+
+    def _read_line(self, number: int, line: Line) -> None:
+        batch = self.builder.batch
+        if isinstance(line, LongLine):
+            batch.read += 1
+            self._quarantine(number, line.head, f"line_too_long: {line.length} bytes, more than the "
+                             f"{self.config.max_line_bytes} a line may have (--max-line-mb)", force=True,
+                             truncated=True)
+            return
+        if isinstance(line, ArrayItem):
+            batch.read += 1
+            self._read_record(number, line.index, None, line.value)
+            return
+        if isinstance(line, BadArrayRest):
+            batch.read += 1
+            self._quarantine(number, line.head, f"{line.reason} (the rest of the array is skipped)", force=True,
+                             truncated=True)
+            return
+        try:
+            record = decode_fields(line)
+        except RecursionError:
+            record = None
         if record is not None:
-            self.batch.read += 1
+            batch.read += 1
             self._read_record(number, None, line, record)
             return
         try:
@@ -239,32 +522,43 @@ class FileReader:
         except orjson.JSONDecodeError as exc:
             if not bytes(line).strip():
                 return  # a long run of whitespace (short ones never get here, see _blank)
-            self.batch.read += 1
+            batch.read += 1
             self._quarantine(number, line, f"invalid_json: {exc}")
+            return
+        except RecursionError:
+            batch.read += 1
+            self._quarantine(number, line, "too_deep: nested deeper than the parser allows")
             return
         if isinstance(value, list):
             for item_index, item in enumerate(value):
-                self.batch.read += 1
+                batch.read += 1
                 self._read_record(number, item_index, None, item)
         else:
-            self.batch.read += 1
+            batch.read += 1
             self._read_record(number, None, line, value)
 
     def _read_record(self, number: int, item: int | None, line: bytes | memoryview | None, record: Any) -> None:
+        if self._held is not None and isinstance(record, dict) and ("test_name" in record or "test_keys" in record):
+            self._release()  # a measurement (maybe a bad one): this is a measurement file
         try:
-            header, meta, test_keys = read_header(record)
+            self._store_record(number, item, record)
         except RecordError as exc:
-            self._quarantine(number, line if line is not None else orjson.dumps(record), str(exc))
-            return
+            self._quarantine(number, line if line is not None else _dump(record), str(exc))
+        except RecursionError:
+            self._quarantine(number, line if line is not None else _dump(record),
+                             "too_deep: nested deeper than the parser allows")
+        except Exception as exc:  # noqa: BLE001 - one record's failure is that record's, the run goes on
+            self._quarantine(number, line if line is not None else _dump(record),
+                             f"unprocessable: {type(exc).__name__}: {exc}"[:500])
+
+    def _store_record(self, number: int, item: int | None, record: Any) -> None:
+        header, meta, test_keys = read_header(record)
         uid = header.measurement_uid
-        if uid in self.seen or uid in self.local_seen:
-            self.batch.duplicated += 1
+        if uid in self.seen or uid in self.builder.uids:
+            self.builder.batch.duplicated += 1
             return
-        self.local_seen.add(uid)
         facts = make_observations(header, test_keys, meta["input"], self.config.fingerprints)
-        self.observations.append(facts.rows)
-        self.verdicts.append(judge_measurement(header, meta, test_keys, facts, self.config.rule_sets,
-                                               self.config.fingerprints))
+        verdicts = judge_measurement(header, meta, test_keys, facts, self.config.rule_sets, self.config.fingerprints)
         row = _MEASUREMENT_TEMPLATE.copy()
         row.update(meta)
         row.update(
@@ -273,15 +567,33 @@ class FileReader:
             ingested_at=self.config.ingested_at, raw_file=self.raw_file,
             raw_line=number if self.raw_file else None, raw_item=item if self.raw_file else None,
         )
-        self.measurements.append(row)
+        self.builder.uids.add(uid)
+        self.builder.observations.append(facts.rows)
+        self.builder.verdicts.append(verdicts)
+        self.builder.measurements.append(row)
 
-    def _quarantine(self, number: int, line: bytes | memoryview, reason: str) -> None:
-        text = bytes(line).decode("utf-8", "replace").rstrip("\r\n")
-        self.batch.quarantine.append({
+    def _quarantine(self, number: int, line: bytes | memoryview, reason: str, *, force: bool = False,
+                    truncated: bool = False) -> None:
+        text = bytes(line[:MAX_QUARANTINE_RECORD_CHARS * 4]).decode("utf-8", "replace").rstrip("\r\n")
+        row = {
             "source": self.source, "line": number or 1, "reason": reason,
             "record": text[:MAX_QUARANTINE_RECORD_CHARS],
-            "truncated": len(text) > MAX_QUARANTINE_RECORD_CHARS,
-        })
+            "truncated": truncated or len(text) > MAX_QUARANTINE_RECORD_CHARS or len(line) > len(text) * 4,
+        }
+        if self._held is not None and not force:
+            self._held.append(row)
+            if len(self._held) >= PROBATION_RECORDS:
+                self._not_measurement = (f"its first {len(self._held)} records are not measurements "
+                                         f"({self._example()})")
+            return
+        self.builder.batch.quarantine.append((self.index, row))
+
+
+def _dump(record: Any) -> bytes:
+    try:
+        return orjson.dumps(record)
+    except (TypeError, orjson.JSONEncodeError, RecursionError):
+        return b"(a value nested too deep to write back as JSON)"
 
 
 def _stable_order(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> list[int]:
@@ -326,8 +638,19 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 # -- raw copies ---------------------------------------------------------------------
 
 
-def _raw_name(path: Path) -> str:
-    return path.name if path.name.endswith(".gz") else path.name + ".gz"
+# A raw copy's file name is the input's (+ ".gz"), cut to this many bytes: NAME_MAX is 255.
+MAX_RAW_NAME_BYTES = 200
+
+
+def raw_name(path: Path) -> str:
+    """The raw copy's file name: the input's, gzipped, and bounded (a long name keeps its end and
+    gains a hash of the whole, so two long names never collide)."""
+    name = path.name if path.name.endswith(".gz") else path.name + ".gz"
+    if len(name.encode()) <= MAX_RAW_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    tail = name.encode("utf-8", "surrogateescape")[-(MAX_RAW_NAME_BYTES - 17):].decode("utf-8", "ignore")
+    return f"{digest}-{tail}"
 
 
 def _keep_raw_copy(source: Path, destination: Path) -> None:
@@ -343,14 +666,37 @@ def _keep_raw_copy(source: Path, destination: Path) -> None:
                                                          mtime=int(source.stat().st_mtime)) as writer:
             shutil.copyfileobj(reader, writer, READ_CHUNK)
     partial.replace(destination)
+    # Start its write-back now, off the reading path: the parent fsyncs it again before the commit
+    # that names it (which is what makes it durable), and then finds little left to write.
+    threading.Thread(target=_fsync_quietly, args=(destination,), daemon=True).start()
+
+
+def _fsync_quietly(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the parent's fsync before the commit reports it
 
 
 def read_raw_line(data_root: Path, raw_file: str, raw_line: int, raw_item: int | None = None) -> bytes:
     """The original text of one stored measurement, from its kept raw copy (line 0: the whole file)."""
     chunks = read_chunks(data_root / raw_file)
-    lines = [(0, b"".join(chunks))] if raw_line == 0 else _split_lines(chunks)
-    for number, line in lines:
-        if number == raw_line:
-            text = bytes(line).strip()
-            return text if raw_item is None else orjson.dumps(orjson.loads(text)[raw_item])
-    raise KeyError(f"{raw_file} has no line {raw_line}")
+    if raw_line == 0:
+        text = b"".join(chunks).strip()
+        return text if raw_item is None else orjson.dumps(orjson.loads(text)[raw_item])
+    for number, line in split_lines(chunks, DEFAULT_MAX_LINE_BYTES):
+        if number != raw_line:
+            continue
+        if isinstance(line, ArrayItem):  # an array too long to hold: streamed to the element
+            if line.index == raw_item:
+                return orjson.dumps(line.value)
+            continue
+        if isinstance(line, (LongLine, BadArrayRest)):
+            break
+        text = bytes(line).strip()
+        return text if raw_item is None else orjson.dumps(orjson.loads(text)[raw_item])
+    raise KeyError(f"{raw_file} has no line {raw_line}" + ("" if raw_item is None else f" item {raw_item}"))

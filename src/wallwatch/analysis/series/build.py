@@ -259,10 +259,12 @@ def build_and_store(store: object, request: SeriesRequest = SeriesRequest(),
         done(BUILD_STEPS[1])
     finally:
         connection.close()
-    _write_by_dates(store, HOURLY, hourly)
-    done(BUILD_STEPS[2])
-    _write_by_dates(store, DAILY, daily)
-    done(BUILD_STEPS[3])
+    # One commit for both grains: a reader never sees new hourly rows next to old daily ones.
+    with store.transaction():  # type: ignore[attr-defined]
+        _write_by_dates(store, HOURLY, hourly)
+        done(BUILD_STEPS[2])
+        _write_by_dates(store, DAILY, daily)
+        done(BUILD_STEPS[3])
     keys = {tuple(row.values()) for row in hourly.select(list(q.SERIES_KEY)).to_pylist()}
     hours = hourly.column("hour")
     start = pc.min(hours).as_py() if hourly.num_rows else None
