@@ -74,6 +74,17 @@ def _span_for(spans: dict[str, tuple[datetime, datetime]], filters: Filters,
     return (first, last) if first <= last else None
 
 
+def _event_window(event: Any, span: tuple[datetime, datetime] | None) -> tuple[datetime, datetime] | None:
+    """The dates an event's chart shows: the event with room either side (as long as half the event,
+    at least a week), within the country's data. The whole country span squeezed a week-long event
+    into a sliver of a chart that began months before it."""
+    if span is None:
+        return None
+    end = event.end or span[1]
+    pad = max(_ANNOTATION_MARGIN, (end - event.onset) / 2)
+    return max(span[0], event.onset - pad), min(span[1], end + pad)
+
+
 def _day_span(span: tuple[datetime, datetime] | None) -> tuple[datetime, datetime] | None:
     return None if span is None else (span[0].replace(hour=0), span[1].replace(hour=0))
 
@@ -233,7 +244,7 @@ def event(store: Store, event_id: str, annotations: Sequence[charts.Annotation])
     try:
         evidence, total = data.event_evidence(connection, found)
         spans = data.country_spans(connection) if data.has_series(store) else {}
-        span = spans.get(found.probe_cc)
+        span = _event_window(found, spans.get(found.probe_cc))
         grain = timeline_grain(span)
         rows = data.series(connection, grain, filters) if data.has_series(store) and found.service != ANY else None
     finally:
