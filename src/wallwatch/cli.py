@@ -24,6 +24,7 @@ _PARTS = (
     "wallwatch.lab.cli",
     "wallwatch.censor.cli",
     "wallwatch.probe.cli",
+    "wallwatch.helper.cli",
     "wallwatch.analysis.cli",
     "wallwatch.lab.demo",
 )
