@@ -105,7 +105,8 @@ _WINDOW = 65535
 
 
 def blockpage_response(rule: Rule) -> bytes:
-    """The HTTP/1.1 response a `blockpage` rule serves (RFC 9112 §4), closing the connection."""
+    """The HTTP/1.1 response a `blockpage` rule serves (RFC 9112 §4): a status line, the page's type and
+    length, nothing more (injectors send the least that a browser shows); the FIN after it closes."""
     from http import HTTPStatus
 
     body = rule.page.encode()
@@ -114,7 +115,7 @@ def blockpage_response(rule: Rule) -> bytes:
     except ValueError:
         reason = "Blocked"
     head = (f"HTTP/1.1 {rule.status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 
 
