@@ -148,6 +148,7 @@ class UrlTest:
         self.trace = Trace()
         self.tcp: dict[str, str | None] = {}
         self.tls: dict[str, str | None] = {}
+        self.dialled: dict[str, str] = {}  # endpoint dialled -> endpoint resolved (they differ only when mapped)
         self.control: dict[str, Any] | None = None
         self.control_failure: str | None = None
 
@@ -198,6 +199,7 @@ class UrlTest:
         except (KeyError, ValueError):
             return None  # off the lab's map: never dialled (the analysis reads the DNS answer alone)
         tx = self.trace.transaction(f"endpoint:{endpoint}")
+        self.dialled[th.join_endpoint(dial, port)] = endpoint
         try:
             stream = await tcp_connect(tx, dial, port, timeout=t.connect)
         except ProbeFailure as exc:
@@ -236,8 +238,9 @@ class UrlTest:
     def test_keys(self, facts: Facts) -> dict[str, Any]:
         conclusion = classic_keys(facts, self.control)
         for entry in self.trace.tcp_connect:
-            endpoint = th.join_endpoint(entry["ip"], entry["port"])
-            entry["status"]["blocked"] = tcp_blocked(entry["status"]["failure"], self.control, endpoint)
+            dialled = th.join_endpoint(entry["ip"], entry["port"])
+            entry["status"]["blocked"] = tcp_blocked(entry["status"]["failure"], self.control,
+                                                     self.dialled.get(dialled, dialled))
         lab = self.settings.lab
         keys: dict[str, Any] = {
             "agent": "redirect", "client_resolver": None, "retries": None, "socksproxy": None,
