@@ -37,12 +37,12 @@ TITLES: dict[str, str] = {
     "www.baidu.com": "百度一下，你就知道",
     "weixin.qq.com": "微信，是一个生活方式",
 }
-PAGE_PARAGRAPHS = 40  # ~6 KB of text
+PAGE_PARAGRAPHS = 60  # ~5 KB of text
 
 
 def page(host: str) -> bytes:
     """The site's page: its title and paragraphs that name the lab stand-in (same bytes every time)."""
-    title = html.escape(TITLES.get(host, host))
+    title = html.escape(TITLES.get(host, host), quote=False)
     paragraph = f"<p>wallwatch lab: an emulated {html.escape(host)}, answering every path with this page.</p>\n"
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n"
             f"<body><h1>{title}</h1>\n{paragraph * PAGE_PARAGRAPHS}</body></html>\n").encode()
