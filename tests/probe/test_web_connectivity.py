@@ -288,3 +288,19 @@ def test_control_request_round_trip_and_parse_errors() -> None:
     assert th.page_title("<TITLE>Hello</title><title>x</title>") == "Hello" and th.page_title("<title></title>") == ""
     with pytest.raises(th.ProtocolError):
         th.parse_response(orjson.dumps({"dns": {}, "tcp_connect": []}))
+
+
+def test_the_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wallwatch.cli import app
+
+    runner = CliRunner()
+    bad = tmp_path / "inputs.txt"
+    bad.write_text("https://ok.example/\nnot a url\n")
+    result = runner.invoke(app, ["probe", "run", "web_connectivity", "--input-file", str(bad)])
+    assert result.exit_code == 2 and "line 2" in result.output
+    result = runner.invoke(app, ["probe", "run", "whatsapp", "--target", "https://x.example/"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["helper", "serve", "--tls-cert", str(bad)])
+    assert result.exit_code == 2 and "go together" in result.output
