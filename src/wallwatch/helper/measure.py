@@ -125,14 +125,6 @@ def _ports(url: str) -> tuple[int, ...]:
     return (443,) if parts.scheme == "https" else (80, 443)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 async def _resolve(tx: Transaction, host: str, config: HelperConfig) -> Resolution:
     if config.resolver is None:
         return await resolve_system(tx, host, timeout=config.timeout)
@@ -203,12 +195,12 @@ async def measure(request: th.ControlRequest, config: HelperConfig) -> dict[str,
     trace = Trace()
     addrs: list[str] = []
     failure: str | None = None
-    if _is_ip(host):
+    if th.is_ip_literal(host):
         fetch_from = [host]  # oohelperd resolves no address: DNS stays empty, the fetch dials it as given
     else:
         resolution = await _resolve(trace.transaction(), host, config)
         failure = dns_failure(resolution.failure)
-        addrs = [a for a in resolution.addresses if _is_ip(a)]
+        addrs = [a for a in resolution.addresses if th.is_ip_literal(a)]
         fetch_from = addrs
     ip_info: dict[str, dict[str, int]] = {}
     for endpoint in request.tcp_connect:

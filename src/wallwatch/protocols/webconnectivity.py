@@ -64,6 +64,15 @@ def page_title(body: str) -> str:
     return match.group(1) if match else ""
 
 
+def is_ip_literal(host: str) -> bool:
+    """A URL host that is an address, not a name (nothing to resolve; ts-017 calls its DNS consistent)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def split_endpoint(endpoint: str) -> tuple[str, int]:
     """ "1.2.3.4:443" / "[2001:db8::1]:443" -> (ip, port); ProtocolError when it is not an ip:port."""
     host, sep, port = endpoint.rpartition(":")

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ipaddress
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -130,14 +128,6 @@ def shipped_list(name: str = DEFAULT_LIST) -> list[str]:
 # --- one URL -------------------------------------------------------------------------
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class UrlTest:
     """One URL's measurement: its own trace, the facts, the control."""
 
@@ -154,7 +144,7 @@ class UrlTest:
 
     async def run(self) -> dict[str, Any]:
         t = self.config.timeouts
-        addresses: tuple[str, ...] = (self.host,) if _is_ip(self.host) else ()
+        addresses: tuple[str, ...] = (self.host,) if th.is_ip_literal(self.host) else ()
         dns_failure: str | None = None
         if not addresses:
             resolution = await self._resolve(self.trace.transaction(), self.host)
@@ -267,7 +257,7 @@ async def call_helper(helper_url: str, body: bytes, settings: ProbeSettings, tim
     port = parts.port or (443 if parts.scheme == "https" else 80)
     trace = Trace()
     tx = trace.transaction()
-    if _is_ip(host):
+    if th.is_ip_literal(host):
         addresses: tuple[str, ...] = (host,)
     else:
         resolution = (await resolve_system(tx, host, timeout=5.0) if settings.resolver is None
@@ -346,7 +336,7 @@ def run_inputs(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float |
 
     def finish(url: str, keys: dict[str, Any], started_at: dt.datetime, runtime: float) -> None:
         measurement = finish_measurement(keys, test_name=TEST_NAME, test_version=TEST_VERSION,
-                                         started_at=started_at, runtime=runtime, stamp=replace(stamp),
+                                         started_at=started_at, runtime=runtime, stamp=stamp,
                                          resolver_ip=settings.resolver_ip(), probe_addresses=set(), input=url)
         if config.helper_url:
             measurement["test_helpers"] = {"backend": {"address": config.helper_url, "type": "https"}}
@@ -364,7 +354,3 @@ def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | N
     """The first URL's measurement (the registry's single-measurement form)."""
     return run_inputs(settings, stamp, step_timeout=step_timeout, targets=targets[:1] or shipped_list()[:1],
                       progress=progress, options=options)[0]
-
-
-def list_path(name: str = DEFAULT_LIST) -> Path:
-    return Path(str(resources.files("wallwatch.probe.nettests").joinpath("lists", f"{name}.txt")))

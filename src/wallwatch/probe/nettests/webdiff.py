@@ -20,7 +20,6 @@ A pure function of recorded facts, so it is unit-tested without a network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import ipaddress
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -80,7 +79,7 @@ def dns_consistency(facts: Facts, control: Mapping[str, Any] | None) -> str | No
     """
     if not control:
         return None
-    if _is_ip(urlsplit(facts.url).hostname or ""):
+    if th.is_ip_literal(urlsplit(facts.url).hostname or ""):
         return "consistent"  # nothing was resolved (ts-017: an IP in the URL is consistent)
     dns = control.get("dns") or {}
     control_addrs = {a for a in dns.get("addrs") or () if isinstance(a, str)}
@@ -251,14 +250,6 @@ def classic_keys(facts: Facts, control: Mapping[str, Any] | None) -> Conclusion:
     # 6. Resolved, but no endpoint was dialled (wallwatch in the lab never dials an address off the
     #    lab's map, e.g. a real injector's answer): only the DNS comparison can speak.
     return unknown(None) if consistency != "inconsistent" else blocked(DNS, None)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def tcp_blocked(endpoint_failure: str | None, control: Mapping[str, Any] | None, endpoint: str) -> bool:
