@@ -49,6 +49,10 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    # A page made on the fly is sent in chunks (RFC 9112 §7.1), without a Content-Length, as large
+    # sites send theirs (lab/websites.py).
+    chunked: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # further response headers
 
 
 def json_response(status: int, payload: object) -> Response:
@@ -179,11 +183,10 @@ async def _read_request(connection: h11.Connection, reader: asyncio.StreamReader
 
 
 async def _send(connection: h11.Connection, writer: asyncio.StreamWriter, response: Response, head_only: bool) -> None:
-    headers = [
-        ("content-type", response.content_type),
-        ("content-length", str(len(response.body))),
-        ("server", SERVER_HEADER),
-    ]
+    headers = [("content-type", response.content_type), ("server", SERVER_HEADER)]
+    if not response.chunked:
+        headers.insert(1, ("content-length", str(len(response.body))))
+    headers += response.headers
     writer.write(connection.send(h11.Response(status_code=response.status, headers=headers)))
     if response.body and not head_only:
         writer.write(connection.send(h11.Data(data=response.body)))
@@ -229,11 +232,14 @@ def server_ssl_context(cert_chain: Path, key: Path) -> ssl.SSLContext:
 
 
 async def start_https(
-    address: str, handler: Handler, context: ssl.SSLContext, port: int = 443
+    address: str, handler: Handler, context: ssl.SSLContext | None, port: int = 443
 ) -> asyncio.AbstractServer:
+    """Serve `handler` on address:port, over TLS with `context`, or plain HTTP with None."""
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_http_connection(reader, writer, handler)
 
+    if context is None:
+        return await asyncio.start_server(on_connection, address, port)
     return await asyncio.start_server(
         on_connection, address, port, ssl=context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
     )

@@ -487,6 +487,8 @@ class Lab:
                 for site in self.sites
             ],
             "vpn_servers": dict(self._vpn_state),
+            # The probe's contract (probe/settings.py LabInfo.test_helpers): the helper the services run.
+            "test_helpers": {"web_connectivity": addresses.TEST_HELPER_URL},
         }
 
     def _write_state(self) -> None:

@@ -17,6 +17,10 @@ Public API
   Their `x_wallwatch` holds `rules_version` ("wallwatch-<nettest>-verdicts/1"), `features`,
   `sessions` (the shape of `chat_sessions` below, plus `feature`, `completed`), `fetches`,
   `udp_exchanges`, `controls`, `expected_networks`, `lab`.
+* `wallwatch.probe.nettests.web_connectivity`: `run_inputs(...) -> [measurement]` (one per URL,
+  `input` = the URL; targets, else the shipped `lists/cn-2017.txt`), `measure_urls(urls, config,
+  settings, on_done)` (async, at most `parallelism` at once), `read_list(text)` (OONI's input-file
+  format), `call_helper`; `webdiff.classic_keys(facts, control)`: OONI's classic conclusions.
 * `wallwatch.probe.measurement.Stamp(probe_asn, probe_cc, probe_network_name, measurement_time,
   annotations, publish_ip)`: the envelope options of every nettest (`measure_whatsapp(..., stamp=)`,
   `measure_openvpn(..., stamp=)`); `parse_measurement_time("YYYY-MM-DD hh:mm:ss")`,
@@ -90,6 +94,18 @@ methods: `protocol_dpi` (the flow died after the server's reset, or a TCP
 flow died on the client reset while a same-size control passed), `tcp_ip`/
 `udp_blocking` (nothing reaches the address while other paths work: weak),
 `tcp_reset`.
+
+A web_connectivity measurement (`test_version` "0.4.3": the classic keys of
+[ooni-spec] ts-017) holds OONI's keys only: `agent`, `client_resolver` (null),
+the event arrays (`queries` with `x_dns_duplicate_responses`, `tcp_connect`
+whose `status` has ts-017's `blocked`, `tls_handshakes`, `requests` newest
+first, `network_events`), `control` (the helper's response, or {}),
+`control_failure`, `dns_experiment_failure`, `http_experiment_failure`,
+`dns_consistency`, `body_proportion`, `body_length_match`, `status_code_match`,
+`headers_match`, `title_match`, `blocking` (dns | tcp_ip | http-failure |
+http-diff | false | null), `accessible`; the envelope's `test_helpers` names
+the helper; `x_wallwatch` has `helper` and `lab`, and no `features`: the
+pipeline judges it with its rule set.
 
 Partial and intermittent blocking (rules/2, `verdicts.py` docstring): a
 feature is `blocked` as soon as one target shows *strong*, control-verified

@@ -17,7 +17,10 @@ writes more, for itself):
 * `names` ({name: lab IP}): what the lab's resolver answers; these addresses and
   the `address_map` stand-ins count as the services' own networks;
 * `vpn_servers` ({kind: {address, port, transports, ...}}): real servers to
-  measure (the openvpn nettest's default targets).
+  measure (the openvpn nettest's default targets);
+* `test_helpers` ({nettest: URL}): the lab's test helpers, e.g.
+  {"web_connectivity": "https://th.wallwatch.test/"} (`wallwatch helper serve`
+  in the services namespace, outside the censor).
 
 An address that is neither in `lab_networks` nor covered by `address_map` is
 never dialled from the lab (`map_address` raises KeyError). Without the file:
@@ -86,6 +89,8 @@ class LabInfo:
     # Real servers the lab runs, by kind: e.g.
     # {"openvpn": {"address": "198.19.4.1", "port": 1194, "transports": ["udp", "tcp"]}}.
     vpn_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Test helpers by nettest: {"web_connectivity": "https://th.wallwatch.test/"}.
+    test_helpers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_state_file(cls, path: str | os.PathLike[str]) -> "LabInfo":
@@ -108,6 +113,7 @@ class LabInfo:
                 names=MappingProxyType(dict(state.get("names") or {})),
                 lab_networks=tuple(state.get("lab_networks") or DEFAULT_LAB_NETWORKS),
                 vpn_servers=MappingProxyType(_vpn_servers(state.get("vpn_servers"))),
+                test_helpers=MappingProxyType({str(k): str(v) for k, v in (state.get("test_helpers") or {}).items()}),
             )
             info.addresses()  # every entry must parse now, not at the first dial
         except (TypeError, ValueError) as exc:

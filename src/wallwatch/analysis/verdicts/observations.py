@@ -35,6 +35,8 @@ from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintM
 
 Row = dict[str, Any]
 
+_TH_BOGON = 1 << 2  # probe-cli model.THIPInfoFlagIsBogon
+
 # DNS failures that are an answer from a resolver (so the network worked).
 _RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
 
@@ -478,7 +480,8 @@ class _Builder:
             failure = failure_string(entry.get("failure"))
             row["http_url"] = url
             row["http_failure"] = failure
-            status = _int_or_none(response.get("code"))
+            # Code 0 is "no response": probe-cli writes it for a failed round trip (ArchivalHTTPResponse).
+            status = _int_or_none(response.get("code")) or None
             row["http_status"] = status
             body = response.get("body")
             if body is not None and type(body) is not str:
@@ -548,6 +551,21 @@ class _Builder:
             row["ctrl_http_status"] = _int_or_none(http.get("status_code"))
         if have_control:
             self._mark_dns_consistency({a for a in as_list(dns.get("addrs")) if isinstance(a, str)})
+            self._vouched_bogons(_as_dict(control.get("ip_info")))
+
+    def _vouched_bogons(self, ip_info: Mapping[str, Any]) -> None:
+        """An answer the test helper's `ip_info` says is no bogon where it stands is none (the flags
+        of probe-cli `model.THIPInfo`, bit 2 = bogon). For OONI's helpers this agrees with
+        `is_bogon`; a helper in the lab vouches for the lab's internet, which lives in reserved
+        space (RFC 2544) and would otherwise read as an injector's bogon answer."""
+        public = {ip for ip, info in ip_info.items()
+                  if isinstance(info, dict) and isinstance(info.get("flags"), int) and not info["flags"] & _TH_BOGON}
+        if not public:
+            return
+        for row in self.dns_rows:
+            if row["dns_bogon"]:
+                row["dns_bogon"] = any(is_bogon(a) and a not in public
+                                       for a in row["dns_answers"] or () if _looks_like_ip(a))
 
     def _mark_dns_consistency(self, control_addrs: set[str]) -> None:
         """OONI's rule (ts-017): answers are consistent if they overlap the control's, or if a TLS

@@ -9,7 +9,9 @@ than SQL, evaluated in tight Python because it runs inside the single ingest pas
 
 wallwatch's own measurements already carry per-feature verdicts made by the
 probe's versioned rules (`test_keys.x_wallwatch.features`); they are taken as
-made, validated, and keep the probe's rule id and rules version.
+made, validated, and keep the probe's rule id and rules version. A wallwatch
+measurement without them (web_connectivity: the probe writes OONI's keys and
+no verdict of its own) is judged by its test's rule set, as OONI's are.
 """
 
 from __future__ import annotations
@@ -489,7 +491,7 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
     """Verdict rows for one measurement: the probe's own for wallwatch (unless a fingerprint matched),
     else by the rule set of its test."""
     fingerprints = fingerprints or load_fingerprints()
-    if meta.get("software_name") == "wallwatch":
+    if meta.get("software_name") == "wallwatch" and _carries_verdicts(test_keys):
         return list(_wallwatch_verdicts(header, meta, test_keys, measurement, fingerprints))
     rule_set = (rule_sets or default_rule_sets()).get(header.test_name)
     if rule_set is None:
@@ -508,6 +510,12 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
                            rule.id, rule_set.rules_version)
         rows.append(_cite(row, rule, found, header.probe_cc, facts))
     return rows
+
+
+def _carries_verdicts(test_keys: Mapping[str, Any]) -> bool:
+    """The probe judged its own features (every wallwatch nettest but web_connectivity)."""
+    extension = test_keys.get("x_wallwatch")
+    return not isinstance(extension, dict) or "features" in extension
 
 
 WALLWATCH_INVALID_RULE = "wallwatch.invalid_feature_verdict"
