@@ -11,6 +11,9 @@ The names follow OONI's where OONI has one: OONI's web_connectivity 0.4
 `blocking` values (dns, tcp_ip, http-failure, http-diff) and the failure
 strings of its data format (df-007-errors); wallwatch adds the methods its own
 nettests can tell apart with controls (tls_sni, tls_mitm, protocol_dpi, ...).
+A throttled feature worked but slowly: it names a `Throttling` kind (rate,
+latency, jitter) where a blocked one names a `Method`; `is_finding` says which
+verdict goes with which word, for every part that checks.
 Each method says what evidence it needs, and in plain words what happened,
 for readers who do not speak in codes (a dashboard shows `plain` next to the
 code, never the code alone).
@@ -36,6 +39,9 @@ class Verdict(StrEnum):
     """The service itself failed (refused, a 5xx from a genuine server, hangs up on the control too)."""
     UNKNOWN = "unknown"
     """Not enough to say: the probe had no network, a probe-side fault, no control ran."""
+    THROTTLED = "throttled"
+    """The feature works but slowed or delayed past a threshold against a control on the same path that
+    the censor does not target, in every repeat; names a `Throttling` kind. Reachable, but bad for use."""
 
 
 VERDICTS: tuple[str, ...] = tuple(verdict.value for verdict in Verdict)
@@ -128,9 +134,74 @@ class Method(StrEnum):
         "The response matches a known block page fingerprint.",
         "a block page was served",
     )
+    RESIDUAL = (
+        "residual",
+        "A connection that was established was cut on its first bytes (reset or silence), and then clean "
+        "connections to the same address and port failed while they had worked moments before: the censor "
+        "keeps blocking the server for a while after a trigger (the GFW's penalty box, [Rambert2021]).",
+        "after one connection was caught, the server was made unreachable for a while",
+    )
 
 
 METHODS: tuple[str, ...] = tuple(method.value for method in Method)
+
+
+class Throttling(StrEnum):
+    """How a throttled feature was degraded, compared with a control on the same path.
+
+    A throttled verdict names one (the first that applies, in this order); its
+    evidence carries the numbers of every kind measured.
+    """
+
+    evidence: str
+    plain: str
+
+    def __new__(cls, value: str, evidence: str, plain: str) -> "Throttling":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.evidence = evidence
+        member.plain = plain
+        return member
+
+    RATE = (
+        "rate",
+        "Goodput of the feature's transfer at a fraction of a control transfer of the same bytes from the "
+        "same server under a name the censor does not target, in every repeat, and slower than the added "
+        "latency alone explains ([Xue2021], [Wehe2015]).",
+        "transfers were slowed down",
+    )
+    LATENCY = (
+        "latency",
+        "Round trips of the feature's own traffic take longer than those of a control to the same server "
+        "that the censor does not target, by more than a threshold, in every repeat.",
+        "every exchange was delayed",
+    )
+    JITTER = (
+        "jitter",
+        "Round-trip times of the feature's own traffic vary far more than those of the control, in every "
+        "repeat.",
+        "delays varied, which breaks calls",
+    )
+
+
+THROTTLINGS: tuple[str, ...] = tuple(kind.value for kind in Throttling)
+
+
+def qualifiers(verdict: str) -> tuple[str, ...]:
+    """The words a verdict names in its `method` slot: blocked a `Method`, throttled a `Throttling`, others none."""
+    if verdict == Verdict.BLOCKED:
+        return METHODS
+    if verdict == Verdict.THROTTLED:
+        return THROTTLINGS
+    return ()
+
+
+def is_finding(verdict: object, method: object) -> bool:
+    """A verdict and method that go together: blocked names a method, throttled a kind, any other nothing."""
+    if not is_verdict(verdict):
+        return False
+    allowed = qualifiers(str(verdict))
+    return method is None if not allowed else isinstance(method, str) and method in allowed
 
 
 class Feature(StrEnum):

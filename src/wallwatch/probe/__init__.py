@@ -26,6 +26,10 @@ Public API
 * `wallwatch.probe.primitives`: `resolve_udp`, `resolve_system`, `tcp_connect`,
   `tls_handshake`, `http_request`, `udp_exchange`, `tls_sni_control`,
   `first_flight_control`, all recording into a `wallwatch.probe.trace.Trace`.
+* `wallwatch.probe.throughput`: `https_rounds(trace, HttpsTarget(...), target_context=,
+  control_context=)` and `udp_rounds(trace, feature, ip, port, control_port=, make_request=)`:
+  the feature's traffic against a control on the same path; `verdicts.judge_throughput(record)`
+  and `verdicts.apply_throttling(feature_result, judgments)` turn them into `throttled` verdicts.
 * `wallwatch.probe.measurement`: `build_measurement`, `append_jsonl`, `scrub_addresses`.
 
 Measurement contract (what the pipeline ingests)
@@ -62,7 +66,20 @@ are reserved). A whatsapp measurement's `test_keys` holds:
   `feature`, `url`, `method`, `transaction_id`, `failure`, `failed_at`,
   `status`, `body_length`), `udp_exchanges`, `controls` (`kind`, `address`,
   `outcome` answered|closed|silent|reset|connect_failed|answered_not_tls,
-  `failure`), `expected_networks`, `lab` ({run_id, resolver} or null).
+  `failure`), `expected_networks`, `lab` ({run_id, resolver} or null),
+  `throughput` (per feature measured after the reachability attempts:
+  `kind` https|udp, `feature`, `endpoint`, `address`, `control_name` or
+  `control_port`, `rounds` [{`round`, `size`, `target`, `control`}], each side
+  with `rtt_ms` [...], and for HTTPS `server_name`, `connect_s`,
+  `handshake_s`, `status`, `bytes`, `counted_bytes`, `seconds`,
+  `goodput_bps`, `transfer_s`, `failure`, `failed_at`; `probe/throughput.py`).
+  A feature measured so also carries `throttling` (`verdicts.judge_throughput`:
+  `throttled` rate|latency|jitter|null, `rate_bps`, `control_rate_bps`,
+  `rate_ratio`, `latency_ms`, `control_latency_ms`, `added_latency_ms`,
+  `jitter_ms`, `control_jitter_ms`, `rounds`, `flagged`, `rule`, `evidence`),
+  and its verdict is `throttled` with `method` the kind when a kind is named
+  and the feature otherwise worked (or only timed out after TLS). Entries of
+  the OONI arrays made by the rounds are tagged `throughput:target|control`.
 
 An openvpn measurement (`test_name` "openvpn", `input` = the target URI when
 there is one target) holds OONI's openvpn keys `success`, `failure`,

@@ -177,6 +177,19 @@ class ProbeSettings:
             self._contexts[key] = context
         return self._contexts[key]
 
+    def control_tls_context(self, alpn: Sequence[str] = ()) -> ssl.SSLContext:
+        """For a control that names a neutral server (probe/throughput.py): the chain is verified
+        against the same trust anchors, the name is not (the server's certificate is for the
+        service, the ClientHello named something else on purpose)."""
+        key = ("control-name", *alpn)
+        if key not in self._contexts:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.check_hostname = False
+            if alpn:
+                context.set_alpn_protocols(list(alpn))
+            self._contexts[key] = context
+        return self._contexts[key]
+
     def resolver_ip(self) -> str:
         """For the envelope's `resolver_ip`: the configured resolver, else the system's first nameserver."""
         if self.resolver is not None:

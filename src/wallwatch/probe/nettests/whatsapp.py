@@ -125,6 +125,13 @@ class WhatsAppConfig:
     call_relays: tuple[str, ...] = CALL_RELAYS
     stun_port: int = STUN_PORT
     control_sni: str = "example.org"  # RFC 2606 reserved name: no censor lists it
+    # Throughput against a control (probe/throughput.py): a ranged download of a
+    # bulk object per HTTPS feature, STUN round trips against TCP connects for calls.
+    throughput: bool = True
+    media_bulk_url: str = "https://mmg.whatsapp.net/d/video.mp4"
+    web_bulk_url: str = "https://web.whatsapp.com/app.js"
+    throughput_rounds: int = 3
+    relay_control_port: int = 443  # TCP port timed as the calls' latency control
     dns_control_name: str = "example.com"
     expected_networks: tuple[str, ...] = WHATSAPP_NETWORKS
     max_addresses: int = 2  # addresses tried per target, as a dialer falls back
@@ -137,6 +144,7 @@ class _Attempt:
 
     feature: str
     url: str
+    ip: str | None = None  # the address the attempt connected to
     failure: str | None = None
     failed_at: str | None = None
     status: int | None = None
@@ -151,6 +159,7 @@ class WhatsAppTest:
         self.fetches: list[dict[str, Any]] = []
         self._lookups: dict[str, asyncio.Future[Any]] = {}
         self.probe_addresses: set[str] = set()  # the probe's own IPs seen on the wire (scrubbed unless published)
+        self.throughput: list[dict[str, Any]] = []
 
     async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Measure every feature concurrently; returns the `test_keys`."""
@@ -162,6 +171,11 @@ class WhatsAppTest:
         jobs += [self._stun(relay) for relay in self.config.call_relays]
         say(f"measuring {len(jobs)} targets")
         await asyncio.gather(*jobs)
+        if self.config.throughput:
+            # After the reachability attempts, one feature at a time: a throttle's rate is
+            # shared by every flow its rule catches, so concurrent transfers would split it.
+            say("measuring throughput against controls")
+            await self._throughput()
         say("deriving verdicts")
         return self._test_keys()
 
@@ -294,7 +308,7 @@ class WhatsAppTest:
         except ProbeFailure as exc:
             attempt.failure = exc.failure
         record.update(failure=attempt.failure, failed_at=attempt.failed_at,
-                      status=attempt.status, body_length=attempt.body_length)
+                      status=attempt.status, body_length=attempt.body_length, address=attempt.ip)
 
     async def _fetch(self, tx: Transaction, attempt: _Attempt, host: str, port: int, method: str,
                      body: bytes, headers: Sequence[tuple[str, str]]) -> None:
@@ -305,6 +319,7 @@ class WhatsAppTest:
             raise ProbeFailure(resolution.failure)
         attempt.failed_at = "connect"
         stream = await self._connect_any(tx, resolution.addresses, port)
+        attempt.ip = stream.ip
         try:
             attempt.failed_at = "tls"
             try:
@@ -321,7 +336,9 @@ class WhatsAppTest:
             attempt.failed_at = None
             attempt.status, attempt.body_length = response.status, len(response.body)
         finally:
-            await stream.close()
+            # Given up half-way (a transfer timed out behind a throttle): reset, so its
+            # unsent bytes do not go on queueing in front of the flows that follow.
+            await (stream.close() if attempt.failed_at is None else stream.abort())
 
     # --- calls ---------------------------------------------------------------------
 
@@ -356,6 +373,36 @@ class WhatsAppTest:
                 # The probe's own address as the relay saw it: kept only for scrubbing.
                 self.probe_addresses.add(mapped[0])
 
+    # --- throughput -----------------------------------------------------------------
+
+    async def _throughput(self) -> None:
+        from wallwatch.probe.throughput import HttpsTarget, RoundLimits, https_rounds, udp_rounds
+        from wallwatch.probe.verdicts import throughput_settled
+
+        t = self.config.timeouts
+        limits = RoundLimits(connect=t.connect, tls=t.tls, request=t.tls, transfer=t.http)
+        for feature, bulk_url in ((MEDIA, self.config.media_bulk_url), (WEB, self.config.web_bulk_url)):
+            # Only where the feature's own attempt got through TLS: a blocked feature is not slow.
+            reached = next((f for f in self.fetches if f["feature"] == feature and f.get("address")
+                            and f.get("failed_at") in (None, "http")), None)
+            if reached is None:
+                continue
+            parts = urlsplit(bulk_url)
+            target = HttpsTarget(feature, parts.hostname or "", parts.path or "/", reached["address"],
+                                 self._port_for(bulk_url), self.config.control_sni)
+            self.throughput.append(await https_rounds(
+                self.trace, target, target_context=self.settings.tls_context(("http/1.1",)),
+                control_context=self.settings.control_tls_context(("http/1.1",)),
+                rounds=self.config.throughput_rounds, limits=limits, stop_early=throughput_settled))
+        answered = next((e for e in self.trace.udp_exchanges if e.get("kind") == "stun" and e.get("failure") is None),
+                        None)
+        if answered is not None:
+            ip, _, port = answered["address"].rpartition(":")
+            self.throughput.append(await udp_rounds(
+                self.trace, CALLS, ip.strip("[]"), int(port), control_port=self.config.relay_control_port,
+                make_request=_stun_request, rounds=self.config.throughput_rounds, timeout=t.udp,
+                stop_early=throughput_settled))
+
     # --- results -------------------------------------------------------------------
 
     def _test_keys(self) -> dict[str, Any]:
@@ -372,11 +419,29 @@ class WhatsAppTest:
             "fetches": self.fetches,
             "udp_exchanges": self.trace.udp_exchanges,
             "controls": self.trace.controls,
+            "throughput": self.throughput,
             "expected_networks": list(self.config.expected_networks),
             "lab": {"run_id": lab.run_id, "resolver": lab.resolver} if lab else None,
         }
         test_keys["x_wallwatch"]["features"] = derive_whatsapp_features(test_keys)
         return test_keys
+
+
+def _stun_request() -> tuple[bytes, Callable[[bytes], bool]]:
+    """A fresh Binding request and the test for its answer (RFC 5389 §7.3: the transaction id matches)."""
+    from wallwatch.protocols.errors import ProtocolError
+    from wallwatch.protocols.stun import build_binding_request, parse_stun
+
+    transaction_id = os.urandom(12)
+
+    def is_answer(data: bytes) -> bool:
+        try:
+            message = parse_stun(data)
+        except ProtocolError:
+            return False
+        return message.transaction_id == transaction_id and message.stun_class in ("success", "error")
+
+    return build_binding_request(transaction_id), is_answer
 
 
 def ooni_whatsapp_keys(chat_sessions: Sequence[dict[str, Any]], trace: Trace,
