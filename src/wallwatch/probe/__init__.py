@@ -115,4 +115,9 @@ worked. `blocked_share` is reported for every feature (0.0 when nothing was
 interfered with); `partial` is true only on a blocked verdict with working
 targets. Calls are `udp_blocking` when relays are silent while a TCP connect
 succeeded *or* the resolver answered the control name over UDP.
+
+Residual blocking (rules/3): a reset on the first bytes of an established
+connection followed by the same address:port refusing new connections (the
+control's connect times out, or another attempt's does) is method `residual`
+(the penalty box, [Rambert2021]); under rules/2 it was `protocol_dpi`.
 """

@@ -51,6 +51,21 @@ The rule ids of rules/1 keep their meaning; rules/2 adds
 `feature.partial_blocked`, `chat.reset_then_blackholed` (a rules/1 case of
 `chat.address_blackholed` with a reset first), and calls judged `udp_blocking`
 when the resolver answered over UDP even if no TCP connection succeeded.
+
+Residual blocking and throttling (rules version 3)
+--------------------------------------------------
+A censor with a penalty box ([Rambert2021]; the lab censor's `residual`
+option) resets the triggering connection and then drops new connections to
+the same server and port for a while. rules/3 names that method `residual`
+(it was `protocol_dpi` under rules/2) wherever the probe sees both halves: a
+reset on the first bytes of an established connection (the WhatsApp header:
+`chat.reset_then_blackholed`; a ClientHello: `tls.reset_then_blackholed`; an
+OpenVPN client reset: `openvpn.reset_then_blackholed`) followed by a control
+connect to the same address:port timing out, or a connect timing out to an
+address:port that another attempt of the same measurement had connected to and
+seen reset (`tcp.blackholed_after_reset`). A stall (timeout) followed by a
+connect timeout stays weak `tcp_ip`: an overloaded server stops answering too.
+rules/3 also adds `throttled` (see "throttling" below).
 """
 
 from __future__ import annotations
@@ -74,7 +89,7 @@ from wallwatch.vocabulary import (
     is_verdict,
 )
 
-RULES_VERSION = "wallwatch-whatsapp-verdicts/2"
+RULES_VERSION = "wallwatch-whatsapp-verdicts/3"
 
 OK, BLOCKED, DOWN, UNKNOWN, THROTTLED = Verdict.OK, Verdict.BLOCKED, Verdict.DOWN, Verdict.UNKNOWN, Verdict.THROTTLED
 
@@ -139,6 +154,9 @@ class _Context:
     udp_works: bool  # did the resolver answer a UDP query for the control name?
     chat_sessions: dict[int, dict[str, Any]]
     fetches: dict[int, dict[str, Any]]
+    # address:port -> when a connection to it was first reset after it had been established
+    # (its first bytes were answered with a reset): the trigger of a penalty box.
+    cuts: dict[str, float] = field(default_factory=dict)
 
 
 # --- grouping ---------------------------------------------------------------------
@@ -216,7 +234,19 @@ def _context(test_keys: dict[str, Any]) -> _Context:
         udp_works=udp_works,
         chat_sessions={s["transaction_id"]: s for s in x.get("chat_sessions") or () if "transaction_id" in s},
         fetches={f["transaction_id"]: f for f in x.get("fetches") or () if "transaction_id" in f},
+        cuts=_cuts(test_keys),
     )
+
+
+def _cuts(test_keys: dict[str, Any]) -> dict[str, float]:
+    """Where an established connection was reset on a read, and when (its earliest time)."""
+    cuts: dict[str, float] = {}
+    for event in test_keys.get("network_events") or ():
+        if (event.get("operation") == "read" and event.get("failure") == _RESET and event.get("address")
+                and not _is_throughput(event) and not _is_control(event)):
+            at = event.get("t", 0.0)
+            cuts[event["address"]] = min(at, cuts.get(event["address"], at))
+    return cuts
 
 
 def _resolver_answered(query: dict[str, Any]) -> bool:
@@ -307,6 +337,22 @@ def _connect_verdict(attempt: _Attempt) -> TargetVerdict | None:
                          None, 0.2)
 
 
+def _after_a_cut(attempt: _Attempt, verdict: TargetVerdict, ctx: _Context) -> TargetVerdict:
+    """A connect timeout to an address:port that took a connection of this same measurement moments
+    before and reset it on its first bytes is the penalty box, not an address block."""
+    if verdict.rule != "tcp.connect_timeout":
+        return verdict
+    for connect in attempt.connects:
+        address = f"{connect.get('ip')}:{connect.get('port')}"
+        cut = ctx.cuts.get(address)
+        if cut is not None and (connect.get("t0") or 0.0) >= cut:
+            return TargetVerdict(attempt.endpoint, BLOCKED, "tcp.blackholed_after_reset",
+                                 f"{attempt.endpoint}: connect to {address} timed out {connect.get('t0', 0.0) - cut:.2f}"
+                                 f" s after another connection to it was reset on its first bytes (residual "
+                                 "blocking)", Method.RESIDUAL, 0.7, strong=True)
+    return verdict
+
+
 def _control(attempt: _Attempt, kind: str) -> dict[str, Any] | None:
     return next((c for c in attempt.controls if c.get("kind") == kind), None)
 
@@ -337,6 +383,12 @@ def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
     method = Method.TCP_RESET if failure == _RESET or control.get("outcome") == "reset" else Method.TCP_IP
     says = (f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
             f"failed too ({control.get('outcome')})")
+    if failure == _RESET and control.get("outcome") == "connect_failed" and control.get("failure") == _TIMEOUT:
+        # The address took our connection, reset it on the ClientHello, and then stopped taking
+        # any: the penalty box after a trigger [Rambert2021], not an address block (that would
+        # have failed the first connect too).
+        return TargetVerdict(ep, BLOCKED, "tls.reset_then_blackholed", says + ": reset after the ClientHello, then "
+                             "new connections black-holed (residual blocking)", Method.RESIDUAL, 0.75, strong=True)
     if failure == _TIMEOUT and control.get("outcome") == "silent":
         # A TLS server must answer a ClientHello (ServerHello or alert, RFC 8446
         # §4.1), so silence to both is someone dropping -- or a hung server.
@@ -392,7 +444,7 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
         # after a trigger [Rambert2021]. A server does not
         # reset a greeting and then vanish from the network.
         return TargetVerdict(ep, BLOCKED, "chat.reset_then_blackholed", says + ": reset after the header, then "
-                             "new connections black-holed (residual blocking)", Method.PROTOCOL_DPI, 0.75, strong=True)
+                             "new connections black-holed (residual blocking)", Method.RESIDUAL, 0.75, strong=True)
     if outcome == "connect_failed":
         return TargetVerdict(ep, BLOCKED, "chat.address_blackholed", says + " (residual or address blocking)",
                              Method.TCP_IP, 0.6)
@@ -428,7 +480,7 @@ def judge_attempt(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
     for verdict in (_dns_verdict(attempt, ctx, not succeeded), _connect_verdict(attempt) if attempt.queries
                     and attempt.queries[0].get("failure") is None else None):
         if verdict is not None:
-            return verdict
+            return _after_a_cut(attempt, verdict, ctx)
     if session is not None:
         return _chat_verdict(attempt, session)
     return _tls_verdict(attempt) or _http_verdict(attempt)
@@ -544,7 +596,7 @@ def _throughput_judgments(test_keys: dict[str, Any], feature: str) -> list[dict[
 
 # --- openvpn: the `tunnel` feature ----------------------------------------------------------------
 
-OPENVPN_RULES_VERSION = "wallwatch-openvpn-verdicts/1"
+OPENVPN_RULES_VERSION = "wallwatch-openvpn-verdicts/2"
 
 
 def _other_paths_work(test_keys: dict[str, Any], handshake: dict[str, Any]) -> list[str]:
@@ -619,7 +671,7 @@ def _openvpn_tcp_reset_unanswered(ep: str, handshake: dict[str, Any], failure: s
         return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi_no_clean_control", says, Method.PROTOCOL_DPI, 0.6)
     if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
         return TargetVerdict(ep, BLOCKED, "openvpn.reset_then_blackholed", says + ": reset after the client "
-                             "reset, then new connections black-holed (residual blocking)", Method.PROTOCOL_DPI,
+                             "reset, then new connections black-holed (residual blocking)", Method.RESIDUAL,
                              0.75, strong=True)
     if outcome == "connect_failed" and control.get("failure") == _REFUSED:
         return TargetVerdict(ep, DOWN, "openvpn.control_refused", says, None, 0.5)
