@@ -29,6 +29,7 @@ STATE_COLOURS: Mapping[str, str] = {
     "blocked": "#c0392b",
     "blocked, on and off": "#f1948a",
     "partial": "#e67e22",
+    "throttled": "#f4d03f",  # reachable but slowed: yellow, between blocked's reds and ok's green
     "down": "#8e44ad",
     "ok": "#27ae60",
     "insufficient": "#d5d8dc",
@@ -86,8 +87,23 @@ def timeline_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *,
         tooltip=[alt.Tooltip("t:T", title=f"{bucket} (UTC)", format="%Y-%m-%d %H:00"), "network:N",
                  alt.Tooltip("blocked_share:Q", format=".0%"), "probes:Q"],
     )
-    layers = [*_event_bands(events, end_of_data, "#c0392b"), line]
+    blocking = [e for e in events if e.type != "throttling"]
+    throttling = [e for e in events if e.type == "throttling"]
+    layers = [*_event_bands(blocking, end_of_data, "#c0392b"), *_event_bands(throttling, end_of_data, "#f4d03f"),
+              line]
+    slowed = [{"t": iso(row[grain]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
+               "throttled_share": row.get("throttled_share") if row["n_probes_decisive"] else None}
+              for row in rows if row["n_probes_decisive"] or is_gap(row)]
+    if any(point["throttled_share"] for point in slowed):
+        # Throttled (reachable, slowed) is its own state: a dashed line, never added to blocking.
+        layers.append(alt.Chart(alt.Data(values=slowed)).mark_line(
+            interpolate="step-after", strokeWidth=1.4, strokeDash=[4, 3]).encode(
+            x=_utc_x("t"), y=alt.Y("throttled_share:Q"), color=alt.Color("network:N"),
+            tooltip=[alt.Tooltip("t:T", title=f"{bucket} (UTC)", format="%Y-%m-%d %H:00"), "network:N",
+                     alt.Tooltip("throttled_share:Q", title="share of probes seeing it slowed", format=".0%")]))
     shaded = [f"{len(events)} detected event(s) shaded (hour precision)"] if events else ["no detected events"]
+    if throttling:
+        shaded.append("dashed: share of probes seeing it throttled (reachable but slowed)")
     chart = alt.layer(*layers).properties(
         width=760, height=220,
         title=_title(f"{service} · {feature} in {probe_cc}: share of probes seeing blocking, per network and {bucket}",
@@ -179,7 +195,8 @@ def covered_until(row: Mapping[str, Any], grain: str) -> datetime:
 
 
 def _event_label(event: Event) -> str:
-    what = "volume collapse" if event.service == ANY else f"{event.service}/{event.feature} blocked"
+    state = "throttled" if event.type == "throttling" else "blocked"
+    what = "volume collapse" if event.service == ANY else f"{event.service}/{event.feature} {state}"
     end = iso(event.end) or "ongoing"
     return f"{what}: {iso(event.onset)} → {end}, {len(event.networks)} network(s)"
 

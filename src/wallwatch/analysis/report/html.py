@@ -24,6 +24,7 @@ from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.events.grouping import (
     ANY,
     BLOCKING,
+    THROTTLING,
     DetectionParams,
     Event,
     add_rule_evidence,
@@ -120,7 +121,7 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
     volume = defaultdict(int)
     for key, rows in hourly_by.items():
         volume[key] = sum(row["n_measurements"] for row in rows)
-    event_groups = [(e.probe_cc, e.service, e.feature) for e in events if e.type == BLOCKING]
+    event_groups = [(e.probe_cc, e.service, e.feature) for e in events if e.type in (BLOCKING, THROTTLING)]
     ordered = list(dict.fromkeys(key for key in event_groups if key in hourly_by))
     ordered += [key for key in sorted(volume, key=lambda k: -volume[k]) if key not in ordered]
     sections, written = [], []
@@ -162,7 +163,7 @@ def _group_rows(table: pa.Table) -> dict[tuple[str, str, str], list[dict[str, An
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     wanted = [c for c in ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "day",
                           "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "blocked_share",
-                          "attempt_blocked_share", "state", "n_buckets") if c in table.column_names]
+                          "attempt_blocked_share", "throttled_share", "state", "n_buckets") if c in table.column_names]
     for row in table.select(wanted).to_pylist():
         grouped[(row["probe_cc"], row["service"], row["feature"])].append(row)
     return grouped
