@@ -233,11 +233,32 @@ class Feature(StrEnum):
 
 FEATURES: tuple[str, ...] = tuple(feature.value for feature in Feature)
 
+
+class Circumvention(StrEnum):
+    """A way around the censor the `circumvention` nettest tries: its features, one per option."""
+
+    plain: str
+
+    def __new__(cls, value: str, plain: str) -> "Circumvention":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.plain = plain
+        return member
+
+    OPENVPN_UDP = ("openvpn_udp", "OpenVPN over UDP")
+    OPENVPN_TCP = ("openvpn_tcp", "OpenVPN over TCP")
+    WIREGUARD = ("wireguard", "WireGuard")
+    SHADOWSOCKS = ("shadowsocks", "Shadowsocks")
+    OBFS4 = ("obfs4", "obfs4")
+    TOR = ("tor", "Tor")
+    TOR_OBFS4 = ("tor_obfs4", "Tor through an obfs4 bridge")
+
 # The features each of wallwatch's own nettests reports, in the order it reports them;
 # a scenario's ground truth must name every one (lab/scenario.py).
-NETTEST_FEATURES: Mapping[str, tuple[Feature, ...]] = MappingProxyType({
+NETTEST_FEATURES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "whatsapp": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB, Feature.REGISTRATION),
     "openvpn": (Feature.TUNNEL,),
+    "circumvention": tuple(Circumvention),
 })
 
 

@@ -100,6 +100,9 @@ def _print_features(measurement: dict[str, Any]) -> None:
     handshakes = x.get("openvpn_handshakes")
     if handshakes:
         console.print(_handshake_table(handshakes))
+    if x.get("summary"):
+        network = measurement.get("probe_asn", "")
+        console.print(f"from {network} on {measurement['measurement_start_time'][:10]}: {x['summary']}")
 
 
 def _handshake_table(handshakes: list[dict[str, Any]]) -> Any:

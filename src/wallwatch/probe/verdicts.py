@@ -944,3 +944,117 @@ def apply_throttling(result: dict[str, Any], judgments: Sequence[dict[str, Any]]
                   rule=f"{judgment['rule']}+{result['rule']}", partial=False,
                   evidence=list(judgment["evidence"]) + list(result["evidence"]))
     return result
+
+
+# --- circumvention: which ways around still work ------------------------------------------------------
+
+CIRCUMVENTION_RULES_VERSION = "wallwatch-circumvention-verdicts/1"
+_PASSED = ("answered", "closed", "delivered")
+
+
+def _circumvention_network_works(test_keys: dict[str, Any], option: str) -> list[str]:
+    """What shows the network works apart from this option: another option, a TCP connect, the resolver."""
+    x = test_keys.get("x_wallwatch") or {}
+    seen = []
+    for other, facts in (x.get("options") or {}).items():
+        if other != option and (facts.get("stage_reached") == "response" or facts.get("directory_answer")
+                                or (facts.get("openvpn_handshake") or {}).get("packets_received")):
+            seen.append(f"{other} got through")
+            break
+    controls = [q for q in test_keys.get("queries") or () if "control:dns" in (q.get("tags") or ())]
+    if any(_resolver_answered(q) for q in controls):
+        seen.append("the resolver answered")
+    return seen
+
+
+def judge_option(facts: dict[str, Any], test_keys: dict[str, Any]) -> TargetVerdict:
+    """One circumvention option's verdict from its facts (circumvention.py records them)."""
+    if facts.get("kind") == "openvpn":
+        return judge_openvpn_handshake(facts["openvpn_handshake"], test_keys)
+    option, kind = facts.get("option", "?"), facts.get("kind")
+    ep = f"{option} via {facts.get('address')}"
+    failure, at = facts.get("failure"), facts.get("failed_at")
+    if failure is None:
+        if kind == "tor" and facts.get("bootstrap", 0) >= 100:
+            return TargetVerdict(ep, OK, "tor.bootstrapped", f"{ep}: tor bootstrapped to 100%", None, 1.0)
+        if kind == "tor" and facts.get("directory_answer") is not None:
+            return TargetVerdict(ep, OK, "tor.directory_answered",
+                                 f"{ep}: tor completed the link handshake and a one-hop circuit, and the bridge "
+                                 f"answered its directory request (HTTP {facts['directory_answer']}) at bootstrap "
+                                 f"{facts.get('bootstrap')}% ({facts.get('bootstrap_tag')}): the lab's lone bridge "
+                                 "has no consensus to serve, so this is as far as any client gets there", None, 0.9)
+        if facts.get("stage_reached") == "response":
+            what = "through the tunnel" if kind == "wireguard" else f"through {facts.get('client')}"
+            return TargetVerdict(ep, OK, f"{kind}.answered", f"{ep}: HTTP {facts.get('http_status')} from "
+                                 f"{facts.get('target')} {what}", None, 1.0)
+        return TargetVerdict(ep, UNKNOWN, f"{kind}.no_result", f"{ep}: no result", None, 0.0)
+    if at == "client":
+        return TargetVerdict(ep, UNKNOWN, "client.unavailable", f"{ep}: the client could not run here: {failure}",
+                             None, 0.0)
+    works = _circumvention_network_works(test_keys, option)
+    if kind == "wireguard":
+        if facts.get("latest_handshake"):
+            return TargetVerdict(ep, UNKNOWN, "wireguard.data_failed", f"{ep}: the handshake completed but "
+                                 f"{failure} at {at}", None, 0.3)
+        if works:
+            return TargetVerdict(ep, BLOCKED, "wireguard.no_handshake",
+                                 f"{ep}: no answer to WireGuard handshake initiations ({facts.get('bytes_received', 0)} "
+                                 f"bytes back) while {' and '.join(works)}: the tunnel's UDP is dropped (a WireGuard "
+                                 "server answers every valid initiation, whitepaper §5.4.3)", Method.UDP_BLOCKING, 0.7)
+        return TargetVerdict(ep, UNKNOWN, "wireguard.no_network", f"{ep}: {failure}, and nothing shows the network "
+                             "works", None, 0.0)
+    control = facts.get("control")
+    if control is None:
+        return TargetVerdict(ep, UNKNOWN, f"{kind}.failure_no_control", f"{ep}: {failure} at {at}, no control ran",
+                             None, 0.3)
+    outcome = control.get("outcome")
+    what = "a plain TLS ClientHello" if option == "tor" else "a same-size printable payload"
+    says = f"{ep}: {failure} at {at}; {what} to the same address:port was {outcome}"
+    if outcome in _PASSED:
+        recognised = "Tor's TLS" if option == "tor" else f"{facts.get('client')}'s traffic"
+        return TargetVerdict(ep, BLOCKED, f"{kind}.protocol_dpi", says + f": the path carries other bytes there, "
+                             f"so {recognised} was recognised and cut", Method.PROTOCOL_DPI, 0.85, strong=True)
+    if outcome == "reset":
+        return TargetVerdict(ep, BLOCKED, f"{kind}.address_reset", says, Method.TCP_RESET, 0.7)
+    if outcome == "connect_failed" and control.get("failure") == _REFUSED:
+        return TargetVerdict(ep, DOWN, f"{kind}.refused", says + ": nothing listens there", None, 0.7)
+    if works:
+        return TargetVerdict(ep, BLOCKED, f"{kind}.address_unreachable", says + f" while {' and '.join(works)}: "
+                             "the server's address:port is unreachable", Method.TCP_IP, 0.6)
+    return TargetVerdict(ep, UNKNOWN, f"{kind}.no_network", says + ", and nothing shows the network works", None, 0.0)
+
+
+def derive_circumvention_features(test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One feature per option tried (pure): each a single-target feature with the rules/2 aggregation."""
+    options = (test_keys.get("x_wallwatch") or {}).get("options") or {}
+    features = {}
+    for option, facts in options.items():
+        verdict = judge_option(facts, test_keys)
+        result = aggregate_feature(option, [verdict])
+        if verdict.status == OK:
+            result["evidence"] = [verdict.evidence]  # one target: its own words say more than "1 of 1"
+            result["rule"] = f"{result['rule']}+{verdict.rule}"
+        features[option] = result
+    return features
+
+
+def summary(features: dict[str, dict[str, Any]]) -> str:
+    """Which options worked and how the others were stopped, in words (the report repeats it)."""
+    from wallwatch.vocabulary import Circumvention
+
+    def names(options: list[str]) -> str:
+        words = [Circumvention(o).plain if o in Circumvention._value2member_map_ else o for o in options]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    worked = [o for o, f in features.items() if f["verdict"] == OK]
+    blocked: dict[str, list[str]] = {}
+    for option, result in features.items():
+        if result["verdict"] == BLOCKED:
+            blocked.setdefault(result["method"], []).append(option)
+    parts = [f"{names(worked)} worked" if worked else "nothing worked"]
+    for method, options in blocked.items():
+        parts.append(f"{names(options)} {'were' if len(options) > 1 else 'was'} blocked ({Method(method).plain})")
+    rest = [o for o, f in features.items() if f["verdict"] not in (OK, BLOCKED)]
+    if rest:
+        parts.append(f"{names(rest)}: {', '.join(sorted({features[o]['verdict'] for o in rest}))}")
+    return "; ".join(parts)

@@ -45,5 +45,8 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
         Nettest("openvpn", "OpenVPN handshake over UDP and TCP (client reset, server reset, TLS ClientHello -> "
                 "ServerHello); feature: tunnel", "wallwatch.probe.nettests.openvpn",
                 target_syntax="openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input)"),
+        Nettest("circumvention", "Which ways around still work: OpenVPN (UDP, TCP), WireGuard, Shadowsocks, obfs4 "
+                "and Tor (plain, obfs4 bridge) with real clients against the lab's servers",
+                "wallwatch.probe.nettests.circumvention"),
     )
 })
