@@ -11,6 +11,17 @@ Public API
   (async, test_keys), `OpenVpnTarget.parse("openvpn://NAME/?address=IP:PORT&transport=udp|tcp")`,
   `make_config(targets, step_timeout=None)`, `lab_targets(settings)` (the lab state file's
   `vpn_servers.openvpn` = {address, port, transports}), `HandshakeState` (the sans-IO client side).
+* `wallwatch.probe.nettests.circumvention`: `measure_circumvention(config, settings, *, stamp)`,
+  `run_circumvention` (async, test_keys), `CircumventionConfig(servers=lab_servers(settings))`.
+  Its `x_wallwatch` holds `rules_version` ("wallwatch-circumvention-verdicts/1"), `features`
+  (one per option tried: openvpn_udp, openvpn_tcp, wireguard, shadowsocks, obfs4, tor,
+  tor_obfs4; verdict ok|blocked|down|unknown with the usual shape), `summary` (which options
+  worked, and how the others were stopped, in words), `options` (per option the facts: `kind`,
+  `address`, `client`, `stage_reached`, `failure`, `failed_at`, `control` {outcome answered|
+  closed|delivered|silent|reset|connect_failed, failure}, `timings`, and per kind
+  `openvpn_handshake`, `latest_handshake`/`bytes_received` (WireGuard), `http_status`,
+  `bootstrap`/`bootstrap_tag`/`directory_answer`/`problem` (Tor), `client_log`),
+  `openvpn_handshakes`, `controls`, `lab`.
 * `wallwatch.probe.measurement.Stamp(probe_asn, probe_cc, probe_network_name, measurement_time,
   annotations, publish_ip)`: the envelope options of every nettest (`measure_whatsapp(..., stamp=)`,
   `measure_openvpn(..., stamp=)`); `parse_measurement_time("YYYY-MM-DD hh:mm:ss")`,

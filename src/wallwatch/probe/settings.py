@@ -16,8 +16,13 @@ writes more, for itself):
   space, dialled as it is;
 * `names` ({name: lab IP}): what the lab's resolver answers; these addresses and
   the `address_map` stand-ins count as the services' own networks;
-* `vpn_servers` ({kind: {address, port, transports, ...}}): real servers to
-  measure (the openvpn nettest's default targets).
+* `vpn_servers` ({kind: {address, port, ...}}): real servers to measure, with
+  what a client needs: `openvpn` {transports} (the openvpn nettest's default
+  targets), `wireguard` {server_public, client_private, tunnel_client (CIDR),
+  tunnel_server, target}, `shadowsocks` {method, password, target}, `obfs4`
+  {cert ("cert=...,iat-mode=0"), target}, `tor` {fingerprint, obfs4 {address,
+  port, cert}}; `target` is the ip:port of a plain HTTP server to reach through
+  the tunnel or proxy (the circumvention nettest's targets).
 
 An address that is neither in `lab_networks` nor covered by `address_map` is
 never dialled from the lab (`map_address` raises KeyError). Without the file:
