@@ -19,7 +19,7 @@ from wallwatch.lab.scenario import probe_in_lab
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
 FEATURES = ("text", "media", "calls", "web", "registration")
-PENALTY_SECONDS = 8  # longer than one probe run, short enough to wait out
+PENALTY_SECONDS = 5  # longer than a probe run takes to reach its controls, short enough to wait out
 
 
 def with_penalty(name: str, match: dict[str, Any]) -> dict[str, Any]:
