@@ -17,11 +17,12 @@ from wallwatch.analysis.store import Store
 from wallwatch.lab.scenario import KNOWN_FEATURES, Expectation
 from wallwatch.probe.measurement import append_jsonl, build_measurement
 from wallwatch.probe.verdicts import RULES_VERSION, TargetVerdict, aggregate_feature
-from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, Method, Verdict
+from wallwatch.vocabulary import NETTEST_FEATURES, VERDICTS, Method, Throttling, is_finding, qualifiers
 
-# Every (verdict, method) pair a probe rule may name: blocked with each method, the others with none.
-EMITTABLE = [(Verdict.BLOCKED.value, method) for method in METHODS] + [
-    (verdict, None) for verdict in VERDICTS if verdict != Verdict.BLOCKED
+# Every (verdict, method) pair a probe rule may name: blocked with each method, throttled with each
+# kind of degradation, the others with none.
+EMITTABLE = [(verdict, word) for verdict in VERDICTS for word in qualifiers(verdict)] + [
+    (verdict, None) for verdict in VERDICTS if not qualifiers(verdict)
 ]
 
 
@@ -55,6 +56,9 @@ def test_every_verdict_and_method_the_probe_can_emit_survives_ingest(tmp_path: P
     ("blocked", "tls_interception"),  # not a method
     ("blocked", None),  # blocked says how
     ("ok", "dns"),  # only blocked names a method
+    ("throttled", None),  # throttled says how too
+    ("throttled", "dns"),  # ... with a kind of degradation, not a blocking method
+    ("blocked", "rate"),  # and a blocked verdict never names one
 ])
 def test_the_probe_refuses_words_outside_the_vocabulary(verdict: str, method: str | None) -> None:
     with pytest.raises(ValueError):
@@ -62,8 +66,13 @@ def test_the_probe_refuses_words_outside_the_vocabulary(verdict: str, method: st
 
 
 def test_every_method_says_what_evidence_it_needs_in_code_and_in_words() -> None:
-    for method in Method:
-        assert len(method.evidence) > 40 and method.plain and method.plain != method.value
+    for word in (*Method, *Throttling):
+        assert len(word.evidence) > 40 and word.plain and word.plain != word.value
+
+
+def test_emittable_covers_throttling_and_residual() -> None:
+    assert ("throttled", "rate") in EMITTABLE and ("blocked", "residual") in EMITTABLE
+    assert all(is_finding(verdict, method) for verdict, method in EMITTABLE)
 
 
 def test_the_lab_checks_ground_truth_against_the_same_words() -> None:

@@ -121,14 +121,14 @@ def series_command(
     console.print(f"{build.n_series} series, {build.hourly_rows} series-hours, {build.daily_rows} series-days, "
                   f"{build.start:%Y-%m-%d %H:00} to {build.end:%Y-%m-%d %H:00} UTC")
     table = Table("country", "network", "service", "feature", "hours", "with data", "measurements",
-                  "blocked h", "partial h", "down h", "max share", "last state")
+                  "blocked h", "partial h", "throttled h", "down h", "max share", "last state")
     rows = series_summary(hourly)
     for row in rows[:limit]:
         network = f"AS{row['probe_asn']}" + (f" {row['probe_network_name']}" if row["probe_network_name"] else "")
         share = row["max_blocked_share"]
         table.add_row(row["probe_cc"], network, row["service"], row["feature"], str(row["buckets"]),
                       str(row["with_data"]), str(row["measurements"]), str(row["blocked"]), str(row["partial"]),
-                      str(row["down"]), "-" if share is None else f"{share:.0%}", row["last_state"])
+                      str(row["throttled"]), str(row["down"]), "-" if share is None else f"{share:.0%}", row["last_state"])
     console.print(table)
     if len(rows) > limit:
         console.print(f"... {len(rows) - limit} more series (--limit)")
@@ -136,6 +136,7 @@ def series_command(
 
 class EventType(str, enum.Enum):
     blocking = "blocking"
+    throttling = "throttling"
     volume_collapse = "volume_collapse"
 
 
@@ -214,7 +215,7 @@ def events_command(
     for e in events:
         networks = ", ".join(_network_part(n, len(e.networks) > 1) for n in e.networks)
         table.add_row(when(e.onset), when(e.end), e.type, e.probe_cc, f"{e.service}/{e.feature}", networks,
-                      ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type == "blocking" else "-",
+                      ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type in ("blocking", "throttling") else "-",
                       e.event_id)
     console.print(table)
     if record:

@@ -57,5 +57,8 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
         Nettest("facebook_messenger", "Messenger per feature: text (MQTT CONNECT/CONNACK over TLS at the edge, "
                 "APIs), media (CDN), calls (STUN), web; OONI ts-019 keys",
                 "wallwatch.probe.nettests.facebook_messenger"),
+        Nettest("circumvention", "Which ways around still work: OpenVPN (UDP, TCP), WireGuard, Shadowsocks, obfs4 "
+                "and Tor (plain, obfs4 bridge) with real clients against the lab's servers",
+                "wallwatch.probe.nettests.circumvention"),
     )
 })
