@@ -59,7 +59,7 @@ STATE_GLYPHS: Mapping[str, str] = {
 }
 # Glyph colour readable on each fill.
 _DARK_INK_STATES = (State.BLOCKED_ON_AND_OFF, State.THROTTLED, State.INSUFFICIENT)
-_GLYPH_INK: Mapping[str, str] = {state: ("#1c2833" if state in _DARK_INK_STATES else "white")
+GLYPH_INK: Mapping[str, str] = {state: ("#1c2833" if state in _DARK_INK_STATES else "white")
                                  for state in STATE_COLOURS}
 # A throttling event's band: darker than the throttled cells' yellow, so its tag reads on white.
 _THROTTLING_BAND = "#b7950b"
@@ -252,7 +252,7 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
         cells.append({
             "day": iso(row["day"]), "row": label(row), "state": state,
             "glyph": STATE_GLYPHS[state] + (NO_EVENT_MARK if unexplained else ""),
-            "ink": _GLYPH_INK[state], "in_event": "no event: too little evidence" if unexplained else (
+            "ink": GLYPH_INK[state], "in_event": "no event: too little evidence" if unexplained else (
                 "yes" if state in _EVENT_TYPE_OF_STATE else "-"),
             "blocked_share": row["blocked_share"], "attempts_blocked": row.get("attempt_blocked_share"),
             "measurements": row["n_measurements"], "probes": row["n_probes"], "days": row.get("n_buckets") or 1,
