@@ -94,3 +94,26 @@ def test_every_service_the_rules_judge_is_a_named_service() -> None:
                                ("b-api.facebook.com", 443), (None, None))}
     assert seen == {service.value for service in Service}
     assert all(service.plain for service in Service)
+
+
+def test_every_word_of_both_branches_is_there_once() -> None:
+    """Issue 12 was built on two branches: each enum must hold every word of both, once (a value
+    written twice would silently become an alias of the first member)."""
+    from enum import StrEnum
+
+    from wallwatch import vocabulary as v
+
+    enums = [obj for obj in vars(v).values() if isinstance(obj, type) and issubclass(obj, StrEnum)
+             and obj is not StrEnum]
+    for enum in enums:
+        assert len(enum.__members__) == len({member.value for member in enum}), enum.__name__
+    assert {"middlebox", "platform_filter", "residual"} <= set(v.METHODS)
+    assert set(v.THROTTLINGS) == {"rate", "latency", "jitter"} and not set(v.THROTTLINGS) & set(v.METHODS)
+    assert "throttled" in v.VERDICTS and "throttled" in v.SERIES_STATES
+    assert {"keywords", "resolver", "ech"} <= set(v.FEATURES)
+    assert {"telegram", "signal", "facebook_messenger", "keyword", "circumvention"} <= set(v.NETTEST_FEATURES)
+    # Every verdict and state has its plain words, throttled included.
+    for word in (*v.Verdict, *v.State):
+        assert word.plain and word.plain != word.value
+    assert all(word.plain for word in (*v.Service, *v.Circumvention))  # names: "obfs4" is its own
+    assert v.qualifier_plain("rate") == v.Throttling.RATE.plain and v.qualifier_plain("residual") == v.Method.RESIDUAL.plain
