@@ -36,6 +36,12 @@ drops. The verdicts are derived from these facts by
 Targets come from the lab state file's `vpn_servers` (probe/settings.py); a
 kind the file does not name is not measured. The client binaries run as
 child processes in the probe's own namespace and are always stopped.
+
+Real clients dial for themselves, and Tor knows the real network's directory
+authorities and fallbacks by heart, so the nettest starts nothing from a
+network namespace with a route out of the machine (a default route: a lab
+namespace has none, lab/topology.py), and the client's torrc names no
+address but the lab bridge's (`tor_client_torrc`).
 """
 
 from __future__ import annotations
@@ -88,6 +94,54 @@ class CircumventionConfig:
     option_timeout: float = 12.0  # everything one option may take, client start to answer
     step: float = 3.0  # one connect, one control, one read
     dns_control_name: str = "example.com"
+
+
+# --- never outside the lab -----------------------------------------------------------------
+
+RTF_UP, RTF_REJECT = 0x0001, 0x0200  # route flags (linux/route.h, include/uapi/linux/ipv6_route.h)
+
+
+def routes_out(ipv4_table: str, ipv6_table: str) -> list[str]:
+    """The default routes in /proc/net/route and /proc/net/ipv6_route text: ways out of this namespace.
+
+    The kernel's own IPv6 "unreachable" default (flag RTF_REJECT, on lo) leads nowhere and is not one."""
+    found = []
+    for line in ipv4_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000":
+            flags = int(fields[3], 16)
+            if flags & RTF_UP and not flags & RTF_REJECT:
+                found.append(f"default via {fields[0]}")
+    for line in ipv6_table.splitlines():
+        fields = line.split()
+        if len(fields) >= 10 and fields[0] == "0" * 32 and fields[1] == "00" and not int(fields[8], 16) & RTF_REJECT:
+            found.append(f"::/0 via {fields[9]}")
+    return found
+
+
+def namespace_routes_out() -> list[str]:
+    """`routes_out` of the namespace this process runs in (/proc/net is per network namespace)."""
+    tables = []
+    for path in ("/proc/net/route", "/proc/net/ipv6_route"):
+        try:
+            tables.append(Path(path).read_text())
+        except OSError:
+            tables.append("")
+    return routes_out(*tables)
+
+
+def tor_client_torrc(data: Path, bridge_lines: Sequence[str], bridge_ip: str) -> str:
+    """The Tor client's torrc: its bridge only, and nothing that could dial the real Tor network.
+
+    Without a DirAuthority line tor uses the real authorities, and without
+    `UseDefaultFallbackDirs 0` its built-in fallback directories (tor(1)); so
+    one authority is named that is not one: the bridge's own lab address, on a
+    port where nothing listens."""
+    zeros = "0" * 40
+    return "\n".join([
+        f"DataDirectory {data}", "SocksPort 0", "UseBridges 1", *bridge_lines, "Log notice stdout",
+        "UseDefaultFallbackDirs 0",
+        f"DirAuthority nowhere orport=9 no-v2 v3ident={zeros} {bridge_ip}:9 {zeros}", ""])
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -237,6 +291,11 @@ class CircumventionTest:
 
     async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         say = progress or (lambda message: None)
+        out = namespace_routes_out()
+        if out:
+            # Real clients here would reach past the machine (Tor to its real authorities).
+            raise TargetError(f"circumvention runs only in a lab namespace, with no route out; this one has "
+                              f"{', '.join(out)} (run it with `wallwatch lab exec`)")
         servers = self.config.servers
         jobs = []
         if "openvpn" in servers:
@@ -452,12 +511,8 @@ class CircumventionTest:
         data = self.workdir / f"tor-{option}"
         data.mkdir(mode=0o700)
         torrc = data / "torrc"
-        torrc.write_text("\n".join([
-            f"DataDirectory {data}", "SocksPort 0", "UseBridges 1", *lines, "Log notice stdout",
-            # Never the real network: no default authorities or fallbacks, whatever the routes.
-            "UseDefaultFallbackDirs 0",
-            "DirAuthority nowhere orport=9 no-v2 v3ident=0000000000000000000000000000000000000000 "
-            "192.0.2.1:9 0000000000000000000000000000000000000000", ""]))
+        # Never the real network: no default authorities or fallbacks, whatever the routes.
+        torrc.write_text(tor_client_torrc(data, lines, ip))
         client = _Client(["tor", "-f", str(torrc)])
         facts["client"] = "tor"
         started = time.monotonic()
