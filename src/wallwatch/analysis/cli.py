@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from wallwatch.analysis.report.exports import ExportFormat, write_export
-from wallwatch.vocabulary import Service
+from wallwatch.vocabulary import VERDICTS, Service
 
 DataOption = Annotated[
     Path | None,
@@ -473,7 +473,7 @@ def compare_command(
     flags = (OONI_BLOCKING, OONI_OK, OONI_NONE)
     table = Table("wallwatch \\ OONI", *flags, title=f"{len(comparisons)} (measurement, feature) pairs, "
                   f"{sum(c.agree for c in comparisons)} agree")
-    for verdict in ("blocked", "ok", "down", "unknown"):
+    for verdict in VERDICTS:
         table.add_row(verdict, *(str(counts.get((verdict, flag), 0)) for flag in flags))
     console = Console()
     console.print(table)
