@@ -149,10 +149,11 @@ TagAuthorityOption = Annotated[
 ]
 
 
-def _network_part(network: Any, with_onset: bool) -> str:
-    """"AS4134 from Wed 20 Sep 12:00 (on and off, blocked 30 of 96 hours (31%), comprehensive from ...)"."""
+def _network_part(network: Any, with_onset: bool, event_type: str = "blocking") -> str:
+    """"AS4134 from Wed 20 Sep 12:00 (on and off, blocked 30 of 96 hours (31%), comprehensive from ...)";
+    only a blocking event's networks have an extent (docs/analysis.md, "Event extents")."""
     text = f"AS{network.probe_asn}" + (f" from {network.onset:%a %d %b %H:00}" if with_onset else "")
-    return text + f" ({network.extent_text})"
+    return text + (f" ({network.extent_text})" if event_type == "blocking" else "")
 
 
 def events_command(
@@ -213,7 +214,7 @@ def events_command(
     table = Table("onset (UTC)", "end (UTC)", "type", "country", "service/feature", "networks", "method",
                   "peak", "event id", title=f"{len(events)} event(s)")
     for e in events:
-        networks = ", ".join(_network_part(n, len(e.networks) > 1) for n in e.networks)
+        networks = ", ".join(_network_part(n, len(e.networks) > 1, e.type) for n in e.networks)
         table.add_row(when(e.onset), when(e.end), e.type, e.probe_cc, f"{e.service}/{e.feature}", networks,
                       ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type in ("blocking", "throttling") else "-",
                       e.event_id)
