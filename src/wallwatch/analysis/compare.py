@@ -99,7 +99,9 @@ class Comparison:
 
 
 def agrees(verdict: str, ooni: str) -> bool:
-    return (verdict == "blocked" and ooni == OONI_BLOCKING) or (verdict in ("ok", "down") and ooni == OONI_OK)
+    # Throttled is reachable (slowed): OONI's flags, which only say reachable or not, call it accessible.
+    return (verdict == "blocked" and ooni == OONI_BLOCKING) or (
+        verdict in ("ok", "down", "throttled") and ooni == OONI_OK)
 
 
 def reason(row: Mapping[str, Any], ooni: str) -> str:

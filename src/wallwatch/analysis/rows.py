@@ -104,7 +104,7 @@ class VerdictRow(MeasurementHead):
     feature: str
     target: str | None = None
     verdict: str
-    method: str | None = None  # with, and only with, verdict "blocked"
+    method: str | None = None  # a Method with "blocked", a Throttling kind with "throttled", else None
     confidence: Float32
     rule_id: str
     rules_version: str

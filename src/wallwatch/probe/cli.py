@@ -126,7 +126,7 @@ def _print_features(measurement: dict[str, Any]) -> None:
     from rich.table import Table
 
     x = measurement["test_keys"]["x_wallwatch"]
-    colours = {"ok": "green", "blocked": "red", "down": "yellow", "unknown": "dim"}
+    colours = {"ok": "green", "blocked": "red", "throttled": "bright_yellow", "down": "yellow", "unknown": "dim"}
     simulated = measurement.get("annotations", {}).get("wallwatch_wall_time")
     when = f"{measurement['measurement_start_time']} UTC" + (" (simulated)" if simulated else "")
     table = Table(title=f"{measurement['test_name']} {when} ({measurement['test_runtime']:.1f} s)")
@@ -144,6 +144,9 @@ def _print_features(measurement: dict[str, Any]) -> None:
     handshakes = x.get("openvpn_handshakes")
     if handshakes:
         console.print(_handshake_table(handshakes))
+    if x.get("summary"):
+        network = measurement.get("probe_asn", "")
+        console.print(f"from {network} on {measurement['measurement_start_time'][:10]}: {x['summary']}")
 
 
 def _handshake_table(handshakes: list[dict[str, Any]]) -> Any:

@@ -37,7 +37,7 @@ from wallwatch.analysis.verdicts.observations import (
     header_row,
     iter_feature_groups,
 )
-from wallwatch.vocabulary import METHODS, VERDICTS
+from wallwatch.vocabulary import METHODS, VERDICTS, is_finding, qualifiers
 
 RULES_PACKAGE = "wallwatch.analysis.verdicts.rulesets"
 # libyaml's safe loader when PyYAML was built with it: the pure-Python one takes ~0.15 s for the rules.
@@ -132,10 +132,11 @@ def parse_rule_set(document: Mapping[str, Any], source: str) -> RuleSet:
         verdict, method = spec.get("verdict"), spec.get("method")
         if verdict not in VERDICTS:
             raise RulesError(f"{where}: verdict must be one of {VERDICTS}")
-        if method is not None and method not in METHODS:
+        if method is not None and method not in METHODS + qualifiers(verdict):
             raise RulesError(f"{where}: unknown method {method!r}")
-        if (verdict == "blocked") != (method is not None):
-            raise RulesError(f"{where}: a method goes with, and only with, a blocked verdict")
+        if not is_finding(verdict, method):
+            raise RulesError(f"{where}: a method goes with, and only with, a blocked verdict (a throttled one "
+                             "names a kind of throttling)")
         confidence = float(spec.get("confidence", 0.0))
         if not 0.0 <= confidence <= 1.0:
             raise RulesError(f"{where}: confidence must be within [0, 1]")
@@ -569,8 +570,7 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
             yield _cite(row, rule, found, header.probe_cc, {})
             continue
         verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
-        valid = (verdict in VERDICTS and (method is None or method in METHODS) and confidence is not None
-                 and isinstance(made.get("rule"), str))
+        valid = is_finding(verdict, method) and confidence is not None and isinstance(made.get("rule"), str)
         if valid:
             yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, made["rule"],
                                rules_version, share)

@@ -77,5 +77,8 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
                 "(OONI ts-017 keys); one measurement per URL, default list: sites blocked in China by 2017",
                 "wallwatch.probe.nettests.web_connectivity",
                 target_syntax="http:// or https:// URL (OONI ts-017 input; --input-file for a list)"),
+        Nettest("circumvention", "Which ways around still work: OpenVPN (UDP, TCP), WireGuard, Shadowsocks, obfs4 "
+                "and Tor (plain, obfs4 bridge) with real clients against the lab's servers",
+                "wallwatch.probe.nettests.circumvention"),
     )
 })

@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 
 from wallwatch.analysis.events.detector import BlockingParams, minimum_evidence, minimum_evidence_brief
-from wallwatch.analysis.events.grouping import ANY, Event
+from wallwatch.analysis.events.grouping import ANY, THROTTLING, Event
 from wallwatch.analysis.report import charts
 from wallwatch.analysis.report.html import timeline_grain
 from wallwatch.analysis.store import Store
@@ -90,7 +90,7 @@ def _day_span(span: tuple[datetime, datetime] | None) -> tuple[datetime, datetim
 
 
 def overview(store: Store, filters: Filters) -> View:
-    """What is blocked now: country x service x feature, with the method, since when and where."""
+    """What is blocked (or slowed) now: country x service x feature, with the method, since when and where."""
     _require_series(store)
     logged = data.events(store)
     connection = data.connect(store)
@@ -261,7 +261,8 @@ def event(store: Store, event_id: str, annotations: Sequence[charts.Annotation])
                                     span=chart_span, annotations=in_span)
         chart_list.append(Chart("timeline", "The event shaded on the share of probes seeing blocking, per network.",
                                 spec))
-    what = "volume collapse" if found.service == ANY else f"{found.service} {found.feature} blocked"
+    state = "throttled" if found.type == THROTTLING else "blocked"
+    what = "volume collapse" if found.service == ANY else f"{found.service} {found.feature} {state}"
     return View("event", f"{what} in {found.probe_cc}", filters,
                 tables={"evidence": evidence, "event": data.events_table([found])}, charts=chart_list,
                 context={"event": found, "evidence": evidence.to_pylist(), "total": total, "annotations": notes,
