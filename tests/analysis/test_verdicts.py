@@ -7,6 +7,7 @@ so the rule that fires is the one the change calls for.
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ import pytest
 
 from wallwatch.analysis.ingest.pipeline import ingest
 from wallwatch.analysis.store import Store
-from wallwatch.analysis.verdicts.rules import RulesError, load_rule_sets, parse_rule_set
+from wallwatch.analysis.verdicts.rules import (
+    _FACTS_TEMPLATE,
+    _FINGERPRINT_FACTS,
+    RulesError,
+    load_rule_sets,
+    parse_rule_set,
+)
 
 
 def _load(samples_dir: Path, name: str) -> dict[str, Any]:
@@ -175,3 +182,19 @@ def test_rule_files_are_validated(tmp_path: Path) -> None:
         "  - {id: mine.any_ok, when: {n_ok: {ge: 1}}, verdict: ok, confidence: 0.5}\n"
         "  - {id: mine.fallback, verdict: unknown}\n")
     assert load_rule_sets(custom)["whatsapp"].rules_version == "mine/7"
+
+
+_FACT_VALUES = (None, False, True, 0, 1, 2)
+
+
+def test_skipping_the_fingerprint_rules_never_changes_a_verdict() -> None:
+    """A feature with no fingerprint match is judged by the cascade without the rules that need one
+    (rules.RuleSet.judge): on any facts whose fingerprint facts are at their defaults, the same rule."""
+    rng = random.Random(10)
+    rule_sets = list({id(r): r for r in load_rule_sets().values()}.values())
+    assert any(len(r._unmatched_cascade) < len(r._cascade) for r in rule_sets)
+    for _ in range(3000):
+        facts = {fact: rng.choice(_FACT_VALUES) for fact in _FACTS_TEMPLATE}
+        facts.update(_FINGERPRINT_FACTS)
+        for rule_set in rule_sets:
+            assert rule_set.judge(facts, fingerprinted=False) is rule_set.judge(facts, fingerprinted=True)

@@ -260,6 +260,9 @@ class MeasurementFacts:
 
     rows: list[Row]
     any_network_success: bool  # anything at all worked: the probe was online
+    # A DNS answer or an HTTP response matched a fingerprint row (else the verdicts need not look
+    # for one in each feature's rows); True is always safe.
+    any_fingerprint: bool = True
 
 
 def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: str | None,
@@ -283,7 +286,8 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
         builder.add_ech(test_keys)
     elif header.test_name in _MIDDLEBOX_TESTS:
         builder.add_outcomes(())  # one row: the verdict reads `tampering` from the test keys
-    return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success)
+    return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success,
+                            any_fingerprint=builder.any_fingerprint)
 
 
 class _Builder:
@@ -305,6 +309,7 @@ class _Builder:
         self.by_host: dict[str, Row] = {}
         self.ip_to_host: dict[str, str] = {}
         self.any_success = False
+        self.any_fingerprint = False
 
     def rows(self) -> list[Row]:
         rows = self.dns_rows + self.endpoint_rows
@@ -381,6 +386,7 @@ class _Builder:
                 fingerprint = fingerprint_of(value)
                 if fingerprint is not None:
                     row["dns_fingerprint"] = fingerprint.name
+                    self.any_fingerprint = True
             if ip:
                 if not row["dns_bogon"]:
                     row["dns_bogon"] = is_bogon(value)
@@ -477,7 +483,9 @@ class _Builder:
             headers = response.get("headers")
             if body or headers:  # neither: match_http has nothing to match
                 fingerprint = self.fingerprints.match_http(body, headers if isinstance(headers, dict) else None)
-                row["http_fingerprint"] = fingerprint.name if fingerprint else None
+                if fingerprint is not None:
+                    row["http_fingerprint"] = fingerprint.name
+                    self.any_fingerprint = True
             if failure is None and status:
                 self.any_success = True
 

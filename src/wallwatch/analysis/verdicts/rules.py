@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -68,6 +68,13 @@ class Condition:
 # blocking word (an HTTP row of scope `vbw`) or a known false positive (scope `fp`); the verdict
 # then names the row that matched.
 FINGERPRINT_KINDS = ("dns", "http", "vague", "fp")
+# The facts a group's fingerprint matches set (`_fingerprint_facts`), at their values when none matched.
+_FINGERPRINT_FACTS: Mapping[str, Any] = {
+    "n_dns_fingerprint": 0, "n_blockpage": 0, "n_vague_blockpage": 0, "n_known_false_positive": 0,
+    # A DNS fingerprint / block page whose expected_countries include the probe's country
+    # (or name none): confirmed blocking.
+    "dns_fingerprint_expected": False, "blockpage_expected": False,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +95,59 @@ class Rule:
         return not self.any_of or any(all(c.holds(facts) for c in group) for group in self.any_of)
 
 
+# A condition as the cascade runs it: (fact, comparison, value, whether a missing fact fails it).
+_Check = tuple[str, Callable[[Any, Any], bool], Any, bool]
+
+
+def _checks(conditions: Sequence[Condition]) -> tuple[_Check, ...]:
+    return tuple((c.fact, _OPERATORS[c.op], c.value, c.op not in ("eq", "ne")) for c in conditions)
+
+
+def _all_hold(checks: tuple[_Check, ...], facts: Mapping[str, Any]) -> bool:
+    """`Condition.holds` of every check, inlined (see RuleSet.judge)."""
+    get = facts.get
+    for fact, compare, value, missing_fails in checks:
+        actual = get(fact)
+        if (actual is None and missing_fails) or not compare(actual, value):
+            return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     name: str
     version: str
     applies_to: tuple[str, ...]
     rules: tuple[Rule, ...]
+    # Each rule's conditions as flat checks, made once: `judge` runs ~10 rules for each of ~3
+    # verdicts per measurement, and a method call per condition was a third of a verdict's cost.
+    _cascade: tuple[tuple[Rule, tuple[_Check, ...], tuple[tuple[_Check, ...], ...]], ...] = field(
+        default=(), init=False, repr=False, compare=False)
+    # The same without the rules that need a fingerprint fact (`_FINGERPRINT_FACTS`) away from its
+    # value when nothing matched: what a feature with no fingerprint match is judged by (most are).
+    _unmatched_cascade: tuple[tuple[Rule, tuple[_Check, ...], tuple[tuple[_Check, ...], ...]], ...] = field(
+        default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cascade = tuple((rule, _checks(rule.all_of), tuple(_checks(group) for group in rule.any_of))
+                        for rule in self.rules)
+        object.__setattr__(self, "_cascade", cascade)
+        object.__setattr__(self, "_unmatched_cascade", tuple(
+            step for step in cascade if not any(fact in _FINGERPRINT_FACTS and not compare(_FINGERPRINT_FACTS[fact], value)
+                                                for fact, compare, value, _ in step[1])))
 
     @property
     def rules_version(self) -> str:
         return f"{self.name}/{self.version}"
 
-    def judge(self, facts: Mapping[str, Any]) -> Rule:
-        for rule in self.rules:
-            if rule.matches(facts):
+    def judge(self, facts: Mapping[str, Any], fingerprinted: bool = True) -> Rule:
+        """The first rule whose conditions all hold (and one `any` group, if it has them).
+
+        `fingerprinted=False` says no fingerprint matched (the fingerprint facts are at their
+        defaults): the rules that need one are then skipped, which cannot change the outcome.
+        """
+        for rule, all_of, any_of in self._cascade if fingerprinted else self._unmatched_cascade:
+            if _all_hold(all_of, facts) and (not any_of or any(_all_hold(group, facts) for group in any_of)):
                 return rule
         raise RulesError(f"rule set {self.rules_version} has no fallback rule")
 
@@ -210,17 +256,14 @@ _counted = is_interference_candidate  # a failure that can be evidence (verdicts
 # Every fact a rule may test, with its value before any row is counted.
 _FACTS_TEMPLATE: dict[str, Any] = {
     **dict.fromkeys((
-        "n_dns", "n_dns_ok", "n_dns_failed", "n_dns_nxdomain", "n_dns_fingerprint", "n_dns_bogon",
+        "n_dns", "n_dns_ok", "n_dns_failed", "n_dns_nxdomain", "n_dns_bogon",
         "n_dns_inconsistent", "n_endpoints", "n_ok", "n_failed", "n_tcp_ok", "n_tcp_reset", "n_tcp_timeout",
         "n_tcp_refused", "n_tcp_failed_ctrl_ok", "n_tcp_reset_ctrl_ok", "n_tcp_failed_ctrl_failed",
         "n_tls_failed", "n_tls_reset", "n_tls_timeout", "n_tls_cert", "n_http_failed", "n_http_reset",
-        "n_blockpage", "n_probe_dns_inconsistent", "n_vague_blockpage", "n_known_false_positive",
-        "n_probe_faults"), 0),
+        "n_probe_dns_inconsistent", "n_probe_faults"), 0),
     "probe_online": False, "has_control": False, "final_http_ok": False, "status_class_match": None,
     "ctrl_dns_ok": None, "ctrl_http_ok": None, "tunnel_ok": False, "tunnel_reset": False,
-    # A DNS fingerprint / block page whose expected_countries include the probe's country
-    # (or name none): confirmed blocking. Set by `judge_measurement` from the matches.
-    "dns_fingerprint_expected": False, "blockpage_expected": False,
+    **_FINGERPRINT_FACTS,  # set by `judge_measurement` from the matches
     "probe_fault": None,  # the first probe-side failure string seen (failures.py)
     "tampering": None, "ech_control_ok": None, "ech_target_ok": None, "ech_target_interference": False,
 }
@@ -295,16 +338,32 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
             _note_probe_fault(facts, failure)
         return
     tcp, tls, http = row["tcp_failure"], row["tls_failure"], row["http_failure"]
-    fault = _only_probe_faults(tcp, tls, http)
-    if fault is not None and row["http_status"] is None:
-        _note_probe_fault(facts, fault)
-        return  # not an attempt that can tell us anything
+    failed = tcp is not None or tls is not None or http is not None  # most endpoints: nothing to class
+    if failed:
+        fault = _only_probe_faults(tcp, tls, http)
+        if fault is not None and row["http_status"] is None:
+            _note_probe_fault(facts, fault)
+            return  # not an attempt that can tell us anything
 
     facts["n_endpoints"] += 1
     tcp_ok = row["tcp_success"] is True or (row["tcp_success"] is None and (row["tls_server_name"] is not None
                                                                             or row["http_status"] is not None))
     if row["tcp_success"] is True:
         facts["n_tcp_ok"] += 1
+    if failed:
+        _add_failure_facts(facts, row, tcp, tls, http)
+    if row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None or row["ctrl_http_failure"]:
+        facts["has_control"] = True
+    _note_ctrl_dns(facts, row)
+    reached = _reached(row, tcp_ok)
+    facts["n_ok"] += reached
+    facts["n_failed"] += not reached
+    if row["http_url"] is not None:
+        _add_final_http(facts, row)
+
+
+def _add_failure_facts(facts: dict[str, Any], row: Row, tcp: str | None, tls: str | None, http: str | None) -> None:
+    """Count an endpoint's interference candidates (failures.py) by layer and kind."""
     if _counted(tcp):
         facts["n_tcp_reset"] += tcp == _RESET
         facts["n_tcp_timeout"] += _is_timeout(tcp)
@@ -318,18 +377,10 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
         facts["n_tls_failed"] += 1
         facts["n_tls_reset"] += tls == _RESET
         facts["n_tls_timeout"] += _is_timeout(tls)
-        facts["n_tls_cert"] += tls.startswith("ssl_")
+        facts["n_tls_cert"] += tls.startswith("ssl_")  # type: ignore[union-attr]
     if _counted(http) and row["http_status"] is None:
         facts["n_http_failed"] += 1
         facts["n_http_reset"] += http == _RESET
-    if row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None or row["ctrl_http_failure"]:
-        facts["has_control"] = True
-    _note_ctrl_dns(facts, row)
-    reached = _reached(row, tcp_ok)
-    facts["n_ok"] += reached
-    facts["n_failed"] += not reached
-    if row["http_url"] is not None:
-        _add_final_http(facts, row)
 
 
 def _reached(row: Row, tcp_ok: bool) -> bool:
@@ -500,10 +551,11 @@ def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mappin
         if feature == "uptime":
             continue  # ts-029: uptime.signal.org is resolved and ignored by OONI too
         facts = feature_facts(group, measurement, _extra_facts(header.test_name, feature, test_keys))
-        found = group_fingerprints(group, fingerprints)
-        if found is not _NO_FINGERPRINTS:
+        found = group_fingerprints(group, fingerprints) if measurement.any_fingerprint else _NO_FINGERPRINTS
+        fingerprinted = found is not _NO_FINGERPRINTS
+        if fingerprinted:
             _fingerprint_facts(facts, found, header.probe_cc)
-        rule = rule_set.judge(facts)
+        rule = rule_set.judge(facts, fingerprinted)
         row = _verdict_row(base, service, feature, target, rule.verdict, rule.method, rule.confidence,
                            rule.id, rule_set.rules_version)
         rows.append(_cite(row, rule, found, header.probe_cc, facts))
@@ -551,7 +603,8 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
     for row in measurement.rows:
         by_feature.setdefault(row["feature"], []).append(row)
     for feature, made in (features.items() if isinstance(features, dict) else ()):
-        found = group_fingerprints(by_feature.get(str(feature), ()), fingerprints)
+        found = (group_fingerprints(by_feature.get(str(feature), ()), fingerprints) if measurement.any_fingerprint
+                 else _NO_FINGERPRINTS)
         rule = _wallwatch_fingerprint_rule(found, header.probe_cc) if found is not _NO_FINGERPRINTS else None
         made = made if isinstance(made, dict) else {}
         share = _unit_fraction(made.get("blocked_share"))
