@@ -7,11 +7,13 @@ import copy
 from pathlib import Path
 
 import orjson
+from typer.testing import CliRunner
 
 from wallwatch.analysis.ingest.header import read_header
 from wallwatch.analysis.ingest.pipeline import ingest
 from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.verdicts.rules import default_rule_sets, judge_measurement, judgement_of, not_judged
+from wallwatch.cli import app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "ooni-spec-examples"
 # ooni/spec nettests/ (ts-001 .. ts-041) and ooni/backend fastpath test names.
@@ -30,7 +32,7 @@ def test_every_ooni_test_is_judged_or_says_why_not() -> None:
     for name in OONI_TESTS:
         assert name in judged or name in skipped, name
     assert judgement_of("ndt").startswith("stored, not judged: a speed test")
-    assert judgement_of("torsf") == "judged by tunnel/2"
+    assert judgement_of("torsf") == "judged by tunnel/3"
 
 
 def _judge(record: dict) -> dict:
@@ -88,3 +90,25 @@ def test_ingest_counts_each_test(tmp_path: Path) -> None:
     summary = ingest([EXAMPLES], tmp_path / "data")
     assert summary.tests == {"torsf": 1, "echcheck": 1, "http_invalid_request_line": 1}
     assert summary.verdicts == 3
+
+
+def test_ingest_reports_failure_strings_nobody_classed(tmp_path: Path) -> None:
+    """A string failures.csv does not list is counted in the summary (and printed by `wallwatch ingest`),
+    so a maintainer classes it; the measurement is stored and judged `unknown`, not blocked."""
+    torsf = _example("ts-030-torsf.example.json")
+    lines = []
+    for index, failure in enumerate(["a_new_failure_string", "a_new_failure_string", "another_one", "eof_error"]):
+        record = copy.deepcopy(torsf)
+        record["report_id"] = f"20250101T000000Z_torsf_IT_1_n1_{index}"
+        record["test_keys"].update(failure=failure, bootstrap_time=0)
+        lines.append(orjson.dumps(record))
+    source = tmp_path / "new.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    summary = ingest([source], tmp_path / "data", workers=1)
+    assert summary.unclassified_failures == {"a_new_failure_string": 2, "another_one": 1}
+    assert summary.as_dict()["unclassified_failures"] == {"a_new_failure_string": 2, "another_one": 1}
+    printed = CliRunner().invoke(app, ["ingest", "--data", str(tmp_path / "cli"), str(source)],
+                                 env={"COLUMNS": "250"})
+    assert printed.exit_code == 0, printed.output
+    assert "failure strings the taxonomy does not class" in printed.output
+    assert "a_new_failure_string" in printed.output and "another_one" in printed.output

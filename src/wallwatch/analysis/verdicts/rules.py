@@ -26,7 +26,7 @@ import yaml
 
 from wallwatch.analysis.rows import VerdictRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.failures import is_interference_candidate, is_probe_fault
+from wallwatch.analysis.verdicts.failures import PROBE, failure_class, is_interference_candidate, is_never_evidence
 from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, best, load_fingerprints
 from wallwatch.analysis.verdicts.observations import (
     Header,
@@ -260,11 +260,12 @@ _FACTS_TEMPLATE: dict[str, Any] = {
         "n_dns_inconsistent", "n_endpoints", "n_ok", "n_failed", "n_tcp_ok", "n_tcp_reset", "n_tcp_timeout",
         "n_tcp_refused", "n_tcp_failed_ctrl_ok", "n_tcp_reset_ctrl_ok", "n_tcp_failed_ctrl_failed",
         "n_tls_failed", "n_tls_reset", "n_tls_timeout", "n_tls_cert", "n_http_failed", "n_http_reset",
-        "n_probe_dns_inconsistent", "n_probe_faults"), 0),
+        "n_probe_dns_inconsistent", "n_probe_faults", "n_unclassified_failures"), 0),
     "probe_online": False, "has_control": False, "final_http_ok": False, "status_class_match": None,
     "ctrl_dns_ok": None, "ctrl_http_ok": None, "tunnel_ok": False, "tunnel_reset": False,
     **_FINGERPRINT_FACTS,  # set by `judge_measurement` from the matches
     "probe_fault": None,  # the first probe-side failure string seen (failures.py)
+    "unclassified_failure": None,  # the first failure string failures.csv does not list
     "tampering": None, "ech_control_ok": None, "ech_target_ok": None, "ech_target_interference": False,
 }
 
@@ -293,8 +294,8 @@ def _add_dns_facts(facts: dict[str, Any], row: Row) -> None:
         facts["n_dns_failed"] += 1
         if failure == "dns_nxdomain_error":
             facts["n_dns_nxdomain"] += 1
-    elif is_probe_fault(failure):
-        _note_probe_fault(facts, failure)
+    elif is_never_evidence(failure):
+        _note_fault(facts, failure)  # type: ignore[arg-type]
     if failure == "dns_bogon_error" or row["dns_bogon"]:
         facts["n_dns_bogon"] += 1
     if row["dns_ctrl_consistent"] is False:
@@ -314,19 +315,30 @@ def _note_ctrl_dns(facts: dict[str, Any], row: Row) -> None:
             facts["ctrl_dns_ok"] = row["ctrl_dns_failure"] is None
 
 
-def _note_probe_fault(facts: dict[str, Any], failure: str) -> None:
-    facts["n_probe_faults"] += 1
-    if facts["probe_fault"] is None:
-        facts["probe_fault"] = failure
+def _note_fault(facts: dict[str, Any], failure: str) -> None:
+    """Count a failure that is never evidence: a probe fault, or a string the taxonomy does not list."""
+    if failure_class(failure) == PROBE:
+        facts["n_probe_faults"] += 1
+        if facts["probe_fault"] is None:
+            facts["probe_fault"] = failure
+    else:
+        facts["n_unclassified_failures"] += 1
+        if facts["unclassified_failure"] is None:
+            facts["unclassified_failure"] = failure
 
 
-def _only_probe_faults(*failures: str | None) -> str | None:
-    """The first probe-side fault when every failure of an attempt is one (else None): such an attempt
-    says nothing about the network (no IPv6 route, the probe's own exception text)."""
+def _note_attempt_without_evidence(facts: dict[str, Any], *failures: str | None) -> bool:
+    """When every failure of an attempt is never evidence (no IPv6 route, the probe's own exception
+    text, a string nobody classed), note the first probe fault and the first unclassified string and
+    say so: such an attempt says nothing about the network."""
     present = [failure for failure in failures if failure is not None]
-    if present and all(is_probe_fault(failure) for failure in present):
-        return present[0]
-    return None
+    if not present or not all(is_never_evidence(failure) for failure in present):
+        return False
+    probe = [failure for failure in present if failure_class(failure) == PROBE]
+    unclassified = [failure for failure in present if failure_class(failure) != PROBE]
+    for first in (probe[:1] + unclassified[:1]):
+        _note_fault(facts, first)
+    return True
 
 
 def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
@@ -334,16 +346,13 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
         failure = row["tunnel_failure"]
         facts["tunnel_ok"] = facts["tunnel_ok"] or failure is None  # one bootstrap / target / lookup worked
         facts["tunnel_reset"] = facts["tunnel_reset"] or (bool(failure) and _RESET in failure)
-        if is_probe_fault(failure):
-            _note_probe_fault(facts, failure)
+        if is_never_evidence(failure):
+            _note_fault(facts, failure)
         return
     tcp, tls, http = row["tcp_failure"], row["tls_failure"], row["http_failure"]
     failed = tcp is not None or tls is not None or http is not None  # most endpoints: nothing to class
-    if failed:
-        fault = _only_probe_faults(tcp, tls, http)
-        if fault is not None and row["http_status"] is None:
-            _note_probe_fault(facts, fault)
-            return  # not an attempt that can tell us anything
+    if failed and row["http_status"] is None and _note_attempt_without_evidence(facts, tcp, tls, http):
+        return  # not an attempt that can tell us anything
 
     facts["n_endpoints"] += 1
     tcp_ok = row["tcp_success"] is True or (row["tcp_success"] is None and (row["tls_server_name"] is not None
@@ -531,6 +540,7 @@ def _cite(row: Row, rule: Rule, found: GroupFingerprints, probe_cc: str, facts: 
             row["fingerprint_found_in"] = match.where
     if row["verdict"] == "unknown" and facts.get("probe_fault") is not None:
         row["probe_fault"] = facts["probe_fault"]
+    row["unclassified_failure"] = facts.get("unclassified_failure")
     return row
 
 
