@@ -133,7 +133,7 @@ def compare_record(record: Any, source: str, fingerprints: FingerprintDB) -> lis
         return []
     facts = make_observations(header, test_keys, meta["input"], fingerprints)
     out = []
-    for row in judge_measurement(header, meta, test_keys, facts, fingerprints=fingerprints):
+    for row in judge_measurement(header, meta, test_keys, facts):
         ooni, detail = ooni_flag(header.test_name, row["feature"], test_keys)
         agree = agrees(row["verdict"], ooni)
         out.append(Comparison(

@@ -263,8 +263,7 @@ class FileReader:
         self.local_seen.add(uid)
         facts = make_observations(header, test_keys, meta["input"], self.config.fingerprints)
         self.observations.append(facts.rows)
-        self.verdicts.append(judge_measurement(header, meta, test_keys, facts, self.config.rule_sets,
-                                               self.config.fingerprints))
+        self.verdicts.append(judge_measurement(header, meta, test_keys, facts, self.config.rule_sets))
         row = _MEASUREMENT_TEMPLATE.copy()
         row.update(meta)
         row.update(

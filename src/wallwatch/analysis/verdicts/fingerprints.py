@@ -65,8 +65,13 @@ FALSE_POSITIVE_SCOPE = "fp"
 # a hint but never decides "blocked" alone. DNS rows of it (1.2.3.4, 0.0.0.0, 127.0.0.1) are answers
 # no public name has, and stay evidence.
 VAGUE_SCOPE = "vbw"
-# OONI writes ZZ for "no country": a product fingerprint expected in ZZ is expected anywhere.
+# ZZ in expected_countries: expected anywhere. OONI's fastpath matched its "ZZ" fingerprints against every
+# country's measurements, beside that country's own (ooni/backend fastpath core.py `match_fingerprints`).
 ANY_COUNTRY = "ZZ"
+# What a match is to a verdict: evidence in DNS answers, evidence in an HTTP response, a vague blocking word
+# (a hint), a known false positive (any location: never evidence). Rules cite them by these names.
+DNS_EVIDENCE, HTTP_EVIDENCE, VAGUE, FALSE_POSITIVE = "dns", "http", "vague", "fp"
+KINDS = (DNS_EVIDENCE, HTTP_EVIDENCE, VAGUE, FALSE_POSITIVE)
 
 
 class FingerprintError(ValueError):
@@ -83,6 +88,13 @@ class Fingerprint:
     confidence_no_fp: int
     expected_countries: tuple[str, ...]
     order: int = 0  # position in its file: the first row (in file order) that matches is named
+    # What a match of this row is to a verdict (one of KINDS), made once: the verdicts ask per match.
+    kind: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kind = (FALSE_POSITIVE if self.false_positive else DNS_EVIDENCE if self.location_found == "dns"
+                else VAGUE if self.vague else HTTP_EVIDENCE)
+        object.__setattr__(self, "kind", kind)
 
     @property
     def false_positive(self) -> bool:

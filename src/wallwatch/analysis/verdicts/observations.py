@@ -24,14 +24,20 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 from wallwatch.analysis.rows import MeasurementHead, ObservationRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, load_fingerprints, maybe_binary_text
+from wallwatch.analysis.verdicts.fingerprints import (
+    Fingerprint,
+    FingerprintDB,
+    FingerprintMatch,
+    load_fingerprints,
+    maybe_binary_text,
+)
 
 Row = dict[str, Any]
 
@@ -260,9 +266,9 @@ class MeasurementFacts:
 
     rows: list[Row]
     any_network_success: bool  # anything at all worked: the probe was online
-    # A DNS answer or an HTTP response matched a fingerprint row (else the verdicts need not look
-    # for one in each feature's rows); True is always safe.
-    any_fingerprint: bool = True
+    # Each row whose DNS answers or HTTP response matched a fingerprint row, with the row it is named
+    # by (the row's dns_fingerprint / http_fingerprint), so the verdicts need not look in every row.
+    fingerprint_matches: list[tuple[Row, Fingerprint]] = field(default_factory=list)
 
 
 def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: str | None,
@@ -287,7 +293,7 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
     elif header.test_name in _MIDDLEBOX_TESTS:
         builder.add_outcomes(())  # one row: the verdict reads `tampering` from the test keys
     return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success,
-                            any_fingerprint=builder.any_fingerprint)
+                            fingerprint_matches=builder.fingerprint_matches)
 
 
 class _Builder:
@@ -309,7 +315,7 @@ class _Builder:
         self.by_host: dict[str, Row] = {}
         self.ip_to_host: dict[str, str] = {}
         self.any_success = False
-        self.any_fingerprint = False
+        self.fingerprint_matches: list[tuple[Row, Fingerprint]] = []
 
     def rows(self) -> list[Row]:
         rows = self.dns_rows + self.endpoint_rows
@@ -386,7 +392,7 @@ class _Builder:
                 fingerprint = fingerprint_of(value)
                 if fingerprint is not None:
                     row["dns_fingerprint"] = fingerprint.name
-                    self.any_fingerprint = True
+                    self.fingerprint_matches.append((row, fingerprint))
             if ip:
                 if not row["dns_bogon"]:
                     row["dns_bogon"] = is_bogon(value)
@@ -485,7 +491,7 @@ class _Builder:
                 fingerprint = self.fingerprints.match_http(body, headers if isinstance(headers, dict) else None)
                 if fingerprint is not None:
                     row["http_fingerprint"] = fingerprint.name
-                    self.any_fingerprint = True
+                    self.fingerprint_matches.append((row, fingerprint))
             if failure is None and status:
                 self.any_success = True
 

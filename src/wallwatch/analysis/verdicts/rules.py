@@ -27,7 +27,16 @@ import yaml
 from wallwatch.analysis.rows import VerdictRow
 from wallwatch.analysis.tables import row_template
 from wallwatch.analysis.verdicts.failures import PROBE, failure_class, is_interference_candidate, is_never_evidence
-from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, best, load_fingerprints
+from wallwatch.analysis.verdicts.fingerprints import (
+    DNS_EVIDENCE,
+    FALSE_POSITIVE,
+    HTTP_EVIDENCE,
+    KINDS,
+    VAGUE,
+    Fingerprint,
+    FingerprintMatch,
+    best,
+)
 from wallwatch.analysis.verdicts.observations import (
     Header,
     MeasurementFacts,
@@ -66,8 +75,8 @@ class Condition:
 
 # What a rule may cite as its evidence: a DNS fingerprint, a block page (HTTP) fingerprint, a vague
 # blocking word (an HTTP row of scope `vbw`) or a known false positive (scope `fp`); the verdict
-# then names the row that matched.
-FINGERPRINT_KINDS = ("dns", "http", "vague", "fp")
+# then names the row that matched (fingerprints.py `Fingerprint.kind`).
+FINGERPRINT_KINDS = KINDS
 # The facts a group's fingerprint matches set (`_fingerprint_facts`), at their values when none matched.
 _FINGERPRINT_FACTS: Mapping[str, Any] = {
     "n_dns_fingerprint": 0, "n_blockpage": 0, "n_vague_blockpage": 0, "n_known_false_positive": 0,
@@ -75,6 +84,7 @@ _FINGERPRINT_FACTS: Mapping[str, Any] = {
     # (or name none): confirmed blocking.
     "dns_fingerprint_expected": False, "blockpage_expected": False,
 }
+_FINGERPRINT_FACT_NAMES = tuple(_FINGERPRINT_FACTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +123,12 @@ def _all_hold(checks: tuple[_Check, ...], facts: Mapping[str, Any]) -> bool:
     return True
 
 
+_Step = tuple[Rule, tuple[_Check, ...], tuple[tuple[_Check, ...], ...]]  # a rule, its all_of and any_of checks
+# Cascades specialised to one state of the fingerprint facts kept per rule set (a few exist in practice:
+# no match, one fp row, one block page ...); past this many, judging falls back to the whole cascade.
+_MAX_SPECIALISED = 256
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     name: str
@@ -121,20 +137,18 @@ class RuleSet:
     rules: tuple[Rule, ...]
     # Each rule's conditions as flat checks, made once: `judge` runs ~10 rules for each of ~3
     # verdicts per measurement, and a method call per condition was a third of a verdict's cost.
-    _cascade: tuple[tuple[Rule, tuple[_Check, ...], tuple[tuple[_Check, ...], ...]], ...] = field(
-        default=(), init=False, repr=False, compare=False)
-    # The same without the rules that need a fingerprint fact (`_FINGERPRINT_FACTS`) away from its
-    # value when nothing matched: what a feature with no fingerprint match is judged by (most are).
-    _unmatched_cascade: tuple[tuple[Rule, tuple[_Check, ...], tuple[tuple[_Check, ...], ...]], ...] = field(
-        default=(), init=False, repr=False, compare=False)
+    _cascade: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
+    # The cascade specialised to each state of the fingerprint facts seen (see `judge`).
+    _specialised: dict[tuple[Any, ...], tuple[_Step, ...]] = field(default_factory=dict, init=False, repr=False,
+                                                                   compare=False)
+
+    # The cascade specialised to the fingerprint facts at their defaults (nothing matched).
+    _unmatched: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        cascade = tuple((rule, _checks(rule.all_of), tuple(_checks(group) for group in rule.any_of))
-                        for rule in self.rules)
-        object.__setattr__(self, "_cascade", cascade)
-        object.__setattr__(self, "_unmatched_cascade", tuple(
-            step for step in cascade if not any(fact in _FINGERPRINT_FACTS and not compare(_FINGERPRINT_FACTS[fact], value)
-                                                for fact, compare, value, _ in step[1])))
+        object.__setattr__(self, "_cascade", tuple(
+            (rule, _checks(rule.all_of), tuple(_checks(group) for group in rule.any_of)) for rule in self.rules))
+        object.__setattr__(self, "_unmatched", self._specialise(tuple(_FINGERPRINT_FACTS.values())))
 
     @property
     def rules_version(self) -> str:
@@ -143,13 +157,36 @@ class RuleSet:
     def judge(self, facts: Mapping[str, Any], fingerprinted: bool = True) -> Rule:
         """The first rule whose conditions all hold (and one `any` group, if it has them).
 
-        `fingerprinted=False` says no fingerprint matched (the fingerprint facts are at their
-        defaults): the rules that need one are then skipped, which cannot change the outcome.
+        The fingerprint facts (`_FINGERPRINT_FACTS`) take few values: for each state of them the
+        cascade is specialised once, without the rules a condition on them rules out and without
+        the conditions on them that hold (most features match no fingerprint: the four
+        fingerprint rules at the top of a cascade are then never tried). Same first rule.
+        `fingerprinted=False` says the fingerprint facts are at their defaults (nothing matched),
+        which spares reading them.
         """
-        for rule, all_of, any_of in self._cascade if fingerprinted else self._unmatched_cascade:
+        if fingerprinted:
+            state = tuple(map(facts.get, _FINGERPRINT_FACT_NAMES))
+            cascade = self._specialised.get(state)
+            if cascade is None:
+                cascade = self._specialise(state)
+        else:
+            cascade = self._unmatched
+        for rule, all_of, any_of in cascade:
             if _all_hold(all_of, facts) and (not any_of or any(_all_hold(group, facts) for group in any_of)):
                 return rule
         raise RulesError(f"rule set {self.rules_version} has no fallback rule")
+
+    def _specialise(self, state: tuple[Any, ...]) -> tuple[_Step, ...]:
+        known = dict(zip(_FINGERPRINT_FACT_NAMES, state))
+        cascade = []
+        for rule, all_of, any_of in self._cascade:
+            decided = [check for check in all_of if check[0] in known]
+            if _all_hold(tuple(decided), known):
+                cascade.append((rule, tuple(check for check in all_of if check[0] not in known), any_of))
+        specialised = tuple(cascade)
+        if len(self._specialised) < _MAX_SPECIALISED:
+            self._specialised[state] = specialised
+        return specialised
 
 
 def _conditions(spec: Any, where: str) -> tuple[Condition, ...]:
@@ -495,37 +532,34 @@ class GroupFingerprints:
 
 
 _NO_FINGERPRINTS = GroupFingerprints()
+_Matches = Sequence[tuple[Row, Fingerprint]]  # observation rows with the fingerprint row each is named by
 
 
-def group_fingerprints(rows: Sequence[Row], fingerprints: FingerprintDB) -> GroupFingerprints:
-    """Which fingerprint rows the observation rows matched (their names are stored in the rows)."""
-    dns: list[FingerprintMatch] = []
-    http: list[FingerprintMatch] = []
-    vague: list[FingerprintMatch] = []
-    false_positives: list[FingerprintMatch] = []
-    for row in rows:
-        if row["dns_fingerprint"] is not None:
-            found = fingerprints.get_dns(row["dns_fingerprint"])
-            if found is not None:
-                dns.append(FingerprintMatch(found, found.location_found, row["hostname"]))
-        if row["http_fingerprint"] is not None:
-            found = fingerprints.get_http(row["http_fingerprint"])
-            if found is not None:
-                match = FingerprintMatch(found, found.location_found, row["http_url"])
-                (false_positives if found.false_positive else vague if found.vague else http).append(match)
-    if not (dns or http or vague or false_positives):
+def group_fingerprints(matches: _Matches) -> GroupFingerprints:
+    """A feature's matches (MeasurementFacts.fingerprint_matches) by what a rule may cite
+    (`Fingerprint.kind`), each with where it was found: the name queried or the response's URL."""
+    if not matches:
         return _NO_FINGERPRINTS
-    return GroupFingerprints(tuple(dns), tuple(http), tuple(vague), tuple(false_positives))
+    by_kind: dict[str, list[FingerprintMatch]] = {kind: [] for kind in KINDS}
+    for row, fingerprint in matches:
+        where = row["hostname"] if fingerprint.location_found == "dns" else row["http_url"]
+        by_kind[fingerprint.kind].append(FingerprintMatch(fingerprint, fingerprint.location_found, where))
+    return GroupFingerprints(*(tuple(by_kind[kind]) for kind in (DNS_EVIDENCE, HTTP_EVIDENCE, VAGUE, FALSE_POSITIVE)))
 
 
-def _fingerprint_facts(facts: dict[str, Any], found: GroupFingerprints, probe_cc: str) -> None:
-    """Facts of the group's matches: counted by kind, and whether one is expected in the probe's country."""
-    facts["n_dns_fingerprint"] = len(found.dns)
-    facts["n_blockpage"] = len(found.http)
-    facts["n_vague_blockpage"] = len(found.vague)
-    facts["n_known_false_positive"] = len(found.false_positives)
-    facts["dns_fingerprint_expected"] = any(m.fingerprint.expected_in(probe_cc) for m in found.dns)
-    facts["blockpage_expected"] = any(m.fingerprint.expected_in(probe_cc) for m in found.http)
+_KIND_COUNTS = {DNS_EVIDENCE: "n_dns_fingerprint", HTTP_EVIDENCE: "n_blockpage", VAGUE: "n_vague_blockpage",
+                FALSE_POSITIVE: "n_known_false_positive"}
+_KIND_EXPECTED = {DNS_EVIDENCE: "dns_fingerprint_expected", HTTP_EVIDENCE: "blockpage_expected"}
+
+
+def _fingerprint_facts(facts: dict[str, Any], matches: _Matches, probe_cc: str) -> None:
+    """Facts of a feature's matches: counted by kind, and whether one is expected in the probe's country."""
+    for _, fingerprint in matches:
+        kind = fingerprint.kind
+        facts[_KIND_COUNTS[kind]] += 1
+        expected = _KIND_EXPECTED.get(kind)
+        if expected is not None and not facts[expected] and fingerprint.expected_in(probe_cc):
+            facts[expected] = True
 
 
 def _cite(row: Row, rule: Rule, found: GroupFingerprints, probe_cc: str, facts: Mapping[str, Any]) -> Row:
@@ -545,29 +579,33 @@ def _cite(row: Row, rule: Rule, found: GroupFingerprints, probe_cc: str, facts: 
 
 
 def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
-                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None,
-                      fingerprints: FingerprintDB | None = None) -> list[Row]:
+                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None) -> list[Row]:
     """Verdict rows for one measurement: the probe's own for wallwatch (unless a fingerprint matched),
     else by the rule set of its test."""
-    fingerprints = fingerprints or load_fingerprints()
     if meta.get("software_name") == "wallwatch":
-        return list(_wallwatch_verdicts(header, meta, test_keys, measurement, fingerprints))
+        return list(_wallwatch_verdicts(header, meta, test_keys, measurement))
     rule_set = (rule_sets or default_rule_sets()).get(header.test_name)
     if rule_set is None:
         return []
     base = _verdict_base(header, meta)
     rows = []
-    for (service, feature, target), group in iter_feature_groups(measurement.rows):
+    # The rows that matched a fingerprint, by feature group (most measurements have none).
+    matched: dict[tuple[str, str, str | None], list[tuple[Row, Fingerprint]]] = {}
+    for match in measurement.fingerprint_matches:
+        row = match[0]
+        matched.setdefault((row["service"], row["feature"], row["target"]), []).append(match)
+    for key, group in iter_feature_groups(measurement.rows):
+        service, feature, target = key
         if feature == "uptime":
             continue  # ts-029: uptime.signal.org is resolved and ignored by OONI too
         facts = feature_facts(group, measurement, _extra_facts(header.test_name, feature, test_keys))
-        found = group_fingerprints(group, fingerprints) if measurement.any_fingerprint else _NO_FINGERPRINTS
-        fingerprinted = found is not _NO_FINGERPRINTS
-        if fingerprinted:
-            _fingerprint_facts(facts, found, header.probe_cc)
-        rule = rule_set.judge(facts, fingerprinted)
+        matches = matched.get(key) if matched else None
+        if matches:
+            _fingerprint_facts(facts, matches, header.probe_cc)
+        rule = rule_set.judge(facts, fingerprinted=bool(matches))
         row = _verdict_row(base, service, feature, target, rule.verdict, rule.method, rule.confidence,
                            rule.id, rule_set.rules_version)
+        found = group_fingerprints(matches) if matches and rule.fingerprint is not None else _NO_FINGERPRINTS
         rows.append(_cite(row, rule, found, header.probe_cc, facts))
     return rows
 
@@ -602,19 +640,18 @@ def _wallwatch_fingerprint_rule(found: GroupFingerprints, probe_cc: str) -> Rule
 
 
 def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
-                        measurement: MeasurementFacts, fingerprints: FingerprintDB) -> Iterable[Row]:
+                        measurement: MeasurementFacts) -> Iterable[Row]:
     extension = test_keys.get("x_wallwatch")
     extension = extension if isinstance(extension, dict) else {}
     rules_version = str(extension.get("rules_version") or "wallwatch-unversioned")
     features = extension.get("features")
     service = header.test_name
     base = _verdict_base(header, meta)
-    by_feature: dict[str, list[Row]] = {}
-    for row in measurement.rows:
-        by_feature.setdefault(row["feature"], []).append(row)
+    by_feature: dict[str, list[tuple[Row, Fingerprint]]] = {}
+    for match in measurement.fingerprint_matches:
+        by_feature.setdefault(match[0]["feature"], []).append(match)
     for feature, made in (features.items() if isinstance(features, dict) else ()):
-        found = (group_fingerprints(by_feature.get(str(feature), ()), fingerprints) if measurement.any_fingerprint
-                 else _NO_FINGERPRINTS)
+        found = group_fingerprints(by_feature.get(str(feature), ()))
         rule = _wallwatch_fingerprint_rule(found, header.probe_cc) if found is not _NO_FINGERPRINTS else None
         made = made if isinstance(made, dict) else {}
         share = _unit_fraction(made.get("blocked_share"))
