@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from wallwatch.analysis.ingest.header import read_header
 from wallwatch.analysis.verdicts.failures import PROBE, failure_class, failure_table
+from wallwatch.analysis.verdicts.fingerprints import build_db, load_fingerprints, parse_rows
 from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.verdicts.rules import judge_measurement
 
@@ -105,6 +106,24 @@ def test_a_known_false_positive_is_named_and_never_blocking() -> None:
     got = _judge(record)["page"]
     assert _cited(got) == ("unknown", None, "web.known_false_positive", False, "cp.fp_x_fpru_nginx", "fp", "body",
                            "https://nexa.polito.it/")
+
+
+def test_a_known_false_positive_in_dns_answers_is_never_evidence_either() -> None:
+    """Upstream has no DNS row of scope fp today; one added by an update (an anycast CDN address, say)
+    must name the answer as a known false positive, never count as a DNS fingerprint."""
+    shipped = load_fingerprints()
+    record = _web()
+    answer = next(a["ipv4"] for q in record["test_keys"]["queries"] for a in q["answers"] or () if a.get("ipv4"))
+    extra = parse_rows("name,scope,other_names,location_found,pattern_type,pattern,confidence_no_fp,"
+                       f"expected_countries,source,exp_url,notes\nt.fp_dns,fp,,dns,full,{answer},1,,,,\n", "dns", "t")
+    db = build_db("t", [*shipped.dns, *extra], shipped.http)
+    header, meta, test_keys = read_header(record)
+    facts = make_observations(header, test_keys, meta["input"], db)
+    named = {fingerprint.name: fingerprint.kind for _, fingerprint in facts.fingerprint_matches}
+    assert named["t.fp_dns"] == "fp" and "dns" not in named.values()
+    (got,) = judge_measurement(header, meta, test_keys, facts)
+    (before,) = judge_measurement(*read_header(record), make_observations(header, test_keys, meta["input"], shipped))
+    assert (got["verdict"], got["rule_id"]) == (before["verdict"], before["rule_id"]) == ("ok", "web.final_ok_status_match")
 
 
 def test_wallwatch_records_too_a_fingerprint_overrides_the_probes_verdict() -> None:
