@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from wallwatch.analysis.ingest.header import read_header
 from wallwatch.analysis.ingest.pipeline import ingest
+from wallwatch.analysis.store import Store
 from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.verdicts.rules import default_rule_sets, judge_measurement, judgement_of, not_judged
 from wallwatch.cli import app
@@ -112,3 +113,44 @@ def test_ingest_reports_failure_strings_nobody_classed(tmp_path: Path) -> None:
     assert printed.exit_code == 0, printed.output
     assert "failure strings the taxonomy does not class" in printed.output
     assert "a_new_failure_string" in printed.output and "another_one" in printed.output
+
+
+def _echcheck_0_2_0() -> dict:
+    """The spec example in echcheck's 0.2.0 format (ts-039 "tls_handshakes ... since 0.2.0"): one list
+    of df-006 handshakes where the control's `echconfig` is empty; probe-cli writes the ECH config list
+    (base64) and the outer SNI of the others. The spec names two ECH handshakes (the config's public
+    name, then another); the second is the target with its outer name changed."""
+    old = _example("ts-039-echcheck.example.json")
+    control, target = old["test_keys"]["control"], old["test_keys"]["target"]
+    second = dict(target, outer_server_name="not-the-public-name.example", t0=1.5, t=1.8)
+    record = copy.deepcopy(old)
+    record["test_version"] = "0.2.0"
+    record["test_keys"] = {"tls_handshakes": [
+        dict(control, echconfig=""),
+        dict(target, echconfig="AEX+DQBBpQAgACB/0pbAvvJ1KnpHQR4+QSddSZ1Ol6OYnkl+cKbJMvLUGQAEAAEAAQASY2xvdWRmbGFyZS1lY2guY29tAAA=",
+             outer_server_name="cloudflare-ech.com"),
+        dict(second, echconfig="AEX+DQBBpQAgACB/0pbAvvJ1KnpHQR4+QSddSZ1Ol6OYnkl+cKbJMvLUGQAEAAEAAQASY2xvdWRmbGFyZS1lY2guY29tAAA="),
+    ]}
+    return record
+
+
+def test_echcheck_0_2_0_reads_its_tls_handshakes(tmp_path: Path) -> None:
+    record = _echcheck_0_2_0()
+    assert (_judge(record)["feature"], _judge(record)["verdict"], _judge(record)["rule_id"]) == ("ech", "ok", "ech.ok")
+    header, meta, test_keys = read_header(record)
+    rows = make_observations(header, test_keys, meta["input"]).rows
+    assert [(row["is_control"], row["tls_server_name"]) for row in rows] == [
+        (True, "example.org"), (False, "cloudflare-ech.com"), (False, "not-the-public-name.example")]
+    reset = copy.deepcopy(record)
+    reset["test_keys"]["tls_handshakes"][2]["failure"] = "connection_reset"  # one ECH handshake reset
+    assert (_judge(reset)["verdict"], _judge(reset)["method"], _judge(reset)["rule_id"]) == (
+        "blocked", "tls", "ech.blocked")
+    both_fail = copy.deepcopy(reset)
+    both_fail["test_keys"]["tls_handshakes"][0]["failure"] = "generic_timeout_error"  # the control too
+    assert (_judge(both_fail)["verdict"], _judge(both_fail)["rule_id"]) == ("unknown", "ech.fallback")
+    # Through the ingest's decoder too (it reads only the fields it names).
+    source = tmp_path / "ech.jsonl"
+    source.write_bytes(orjson.dumps(reset) + b"\n")
+    ingest([source], tmp_path / "data", workers=1)
+    (stored,) = Store(tmp_path / "data").read("verdicts").to_pylist()
+    assert (stored["verdict"], stored["rule_id"]) == ("blocked", "ech.blocked")

@@ -41,6 +41,7 @@ from wallwatch.analysis.verdicts.observations import (
     Header,
     MeasurementFacts,
     Row,
+    ech_handshakes,
     header_row,
     iter_feature_groups,
 )
@@ -467,12 +468,13 @@ def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> 
     if test_name in ("http_header_field_manipulation", "http_invalid_request_line"):
         return {"tampering": _tampering(test_keys.get("tampering"))}
     if test_name == "echcheck":
-        control, target = test_keys.get("control"), test_keys.get("target")
-        control_failure = control.get("failure") if isinstance(control, dict) else "missing"
-        target_failure = target.get("failure") if isinstance(target, dict) else "missing"
-        return {"ech_control_ok": control_failure is None, "ech_target_ok": target_failure is None,
-                "ech_target_interference": is_interference_candidate(target_failure)
-                if isinstance(target_failure, str) else False}
+        handshakes = ech_handshakes(test_keys)
+        controls = [entry.get("failure") for entry, control in handshakes if control]
+        targets = [entry.get("failure") for entry, control in handshakes if not control]
+        return {"ech_control_ok": bool(controls) and all(failure is None for failure in controls),
+                "ech_target_ok": bool(targets) and all(failure is None for failure in targets),
+                "ech_target_interference": any(isinstance(failure, str) and is_interference_candidate(failure)
+                                               for failure in targets)}
     if test_name == "facebook_messenger":
         # ts-019: `facebook_<ep>_dns_consistent` is false when an answer's ASN is not Facebook's
         # (AS32934); the probe had the ASN database we do not, so its fact is kept.
