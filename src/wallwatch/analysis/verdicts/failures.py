@@ -1,8 +1,8 @@
 """Whose fault a failure string is: the failure taxonomy, kept once as data.
 
 Every failure string of OONI's data format (ooni/spec data-formats/df-007-errors.md
-[ooni-spec-df007]), those probe-cli's netxlite writes (internal/netxlite: errno.go,
-classify.go [ooni-netxlite-errors]) and those seen in the shipped samples are classed in
+[ooni-df007]), those probe-cli's netxlite writes (internal/netxlite: errno.go,
+classify.go [ooni-netxlite]) and those seen in the shipped samples are classed in
 `data/failures.csv`, each with its source and why:
 
 * `interference`: a network-interference candidate (a reset, a timeout, a lying

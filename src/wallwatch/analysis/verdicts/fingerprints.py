@@ -57,8 +57,9 @@ FILES = {"dns": "fingerprints_dns.csv", "http": "fingerprints_http.csv"}
 COLUMNS = ("name", "scope", "other_names", "location_found", "pattern_type", "pattern", "confidence_no_fp",
            "expected_countries", "source", "exp_url", "notes")
 PATTERN_TYPES = ("full", "prefix", "contains", "regexp")
-# Upstream Readme: nat, isp, prod (middlebox product), inst (school/office), vbw (vague blocking
-# word), fp (a known false positive); the data also holds `injb` (injected block) and `prov`.
+# Upstream Readme, after Citizen Lab's annotations [citizenlab-annotations]: nat, isp, prod (middlebox
+# product), inst (school/office), vbw (vague blocking word), fp (a known false positive); the data also
+# holds `injb` (injected block) and `prov`.
 FALSE_POSITIVE_SCOPE = "fp"
 # A "vague blocking word" in a page ("Access Denied"): CDNs and origin servers say it too (a 403 from
 # an object store matched it on OONI's signal_022 sample), so an HTTP row of this scope is named as
@@ -66,7 +67,7 @@ FALSE_POSITIVE_SCOPE = "fp"
 # no public name has, and stay evidence.
 VAGUE_SCOPE = "vbw"
 # ZZ in expected_countries: expected anywhere. OONI's fastpath matched its "ZZ" fingerprints against every
-# country's measurements, beside that country's own (ooni/backend fastpath core.py `match_fingerprints`).
+# country's measurements, beside that country's own [ooni-backend] (fastpath/core.py `match_fingerprints`).
 ANY_COUNTRY = "ZZ"
 # What a match is to a verdict: evidence in DNS answers, evidence in an HTTP response, a vague blocking word
 # (a hint), a known false positive (any location: never evidence). Rules cite them by these names.

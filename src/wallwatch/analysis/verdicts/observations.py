@@ -611,7 +611,7 @@ class _Builder:
 
 
 def ech_handshakes(test_keys: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], bool]]:
-    """echcheck's handshakes as (entry, is_control), in either of its formats (ooni/spec ts-039):
+    """echcheck's handshakes as (entry, is_control), in either of its formats [ooni-ts039]:
     before 0.2.0 one `control` and one `target` handshake; since 0.2.0 a `tls_handshakes` list
     (df-006) where the control is the one whose `echconfig` is empty and every other one tried ECH
     (probe-cli writes the ECH config list, base64, there; the spec adds a second ECH handshake
