@@ -17,7 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wallwatch.analysis.ingest.header import read_header
-from wallwatch.analysis.verdicts.failures import PROBE, failure_class, failure_table
+from wallwatch.analysis.verdicts.failures import (
+    PROBE,
+    failure_class,
+    failure_table,
+    interference_strings,
+    is_interference_candidate,
+)
 from wallwatch.analysis.verdicts.fingerprints import build_db, load_fingerprints, parse_rows
 from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.verdicts.rules import judge_measurement
@@ -206,6 +212,9 @@ def test_every_failure_string_of_the_samples_and_of_df_007_is_classed() -> None:
     assert failure_class("connection_reset") == "interference"
     assert failure_class("dns_no_answer") == "server"
     assert failure_class("something nobody wrote down") == "unclassified"
+    # The set the verdicts look failures up in says what the table says.
+    for failure in [*(row.failure for row in failure_table().rows()), *seen, "unknown_failure x", "socks_x", "new"]:
+        assert (failure in interference_strings()) == is_interference_candidate(failure), failure
 
 
 _PROBE_FAULTS = sorted(row.failure for row in failure_table().rows() if row.kind == PROBE and row.match == "exact")

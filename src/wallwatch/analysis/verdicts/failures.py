@@ -101,6 +101,20 @@ def is_interference_candidate(failure: str | None) -> bool:
     return failure is not None and failure_class(failure) == INTERFERENCE
 
 
+@lru_cache(maxsize=1)
+def interference_strings() -> frozenset[str]:
+    """Every failure string of class `interference`, for a set lookup where the verdicts count
+    failures (`failure in interference_strings()` is `is_interference_candidate(failure)`).
+
+    Exact because the table classes no prefix family as interference (prefix rows are the
+    free-text families of the probe's own faults); a table that did would be refused here.
+    """
+    table = failure_table()
+    if any(row.kind == INTERFERENCE for row in table.prefixes):
+        raise ValueError(f"{TABLE}: an interference row must match exactly")
+    return frozenset(row.failure for row in table.exact.values() if row.kind == INTERFERENCE)
+
+
 def is_probe_fault(failure: str | None) -> bool:
     """A probe-side fault (never evidence of blocking)."""
     return failure is not None and failure_class(failure) == PROBE

@@ -26,7 +26,14 @@ import yaml
 
 from wallwatch.analysis.rows import VerdictRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.failures import PROBE, failure_class, is_interference_candidate, is_never_evidence
+from wallwatch.analysis.verdicts.failures import (
+    PROBE,
+    UNCLASSIFIED,
+    failure_class,
+    interference_strings,
+    is_interference_candidate,
+    is_never_evidence,
+)
 from wallwatch.analysis.verdicts.fingerprints import (
     DNS_EVIDENCE,
     FALSE_POSITIVE,
@@ -288,7 +295,9 @@ def _is_timeout(failure: str | None) -> bool:
     return failure is not None and (failure in _TIMEOUTS or "timed_out" in failure or "timeout" in failure)
 
 
-_counted = is_interference_candidate  # a failure that can be evidence (verdicts/failures.py)
+# The failures that can be evidence (verdicts/failures.py), for a set lookup: the verdicts count them
+# for every row, `x in _INTERFERENCE` is False for None and for every string of another class.
+_INTERFERENCE = interference_strings()
 
 
 # Every fact a rule may test, with its value before any row is counted.
@@ -328,12 +337,12 @@ def _add_dns_facts(facts: dict[str, Any], row: Row) -> None:
     failure = row["dns_failure"]
     if row["dns_answers"]:
         facts["n_dns_ok"] += 1
-    elif _counted(failure):
+    elif failure in _INTERFERENCE:
         facts["n_dns_failed"] += 1
         if failure == "dns_nxdomain_error":
             facts["n_dns_nxdomain"] += 1
-    elif is_never_evidence(failure):
-        _note_fault(facts, failure)  # type: ignore[arg-type]
+    elif failure is not None and is_never_evidence(failure):
+        _note_fault(facts, failure)
     if failure == "dns_bogon_error" or row["dns_bogon"]:
         facts["n_dns_bogon"] += 1
     if row["dns_ctrl_consistent"] is False:
@@ -369,14 +378,21 @@ def _note_attempt_without_evidence(facts: dict[str, Any], *failures: str | None)
     """When every failure of an attempt is never evidence (no IPv6 route, the probe's own exception
     text, a string nobody classed), note the first probe fault and the first unclassified string and
     say so: such an attempt says nothing about the network."""
-    present = [failure for failure in failures if failure is not None]
-    if not present or not all(is_never_evidence(failure) for failure in present):
-        return False
-    probe = [failure for failure in present if failure_class(failure) == PROBE]
-    unclassified = [failure for failure in present if failure_class(failure) != PROBE]
-    for first in (probe[:1] + unclassified[:1]):
-        _note_fault(facts, first)
-    return True
+    probe = unclassified = None
+    for failure in failures:
+        if failure is None:
+            continue
+        kind = failure_class(failure)
+        if kind == PROBE:
+            probe = probe or failure
+        elif kind == UNCLASSIFIED:
+            unclassified = unclassified or failure
+        else:
+            return False  # interference or the server's answer: the attempt tells something
+    for first in (probe, unclassified):
+        if first is not None:
+            _note_fault(facts, first)
+    return probe is not None or unclassified is not None
 
 
 def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
@@ -411,7 +427,7 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
 
 def _add_failure_facts(facts: dict[str, Any], row: Row, tcp: str | None, tls: str | None, http: str | None) -> None:
     """Count an endpoint's interference candidates (failures.py) by layer and kind."""
-    if _counted(tcp):
+    if tcp in _INTERFERENCE:
         facts["n_tcp_reset"] += tcp == _RESET
         facts["n_tcp_timeout"] += _is_timeout(tcp)
         facts["n_tcp_refused"] += tcp == "connection_refused"
@@ -420,12 +436,12 @@ def _add_failure_facts(facts: dict[str, Any], row: Row, tcp: str | None, tls: st
             facts["n_tcp_reset_ctrl_ok"] += tcp == _RESET
         elif row["ctrl_tcp_success"] is False:
             facts["n_tcp_failed_ctrl_failed"] += 1
-    if _counted(tls):
+    if tls in _INTERFERENCE:
         facts["n_tls_failed"] += 1
         facts["n_tls_reset"] += tls == _RESET
         facts["n_tls_timeout"] += _is_timeout(tls)
         facts["n_tls_cert"] += tls.startswith("ssl_")  # type: ignore[union-attr]
-    if _counted(http) and row["http_status"] is None:
+    if http in _INTERFERENCE and row["http_status"] is None:
         facts["n_http_failed"] += 1
         facts["n_http_reset"] += http == _RESET
 
