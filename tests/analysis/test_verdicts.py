@@ -19,6 +19,7 @@ from wallwatch.analysis.store import Store
 from wallwatch.analysis.verdicts.rules import (
     _FACTS_TEMPLATE,
     _FINGERPRINT_FACTS,
+    _MAX_SPECIALISED,
     RulesError,
     load_rule_sets,
     parse_rule_set,
@@ -204,3 +205,5 @@ def test_the_specialised_cascades_pick_the_rule_the_plain_cascade_picks() -> Non
                 assert rule_set.judge(facts, fingerprinted=False) is plain
     no_match = tuple(_FINGERPRINT_FACTS.values())
     assert any(len(r._specialised[no_match]) < len(r.rules) for r in rule_sets)  # rules were left out
+    # Past _MAX_SPECIALISED states (random facts make thousands) the whole cascade judged, as well.
+    assert all(len(r._specialised) == _MAX_SPECIALISED for r in rule_sets)

@@ -146,12 +146,11 @@ class RuleSet:
     # Each rule's conditions as flat checks, made once: `judge` runs ~10 rules for each of ~3
     # verdicts per measurement, and a method call per condition was a third of a verdict's cost.
     _cascade: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
-    # The cascade specialised to each state of the fingerprint facts seen (see `judge`).
+    # The cascade specialised to the fingerprint facts at their defaults (nothing matched), and to
+    # each other state of them seen (see `judge`; a cache, filled as states appear).
+    _unmatched: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
     _specialised: dict[tuple[Any, ...], tuple[_Step, ...]] = field(default_factory=dict, init=False, repr=False,
                                                                    compare=False)
-
-    # The cascade specialised to the fingerprint facts at their defaults (nothing matched).
-    _unmatched: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_cascade", tuple(
@@ -176,7 +175,7 @@ class RuleSet:
             state = tuple(map(facts.get, _FINGERPRINT_FACT_NAMES))
             cascade = self._specialised.get(state)
             if cascade is None:
-                cascade = self._specialise(state)
+                cascade = self._specialise(state) if len(self._specialised) < _MAX_SPECIALISED else self._cascade
         else:
             cascade = self._unmatched
         for rule, all_of, any_of in cascade:
@@ -192,8 +191,7 @@ class RuleSet:
             if _all_hold(tuple(decided), known):
                 cascade.append((rule, tuple(check for check in all_of if check[0] not in known), any_of))
         specialised = tuple(cascade)
-        if len(self._specialised) < _MAX_SPECIALISED:
-            self._specialised[state] = specialised
+        self._specialised[state] = specialised
         return specialised
 
 
