@@ -7,6 +7,7 @@ so the rule that fires is the one the change calls for.
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ import pytest
 
 from wallwatch.analysis.ingest.pipeline import ingest
 from wallwatch.analysis.store import Store
-from wallwatch.analysis.verdicts.rules import RulesError, load_rule_sets, parse_rule_set
+from wallwatch.analysis.verdicts.rules import (
+    _FACTS_TEMPLATE,
+    _FINGERPRINT_FACTS,
+    _MAX_SPECIALISED,
+    RulesError,
+    load_rule_sets,
+    parse_rule_set,
+)
 
 
 def _load(samples_dir: Path, name: str) -> dict[str, Any]:
@@ -251,3 +259,27 @@ def test_wallwatch_web_connectivity_is_judged_by_the_rule_set(samples_dir: Path,
     record["test_keys"]["x_wallwatch"] = {"helper": "https://th.wallwatch.test/", "lab": None}
     got = _verdicts([record], data_dir, tmp_path)
     assert got[("ww-web", "page")] == ("ok", None, "web.final_ok_status_match")
+
+
+_FACT_VALUES = (None, False, True, 0, 1, 2)
+
+
+def test_the_specialised_cascades_pick_the_rule_the_plain_cascade_picks() -> None:
+    """RuleSet.judge runs the cascade specialised to the state of the fingerprint facts; on any facts it
+    picks the first rule whose conditions hold as `Rule.matches` reads them (the plain cascade)."""
+    rng = random.Random(10)
+    rule_sets = list({id(r): r for r in load_rule_sets().values()}.values())
+    for _ in range(3000):
+        facts = {fact: rng.choice(_FACT_VALUES) for fact in _FACTS_TEMPLATE}
+        unmatched = rng.random() < 0.5
+        if unmatched:
+            facts.update(_FINGERPRINT_FACTS)  # the common state: no fingerprint matched
+        for rule_set in rule_sets:
+            plain = next(rule for rule in rule_set.rules if rule.matches(facts))
+            assert rule_set.judge(facts) is plain
+            if unmatched:
+                assert rule_set.judge(facts, fingerprinted=False) is plain
+    no_match = tuple(_FINGERPRINT_FACTS.values())
+    assert any(len(r._specialised[no_match]) < len(r.rules) for r in rule_sets)  # rules were left out
+    # Past _MAX_SPECIALISED states (random facts make thousands) the whole cascade judged, as well.
+    assert all(len(r._specialised) == _MAX_SPECIALISED for r in rule_sets)

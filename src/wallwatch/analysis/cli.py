@@ -342,6 +342,13 @@ def ingest_command(
         for test_name, count in sorted(summary.tests.items()):
             tests.add_row(test_name, str(count), judgement_of(test_name))
         console.print(tests)
+    if summary.unclassified_failures:
+        console.print("failure strings the taxonomy does not class (never evidence until a maintainer classes them "
+                      "in analysis/verdicts/data/failures.csv):", soft_wrap=True)
+        unclassified = Table("failure", "verdicts")
+        for failure, count in summary.unclassified_failures.most_common():
+            unclassified.add_row(failure, str(count))
+        console.print(unclassified)
     for line in summary.files_not_read:
         console.print(f"not read: {line}", highlight=False, soft_wrap=True)
     console.print(f"quarantine file: {summary.quarantine_file}"
