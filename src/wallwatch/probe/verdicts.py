@@ -1096,22 +1096,7 @@ def derive_circumvention_features(test_keys: dict[str, Any]) -> dict[str, dict[s
 
 
 def summary(features: dict[str, dict[str, Any]]) -> str:
-    """Which options worked and how the others were stopped, in words (the report repeats it)."""
-    from wallwatch.vocabulary import Circumvention
+    """Which options worked and how the others were stopped, in words (the report says the same)."""
+    from wallwatch.vocabulary import describe_circumvention
 
-    def names(options: list[str]) -> str:
-        words = [Circumvention(o).plain if o in Circumvention._value2member_map_ else o for o in options]
-        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-    worked = [o for o, f in features.items() if f["verdict"] == OK]
-    blocked: dict[str, list[str]] = {}
-    for option, result in features.items():
-        if result["verdict"] == BLOCKED:
-            blocked.setdefault(result["method"], []).append(option)
-    parts = [f"{names(worked)} worked" if worked else "nothing worked"]
-    for method, options in blocked.items():
-        parts.append(f"{names(options)} {'were' if len(options) > 1 else 'was'} blocked ({Method(method).plain})")
-    rest = [o for o, f in features.items() if f["verdict"] not in (OK, BLOCKED)]
-    if rest:
-        parts.append(f"{names(rest)}: {', '.join(sorted({features[o]['verdict'] for o in rest}))}")
-    return "; ".join(parts)
+    return describe_circumvention({option: (f["verdict"], f["method"]) for option, f in features.items()})
