@@ -25,17 +25,27 @@ import sys
 from pathlib import Path
 
 from wallwatch.lab import addresses
-from wallwatch.lab.app_servers import serve_mqtt, serve_mtproto_dc
+from wallwatch.lab.app_servers import (
+    ViberRelay,
+    serve_apns_courier,
+    serve_mmtls_long_link,
+    serve_mqtt,
+    serve_mtproto_dc,
+    serve_viber_chat,
+    short_link_handler,
+)
 from wallwatch.lab.dns_server import start_dns
 from wallwatch.lab.https_server import (
     Handler,
     MediaStore,
     registration_handler,
+    serve_http_connection,
     server_ssl_context,
     site_handler,
     start_https,
     web_handler,
 )
+from wallwatch.protocols import apns
 from wallwatch.protocols.errors import ProtocolError
 from wallwatch.protocols.stun import build_binding_response, parse_stun
 from wallwatch.protocols.whatsapp import ChatServer, MessageReceived, generate_static_key
@@ -139,6 +149,7 @@ async def start_services(workdir: Path) -> list[object]:
         transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(relay, addresses.STUN_PORT))
         handles.append(transport)
     handles += await _start_other_services(context)
+    handles += await _start_2017_services(certs)
     return handles
 
 
@@ -160,6 +171,34 @@ async def _start_other_services(context: "ssl.SSLContext") -> list[object]:
     return handles
 
 
+async def _start_2017_services(certs: Path) -> list[object]:
+    """WeChat's long and short links, Viber's chat and call relay, Apple's push courier, the relays of
+    WeChat, Skype and FaceTime calls (docs/services.md)."""
+    loop = asyncio.get_running_loop()
+    handles: list[object] = []
+    for address in addresses.MMTLS_LONG_LINKS.values():
+        handles.append(await asyncio.start_server(serve_mmtls_long_link, address, addresses.MMTLS_LONG_LINK_PORT))
+
+    async def on_short_link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_http_connection(reader, writer, short_link_handler)  # plain HTTP, as the app sends it
+
+    for address in addresses.MMTLS_SHORT_LINKS.values():
+        handles.append(await asyncio.start_server(on_short_link, address, addresses.MMTLS_SHORT_LINK_PORT))
+    for address in addresses.VIBER_CHAT_SERVERS.values():
+        for port in addresses.VIBER_CHAT_PORTS:
+            handles.append(await asyncio.start_server(serve_viber_chat, address, port))
+    for address in addresses.VIBER_CALL_RELAYS.values():
+        transport, _ = await loop.create_datagram_endpoint(ViberRelay, local_addr=(address, addresses.VIBER_CALL_PORT))
+        handles.append(transport)
+    courier = server_ssl_context(certs / "server.pem", certs / "server-key.pem", alpn=(apns.ALPN,))
+    for address in addresses.APNS_COURIERS.values():
+        handles.append(await asyncio.start_server(serve_apns_courier, address, addresses.APNS_PORT, ssl=courier))
+    for address in addresses.SERVICE_RELAYS.values():
+        transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(address, addresses.STUN_PORT))
+        handles.append(transport)
+    return handles
+
+
 def _write_ready(workdir: Path) -> None:
     ready = {
         "pid": os.getpid(),
@@ -171,6 +210,12 @@ def _write_ready(workdir: Path) -> None:
         "https_sites": dict(addresses.HTTPS_SITES),
         "mqtt_tls": dict(addresses.MQTT_TLS_SERVERS),
         "stun": dict(addresses.STUN_SERVERS),
+        "mmtls": {"long_link": [dict(addresses.MMTLS_LONG_LINKS), addresses.MMTLS_LONG_LINK_PORT],
+                  "short_link": [dict(addresses.MMTLS_SHORT_LINKS), addresses.MMTLS_SHORT_LINK_PORT]},
+        "viber": {"chat": [dict(addresses.VIBER_CHAT_SERVERS), list(addresses.VIBER_CHAT_PORTS)],
+                  "calls": [dict(addresses.VIBER_CALL_RELAYS), addresses.VIBER_CALL_PORT]},
+        "apns": [dict(addresses.APNS_COURIERS), addresses.APNS_PORT],
+        "relays": dict(addresses.SERVICE_RELAYS),
     }
     tmp = workdir / (READY_FILE + ".tmp")
     tmp.write_text(json.dumps(ready, indent=2))

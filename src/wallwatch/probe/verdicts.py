@@ -390,15 +390,16 @@ def _udp_verdict(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
     ep = attempt.endpoint
     exchange = attempt.udp[0] if attempt.udp else {}
     failure = exchange.get("failure", "unknown_failure: not measured")
+    what = "STUN Binding" if exchange.get("kind", "stun") == "stun" else f"{exchange.get('kind')} request"
     if failure is None:
-        return TargetVerdict(ep, OK, "udp.answered", f"{ep}: STUN Binding answered", None, 1.0)
+        return TargetVerdict(ep, OK, "udp.answered", f"{ep}: {what} answered", None, 1.0)
     if failure == _REFUSED:
         return TargetVerdict(ep, DOWN, "udp.port_unreachable", f"{ep}: ICMP port unreachable", None, 0.7)
     if failure == _TIMEOUT and (ctx.tcp_works or ctx.udp_works):
         works = " and ".join(name for name, on in (("TCP connections", ctx.tcp_works),
                                                    ("the resolver's UDP answers", ctx.udp_works)) if on)
         return TargetVerdict(ep, BLOCKED, "udp.no_answer",
-                             f"{ep}: no STUN answer to {exchange.get('sends')} sends while {works} show the "
+                             f"{ep}: no answer to {exchange.get('sends')} sends of a {what} while {works} show the "
                              "network works", Method.UDP_BLOCKING, 0.6)
     return TargetVerdict(ep, UNKNOWN, "udp.no_answer_no_network", f"{ep}: {failure}, and nothing else works "
                          "either", None, 0.0)

@@ -57,5 +57,15 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
         Nettest("facebook_messenger", "Messenger per feature: text (MQTT CONNECT/CONNACK over TLS at the edge, "
                 "APIs), media (CDN), calls (STUN), web; OONI ts-019 keys",
                 "wallwatch.probe.nettests.facebook_messenger"),
+        Nettest("wechat", "WeChat per feature: text (mmtls ClientHello/ServerHello on the long link, 8080, and "
+                "the short link, HTTP POST /mmtls/), media (Moments CDN), calls (STUN), web (wx.qq.com, "
+                "web.wechat.com)", "wallwatch.probe.nettests.wechat"),
+        Nettest("skype", "Skype per feature: text (a message to the chat service), media (upload and download "
+                "of an object), calls (STUN with Microsoft's ICE attribute), web", "wallwatch.probe.nettests.skype"),
+        Nettest("facetime", "FaceTime calls: Apple's push courier (TLS on 5223, connect -> connect response) "
+                "and a relay (STUN); all-of", "wallwatch.probe.nettests.facetime"),
+        Nettest("viber", "Viber per feature: text (the 154-byte chat hello and its ack on 4244 and 5242, by "
+                "address), media (upload and download), calls (the call ping/pong on UDP 7985)",
+                "wallwatch.probe.nettests.viber"),
     )
 })
