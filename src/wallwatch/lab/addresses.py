@@ -126,6 +126,10 @@ SERVICE_RELAYS: Mapping[str, str] = MappingProxyType({
     "17.0.0.0/8": "198.19.16.10",
 })
 
+# The emulated chat platform that filters its users' messages by keyword (lab/chat_platform.py):
+# a lab name under RFC 2606's reserved `.test`, since it stands for no one platform.
+CHAT_PLATFORMS: Mapping[str, str] = MappingProxyType({"chat-platform.test": "198.19.17.1"})
+
 # HTTPS sites (lab/https_server.py): web clients and APIs answer a page, media hosts
 # (MEDIA_SITES) keep uploads and serve a photo-sized sample at /d/sample.jpg.
 HTTPS_SITES: Mapping[str, str] = MappingProxyType({
@@ -166,7 +170,7 @@ STUN_SERVERS: Mapping[str, str] = MappingProxyType({
 # Every name the lab's resolver answers; anything else is NXDOMAIN.
 NAMES: Mapping[str, str] = MappingProxyType({**CHAT_SERVERS, **HTTPS_SERVICES, **HTTPS_SITES, **MQTT_TLS_SERVERS,
                                              **STUN_SERVERS, **MMTLS_LONG_LINKS, **MMTLS_SHORT_LINKS,
-                                             **APNS_COURIERS})
+                                             **APNS_COURIERS, **CHAT_PLATFORMS})
 
 # Real-world call-relay addresses -> lab relays. WhatsApp's relays live in
 # Meta's address space (AS32934 announces 157.240.0.0/16 and 31.13.64.0/18);

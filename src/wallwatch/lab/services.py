@@ -34,6 +34,7 @@ from wallwatch.lab.app_servers import (
     serve_viber_chat,
     short_link_handler,
 )
+from wallwatch.lab.chat_platform import FILTER_FILE, ChatPlatform
 from wallwatch.lab.dns_server import start_dns
 from wallwatch.lab.https_server import (
     Handler,
@@ -150,6 +151,9 @@ async def start_services(workdir: Path) -> list[object]:
         handles.append(transport)
     handles += await _start_other_services(context)
     handles += await _start_2017_services(certs)
+    platform = ChatPlatform(workdir / FILTER_FILE)
+    for address in addresses.CHAT_PLATFORMS.values():
+        handles.append(await start_https(address, platform.handle, context, addresses.HTTPS_PORT))
     return handles
 
 
@@ -216,6 +220,7 @@ def _write_ready(workdir: Path) -> None:
                   "calls": [dict(addresses.VIBER_CALL_RELAYS), addresses.VIBER_CALL_PORT]},
         "apns": [dict(addresses.APNS_COURIERS), addresses.APNS_PORT],
         "relays": dict(addresses.SERVICE_RELAYS),
+        "chat_platforms": dict(addresses.CHAT_PLATFORMS),
     }
     tmp = workdir / (READY_FILE + ".tmp")
     tmp.write_text(json.dumps(ready, indent=2))

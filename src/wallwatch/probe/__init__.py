@@ -11,12 +11,14 @@ Public API
   (async, test_keys), `OpenVpnTarget.parse("openvpn://NAME/?address=IP:PORT&transport=udp|tcp")`,
   `make_config(targets, step_timeout=None)`, `lab_targets(settings)` (the lab state file's
   `vpn_servers.openvpn` = {address, port, transports}), `HandshakeState` (the sans-IO client side).
-* `wallwatch.probe.nettests.telegram`, `.signal`, `.facebook_messenger`: `run_once(...)`,
+* `wallwatch.probe.nettests.telegram`, `.signal`, `.facebook_messenger`, `.wechat`, `.skype`,
+  `.viber`, `.facetime`, `.keyword`: `run_once(...)`,
   each a `wallwatch.probe.nettests.base.ServiceTest` (sessions with payload controls, HTTPS
   with SNI controls, STUN, a DNS control); features, endpoints and OONI keys in docs/services.md.
   Their `x_wallwatch` holds `rules_version` ("wallwatch-<nettest>-verdicts/1"), `features`,
   `sessions` (the shape of `chat_sessions` below, plus `feature`, `completed`), `fetches`,
-  `udp_exchanges`, `controls`, `expected_networks`, `lab`.
+  `udp_exchanges`, `controls`, `expected_networks`, `lab`; keyword's also `platform` and
+  `canaries` (per keyword: the ids, HTTP statuses and delivery of its message and its twin).
 * `wallwatch.probe.measurement.Stamp(probe_asn, probe_cc, probe_network_name, measurement_time,
   annotations, publish_ip)`: the envelope options of every nettest (`measure_whatsapp(..., stamp=)`,
   `measure_openvpn(..., stamp=)`); `parse_measurement_time("YYYY-MM-DD hh:mm:ss")`,
@@ -29,7 +31,9 @@ Public API
   nettest's per-feature verdicts; `derive_whatsapp_features(test_keys) -> dict`: the
   per-feature verdicts, a pure function of the recorded facts (`RULES_VERSION`);
   `derive_openvpn_features(test_keys)` likewise for the `tunnel` feature
-  (`OPENVPN_RULES_VERSION`).
+  (`OPENVPN_RULES_VERSION`); `derive_keyword_features(test_keys)` for the keyword nettest's
+  `keywords` feature: the network's verdict if the platform could not be reached, else
+  `blocked/platform_filter` for messages accepted and withheld while their twins arrived.
 * `wallwatch.probe.primitives`: `resolve_udp`, `resolve_system`, `tcp_connect`,
   `tls_handshake`, `http_request`, `udp_exchange`, `tls_sni_control`,
   `first_flight_control`, all recording into a `wallwatch.probe.trace.Trace`.

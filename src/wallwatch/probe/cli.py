@@ -19,7 +19,8 @@ probe_app = typer.Typer(help="Measure messaging services per feature (OONI data 
 def list_nettests() -> None:
     """List the nettests this probe can run."""
     for name, nettest in NETTESTS.items():
-        typer.echo(f"{name}\t{nettest.description}")
+        takes = "".join(f"\n\t--option {key}=...: {what}" for key, what in nettest.options)
+        typer.echo(f"{name}\t{nettest.description}{takes}")
 
 
 @probe_app.command("run")
@@ -28,9 +29,10 @@ def run_nettest(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append the measurement to this JSONL file."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
                                             help="Bound for each step, in seconds (default: per-step defaults)."),
-    target: list[str] = typer.Option([], "--target", help="openvpn only, repeatable: "
-                                     "openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input). "
-                                     "Default in the lab: the lab's OpenVPN server."),
+    target: list[str] = typer.Option([], "--target", help="openvpn, repeatable: "
+                                     "openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input); "
+                                     "keyword: https://HOST/ of a chat platform. Default in the lab: the lab's "
+                                     "OpenVPN server, the lab's platform."),
     probe_cc: str = typer.Option("ZZ", "--probe-cc", help="Country code to record (ZZ = hidden)."),
     probe_asn: str = typer.Option("AS0", "--probe-asn", help="ASN to record (AS0 = hidden)."),
     probe_network_name: str = typer.Option("", "--probe-network-name", help="Network (ISP) name to record."),
@@ -39,7 +41,8 @@ def run_nettest(
         "(scenario replays); the real time goes to annotations.wallwatch_wall_time."),
     annotation: list[str] = typer.Option([], "--annotation", help="key=value to add to annotations (repeatable)."),
     option: list[str] = typer.Option([], "--option", help="key=value setting of the nettest itself (repeatable), "
-                                     "e.g. whatsapp's opening=2017|2022|today (the chat client's era)."),
+                                     "e.g. whatsapp's opening=2017|2022|today (the chat client's era), keyword's "
+                                     "keywords=A|B (`wallwatch probe list` names each nettest's options)."),
     publish_ip: bool = typer.Option(False, "--publish-ip", help="Record the probe's IP (hidden by default)."),
 ) -> None:
     """Run NETTEST once; print feature -> verdict, method, evidence."""

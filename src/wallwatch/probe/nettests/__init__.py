@@ -31,12 +31,23 @@ class Nettest:
     module: str
     # The OONI-style input it takes (`--target`); None: fixed targets.
     target_syntax: str | None = None
+    # The `key=value` options it takes (`--option`, a scenario's `options`), each with what it does.
+    options: tuple[tuple[str, str], ...] = ()
+
+    def check_options(self, options: Mapping[str, str]) -> None:
+        """ValueError naming the option this nettest does not take, and those it does."""
+        accepted = dict(self.options)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            takes = ", ".join(f"{key} ({what})" for key, what in self.options) or "none"
+            raise ValueError(f"{self.name} takes no option {unknown[0]!r}; it takes: {takes}")
 
     def run_once(self, settings: "ProbeSettings", stamp: "Stamp", *, step_timeout: float | None = None,
                  targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
                  options: Mapping[str, str] | None = None) -> dict[str, Any]:
         if targets and self.target_syntax is None:
             raise TargetError(f"{self.name} has fixed targets; --target is not for it")
+        self.check_options(options or {})
         module = importlib.import_module(self.module)
         return module.run_once(settings, stamp, step_timeout=step_timeout, targets=targets, progress=progress,
                                options=dict(options or {}))
@@ -45,7 +56,8 @@ class Nettest:
 NETTESTS: Mapping[str, Nettest] = MappingProxyType({
     nettest.name: nettest for nettest in (
         Nettest("whatsapp", "WhatsApp per feature: text (chat transport), media, calls (STUN), web, registration",
-                "wallwatch.probe.nettests.whatsapp"),
+                "wallwatch.probe.nettests.whatsapp",
+                options=(("opening", "the chat client's era: 2017 (WA 1 5), 2022 (ED + WA 2 0) or today"),)),
         Nettest("openvpn", "OpenVPN handshake over UDP and TCP (client reset, server reset, TLS ClientHello -> "
                 "ServerHello); feature: tunnel", "wallwatch.probe.nettests.openvpn",
                 target_syntax="openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input)"),
@@ -67,5 +79,12 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
         Nettest("viber", "Viber per feature: text (the 154-byte chat hello and its ack on 4244 and 5242, by "
                 "address), media (upload and download), calls (the call ping/pong on UDP 7985)",
                 "wallwatch.probe.nettests.viber"),
+        Nettest("keyword", "Platform-side filtering (Citizen Lab's method): the same message with and without a "
+                "keyword between two accounts; withheld by the platform while its twin arrives -> "
+                "blocked/platform_filter (a verdict about the platform, not the network)",
+                "wallwatch.probe.nettests.keyword",
+                target_syntax="https://HOST/ (a chat platform serving the lab's canary API; default in the lab: "
+                "the lab's emulated platform)",
+                options=(("keywords", "the words to test, separated by | (default: 小熊维尼|Winnie the Pooh)"),)),
     )
 })
