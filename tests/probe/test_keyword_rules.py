@@ -70,3 +70,12 @@ def test_keywords_option() -> None:
         NETTESTS["keyword"].check_options({"keyword": "x"})
     with pytest.raises(ValueError, match="takes no option"):
         NETTESTS["skype"].check_options({"opening": "2017"})
+    with pytest.raises(ValueError, match="one of 2017, 2022, today"):
+        NETTESTS["whatsapp"].check_options({"opening": "2016"})
+
+
+def test_the_registry_names_whatsapps_openings() -> None:
+    from wallwatch.protocols.whatsapp import OPENINGS
+
+    (opening,) = NETTESTS["whatsapp"].options
+    assert set(opening.choices or ()) == set(OPENINGS)

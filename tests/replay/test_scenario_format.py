@@ -51,7 +51,8 @@ def test_cn_2017_09_is_the_timeline_of_issue_4() -> None:
     assert [(i.id, i.asn, i.cc) for i in scenario.isps] == [("telecom", "AS4134", "CN"), ("unicom", "AS4837", "CN"), ("mobile", "AS9808", "CN")]
     assert (scenario.start, scenario.end, scenario.probes) == (day("2017-07-01"), day("2017-10-24"),
                                                                 ("whatsapp", "openvpn", "telegram", "signal",
-                                                                 "facebook_messenger"))
+                                                                 "facebook_messenger", "wechat", "skype", "facetime"))
+    assert scenario.options == {"whatsapp": {"opening": "2017"}}
 
     def policies(text: str) -> list[str]:
         return [scenario.policy_on(day(text), isp.id).name for isp in scenario.isps]
@@ -89,6 +90,12 @@ def test_sampling_keeps_the_first_days_of_every_phase_and_every_change_day() -> 
         scenario.sample_days(1, day("2018-01-01"), None)
 
 
+def test_nettest_options_are_read_as_text_for_the_whole_timeline() -> None:
+    scenario = parse_scenario(VALID.replace("probes: [whatsapp]\n", "probes: [whatsapp]\noptions:\n  whatsapp: {opening: 2017}\n"))
+    assert scenario.options == {"whatsapp": {"opening": "2017"}}
+    assert parse_scenario(VALID).options == {}
+
+
 def test_the_valid_example_parses() -> None:
     scenario = parse_scenario(VALID, source="tiny.yaml")
     assert scenario.policy_on(day("2020-01-03"), "a").name == "media"
@@ -117,6 +124,12 @@ def test_the_valid_example_parses() -> None:
         ("to: 2020-01-04, policy: open, isps: [b]", "to: 2020-01-05, policy: open, isps: [b]", r":21: periods\[2\].to: .*outside the scenario"),
         ("probes: [whatsapp]", "probes: [whatsapp, openvpn]", r":11: policies.open.truth: no ground truth for probed service 'openvpn'"),
         ("rules: []", "rules: [", r"tiny.yaml:\d+: not valid YAML"),
+        ("probes: [whatsapp]\n", "probes: [whatsapp]\noptions: {whatsapp: {opening: 2016}}\n",
+         r"tiny.yaml:5: options.whatsapp.opening: whatsapp: opening must be one of 2017, 2022, today, not '2016'"),
+        ("probes: [whatsapp]\n", "probes: [whatsapp]\noptions: {whatsapp: {era: 2017}}\n",
+         r":5: options.whatsapp.era: whatsapp takes no option 'era'; it takes: opening=2017\|2022\|today"),
+        ("probes: [whatsapp]\n", "probes: [whatsapp]\noptions: {signal: {opening: 2017}}\n",
+         r":5: options.signal: 'signal' is not in `probes`"),
     ],
 )
 def test_malformed_scenarios_are_refused_naming_line_and_key(old: str, new: str, message: str) -> None:
@@ -148,3 +161,37 @@ def test_a_nettest_that_is_not_installed_is_skipped_with_a_warning() -> None:
     probes, warnings = runnable_probes(scenario)
     assert probes == ("whatsapp",)
     assert len(warnings) == 1 and "'carrier-pigeon' is not installed" in warnings[0]
+
+
+def test_the_demo_table_has_one_row_per_service_and_feature() -> None:
+    """`wallwatch demo`'s table: every service of 2017, each feature a row, the service named once."""
+    from rich.console import Console
+
+    from wallwatch.lab.demo import DEFAULT_SCENARIO, Observed, _render, _row, load_phases
+
+    scenario = load_phases(DEFAULT_SCENARIO)
+    rows = [_row(phase, service, feature, expected, Observed(expected.verdict, expected.method), None)
+            for phase in scenario.phases for service, features in phase.expect.items()
+            for feature, expected in features.items()]
+    console = Console(width=160, record=True)
+    _render(console, scenario, scenario.probes, rows)
+    text = console.export_text()
+    for service in scenario.probes:
+        assert sum(line.split("│")[1].strip() == service for line in text.splitlines() if "│" in line) == 1, service
+    assert text.count("blocked (protocol_dpi)") == 2  # WhatsApp text and OpenVPN in September
+    assert "expected" not in text  # every cell matched
+
+
+def test_the_demo_reads_the_first_format_too(tmp_path: Path) -> None:
+    from wallwatch.lab.demo import load_phases
+
+    (tmp_path / "old.yaml").write_text(textwrap.dedent("""\
+        name: old
+        phases:
+          - id: p
+            policy: {name: none, rules: []}
+            expect: {text: ok, media: ok, calls: ok, web: ok, registration: ok}
+        """))
+    scenario = load_phases(tmp_path / "old.yaml")
+    assert scenario.probes == ("whatsapp",) and set(scenario.phases[0].expect["whatsapp"]) == {
+        "text", "media", "calls", "web", "registration"}

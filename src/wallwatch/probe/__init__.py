@@ -62,7 +62,8 @@ are reserved). A whatsapp measurement's `test_keys` holds:
   `feature:<text|media|calls|web|registration>` and `endpoint:<host>:<port>`;
   entries made by controls also carry `control:<dns|tls_sni|payload>` and share
   the transaction id of the attempt they control;
-* `x_wallwatch`: `rules_version` ("wallwatch-whatsapp-verdicts/2"), `features`
+* `x_wallwatch`: `rules_version` ("wallwatch-whatsapp-verdicts/2"), `opening` (the chat
+  client's era: 2017, 2022 or today), `features`
   (per feature: `verdict` ok|blocked|down|unknown, `method` dns|tcp_ip|
   tcp_reset|tls_sni|tls_mitm|protocol_dpi|udp_blocking|null, `confidence`,
   `rule`, `evidence`, `targets_ok`, `targets_total`, `partial`,

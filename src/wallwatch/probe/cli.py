@@ -19,20 +19,22 @@ probe_app = typer.Typer(help="Measure messaging services per feature (OONI data 
 def list_nettests() -> None:
     """List the nettests this probe can run."""
     for name, nettest in NETTESTS.items():
-        takes = "".join(f"\n\t--option {key}=...: {what}" for key, what in nettest.options)
+        takes = "".join(f"\n\t--option {option}" for option in nettest.options)
         typer.echo(f"{name}\t{nettest.description}{takes}")
 
 
 @probe_app.command("run")
 def run_nettest(
-    nettest: str = typer.Argument(..., help="Which nettest (see `wallwatch probe list`)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append the measurement to this JSONL file."),
+    nettests: list[str] = typer.Argument(..., metavar="NETTEST...",
+                                         help="Which nettest(s) (see `wallwatch probe list`); several run at once "
+                                         "in this one process, each writing its own measurement."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append the measurement(s) to this JSONL file."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
                                             help="Bound for each step, in seconds (default: per-step defaults)."),
     target: list[str] = typer.Option([], "--target", help="openvpn, repeatable: "
                                      "openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input); "
                                      "keyword: https://HOST/ of a chat platform. Default in the lab: the lab's "
-                                     "OpenVPN server, the lab's platform."),
+                                     "OpenVPN server, the lab's platform. With one nettest only."),
     probe_cc: str = typer.Option("ZZ", "--probe-cc", help="Country code to record (ZZ = hidden)."),
     probe_asn: str = typer.Option("AS0", "--probe-asn", help="ASN to record (AS0 = hidden)."),
     probe_network_name: str = typer.Option("", "--probe-network-name", help="Network (ISP) name to record."),
@@ -42,16 +44,22 @@ def run_nettest(
     annotation: list[str] = typer.Option([], "--annotation", help="key=value to add to annotations (repeatable)."),
     option: list[str] = typer.Option([], "--option", help="key=value setting of the nettest itself (repeatable), "
                                      "e.g. whatsapp's opening=2017|2022|today (the chat client's era), keyword's "
-                                     "keywords=A|B (`wallwatch probe list` names each nettest's options)."),
+                                     "keywords=A|B (`wallwatch probe list` names each nettest's options); with "
+                                     "several nettests, NETTEST.key=value."),
     publish_ip: bool = typer.Option(False, "--publish-ip", help="Record the probe's IP (hidden by default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no verdict tables (the JSONL has everything)."),
 ) -> None:
-    """Run NETTEST once; print feature -> verdict, method, evidence."""
-    if nettest not in NETTESTS:
-        raise typer.BadParameter(f"unknown nettest {nettest!r}; known: {', '.join(NETTESTS)}")
-    if target and NETTESTS[nettest].target_syntax is None:
+    """Run NETTEST(s) once; print feature -> verdict, method, evidence."""
+    for nettest in nettests:
+        if nettest not in NETTESTS:
+            raise typer.BadParameter(f"unknown nettest {nettest!r}; known: {', '.join(NETTESTS)}")
+    if len(set(nettests)) != len(nettests):
+        raise typer.BadParameter("a nettest is named twice")
+    if target and (len(nettests) > 1 or NETTESTS[nettests[0]].target_syntax is None):
         takers = [name for name, entry in NETTESTS.items() if entry.target_syntax is not None]
-        raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}; "
-                                 f"{nettest} has fixed targets")
+        raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}, "
+                                 "run alone; " + (f"{nettests[0]} has fixed targets" if len(nettests) == 1 else
+                                                  "several nettests are named"))
     from rich.console import Console
 
     from wallwatch.probe.measurement import Stamp, append_jsonl, parse_annotations, parse_measurement_time
@@ -62,28 +70,87 @@ def run_nettest(
         stamp = Stamp(probe_asn=probe_asn, probe_cc=probe_cc, probe_network_name=probe_network_name,
                       measurement_time=parse_measurement_time(measurement_time) if measurement_time else None,
                       annotations=parse_annotations(annotation), publish_ip=publish_ip)
-        options = parse_annotations(option)
+        options = scoped_options(nettests, parse_annotations(option))
+        for nettest in nettests:
+            NETTESTS[nettest].check_options(options[nettest])
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(str(exc), param_hint="--option") from None
     try:
         settings = ProbeSettings.from_environment()
     except SettingsError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     mode = f"lab {settings.lab.run_id}" if settings.lab else "system resolver and CA store"
-    with console.status(f"[bold]{nettest}[/bold] ({mode})") as status:
-        try:
-            measurement = NETTESTS[nettest].run_once(settings, stamp, step_timeout=timeout, targets=target,
-                                                     progress=lambda m: status.update(f"{nettest}: {m}"),
-                                                     options=options)
-        except TargetError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--target") from None
-        except ValueError as exc:  # an option the nettest does not take
-            raise typer.BadParameter(str(exc), param_hint="--option") from None
-    if output is not None:
-        append_jsonl(output, measurement)
-        console.print(f"measurement appended to {output}")
-    _print_features(measurement)
+    if len(nettests) == 1:
+        nettest = nettests[0]
+        with console.status(f"[bold]{nettest}[/bold] ({mode})") as status:
+            try:
+                measurement = NETTESTS[nettest].run_once(settings, stamp, step_timeout=timeout, targets=target,
+                                                         progress=lambda m: status.update(f"{nettest}: {m}"),
+                                                         options=options[nettest])
+            except TargetError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--target") from None
+            except ValueError as exc:  # an option value the nettest refuses
+                raise typer.BadParameter(str(exc), param_hint="--option") from None
+        measurements, failed = [measurement], {}
+        if output is not None:
+            append_jsonl(output, measurement)
+            console.print(f"measurement appended to {output}")
+    else:
+        with console.status(f"[bold]{', '.join(nettests)}[/bold] ({mode})"):
+            measurements, failed = _run_together(nettests, settings, stamp, timeout, options, output)
+        if output is not None and measurements:
+            console.print(f"{len(measurements)} measurements appended to {output}")
+    if not quiet:
+        for measurement in measurements:
+            _print_features(measurement)
+    for nettest, error in failed.items():
+        console.print(f"[red]error:[/red] {nettest}: {error}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def scoped_options(nettests: list[str], options: dict[str, str]) -> dict[str, dict[str, str]]:
+    """`--option` values per nettest: `NETTEST.key=value`, or `key=value` when one nettest runs."""
+    scoped: dict[str, dict[str, str]] = {nettest: {} for nettest in nettests}
+    for key, value in options.items():
+        name, dot, rest = key.partition(".")
+        if dot and name in NETTESTS:
+            if name not in scoped:
+                raise ValueError(f"--option {key}: {name} is not being run")
+            scoped[name][rest] = value
+        elif len(nettests) == 1:
+            scoped[nettests[0]][key] = value
+        else:
+            raise ValueError(f"--option {key}: with several nettests, name the one it is for (NETTEST.{key}=...)")
+    return scoped
+
+
+def _run_together(nettests: list[str], settings: Any, stamp: Any, timeout: float | None,
+                  options: dict[str, dict[str, str]], output: Path | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every nettest at once, one thread (and event loop) each: what a day of a replay costs is then
+    the slowest nettest, not their sum, and one interpreter start, not one per nettest. Each
+    measurement is appended as soon as it is whole; a nettest that fails is reported, not fatal."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from wallwatch.probe.measurement import append_jsonl
+
+    measurements: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=len(nettests), thread_name_prefix="nettest") as pool:
+        futures = {pool.submit(NETTESTS[n].run_once, settings, stamp, step_timeout=timeout, options=options[n]): n
+                   for n in nettests}
+        for future in as_completed(futures):
+            nettest = futures[future]
+            try:
+                measurement = future.result()
+            except Exception as exc:  # one nettest's crash is its own finding, not the others' loss
+                failed[nettest] = f"{exc.__class__.__name__}: {exc}"
+                continue
+            if output is not None:
+                append_jsonl(output, measurement)
+            measurements[nettest] = measurement
+    return [measurements[n] for n in nettests if n in measurements], failed
 
 
 def _print_features(measurement: dict[str, Any]) -> None:
