@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         scenario: Path = typer.Option(DEFAULT_SCENARIO, help="phased scenario YAML"),
         out: Path = typer.Option(Path("demo-out"), help="directory for measurements.jsonl and ground_truth.jsonl"),
-        timeout: float = typer.Option(3.0, help="per-operation probe timeout, seconds"),
+        timeout: float = typer.Option(2.0, help="per-operation probe timeout, seconds (as `lab replay`'s)"),
     ) -> None:
         """Replay 2017's blocking in China in the lab, every service at once, and show what the probe sees."""
         from wallwatch.lab.capabilities import missing_lab_features

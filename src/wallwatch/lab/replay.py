@@ -29,7 +29,10 @@ from typing import Any, Callable, Mapping, Sequence
 from wallwatch.lab.scenario import Expectation, Observed, Scenario, ScenarioPolicy, observed_features, probe_many_in_lab
 from wallwatch.lab.topology import Isp, Lab
 
-DEFAULT_TIMEOUT = 3.0  # per probe step, seconds: a blocked day costs about two of these
+# Per probe step, seconds. A blocked attempt waits out its step (a black-holed connect, a silent relay),
+# so a day costs about two of these; in the lab a round trip is ~0.1 ms, so 2 s only guards against a
+# probe starved of CPU on a busy machine: no verdict depends on its length beyond that.
+DEFAULT_TIMEOUT = 2.0
 # Nettests that need a real server in the lab, and which (Lab.up(vpn_servers=...)).
 SERVER_FOR_NETTEST: Mapping[str, str] = {"openvpn": "openvpn"}
 FEATURE_LETTERS: Mapping[str, str] = {
