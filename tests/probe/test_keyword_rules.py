@@ -79,3 +79,15 @@ def test_the_registry_names_whatsapps_openings() -> None:
 
     (opening,) = NETTESTS["whatsapp"].options
     assert set(opening.choices or ()) == set(OPENINGS)
+
+
+def test_options_are_scoped_to_their_nettest_when_several_run() -> None:
+    from wallwatch.probe.cli import scoped_options
+
+    assert scoped_options(["whatsapp"], {"opening": "2017"}) == {"whatsapp": {"opening": "2017"}}
+    assert scoped_options(["whatsapp", "keyword"], {"whatsapp.opening": "2017", "keyword.keywords": "a|b"}) == {
+        "whatsapp": {"opening": "2017"}, "keyword": {"keywords": "a|b"}}
+    with pytest.raises(ValueError, match="name the one it is for"):
+        scoped_options(["whatsapp", "signal"], {"opening": "2017"})
+    with pytest.raises(ValueError, match="signal is not being run"):
+        scoped_options(["whatsapp", "skype"], {"signal.x": "1"})

@@ -35,6 +35,7 @@ from typing import Callable
 from wallwatch.lab.https_server import NOT_FOUND, Request, Response
 from wallwatch.protocols import apns, mmtls, viber
 from wallwatch.protocols.errors import Incomplete, ProtocolError
+from wallwatch.protocols.stun import build_binding_response, parse_stun
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,8 @@ async def serve_apns_courier(reader: asyncio.StreamReader, writer: asyncio.Strea
     await _serve_opening(reader, writer, "apns courier", apns_answer)
 
 
-class ViberRelay(asyncio.DatagramProtocol):
-    """A Viber call relay: answers each ping with a pong carrying its call id; ignores anything else."""
+class Relay(asyncio.DatagramProtocol):
+    """A call relay: answers each datagram its protocol knows (`answer`), drops anything else, as relays do."""
 
     def __init__(self) -> None:
         self._transport: asyncio.DatagramTransport | None = None
@@ -203,10 +204,29 @@ class ViberRelay(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
+    def answer(self, data: bytes, addr: tuple[str, int]) -> bytes:
+        """The reply to `data` from `addr`; ProtocolError for what is not the relay's protocol."""
+        raise NotImplementedError
+
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            call_id = viber.parse_datagram(data, viber.PING_TYPE, viber.PING_SIZE)
+            response = self.answer(data, addr)
         except ProtocolError:
-            return  # a relay drops what it does not understand
+            return
         if self._transport is not None:
-            self._transport.sendto(viber.build_pong(call_id, os.urandom(8)), addr)
+            self._transport.sendto(response, addr)
+
+
+class StunRelay(Relay):
+    """Answers STUN Binding requests with the sender's address (RFC 5389 §7.3)."""
+
+    def answer(self, data: bytes, addr: tuple[str, int]) -> bytes:
+        return build_binding_response(parse_stun(data), addr[0], addr[1])
+
+
+class ViberRelay(Relay):
+    """A Viber call relay: each ping answered with a pong carrying its call id."""
+
+    def answer(self, data: bytes, addr: tuple[str, int]) -> bytes:
+        call_id = viber.parse_datagram(data, viber.PING_TYPE, viber.PING_SIZE)
+        return viber.build_pong(call_id, os.urandom(8))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from wallwatch.lab import addresses
 from wallwatch.lab.app_servers import (
+    StunRelay,
     ViberRelay,
     serve_apns_courier,
     serve_mmtls_long_link,
@@ -48,7 +49,6 @@ from wallwatch.lab.https_server import (
 )
 from wallwatch.protocols import apns
 from wallwatch.protocols.errors import ProtocolError
-from wallwatch.protocols.stun import build_binding_response, parse_stun
 from wallwatch.protocols.whatsapp import ChatServer, MessageReceived, generate_static_key
 
 log = logging.getLogger("wallwatch.lab.services")
@@ -99,24 +99,6 @@ async def serve_chat_connection(
         writer.close()
         return
     await _close_cleanly(reader, writer)
-
-
-class StunRelay(asyncio.DatagramProtocol):
-    """Answers STUN Binding requests with the sender's address; ignores anything else."""
-
-    def __init__(self) -> None:
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            response = build_binding_response(parse_stun(data), addr[0], addr[1])
-        except ProtocolError:
-            return  # a relay drops what it does not understand
-        if self._transport is not None:
-            self._transport.sendto(response, addr)
 
 
 async def start_services(workdir: Path) -> list[object]:

@@ -57,9 +57,8 @@ def run_nettest(
         raise typer.BadParameter("a nettest is named twice")
     if target and (len(nettests) > 1 or NETTESTS[nettests[0]].target_syntax is None):
         takers = [name for name, entry in NETTESTS.items() if entry.target_syntax is not None]
-        raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}, "
-                                 "run alone; " + (f"{nettests[0]} has fixed targets" if len(nettests) == 1 else
-                                                  "several nettests are named"))
+        why = f"{nettests[0]} has fixed targets" if len(nettests) == 1 else "it takes one nettest at a time"
+        raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}; {why}")
     from rich.console import Console
 
     from wallwatch.probe.measurement import Stamp, append_jsonl, parse_annotations, parse_measurement_time
@@ -70,6 +69,9 @@ def run_nettest(
         stamp = Stamp(probe_asn=probe_asn, probe_cc=probe_cc, probe_network_name=probe_network_name,
                       measurement_time=parse_measurement_time(measurement_time) if measurement_time else None,
                       annotations=parse_annotations(annotation), publish_ip=publish_ip)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
         options = scoped_options(nettests, parse_annotations(option))
         for nettest in nettests:
             NETTESTS[nettest].check_options(options[nettest])

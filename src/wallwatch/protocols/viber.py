@@ -69,17 +69,21 @@ def build_hello(nonce: bytes, filler: bytes) -> bytes:
     return build_message(HELLO_TYPE, nonce + filler)
 
 
-def parse_hello(data: bytes) -> bytes | Incomplete:
-    """The hello's nonce; anything whose first four bytes are not a 154-byte hello's is refused at once
-    (what libprotoident matches, so a censor decides on the first segment)."""
-    if len(data) >= HEADER_SIZE and (struct.unpack_from("<H", data)[0] != HELLO_SIZE or data[3] != 0):
-        raise ProtocolError("not a Viber hello")
+def _nonce_of(data: bytes, size: int, what: str, message_type: int | None = None) -> bytes | Incomplete:
+    """The nonce of a message of `size` bytes (and `message_type`; None: any) at the start of a stream;
+    anything whose first four bytes are not such a message's header is refused at once (libprotoident
+    matches `9a 00 ?? 00` for the hello, so a censor decides on the first segment)."""
+    if len(data) >= HEADER_SIZE:
+        length, kind = struct.unpack_from("<HH", data)
+        if length != size or kind > 0xFF or (message_type is not None and kind != message_type):
+            raise ProtocolError(f"not a Viber {what}")
     message = parse_message(data)
-    if isinstance(message, Incomplete):
-        return message
-    if message.message_type != HELLO_TYPE or message.length != HELLO_SIZE:
-        raise ProtocolError("not a Viber hello")
-    return message.body[:NONCE_SIZE]
+    return message if isinstance(message, Incomplete) else message.body[:NONCE_SIZE]
+
+
+def parse_hello(data: bytes) -> bytes | Incomplete:
+    """The hello's nonce."""
+    return _nonce_of(data, HELLO_SIZE, "hello")
 
 
 def build_hello_ack(nonce: bytes) -> bytes:
@@ -87,12 +91,7 @@ def build_hello_ack(nonce: bytes) -> bytes:
 
 
 def parse_hello_ack(data: bytes) -> bytes | Incomplete:
-    message = parse_message(data)
-    if isinstance(message, Incomplete):
-        return message
-    if message.message_type != HELLO_ACK_TYPE or message.length != HELLO_ACK_SIZE:
-        raise ProtocolError("not a Viber hello answer")
-    return message.body[:NONCE_SIZE]
+    return _nonce_of(data, HELLO_ACK_SIZE, "hello answer", HELLO_ACK_TYPE)
 
 
 def build_ping(call_id: bytes) -> bytes:
