@@ -3,7 +3,9 @@
 Each nettest module has `run_once(settings, stamp, *, step_timeout, targets,
 progress, options) -> measurement`: one complete OONI-format measurement.
 `options` are the nettest's own `key=value` settings (`wallwatch probe run
---option`; a scenario's `probe_options`), e.g. whatsapp's `opening=2017`.
+--option`; a scenario's `options`), e.g. whatsapp's `opening=2017`; each entry
+declares the options it takes (`Option`), so the CLI and the scenario loader
+refuse any other before a lab is built.
 A module is imported only when its nettest runs, so listing them stays fast.
 """
 
