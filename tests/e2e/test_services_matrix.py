@@ -5,8 +5,12 @@ black-hole, reset, SNI, protocol fingerprint) the censor gets a policy that
 targets exactly one feature, the real nettest runs in the client namespace
 (`wallwatch probe run NETTEST`), and every feature must read what the policy
 implies: the targeted one blocked by that method, every other one ok (no
-collateral verdicts). Throttling, delay and residual blocking wait for the
-other branch's goodput primitive (see docs/services.md, "Not yet").
+collateral verdicts). The nettests: telegram, signal, facebook_messenger, and
+the services of 2017 beside WhatsApp (wechat, skype, viber, facetime), each
+with the protocol fingerprint a DPI box has of it (MTProto's header, STUN,
+mmtls records, Viber's hello and call datagrams). Throttling, delay and
+residual blocking wait for the other branch's goodput primitive (see
+docs/services.md, "Not yet").
 """
 
 from __future__ import annotations
