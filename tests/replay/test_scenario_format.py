@@ -276,3 +276,48 @@ def test_the_demo_reads_the_first_format_too(tmp_path: Path) -> None:
     assert scenario.probes == ("whatsapp",) and set(scenario.phases[0].expect["whatsapp"]) == {
         "text", "media", "calls", "web", "registration"}
 
+
+SERVICES_PHASES = textwrap.dedent(
+    """\
+    name: two-services
+    probes: [whatsapp, telegram]
+    options: {whatsapp: {opening: 2017}, telegram: {throughput: "off"}}
+    phases:
+      - id: normal
+        policy: {name: none, rules: []}
+        expect:
+          whatsapp: {text: ok, media: ok, calls: ok, web: ok, registration: ok}
+          telegram: {text: ok, media: ok, web: ok}
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("{opening: 2017}", "{opening: 2016}", r"phases.yaml:3: options.whatsapp.opening: whatsapp: opening must be one of"),
+        ('{throughput: "off"}', "{throughput: slow}", r"phases.yaml:3: options.telegram.throughput: .*must be one of on, off"),
+        ("probes: [whatsapp, telegram]", "probes: [whatsapp, telegraph]", r"phases.yaml:2: probes: no nettest 'telegraph'"),
+        ("      telegram: {text: ok, media: ok, web: ok}\n", "",
+         r"phases.yaml:7: phases\[0\].expect.telegram: no ground truth for probed service 'telegram'"),
+        ("{text: ok, media: ok, web: ok}", "{text: ok, media: ok}",
+         r"phases.yaml:9: phases\[0\].expect.telegram: no ground truth for feature 'web'"),
+        ("{text: ok, media: ok, web: ok}", "{text: ok, media: ok, web: ok, calls: ok}",
+         r"phases.yaml:9: phases\[0\].expect.telegram.calls: telegram has no feature 'calls'"),
+        ("      telegram:", "      signal: {text: ok}\n      telegram:", r"phases.yaml:9: phases\[0\].expect.signal: 'signal' is not in `probes`"),
+    ],
+)
+def test_the_demos_services_and_options_are_checked_naming_line_and_key(tmp_path: Path, old: str, new: str,
+                                                                         message: str) -> None:
+    """The demo's every-service format goes through the same strict loader and the same option checks
+    as a scenario's: each mistake named at its line before any lab is built."""
+    from wallwatch.lab.demo import load_phases
+
+    scenario = tmp_path / "phases.yaml"
+    scenario.write_text(SERVICES_PHASES)
+    loaded = load_phases(scenario)
+    assert loaded.probes == ("whatsapp", "telegram") and loaded.options["whatsapp"] == {"opening": "2017"}
+    assert old in SERVICES_PHASES
+    scenario.write_text(SERVICES_PHASES.replace(old, new, 1))
+    with pytest.raises(ScenarioError, match=message):
+        load_phases(scenario)
