@@ -15,6 +15,7 @@ import pytest
 
 from wallwatch.lab.chat_platform import load_keyword_list
 from wallwatch.lab.scenario import observed_features, probe_in_lab
+from wallwatch.probe.verdicts import rules_version
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -40,7 +41,8 @@ def test_no_filtering_every_keyword_is_delivered(lab: Any, tmp_path: Path) -> No
     assert _feature(measurement)[:2] == ("ok", None)
     keys = measurement["test_keys"]
     assert keys["keyword_platform_reachable"] and keys["keyword_withheld"] == []
-    assert keys["x_wallwatch"]["rules_version"] == "wallwatch-keyword-verdicts/1"
+    # The messaging nettests' shared rule set (probe/verdicts.py), which main moved to /2 (residual, throttled).
+    assert keys["x_wallwatch"]["rules_version"] == rules_version("keyword") == "wallwatch-keyword-verdicts/2"
 
 
 def test_the_2017_list_is_withheld_by_the_platform_and_said_to_be_the_platform(lab: Any, tmp_path: Path) -> None:
