@@ -71,7 +71,9 @@ The other messaging nettests (`derive_features(nettest, test_keys)`: telegram,
 signal, facebook_messenger, ...) are judged by these same rules under their
 own names: their `wallwatch-<nettest>-verdicts/1` judged as whatsapp's rules/2
 did, their /2 as its rules/3 (residual, and throttled for each transfer
-feature a nettest measures with throughput rounds: `ServiceTest.bulk_targets`).
+feature a nettest measures with throughput rounds: `Common.throughput`,
+`ServiceTest.measure_throughput`). The keyword nettest's platform rules
+(`derive_keyword_features`) came with /2 and have no /1.
 """
 
 from __future__ import annotations
