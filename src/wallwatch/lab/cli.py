@@ -201,11 +201,12 @@ def replay(
     ),
     from_: Optional[str] = typer.Option(None, "--from", help="first simulated day, YYYY-MM-DD (default: the scenario's start)"),
     to: Optional[str] = typer.Option(None, "--to", help="last simulated day, YYYY-MM-DD (default: the scenario's end)"),
-    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="per-step probe timeout, seconds"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
+                                            help="per-step probe timeout, seconds (default: 2, lab/replay.py)"),
 ) -> None:
     """Replay a scenario's timeline over simulated days in a multi-ISP lab; compare with its ground truth."""
     from wallwatch.lab.capabilities import missing_lab_features
-    from wallwatch.lab.replay import render_summary, replay as run_replay
+    from wallwatch.lab.replay import DEFAULT_TIMEOUT, render_summary, replay as run_replay
     from wallwatch.lab.scenario import ScenarioError, load_scenario, parse_day
     from wallwatch.lab.topology import LabError
 
@@ -236,7 +237,8 @@ def replay(
                 step(description=f"replay: {day} done")
 
             report = run_replay(
-                loaded, out, days_per_phase=days_per_phase, start=start, end=end, timeout=timeout,
+                loaded, out, days_per_phase=days_per_phase, start=start, end=end,
+                timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
                 on_day=on_day, on_status=lambda message: step(0, description=f"replay: {message}"),
             )
     except (LabError, RuntimeError, OSError) as exc:

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from wallwatch.lab.scenario import Expectation, Observed, Scenario, ScenarioPolicy, observed_features, probe_in_lab
+from wallwatch.lab.scenario import Expectation, Observed, Scenario, ScenarioPolicy, observed_features, probe_many_in_lab
 from wallwatch.lab.topology import Isp, Lab
 
-DEFAULT_TIMEOUT = 3.0  # per probe step, seconds: a blocked day costs about two of these
+# Per probe step, seconds. A blocked attempt waits out its step (a black-holed connect, a silent relay),
+# so a day costs about two of these; in the lab a round trip is ~0.1 ms, so 2 s only guards against a
+# probe starved of CPU on a busy machine: no verdict depends on its length beyond that.
+DEFAULT_TIMEOUT = 2.0
 # Nettests that need a real server in the lab, and which (Lab.up(vpn_servers=...)).
 SERVER_FOR_NETTEST: Mapping[str, str] = {"openvpn": "openvpn"}
 FEATURE_LETTERS: Mapping[str, str] = {
@@ -101,10 +104,15 @@ class ReplayReport:
 
 def runnable_probes(scenario: Scenario) -> tuple[tuple[str, ...], list[str]]:
     """The scenario's nettests this installation can run, and a warning for each it cannot."""
+    return runnable_nettests(scenario.probes)
+
+
+def runnable_nettests(nettests: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Of `nettests`, those this installation can run (installed, with their lab server), and a warning for each other."""
     from wallwatch.probe.nettests import NETTESTS
 
     runnable, warnings = [], []
-    for nettest in scenario.probes:
+    for nettest in nettests:
         if nettest not in NETTESTS:
             warnings.append(f"nettest {nettest!r} is not installed (`wallwatch probe list`): skipped, with its ground truth")
             continue
@@ -202,28 +210,31 @@ def _probe_day(
     lab: Lab, scenario: Scenario, day: dt.date, policies: Mapping[str, ScenarioPolicy], probes: Sequence[str],
     timeout: float, scratch: Path, measurements_path: Path,
 ) -> list[TruthRow]:
-    """Every nettest from every ISP at once (each a process in its ISP's client namespace)."""
+    """Every nettest from every ISP at once: one probe process per ISP, running all the day's nettests
+    concurrently (`probe_many_in_lab`), so a day costs one interpreter start per ISP and its slowest nettest."""
 
-    def one(isp: Isp, nettest: str) -> tuple[dict[str, Any] | None, list[TruthRow]]:
+    def one(isp: Isp) -> tuple[list[dict[str, Any]], list[TruthRow]]:
         policy = policies[isp.id]
-        output = scratch / f"{isp.id}-{nettest}.jsonl"
         try:
-            measurement = probe_in_lab(
-                lab, output, timeout, stamp_arguments(scenario, isp, day, policy), nettest=nettest, isp=isp.id
-            )
-        except Exception as exc:  # a failed probe run is a finding for that cell, not the end of the replay
-            return None, truth_rows(scenario, isp, day, policy, nettest, None, f"{exc.__class__.__name__}: {exc}"[:2000])
-        return measurement, truth_rows(scenario, isp, day, policy, nettest, measurement)
+            measurements, error = probe_many_in_lab(
+                lab, scratch / f"{isp.id}.jsonl", timeout, probes, stamp_arguments(scenario, isp, day, policy),
+                options=scenario.options, isp=isp.id)
+        except Exception as exc:  # a failed probe run is a finding for that ISP's cells, not the end of the replay
+            measurements, error = {}, f"{exc.__class__.__name__}: {exc}"
+        rows: list[TruthRow] = []
+        for nettest in probes:
+            measurement = measurements.get(nettest)
+            cell_error = None if measurement is not None else (error or "no measurement")[:2000]
+            rows += truth_rows(scenario, isp, day, policy, nettest, measurement, cell_error)
+        return [measurements[n] for n in probes if n in measurements], rows
 
-    jobs = [(isp, nettest) for isp in scenario.isps for nettest in probes]
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        results = list(pool.map(lambda job: one(*job), jobs))
+    with ThreadPoolExecutor(max_workers=len(scenario.isps)) as pool:
+        results = list(pool.map(one, scenario.isps))
     rows: list[TruthRow] = []
     with measurements_path.open("a") as handle:
-        for measurement, cell_rows in results:
-            if measurement is not None:
-                handle.write(json.dumps(measurement, sort_keys=True) + "\n")
-            rows += cell_rows
+        for measurements, isp_rows in results:
+            handle.writelines(json.dumps(m, sort_keys=True) + "\n" for m in measurements)
+            rows += isp_rows
     return rows
 
 
