@@ -26,6 +26,7 @@ _PARTS = (
     "wallwatch.probe.cli",
     "wallwatch.analysis.cli",
     "wallwatch.lab.demo",
+    "wallwatch.web.cli",
 )
 
 

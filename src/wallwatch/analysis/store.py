@@ -24,6 +24,7 @@ Write semantics (see docs/storage.md):
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,6 +142,21 @@ class Store:
             max_rows_per_group=ROW_GROUP_ROWS,
         )
         return table.num_rows
+
+    def drop_partitions(self, dataset: str, column: str, values: Iterable[Any]) -> int:
+        """Delete whole top-level partitions `<column>=<value>` of a derived dataset; return how many.
+
+        For a rebuild that no longer has rows on some dates (the live series, `web/live.py`, when a
+        silence folds into a gap row): `write(mode="replace")` only replaces the partitions a table
+        touches, so dates it no longer has would keep stale files.
+        """
+        removed = 0
+        for value in values:
+            leaf = self.dataset_dir(dataset) / f"{_check_name(column)}={quote(str(value), safe='')}"
+            if leaf.is_dir():
+                shutil.rmtree(leaf)
+                removed += 1
+        return removed
 
     def append_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append rows to the append-only log `<root>/<name>.jsonl`; return how many were written."""

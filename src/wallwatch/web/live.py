@@ -1,0 +1,475 @@
+"""The live pipeline: each accepted measurement through the batch pipeline's own code, within a second.
+
+It runs as its own process (`python -m wallwatch.web.live`, started and watched by `serve`), so
+that the collector's event loop and the pipeline's CPU work (verdict rules in Python, DuckDB
+aggregates) each have a core and acknowledgements never wait for verdicts. One cycle:
+
+1. **ingest** the sealed write-ahead-log segments (`web/wal.py`) with the batch ingest's
+   `Ingester` (one long-lived instance: its stored-uid set is the deduplication), which writes
+   measurements, observations and verdicts to the same datasets `wallwatch ingest` writes, keeps
+   the raw text and adds each segment to the ingest ledger; then delete the segments;
+2. **series**: rebuild the series of the countries the new verdicts touched with
+   `series.build.build_for_countries` over the data's whole window (all countries when the
+   window's first or last hour moved, as a whole rebuild would then change every series' edges),
+   and rewrite only the dates whose rows changed, so the stored series are those `wallwatch
+   series` would write;
+3. **events**: the same detector and parameters as `wallwatch events` (`grouping.detect_events`
+   over those countries' hourly series, `add_rule_evidence`), reconciled with the append-only log
+   by `lifecycle.record_events`, which appends `opened`, `network_joined`,
+   `network_comprehensive`, `extended` and `closed` as they happen;
+4. **alerts**: the new log entries to the webhooks (`web/alerts.py`).
+
+At start (and after a crash) it catches up: ingests what the WAL still holds, rebuilds every
+series against what is stored and runs the detector over all of it, so a restart is a no-op
+when nothing was lost and completes what a crash interrupted otherwise. The live result equals a
+batch run over the same measurements (tests/web/test_live_equals_batch.py).
+
+Only one pipeline writes a data folder: it holds `<data>/_live/writer.lock` (flock) for its
+life, and it dies with its parent (PR_SET_PDEATHSIG), so a `serve` killed with SIGKILL and
+restarted never runs two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wallwatch.analysis.events.feeds import DEFAULT_TAG_AUTHORITY
+from wallwatch.analysis.events.grouping import EVENT_LOG, add_rule_evidence, detect_events
+from wallwatch.analysis.events.lifecycle import record_events
+from wallwatch.analysis.ingest.pipeline import Ingester
+from wallwatch.analysis.series import queries as series_queries
+from wallwatch.analysis.series.build import (
+    DAILY,
+    HOURLY,
+    SeriesRequest,
+    build_for_countries,
+    build_series,
+    floor_to,
+)
+from wallwatch.analysis.store import Store
+from wallwatch.analysis.tables import run_bounds
+from wallwatch.web.alerts import AlertsConfig, DeliveryRecord, Dispatcher, load_alerts
+from wallwatch.web.calendar import annotations_for, load_calendar
+from wallwatch.web.wal import sealed_segments
+
+log = logging.getLogger("wallwatch.live")
+
+LIVE_DIR = "_live"  # the store lists no dataset whose name starts with "_"
+
+
+def live_dir(data: Path) -> Path:
+    return data / LIVE_DIR
+
+
+def wal_dir(data: Path) -> Path:
+    return live_dir(data) / "wal"
+
+
+# Segments ingested in one cycle at most: under load the WAL seals faster than a cycle ends, and a
+# cycle that takes what has piled up (up to this) keeps the number of Parquet files down.
+MAX_SEGMENTS_PER_CYCLE = 64
+POLL_SECONDS = 0.02
+_GRAINS = (("hour", HOURLY), ("day", DAILY))
+_CYCLE_LOG_MAX_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: Path
+    alerts: Path | None = None
+    calendar: Path | None = None
+    tag_authority: str = DEFAULT_TAG_AUTHORITY
+    poll_seconds: float = POLL_SECONDS
+
+    def to_json(self) -> str:
+        return orjson.dumps({k: (str(v) if isinstance(v, Path) else v)
+                             for k, v in dataclasses.asdict(self).items()}).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineConfig:
+        raw = orjson.loads(text)
+        for name in ("data", "alerts", "calendar"):
+            if raw.get(name) is not None:
+                raw[name] = Path(raw[name])
+        return cls(**raw)
+
+
+class _RecordingStore(Store):
+    """The store, noting which countries and times each verdict write covered (what a cycle touched)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.verdict_keys: list[pa.Table] = []
+
+    def write(self, dataset: str, table: pa.Table, partition_by: Sequence[str] | None = None, *,
+              mode: Any = "replace") -> int:
+        written = super().write(dataset, table, partition_by, mode=mode)
+        if dataset == "verdicts" and written:
+            self.verdict_keys.append(table.select(["probe_cc", "measurement_start_time"]))
+        return written
+
+    def take_touched(self) -> tuple[set[str], tuple[datetime, datetime] | None]:
+        keys, self.verdict_keys = self.verdict_keys, []
+        if not keys:
+            return set(), None
+        table = pa.concat_tables(keys)
+        times = table.column("measurement_start_time")
+        return set(pc.unique(table.column("probe_cc")).to_pylist()), (pc.min(times).as_py(), pc.max(times).as_py())
+
+
+class LiveSeries:
+    """The hourly and daily series of the whole store, in memory, rewritten to the store by date."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.tables: dict[str, pa.Table | None] = {}
+        self.window: tuple[datetime, datetime] | None = None
+
+    def load(self, connection: Any) -> None:
+        """The stored series (what a previous run or a batch `series` left) and the verdicts' window."""
+        stored = set(self.store.datasets())
+        self.tables = {grain: self.store.read(dataset) if dataset in stored else None for grain, dataset in _GRAINS}
+        lo, hi = connection.execute(series_queries.window_sql("1 = 1")).fetchall()[0]
+        self.window = None if lo is None else (lo, hi)
+
+    def refresh(self, connection: Any, countries: set[str] | None,
+                touched: tuple[datetime, datetime] | None) -> tuple[set[str], bool]:
+        """Rebuild the series of `countries` (None: all) after new verdicts spanning `touched`;
+        return (the countries rebuilt, whether that was all of them)."""
+        window = self.window
+        if touched is not None:
+            window = touched if window is None else (min(window[0], touched[0]), max(window[1], touched[1]))
+        if window is None:
+            return set(), True
+        everything = (countries is None or self.window is None or _edges(self.window) != _edges(window)
+                      or not all(_plain_cc(cc) for cc in countries))
+        self.window = window
+        rebuilt: set[str] = set()
+        for grain, dataset in _GRAINS:
+            if everything:
+                new = build_series(connection, grain, SeriesRequest(start=window[0], end=window[1]))
+                old, others = self.tables.get(grain), None
+            else:
+                assert countries is not None
+                new = build_for_countries(connection, grain, sorted(countries), window)
+                current = self.tables.get(grain)
+                old = _only(current, countries) if current is not None else None
+                others = _without(current, countries) if current is not None else None
+            merged = new if others is None or others.num_rows == 0 else _concat(others, new)
+            changed = _changed_dates(_aligned(old, new.schema), new, grain)
+            self.tables[grain] = merged
+            self._write_dates(dataset, grain, merged, changed)
+            if grain == "hour":
+                rebuilt = set(pc.unique(new.column("probe_cc")).to_pylist()) if everything else set(countries or ())
+        return rebuilt, everything
+
+    def _write_dates(self, dataset: str, grain: str, merged: pa.Table, changed: set[Any]) -> None:
+        if not changed:
+            return
+        dates = pa.array(sorted(changed), pa.date32())
+        rows = merged.filter(pc.is_in(merged.column("date"), dates))
+        rows = rows.sort_by([(col, "ascending") for col in (*series_queries.SERIES_KEY, grain)])
+        self.store.write(dataset, rows, ("date",))  # mode="replace": each changed date whole
+        emptied = changed - set(pc.unique(rows.column("date")).to_pylist())
+        if emptied:
+            self.store.drop_partitions(dataset, "date", sorted(emptied))
+
+    def hourly(self, countries: set[str] | None) -> pa.Table | None:
+        table = self.tables.get("hour")
+        if table is None or countries is None:
+            return table
+        return _only(table, countries)
+
+
+def _edges(window: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
+    """The first and last hour of the grid: when either moves, every series' leading or trailing rows do."""
+    return floor_to(window[0], "hour"), floor_to(window[1], "hour")
+
+
+def _plain_cc(cc: Any) -> bool:
+    return isinstance(cc, str) and len(cc) == 2 and cc.isascii() and cc.isalpha() and cc.isupper()
+
+
+def _only(table: pa.Table, countries: set[str]) -> pa.Table:
+    return table.filter(pc.is_in(table.column("probe_cc"), pa.array(sorted(countries), pa.string())))
+
+
+def _without(table: pa.Table, countries: set[str]) -> pa.Table:
+    return table.filter(pc.invert(pc.is_in(table.column("probe_cc"), pa.array(sorted(countries), pa.string()))))
+
+
+def _concat(a: pa.Table, b: pa.Table) -> pa.Table:
+    aligned = _aligned(a, b.schema)
+    if aligned is None:  # the stored rows have other columns (an older build): the new ones win
+        return b
+    return pa.concat_tables([aligned, b])
+
+
+def _aligned(table: pa.Table | None, schema: pa.Schema) -> pa.Table | None:
+    """`table` with `schema`'s columns and types, or None when it cannot have them (compare as all changed)."""
+    if table is None:
+        return schema.empty_table()
+    if set(table.column_names) != set(schema.names):
+        return None
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+
+
+def _by_date(table: pa.Table, grain: str) -> dict[Any, pa.Table]:
+    if table.num_rows == 0:
+        return {}
+    ordered = table.sort_by([("date", "ascending"), *((col, "ascending") for col in series_queries.SERIES_KEY),
+                             (grain, "ascending")])
+    bounds = run_bounds(ordered, ["date"])
+    dates = ordered.column("date").take([lo for lo, _ in bounds]).to_pylist()
+    return {day: ordered.slice(lo, hi - lo) for day, (lo, hi) in zip(dates, bounds, strict=True)}
+
+
+def _changed_dates(old: pa.Table | None, new: pa.Table, grain: str) -> set[Any]:
+    """Dates whose rows differ between `old` (None: unknown, so every date) and `new`."""
+    new_parts = _by_date(new, grain)
+    if old is None:
+        return set(new_parts)
+    old_parts = _by_date(old, grain)
+    return {day for day in old_parts.keys() | new_parts.keys()
+            if day not in old_parts or day not in new_parts or not old_parts[day].equals(new_parts[day])}
+
+
+@dataclass
+class CycleStats:
+    """Where one cycle's time went (appended to `_live/cycles.jsonl`; bench/bench_live.py reads it)."""
+
+    started: float
+    segments: int = 0
+    stored: int = 0
+    countries: int = 0
+    all_countries: bool = False
+    ingest_s: float = 0.0
+    series_s: float = 0.0
+    events_s: float = 0.0
+    entries: int = 0
+
+
+class LivePipeline:
+    """One data folder's live pipeline; `catch_up()` once, then `step()` until stopped."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.store = _RecordingStore(config.data)
+        self.wal = wal_dir(config.data)
+        # workers=1: segments are read in this process (a fork per cycle would cost more than it saves).
+        self.ingester = Ingester(self.store, workers=1)
+        self.series = LiveSeries(self.store)
+        self.calendar = load_calendar(config.calendar) if config.calendar else []
+        alerts = load_alerts(config.alerts) if config.alerts else AlertsConfig()
+        state = live_dir(config.data) / "alerts"
+        self.dispatcher = Dispatcher(alerts, DeliveryRecord(state / "state.jsonl"), state / "dead-letter.jsonl",
+                                     tag_authority=config.tag_authority, annotate=self._annotate)
+        self.cycle_log = live_dir(config.data) / "cycles.jsonl"
+
+    def _annotate(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        return [a.to_record() for a in annotations_for(event, self.calendar)]
+
+    def catch_up(self) -> None:
+        """Ingest what the WAL holds, rebuild every series, detect over everything, start the alerts."""
+        self.cycle_log.parent.mkdir(parents=True, exist_ok=True)
+        self.cycle_log.write_bytes(b"")
+        self.dispatcher.start(self.store.read_jsonl(EVENT_LOG))
+        stats = CycleStats(time.time())
+        self._ingest(sealed_segments(self.wal), stats)
+        self.store.take_touched()
+        with contextlib.closing(self.store.connect()) as connection:
+            self.series.load(connection)
+        self._derive(None, None, stats)
+
+    def step(self) -> bool:
+        """One cycle if segments wait; False when there was nothing to do."""
+        segments = sealed_segments(self.wal)[:MAX_SEGMENTS_PER_CYCLE]
+        if not segments:
+            return False
+        stats = CycleStats(time.time())
+        self._ingest(segments, stats)
+        countries, touched = self.store.take_touched()
+        if countries:
+            self._derive(countries, touched, stats)
+        self._log_cycle(stats)
+        return True
+
+    def close(self) -> None:
+        self.dispatcher.stop()
+
+    def _ingest(self, segments: list[Path], stats: CycleStats) -> None:
+        if not segments:
+            return
+        started = time.monotonic()
+        before = self.ingester.summary.stored
+        # Each measurement is stamped with the time its cycle ingested it, as a batch run stamps its own.
+        self.ingester.config = dataclasses.replace(
+            self.ingester.config, ingested_at=datetime.now(UTC).replace(tzinfo=None, microsecond=0))
+        self.ingester.ingest_paths(segments)
+        for segment in segments:  # rows written and ledgered: the WAL no longer needs them
+            segment.unlink(missing_ok=True)
+        stats.segments, stats.stored = len(segments), self.ingester.summary.stored - before
+        stats.ingest_s = time.monotonic() - started
+
+    def _derive(self, countries: set[str] | None, touched: tuple[datetime, datetime] | None,
+                stats: CycleStats) -> None:
+        started = time.monotonic()
+        with contextlib.closing(self.store.connect()) as connection:
+            rebuilt, everything = self.series.refresh(connection, countries, touched)
+            stats.series_s = time.monotonic() - started
+            stats.countries, stats.all_countries = len(rebuilt), everything
+            hourly = self.series.hourly(None if everything else rebuilt)
+            if hourly is None or hourly.num_rows == 0:
+                return
+            started = time.monotonic()
+            events = add_rule_evidence(connection, detect_events(hourly))
+        _, entries = record_events(self.store, events)
+        stats.events_s, stats.entries = time.monotonic() - started, len(entries)
+        if entries:
+            self.dispatcher.submit(entries)
+
+    def _log_cycle(self, stats: CycleStats) -> None:
+        try:
+            if self.cycle_log.exists() and self.cycle_log.stat().st_size > _CYCLE_LOG_MAX_BYTES:
+                self.cycle_log.write_bytes(b"")  # diagnostics only: keep the last few MB
+            with self.cycle_log.open("ab") as handle:
+                handle.write(orjson.dumps(dataclasses.asdict(stats)) + b"\n")
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.cycle_log, exc)
+
+
+# -- the process --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def writer_lock(data: Path, *, wait: bool = True) -> Iterator[None]:
+    """Hold `<data>/_live/writer.lock` (flock): one live pipeline per data folder. The kernel drops
+    the lock when its holder dies, however it dies."""
+    path = live_dir(data) / "writer.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+_PR_SET_PDEATHSIG = 1
+# The directory holding this `wallwatch` package: the child imports the same code as its parent.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (prctl(2) PR_SET_PDEATHSIG), so a
+    killed `serve` leaves no pipeline behind to race its successor."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def run(config: PipelineConfig, stop: threading.Event, ready: Path | None = None) -> None:
+    with writer_lock(config.data):
+        pipeline = LivePipeline(config)
+        pipeline.catch_up()
+        if ready is not None:
+            ready.write_text(str(os.getpid()))
+        try:
+            while not stop.is_set():
+                if not pipeline.step():
+                    stop.wait(config.poll_seconds)
+        finally:
+            pipeline.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m wallwatch.web.live", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="PipelineConfig as JSON")
+    parser.add_argument("--parent", type=int, required=True, help="pid of the serve process")
+    parser.add_argument("--ready", type=Path, help="file written once caught up")
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run(PipelineConfig.from_json(args.config), stop, args.ready)
+
+
+class PipelineSupervisor:
+    """Starts the pipeline process, restarts it if it dies, stops it with SIGTERM (used by `serve`)."""
+
+    def __init__(self, config: PipelineConfig, *, restart_delay: float = 1.0) -> None:
+        self.config = config
+        self.restart_delay = restart_delay
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.ready_file = live_dir(config.data) / "pipeline.ready"
+        self._stopping = False
+
+    def start(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wallwatch.web.live", "--config", self.config.to_json(),
+             "--parent", str(os.getpid()), "--ready", str(self.ready_file)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))})
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_file.exists()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def check(self) -> None:
+        """Restart a pipeline that died (the WAL kept everything it had not finished)."""
+        if self._stopping or self.alive():
+            return
+        code = self.process.returncode if self.process else None
+        log.error("the live pipeline exited (code %s); restarting it", code)
+        self.restarts += 1
+        self.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping = True
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def status(self) -> dict[str, Any]:
+        return {"alive": self.alive(), "ready": self.ready, "restarts": self.restarts,
+                "pid": self.process.pid if self.process else None}
+
+
+if __name__ == "__main__":
+    main()
