@@ -237,3 +237,25 @@ def test_real_ooni_samples_span_nine_years_in_a_few_thousand_rows(samples_dir: P
         per_series[key] = per_series.get(key, 0) + row["n_buckets"]
     assert set(per_series.values()) == {window}
     assert hourly.num_rows < 200 * build.n_series and daily.num_rows < 20 * build.n_series
+
+
+def test_a_country_rebuilt_alone_over_the_data_window_gets_the_rows_of_a_whole_rebuild(sparse_store: Store) -> None:
+    """What the live pipeline relies on (web/live.py): one country's rows do not depend on the others'."""
+    import pyarrow.compute as pc
+
+    from wallwatch.analysis.series.build import build_for_countries, build_series
+
+    connection = sparse_store.connect()
+    try:
+        window = tuple(connection.execute("SELECT min(measurement_start_time), max(measurement_start_time) "
+                                          "FROM verdicts").fetchall()[0])
+        for grain in ("hour", "day"):
+            whole = build_series(connection, grain)
+            for cc in ("XA", "XB"):
+                alone = build_for_countries(connection, grain, [cc], window)
+                assert alone.equals(whole.filter(pc.equal(whole.column("probe_cc"), cc))), (grain, cc)
+                # Over the country's own window instead, its edges (and trailing silence) differ.
+                own = build_series(connection, grain, SeriesRequest(countries=(cc,)))
+                assert cc == "XA" or not own.equals(alone)
+    finally:
+        connection.close()

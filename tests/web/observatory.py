@@ -171,7 +171,13 @@ def jsonl(measurements: Sequence[Mapping[str, Any]]) -> bytes:
 
 def wal_lines(data: Path) -> list[dict[str, Any]]:
     """Every measurement line in the write-ahead log (sealed and open segments)."""
-    lines = []
-    for segment in sorted((data / "_live" / "wal").glob("*.jsonl")):
-        lines += [orjson.loads(line) for line in segment.read_bytes().splitlines() if line.strip()]
-    return lines
+    for _ in range(10):  # a segment renamed (sealed) between listing and reading: list again
+        lines: list[dict[str, Any]] = []
+        try:
+            # In write order: the name after open-/sealed- is the segment's creation time.
+            for segment in sorted((data / "_live" / "wal").glob("*.jsonl"), key=lambda p: p.name.split("-", 1)[1]):
+                lines += [orjson.loads(line) for line in segment.read_bytes().splitlines() if line.strip()]
+        except FileNotFoundError:
+            continue
+        return lines
+    raise RuntimeError("the WAL kept changing while being read")

@@ -45,6 +45,10 @@ def serve_command(
     commit_seconds: Annotated[float, typer.Option(
         "--commit-seconds", min=0.01, max=60.0,
         help="How often accepted measurements are handed to the live pipeline (seconds).")] = 0.5,
+    max_measurement_bytes: Annotated[int, typer.Option(
+        min=1024, help="Largest measurement accepted (bytes; OONI's largest are about 1 MB).")] = 8 * 1024 * 1024,
+    max_bulk_bytes: Annotated[int, typer.Option(
+        min=1024, help="Largest JSON-lines body accepted by /api/v1/measurements (bytes).")] = 64 * 1024 * 1024,
     tag_authority: Annotated[str | None, typer.Option(
         help="Tag URI authority of feed and alert ids, 'yourdomain.org,2025' (RFC 4151).")] = None,
 ) -> None:
@@ -59,7 +63,8 @@ def serve_command(
     root = data or Path(os.environ.get("WALLWATCH_DATA") or "wallwatch-data")
     root.mkdir(parents=True, exist_ok=True)
     config = ServeConfig(root, read_tokens(tokens) if tokens else frozenset(), alerts, calendar, live,
-                         seal_after=commit_seconds, tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY)
+                         seal_after=commit_seconds, max_measurement_bytes=max_measurement_bytes,
+                         max_bulk_bytes=max_bulk_bytes, tag_authority=tag_authority or DEFAULT_TAG_AUTHORITY)
     try:
         app = create_app(config)
     except (AlertsConfigError, CalendarError, FeedError) as exc:

@@ -266,6 +266,8 @@ async def _read_body(request: Request, collector: Collector, limit: int) -> byte
             raise _refuse(collector, 400, f"malformed gzip body: {exc}") from None
         if len(body) > limit or inflater.unconsumed_tail:
             raise _refuse(collector, 413, f"body is over the limit of {limit} bytes once decompressed")
+        if not inflater.eof:
+            raise _refuse(collector, 400, "malformed gzip body: the stream ends before its end marker")
     return body
 
 
