@@ -93,7 +93,7 @@ def test_live_submissions_and_batch_ingest_end_the_same(tmp_path: Path) -> None:
     iran = [m for m in measurements if m["probe_cc"] == "IR"]
     batches = ([china[i:i + 90] for i in range(0, len(china), 90)] + [iran[i:i + 48] for i in range(0, len(iran), 48)]
                + [late, china[:10]])
-    with Observatory(live, args=["--commit-seconds", "0.1"]) as server:
+    with Observatory(live) as server:
         for index, batch_ in enumerate(batches):
             response = httpx.post(f"{server.url}/api/v1/measurements", content=jsonl(batch_), timeout=30)
             assert response.status_code == 200, response.text

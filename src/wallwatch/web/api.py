@@ -87,7 +87,11 @@ async def feed(request: Request, country: Countries = None, service: Services = 
 
 @router.get("/api/v1/status")
 async def status(request: Request) -> Response:
-    """What the collector accepted and refused since start, and how far the live pipeline lags."""
+    """What the collector accepted and refused since start, and how far the live pipeline lags.
+
+    Everything accepted has become verdicts, series and events when `wal.open_bytes` is 0, no
+    segment waits, and the pipeline's `last_segment` is the WAL's `last_sealed`.
+    """
     state = request.app.state
     collector = state.collector
     waiting = sealed_segments(collector.wal.directory)
@@ -97,6 +101,7 @@ async def status(request: Request) -> Response:
         "accepted": collector.accepted,
         "refused": {str(code): count for code, count in sorted(collector.rejected.items())},
         "wal": {"synced_batches": collector.wal.synced_batches, "synced_lines": collector.wal.synced_lines,
+                "open_bytes": collector.wal.open_bytes, "last_sealed": collector.wal.last_sealed,
                 "segments_waiting": len(waiting),
                 "oldest_waiting_s": None if oldest is None else round(time.time() - oldest, 3)},
         "pipeline": None if supervisor is None else supervisor.status(),

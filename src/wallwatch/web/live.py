@@ -315,6 +315,7 @@ class LivePipeline:
         if countries:
             self._derive(countries, touched, stats)
         self._log_cycle(stats)
+        write_progress(self.config.data, segments[-1].name)
         return True
 
     def close(self) -> None:
@@ -359,6 +360,26 @@ class LivePipeline:
                 handle.write(orjson.dumps(dataclasses.asdict(stats)) + b"\n")
         except OSError as exc:
             log.warning("cannot write %s: %s", self.cycle_log, exc)
+
+
+def progress_path(data: Path) -> Path:
+    return live_dir(data) / "pipeline.progress"
+
+
+def write_progress(data: Path, last_segment: str) -> None:
+    """After a cycle has derived everything from its segments: the newest of them (what `serve`'s
+    status reports, so a client can tell when what it submitted has become events)."""
+    path = progress_path(data)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(orjson.dumps({"last_segment": last_segment, "at": time.time()}))
+    partial.replace(path)
+
+
+def read_progress(data: Path) -> dict[str, Any] | None:
+    try:
+        return orjson.loads(progress_path(data).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
 
 
 # -- the process --------------------------------------------------------------------
@@ -467,8 +488,10 @@ class PipelineSupervisor:
             self.process.wait(5)
 
     def status(self) -> dict[str, Any]:
+        progress = read_progress(self.config.data)
         return {"alive": self.alive(), "ready": self.ready, "restarts": self.restarts,
-                "pid": self.process.pid if self.process else None}
+                "pid": self.process.pid if self.process else None,
+                "last_segment": progress["last_segment"] if progress else None}
 
 
 if __name__ == "__main__":

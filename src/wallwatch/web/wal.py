@@ -137,6 +137,13 @@ class WriteAheadLog:
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
         self.synced_batches = 0
         self.synced_lines = 0
+        self.last_sealed: str | None = None  # name of the newest segment sealed by this process
+
+    @property
+    def open_bytes(self) -> int:
+        """Bytes written to the open segment, not yet sealed for the pipeline."""
+        segment = self._segment
+        return segment.size if segment is not None else 0
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -240,7 +247,7 @@ class WriteAheadLog:
         return self._segment
 
     def _seal(self) -> None:
-        segment, self._segment = self._segment, None
+        segment = self._segment
         if segment is None:
             return
         os.fdatasync(segment.fd)
@@ -248,5 +255,9 @@ class WriteAheadLog:
         if segment.size == 0:
             segment.path.unlink(missing_ok=True)
         else:
-            segment.path.rename(segment.path.with_name(SEALED_PREFIX + segment.path.name.removeprefix(OPEN_PREFIX)))
+            sealed = segment.path.with_name(SEALED_PREFIX + segment.path.name.removeprefix(OPEN_PREFIX))
+            segment.path.rename(sealed)
+            self.last_sealed = sealed.name
         fsync_directory(self.directory)
+        # Only now: until the rename, status readers must see the bytes as still open (not yet handed over).
+        self._segment = None
