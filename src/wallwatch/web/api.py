@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import StringConstraints
 
 from wallwatch.analysis.events.feeds import ATOM_MEDIA_TYPE, FeedError, FeedOptions, atom_feed
 from wallwatch.analysis.events.grouping import EVENT_LOG
@@ -23,9 +24,13 @@ from wallwatch.web.wal import sealed_segments
 
 router = APIRouter(tags=["events"])
 
-Countries = Annotated[list[str] | None, Query(description="Only these countries (ISO codes); repeatable.",
-                                              max_length=50)]
-Services = Annotated[list[str] | None, Query(description="Only these services; repeatable.", max_length=50)]
+Country = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$")]
+Service = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_*]{1,40}$")]
+EventKind = Literal["blocking", "volume_collapse"]
+Countries = Annotated[list[Country], Query(description="Only these countries (ISO codes); repeatable.",
+                                           max_length=50)]
+Services = Annotated[list[Service], Query(description="Only these services; repeatable.", max_length=50)]
+Kinds = Annotated[list[EventKind], Query(description="Only these event types; repeatable.", max_length=2)]
 
 
 async def read_event_log(request: Request) -> list[dict[str, Any]]:
@@ -44,7 +49,7 @@ def _calendar(request: Request) -> list[Annotation]:
 
 
 @router.get("/api/v1/events")
-async def list_events(request: Request, country: Countries = None, service: Services = None) -> Response:
+async def list_events(request: Request, country: Countries = [], service: Services = []) -> Response:  # noqa: B006
     """Every logged event (its latest snapshot), with the calendar's annotations beside it."""
     calendar = _calendar(request)
     state = replay_log(await read_event_log(request))
@@ -65,9 +70,8 @@ async def list_annotations(request: Request) -> Response:
 
 @router.get("/feed.atom", response_class=Response,
             responses={200: {"content": {ATOM_MEDIA_TYPE: {}}, "description": "An Atom 1.0 feed (RFC 4287)"}})
-async def feed(request: Request, country: Countries = None, service: Services = None,
-               type: Annotated[list[str] | None, Query(description="Only these event types.", max_length=10)] = None,
-               ) -> Response:
+async def feed(request: Request, country: Countries = [], service: Services = [],  # noqa: B006
+               type: Kinds = []) -> Response:  # noqa: B006 - FastAPI copies defaults per request
     """The event lifecycle as an Atom feed, one entry per change, with calendar context."""
     config = request.app.state.config
     options = FeedOptions(countries=tuple(c.upper() for c in country or ()), services=tuple(service or ()),

@@ -144,7 +144,7 @@ def authorize(request: Request) -> None:
 router = APIRouter(tags=["collector"], dependencies=[Depends(authorize)])
 
 
-@router.post("/report", response_model=OpenReportResponse, responses=_problems(401, 503))
+@router.post("/report", response_model=OpenReportResponse, responses=_problems(400, 401, 503))
 async def open_report(body: OpenReportRequest, request: Request) -> Response:
     """Open a report (OONI's API); its measurements are then submitted to `/report/{report_id}`."""
     collector = _collector(request)
