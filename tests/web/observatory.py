@@ -34,11 +34,12 @@ def free_port() -> int:
 
 
 class Observatory:
-    def __init__(self, data: Path, *, live: bool = True, args: Sequence[str] = (), log: Path | None = None) -> None:
+    def __init__(self, data: Path, *, live: bool = True, args: Sequence[str] = (), log: Path | None = None,
+                 port: int | None = None) -> None:
         self.data = data
         self.live = live
         self.args = list(args)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = log or data.parent / f"serve-{self.port}.log"
