@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
@@ -44,7 +45,9 @@ from wallwatch.web.submissions import (
     MEASUREMENT_SCHEMA,
     Accepted,
     Rejected,
+    ReportInfo,
     accept,
+    accept_text,
     new_report_id,
 )
 from wallwatch.web.wal import WalFull, WriteAheadLog
@@ -127,7 +130,7 @@ def _collector(request: Request) -> Collector:
     return request.app.state.collector
 
 
-def authorize(request: Request) -> None:
+async def authorize(request: Request) -> None:
     """Bearer tokens (RFC 6750 §2.1), when the server was given any: every submitter needs one."""
     tokens: frozenset[str] = request.app.state.collector.tokens
     if not tokens:
@@ -174,15 +177,7 @@ async def submit_measurement(report_id: str, request: Request) -> Response:
         raise _refuse(collector, 409, f"report {report_id[:80]!r} is closed")
     body = await _read_body(request, collector, collector.max_measurement_bytes)
     try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise _refuse(collector, 400, f"malformed JSON: {exc}") from None
-    if not isinstance(envelope, dict) or "content" not in envelope:
-        raise _refuse(collector, 400, 'the body must be {"format": "json", "content": <measurement>}')
-    if envelope.get("format") != "json":
-        raise _refuse(collector, 400, f"unsupported format {str(envelope.get('format'))[:20]!r}: only \"json\"")
-    try:
-        accepted = accept(envelope["content"], report=report.info, client_ip=_client_ip(request))
+        accepted = _accept_envelope(body, report.info, _client_ip(request))
     except Rejected as exc:
         raise _refuse(collector, 400, str(exc)) from None
     await _log(collector, [accepted])
@@ -215,17 +210,40 @@ async def submit_bulk(request: Request) -> Response:
     accepted: list[Accepted] = []
     for number, line in _lines(body):
         try:
-            content = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise _refuse(collector, 400, f"line {number}: malformed JSON: {exc}") from None
-        try:
-            accepted.append(accept(content, client_ip=client_ip))
+            accepted.append(accept_text(line, client_ip=client_ip))
         except Rejected as exc:
             raise _refuse(collector, 400, f"line {number}: {exc}") from None
     if not accepted:
         raise _refuse(collector, 400, "no measurements in the body (JSON lines, one measurement per line)")
     await _log(collector, accepted)
     return _json({"measurement_uids": [a.measurement_uid for a in accepted]})
+
+
+class _Envelope(msgspec.Struct):
+    format: str
+    content: msgspec.Raw  # the measurement's text, kept as received (`accept_text`)
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
+def _accept_envelope(body: bytes, report: ReportInfo, client_ip: str | None) -> Accepted:
+    """OONI's submission body, `{"format": "json", "content": <measurement>}`."""
+    try:
+        envelope = _ENVELOPE.decode(body)
+    except msgspec.DecodeError:  # malformed JSON, or another shape: parse it whole to say which
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Rejected(f"malformed JSON: {exc}") from None
+        if not isinstance(value, dict) or "content" not in value:
+            raise Rejected('the body must be {"format": "json", "content": <measurement>}') from None
+        if value.get("format") != "json":
+            raise Rejected(f"unsupported format {str(value.get('format'))[:20]!r}: only \"json\"") from None
+        return accept(value["content"], report=report, client_ip=client_ip)
+    if envelope.format != "json":
+        raise Rejected(f"unsupported format {envelope.format[:20]!r}: only \"json\"")
+    return accept_text(bytes(envelope.content), report=report, client_ip=client_ip)
 
 
 def _lines(body: bytes) -> Iterable[tuple[int, bytes]]:
@@ -236,7 +254,7 @@ def _lines(body: bytes) -> Iterable[tuple[int, bytes]]:
 
 async def _log(collector: Collector, accepted: list[Accepted]) -> None:
     try:
-        await collector.wal.append(b"".join(a.line for a in accepted))
+        await collector.wal.append(b"".join(a.line for a in accepted), len(accepted))
     except WalFull as exc:
         raise _refuse(collector, 503, f"the server's disk is behind ({exc}); retry later",
                       headers={"Retry-After": "1"}) from None

@@ -20,6 +20,7 @@ is kept: the server's access log is off (`web/serve.py`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import secrets
@@ -27,8 +28,9 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
+import msgspec
 import orjson
 
 from wallwatch.analysis.ingest.header import RecordError, parse_asn, read_header
@@ -117,6 +119,81 @@ def accept(content: Any, *, report: ReportInfo | None = None, client_ip: str | N
     return Accepted(header.measurement_uid, line + b"\n")
 
 
+class _Head(TypedDict, total=False):
+    """The fields `accept` reads. Decoding into this skips everything else in C (msgspec: unknown
+    fields are skipped), and `test_keys`/`annotations` stay raw JSON text, never built."""
+
+    test_name: Any
+    measurement_start_time: Any
+    test_keys: msgspec.Raw
+    annotations: msgspec.Raw
+    probe_cc: Any
+    probe_asn: Any
+    probe_ip: Any
+    software_name: Any
+    software_version: Any
+    test_version: Any
+    data_format_version: Any
+    test_start_time: Any
+    report_id: Any
+    input: Any
+    probe_network_name: Any
+    resolver_ip: Any
+    measurement_uid: Any
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+
+
+def accept_text(text: bytes, *, report: ReportInfo | None = None, client_ip: str | None = None) -> Accepted:
+    """`accept` for a measurement given as its JSON text, at a fraction of the cost.
+
+    A measurement is mostly test keys nobody here reads (an OONI IM measurement is ~30 KB; parsing
+    all of it costs ~200 µs, decoding only the envelope's fields ~30 µs, measured on the OONI
+    samples). When nothing in it must change (probe_ip already hidden, a report_id of its own, one
+    line, no client address in it) the text is logged exactly as received; otherwise, and for
+    any shape the envelope decoder does not expect, it takes `accept`'s full parse, which also
+    words the refusals.
+    """
+    try:
+        head = _HEAD.decode(text)
+    except msgspec.ValidationError:
+        return _accept_parsed(text, report, client_ip)
+    except msgspec.DecodeError as exc:
+        raise Rejected(f"malformed JSON: {exc}") from None
+    if (head.get("probe_ip", HIDDEN_IP) != HIDDEN_IP or (report is not None and not head.get("report_id"))
+            or b"\n" in text or not _raw_object(head.get("test_keys")) or not _raw_object(head.get("annotations"), True)
+            or (client_ip and _is_public(client_ip) and client_ip.encode() in text)):
+        return _accept_parsed(text, report, client_ip)
+    record: dict[str, Any] = dict(head)
+    record["test_keys"] = {}  # an object (checked above); its content is not read here
+    record.pop("annotations", None)
+    _check_fields(record)
+    if report is not None:
+        _check_report(record, report)
+    elif not record.get("report_id"):
+        raise Rejected("missing field: report_id (one per run, as OONI's probes make them)")
+    try:
+        header, _, _ = read_header(record)
+    except RecordError as exc:
+        raise Rejected(str(exc)) from None
+    return Accepted(header.measurement_uid, text.strip() + b"\n")
+
+
+def _raw_object(raw: msgspec.Raw | None, missing_ok: bool = False) -> bool:
+    if raw is None:
+        return missing_ok
+    return memoryview(raw)[:1].tobytes() == b"{"
+
+
+def _accept_parsed(text: bytes, report: ReportInfo | None, client_ip: str | None) -> Accepted:
+    try:
+        content = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(f"malformed JSON: {exc}") from None
+    return accept(content, report=report, client_ip=client_ip)
+
+
 def _check_fields(content: Mapping[str, Any]) -> None:
     for name in REQUIRED_FIELDS:
         if name not in content:
@@ -177,6 +254,7 @@ def _json_type(value: Any) -> str:
     return "object" if isinstance(value, dict) else type(value).__name__
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_public(address: str) -> bool:
     """Loopback and private addresses identify no one outside (and 127.0.0.1 is df-000's placeholder)."""
     try:

@@ -127,7 +127,7 @@ class WriteAheadLog:
         self.seal_after = seal_after
         self.max_segment_bytes = max_segment_bytes
         self.max_pending_bytes = max_pending_bytes
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes, int, asyncio.Future[None]]] = []
         self._pending_bytes = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -166,8 +166,8 @@ class WriteAheadLog:
 
     # -- appending -------------------------------------------------------------------
 
-    async def append(self, data: bytes) -> None:
-        """Return once `data` (one or more whole JSON lines) is written and fdatasync'd."""
+    async def append(self, data: bytes, lines: int = 1) -> None:
+        """Return once `data` (`lines` whole JSON lines) is written and fdatasync'd."""
         if self._task is None or self._closing or self._wakeup is None:
             raise RuntimeError("the write-ahead log is not running")
         if self._task.done():  # the writer died (a disk error): fail loudly rather than hang
@@ -175,7 +175,7 @@ class WriteAheadLog:
         if self._pending_bytes + len(data) > self.max_pending_bytes:
             raise WalFull(f"{self._pending_bytes} bytes waiting for the disk")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((data, future))
+        self._pending.append((data, lines, future))
         self._pending_bytes += len(data)
         self._wakeup.set()
         await future
@@ -196,15 +196,15 @@ class WriteAheadLog:
             batch, self._pending, self._pending_bytes = self._pending, [], 0
             if batch:
                 try:
-                    await loop.run_in_executor(self._disk, self._write, [data for data, _ in batch])
+                    await loop.run_in_executor(self._disk, self._write, [data for data, _, _ in batch])
                 except BaseException as exc:  # nothing in this batch is durable: say so to every waiter
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(OSError(f"write-ahead log: {exc}"))
                     raise
                 self.synced_batches += 1
-                for data, future in batch:
-                    self.synced_lines += data.count(b"\n")
+                for _, lines, future in batch:
+                    self.synced_lines += lines
                     if not future.done():  # a cancelled request (client gone) has no one to tell
                         future.set_result(None)
             if self._due_to_seal():
