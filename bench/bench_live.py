@@ -5,8 +5,8 @@
 A real `wallwatch serve` runs in a subprocess over a temp data folder; this process is the
 second process on loopback (an asyncio HTTP/1.1 client over keep-alive connections, open loop:
 request i is due at t0 + i / rate, and its latency is counted from when it was due, not from when
-a connection was free to send it, so a slow server cannot hide its queue: Tene's "coordinated
-omission").
+a connection was free to send it, so a slow server cannot hide its queue: "coordinated
+omission", [Tene2015]).
 
 Part 1, sustained submissions (targets: >= 2,000 measurements/s for 60 s, p99 acknowledgement
 < 100 ms). Measurements are the real OONI IM samples (tests/data/ooni-samples: whatsapp, telegram,

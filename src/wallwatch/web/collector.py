@@ -131,7 +131,7 @@ def _collector(request: Request) -> Collector:
 
 
 async def authorize(request: Request) -> None:
-    """Bearer tokens (RFC 6750 §2.1), when the server was given any: every submitter needs one."""
+    """Bearer tokens ([RFC6750] §2.1), when the server was given any: every submitter needs one."""
     tokens: frozenset[str] = request.app.state.collector.tokens
     if not tokens:
         return

@@ -12,7 +12,8 @@ input, measurement_start_time, test_name). So a resubmission is acknowledged wit
 and a measurement submitted live and the same measurement ingested from a file are one row.
 
 Privacy: the probe's address is never stored. `probe_ip` is overwritten with 127.0.0.1, what
-df-000 asks probes to write when the user has not opted in (and what OONI's probes send), and
+df-000 asks probes to write when the user has not opted in ([df-000-probe-ip]; what OONI's probes
+send), and
 if the submitting client's own public address appears anywhere in the text it is scrubbed as
 the probe scrubs its own (`probe.measurement.scrub_addresses`). Nothing else about the client
 is kept: the server's access log is off (`web/serve.py`).

@@ -14,9 +14,8 @@ and are never reused, so the ingest ledger never mistakes one segment for anothe
 Group commit: concurrent requests hand their lines to one writer task, which writes everything
 pending with one ``write`` and makes it durable with one ``fdatasync``; every request whose lines
 that sync covered is answered after it, and requests arriving meanwhile wait for the next. This
-is the WAL writer of databases (PostgreSQL's group commit, "commit_delay", docs §30.5 "WAL
-Configuration"): one sync per batch instead of per request, the throughput of the disk's sync
-rate times the batch size.
+is the group commit of databases' write-ahead logs ([PostgreSQL-WAL], `commit_delay`): one sync
+per batch instead of per request, the throughput of the disk's sync rate times the batch size.
 
 Sealing: a segment is closed when it is `seal_after` seconds old or `max_segment_bytes` long
 (fdatasync, rename to sealed-, fsync of the directory so the rename survives a power cut), and
