@@ -45,10 +45,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,8 +115,20 @@ class PipelineConfig:
         return cls(**raw)
 
 
+@dataclass(frozen=True)
+class Touched:
+    """What a cycle's new verdicts cover: their series (with each one's earliest time) and time span."""
+
+    series: pa.Table  # probe_cc, probe_asn, service, feature, first_time (earliest measurement_start_time)
+    span: tuple[datetime, datetime]
+
+    @property
+    def countries(self) -> set[str]:
+        return set(pc.unique(self.series.column("probe_cc")).to_pylist())
+
+
 class _RecordingStore(Store):
-    """The store, noting which countries and times each verdict write covered (what a cycle touched)."""
+    """The store, noting which series and times each verdict write covered (what a cycle touched)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -125,16 +138,18 @@ class _RecordingStore(Store):
               mode: Any = "replace") -> int:
         written = super().write(dataset, table, partition_by, mode=mode)
         if dataset == "verdicts" and written:
-            self.verdict_keys.append(table.select(["probe_cc", "measurement_start_time"]))
+            self.verdict_keys.append(table.select([*series_queries.SERIES_KEY, "measurement_start_time"]))
         return written
 
-    def take_touched(self) -> tuple[set[str], tuple[datetime, datetime] | None]:
+    def take_touched(self) -> Touched | None:
         keys, self.verdict_keys = self.verdict_keys, []
         if not keys:
-            return set(), None
+            return None
         table = pa.concat_tables(keys)
         times = table.column("measurement_start_time")
-        return set(pc.unique(table.column("probe_cc")).to_pylist()), (pc.min(times).as_py(), pc.max(times).as_py())
+        series = table.group_by(list(series_queries.SERIES_KEY)).aggregate([("measurement_start_time", "min")])
+        series = series.rename_columns([*series_queries.SERIES_KEY, "first_time"])
+        return Touched(series, (pc.min(times).as_py(), pc.max(times).as_py()))
 
 
 class LiveSeries:
@@ -144,6 +159,7 @@ class LiveSeries:
         self.store = store
         self.tables: dict[str, pa.Table | None] = {}
         self.window: tuple[datetime, datetime] | None = None
+        self.last_scope = ""  # what the last refresh rebuilt (cycles.jsonl)
 
     def load(self, connection: Any) -> None:
         """The stored series (what a previous run or a batch `series` left) and the verdicts' window."""
@@ -152,36 +168,77 @@ class LiveSeries:
         lo, hi = connection.execute(series_queries.window_sql("1 = 1")).fetchall()[0]
         self.window = None if lo is None else (lo, hi)
 
-    def refresh(self, connection: Any, countries: set[str] | None,
-                touched: tuple[datetime, datetime] | None) -> tuple[set[str], bool]:
-        """Rebuild the series of `countries` (None: all) after new verdicts spanning `touched`;
-        return (the countries rebuilt, whether that was all of them)."""
+    def refresh(self, connection: Any, touched: Touched | None) -> tuple[set[str], bool]:
+        """Bring the series up to date after new verdicts (`touched`; None: rebuild everything);
+        return (the countries rebuilt, whether that was all of them).
+
+        Three scopes, the narrowest that gives a whole rebuild's rows:
+
+        * everything, when the data's first or last hour moved (every series' edges move) or
+          nothing is known yet;
+        * the touched countries from `start` on, when each touched series already had data at or
+          before its new verdicts: rows before that series' last measured bucket up to then cannot
+          change, and a grid started `REACH` earlier than `start` has the whole build's rows from
+          `start` on (a silence longer than the reach folds the same way whatever came before it);
+        * else the touched countries over the whole window.
+        """
         window = self.window
         if touched is not None:
-            window = touched if window is None else (min(window[0], touched[0]), max(window[1], touched[1]))
+            span = touched.span
+            window = span if window is None else (min(window[0], span[0]), max(window[1], span[1]))
         if window is None:
             return set(), True
-        everything = (countries is None or self.window is None or _edges(self.window) != _edges(window)
+        countries = touched.countries if touched is not None else set()
+        everything = (touched is None or self.window is None or _edges(self.window) != _edges(window)
                       or not all(_plain_cc(cc) for cc in countries))
         self.window = window
-        rebuilt: set[str] = set()
+        start = None if everything else self._unchanged_before(touched)
+        self.last_scope = "all" if everything else ("countries" if start is None else f"since {start:%Y-%m-%d}")
         for grain, dataset in _GRAINS:
+            current = self.tables.get(grain)
             if everything:
                 new = build_series(connection, grain, SeriesRequest(start=window[0], end=window[1]))
-                old, others = self.tables.get(grain), None
+                old, kept = current, None
             else:
-                assert countries is not None
-                new = build_for_countries(connection, grain, sorted(countries), window)
-                current = self.tables.get(grain)
-                old = _only(current, countries) if current is not None else None
-                others = _without(current, countries) if current is not None else None
-            merged = new if others is None or others.num_rows == 0 else _concat(others, new)
+                scope = _only(current, countries) if current is not None else None
+                if start is None:
+                    new = build_for_countries(connection, grain, sorted(countries), window)
+                    old, kept = scope, (_without(current, countries) if current is not None else None)
+                else:
+                    since = pa.scalar(start.date(), pa.date32())
+                    new = build_for_countries(connection, grain, sorted(countries), (start - REACH, window[1]))
+                    new = new.filter(pc.greater_equal(new.column("date"), since))
+                    assert scope is not None and current is not None
+                    later = pc.greater_equal(current.column("date"), since)
+                    in_scope = pc.is_in(current.column("probe_cc"), pa.array(sorted(countries), pa.string()))
+                    old = scope.filter(pc.greater_equal(scope.column("date"), since))
+                    kept = current.filter(pc.invert(pc.and_(in_scope, later)))
+            merged = new if kept is None or kept.num_rows == 0 else _concat(kept, new)
             changed = _changed_dates(_aligned(old, new.schema), new, grain)
             self.tables[grain] = merged
             self._write_dates(dataset, grain, merged, changed)
-            if grain == "hour":
-                rebuilt = set(pc.unique(new.column("probe_cc")).to_pylist()) if everything else set(countries or ())
+        hourly = self.tables.get("hour")
+        rebuilt = set(pc.unique(hourly.column("probe_cc")).to_pylist()) if everything and hourly is not None \
+            else countries
         return rebuilt, everything
+
+    def _unchanged_before(self, touched: Touched) -> datetime | None:
+        """Midnight of the earliest day a touched series can change on: for each touched series, its
+        last measured hour at or before its new verdicts (None if a touched series has none: new
+        series, or data before its first, change it from the window's start)."""
+        hourly = self.tables.get("hour")
+        if hourly is None or hourly.num_rows == 0:
+            return None
+        connection = duckdb.connect()
+        try:
+            connection.register("series_now", hourly.select([*series_queries.SERIES_KEY, "hour", "n_measurements"]))
+            connection.register("touched", touched.series)
+            rows = connection.execute(_LAST_MEASURED_SQL).fetchall()
+        finally:
+            connection.close()
+        if len(rows) != touched.series.num_rows or any(last is None for (last,) in rows):
+            return None
+        return floor_to(min(last for (last,) in rows), "day")
 
     def _write_dates(self, dataset: str, grain: str, merged: pa.Table, changed: set[Any]) -> None:
         if not changed:
@@ -199,6 +256,20 @@ class LiveSeries:
         if table is None or countries is None:
             return table
         return _only(table, countries)
+
+
+# How far before the first date rebuilt the grid of a bounded rebuild starts: the longest silence
+# kept dense plus the dense margin kept beside a folded one, and a day (SeriesRequest's defaults:
+# 14 days and 48 hours). Beyond that a silence folds into a gap row whatever came before it.
+REACH = SeriesRequest().max_dense_gap + SeriesRequest().gap_margin + timedelta(days=1)
+
+# Per touched series: its last measured hour at or before the hour of its earliest new verdict.
+_LAST_MEASURED_SQL = """
+SELECT (SELECT max(s.hour) FROM series_now AS s
+        WHERE s.probe_cc = t.probe_cc AND s.probe_asn = t.probe_asn AND s.service = t.service
+          AND s.feature = t.feature AND s.n_measurements > 0 AND s.hour <= date_trunc('hour', t.first_time))
+FROM touched AS t
+"""
 
 
 def _edges(window: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
@@ -266,6 +337,7 @@ class CycleStats:
     stored: int = 0
     countries: int = 0
     all_countries: bool = False
+    scope: str = ""
     ingest_s: float = 0.0
     series_s: float = 0.0
     events_s: float = 0.0
@@ -302,7 +374,7 @@ class LivePipeline:
         self.store.take_touched()
         with contextlib.closing(self.store.connect()) as connection:
             self.series.load(connection)
-        self._derive(None, None, stats)
+        self._derive(None, stats)
 
     def step(self) -> bool:
         """One cycle if segments wait; False when there was nothing to do."""
@@ -311,9 +383,9 @@ class LivePipeline:
             return False
         stats = CycleStats(time.time())
         self._ingest(segments, stats)
-        countries, touched = self.store.take_touched()
-        if countries:
-            self._derive(countries, touched, stats)
+        touched = self.store.take_touched()
+        if touched is not None:
+            self._derive(touched, stats)
         self._log_cycle(stats)
         write_progress(self.config.data, segments[-1].name)
         return True
@@ -335,13 +407,13 @@ class LivePipeline:
         stats.segments, stats.stored = len(segments), self.ingester.summary.stored - before
         stats.ingest_s = time.monotonic() - started
 
-    def _derive(self, countries: set[str] | None, touched: tuple[datetime, datetime] | None,
-                stats: CycleStats) -> None:
+    def _derive(self, touched: Touched | None, stats: CycleStats) -> None:
         started = time.monotonic()
         with contextlib.closing(self.store.connect()) as connection:
-            rebuilt, everything = self.series.refresh(connection, countries, touched)
+            rebuilt, everything = self.series.refresh(connection, touched)
             stats.series_s = time.monotonic() - started
             stats.countries, stats.all_countries = len(rebuilt), everything
+            stats.scope = self.series.last_scope
             hourly = self.series.hourly(None if everything else rebuilt)
             if hourly is None or hourly.num_rows == 0:
                 return
