@@ -107,12 +107,27 @@ class Serve:
             time.sleep(0.05)
         raise TimeoutError("the pipeline did not catch up")
 
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by the collector (serve) and by its live pipeline process."""
+        status = self.status() or {}
+        pipeline = (status.get("pipeline") or {}).get("pid")
+        return _cpu_seconds(self.process.pid), (_cpu_seconds(pipeline) if pipeline else 0.0)
+
     def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat (proc(5) fields 14, 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the load -----------------------------------------------------------------------
@@ -159,7 +174,16 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     lag_s: float = 0.0
     cycles: list[dict[str, Any]] = field(default_factory=list)
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # the load generator's
+    collector_cpu_s: float = 0.0
+    pipeline_cpu_s: float = 0.0
+
+    @property
+    def capacity(self) -> float:
+        """Measurements/s the server would take with both cores to itself: 2 / CPU seconds per measurement
+        (collector and pipeline). The machine is shared, so this is steadier than the rate achieved."""
+        spent = self.collector_cpu_s + self.pipeline_cpu_s
+        return (os.cpu_count() or 1) * self.acked / spent if spent else float("nan")
 
     @property
     def rate(self) -> float:
@@ -272,9 +296,12 @@ def run_load(samples: list[dict[str, Any]], label: str, serve_args: list[str], r
         try:
             bodies = Bodies(samples, label.split()[0])
             make = bulk_maker(bodies, bulk) if bulk else ooni_api_maker(bodies)
+            before = server.cpu()
             result = _run_async(offered_load(server.port, rate, seconds, make, label,
                                              connections=8 if bulk else 48, per_request=bulk or 1))
             result.lag_s = server.wait_idle()
+            after = server.cpu()
+            result.collector_cpu_s, result.pipeline_cpu_s = after[0] - before[0], after[1] - before[1]
             cycles = server.data / "_live" / "cycles.jsonl"
             result.cycles = [json.loads(line) for line in cycles.read_text().splitlines()] if cycles.exists() else []
         finally:
@@ -416,10 +443,14 @@ def main() -> None:
         print(f"\nPart 1: offered {args.rate:,.0f} measurements/s for {args.seconds:.0f} s over loopback "
               f"(target >= {TARGET_RATE:,.0f}/s, p99 ack < {_ms(TARGET_P99_ACK_S)})")
         print(f"  {'':32} {'acked/s':>9} {'x target':>8} {'p50 ack':>9} {'p99 ack':>9} {'max':>9} {'refused':>8} "
-              f"{'pipeline lag':>13}")
+              f"{'pipeline lag':>13} {'CPU µs/m: collector':>20} {'pipeline':>9} {'capacity':>9}")
         for r in results:
             print(f"  {r.label:32} {r.rate:9,.0f} {r.rate / TARGET_RATE:8.2f} {_ms(r.p(0.5)):>9} {_ms(r.p(0.99)):>9} "
-                  f"{_ms(max(r.latencies, default=0)):>9} {r.failed:8,} {r.lag_s:12.1f}s")
+                  f"{_ms(max(r.latencies, default=0)):>9} {r.failed:8,} {r.lag_s:12.1f}s "
+                  f"{r.collector_cpu_s / max(r.acked, 1) * 1e6:20,.0f} {r.pipeline_cpu_s / max(r.acked, 1) * 1e6:9,.0f} "
+                  f"{r.capacity:8,.0f}/s")
+        print("  (capacity: acknowledged measurements per second of both CPUs, from the CPU time the collector "
+              "and the pipeline spent; the machine is shared, so it is steadier than the rate achieved)")
         for r in results[1:]:
             print(f"  {r.label}: {_cycle_summary(r.cycles)}")
         print(f"  load generator CPU: {results[0].cpu_s / results[0].seconds:.0%} of a core during (a)")

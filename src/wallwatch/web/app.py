@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from wallwatch import __version__
-from wallwatch.analysis.events.feeds import DEFAULT_TAG_AUTHORITY, FeedError, FeedOptions
+from wallwatch.analysis.events.feeds import DEFAULT_TAG_AUTHORITY, FeedOptions
 from wallwatch.analysis.store import Store
 from wallwatch.web import api, collector
 from wallwatch.web.alerts import load_alerts
@@ -119,6 +119,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.store = Store(config.data)
     app.state.calendar = load_calendar(config.calendar) if config.calendar else []
     app.include_router(collector.router)
+    app.router.routes[0:0] = collector.fast_routes()  # answer the hot submission endpoints (see there)
     app.include_router(api.router)
     _add_dashboard(app)
     return app
@@ -151,4 +152,4 @@ async def _home() -> HTMLResponse:
         "<li><a href='/docs'>API (OpenAPI)</a></li></ul></body></html>")
 
 
-__all__ = ["AlreadyServing", "FeedError", "ServeConfig", "create_app"]
+__all__ = ["AlreadyServing", "ServeConfig", "create_app"]
