@@ -374,8 +374,11 @@ def alert_latency(trials: int, background: float, samples: list[dict[str, Any]])
         if background:
             def load() -> None:
                 bodies = Bodies(samples, "bg")
-                _run_async(offered_load(server.port, background, 10**6 / background, bulk_maker(bodies, 10), "bg",
-                                        connections=4, per_request=10))
+                try:
+                    _run_async(offered_load(server.port, background, 10**6 / background, bulk_maker(bodies, 10),
+                                            "bg", connections=4, per_request=10))
+                except (OSError, asyncio.IncompleteReadError):
+                    pass  # the server stopped at the end of the trials
             loader = threading.Thread(target=load, daemon=True)
             loader.start()
             time.sleep(2)

@@ -66,9 +66,14 @@ def test_each_refresh_leaves_the_series_a_whole_rebuild_would(tmp_path: Path) ->
                                                          # reaches across that day and folds the same
         ([24 * 19 + 6], "XA", 3, "text"),                # a new network
     ]
+    # One batch over two countries: one with history (bounded), one new (whole).
+    batches.append(([24 * 20 - 3], "XB", 2, "text", [([24 * 5, 24 * 6], "XC", 9, "text")]))
     scopes = []
-    for hours, cc, asn, feature in batches:
-        table = pa.Table.from_pylist(_verdicts(rng, hours, cc, asn, feature, seq), schema=VERDICTS_SCHEMA)
+    for hours, cc, asn, feature, *more in batches:
+        rows = _verdicts(rng, hours, cc, asn, feature, seq)
+        for extra in (more[0] if more else []):
+            rows += _verdicts(rng, *extra, seq)
+        table = pa.Table.from_pylist(rows, schema=VERDICTS_SCHEMA)
         store.write("verdicts", table, mode="append")
         touched = store.take_touched()
         with contextlib.closing(store.connect()) as connection:
@@ -85,7 +90,8 @@ def test_each_refresh_leaves_the_series_a_whole_rebuild_would(tmp_path: Path) ->
             assert stored.select(whole.column_names).cast(whole.schema).equals(whole), (hours, cc, grain,
                                                                                         series.last_scope)
             assert series.tables[grain].num_rows == whole.num_rows
-    assert {"all", "countries"} <= set(scopes) and any(s.startswith("since") for s in scopes), scopes
+    assert "all" in scopes and any("whole:" in s for s in scopes) and any("since" in s for s in scopes), scopes
+    assert scopes[-1] == "whole:XC since 2024-03-23:XB", scopes
     # The stored series hold no date a whole rebuild does not have (stale dates are dropped).
     dates = set(pc.unique(read_series(store, "hour").column("date")).to_pylist())
     assert dates == set(pc.unique(_whole(store, "hour").column("date")).to_pylist())

@@ -176,11 +176,12 @@ class LiveSeries:
 
         * everything, when the data's first or last hour moved (every series' edges move) or
           nothing is known yet;
-        * the touched countries from `start` on, when each touched series already had data at or
-          before its new verdicts: rows before that series' last measured bucket up to then cannot
-          change, and a grid started `REACH` earlier than `start` has the whole build's rows from
-          `start` on (a silence longer than the reach folds the same way whatever came before it);
-        * else the touched countries over the whole window.
+        * a touched country from a day on (the earliest such day of these countries), when each of
+          its touched series already had data at or before its new verdicts: rows before that
+          series' last measured bucket up to then cannot change, and a grid started `REACH` earlier
+          has the whole build's rows from that day on (a silence longer than the reach folds the
+          same way whatever came before it);
+        * else a touched country over the whole window (a new series, or data before a series' first).
         """
         window = self.window
         if touched is not None:
@@ -192,27 +193,39 @@ class LiveSeries:
         everything = (touched is None or self.window is None or _edges(self.window) != _edges(window)
                       or not all(_plain_cc(cc) for cc in countries))
         self.window = window
-        start = None if everything else self._unchanged_before(touched)
-        self.last_scope = "all" if everything else ("countries" if start is None else f"since {start:%Y-%m-%d}")
+        starts = {} if everything else self._unchanged_before(touched)
+        whole = sorted(cc for cc, since in starts.items() if since is None)
+        bounded = sorted(cc for cc, since in starts.items() if since is not None)
+        since = min((starts[cc] for cc in bounded), default=None)
+        self.last_scope = "all" if everything else " ".join(
+            ([f"whole:{','.join(whole)}"] if whole else []) + ([f"since {since:%Y-%m-%d}:{','.join(bounded)}"]
+                                                               if since else []))
         for grain, dataset in _GRAINS:
             current = self.tables.get(grain)
             if everything:
                 new = build_series(connection, grain, SeriesRequest(start=window[0], end=window[1]))
                 old, kept = current, None
             else:
-                scope = _only(current, countries) if current is not None else None
-                if start is None:
-                    new = build_for_countries(connection, grain, sorted(countries), window)
-                    old, kept = scope, (_without(current, countries) if current is not None else None)
-                else:
-                    since = pa.scalar(start.date(), pa.date32())
-                    new = build_for_countries(connection, grain, sorted(countries), (start - REACH, window[1]))
-                    new = new.filter(pc.greater_equal(new.column("date"), since))
-                    assert scope is not None and current is not None
-                    later = pc.greater_equal(current.column("date"), since)
-                    in_scope = pc.is_in(current.column("probe_cc"), pa.array(sorted(countries), pa.string()))
-                    old = scope.filter(pc.greater_equal(scope.column("date"), since))
-                    kept = current.filter(pc.invert(pc.and_(in_scope, later)))
+                news, olds = [], []
+                replaced = pa.array([False] * (current.num_rows if current is not None else 0), pa.bool_())
+                if whole:
+                    news.append(build_for_countries(connection, grain, whole, window))
+                    if current is not None:
+                        mask = _in(current, whole)
+                        olds.append(current.filter(mask))
+                        replaced = pc.or_(replaced, mask)
+                if bounded:
+                    assert since is not None
+                    day = pa.scalar(since.date(), pa.date32())
+                    built = build_for_countries(connection, grain, bounded, (since - REACH, window[1]))
+                    news.append(built.filter(pc.greater_equal(built.column("date"), day)))
+                    if current is not None:
+                        mask = pc.and_(_in(current, bounded), pc.greater_equal(current.column("date"), day))
+                        olds.append(current.filter(mask))
+                        replaced = pc.or_(replaced, mask)
+                new = _concat_all(news)
+                old = _concat_all(olds) if olds else None
+                kept = current.filter(pc.invert(replaced)) if current is not None else None
             merged = new if kept is None or kept.num_rows == 0 else _concat(kept, new)
             changed = _changed_dates(_aligned(old, new.schema), new, grain)
             self.tables[grain] = merged
@@ -222,23 +235,28 @@ class LiveSeries:
             else countries
         return rebuilt, everything
 
-    def _unchanged_before(self, touched: Touched) -> datetime | None:
-        """Midnight of the earliest day a touched series can change on: for each touched series, its
-        last measured hour at or before its new verdicts (None if a touched series has none: new
-        series, or data before its first, change it from the window's start)."""
+    def _unchanged_before(self, touched: Touched) -> dict[str, datetime | None]:
+        """Per touched country, midnight of the earliest day its series can change on: for each touched
+        series, its last measured hour at or before its new verdicts; None when a touched series has
+        none (a new series, or data before its first, changes it from the window's start)."""
+        countries = touched.series.column("probe_cc").to_pylist()
         hourly = self.tables.get("hour")
         if hourly is None or hourly.num_rows == 0:
-            return None
+            return dict.fromkeys(countries)
         connection = duckdb.connect()
         try:
             connection.register("series_now", hourly.select([*series_queries.SERIES_KEY, "hour", "n_measurements"]))
             connection.register("touched", touched.series)
-            rows = connection.execute(_LAST_MEASURED_SQL).fetchall()
+            lasts = [last for (last,) in connection.execute(_LAST_MEASURED_SQL).fetchall()]
         finally:
             connection.close()
-        if len(rows) != touched.series.num_rows or any(last is None for (last,) in rows):
-            return None
-        return floor_to(min(last for (last,) in rows), "day")
+        starts: dict[str, datetime | None] = {}
+        for cc, last in zip(countries, lasts, strict=True):
+            if cc in starts and starts[cc] is None:
+                continue
+            day = None if last is None else floor_to(last, "day")
+            starts[cc] = day if cc not in starts or day is None else min(starts[cc], day)  # type: ignore[type-var]
+        return starts
 
     def _write_dates(self, dataset: str, grain: str, merged: pa.Table, changed: set[Any]) -> None:
         if not changed:
@@ -279,6 +297,17 @@ def _edges(window: tuple[datetime, datetime]) -> tuple[datetime, datetime]:
 
 def _plain_cc(cc: Any) -> bool:
     return isinstance(cc, str) and len(cc) == 2 and cc.isascii() and cc.isalpha() and cc.isupper()
+
+
+def _in(table: pa.Table, countries: Sequence[str]) -> pa.Array:
+    return pc.is_in(table.column("probe_cc"), pa.array(sorted(countries), pa.string()))
+
+
+def _concat_all(tables: list[pa.Table]) -> pa.Table:
+    first, *rest = tables
+    for table in rest:
+        first = _concat(first, table)
+    return first
 
 
 def _only(table: pa.Table, countries: set[str]) -> pa.Table:
