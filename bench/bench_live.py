@@ -366,6 +366,7 @@ def alert_latency(trials: int, background: float, samples: list[dict[str, Any]])
     sys.path.insert(0, str(REPO))
     receiver = Receiver()
     with tempfile.TemporaryDirectory(prefix="wallwatch-bench-alert-") as tmp:
+        keep = os.environ.get("WALLWATCH_BENCH_KEEP")
         alerts = Path(tmp) / "alerts.yaml"
         alerts.write_text(json.dumps({"webhooks": [{"name": "bench", "url": receiver.url, "secret": SECRET}]}))
         server = Serve(Path(tmp) / "data", "--alerts", str(alerts))
@@ -404,6 +405,8 @@ def alert_latency(trials: int, background: float, samples: list[dict[str, Any]])
             server.stop()
             cycles_path = server.data / "_live" / "cycles.jsonl"
             cycles = [json.loads(line) for line in cycles_path.read_text().splitlines()] if cycles_path.exists() else []
+            if keep:
+                Path(keep).write_text(cycles_path.read_text() if cycles_path.exists() else "")
     return latencies, cycles
 
 

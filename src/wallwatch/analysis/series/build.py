@@ -117,7 +117,9 @@ def build_series(
     if grain not in _GRAINS:
         raise SeriesError(f"grain must be 'hour' or 'day', got {grain!r}")
     where, params = request.where()
-    lo, hi = connection.execute(q.window_sql(where), params).fetchall()[0]
+    lo = hi = None
+    if request.start is None or request.end is None:  # a window given whole needs no query for it
+        lo, hi = connection.execute(q.window_sql(where), params).fetchall()[0]
     start = request.start if request.start is not None else lo
     end = request.end if request.end is not None else hi
     if start is not None and end is not None and _naive_utc(end) < _naive_utc(start):
