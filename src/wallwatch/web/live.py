@@ -535,6 +535,7 @@ def writer_lock(data: Path, *, wait: bool = True) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+PIPELINE_NICENESS = 5
 _PR_SET_PDEATHSIG = 1
 # The directory holding this `wallwatch` package: the child imports the same code as its parent.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -571,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ready", type=Path, help="file written once caught up")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
+    # Acknowledgements are the latency-critical path, the pipeline is throughput: when both want the
+    # CPU, the collector (this process's parent) goes first and the pipeline catches up in the slack.
+    os.nice(PIPELINE_NICENESS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
