@@ -64,7 +64,7 @@ def test_every_operation_keeps_its_contract(server: Observatory, mode: Generatio
     for operation in _operations(server):
 
         # More cases where input is taken in, fewer for the read-only endpoints (the suite stays fast).
-        @settings(max_examples=30 if operation.label in SUBMISSIONS else 10, deadline=None, database=None,
+        @settings(max_examples=20 if operation.label in SUBMISSIONS else 6, deadline=None, database=None,
                   derandomize=True,
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy(generation_mode=mode))

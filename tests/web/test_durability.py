@@ -91,14 +91,14 @@ def test_acknowledged_measurements_survive_sigkill_and_are_stored_once(tmp_path:
     clients.start()
     killed_pipelines = []
     try:
-        for round_seconds in (3.0, 2.5):
+        for round_seconds in (2.0, 1.5):
             time.sleep(round_seconds)
             assert len(clients.acked) > 20, server.log_text()[-3000:]
             killed_pipelines.append(server.status()["pipeline"]["pid"])
             server.kill()  # SIGKILL to the serve process alone, requests in flight
             server = Observatory(data, log=server.log).start()
             clients.url = server.url
-        time.sleep(2.0)
+        time.sleep(1.0)
     finally:
         clients.join()
     try:
