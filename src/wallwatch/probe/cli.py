@@ -241,5 +241,74 @@ def _handshake_table(handshakes: list[dict[str, Any]]) -> Any:
     return table
 
 
+def monitor_command(
+    nettests: list[str] = typer.Argument(None, help="Nettests to run each round (default: whatsapp)."),
+    collector: str = typer.Option(..., "--collector", help="The collector's URL (`wallwatch serve`), e.g. "
+                                  "http://127.0.0.1:8470"),
+    every: str = typer.Option("15m", "--every", help="Period between rounds: 15m, 1h, 90s, ..."),
+    jitter: float = typer.Option(0.1, "--jitter", min=0.0, max=0.49,
+                                 help="Random offset of each round, as a fraction of the period."),
+    spool: Path = typer.Option(Path("wallwatch-spool"), "--spool",
+                               help="Folder holding measurements until the collector has them."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", exists=True, dir_okay=False,
+                                              help="File holding the bearer token the collector wants."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="Stop after this many rounds "
+                                         "(default: until SIGTERM)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="Bound for each probe step, seconds."),
+    target: list[str] = typer.Option([], "--target", help="Targets of nettests that take them (openvpn)."),
+    probe_cc: str = typer.Option("ZZ", "--probe-cc", help="Country code to record (ZZ = hidden)."),
+    probe_asn: str = typer.Option("AS0", "--probe-asn", help="ASN to record (AS0 = hidden)."),
+    probe_network_name: str = typer.Option("", "--probe-network-name", help="Network (ISP) name to record."),
+    annotation: list[str] = typer.Option([], "--annotation", help="key=value to add to annotations (repeatable)."),
+) -> None:
+    """Run nettests on a schedule and submit each measurement to a collector, spooling while it is away."""
+    import logging
+    import signal
+
+    from wallwatch.probe.measurement import Stamp, parse_annotations
+    from wallwatch.probe.monitor import Monitor, parse_duration
+    from wallwatch.probe.settings import ProbeSettings, SettingsError
+    from wallwatch.probe.submit import CollectorClient, Spool
+
+    names = list(nettests or ["whatsapp"])
+    unknown = [name for name in names if name not in NETTESTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown nettest(s) {', '.join(unknown)}; known: {', '.join(NETTESTS)}")
+    try:
+        period = parse_duration(every)
+        stamp = Stamp(probe_asn=probe_asn, probe_cc=probe_cc, probe_network_name=probe_network_name,
+                      annotations=parse_annotations(annotation))
+        client = CollectorClient(collector, token=token_file.read_text().strip() if token_file else None)
+        settings = ProbeSettings.from_environment()
+    except (ValueError, SettingsError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    def measure(name: str) -> dict:  # type: ignore[type-arg]
+        takes_targets = NETTESTS[name].target_syntax is not None
+        return NETTESTS[name].run_once(settings, stamp, step_timeout=timeout, targets=target if takes_targets else ())
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        queue = Spool(spool)
+    except RuntimeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--spool") from None
+
+    def on_round(number: int, stats) -> None:  # type: ignore[no-untyped-def]
+        typer.echo(f"round {number + 1}: {stats.measured} measured, {stats.sent} submitted, "
+                   f"{queue.count()} in the spool" + (f", {stats.rejected} refused" if stats.rejected else ""),
+                   err=True)
+
+    monitor = Monitor(names, measure, client, queue, every=period, jitter=jitter, rounds=rounds, on_round=on_round)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: monitor.stop.set())
+    try:
+        stats = monitor.run()
+    finally:
+        queue.close()
+    typer.echo(f"stopped after {stats.rounds} round(s): {stats.measured} measured, {stats.sent} submitted, "
+               f"{queue.count()} left in {spool}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(probe_app, name="probe")
+    app.command("monitor")(monitor_command)
