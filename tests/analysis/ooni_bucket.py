@@ -3,7 +3,7 @@
 Never OONI's real bucket: every test names this server's endpoint. The bucket is built from the
 real samples in tests/data/ooni-samples: each measurement goes into
 `raw/20240115/<HH>/<CC>/<testname>/2024011500_<CC>_<testname>.n0.0.jsonl.gz` (the upload-hour layout,
-[OONIBackendDocs]), with a `.tar.gz` postcan beside each file (which sync and ingest must skip),
+[ooni-backend]), with a `.tar.gz` postcan beside each file (which sync and ingest must skip),
 and the 2016 facebook_messenger sample also under the older `jsonl/` layout of its own day.
 """
 
@@ -113,3 +113,29 @@ def _postcan(lines: list[bytes]) -> bytes:
             info.size = len(line)
             tar.addfile(info, io.BytesIO(line))
     return buffer.getvalue()
+
+
+DATASETS = ("measurements", "observations", "verdicts")
+
+
+def stored_rows(data_dir: Path, ignore: tuple[str, ...] = ("ingested_at",)) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the three datasets, sorted, without the `ignore` columns (those a dataset has)."""
+    from wallwatch.analysis.store import Store
+
+    connection = Store(data_dir).connect()
+    try:
+        out = {}
+        for dataset in DATASETS:
+            columns = {row[0] for row in connection.execute(f"DESCRIBE {dataset}").fetchall()}
+            skip = [name for name in ignore if name in columns]
+            exclude = f" EXCLUDE ({', '.join(skip)})" if skip else ""
+            out[dataset] = connection.execute(f"SELECT *{exclude} FROM {dataset} ORDER BY ALL").fetchall()
+        return out
+    finally:
+        connection.close()
+
+
+def ledger(data_dir: Path) -> list[dict[str, Any]]:
+    from wallwatch.analysis.store import Store
+
+    return Store(data_dir).read_jsonl("ingested_files")

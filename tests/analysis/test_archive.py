@@ -11,7 +11,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.analysis.ooni_bucket import LEGACY_KEY, UPLOAD_DAY, make_bucket, put, samples, writer
+from tests.analysis.ooni_bucket import (
+    LEGACY_KEY,
+    UPLOAD_DAY,
+    ledger,
+    make_bucket,
+    put,
+    samples,
+    stored_rows,
+    writer,
+)
 from wallwatch.analysis.archive.bucket import (
     OONI_ENDPOINT_URL,
     ArchiveKey,
@@ -23,6 +32,8 @@ from wallwatch.analysis.archive.bucket import (
     raw_prefixes,
 )
 from wallwatch.analysis.archive.sync import SyncError, folder_lock, partial_path, sync
+from wallwatch.analysis.ingest.pipeline import ingest, read_raw
+from wallwatch.analysis.store import Store
 
 DAY = dt.datetime(2024, 1, 15)
 
@@ -129,3 +140,64 @@ def test_one_sync_at_a_time_writes_a_folder(tmp_path: Path) -> None:
     with folder_lock(tmp_path), pytest.raises(SyncError, match="another sync"):
         with folder_lock(tmp_path):
             pass
+
+
+def test_ingest_reads_s3_urls_once_as_a_synced_folder_reads(samples_dir: Path, s3_endpoint: str,
+                                                            tmp_path: Path) -> None:
+    bucket = make_bucket(s3_endpoint, samples(samples_dir, copies=2))
+    prefix = f"{bucket.url}/raw/{UPLOAD_DAY}/"
+    streamed = ingest([prefix], tmp_path / "from-s3", s3_endpoint=s3_endpoint, workers=2)
+    assert streamed.stored == bucket.records and streamed.quarantined == 0
+    entries = ledger(tmp_path / "from-s3")
+    assert sorted(entry["path"] for entry in entries) == [f"{bucket.url}/{key}" for key in bucket.keys]
+    assert all(entry["edges_sha256"].startswith("etag:") for entry in entries)
+    # Exactly once: a second run finds every object in the ledger and reads none of it.
+    again = ingest([prefix], tmp_path / "from-s3", s3_endpoint=s3_endpoint)
+    assert (again.files_skipped, again.read, again.stored) == (len(bucket.keys), 0, 0)
+
+    # The same objects synced to a folder, then ingested from it, store the same rows.
+    objects = list_archive(Selection.of(DAY, DAY + dt.timedelta(days=1)), endpoint=s3_endpoint, bucket=bucket.name)
+    sync(objects, tmp_path / "archive")
+    local = ingest([tmp_path / "archive"], tmp_path / "from-folder", workers=1)
+    assert local.stored == streamed.stored
+    where = ("ingested_at", "source", "raw_file")
+    assert stored_rows(tmp_path / "from-s3", where) == stored_rows(tmp_path / "from-folder", where)
+    # Each row points at its raw copy, which holds the object's bytes, downloaded once.
+    store = Store(tmp_path / "from-s3")
+    uid = store.read("measurements").column("measurement_uid")[0].as_py()
+    assert orjson.loads(read_raw(store, uid))["test_name"]
+    without_raw = ingest([prefix], tmp_path / "no-raw", s3_endpoint=s3_endpoint, keep_raw=False, workers=1)
+    assert without_raw.stored == bucket.records and not (tmp_path / "no-raw" / "raw").exists()
+    assert stored_rows(tmp_path / "no-raw", (*where, "raw_line", "raw_item")) == \
+        stored_rows(tmp_path / "from-s3", (*where, "raw_line", "raw_item"))
+
+
+def test_the_sync_command_fetches_resumes_and_ingests(samples_dir: Path, s3_endpoint: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from wallwatch.cli import app
+
+    bucket = make_bucket(s3_endpoint, samples(samples_dir))
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+    window = ["--since", "2024-01-15T01:00", "--until", "2024-01-15T03:00", "--endpoint-url", s3_endpoint,
+              "--bucket", bucket.name]
+    wanted = [k for k in bucket.keys if k.split("/")[2] in ("01", "02")]
+    dest = tmp_path / "archive"
+    result = runner.invoke(app, ["sync", *window, str(dest)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(wanted)} fetched, 0 resumed, 0 already there" in result.output
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.jsonl.gz")) == wanted
+    result = runner.invoke(app, ["sync", *window, str(dest), "--ingest", "--data", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert f"0 fetched, 0 resumed, {len(wanted)} already there" in result.output
+    assert "stored" in result.output and ledger(tmp_path / "data")
+    # Straight from the bucket, no folder: the same measurements.
+    result = runner.invoke(app, ["sync", *window, "--ingest", "--data", str(tmp_path / "direct")])
+    assert result.exit_code == 0, result.output
+    where = ("ingested_at", "source", "raw_file")
+    assert stored_rows(tmp_path / "direct", where) == stored_rows(tmp_path / "data", where)
+    result = runner.invoke(app, ["ingest", f"{bucket.url}/raw/{UPLOAD_DAY}/01/", "--endpoint-url", s3_endpoint,
+                                 "--data", str(tmp_path / "direct")])
+    assert result.exit_code == 0, result.output  # already in the ledger: read again by none
+    assert "files_skipped" in result.output
+    assert runner.invoke(app, ["sync", *window]).exit_code != 0  # neither a folder nor --ingest
