@@ -282,6 +282,12 @@ NoRawOption = Annotated[bool, typer.Option(
 WorkersOption = Annotated[int | None, typer.Option(
     "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
 )]
+ClusterOption = Annotated[str | None, typer.Option(
+    "--cluster", metavar="ADDRESS",
+    help="Read the files on a Dask cluster: a scheduler's address (tcp://host:8786), its scheduler file "
+    "(*.json), or 'local' (--workers processes on this machine). This process stays the one writer; "
+    "with raw copies kept the workers must see the data folder (else --no-raw)."
+)]
 WaitOption = Annotated[float, typer.Option(
     "--wait", min=0, help="Seconds to wait for another writer of the data folder (default: stop at once)."
 )]
@@ -303,6 +309,7 @@ def ingest_command(
         "--batch-size", min=1, help="Measurements per commit: each batch becomes visible at once, or not at all."
     )] = 20_000,
     endpoint: EndpointOption = None,
+    cluster: ClusterOption = None,
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
     from wallwatch.analysis.archive.bucket import endpoint_url, list_objects
@@ -321,7 +328,7 @@ def ingest_command(
         sources.extend(objects)
         files += len(objects)
     _run_ingest(sources, files, data, keep_raw=not no_raw, workers=workers, lock_wait=wait,
-                max_line_bytes=int(max_line_mb * 1024 * 1024), batch_size=batch_size)
+                max_line_bytes=int(max_line_mb * 1024 * 1024), batch_size=batch_size, cluster=cluster)
 
 
 def _run_ingest(sources: list[Any], files: int, data: Path | None, **options: Any) -> None:
@@ -330,6 +337,7 @@ def _run_ingest(sources: list[Any], files: int, data: Path | None, **options: An
     from rich.table import Table
 
     from wallwatch.analysis.commitlog import StoreLocked, is_no_space
+    from wallwatch.analysis.ingest.cluster import ClusterError
     from wallwatch.analysis.ingest.pipeline import ingest
     from wallwatch.progress import progress
 
@@ -341,6 +349,9 @@ def _run_ingest(sources: list[Any], files: int, data: Path | None, **options: An
     except StoreLocked as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
+    except ClusterError as exc:
+        console.print(f"[red]ingest stopped: {exc}. Everything stored before the last batch is intact.[/red]")
+        raise typer.Exit(5) from None
     except OSError as exc:
         # A full disk or any other write error: what was committed before stays; the batch being
         # written is not visible. Running again reads the unfinished files again and stores what
@@ -392,6 +403,7 @@ def sync_command(
     no_raw: NoRawOption = False,
     workers: WorkersOption = None,
     wait: WaitOption = 0.0,
+    cluster: ClusterOption = None,
 ) -> None:
     """Fetch part of OONI's public archive (uploads in [--since, --until)), resumably: a file fetched
     whole is never fetched again, an interrupted one is resumed."""
@@ -426,7 +438,8 @@ def sync_command(
     else:
         sources = objects
     if into_store and sources:
-        _run_ingest(sources, len(sources), data, keep_raw=not no_raw, workers=workers, lock_wait=wait)
+        _run_ingest(sources, len(sources), data, keep_raw=not no_raw, workers=workers, lock_wait=wait,
+                    cluster=cluster)
 
 
 class ExportDataset(str, enum.Enum):

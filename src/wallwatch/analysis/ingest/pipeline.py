@@ -72,6 +72,7 @@ from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the 
     stable_uid,
 )
 from wallwatch.analysis.commitlog import Snapshot, fsync_all
+from wallwatch.analysis.ingest.cluster import FileLost, connect, read_on_cluster
 from wallwatch.analysis.ingest.worker import (
     DEFAULT_MAX_LINE_BYTES,
     RAW_DIR,
@@ -282,9 +283,10 @@ class Ingester:
                  rule_sets: Mapping[str, RuleSet] | None = None, fingerprints: FingerprintDB | None = None,
                  on_file: Callable[[Source, IngestSummary], None] | None = None, workers: int | None = None,
                  lock_wait: float = 0.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 s3_endpoint: str | None = None) -> None:
+                 s3_endpoint: str | None = None, cluster: str | None = None) -> None:
         self.store = store
         self.s3_endpoint = s3_endpoint
+        self.cluster = cluster
         self.batch_size = batch_size
         self.workers = workers
         self.on_file = on_file
@@ -337,7 +339,9 @@ class Ingester:
             todo = [index for path in found if (index := self._admit(path)) is not None]
             workers = self.workers or min(os.cpu_count() or 1, len(todo))
             with no_cyclic_gc():
-                if workers <= 1 or len(todo) <= 1:
+                if self.cluster and todo:
+                    self._read_on_cluster(todo)
+                elif workers <= 1 or len(todo) <= 1:
                     self._read_here(todo)
                 else:
                     self._read_in_workers(todo, workers)
@@ -428,6 +432,25 @@ class Ingester:
             tasks.close()
             tasks.cancel_join_thread()  # sentinels nobody will read after a failure must not block exit
             results.close()
+
+    def _read_on_cluster(self, todo: list[int]) -> None:
+        """The files' tasks on the Dask cluster `self.cluster` (ingest/cluster.py); this process
+        stays the one writer, taking each file's batches as a local worker's."""
+        assert self.cluster is not None
+        try:
+            with connect(self.cluster, self.workers) as client:
+                for index, outcome in read_on_cluster(client, self._tasks(todo), self.config, self.seen_uids):
+                    if isinstance(outcome, FileLost):
+                        self.summary.files_not_read.append(f"{self._files[index][0]}: {outcome.why}")
+                        continue
+                    for batch in outcome:
+                        self._take(batch)
+        finally:
+            # A worker killed while keeping a raw copy leaves its partial file; no task of this run
+            # runs any more and no other writer exists, so what is left of them goes.
+            for index in todo:
+                for partial in (self.store.root / RAW_DIR / self._files[index][1].raw_key).glob("*.partial"):
+                    partial.unlink(missing_ok=True)
 
     def _take(self, batch: Batch) -> None:
         self.summary.read += batch.read
@@ -559,7 +582,8 @@ def ingest(paths: Iterable[Path | str | S3Object], data_dir: Path, **options: An
     the summary counts read/stored/duplicated/quarantined.
 
     Options: keep_raw (default True), workers (default: one per CPU), batch_size, rule_sets, fingerprints,
-    s3_endpoint (for s3:// paths; default archive.bucket.endpoint_url()).
+    s3_endpoint (for s3:// paths; default archive.bucket.endpoint_url()), cluster (a Dask scheduler's
+    address or scheduler file, or "local": the files are read on that cluster, ingest/cluster.py).
     """
     return Ingester(Store(data_dir), **options).ingest_paths(
         [p if isinstance(p, S3Object) or str(p).startswith("s3://") else Path(p) for p in paths])
