@@ -3,7 +3,7 @@
 Never OONI's real bucket: every test names this server's endpoint. The bucket is built from the
 real samples in tests/data/ooni-samples: each measurement goes into
 `raw/20240115/<HH>/<CC>/<testname>/2024011500_<CC>_<testname>.n0.0.jsonl.gz` (the upload-hour layout,
-[ooni-backend]), with a `.tar.gz` postcan beside each file (which sync and ingest must skip),
+[ooni-backend-docs]), with a `.tar.gz` postcan beside each file (which sync and ingest must skip),
 and the 2016 facebook_messenger sample also under the older `jsonl/` layout of its own day.
 """
 

@@ -1,7 +1,7 @@
 """OONI's S3 bucket: where its measurements are, how its keys read, and anonymous access to it.
 
 OONI publishes every measurement it has collected in the `ooni-data-eu-fra` bucket (region
-eu-central-1, free to read anonymously under the AWS Open Data programme) [ooni-backend]
+eu-central-1, free to read anonymously under the AWS Open Data programme) [ooni-backend-docs]
 [ooni-data]. Two layouts of compressed JSON lines (one measurement a line) hold them:
 
 * `raw/<YYYYMMDD>/<HH>/<CC>/<testname>/<YYYYMMDDHH>_<CC>_<testname>.<host>.<n>.jsonl.gz`, the
@@ -28,7 +28,7 @@ from typing import Any
 
 OONI_BUCKET = "ooni-data-eu-fra"
 OONI_REGION = "eu-central-1"
-# The bucket's regional endpoint [ooni-backend]: the default of --endpoint-url.
+# The bucket's regional endpoint [ooni-backend-docs]: the default of --endpoint-url.
 OONI_ENDPOINT_URL = "https://s3.eu-central-1.amazonaws.com"
 ENDPOINT_ENV = "WALLWATCH_S3_ENDPOINT_URL"
 RAW_PREFIX = "raw"

@@ -10,7 +10,7 @@ so `wallwatch ingest DEST` reads it and a second sync finds what it already has:
 * an interrupted download leaves its partial file, named with the object's ETag: the next sync
   goes on from its end with a ranged read, unless the object changed since (another ETag: the
   partial is dropped and the file redone). When the ETag is the object's MD5 (a single-part upload,
-  S3's documented ETag for those [S3ETag]) the bytes are checked against it, the kept part included;
+  S3's documented ETag for those [S3ETag2006]) the bytes are checked against it, the kept part included;
   a mismatch redoes the file once, then fails it;
 * one sync at a time writes a folder (an flock on `DEST/.wallwatch-sync.lock`).
 """

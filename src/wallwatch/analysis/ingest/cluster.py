@@ -29,7 +29,7 @@ on a cluster that does not, ingest with `--no-raw`.
 
 Memory: at most two tasks per worker thread are in flight, and a task holds one file's rows. OONI
 closes its archive files at ~20 MB of compressed measurements (ooni/backend
-`api/ooni_api_uploader.py`, `postcan_byte_thresh`), which bounds a task's result [ooni-backend].
+`api/ooni_api_uploader.py`, `postcan_byte_thresh`), which bounds a task's result [ooni-backend-docs].
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ def connect(address: str, workers: int | None = None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if address == LOCAL:
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # its scheduler runs here: no INFO chatter
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
         try:
