@@ -69,7 +69,7 @@ def main() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                dashboard_address=None, silence_logs=logging.ERROR) for n in (1, 2)}
+                                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) for n in (1, 2)}
     try:
         with tempfile.TemporaryDirectory(prefix="ww-bench-cluster-") as tmp:
             scratch = Path(tmp)

@@ -47,7 +47,8 @@ def dask_cluster(folder: Path, workers: int = 2) -> Iterator[tuple[str, list[sub
     started: list[subprocess.Popen[bytes]] = []
     try:
         started.append(subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                         "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                                         "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                                         "--scheduler-file", str(scheduler_file)],
                                         env=env, stdout=logs, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 60
         while not scheduler_file.exists():
@@ -56,7 +57,8 @@ def dask_cluster(folder: Path, workers: int = 2) -> Iterator[tuple[str, list[sub
         for index in range(workers):
             started.append(subprocess.Popen([str(DASK), "worker", "--scheduler-file", str(scheduler_file),
                                              "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
-                                             "--no-dashboard", "--name", f"w{index}"],
+                                             "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+                                             "--name", f"w{index}"],
                                             env=env, stdout=logs, stderr=subprocess.STDOUT))
         from distributed import Client
 

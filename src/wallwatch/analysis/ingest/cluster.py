@@ -133,7 +133,7 @@ def connect(address: str, workers: int | None = None) -> Iterator[Any]:
     if address == LOCAL:
         logging.getLogger("distributed").setLevel(logging.WARNING)  # its scheduler runs here: no INFO chatter
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                               host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         try:
             with Client(cluster) as client:
                 yield client

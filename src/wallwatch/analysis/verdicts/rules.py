@@ -561,10 +561,11 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
             yield _cite(row, rule, found, header.probe_cc, {})
             continue
         verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
-        valid = (verdict in VERDICTS and (method is None or method in METHODS) and confidence is not None
-                 and isinstance(made.get("rule"), str))
-        if valid:
-            yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, made["rule"],
+        rule_id = made.get("rule")
+        # Each check also narrows the type (mypy, and mypyc's compiled checks, see scripts/compile.py).
+        if (isinstance(verdict, str) and verdict in VERDICTS and (method is None or method in METHODS)
+                and confidence is not None and isinstance(rule_id, str)):
+            yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, rule_id,
                                rules_version, share)
         else:
             # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
