@@ -8,6 +8,7 @@ import copy
 import gzip
 import json
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -123,3 +124,23 @@ def test_a_stale_build_is_not_used(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert "predate(s) the source" in capsys.readouterr().err
     spec = sys.meta_path[0].find_spec(compiled.MODULES[0])
     assert spec is not None and spec.origin == str(compiled.source_path(compiled.MODULES[0]))
+
+
+_PICKLE_AGAIN = """
+import pickle, sys
+data = pickle.loads(sys.stdin.buffer.read())  # as a Dask worker receives scattered data
+sys.stdout.buffer.write(pickle.dumps(data))  # and passes it on to another worker
+"""
+
+
+@pytest.mark.skipif(not compiled.STAMP.exists(), reason="the hot path is not compiled here")
+def test_compiled_rule_sets_travel_between_processes() -> None:
+    from wallwatch.analysis.verdicts.rules import default_rule_sets
+
+    rule_sets = default_rule_sets()
+    compiled.register_pickling()
+    data = pickle.dumps(rule_sets)
+    for _ in range(2):  # a worker that never called register_pickling itself passes it on
+        data = subprocess.run([sys.executable, "-c", _PICKLE_AGAIN], input=data, capture_output=True,
+                              check=True, timeout=120).stdout
+    assert pickle.loads(data) == rule_sets

@@ -15,7 +15,10 @@ the source on purpose (the reference in tests and benches).
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.util
 import json
@@ -73,6 +76,35 @@ def is_compiled(module: ModuleType) -> bool:
     """Whether a loaded module came from an extension (mypyc) rather than its source."""
     return isinstance(getattr(module, "__spec__", None) and module.__spec__.loader,
                       importlib.machinery.ExtensionFileLoader)
+
+
+_registered = False
+
+
+def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
+    # A process that unpickles these may pickle them again (a Dask worker passes scattered data on
+    # to the others): from the first one on, it pickles them the same way.
+    register_pickling()
+    return cls(**fields)
+
+
+def _reduce_dataclass(obj: Any) -> tuple[Any, tuple[type, dict[str, Any]]]:
+    return _rebuild, (type(obj), {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init})
+
+
+def register_pickling() -> None:
+    """Pickle the dataclasses of MODULES by their constructor. A frozen dataclass compiled by mypyc
+    cannot be unpickled the default way (its state is set attribute by attribute, which a frozen
+    native class refuses); the Dask cluster ships rule sets and fingerprint rows to its workers."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    for name in MODULES:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == name and dataclasses.is_dataclass(value):
+                copyreg.pickle(value, _reduce_dataclass)
 
 
 class _SourceFirst:

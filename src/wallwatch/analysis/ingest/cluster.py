@@ -49,6 +49,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from wallwatch.analysis.compiled import register_pickling
 from wallwatch.analysis.ingest.worker import Batch, Source, WorkerConfig, read_files
 from wallwatch.analysis.verdicts.fingerprints import Fingerprint, FingerprintDB
 
@@ -163,6 +164,7 @@ def read_on_cluster(client: Any, tasks: Iterable[tuple[int, Source, str]], confi
     threads = sum(client.nthreads().values())
     if not threads:
         raise ClusterError("the cluster has no workers")
+    register_pickling()  # rule sets and fingerprint rows may be mypyc-compiled frozen dataclasses
     shipped = client.scatter(ShippedConfig.of(config), broadcast=True, hash=False)
     uids = client.scatter(StoredUids(frozenset(stored)), broadcast=True, hash=False)
     run = uuid.uuid4().hex[:8]
