@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iproute2 iptables ipset ethtool tcpdump iputils-ping iperf3 procps
   libnetfilter-queue-dev build-essential python3 python3-venv python3-dev
-  ca-certificates openvpn wireguard-tools wireguard-go shadowsocks-libev obfs4proxy
+  ca-certificates openvpn wireguard-tools wireguard-go shadowsocks-libev obfs4proxy tor
   libndpi-bin chromium nodejs
 )
 

@@ -17,11 +17,12 @@ from wallwatch.analysis.store import Store
 from wallwatch.lab.scenario import KNOWN_FEATURES, Expectation
 from wallwatch.probe.measurement import append_jsonl, build_measurement
 from wallwatch.probe.verdicts import RULES_VERSION, TargetVerdict, aggregate_feature
-from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, Method, Verdict
+from wallwatch.vocabulary import NETTEST_FEATURES, VERDICTS, Method, Throttling, is_finding, qualifiers
 
-# Every (verdict, method) pair a probe rule may name: blocked with each method, the others with none.
-EMITTABLE = [(Verdict.BLOCKED.value, method) for method in METHODS] + [
-    (verdict, None) for verdict in VERDICTS if verdict != Verdict.BLOCKED
+# Every (verdict, method) pair a probe rule may name: blocked with each method, throttled with each
+# kind of degradation, the others with none.
+EMITTABLE = [(verdict, word) for verdict in VERDICTS for word in qualifiers(verdict)] + [
+    (verdict, None) for verdict in VERDICTS if not qualifiers(verdict)
 ]
 
 
@@ -55,6 +56,9 @@ def test_every_verdict_and_method_the_probe_can_emit_survives_ingest(tmp_path: P
     ("blocked", "tls_interception"),  # not a method
     ("blocked", None),  # blocked says how
     ("ok", "dns"),  # only blocked names a method
+    ("throttled", None),  # throttled says how too
+    ("throttled", "dns"),  # ... with a kind of degradation, not a blocking method
+    ("blocked", "rate"),  # and a blocked verdict never names one
 ])
 def test_the_probe_refuses_words_outside_the_vocabulary(verdict: str, method: str | None) -> None:
     with pytest.raises(ValueError):
@@ -62,8 +66,13 @@ def test_the_probe_refuses_words_outside_the_vocabulary(verdict: str, method: st
 
 
 def test_every_method_says_what_evidence_it_needs_in_code_and_in_words() -> None:
-    for method in Method:
-        assert len(method.evidence) > 40 and method.plain and method.plain != method.value
+    for word in (*Method, *Throttling):
+        assert len(word.evidence) > 40 and word.plain and word.plain != word.value
+
+
+def test_emittable_covers_throttling_and_residual() -> None:
+    assert ("throttled", "rate") in EMITTABLE and ("blocked", "residual") in EMITTABLE
+    assert all(is_finding(verdict, method) for verdict, method in EMITTABLE)
 
 
 def test_the_lab_checks_ground_truth_against_the_same_words() -> None:
@@ -85,3 +94,26 @@ def test_every_service_the_rules_judge_is_a_named_service() -> None:
                                ("b-api.facebook.com", 443), (None, None))}
     assert seen == {service.value for service in Service}
     assert all(service.plain for service in Service)
+
+
+def test_every_word_of_both_branches_is_there_once() -> None:
+    """Issue 12 was built on two branches: each enum must hold every word of both, once (a value
+    written twice would silently become an alias of the first member)."""
+    from enum import StrEnum
+
+    from wallwatch import vocabulary as v
+
+    enums = [obj for obj in vars(v).values() if isinstance(obj, type) and issubclass(obj, StrEnum)
+             and obj is not StrEnum]
+    for enum in enums:
+        assert len(enum.__members__) == len({member.value for member in enum}), enum.__name__
+    assert {"middlebox", "platform_filter", "residual"} <= set(v.METHODS)
+    assert set(v.THROTTLINGS) == {"rate", "latency", "jitter"} and not set(v.THROTTLINGS) & set(v.METHODS)
+    assert "throttled" in v.VERDICTS and "throttled" in v.SERIES_STATES
+    assert {"keywords", "resolver", "ech"} <= set(v.FEATURES)
+    assert {"telegram", "signal", "facebook_messenger", "keyword", "circumvention"} <= set(v.NETTEST_FEATURES)
+    # Every verdict and state has its plain words, throttled included.
+    for word in (*v.Verdict, *v.State):
+        assert word.plain and word.plain != word.value
+    assert all(word.plain for word in (*v.Service, *v.Circumvention))  # names: "obfs4" is its own
+    assert v.qualifier_plain("rate") == v.Throttling.RATE.plain and v.qualifier_plain("residual") == v.Method.RESIDUAL.plain

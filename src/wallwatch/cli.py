@@ -41,6 +41,7 @@ _PARTS = (
     "wallwatch.lab.cli",
     "wallwatch.censor.cli",
     "wallwatch.probe.cli",
+    "wallwatch.helper.cli",
     "wallwatch.analysis.cli",
     "wallwatch.lab.demo",
 )

@@ -11,6 +11,9 @@ The names follow OONI's where OONI has one: OONI's web_connectivity 0.4
 `blocking` values (dns, tcp_ip, http-failure, http-diff) and the failure
 strings of its data format (df-007-errors); wallwatch adds the methods its own
 nettests can tell apart with controls (tls_sni, tls_mitm, protocol_dpi, ...).
+A throttled feature worked but slowly: it names a `Throttling` kind (rate,
+latency, jitter) where a blocked one names a `Method`; `is_finding` says which
+verdict goes with which word, for every part that checks.
 Each method says what evidence it needs, and in plain words what happened,
 for readers who do not speak in codes (a dashboard shows `plain` next to the
 code, never the code alone).
@@ -47,6 +50,9 @@ class Verdict(StrEnum):
     """The service itself failed (refused, a 5xx from a genuine server, hangs up on the control too)."""
     UNKNOWN = ("unknown", "we cannot tell: the probe had no network, failed, or had no control")
     """Not enough to say: the probe had no network, a probe-side fault, no control ran."""
+    THROTTLED = ("throttled", "it worked, but slowed down or delayed against a control: reachable, bad for use")
+    """The feature works but slowed or delayed past a threshold against a control on the same path that
+    the censor does not target, in every repeat; names a `Throttling` kind. Reachable, but bad for use."""
 
 
 VERDICTS: tuple[str, ...] = tuple(verdict.value for verdict in Verdict)
@@ -155,9 +161,82 @@ class Method(StrEnum):
         "keyword nettest names it.",
         "the platform's own servers withheld messages with certain words; the network was not involved",
     )
+    RESIDUAL = (
+        "residual",
+        "A connection that was established was cut on its first bytes (reset or silence), and then clean "
+        "connections to the same address and port failed while they had worked moments before: the censor "
+        "keeps blocking the server for a while after a trigger (the GFW's penalty box, [Rambert2021]).",
+        "after one connection was caught, the server was made unreachable for a while",
+    )
 
 
 METHODS: tuple[str, ...] = tuple(method.value for method in Method)
+
+
+class Throttling(StrEnum):
+    """How a throttled feature was degraded, compared with a control on the same path.
+
+    A throttled verdict names one (the first that applies, in this order); its
+    evidence carries the numbers of every kind measured.
+    """
+
+    evidence: str
+    plain: str
+
+    def __new__(cls, value: str, evidence: str, plain: str) -> "Throttling":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.evidence = evidence
+        member.plain = plain
+        return member
+
+    RATE = (
+        "rate",
+        "Goodput of the feature's transfer at a fraction of a control transfer of the same bytes from the "
+        "same server under a name the censor does not target, in every repeat, and slower than the added "
+        "latency alone explains ([Xue2021], [Wehe2015]).",
+        "transfers were slowed down",
+    )
+    LATENCY = (
+        "latency",
+        "Round trips of the feature's own traffic take longer than those of a control to the same server "
+        "that the censor does not target, by more than a threshold, in every repeat.",
+        "every exchange was delayed",
+    )
+    JITTER = (
+        "jitter",
+        "Round-trip times of the feature's own traffic vary far more than those of the control, in every "
+        "repeat.",
+        "delays varied, which breaks calls",
+    )
+
+
+THROTTLINGS: tuple[str, ...] = tuple(kind.value for kind in Throttling)
+
+
+def qualifiers(verdict: str) -> tuple[str, ...]:
+    """The words a verdict names in its `method` slot: blocked a `Method`, throttled a `Throttling`, others none."""
+    if verdict == Verdict.BLOCKED:
+        return METHODS
+    if verdict == Verdict.THROTTLED:
+        return THROTTLINGS
+    return ()
+
+
+def qualifier_plain(word: str) -> str | None:
+    """A `method` slot's word in plain words: a blocking `Method`'s or a `Throttling` kind's, None if neither."""
+    for kinds in (Method, Throttling):
+        if word in kinds._value2member_map_:
+            return kinds(word).plain
+    return None
+
+
+def is_finding(verdict: object, method: object) -> bool:
+    """A verdict and method that go together: blocked names a method, throttled a kind, any other nothing."""
+    if not is_verdict(verdict):
+        return False
+    allowed = qualifiers(str(verdict))
+    return method is None if not allowed else isinstance(method, str) and method in allowed
 
 
 class State(StrEnum):
@@ -166,7 +245,9 @@ class State(StrEnum):
     The series decide it from the share of decisive probes that saw blocking
     (`analysis/series/queries.py`: blocked from a half, partial from a fifth,
     as OONI's plan asks that partial blocking not hide under a median: ooni/data
-    docs/implementation-plan.md §3.6). `BLOCKED_ON_AND_OFF` is never stored:
+    docs/implementation-plan.md §3.6), throttled when not blocked but half
+    the decisive probes saw the feature slowed (a `Verdict.THROTTLED`: its own
+    state, neither ok nor blocked). `BLOCKED_ON_AND_OFF` is never stored:
     charts and the dashboard split `blocked` with it when the blocked
     measurements let attempts through. Each member carries `plain`.
     """
@@ -183,6 +264,7 @@ class State(StrEnum):
     BLOCKED_ON_AND_OFF = ("blocked, on and off",
                           "blocked for most probes, but some attempts still got through (on and off)")
     PARTIAL = ("partial", "blocked for some probes (a fifth to a half)")
+    THROTTLED = ("throttled", "slowed down for most probes (half or more), but not blocked: reachable, bad for use")
     DOWN = ("down", "the service was down for everyone: an outage, not censorship")
     OK = ("ok", "worked for the probes that measured it")
     INSUFFICIENT = ("insufficient", "no data: too few measurements to say anything")
@@ -257,9 +339,30 @@ class Feature(StrEnum):
 
 FEATURES: tuple[str, ...] = tuple(feature.value for feature in Feature)
 
+
+class Circumvention(StrEnum):
+    """A way around the censor the `circumvention` nettest tries: its features, one per option."""
+
+    plain: str
+
+    def __new__(cls, value: str, plain: str) -> "Circumvention":
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.plain = plain
+        return member
+
+    OPENVPN_UDP = ("openvpn_udp", "OpenVPN over UDP")
+    OPENVPN_TCP = ("openvpn_tcp", "OpenVPN over TCP")
+    WIREGUARD = ("wireguard", "WireGuard")
+    SHADOWSOCKS = ("shadowsocks", "Shadowsocks")
+    OBFS4 = ("obfs4", "obfs4")
+    TOR = ("tor", "Tor")
+    TOR_OBFS4 = ("tor_obfs4", "Tor through an obfs4 bridge")
+
+
 # The features each of wallwatch's own nettests reports, in the order it reports them;
 # a scenario's ground truth must name every one (lab/scenario.py).
-NETTEST_FEATURES: Mapping[str, tuple[Feature, ...]] = MappingProxyType({
+NETTEST_FEATURES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "whatsapp": (Feature.TEXT, Feature.MEDIA, Feature.CALLS, Feature.WEB, Feature.REGISTRATION),
     "openvpn": (Feature.TUNNEL,),
     # The messaging nettests of probe/nettests/ (one module each; docs/services.md says what each
@@ -273,6 +376,8 @@ NETTEST_FEATURES: Mapping[str, tuple[Feature, ...]] = MappingProxyType({
     "facetime": (Feature.CALLS,),
     # Platform-side filtering: a verdict about the service, not the network (Method.PLATFORM_FILTER).
     "keyword": (Feature.KEYWORDS,),
+    # Ways around the censor, one feature per option (probe/nettests/circumvention.py).
+    "circumvention": tuple(Circumvention),
 })
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from wallwatch.analysis.compare import compare_paths, confusion
+from wallwatch.analysis.compare import OONI_BLOCKING, OONI_OK, agrees, compare_paths, confusion
 from wallwatch.cli import app
 
 # (file, feature) -> (wallwatch verdict, rule, OONI's flag, the reason's kind; None = agreement).
@@ -103,3 +103,8 @@ def test_compare_command_prints_the_table_and_the_disagreements(samples_dir: Pat
     assert "4 disagreement(s)" in result.output and "a probe fault OONI's flag counted" in result.output
     as_json = CliRunner().invoke(app, ["compare", "--json", str(samples_dir / "backend/bug_351.json")])
     assert as_json.exit_code == 0 and '"rule_id":"web.probe_fault"' in as_json.output
+
+
+def test_a_throttled_feature_is_reachable_as_ooni_flags_say_it() -> None:
+    """OONI's flags say reachable or not; a slowed feature was reached."""
+    assert agrees("throttled", OONI_OK) and not agrees("throttled", OONI_BLOCKING)

@@ -1,6 +1,7 @@
 """Confirmed blocking and probe faults: a fingerprint decides first wherever it is found (DNS
 answers, a body, a header, any response of a redirect chain; OONI's tests and wallwatch's own), and
-a measurement whose only failures are the probe's own is never `blocked`.
+a measurement whose only failures are the probe's own (or strings the taxonomy does not class) is never
+`blocked`.
 
 Each case starts from a real OONI sample and changes only the facts under test.
 """
@@ -16,7 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wallwatch.analysis.ingest.header import read_header
-from wallwatch.analysis.verdicts.failures import PROBE, failure_class, failure_table
+from wallwatch.analysis.verdicts.failures import (
+    PROBE,
+    failure_class,
+    failure_table,
+    interference_strings,
+    is_interference_candidate,
+)
+from wallwatch.analysis.verdicts.fingerprints import build_db, load_fingerprints, parse_rows
 from wallwatch.analysis.verdicts.observations import make_observations
 from wallwatch.analysis.verdicts.rules import judge_measurement
 
@@ -106,6 +114,24 @@ def test_a_known_false_positive_is_named_and_never_blocking() -> None:
                            "https://nexa.polito.it/")
 
 
+def test_a_known_false_positive_in_dns_answers_is_never_evidence_either() -> None:
+    """Upstream has no DNS row of scope fp today; one added by an update (an anycast CDN address, say)
+    must name the answer as a known false positive, never count as a DNS fingerprint."""
+    shipped = load_fingerprints()
+    record = _web()
+    answer = next(a["ipv4"] for q in record["test_keys"]["queries"] for a in q["answers"] or () if a.get("ipv4"))
+    extra = parse_rows("name,scope,other_names,location_found,pattern_type,pattern,confidence_no_fp,"
+                       f"expected_countries,source,exp_url,notes\nt.fp_dns,fp,,dns,full,{answer},1,,,,\n", "dns", "t")
+    db = build_db("t", [*shipped.dns, *extra], shipped.http)
+    header, meta, test_keys = read_header(record)
+    facts = make_observations(header, test_keys, meta["input"], db)
+    named = {fingerprint.name: fingerprint.kind for _, fingerprint in facts.fingerprint_matches}
+    assert named["t.fp_dns"] == "fp" and "dns" not in named.values()
+    (got,) = judge_measurement(header, meta, test_keys, facts)
+    (before,) = judge_measurement(*read_header(record), make_observations(header, test_keys, meta["input"], shipped))
+    assert (got["verdict"], got["rule_id"]) == (before["verdict"], before["rule_id"]) == ("ok", "web.final_ok_status_match")
+
+
 def test_wallwatch_records_too_a_fingerprint_overrides_the_probes_verdict() -> None:
     record = _load("ts-018-whatsapp.example.json")
     record.update(software_name="wallwatch", probe_cc="CN")
@@ -130,6 +156,40 @@ def test_a_probe_fault_is_unknown_with_its_reason() -> None:
     assert got["probe_fault"].startswith("unknown_failure 'ascii' codec can't decode")
 
 
+# A string OONI might add after failures.csv was written: unlisted, so `unclassified`.
+_NEW_STRING = "quic_handshake_blackholed_by_middlebox"
+
+
+def test_an_unclassified_failure_is_never_called_a_probe_fault() -> None:
+    """A string the taxonomy does not list is not evidence (the verdict stays `unknown`), and it is named
+    as unclassified, not as a probe fault: it may be interference OONI learnt to name after the table."""
+    assert failure_class(_NEW_STRING) == "unclassified"
+    record = _load("probe-cli-cmd-minipipeline/measurement.json")
+    keys = record["test_keys"]
+    for entry in keys["tcp_connect"]:
+        entry["status"] = {"success": False, "failure": _NEW_STRING}
+    for entry in keys["tls_handshakes"] or []:
+        entry["failure"] = _NEW_STRING
+    for entry in keys["requests"]:
+        entry["failure"], entry["response"] = _NEW_STRING, None
+    keys["http_experiment_failure"] = _NEW_STRING
+    got = _judge(record)["page"]
+    assert (got["verdict"], got["rule_id"], got["probe_fault"], got["unclassified_failure"]) == (
+        "unknown", "web.unclassified_failure", None, _NEW_STRING)
+    tunnel = _load("backend/vanilla_tor_ok.json")
+    tunnel["test_keys"].update(failure=_NEW_STRING, success=False)
+    got = _judge(tunnel)["tunnel"]
+    assert (got["verdict"], got["rule_id"], got["unclassified_failure"]) == (
+        "unknown", "tunnel.unclassified_failure", _NEW_STRING)
+    # Beside evidence it decides nothing, and is still named.
+    whatsapp = _load("ts-018-whatsapp.example.json")
+    for entry in whatsapp["test_keys"]["tcp_connect"]:
+        unlisted = (entry["ip"], entry["port"]) == ("3.33.221.48", 5222)  # one of e5.whatsapp.net's endpoints
+        entry["status"] = {"success": False, "failure": _NEW_STRING if unlisted else "connection_reset"}
+    text = _judge(whatsapp)["text"]
+    assert (text["verdict"], text["method"], text["unclassified_failure"]) == ("blocked", "tcp_reset", _NEW_STRING)
+
+
 def test_every_failure_string_of_the_samples_and_of_df_007_is_classed() -> None:
     seen = set()
     for path in SAMPLES.rglob("*.json"):
@@ -152,11 +212,16 @@ def test_every_failure_string_of_the_samples_and_of_df_007_is_classed() -> None:
     assert failure_class("connection_reset") == "interference"
     assert failure_class("dns_no_answer") == "server"
     assert failure_class("something nobody wrote down") == "unclassified"
+    # The set the verdicts look failures up in says what the table says.
+    for failure in [*(row.failure for row in failure_table().rows()), *seen, "unknown_failure x", "socks_x", "new"]:
+        assert (failure in interference_strings()) == is_interference_candidate(failure), failure
 
 
 _PROBE_FAULTS = sorted(row.failure for row in failure_table().rows() if row.kind == PROBE and row.match == "exact")
 _FAULT = st.one_of(st.sampled_from(_PROBE_FAULTS),
-                   st.text(min_size=0, max_size=30).map(lambda tail: f"unknown_failure {tail}".strip()))
+                   st.text(min_size=0, max_size=30).map(lambda tail: f"unknown_failure {tail}".strip()),
+                   # strings nobody classed (a new one OONI adds later): never evidence on their own either
+                   st.text(min_size=1, max_size=30).filter(lambda text: failure_class(text) == "unclassified"))
 _OK_SAMPLES = ["ts-018-whatsapp.example.json", "ts-020-telegram.example.json", "ts-029-signal.example.json",
                "ts-019-facebook-messenger.example.json", "probe-cli-cmd-minipipeline/measurement.json",
                "ts-017-web-connectivity.example.json", "backend/vanilla_tor_ok.json", "backend/openvpn.json"]
@@ -165,7 +230,7 @@ _BASES = {name: _load(name) for name in _OK_SAMPLES}
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(_OK_SAMPLES), data=st.data())
-def test_no_measurement_whose_only_failures_are_probe_faults_is_ever_blocked(name: str, data: st.DataObject) -> None:
+def test_no_measurement_whose_only_failures_are_probe_faults_or_unclassified_is_ever_blocked(name: str, data: st.DataObject) -> None:
     record = copy.deepcopy(_BASES[name])
     keys = record["test_keys"]
     faulted = 0

@@ -100,6 +100,7 @@ def test_hourly_and_partial_beside_a_national_block_across_three_networks(tmp_pa
 
     network = next(n for n in event.networks if n.probe_asn == 64524)
     assert _network_part(network, False) == f"AS64524 ({words[64524]})"
+    assert _network_part(network, False, "throttling") == "AS64524"  # no extent words for other event types
     store = Store(tmp_path / "data")
     record_events(store, [event])
     feed = tmp_path / "events.atom"

@@ -7,15 +7,23 @@ import random
 import shutil
 from pathlib import Path
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from wallwatch.analysis.verdicts.fingerprints import (
+    _chain_search,
     FILES,
     FingerprintError,
     load_fingerprints,
     load_from,
     read_manifest,
+    build_db,
+    literal_chain,
+    parse_rows,
     required_literal,
     sha256_text,
     shipped_directory,
@@ -49,6 +57,51 @@ def test_required_literal_of_a_regexp() -> None:
     assert required_literal(r"\d+x") == ""
 
 
+def test_literal_chain_of_a_regexp() -> None:
+    assert literal_chain(r"URL .* Sp.*er Gate") == ("URL ", " Sp", "er Gate")
+    assert literal_chain(r'{"msg":.*"id":') == ('{"msg":', '"id":')  # a `{` that is no repeat count
+    assert literal_chain(r"U\.S\..*Command") == ("U.S.", "Command")
+    assert literal_chain(r".*a.*") == ("a",)
+    for not_a_chain in (r"You don.t", r"a.*?b", r"a.+b", r"ab*c", r"a{2}b", r"a|b", r"\d.*x", r"[ab].*c", r"a.*+b"):
+        assert literal_chain(not_a_chain) is None, not_a_chain
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["URL ", " Sp", "er Gate", "ider", "\n", "x", "U.S.", "Command", "U", "Gat"]),
+                max_size=8))
+def test_a_chain_finds_what_re_finds(parts: list[str]) -> None:
+    """The chain of `find`s says "matches" exactly when `re` (DOTALL, as the rows are compiled) does."""
+    text = "".join(parts)
+    for pattern in (r"URL .* Sp.*er Gate", r"U\.S\..*Command", r"Sp.*Sp", r".*Gat.*"):
+        chain = literal_chain(pattern)
+        assert chain is not None
+        assert _chain_search(chain, text) == (re.search(pattern, text, re.DOTALL) is not None), (pattern, text)
+
+
+def test_rows_of_every_kind_outside_the_shipped_data() -> None:
+    """A regexp with no literal (searched every time), one that is not a chain, a prefix and a full
+    row on one header, and a body that holds a lone surrogate (JSON may carry one)."""
+    header = "name,scope,other_names,location_found,pattern_type,pattern,confidence_no_fp,expected_countries,source,exp_url,notes\n"
+    http = parse_rows(header + "\n".join([
+        r"t.digits,nat,,body,regexp,\d{3}-blocked,1,,,,",
+        r"t.dot,nat,,body,regexp,You don.t have,1,,,,",
+        "t.prefix,isp,,header.location,prefix,http://block.example/,1,,,,",
+        "t.full,isp,,header.location,full,http://block.example/,1,,,,",
+        "t.fp,fp,,body,contains,Access,1,,,,",
+    ]) + "\n", "http", "test")
+    db = build_db("t", [], http)
+    assert [m.fingerprint.name for m in db.match_http_all("page 451-blocked", None)] == ["t.digits"]
+    assert db.match_http("You don\u2019t have Access", None).name == "t.dot"  # `.` is one character
+    assert db.match_http("You don\u2019\u2019t have", None) is None
+    assert [m.fingerprint.name for m in db.match_http_all(None, {"Location": "http://block.example/"})] == [
+        "t.prefix", "t.full"]
+    assert [m.fingerprint.name for m in db.match_http_all(None, {"Location": "http://block.example/x"})] == [
+        "t.prefix"]
+    assert db.match_http("x\ud800 Access \udfff", None).name == "t.fp"
+    for body in ("x\ud800 Access", "y" * 5000 + "\ud800 Access"):  # short (cached) and long
+        assert db.match_http(body, None).name == "t.fp"
+
+
 def _plain_scan(db, body: str | None, headers: dict[str, str]) -> set[tuple[str, str]]:
     lowered = {k.lower(): v for k, v in headers.items()}
     found = set()
@@ -62,7 +115,7 @@ def _plain_scan(db, body: str | None, headers: dict[str, str]) -> set[tuple[str,
 
 
 def test_one_scan_finds_exactly_what_the_row_by_row_scan_finds() -> None:
-    """All 1,729 HTTP rows, every pattern type: the Aho-Corasick literal scan (regexps run only where
+    """All 1,729 HTTP rows, every pattern type: the Hyperscan literal scan (regexps run only where
     their literal occurs, prefixes only at 0, full only whole) matches the plain scan row for row."""
     db = load_fingerprints()
     rng = random.Random(7)

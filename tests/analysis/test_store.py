@@ -35,7 +35,7 @@ def _verdict_rows(day: dt.date, n: int, verdict: str = "ok") -> pa.Table:
         "blocked_share": [None] * n,
         "confirmed": [False] * n,
         **{name: [None] * n for name in ("fingerprint", "fingerprint_scope", "fingerprint_location",
-                                         "fingerprint_found_in", "probe_fault")},
+                                         "fingerprint_found_in", "probe_fault", "unclassified_failure")},
     }
     return pa.table(rows, schema=VERDICTS_SCHEMA)
 

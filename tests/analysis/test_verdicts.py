@@ -7,6 +7,7 @@ so the rule that fires is the one the change calls for.
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ import pytest
 
 from wallwatch.analysis.ingest.pipeline import ingest
 from wallwatch.analysis.store import Store
-from wallwatch.analysis.verdicts.rules import RulesError, load_rule_sets, parse_rule_set
+from wallwatch.analysis.verdicts.rules import (
+    _FACTS_TEMPLATE,
+    _FINGERPRINT_FACTS,
+    _MAX_SPECIALISED,
+    RulesError,
+    load_rule_sets,
+    parse_rule_set,
+)
 
 
 def _load(samples_dir: Path, name: str) -> dict[str, Any]:
@@ -175,3 +183,103 @@ def test_rule_files_are_validated(tmp_path: Path) -> None:
         "  - {id: mine.any_ok, when: {n_ok: {ge: 1}}, verdict: ok, confidence: 0.5}\n"
         "  - {id: mine.fallback, verdict: unknown}\n")
     assert load_rule_sets(custom)["whatsapp"].rules_version == "mine/7"
+
+
+def _replace_address(record: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """The measurement with every mention of one address replaced (answers, connects, control)."""
+    return orjson.loads(orjson.dumps(record).replace(old.encode(), new.encode()))
+
+
+def _unreachable(record: dict[str, Any], *, control_connects: bool) -> dict[str, Any]:
+    """No connection got through (SYNs time out): no TLS, no request; the helper connected or not."""
+    case = copy.deepcopy(record)
+    keys = case["test_keys"]
+    for entry in keys["tcp_connect"]:
+        entry["status"] = {"blocked": control_connects, "failure": "generic_timeout_error", "success": False}
+    keys["tls_handshakes"], keys["requests"] = [], []
+    keys["http_experiment_failure"] = "generic_timeout_error"
+    for entry in keys["control"]["tcp_connect"].values():
+        entry.update(status=control_connects, failure=None if control_connects else "generic_timeout_error")
+    return case
+
+
+def test_web_connectivity_failed_round_trip_with_code_zero_is_no_response(samples_dir: Path, data_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """probe-cli writes `"code": 0` for a round trip that failed; that is no answer from the server."""
+    case = copy.deepcopy(_load(samples_dir, "probe-cli-cmd-minipipeline/measurement.json"))
+    case["report_id"] = "reset"
+    for request in case["test_keys"]["requests"]:
+        request["failure"] = "connection_reset"
+        request["response"] = {"body": "", "body_is_truncated": False, "code": 0, "headers_list": [], "headers": {}}
+    got = _verdicts([case], data_dir, tmp_path)
+    assert got[("reset", "page")] == ("blocked", "http_failure", "web.http_failed_ctrl_ok")
+
+
+def test_web_connectivity_forged_dns_is_dns_even_when_the_helper_cannot_reach_the_forged_address(
+        samples_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """An injector's answer points nowhere: the helper, dialling the probe's addresses, fails too. That
+    is DNS blocking (ts-017), not a site that is down: the helper resolved and fetched the real page."""
+    base = _load(samples_dir, "probe-cli-cmd-minipipeline/measurement.json")
+    forged = _unreachable(_replace_address(base, "130.192.16.171", "5.9.200.17"), control_connects=False)
+    forged["report_id"] = "forged"
+    forged["test_keys"]["control"]["dns"]["addrs"] = ["130.192.16.171"]  # the helper's answer is the real one
+    forged["test_keys"]["control"]["ip_info"] = {"130.192.16.171": {"asn": 137, "flags": 10},
+                                                 "5.9.200.17": {"asn": 0, "flags": 1}}
+    down = _unreachable(base, control_connects=False)
+    down["report_id"] = "down"
+    down["test_keys"]["control"]["http_request"].update(failure="generic_timeout_error", status_code=-1,
+                                                        body_length=-1)
+    got = _verdicts([forged, down], data_dir, tmp_path)
+    assert got[("forged", "page")] == ("blocked", "dns", "web.dns_inconsistent")
+    assert got[("down", "page")] == ("down", None, "web.tcp_failed_ctrl_failed")
+
+
+def test_web_connectivity_a_helper_vouches_for_addresses_outside_the_public_internet(
+        samples_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """The lab's sites live in RFC 2544 space; its helper's ip_info says they are no bogons there, so
+    an address block reads as tcp_ip, not as a bogon DNS answer. Without that word, it is a bogon."""
+    base = _replace_address(_load(samples_dir, "probe-cli-cmd-minipipeline/measurement.json"),
+                            "130.192.16.171", "198.19.40.1")
+    vouched = _unreachable(base, control_connects=True)
+    vouched["report_id"] = "vouched"
+    vouched["test_keys"]["control"]["ip_info"] = {"198.19.40.1": {"asn": 0, "flags": 11}}
+    unvouched = copy.deepcopy(vouched)
+    unvouched["report_id"] = "unvouched"
+    unvouched["test_keys"]["control"]["ip_info"] = {"198.19.40.1": {"asn": 0, "flags": 7}}  # bogon flag set
+    got = _verdicts([vouched, unvouched], data_dir, tmp_path)
+    assert got[("vouched", "page")] == ("blocked", "tcp_ip", "web.tcp_failed_ctrl_ok")
+    assert got[("unvouched", "page")] == ("blocked", "dns", "web.dns_bogon")
+
+
+def test_wallwatch_web_connectivity_is_judged_by_the_rule_set(samples_dir: Path, data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """The probe writes OONI's keys and no verdict of its own: the rule set judges it as OONI's."""
+    record = copy.deepcopy(_load(samples_dir, "probe-cli-cmd-minipipeline/measurement.json"))
+    record.update(software_name="wallwatch", report_id="ww-web")
+    record["test_keys"]["x_wallwatch"] = {"helper": "https://th.wallwatch.test/", "lab": None}
+    got = _verdicts([record], data_dir, tmp_path)
+    assert got[("ww-web", "page")] == ("ok", None, "web.final_ok_status_match")
+
+
+_FACT_VALUES = (None, False, True, 0, 1, 2)
+
+
+def test_the_specialised_cascades_pick_the_rule_the_plain_cascade_picks() -> None:
+    """RuleSet.judge runs the cascade specialised to the state of the fingerprint facts; on any facts it
+    picks the first rule whose conditions hold as `Rule.matches` reads them (the plain cascade)."""
+    rng = random.Random(10)
+    rule_sets = list({id(r): r for r in load_rule_sets().values()}.values())
+    for _ in range(3000):
+        facts = {fact: rng.choice(_FACT_VALUES) for fact in _FACTS_TEMPLATE}
+        unmatched = rng.random() < 0.5
+        if unmatched:
+            facts.update(_FINGERPRINT_FACTS)  # the common state: no fingerprint matched
+        for rule_set in rule_sets:
+            plain = next(rule for rule in rule_set.rules if rule.matches(facts))
+            assert rule_set.judge(facts) is plain
+            if unmatched:
+                assert rule_set.judge(facts, fingerprinted=False) is plain
+    no_match = tuple(_FINGERPRINT_FACTS.values())
+    assert any(len(r._specialised[no_match]) < len(r.rules) for r in rule_sets)  # rules were left out
+    # Past _MAX_SPECIALISED states (random facts make thousands) the whole cascade judged, as well.
+    assert all(len(r._specialised) == _MAX_SPECIALISED for r in rule_sets)

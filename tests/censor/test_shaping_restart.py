@@ -39,5 +39,18 @@ def test_shaper_replaces_a_leftover_htb_root() -> None:
         assert done.returncode == 0, done.stderr
         classes = sh("ip", "netns", "exec", name, "tc", "class", "show", "dev", "sa").stdout
         assert "rate 2Mbit" in classes and "1:9 " not in classes
+        # The class drains a short FIFO (a policer's 50 ms at 2 Mbit/s), not the device's long queue.
+        qdiscs = sh("ip", "netns", "exec", name, "tc", "qdisc", "show", "dev", "sa").stdout
+        assert "bfifo" in qdiscs and "limit 12500b" in qdiscs, qdiscs
     finally:
         sh("ip", "netns", "del", name, check=False)
+
+
+def test_queue_limits_are_a_policers_burst() -> None:
+    from wallwatch.censor.shaping import FRAME_BYTES, MIN_QUEUE_PACKETS, htb_commands, queue_limit
+
+    assert queue_limit(64_000) == MIN_QUEUE_PACKETS * FRAME_BYTES  # 400 B of 64 kbit/s is less than a frame
+    assert queue_limit(20_000_000) == 125_000  # 50 ms at 20 Mbit/s
+    leaf = htb_commands("eth0", ((3, 64_000, "slow"),))[-1]
+    assert leaf[-5:] == ["handle", "4:", "bfifo", "limit", str(queue_limit(64_000))]
+    assert leaf[leaf.index("parent") + 1] == "1:3"

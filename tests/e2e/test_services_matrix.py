@@ -5,14 +5,19 @@ black-hole, reset, SNI, protocol fingerprint) the censor gets a policy that
 targets exactly one feature, the real nettest runs in the client namespace
 (`wallwatch probe run NETTEST`), and every feature must read what the policy
 implies: the targeted one blocked by that method, every other one ok (no
-collateral verdicts). Throttling, delay and residual blocking wait for the
-other branch's goodput primitive (see docs/services.md, "Not yet").
+collateral verdicts). Throttling by rate and by delay is measured with the
+nettests' throughput rounds turned on (`--option throughput=on`: the
+ServiceTest base's hook, probe/throughput.py) and must read
+`throttled/rate` or `throttled/latency` on the targeted feature only;
+a reset with a penalty box ([Rambert2021]) must read `blocked/residual`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import time
 
 import pytest
 
@@ -75,13 +80,38 @@ MATRIX: dict[str, dict[str, tuple[list[dict[str, Any]], dict[str, str]]]] = {
 CASES = [(nettest, technique) for nettest, techniques in MATRIX.items() for technique in techniques]
 
 
+def throttle(name: str, match: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return _rule(name, match, "throttle", **options)
+
+
+# Throttled features, measured with the throughput rounds on; features not named must read ok.
+THROTTLING: dict[str, dict[str, tuple[list[dict[str, Any]], dict[str, str]]]] = {
+    "telegram": {"rate": ([throttle("slow-cdn", {"tls.sni": {"suffix": "cdn4.telesco.pe"}}, rate="1mbit")],
+                          {"media": "throttled/rate"})},
+    "signal": {"delay": ([throttle("laggy-sfu", {"proto": "udp", "ip.dst": {"cidr": "198.19.11.5/32"}},
+                                   delay_ms=100)], {"calls": "throttled/latency"})},
+    "facebook_messenger": {"rate": ([throttle("slow-web", {"tls.sni": {"suffix": "star.c10r.facebook.com"}},
+                                              rate="256kbit")], {"web": "throttled/rate"})},
+}
+THROTTLING_CASES = [(nettest, technique) for nettest, techniques in THROTTLING.items() for technique in techniques]
+
+PENALTY_SECONDS = 5  # longer than a run takes to reach its controls, short enough to wait out
+# A reset whose rule keeps the server's port black-holed for the client afterwards: the penalty box.
+RESIDUAL: dict[str, tuple[dict[str, Any], str]] = {
+    "telegram": ({"mtproto.obfuscated2": True}, "text"),
+    "signal": ({"tls.sni": {"suffix": "chat.signal.org"}}, "text"),
+    "facebook_messenger": ({"tls.sni": {"suffix": "star.c10r.facebook.com"}}, "web"),
+}
+
+
 def _truth(nettest: str, blocked: dict[str, str]) -> dict[str, Expectation]:
     return {str(f): Expectation.parse(blocked.get(str(f), "ok")) for f in NETTEST_FEATURES[nettest]}
 
 
-def _probe(lab: Any, nettest: str, policy: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+def _probe(lab: Any, nettest: str, policy: dict[str, Any], tmp_path: Path, *options: str) -> dict[str, Any]:
     lab.set_policy(policy)
-    return probe_in_lab(lab, tmp_path / f"{nettest}.jsonl", timeout=2.0, nettest=nettest)
+    extra = [arg for option in options for arg in ("--option", option)]
+    return probe_in_lab(lab, tmp_path / f"{nettest}.jsonl", timeout=2.0, nettest=nettest, extra_args=extra)
 
 
 def _mismatches(measurement: dict[str, Any], truth: dict[str, Expectation]) -> list[str]:
@@ -105,3 +135,40 @@ def test_verdicts_match_the_policy_and_nothing_else_is_blocked(lab: Any, nettest
     measurement = _probe(lab, nettest, {"name": f"{nettest}-{technique}", "rules": rules}, tmp_path)
     wrong = _mismatches(measurement, _truth(nettest, blocked))
     assert not wrong, f"{nettest} / {technique}:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize(("nettest", "technique"), THROTTLING_CASES, ids=[f"{n}-{t}" for n, t in THROTTLING_CASES])
+def test_throttled_features_read_throttled_and_nothing_else_does(lab: Any, nettest: str, technique: str,
+                                                                 tmp_path: Path) -> None:
+    rules, slowed = THROTTLING[nettest][technique]
+    try:
+        measurement = _probe(lab, nettest, {"name": f"{nettest}-{technique}", "rules": rules}, tmp_path,
+                             "throughput=on")
+    finally:
+        lab.set_policy({"name": "none", "rules": []})
+    wrong = _mismatches(measurement, _truth(nettest, slowed))
+    assert not wrong, f"{nettest} / {technique}:\n" + "\n".join(wrong)
+    (feature,) = slowed
+    facts = measurement["test_keys"]["x_wallwatch"]["features"][feature]["throttling"]
+    facts = facts if isinstance(facts, dict) else next(f for f in facts if f["throttled"])
+    if technique == "rate":
+        rate = int(rules[0]["rate"].removesuffix("kbit").removesuffix("mbit")) * (
+            1_000_000 if rules[0]["rate"].endswith("mbit") else 1_000)
+        assert abs(facts["rate_bps"] / rate - 1) <= 0.2, facts
+    else:  # held in both directions: the round trip grows by twice the delay
+        assert abs(facts["added_latency_ms"] / (2 * rules[0]["delay_ms"]) - 1) <= 0.2, facts
+
+
+@pytest.mark.parametrize("nettest", list(RESIDUAL))
+def test_a_penalty_box_is_residual_and_nothing_else_is_blocked(lab: Any, nettest: str, tmp_path: Path) -> None:
+    match, feature = RESIDUAL[nettest]
+    rule = _rule("penalty", match, "reset", residual={"seconds": PENALTY_SECONDS, "scope": "triple"})
+    started = time.monotonic()
+    try:
+        measurement = _probe(lab, nettest, {"name": f"{nettest}-residual", "rules": [rule]}, tmp_path)
+    finally:
+        lab.set_policy({"name": "none", "rules": []})
+        # Penalties outlive a policy swap: let them expire before the next test dials the same servers.
+        time.sleep(max(0.0, started + PENALTY_SECONDS + 0.5 - time.monotonic()))
+    wrong = _mismatches(measurement, _truth(nettest, {feature: "blocked/residual"}))
+    assert not wrong, f"{nettest} / residual:\n" + "\n".join(wrong)

@@ -45,6 +45,15 @@ EXCEPTIONS: dict[tuple[str, int | None, str], str] = {
     ("telegram", 80, "HTTP"): "the same DCs on port 80: named by the port only",
     ("*", 53, "DNS"): "the DNS control (example.com) and names nDPI has no host rule for (telesco.pe)",
 }
+# Flows whose TLS server name is a control's, and why nDPI names them otherwise: server name -> reason.
+CONTROL_NAMES: dict[str, str] = {
+    "example.org": "the SNI and throughput controls (probe/throughput.py) fetch the same bytes from the same "
+                   "server under a name no censor lists (RFC 2606), on purpose not the service's: plain TLS",
+}
+SERVER_NAME = re.compile(r"\[Hostname/SNI: (?P<name>[^]]+)\]")
+# A flow that carried no payload either way (the calls' latency control: TCP connects timed to a relay,
+# answered by SYN-ACK or RST) has nothing to classify; nDPI only guesses by port ("Match by port").
+NO_PAYLOAD = "[Goodput ratio: 0/0]"
 
 FLOW = re.compile(r"^\s+\d+\s+(?P<proto>TCP|UDP) [0-9.]+:\d+ <-> (?P<server>[0-9.]+):(?P<port>\d+) "
                   r"\[proto: [0-9.]+/(?P<name>[^]]+)\]")
@@ -80,12 +89,14 @@ def capture(lab: Any, nettest: str, tmp_path: Path, extra_args: list[str] | None
 
 
 def classify(pcap: Path) -> list[tuple[str, str, int, str]]:
-    """(proto, server address, server port, nDPI's app name) per flow."""
+    """(proto, server address, server port, nDPI's app name) per flow; a control's flow (its TLS
+    server name in CONTROL_NAMES) and a flow with no payload are left out."""
     out = subprocess.run(["ndpiReader", "-i", str(pcap), "-v", "2"], capture_output=True, text=True, timeout=60)
     flows = []
     for line in out.stdout.splitlines():
         match = FLOW.match(line)
-        if match:
+        name = SERVER_NAME.search(line)
+        if match and not (name and name["name"] in CONTROL_NAMES) and NO_PAYLOAD not in line:
             app = match["name"].split(".")[-1]  # "TLS.WhatsApp" -> WhatsApp; "WhatsApp" -> WhatsApp
             flows.append((match["proto"], match["server"], int(match["port"]), app))
     return flows

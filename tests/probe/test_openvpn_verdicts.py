@@ -65,7 +65,7 @@ CASES = [
                received=0), {}, ("blocked", "protocol_dpi", "openvpn.reset_dpi_no_clean_control")),
     (handshake("tcp", **TCP_NO_RESET, failure="connection_reset",
                control=("connect_failed", "generic_timeout_error"), received=0), {},
-     ("blocked", "protocol_dpi", "openvpn.reset_then_blackholed")),
+     ("blocked", "residual", "openvpn.reset_then_blackholed")),
     (handshake("tcp", **TCP_NO_RESET, failure="connection_reset", control=("reset", "connection_reset"),
                received=0), {}, ("blocked", "tcp_reset", "openvpn.address_reset")),
     (handshake("tcp", **TCP_NO_RESET, failure="generic_timeout_error", control=("silent", "generic_timeout_error"),

@@ -325,8 +325,8 @@ def test_verdict_shape() -> None:
 # --- partial and intermittent blocking (rules/2) ---------------------------------------------------
 
 
-def test_rules_version_is_2() -> None:
-    assert RULES_VERSION == "wallwatch-whatsapp-verdicts/2"
+def test_rules_version_is_3() -> None:
+    assert RULES_VERSION == "wallwatch-whatsapp-verdicts/3"
 
 
 def test_silent_relays_are_udp_blocking_when_the_resolver_answers_over_udp() -> None:
@@ -398,7 +398,7 @@ def test_weak_evidence_never_blocks_a_partly_working_feature(weak: dict[str, Any
     (dict(reached="header_sent", failure="generic_timeout_error", control="answered"), "protocol_dpi",
      "chat.protocol_dpi"),
     (dict(reached="header_sent", failure="connection_reset", control="connect_failed",
-          control_failure="generic_timeout_error"), "protocol_dpi", "chat.reset_then_blackholed"),
+          control_failure="generic_timeout_error"), "residual", "chat.reset_then_blackholed"),
     (dict(answers=["198.19.250.1"], duplicates=[["198.19.1.1"]], connect_failure="generic_timeout_error"), "dns",
      "dns.injection_race"),
     (dict(answers=["198.19.250.1"], connect_failure="generic_timeout_error"), "dns", "dns.unexpected_answer"),
@@ -428,3 +428,42 @@ def test_partial_verdict_lists_strong_evidence_before_weak() -> None:
 def test_weak_evidence_is_counted_in_the_share_of_an_ok_feature() -> None:
     result = chat_targets(Facts(), 4, connect_failure="generic_timeout_error").features()["text"]
     assert (result["verdict"], result["blocked_share"], result["partial"]) == ("ok", 0.125, False)
+
+
+# --- residual blocking (rules/3) ---------------------------------------------------------------------
+
+
+def test_reset_on_the_header_then_blackholed_is_residual() -> None:
+    facts = Facts().all_ok(skip="text").chat(reached="header_sent", failure="connection_reset",
+                                              control="connect_failed", control_failure="generic_timeout_error")
+    result = facts.features()["text"]
+    assert (result["verdict"], result["method"], result["rule"]) == (
+        "blocked", "residual", "feature.none_ok_blocked+chat.reset_then_blackholed")
+
+
+def test_reset_on_the_clienthello_then_blackholed_is_residual_not_an_address_block() -> None:
+    facts = Facts().all_ok(skip="media").https("media", "mmg.whatsapp.net", tls_failure="connection_reset",
+                                                sni_control="connect_failed")
+    facts.x["controls"][-1]["failure"] = "generic_timeout_error"
+    result = facts.features()["media"]
+    assert (result["verdict"], result["method"]) == ("blocked", "residual"), result
+    assert "tls.reset_then_blackholed" in result["rule"]
+
+
+def test_a_connect_timeout_after_a_reset_on_the_same_address_is_residual() -> None:
+    """The download is reset on its ClientHello; the upload, dialled after, cannot even connect."""
+    facts = Facts().all_ok(skip="media").https("media", "mmg.whatsapp.net", tls_failure="connection_reset",
+                                                sni_control="connect_failed")
+    facts.x["controls"][-1]["failure"] = "generic_timeout_error"
+    facts.keys["network_events"].append({"operation": "read", "address": "198.19.2.1:443", "failure":
+                                         "connection_reset", "t0": 0.10, "t": 0.11, "transaction_id": 99,
+                                         "tags": ["feature:media", "endpoint:mmg.whatsapp.net:443"]})
+    facts.https("media", "mmg.whatsapp.net", connect_failure="generic_timeout_error")
+    facts.keys["tcp_connect"][-1]["t0"] = 0.2
+    result = facts.features()["media"]
+    assert (result["verdict"], result["method"]) == ("blocked", "residual"), result
+    assert any("after another connection to it was reset" in line for line in result["evidence"])
+    # Dialled before the reset, the same timeout says nothing of a penalty box: an address block,
+    # which as the earlier stage wins the tie between the two attempts.
+    facts.keys["tcp_connect"][-1]["t0"] = 0.05
+    assert facts.features()["media"]["method"] == "tcp_ip"

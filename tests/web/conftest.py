@@ -89,7 +89,9 @@ def dashboard(dashboard_data: Path) -> Iterator[str]:
         served.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while playwright's sync API is open it holds an asyncio loop running in
+# this thread, and any later test's asyncio.run (the probe's nettests) would fail.
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (scripts/install.sh installs it)")

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from wallwatch.analysis.report.exports import ExportFormat, write_export
-from wallwatch.vocabulary import Service
+from wallwatch.vocabulary import VERDICTS, Service
 
 DataOption = Annotated[
     Path | None,
@@ -123,14 +123,14 @@ def series_command(
     console.print(f"{build.n_series} series, {build.hourly_rows} series-hours, {build.daily_rows} series-days, "
                   f"{build.start:%Y-%m-%d %H:00} to {build.end:%Y-%m-%d %H:00} UTC")
     table = Table("country", "network", "service", "feature", "hours", "with data", "measurements",
-                  "blocked h", "partial h", "down h", "max share", "last state")
+                  "blocked h", "partial h", "throttled h", "down h", "max share", "last state")
     rows = series_summary(hourly)
     for row in rows[:limit]:
         network = f"AS{row['probe_asn']}" + (f" {row['probe_network_name']}" if row["probe_network_name"] else "")
         share = row["max_blocked_share"]
         table.add_row(row["probe_cc"], network, row["service"], row["feature"], str(row["buckets"]),
                       str(row["with_data"]), str(row["measurements"]), str(row["blocked"]), str(row["partial"]),
-                      str(row["down"]), "-" if share is None else f"{share:.0%}", row["last_state"])
+                      str(row["throttled"]), str(row["down"]), "-" if share is None else f"{share:.0%}", row["last_state"])
     console.print(table)
     if len(rows) > limit:
         console.print(f"... {len(rows) - limit} more series (--limit)")
@@ -138,6 +138,7 @@ def series_command(
 
 class EventType(str, enum.Enum):
     blocking = "blocking"
+    throttling = "throttling"
     volume_collapse = "volume_collapse"
 
 
@@ -150,10 +151,11 @@ TagAuthorityOption = Annotated[
 ]
 
 
-def _network_part(network: Any, with_onset: bool) -> str:
-    """"AS4134 from Wed 20 Sep 12:00 (on and off, blocked 30 of 96 hours (31%), comprehensive from ...)"."""
+def _network_part(network: Any, with_onset: bool, event_type: str = "blocking") -> str:
+    """"AS4134 from Wed 20 Sep 12:00 (on and off, blocked 30 of 96 hours (31%), comprehensive from ...)";
+    only a blocking event's networks have an extent (docs/analysis.md, "Event extents")."""
     text = f"AS{network.probe_asn}" + (f" from {network.onset:%a %d %b %H:00}" if with_onset else "")
-    return text + f" ({network.extent_text})"
+    return text + (f" ({network.extent_text})" if event_type == "blocking" else "")
 
 
 def events_command(
@@ -214,9 +216,9 @@ def events_command(
     table = Table("onset (UTC)", "end (UTC)", "type", "country", "service/feature", "networks", "method",
                   "peak", "event id", title=f"{len(events)} event(s)")
     for e in events:
-        networks = ", ".join(_network_part(n, len(e.networks) > 1) for n in e.networks)
+        networks = ", ".join(_network_part(n, len(e.networks) > 1, e.type) for n in e.networks)
         table.add_row(when(e.onset), when(e.end), e.type, e.probe_cc, f"{e.service}/{e.feature}", networks,
-                      ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type == "blocking" else "-",
+                      ",".join(e.methods) or "-", f"{e.peak_blocked_share:.0%}" if e.type in ("blocking", "throttling") else "-",
                       e.event_id)
     console.print(table)
     if record:
@@ -377,6 +379,13 @@ def _run_ingest(sources: list[Any], files: int, data: Path | None, **options: An
         for test_name, count in sorted(summary.tests.items()):
             tests.add_row(test_name, str(count), judgement_of(test_name))
         console.print(tests)
+    if summary.unclassified_failures:
+        console.print("failure strings the taxonomy does not class (never evidence until a maintainer classes them "
+                      "in analysis/verdicts/data/failures.csv):", soft_wrap=True)
+        unclassified = Table("failure", "verdicts")
+        for failure, count in summary.unclassified_failures.most_common():
+            unclassified.add_row(failure, str(count))
+        console.print(unclassified)
     for line in summary.files_not_read:
         console.print(f"not read: {line}", highlight=False, soft_wrap=True)
     console.print(f"quarantine file: {summary.quarantine_file}"
@@ -599,7 +608,7 @@ def compare_command(
     flags = (OONI_BLOCKING, OONI_OK, OONI_NONE)
     table = Table("wallwatch \\ OONI", *flags, title=f"{len(comparisons)} (measurement, feature) pairs, "
                   f"{sum(c.agree for c in comparisons)} agree")
-    for verdict in ("blocked", "ok", "down", "unknown"):
+    for verdict in VERDICTS:
         table.add_row(verdict, *(str(counts.get((verdict, flag), 0)) for flag in flags))
     console = Console()
     console.print(table)

@@ -99,7 +99,9 @@ class Comparison:
 
 
 def agrees(verdict: str, ooni: str) -> bool:
-    return (verdict == "blocked" and ooni == OONI_BLOCKING) or (verdict in ("ok", "down") and ooni == OONI_OK)
+    # Throttled is reachable (slowed): OONI's flags, which only say reachable or not, call it accessible.
+    return (verdict == "blocked" and ooni == OONI_BLOCKING) or (
+        verdict in ("ok", "down", "throttled") and ooni == OONI_OK)
 
 
 def reason(row: Mapping[str, Any], ooni: str) -> str:
@@ -110,6 +112,8 @@ def reason(row: Mapping[str, Any], ooni: str) -> str:
                 f"{row['fingerprint_location']})")
     if row["probe_fault"] and ooni == OONI_BLOCKING:
         return f"a probe fault OONI's flag counted as blocking: {row['probe_fault']}"
+    if row["unclassified_failure"] and verdict == "unknown" and ooni == OONI_BLOCKING:
+        return f"a failure string wallwatch's taxonomy does not class yet: {row['unclassified_failure']}"
     if rule.endswith("known_false_positive") and ooni == OONI_BLOCKING:
         return f"a known false positive of OONI's: the page matches {row['fingerprint']} (scope fp)"
     if rule.endswith("vague_blockpage"):
@@ -131,7 +135,7 @@ def compare_record(record: Any, source: str, fingerprints: FingerprintDB) -> lis
         return []
     facts = make_observations(header, test_keys, meta["input"], fingerprints)
     out = []
-    for row in judge_measurement(header, meta, test_keys, facts, fingerprints=fingerprints):
+    for row in judge_measurement(header, meta, test_keys, facts):
         ooni, detail = ooni_flag(header.test_name, row["feature"], test_keys)
         agree = agrees(row["verdict"], ooni)
         out.append(Comparison(

@@ -112,7 +112,7 @@ class VerdictRow(MeasurementHead):
     feature: str
     target: str | None = None
     verdict: str
-    method: str | None = None  # with, and only with, verdict "blocked"
+    method: str | None = None  # a Method with "blocked", a Throttling kind with "throttled", else None
     confidence: Float32
     rule_id: str
     rules_version: str
@@ -130,6 +130,9 @@ class VerdictRow(MeasurementHead):
     fingerprint_found_in: str | None = None  # the DNS name queried, or the URL of the response that matched
     # The probe-side fault (verdicts/failures.py) an `unknown` verdict rests on, verbatim.
     probe_fault: str | None = None
+    # A failure string of the feature's rows that the failure taxonomy (verdicts/data/failures.csv) does
+    # not list, verbatim (the first one): never evidence on its own; `wallwatch ingest` counts them.
+    unclassified_failure: str | None = None
 
 
 MEASUREMENTS_SCHEMA = arrow_schema(MeasurementRow)

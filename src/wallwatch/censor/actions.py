@@ -99,6 +99,45 @@ def reset_injections(flow: Flow, packet: inet.Packet, from_client: bool, count: 
     return (Injection(packet.src, to_sender),) * count + (Injection(packet.dst, to_peer),) * count
 
 
+# An injected segment's payload: well under the lab's and the internet's 1500-byte MTU.
+_SEGMENT_BYTES = 1400
+_WINDOW = 65535
+
+
+def blockpage_response(rule: Rule) -> bytes:
+    """The HTTP/1.1 response a `blockpage` rule serves (RFC 9112 §4): a status line, the page's type and
+    length, nothing more (injectors send the least that a browser shows); the FIN after it closes."""
+    from http import HTTPStatus
+
+    body = rule.page.encode()
+    try:
+        reason = HTTPStatus(rule.status).phrase
+    except ValueError:
+        reason = "Blocked"
+    head = (f"HTTP/1.1 {rule.status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def blockpage_injections(flow: Flow, packet: inet.Packet, rule: Rule) -> tuple[Injection, ...]:
+    """A block page in the server's place, as on-path injectors serve them: the request is
+    dropped, the client gets the page (spoofed from the server, in sequence, ending with FIN),
+    and the server a RST so it forgets the request it never saw complete."""
+    request_end = (packet.seq + packet.seq_length) % (1 << 32)
+    server_seq = flow.server_next_seq if flow.server_next_seq is not None else packet.ack
+    data = blockpage_response(rule)
+    segments: list[Injection] = []
+    for offset in range(0, len(data), _SEGMENT_BYTES):
+        chunk = data[offset:offset + _SEGMENT_BYTES]
+        last = offset + _SEGMENT_BYTES >= len(data)
+        flags = inet.ACK | inet.PSH | (inet.FIN if last else 0)
+        segments.append(Injection(packet.src, inet.build_tcp(
+            packet.dst, packet.src, packet.dport, packet.sport, seq=server_seq + offset, ack=request_end,
+            flags=flags, window=_WINDOW, payload=chunk)))
+    to_server = inet.build_tcp_rst(packet.src, packet.dst, packet.sport, packet.dport, seq=packet.seq)
+    return (*segments, Injection(packet.dst, to_server))
+
+
 def dns_injection(packet: inet.Packet, rule: Rule) -> Injection | None:
     """A forged answer to the query in `packet`, spoofed from the resolver it asked."""
     try:

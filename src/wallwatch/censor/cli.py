@@ -70,6 +70,8 @@ def _rule_details(rule: Any) -> str:
         extra = f" x{rule.count}"
     elif rule.action == "dns-inject":
         extra = f" -> {', '.join(rule.answer)} ttl {rule.ttl}"
+    elif rule.action == "blockpage":
+        extra = f" HTTP {rule.status}, {len(rule.page.encode())}-byte page"
     elif rule.action == "blackhole-ip":
         extra = f" ({len(static_drops(rule))} kernel rule(s))"
     elif rule.throttle is not None:

@@ -15,8 +15,8 @@ from collections import Counter, OrderedDict
 from typing import Callable
 
 from wallwatch.censor.actions import (
-    ACCEPT, DROP, VERDICT_ALLOW, VERDICT_DROP, Decision, Injection, class_mark, dns_injection, offload_mark,
-    reset_injections,
+    ACCEPT, DROP, VERDICT_ALLOW, VERDICT_DROP, Decision, Injection, blockpage_injections, class_mark, dns_injection,
+    offload_mark, reset_injections,
 )
 from wallwatch.censor.analyzers import ALL_ANALYZERS, Analyzer, Direction
 from wallwatch.censor.analyzers.base import flow_properties
@@ -40,7 +40,7 @@ GARBAGE_DECISION = ACCEPT
 ENGINE_ERROR_DECISION = ACCEPT
 MAX_LOGGED_ENGINE_ERRORS = 10
 
-_DROP_ACTIONS = frozenset({"drop", "reset", "blackhole-ip"})
+_DROP_ACTIONS = frozenset({"drop", "reset", "blackhole-ip", "blockpage"})
 
 # Penalty-box entries kept at most (oldest evicted first): bounds memory
 # when a scan triggers a rule toward many servers.
@@ -73,8 +73,10 @@ LogFn = Callable[[dict[str, object]], None]
 # Counters always present in the status file (zero until something happens).
 STANDARD_COUNTERS = (
     "packets", "garbage", "not_tcp_udp", "undecided", "queued_after_decision", "offloaded",
-    "analyzer_errors", "engine_errors", "rst_injected", "dns_injected", "residual_drops", "probability_skips", "held",
-    *(f"decisions.{action}" for action in ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle")),
+    "analyzer_errors", "engine_errors", "rst_injected", "dns_injected", "blockpages_injected", "residual_drops",
+    "probability_skips", "held",
+    *(f"decisions.{action}" for action in ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle",
+                                           "blockpage")),
 )
 
 
@@ -249,6 +251,10 @@ class Censor:
         if action == "reset" and flow.proto == "tcp":
             inject = reset_injections(flow, packet, from_client, rule.count)
             self.counters["rst_injected"] += len(inject)
+        elif action == "blockpage" and flow.proto == "tcp" and from_client:
+            # Decided on the client's request (an http.* match): the page answers it.
+            inject = blockpage_injections(flow, packet, rule)
+            self.counters["blockpages_injected"] += 1
         if rule.residual is not None:
             self._penalise(flow, rule, now)
         return self._settle(flow, rule.action, rule, now, inject=inject)

@@ -33,9 +33,9 @@ from wallwatch.censor.analyzers import PROPERTY_TYPES
 from wallwatch.censor.analyzers.base import ADDRESS_PROPERTIES, FLOW_PROPERTIES, PropType
 from wallwatch.yamlfile import KeyPath, YamlDocument, YamlError, load_yaml
 
-ACTIONS = ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle")
+ACTIONS = ("allow", "drop", "reset", "dns-inject", "blackhole-ip", "throttle", "blockpage")
 # Actions that stop a flow: the ones `residual` (penalty box) may follow.
-BLOCKING_ACTIONS = frozenset({"drop", "reset"})
+BLOCKING_ACTIONS = frozenset({"drop", "reset", "blockpage"})
 
 # What each property is, which decides how values compare: declared by the
 # flow (analyzers.base.FLOW_PROPERTIES) and by each analyzer (`provides`).
@@ -62,6 +62,12 @@ MAX_RST_COUNT = 20
 DEFAULT_FORGED_ANSWER = "198.19.250.1"
 # dnspython/protocols.dns default; GFW forgeries carry assorted TTLs.
 DEFAULT_FORGED_TTL = 60
+# `blockpage`: the HTTP response injected in place of the server's. An ISP's block page is a small
+# HTML page served 200 or 403 (the pages of [ooni-fingerprints]); a cap keeps it within a few packets.
+DEFAULT_BLOCKPAGE_STATUS = 200
+DEFAULT_BLOCKPAGE = ("<html><head><meta charset=\"utf-8\"><title>Blocked</title></head>"
+                     "<body><p>This page is not available on this network.</p></body></html>\n")
+MAX_BLOCKPAGE_BYTES = 16 * 1024
 # The GFW's penalty box: 90 s on (client IP, server IP, server port) after a
 # keyword/SNI trigger [Rambert2021]. FET blocking
 # lasts "up to three minutes" = 180 s ([Wu2023]; protocols.fet).
@@ -170,6 +176,8 @@ class Rule:
     probability: float = 1.0
     residual: Residual | None = None
     throttle: Throttle | None = None
+    page: str = DEFAULT_BLOCKPAGE  # blockpage: the HTML served
+    status: int = DEFAULT_BLOCKPAGE_STATUS  # blockpage: its HTTP status
 
     @property
     def keys(self) -> frozenset[str]:
@@ -350,7 +358,7 @@ def _parse_rule(doc: Any, index: int) -> Rule:
         raise at.error("every rule needs a non-empty 'name'", "name")
     at = _At(f"rule {name!r}", ("rules", index))
     _reject_unknown(doc, {"name", "match", "action", "count", "answer", "ttl", "description", "probability",
-                          "residual", "duration", "rate", "delay_ms", "jitter_ms"}, at)
+                          "residual", "duration", "rate", "delay_ms", "jitter_ms", "page", "status"}, at)
     if not isinstance(doc.get("description", ""), str):
         raise at.error(f"'description' must be a string, got {doc['description']!r}", "description")
     action = doc.get("action")
@@ -373,6 +381,10 @@ def _parse_rule(doc: Any, index: int) -> Rule:
         raise at.error("'count' only applies to the reset action", "count")
     if ("answer" in doc or "ttl" in doc) and action != "dns-inject":
         raise at.error("'answer' and 'ttl' only apply to the dns-inject action", "answer" if "answer" in doc else "ttl")
+    if action == "blockpage" and not any(key.startswith("http.") for key in keys):
+        raise at.error("blockpage answers an HTTP request; it needs an http.* match", "match")
+    if ("page" in doc or "status" in doc) and action != "blockpage":
+        raise at.error("'page' and 'status' only apply to the blockpage action", "page" if "page" in doc else "status")
     if action == "blackhole-ip":
         try:
             static_drops(Rule(name, matchers, action))  # validates now, at load time
@@ -380,8 +392,17 @@ def _parse_rule(doc: Any, index: int) -> Rule:
             raise PolicyError(str(exc), path=at.path + ("match",)) from None
     count = _int_in(at, "count", doc.get("count", DEFAULT_RST_COUNT), 1, MAX_RST_COUNT)
     ttl = _int_in(at, "ttl", doc.get("ttl", DEFAULT_FORGED_TTL), 0, 2**31 - 1)
+    page, status = _blockpage(at, doc)
     return Rule(name, matchers, action, count, _answers(at, doc.get("answer", DEFAULT_FORGED_ANSWER)), ttl,
-                _probability(at, doc, action), _residual(at, doc, action), _throttle(at, doc, action))
+                _probability(at, doc, action), _residual(at, doc, action), _throttle(at, doc, action),
+                page, status)
+
+
+def _blockpage(at: _At, doc: Mapping[str, Any]) -> tuple[str, int]:
+    page = doc.get("page", DEFAULT_BLOCKPAGE)
+    if not isinstance(page, str) or not page or len(page.encode()) > MAX_BLOCKPAGE_BYTES:
+        raise at.error(f"'page' must be the page's text, 1..{MAX_BLOCKPAGE_BYTES} bytes", "page")
+    return page, _int_in(at, "status", doc.get("status", DEFAULT_BLOCKPAGE_STATUS), 100, 599)
 
 
 def _probability(at: _At, doc: Mapping[str, Any], action: str) -> float:

@@ -11,6 +11,14 @@ services, downloads toward the client. Unclassified traffic goes through
 htb's direct queue (no `default` class), untouched. One class per rule:
 every flow the rule catches shares its rate, as a service throttled by a
 censor would (WhatsApp's 2017 slow-down, [NYT2017]).
+
+Each class drains a short byte FIFO (bfifo), not the device's 1,000-packet
+queue: Russia's Twitter throttler limited traffic "by dropping packets that
+exceed this rate" ([Xue2021]), a policer, and a deep queue would instead
+hold seconds of a slowed flow's packets after the flow is gone, in front of
+the next flow of the same rule. The FIFO holds `QUEUE_SECONDS` of the rate,
+and never fewer than `MIN_QUEUE_PACKETS` full packets so TCP keeps the rate
+busy through a loss.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ _TIMEOUT = 10.0
 # still move whole MTU-sized packets (tc-htb(8), "quantum").
 MIN_QUANTUM = 1514
 MAX_QUANTUM = 200_000
+# The class's FIFO: 50 ms of its rate (a policer's burst), at least four MTU-sized frames.
+QUEUE_SECONDS = 0.05
+MIN_QUEUE_PACKETS = 4
+FRAME_BYTES = 1514
 
 
 class ShapingError(RuntimeError):
@@ -44,13 +56,21 @@ def quantum(rate_bps: int) -> int:
     return max(MIN_QUANTUM, min(rate_bps // 8 // 10, MAX_QUANTUM))
 
 
+def queue_limit(rate_bps: int) -> int:
+    """Bytes a class's FIFO holds: QUEUE_SECONDS of its rate, at least MIN_QUEUE_PACKETS frames."""
+    return max(MIN_QUEUE_PACKETS * FRAME_BYTES, int(rate_bps * QUEUE_SECONDS / 8))
+
+
 def htb_commands(device: str, classes: tuple[tuple[int, int, str], ...]) -> list[list[str]]:
-    """tc commands that install our htb root and one class per (class, rate, rule)."""
+    """tc commands that install our htb root, one class per (class, rate, rule) and its short FIFO."""
     commands = [["tc", "qdisc", "replace", "dev", device, "root", "handle", HTB_HANDLE, "htb"]]
     for htb_class, rate_bps, _rule in classes:
         rate = f"{rate_bps}bit"
         commands.append(["tc", "class", "replace", "dev", device, "parent", HTB_HANDLE, "classid",
                          f"1:{htb_class:x}", "htb", "rate", rate, "ceil", rate, "quantum", str(quantum(rate_bps))])
+        # The leaf's handle is the class number as a major (tc-htb(8): any free major will do).
+        commands.append(["tc", "qdisc", "replace", "dev", device, "parent", f"1:{htb_class:x}", "handle",
+                         f"{htb_class + 1:x}:", "bfifo", "limit", str(queue_limit(rate_bps))])
     return commands
 
 

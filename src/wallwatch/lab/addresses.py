@@ -127,9 +127,34 @@ STUN_SERVERS: Mapping[str, str] = MappingProxyType({
     "sfu.voip.signal.org": HTTPS_SITES["sfu.voip.signal.org"],  # the SFU takes ICE checks where it serves HTTPS
 })
 
+# --- the web (web_connectivity's inputs, lab/websites.py) -------------------------------
+# The sites of the 2017 list (probe/nettests/lists/cn-2017.txt), one address each in their own /24,
+# serving a page on 80 and 443; and the web_connectivity test helper (`wallwatch helper serve`),
+# beside the resolver, outside the censor. ".test" is reserved for testing (RFC 6761 §6.2).
+WEB_BLOCK = "198.19.40.0/24"
+WEB_SITES: Mapping[str, str] = MappingProxyType({
+    "www.google.com": "198.19.40.1",
+    "mail.google.com": "198.19.40.2",
+    "www.facebook.com": "198.19.40.3",
+    "www.instagram.com": "198.19.40.4",
+    "twitter.com": "198.19.40.5",
+    "www.youtube.com": "198.19.40.6",
+    "cn.nytimes.com": "198.19.40.7",
+    "www.rfa.org": "198.19.40.8",
+    "www.voachinese.com": "198.19.40.9",
+    "www.bbc.com": "198.19.40.10",
+    "s.weibo.com": "198.19.40.11",
+    "www.baidu.com": "198.19.40.12",
+    "weixin.qq.com": "198.19.40.13",
+})
+WEB_PORTS = (80, 443)
+TEST_HELPER_NAME = "th.wallwatch.test"
+TEST_HELPER = "198.19.0.80"
+TEST_HELPER_URL = f"https://{TEST_HELPER_NAME}/"
+
 # Every name the lab's resolver answers; anything else is NXDOMAIN.
 NAMES: Mapping[str, str] = MappingProxyType({**CHAT_SERVERS, **HTTPS_SERVICES, **HTTPS_SITES, **MQTT_TLS_SERVERS,
-                                             **STUN_SERVERS})
+                                             **STUN_SERVERS, **WEB_SITES, TEST_HELPER_NAME: TEST_HELPER})
 
 # Real-world call-relay addresses -> lab relays. WhatsApp's relays live in
 # Meta's address space (AS32934 announces 157.240.0.0/16 and 31.13.64.0/18);

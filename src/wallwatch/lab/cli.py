@@ -35,6 +35,9 @@ def up(
         help="a scenario YAML: one client and censor namespace per ISP it names (docs/scenarios.md)",
     ),
     openvpn: bool = typer.Option(False, "--openvpn", help="also start the lab's OpenVPN server (for `probe run openvpn`)"),
+    circumvention: bool = typer.Option(False, "--circumvention", help="also start every circumvention server "
+                                       "(OpenVPN, WireGuard, Shadowsocks, obfs4, a Tor bridge) for "
+                                       "`probe run circumvention`"),
 ) -> None:
     """Build the lab and leave it running; prints its run id, namespaces and addresses."""
     from rich.table import Table
@@ -51,9 +54,12 @@ def up(
             isps = load_scenario(scenario).isps
         except ScenarioError as exc:
             raise _fail(str(exc)) from None
+    from wallwatch.lab.topology import CIRCUMVENTION_SERVERS
+
+    servers = list(CIRCUMVENTION_SERVERS) if circumvention else ["openvpn"] if openvpn else []
     try:
         with console.status("bringing the lab up (namespaces, services, censor)..."):
-            lab = Lab.up(policy=policy, censor=not no_censor, isps=isps, vpn_servers=["openvpn"] if openvpn else [])
+            lab = Lab.up(policy=policy, censor=not no_censor, isps=isps, vpn_servers=servers)
     except (LabError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"lab [bold]{lab.run_id}[/bold] is up; state in {lab.state_path}")

@@ -132,7 +132,8 @@ def _render(console: Any, scenario_name: str, phases: list[Phase], truth: list[d
                 values.append("-")
                 continue
             seen = row["observed_verdict"] + (f" ({row['observed_method']})" if row["observed_method"] else "")
-            colour = {"ok": "green", "blocked": "red", "down": "yellow"}.get(row["observed_verdict"], "magenta")
+            colour = {"ok": "green", "blocked": "red", "throttled": "bright_yellow", "down": "yellow"}.get(
+                row["observed_verdict"], "magenta")
             mark = "" if row["match"] else f"\n[bold magenta]expected {row['expected_verdict']}" + (
                 f"/{row['expected_method']}" if row["expected_method"] else ""
             ) + "[/]"

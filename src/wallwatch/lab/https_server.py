@@ -4,15 +4,20 @@ HTTP/1.1 over asyncio streams with h11 doing the protocol: h11 is sans-IO, the
 house's own model, small, and already what uvicorn and httpx build on, so it
 adds no new code path; a hand-written parser would need its own hardening.
 Each service is served only on its own lab address with the lab certificate.
+Every media host (`/.../video.mp4`) and web client (`/app.js`) also serves a
+bulk object by byte range (RFC 9110 §14) for the probe's throughput rounds
+(probe/throughput.py), whichever service it stands for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import random
+import re
 import secrets
 import ssl
 from collections import OrderedDict
@@ -32,6 +37,11 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 MAX_STORED_OBJECTS = 64
 SAMPLE_SIZE = 200 * 1024
+# The bulk objects the probe's throughput measurement fetches by byte range
+# (probe/throughput.py): a short video (WhatsApp sends up to 16 MB) and a web
+# client's script bundle (WhatsApp Web loads several MB of JavaScript). 4 MiB
+# holds a one-second window at 20 Mbit/s, the fastest throttle the lab tests.
+BULK_SIZE = 4 * 1024 * 1024
 SERVER_HEADER = "wallwatch-lab"
 MEDIA_PATHS = ("/d/", "/file/", "/attachments/", "/v/")
 
@@ -42,6 +52,7 @@ class Request:
     path: str
     host: str | None
     body: bytes
+    range: str | None = None  # the Range header, as sent (RFC 9110 §14.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,33 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    # A page made on the fly is sent in chunks (RFC 9112 §7.1), without a Content-Length, as large
+    # sites send theirs (lab/websites.py).
+    chunked: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # further response headers
+    content_range: str | None = None
+
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def ranged(request: Request, data: bytes, content_type: str) -> Response:
+    """`data`, or the one byte range the request asks for (RFC 9110 §14: 206 with Content-Range;
+    416 for a range that starts past the end). Multi-range requests get the whole object, which
+    RFC 9110 §14.2 allows a server to do."""
+    match = _RANGE.match((request.range or "").strip())
+    if match is None:
+        return Response(200, data, content_type)
+    first = int(match.group(1))
+    last = min(int(match.group(2)) if match.group(2) else len(data) - 1, len(data) - 1)
+    if first >= len(data) or last < first:
+        return Response(416, b"", content_type, content_range=f"bytes */{len(data)}")
+    return Response(206, data[first : last + 1], content_type, content_range=f"bytes {first}-{last}/{len(data)}")
+
+
+def bulk_object(seed: int, size: int = BULK_SIZE) -> bytes:
+    """A fixed, incompressible object (seeded: every lab serves the same bytes)."""
+    return random.Random(seed).randbytes(size)
 
 
 def json_response(status: int, payload: object) -> Response:
@@ -79,9 +117,20 @@ WEB_PAGE = b"""<!DOCTYPE html>
 """
 
 
+WEB_BUNDLE_PATH = "/app.js"
+
+
+@functools.lru_cache(maxsize=1)
+def web_bundle() -> bytes:
+    return bulk_object(20170925)  # seed: the day WhatsApp was blocked outright
+
+
 def web_handler(request: Request) -> Response:
-    if request.method in ("GET", "HEAD") and request.path.split("?", 1)[0] == "/":
+    path = request.path.split("?", 1)[0]
+    if request.method in ("GET", "HEAD") and path == "/":
         return Response(200, WEB_PAGE, "text/html; charset=utf-8")
+    if request.method in ("GET", "HEAD") and path == WEB_BUNDLE_PATH:
+        return ranged(request, web_bundle(), "application/javascript")
     return NOT_FOUND
 
 
@@ -95,6 +144,8 @@ def site_handler(host: str) -> Handler:
             f"<body><h1>{host}</h1><p>wallwatch lab: an emulated {host}.</p></body></html>\n").encode()
 
     def handle(request: Request) -> Response:
+        if request.method in ("GET", "HEAD") and request.path.split("?", 1)[0] == WEB_BUNDLE_PATH:
+            return ranged(request, web_bundle(), "application/javascript")  # a web client's script bundle
         if request.method in ("GET", "HEAD", "POST", "PUT"):
             return Response(200, page, "text/html; charset=utf-8")
         return NOT_FOUND
@@ -111,12 +162,22 @@ def sample_photo(size: int = SAMPLE_SIZE) -> bytes:
     return b"\xff\xd8" + filler + b"\xff\xd9"
 
 
+VIDEO_NAME = "video.mp4"
+
+
 @dataclass
 class MediaStore:
-    """Uploaded objects, in memory, oldest evicted first."""
+    """Uploaded objects, in memory, oldest evicted first; every object may be fetched by range."""
 
     objects: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     sample: bytes = field(default_factory=sample_photo)
+    _video: bytes | None = None
+
+    @property
+    def video(self) -> bytes:
+        if self._video is None:
+            self._video = bulk_object(20170718)
+        return self._video
 
     def handle(self, request: Request) -> Response:
         path = request.path.split("?", 1)[0]
@@ -124,12 +185,15 @@ class MediaStore:
             return self._upload(request.body)
         if request.method in ("GET", "HEAD") and path.startswith(MEDIA_PATHS):
             # Each service's CDN has its own path shape (/d/, /file/, /attachments/, /v/);
-            # the last segment names the object, "sample.jpg" the fixed sample.
+            # the last segment names the object, "sample.jpg" the fixed sample, VIDEO_NAME
+            # the bulk object the throughput rounds fetch by range.
             object_id = path.rsplit("/", 1)[-1]
+            if object_id == VIDEO_NAME:
+                return ranged(request, self.video, "video/mp4")
             data = self.sample if object_id == "sample.jpg" else self.objects.get(object_id)
             if data is None:
                 return NOT_FOUND
-            return Response(200, data, "image/jpeg")
+            return ranged(request, data, "image/jpeg")
         return NOT_FOUND
 
     def _upload(self, body: bytes) -> Response:
@@ -175,15 +239,17 @@ async def _read_request(connection: h11.Connection, reader: asyncio.StreamReader
             break
         else:
             return None
-    return Request(event.method.decode("latin-1"), event.target.decode("latin-1"), headers.get("host"), bytes(body))
+    return Request(event.method.decode("latin-1"), event.target.decode("latin-1"), headers.get("host"), bytes(body),
+                   headers.get("range"))
 
 
 async def _send(connection: h11.Connection, writer: asyncio.StreamWriter, response: Response, head_only: bool) -> None:
-    headers = [
-        ("content-type", response.content_type),
-        ("content-length", str(len(response.body))),
-        ("server", SERVER_HEADER),
-    ]
+    headers = [("content-type", response.content_type), ("server", SERVER_HEADER)]
+    if not response.chunked:
+        headers.insert(1, ("content-length", str(len(response.body))))
+    headers += response.headers
+    if response.content_range is not None:
+        headers.append(("content-range", response.content_range))
     writer.write(connection.send(h11.Response(status_code=response.status, headers=headers)))
     if response.body and not head_only:
         writer.write(connection.send(h11.Data(data=response.body)))
@@ -229,11 +295,14 @@ def server_ssl_context(cert_chain: Path, key: Path) -> ssl.SSLContext:
 
 
 async def start_https(
-    address: str, handler: Handler, context: ssl.SSLContext, port: int = 443
+    address: str, handler: Handler, context: ssl.SSLContext | None, port: int = 443
 ) -> asyncio.AbstractServer:
+    """Serve `handler` on address:port, over TLS with `context`, or plain HTTP with None."""
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_http_connection(reader, writer, handler)
 
+    if context is None:
+        return await asyncio.start_server(on_connection, address, port)
     return await asyncio.start_server(
         on_connection, address, port, ssl=context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
     )

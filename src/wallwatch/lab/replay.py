@@ -35,7 +35,7 @@ SERVER_FOR_NETTEST: Mapping[str, str] = {"openvpn": "openvpn"}
 FEATURE_LETTERS: Mapping[str, str] = {
     "text": "T", "media": "M", "calls": "C", "web": "W", "registration": "R", "tunnel": "V",
 }
-VERDICT_COLOURS: Mapping[str, str] = {"ok": "green", "blocked": "red", "down": "yellow"}
+VERDICT_COLOURS: Mapping[str, str] = {"ok": "green", "blocked": "red", "throttled": "bright_yellow", "down": "yellow"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from wallwatch.lab.topology import ISP_ID_PATTERN, Isp
-from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS
+from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, qualifiers
 from wallwatch.yamlfile import YamlDocument, YamlError, load_yaml
 
 # A scenario's truth must name every feature its nettest reports, so no feature goes
@@ -439,10 +439,12 @@ def parse_expectation(where: Where, path: tuple[str | int, ...], value: Any) -> 
     if expectation.verdict not in VERDICTS:
         raise where.error(path, f"unknown verdict {expectation.verdict!r} (verdicts: {', '.join(VERDICTS)})")
     if expectation.method is not None:
-        if expectation.verdict != "blocked":
-            raise where.error(path, f"only a blocked verdict has a method, not {expectation.verdict!r}")
-        if expectation.method not in METHODS:
-            raise where.error(path, f"unknown method {expectation.method!r} (methods: {', '.join(METHODS)})")
+        allowed = qualifiers(expectation.verdict)
+        if not allowed:
+            raise where.error(path, f"only a blocked or throttled verdict has a method, not {expectation.verdict!r}")
+        if expectation.method not in allowed:
+            what = "methods" if allowed == METHODS else "kinds of throttling"
+            raise where.error(path, f"unknown method {expectation.method!r} ({what}: {', '.join(allowed)})")
     return expectation
 
 

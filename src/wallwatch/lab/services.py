@@ -21,7 +21,9 @@ import logging
 import os
 import signal
 import ssl
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from wallwatch.lab import addresses
@@ -36,6 +38,7 @@ from wallwatch.lab.https_server import (
     start_https,
     web_handler,
 )
+from wallwatch.lab.websites import start_sites
 from wallwatch.protocols.errors import ProtocolError
 from wallwatch.protocols.stun import build_binding_response, parse_stun
 from wallwatch.protocols.whatsapp import ChatServer, MessageReceived, generate_static_key
@@ -43,6 +46,11 @@ from wallwatch.protocols.whatsapp import ChatServer, MessageReceived, generate_s
 log = logging.getLogger("wallwatch.lab.services")
 
 READY_FILE = "services-ready.json"
+HELPER_READY_FILE = "helper-ready.json"
+HELPER_START_TIMEOUT = 20.0  # it imports the probe's primitives and typer: a second or two on a busy box
+# The helper's per-step bound: the sink (addresses.SINK) never answers, and a probe waits for the
+# helper at most 6 x its own step, so 2 s keeps lab runs short and the helper's answer in time.
+HELPER_STEP_TIMEOUT = 2.0
 CHAT_IDLE_TIMEOUT = 60.0  # a chat client that says nothing for a minute is gone
 CLOSE_DRAIN_TIMEOUT = 1.0  # how long to read the peer's leftovers before closing
 # Closing a socket with unread bytes makes Linux send RST (RFC 1122 §4.2.2.13);
@@ -139,7 +147,32 @@ async def start_services(workdir: Path) -> list[object]:
         transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(relay, addresses.STUN_PORT))
         handles.append(transport)
     handles += await _start_other_services(context)
+    handles += await start_sites(context)
     return handles
+
+
+def start_helper(workdir: Path) -> subprocess.Popen[bytes]:
+    """`wallwatch helper serve`, the web_connectivity test helper, beside the services: outside the
+    censor, asking the lab's resolver, trusting the lab CA, dialling nothing off the lab's internet.
+    A child of this process, in its process group: stopping the services stops it."""
+    certs = workdir / "certs"
+    argv = [sys.executable, "-m", "wallwatch.cli", "helper", "serve",
+            "--listen", f"{addresses.TEST_HELPER}:{addresses.HTTPS_PORT}",
+            "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server-key.pem"),
+            "--resolver", addresses.RESOLVER, "--ca-file", str(certs / "ca.pem"),
+            "--network", addresses.INTERNET_BLOCK, "--timeout", str(HELPER_STEP_TIMEOUT),
+            "--ready-file", str(workdir / HELPER_READY_FILE)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+
+
+def await_helper(workdir: Path, helper: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + HELPER_START_TIMEOUT
+    while not (workdir / HELPER_READY_FILE).exists():
+        if helper.poll() is not None:
+            raise RuntimeError(f"the test helper exited with {helper.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test helper was not ready within {HELPER_START_TIMEOUT:.0f} s")
+        time.sleep(0.05)
 
 
 async def _start_other_services(context: "ssl.SSLContext") -> list[object]:
@@ -171,6 +204,8 @@ def _write_ready(workdir: Path) -> None:
         "https_sites": dict(addresses.HTTPS_SITES),
         "mqtt_tls": dict(addresses.MQTT_TLS_SERVERS),
         "stun": dict(addresses.STUN_SERVERS),
+        "web_sites": {host: [address, list(addresses.WEB_PORTS)] for host, address in addresses.WEB_SITES.items()},
+        "test_helper": addresses.TEST_HELPER_URL,
     }
     tmp = workdir / (READY_FILE + ".tmp")
     tmp.write_text(json.dumps(ready, indent=2))
@@ -182,12 +217,21 @@ async def run(workdir: Path) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    handles = await start_services(workdir)
-    _write_ready(workdir)
-    log.info("ready: %d listeners", len(handles))
-    await stop.wait()
-    for handle in handles:
-        handle.close()  # type: ignore[attr-defined]
+    helper = start_helper(workdir)  # first: its start-up overlaps ours
+    try:
+        handles = await start_services(workdir)
+        await loop.run_in_executor(None, await_helper, workdir, helper)
+        _write_ready(workdir)
+        log.info("ready: %d listeners and the test helper", len(handles))
+        await stop.wait()
+        for handle in handles:
+            handle.close()  # type: ignore[attr-defined]
+    finally:
+        helper.terminate()
+        try:
+            helper.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            helper.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -419,13 +419,36 @@ class Lab:
     def _start_vpn_server(self, kind: str) -> None:
         from wallwatch.lab import vpn_servers
 
+        binary = VPN_SERVER_BINARIES[kind]
+        if shutil.which(binary) is None:
+            raise LabError(f"the {binary} binary is not installed (scripts/install.sh)")
+        # The probe's contract (probe/settings.py LabInfo.vpn_servers): what a client needs, no more.
+        backend = f"{vpn_servers.HTTP_BACKEND_ADDRESS}:{vpn_servers.HTTP_BACKEND_PORT}"
+        if kind in ("shadowsocks", "obfs4", "wireguard") and "http-backend" not in self._vpn_running:
+            self._vpn_running["http-backend"] = vpn_servers.start_http_backend(self)
         if kind == "openvpn":
-            if shutil.which("openvpn") is None:
-                raise LabError("the openvpn binary is not installed (apt-get install openvpn; scripts/install.sh)")
             running = vpn_servers.start_openvpn_server(self)
-            self._vpn_running[kind] = running
-            # The probe's contract (probe/settings.py LabInfo.vpn_servers).
-            self._vpn_state[kind] = {"address": running.address, "port": running.port, "transports": ["udp", "tcp"]}
+            state: dict[str, Any] = {"transports": ["udp", "tcp"]}
+        elif kind == "wireguard":
+            running = vpn_servers.start_wireguard_server(self)
+            info = running.info
+            state = {"server_public": info["server_public"], "client_private": info["client_private"],
+                     "tunnel_client": f"{info['tunnel_client']}/{vpn_servers.WIREGUARD_TUNNEL.split('/')[1]}",
+                     "tunnel_server": info["tunnel_server"], "target": backend}
+        elif kind == "shadowsocks":
+            running = vpn_servers.start_shadowsocks_server(self)
+            state = {"method": running.info["method"], "password": running.info["password"], "target": backend}
+        elif kind == "obfs4":
+            running = vpn_servers.start_obfs4_server(self)
+            state = {"cert": running.info["args"], "target": backend}
+        else:  # tor: a bridge relay, and an obfs4 bridge in front of it
+            running = vpn_servers.start_tor_bridge(self)
+            self._vpn_running["tor-obfs4"] = obfs4 = vpn_servers.start_obfs4_server(
+                self, vpn_servers.TOR_OBFS4_ADDRESS, vpn_servers.OBFS4_PORT, backend=(running.address, running.port))
+            state = {"fingerprint": running.info["fingerprint"],
+                     "obfs4": {"address": obfs4.address, "port": obfs4.port, "cert": obfs4.info["args"]}}
+        self._vpn_running[kind] = running
+        self._vpn_state[kind] = {"address": running.address, "port": running.port, **state}
         self._write_state()
 
     def _censor_alive(self, site: IspSite) -> bool:
@@ -487,6 +510,8 @@ class Lab:
                 for site in self.sites
             ],
             "vpn_servers": dict(self._vpn_state),
+            # The probe's contract (probe/settings.py LabInfo.test_helpers): the helper the services run.
+            "test_helpers": {"web_connectivity": addresses.TEST_HELPER_URL},
         }
 
     def _write_state(self) -> None:
@@ -617,7 +642,12 @@ class Lab:
         self.down()
 
 
-VPN_SERVER_KINDS = ("openvpn",)  # what `Lab.up(vpn_servers=...)` can start (lab/vpn_servers.py has more)
+# What `Lab.up(vpn_servers=...)` can start (lab/vpn_servers.py), and the binary each needs.
+VPN_SERVER_BINARIES = {"openvpn": "openvpn", "wireguard": "wireguard-go", "shadowsocks": "ss-server",
+                       "obfs4": "obfs4proxy", "tor": "tor"}
+VPN_SERVER_KINDS = tuple(VPN_SERVER_BINARIES)
+# Every circumvention server: what `probe run circumvention` measures.
+CIRCUMVENTION_SERVERS = VPN_SERVER_KINDS
 
 
 def _check_isps(isps: Sequence[Isp] | None) -> tuple[Isp, ...] | None:

@@ -16,6 +16,9 @@ block 198.18.0.0/15 that no lab route leaves):
     198.19.4.3   shadowsocks   tcp/8388 (shadowsocks-libev's default), chacha20-ietf-poly1305
     198.19.4.4   obfs4         tcp/443 (where public obfs4 bridges commonly listen)
     198.19.4.5   Telegram DC   tcp/443 (Telegram DCs accept obfuscated2 on 443)
+    198.19.4.6   Tor bridge    tcp/9001 (Tor's customary ORPort): Debian's `tor` as an
+                 unpublished bridge relay
+    198.19.4.7   obfs4 bridge  tcp/443: obfs4proxy in front of the Tor bridge's ORPort
     198.19.4.10  plain HTTP    tcp/80: the target behind the proxies and tunnels
 
 Every process runs in its own session (process group) under
@@ -57,6 +60,8 @@ WIREGUARD_ADDRESS = "198.19.4.2"
 SHADOWSOCKS_ADDRESS = "198.19.4.3"
 OBFS4_ADDRESS = "198.19.4.4"
 TELEGRAM_DC_ADDRESS = "198.19.4.5"
+TOR_BRIDGE_ADDRESS = "198.19.4.6"
+TOR_OBFS4_ADDRESS = "198.19.4.7"
 HTTP_BACKEND_ADDRESS = "198.19.4.10"
 ADDRESSES: Mapping[str, str] = {
     "openvpn": OPENVPN_ADDRESS,
@@ -64,6 +69,8 @@ ADDRESSES: Mapping[str, str] = {
     "shadowsocks": SHADOWSOCKS_ADDRESS,
     "obfs4": OBFS4_ADDRESS,
     "telegram-dc": TELEGRAM_DC_ADDRESS,
+    "tor": TOR_BRIDGE_ADDRESS,
+    "tor-obfs4": TOR_OBFS4_ADDRESS,
     "http-backend": HTTP_BACKEND_ADDRESS,
 }
 
@@ -76,6 +83,7 @@ SHADOWSOCKS_PORT = 8388
 SHADOWSOCKS_METHOD = "chacha20-ietf-poly1305"
 OBFS4_PORT = 443
 TELEGRAM_DC_PORT = 443
+TOR_ORPORT = 9001
 HTTP_BACKEND_PORT = 80
 HTTP_BACKEND_BODY = b"wallwatch real-clients backend: ok\n"
 
@@ -586,6 +594,52 @@ def start_obfs4_client(lab: LabLike, server: Running) -> Running:
         match = _obfs4proxy(lab.namespaces["client"], running, "client", {"TOR_PT_CLIENT_TRANSPORTS": "obfs4"})
         running.info.update(socks=(SOCKS_ADDRESS, int(match.group(1))),
                             credentials=obfs4_socks_credentials(server.info["args"]))
+    return running
+
+
+# --- Tor ------------------------------------------------------------------------
+# A private Tor network needs directory authorities voting a consensus (TestingTorNetwork);
+# what runs here is one real relay, configured as an unpublished bridge. A client reaches
+# it, completes Tor's link handshake (TLS + VERSIONS/CERTS/NETINFO, tor-spec §4) and opens
+# a one-hop directory circuit to it; it can go no further (no consensus to fetch), which
+# is what the circumvention nettest measures, as OONI's vanilla_tor reports bootstrap
+# progress (docs in probe/nettests/circumvention.py).
+
+TOR_READY = r"Bootstrapped 0%|Self-testing indicates|Now checking whether"
+
+
+def tor_offline_lines() -> list[str]:
+    """torrc lines that keep a tor process from ever dialling the real Tor network: no default
+    authorities or fallback directories (the lab has no route out either; this is belt and braces)."""
+    return [
+        "UseDefaultFallbackDirs 0",
+        # One authority that is not: a lab address where nothing votes. Without any
+        # DirAuthority line tor would use the real ones.
+        "DirAuthority wallwatchlab orport=9001 no-v2 v3ident=0000000000000000000000000000000000000000 "
+        f"{TOR_BRIDGE_ADDRESS}:9030 0000000000000000000000000000000000000000",
+    ]
+
+
+def start_tor_bridge(lab: LabLike, address: str = TOR_BRIDGE_ADDRESS, port: int = TOR_ORPORT) -> Running:
+    """Debian's tor as an unpublished bridge relay; `info["fingerprint"]` is its identity for a bridge line."""
+    running = Running("tor", address, port, _workdir(lab, "tor"))
+    namespace = lab.namespaces["services"]
+    with _stop_on_error(running):
+        _add_service_address(lab, running, address)
+        data = running.workdir / "data"
+        data.mkdir(mode=0o700)
+        torrc = running.workdir / "torrc"
+        torrc.write_text("\n".join([
+            f"DataDirectory {data}", "SocksPort 0", f"ORPort {address}:{port}", f"Address {address}",
+            "BridgeRelay 1", "PublishServerDescriptor 0", "AssumeReachable 1", "ExitRelay 0",
+            "Nickname wallwatchlab", "Log notice stdout", *tor_offline_lines(), "",
+        ]))
+        daemon = Daemon.spawn("tor-bridge", namespace, ["tor", "-f", str(torrc)], running.workdir)
+        running.daemons.append(daemon)
+        fingerprint = data / "fingerprint"
+        daemon.wait_for(lambda: fingerprint.exists() and _listening(namespace, "tcp", address, port),
+                        f"ORPort {address}:{port} and {fingerprint.name}", timeout=30)
+        running.info["fingerprint"] = fingerprint.read_text().split()[1]
     return running
 
 

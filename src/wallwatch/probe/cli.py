@@ -33,9 +33,12 @@ def run_nettest(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Append the measurement to this JSONL file."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
                                             help="Bound for each step, in seconds (default: per-step defaults)."),
-    target: list[str] = typer.Option([], "--target", help="openvpn only, repeatable: "
-                                     "openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input). "
-                                     "Default in the lab: the lab's OpenVPN server."),
+    target: list[str] = typer.Option([], "--target", help="openvpn and web_connectivity, repeatable: "
+                                     "openvpn://NAME/?address=IP:PORT&transport=udp|tcp (OONI ts-040 input; "
+                                     "default in the lab: the lab's OpenVPN server), or a URL (ts-017 input; "
+                                     "default: the shipped list of sites blocked in China by 2017)."),
+    input_file: Optional[Path] = typer.Option(None, "--input-file", help="Targets from a file, one a line "
+                                              "(# comments), as OONI's --input-file."),
     probe_cc: str = typer.Option("ZZ", "--probe-cc", help="Country code to record (ZZ = hidden)."),
     probe_asn: str = typer.Option("AS0", "--probe-asn", help="ASN to record (AS0 = hidden)."),
     probe_network_name: str = typer.Option("", "--probe-network-name", help="Network (ISP) name to record."),
@@ -49,6 +52,13 @@ def run_nettest(
 ) -> None:
     """Run NETTEST once; print feature -> verdict, method, evidence."""
     nettest = nettest_choice.value
+    if input_file is not None:
+        from wallwatch.probe.nettests.web_connectivity import read_list
+
+        try:
+            target = [*target, *read_list(input_file.read_text(encoding="utf-8"))]
+        except (OSError, TargetError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--input-file") from None
     if target and NETTESTS[nettest].target_syntax is None:
         takers = [name for name, entry in NETTESTS.items() if entry.target_syntax is not None]
         raise typer.BadParameter(f"--target is for the {' and '.join(takers)} nettest{'s' * (len(takers) > 1)}; "
@@ -74,17 +84,41 @@ def run_nettest(
     mode = f"lab {settings.lab.run_id}" if settings.lab else "system resolver and CA store"
     with console.status(f"[bold]{nettest}[/bold] ({mode})") as status:
         try:
-            measurement = NETTESTS[nettest].run_once(settings, stamp, step_timeout=timeout, targets=target,
-                                                     progress=lambda m: status.update(f"{nettest}: {m}"),
-                                                     options=options)
+            measurements = NETTESTS[nettest].run(settings, stamp, step_timeout=timeout, targets=target,
+                                                 progress=lambda m: status.update(f"{nettest}: {m}"),
+                                                 options=options)
         except TargetError as exc:
             raise typer.BadParameter(str(exc), param_hint="--target") from None
         except ValueError as exc:  # an option the nettest does not take
             raise typer.BadParameter(str(exc), param_hint="--option") from None
     if output is not None:
-        append_jsonl(output, measurement)
-        console.print(f"measurement appended to {output}")
-    _print_features(measurement)
+        for measurement in measurements:
+            append_jsonl(output, measurement)
+        console.print(f"{len(measurements)} measurement{'s' * (len(measurements) != 1)} appended to {output}")
+    if "features" not in measurements[0]["test_keys"].get("x_wallwatch", {}):
+        _print_pages(measurements)
+        return
+    for measurement in measurements:
+        _print_features(measurement)
+
+
+def _print_pages(measurements: list[dict[str, Any]]) -> None:
+    """OONI's own conclusions per input (web_connectivity); wallwatch's verdicts come from the pipeline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{measurements[0]['test_name']}: {len(measurements)} input(s) (OONI's keys; "
+                        "`wallwatch ingest` judges them)")
+    for column in ("input", "blocking", "accessible", "dns", "failure", "control"):
+        table.add_column(column, overflow="fold")
+    for measurement in measurements:
+        keys = measurement["test_keys"]
+        blocking = keys.get("blocking")
+        colour = "green" if blocking is False else "red" if blocking else "dim"
+        table.add_row(str(measurement.get("input")), f"[{colour}]{blocking}[/{colour}]", str(keys.get("accessible")),
+                      str(keys.get("dns_consistency")), keys.get("http_experiment_failure") or "-",
+                      keys.get("control_failure") or "ok")
+    Console().print(table)
 
 
 def _print_features(measurement: dict[str, Any]) -> None:
@@ -92,7 +126,7 @@ def _print_features(measurement: dict[str, Any]) -> None:
     from rich.table import Table
 
     x = measurement["test_keys"]["x_wallwatch"]
-    colours = {"ok": "green", "blocked": "red", "down": "yellow", "unknown": "dim"}
+    colours = {"ok": "green", "blocked": "red", "throttled": "bright_yellow", "down": "yellow", "unknown": "dim"}
     simulated = measurement.get("annotations", {}).get("wallwatch_wall_time")
     when = f"{measurement['measurement_start_time']} UTC" + (" (simulated)" if simulated else "")
     table = Table(title=f"{measurement['test_name']} {when} ({measurement['test_runtime']:.1f} s)")
@@ -110,6 +144,9 @@ def _print_features(measurement: dict[str, Any]) -> None:
     handshakes = x.get("openvpn_handshakes")
     if handshakes:
         console.print(_handshake_table(handshakes))
+    if x.get("summary"):
+        network = measurement.get("probe_asn", "")
+        console.print(f"from {network} on {measurement['measurement_start_time'][:10]}: {x['summary']}")
 
 
 def _handshake_table(handshakes: list[dict[str, Any]]) -> Any:

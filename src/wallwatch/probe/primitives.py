@@ -14,6 +14,7 @@ import asyncio
 import os
 import socket
 import ssl
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
@@ -254,6 +255,12 @@ class TcpStream:
         self.tx, self.ip, self.port = tx, ip, port
         self.address = _endpoint(ip, port)
         self._reader, self._writer = reader, writer
+        # A bulk transfer (probe/throughput.py) counts bytes as they arrive instead of
+        # logging one network event per read: `observer(n)` is called for every
+        # successful read, and `quiet` keeps successful reads and writes out of the
+        # trace (failures are always recorded).
+        self.observer: Callable[[int], None] | None = None
+        self.quiet = False
 
     async def write(self, data: bytes, *, timeout: float = 5.0) -> None:
         t0 = self.tx.now()
@@ -264,7 +271,8 @@ class TcpStream:
             failure = failures.classify(exc)
             self.tx.network_event(t0, "write", address=self.address, proto="tcp", failure=failure)
             raise ProbeFailure(failure) from None
-        self.tx.network_event(t0, "write", address=self.address, proto="tcp", num_bytes=len(data))
+        if not self.quiet:
+            self.tx.network_event(t0, "write", address=self.address, proto="tcp", num_bytes=len(data))
 
     async def read(self, max_bytes: int = READ_CHUNK, *, timeout: float = 5.0) -> bytes:
         """Up to `max_bytes`; b"" on a clean EOF (recorded as an `eof_error` read, as OONI does)."""
@@ -275,8 +283,12 @@ class TcpStream:
             failure = failures.classify(exc)
             self.tx.network_event(t0, "read", address=self.address, proto="tcp", failure=failure)
             raise ProbeFailure(failure) from None
+        if data and self.observer is not None:
+            self.observer(len(data))
         failure = None if data else failures.EOF_ERROR
-        self.tx.network_event(t0, "read", address=self.address, proto="tcp", num_bytes=len(data), failure=failure)
+        if not self.quiet or failure is not None:
+            self.tx.network_event(t0, "read", address=self.address, proto="tcp", num_bytes=len(data),
+                                  failure=failure)
         return data
 
     async def close(self) -> None:
@@ -285,6 +297,21 @@ class TcpStream:
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
         except (OSError, asyncio.TimeoutError):
             pass  # the peer reset or vanished: nothing left to close
+
+    async def abort(self) -> None:
+        """Close with a RST, dropping whatever is still unsent (SO_LINGER 0, socket(7)).
+
+        An attempt given up half-way (a transfer that timed out behind a
+        throttle) must not go on dribbling its send buffer through the path
+        after the probe has moved on: it would queue in front of the next flow.
+        """
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._writer.transport.abort()
 
 
 async def tcp_connect(tx: Transaction, ip: str, port: int, *, timeout: float = 3.0) -> TcpStream:

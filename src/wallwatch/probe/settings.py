@@ -16,8 +16,16 @@ writes more, for itself):
   space, dialled as it is;
 * `names` ({name: lab IP}): what the lab's resolver answers; these addresses and
   the `address_map` stand-ins count as the services' own networks;
-* `vpn_servers` ({kind: {address, port, transports, ...}}): real servers to
-  measure (the openvpn nettest's default targets).
+* `vpn_servers` ({kind: {address, port, ...}}): real servers to measure, with
+  what a client needs: `openvpn` {transports} (the openvpn nettest's default
+  targets), `wireguard` {server_public, client_private, tunnel_client (CIDR),
+  tunnel_server, target}, `shadowsocks` {method, password, target}, `obfs4`
+  {cert ("cert=...,iat-mode=0"), target}, `tor` {fingerprint, obfs4 {address,
+  port, cert}}; `target` is the ip:port of a plain HTTP server to reach through
+  the tunnel or proxy (the circumvention nettest's targets);
+* `test_helpers` ({nettest: URL}): the lab's test helpers, e.g.
+  {"web_connectivity": "https://th.wallwatch.test/"} (`wallwatch helper serve`
+  in the services namespace, outside the censor).
 
 An address that is neither in `lab_networks` nor covered by `address_map` is
 never dialled from the lab (`map_address` raises KeyError). Without the file:
@@ -86,6 +94,8 @@ class LabInfo:
     # Real servers the lab runs, by kind: e.g.
     # {"openvpn": {"address": "198.19.4.1", "port": 1194, "transports": ["udp", "tcp"]}}.
     vpn_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Test helpers by nettest: {"web_connectivity": "https://th.wallwatch.test/"}.
+    test_helpers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_state_file(cls, path: str | os.PathLike[str]) -> "LabInfo":
@@ -108,6 +118,7 @@ class LabInfo:
                 names=MappingProxyType(dict(state.get("names") or {})),
                 lab_networks=tuple(state.get("lab_networks") or DEFAULT_LAB_NETWORKS),
                 vpn_servers=MappingProxyType(_vpn_servers(state.get("vpn_servers"))),
+                test_helpers=MappingProxyType({str(k): str(v) for k, v in (state.get("test_helpers") or {}).items()}),
             )
             info.addresses()  # every entry must parse now, not at the first dial
         except (TypeError, ValueError) as exc:
@@ -172,6 +183,19 @@ class ProbeSettings:
         if key not in self._contexts:
             # With a cafile, create_default_context loads that file and nothing else.
             context = ssl.create_default_context(cafile=self.ca_file)
+            if alpn:
+                context.set_alpn_protocols(list(alpn))
+            self._contexts[key] = context
+        return self._contexts[key]
+
+    def control_tls_context(self, alpn: Sequence[str] = ()) -> ssl.SSLContext:
+        """For a control that names a neutral server (probe/throughput.py): the chain is verified
+        against the same trust anchors, the name is not (the server's certificate is for the
+        service, the ClientHello named something else on purpose)."""
+        key = ("control-name", *alpn)
+        if key not in self._contexts:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.check_hostname = False
             if alpn:
                 context.set_alpn_protocols(list(alpn))
             self._contexts[key] = context

@@ -51,21 +51,54 @@ The rule ids of rules/1 keep their meaning; rules/2 adds
 `feature.partial_blocked`, `chat.reset_then_blackholed` (a rules/1 case of
 `chat.address_blackholed` with a reset first), and calls judged `udp_blocking`
 when the resolver answered over UDP even if no TCP connection succeeded.
+
+Residual blocking and throttling (rules version 3)
+--------------------------------------------------
+A censor with a penalty box ([Rambert2021]; the lab censor's `residual`
+option) resets the triggering connection and then drops new connections to
+the same server and port for a while. rules/3 names that method `residual`
+(it was `protocol_dpi` under rules/2) wherever the probe sees both halves: a
+reset on the first bytes of an established connection (the WhatsApp header:
+`chat.reset_then_blackholed`; a ClientHello: `tls.reset_then_blackholed`; an
+OpenVPN client reset: `openvpn.reset_then_blackholed`) followed by a control
+connect to the same address:port timing out, or a connect timing out to an
+address:port that another attempt of the same measurement had connected to and
+seen reset (`tcp.blackholed_after_reset`). A stall (timeout) followed by a
+connect timeout stays weak `tcp_ip`: an overloaded server stops answering too.
+rules/3 also adds `throttled` (see "throttling" below).
+
+The other messaging nettests (`derive_features(nettest, test_keys)`: telegram,
+signal, facebook_messenger, ...) are judged by these same rules under their
+own names: their `wallwatch-<nettest>-verdicts/1` judged as whatsapp's rules/2
+did, their /2 as its rules/3 (residual, and throttled for each transfer
+feature a nettest measures with throughput rounds: `ServiceTest.bulk_targets`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
-from wallwatch.vocabulary import METHODS, NETTEST_FEATURES, VERDICTS, Feature, Method, Verdict, is_method, is_verdict
+from wallwatch.vocabulary import (
+    METHODS,
+    NETTEST_FEATURES,
+    THROTTLINGS,
+    VERDICTS,
+    Feature,
+    Method,
+    Throttling,
+    Verdict,
+    is_finding,
+    is_verdict,
+)
 
-RULES_VERSION = "wallwatch-whatsapp-verdicts/2"
+RULES_VERSION = "wallwatch-whatsapp-verdicts/3"
 
-OK, BLOCKED, DOWN, UNKNOWN = Verdict.OK, Verdict.BLOCKED, Verdict.DOWN, Verdict.UNKNOWN
+OK, BLOCKED, DOWN, UNKNOWN, THROTTLED = Verdict.OK, Verdict.BLOCKED, Verdict.DOWN, Verdict.UNKNOWN, Verdict.THROTTLED
 
 # Features whose every target must work (media needs both upload and
 # download); the others work if any target does, like OONI's `any_of` targets
@@ -97,9 +130,10 @@ class TargetVerdict:
         # stored as `unknown` there, so refuse it here, where the rule that said it is.
         if not is_verdict(self.status):
             raise ValueError(f"{self.rule}: {self.status!r} is not a verdict ({', '.join(VERDICTS)})")
-        if (self.status == BLOCKED) != (self.method is not None) or not (self.method is None or is_method(self.method)):
+        if not is_finding(self.status, self.method):
             raise ValueError(f"{self.rule}: method {self.method!r} with verdict {self.status!r}: a blocked verdict "
-                             f"names one of {', '.join(METHODS)}, any other names none")
+                             f"names one of {', '.join(METHODS)}, a throttled one one of {', '.join(THROTTLINGS)}, "
+                             "any other names none")
 
 
 @dataclass
@@ -127,6 +161,9 @@ class _Context:
     udp_works: bool  # did the resolver answer a UDP query for the control name?
     chat_sessions: dict[int, dict[str, Any]]
     fetches: dict[int, dict[str, Any]]
+    # address:port -> when a connection to it was first reset after it had been established
+    # (its first bytes were answered with a reset): the trigger of a penalty box.
+    cuts: dict[str, float] = field(default_factory=dict)
 
 
 # --- grouping ---------------------------------------------------------------------
@@ -140,6 +177,11 @@ def _is_control(entry: dict[str, Any]) -> bool:
     return any(tag.startswith("control:") for tag in entry.get("tags") or ())
 
 
+def _is_throughput(entry: dict[str, Any]) -> bool:
+    """Made by the throughput rounds (probe/throughput.py): judged from their record, not as attempts."""
+    return any(tag.startswith("throughput:") for tag in entry.get("tags") or ())
+
+
 def _group(test_keys: dict[str, Any]) -> dict[int, _Attempt]:
     attempts: dict[int, _Attempt] = {}
     x = test_keys.get("x_wallwatch") or {}
@@ -147,6 +189,8 @@ def _group(test_keys: dict[str, Any]) -> dict[int, _Attempt]:
                ("requests", "requests"))
     for key, attr in sources:
         for entry in test_keys.get(key) or ():
+            if _is_throughput(entry):
+                continue
             attempt = _attempt_for(attempts, entry)
             if attempt is not None and not _is_control(entry):
                 getattr(attempt, attr).append(entry)
@@ -199,7 +243,19 @@ def _context(test_keys: dict[str, Any]) -> _Context:
         chat_sessions={s["transaction_id"]: s for key in ("chat_sessions", "sessions")
                        for s in x.get(key) or () if "transaction_id" in s},
         fetches={f["transaction_id"]: f for f in x.get("fetches") or () if "transaction_id" in f},
+        cuts=_cuts(test_keys),
     )
+
+
+def _cuts(test_keys: dict[str, Any]) -> dict[str, float]:
+    """Where an established connection was reset on a read, and when (its earliest time)."""
+    cuts: dict[str, float] = {}
+    for event in test_keys.get("network_events") or ():
+        if (event.get("operation") == "read" and event.get("failure") == _RESET and event.get("address")
+                and not _is_throughput(event) and not _is_control(event)):
+            at = event.get("t", 0.0)
+            cuts[event["address"]] = min(at, cuts.get(event["address"], at))
+    return cuts
 
 
 def _resolver_answered(query: dict[str, Any]) -> bool:
@@ -290,6 +346,22 @@ def _connect_verdict(attempt: _Attempt) -> TargetVerdict | None:
                          None, 0.2)
 
 
+def _after_a_cut(attempt: _Attempt, verdict: TargetVerdict, ctx: _Context) -> TargetVerdict:
+    """A connect timeout to an address:port that took a connection of this same measurement moments
+    before and reset it on its first bytes is the penalty box, not an address block."""
+    if verdict.rule != "tcp.connect_timeout":
+        return verdict
+    for connect in attempt.connects:
+        address = f"{connect.get('ip')}:{connect.get('port')}"
+        cut = ctx.cuts.get(address)
+        if cut is not None and (connect.get("t0") or 0.0) >= cut:
+            return TargetVerdict(attempt.endpoint, BLOCKED, "tcp.blackholed_after_reset",
+                                 f"{attempt.endpoint}: connect to {address} timed out {connect.get('t0', 0.0) - cut:.2f}"
+                                 f" s after another connection to it was reset on its first bytes (residual "
+                                 "blocking)", Method.RESIDUAL, 0.7, strong=True)
+    return verdict
+
+
 def _control(attempt: _Attempt, kind: str) -> dict[str, Any] | None:
     return next((c for c in attempt.controls if c.get("kind") == kind), None)
 
@@ -320,6 +392,12 @@ def _tls_verdict(attempt: _Attempt) -> TargetVerdict | None:
     method = Method.TCP_RESET if failure == _RESET or control.get("outcome") == "reset" else Method.TCP_IP
     says = (f"{ep}: TLS {failure}, and a ClientHello for {sni} to the same {control.get('address')} "
             f"failed too ({control.get('outcome')})")
+    if failure == _RESET and control.get("outcome") == "connect_failed" and control.get("failure") == _TIMEOUT:
+        # The address took our connection, reset it on the ClientHello, and then stopped taking
+        # any: the penalty box after a trigger [Rambert2021], not an address block (that would
+        # have failed the first connect too).
+        return TargetVerdict(ep, BLOCKED, "tls.reset_then_blackholed", says + ": reset after the ClientHello, then "
+                             "new connections black-holed (residual blocking)", Method.RESIDUAL, 0.75, strong=True)
     if failure == _TIMEOUT and control.get("outcome") == "silent":
         # A TLS server must answer a ClientHello (ServerHello or alert, RFC 8446
         # §4.1), so silence to both is someone dropping -- or a hung server.
@@ -379,7 +457,7 @@ def _chat_verdict(attempt: _Attempt, session: dict[str, Any]) -> TargetVerdict:
         # after a trigger [Rambert2021]. A server does not
         # reset a greeting and then vanish from the network.
         return TargetVerdict(ep, BLOCKED, "chat.reset_then_blackholed", says + ": reset after the header, then "
-                             "new connections black-holed (residual blocking)", Method.PROTOCOL_DPI, 0.75, strong=True)
+                             "new connections black-holed (residual blocking)", Method.RESIDUAL, 0.75, strong=True)
     if outcome == "connect_failed":
         return TargetVerdict(ep, BLOCKED, "chat.address_blackholed", says + " (residual or address blocking)",
                              Method.TCP_IP, 0.6)
@@ -426,7 +504,7 @@ def judge_attempt(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
     if not attempt.queries or attempt.queries[0].get("failure") is None:
         connect = _connect_verdict(attempt)
         if connect is not None:
-            return connect
+            return _after_a_cut(attempt, connect, ctx)
     if session is not None and session.get("failed_at") != "tls":
         return _chat_verdict(attempt, session)
     return _tls_verdict(attempt) or _http_verdict(attempt)
@@ -479,13 +557,15 @@ def partial_confidence_scale(strong: int, total: int) -> float:
 def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict],
                       all_of: frozenset[str] = ALL_OF_FEATURES) -> dict[str, Any]:
     total = len(verdicts)
-    ok = [v for v in verdicts if v.status == OK]
+    # A throttled target worked (slowly): it counts with the working ones for reachability.
+    throttled = [v for v in verdicts if v.status == THROTTLED]
+    ok = [v for v in verdicts if v.status in (OK, THROTTLED)]
     blocked = [v for v in verdicts if v.status == BLOCKED]
     strong = [v for v in blocked if v.strong]
     down = [v for v in verdicts if v.status == DOWN]
     if total == 0:
         return _feature(UNKNOWN, "feature.not_measured", None, 0.0, ["no target was measured"], 0, 0)
-    if len(ok) == total:
+    if len(ok) == total and not throttled:
         return _feature(OK, "feature.all_ok", None, 1.0, [f"{total} of {total} targets worked"], total, total)
     if blocked and (feature in all_of or not ok):
         rule = "feature.any_blocked" if feature in all_of else "feature.none_ok_blocked"
@@ -500,6 +580,14 @@ def aggregate_feature(feature: str, verdicts: Sequence[TargetVerdict],
         weak = [v for v in blocked if not v.strong]
         result["evidence"] += _evidence(weak)[: max(0, _MAX_EVIDENCE - len(strong))]
         return result
+    if throttled:
+        # Nothing blocked it (or not enough to say so), and some of it was slowed down.
+        counts = Counter(v.method for v in throttled)
+        kind = min(counts, key=lambda k: (-counts[k], THROTTLINGS.index(k)))
+        same = [v for v in throttled if v.method == kind]
+        return _feature(THROTTLED, f"feature.throttled+{same[0].rule}", kind,
+                        sum(v.confidence for v in same) / len(same), _evidence(same), len(ok), total,
+                        len(blocked))
     if ok:
         failing = [v for v in verdicts if v.status != OK]
         evidence = [f"{len(ok)} of {total} targets worked; the app needs only one"] + _evidence(failing)
@@ -529,11 +617,13 @@ EXTRA_ALL_OF: Mapping[str, frozenset[str]] = MappingProxyType({
 
 
 def rules_version(nettest: str) -> str:
-    """The rules that judged a nettest's features: whatsapp's rules/2, one shared set for the rest."""
+    """The rules that judged a nettest's features: whatsapp's rules/3, one shared set for the rest."""
     return RULES_VERSION if nettest == "whatsapp" else f"wallwatch-{nettest}-verdicts/{SERVICE_RULES_REVISION}"
 
 
-SERVICE_RULES_REVISION = 1
+# The other messaging nettests' rules: /1 judged as whatsapp's rules/2 did; /2 as its rules/3
+# (residual blocking named as its own method; throttled from throughput rounds, when a nettest runs them).
+SERVICE_RULES_REVISION = 2
 
 
 def derive_features(nettest: str, test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -549,12 +639,21 @@ def derive_features(nettest: str, test_keys: dict[str, Any]) -> dict[str, dict[s
     for attempt in sorted(_group(test_keys).values(), key=lambda a: a.transaction_id):
         if attempt.feature in by_feature:
             by_feature[attempt.feature].append(judge_attempt(attempt, ctx))
-    return {feature: aggregate_feature(feature, verdicts, all_of) for feature, verdicts in by_feature.items()}
+    # Transfer features measured against a control (probe/throughput.py) may be throttled: reachable, slowed.
+    return {feature: apply_throttling(aggregate_feature(feature, verdicts, all_of),
+                                      _throughput_judgments(test_keys, feature))
+            for feature, verdicts in by_feature.items()}
+
+
+def _throughput_judgments(test_keys: dict[str, Any], feature: str) -> list[dict[str, Any]]:
+    records = (test_keys.get("x_wallwatch") or {}).get("throughput") or ()
+    judged = (judge_throughput(r) for r in records if isinstance(r, dict) and r.get("feature") == feature)
+    return [j for j in judged if j is not None]
 
 
 # --- openvpn: the `tunnel` feature ----------------------------------------------------------------
 
-OPENVPN_RULES_VERSION = "wallwatch-openvpn-verdicts/1"
+OPENVPN_RULES_VERSION = "wallwatch-openvpn-verdicts/2"
 
 
 def _other_paths_work(test_keys: dict[str, Any], handshake: dict[str, Any]) -> list[str]:
@@ -629,7 +728,7 @@ def _openvpn_tcp_reset_unanswered(ep: str, handshake: dict[str, Any], failure: s
         return TargetVerdict(ep, BLOCKED, "openvpn.reset_dpi_no_clean_control", says, Method.PROTOCOL_DPI, 0.6)
     if outcome == "connect_failed" and failure == _RESET and control.get("failure") == _TIMEOUT:
         return TargetVerdict(ep, BLOCKED, "openvpn.reset_then_blackholed", says + ": reset after the client "
-                             "reset, then new connections black-holed (residual blocking)", Method.PROTOCOL_DPI,
+                             "reset, then new connections black-holed (residual blocking)", Method.RESIDUAL,
                              0.75, strong=True)
     if outcome == "connect_failed" and control.get("failure") == _REFUSED:
         return TargetVerdict(ep, DOWN, "openvpn.control_refused", says, None, 0.5)
@@ -671,3 +770,348 @@ def derive_openvpn_features(test_keys: dict[str, Any]) -> dict[str, dict[str, An
     x = test_keys.get("x_wallwatch") or {}
     verdicts = [judge_openvpn_handshake(h, test_keys) for h in x.get("openvpn_handshakes") or ()]
     return {Feature.TUNNEL.value: aggregate_feature(Feature.TUNNEL, verdicts)}
+
+
+# --- throttling: the feature's own traffic against a control on the same path ---------------------
+#
+# `probe/throughput.py` records rounds of (target, control) exchanges with the
+# same server: HTTPS transfers of the same bytes under the feature's SNI and a
+# neutral one ([Xue2021], [Wehe2015]), or STUN round trips against TCP-connect
+# round trips to the same relay. Each round is judged on its own for each kind
+# of degradation -- flagged, clear, or inconclusive -- and a kind is named only
+# when at least two rounds flag it and none is clear: consistent across
+# repeats, never one sample.
+
+THROUGHPUT_RULES_VERSION = "wallwatch-throttling/1"
+# Rate: the target's goodput at most half the control's ...
+RATE_RATIO = 0.5
+# ... and its transfer more than twice as long as the control's plus the added
+# latency explains (below), by at least this much in absolute terms, so that a
+# path that only adds delay is not called rate-limited, and a scheduling hiccup
+# of a few milliseconds on a fast path is not either.
+RATE_EXPLAINED_FACTOR = 2.0
+RATE_MIN_EXCESS_S = 0.1
+# A TCP sender's initial window, 10 segments (RFC 6928), of 1448-byte payloads
+# (a 1500-byte MTU with timestamps): what one round trip delivers from a cold
+# start; every further round trip in slow start doubles it.
+INITIAL_WINDOW = 10 * 1448
+# Latency: at least this many milliseconds added to the median round trip and
+# at least half again the control's (a path with 300 ms of its own must gain
+# 150 ms, not 40, to be called delayed).
+LATENCY_ADDED_MS = 40.0
+LATENCY_FACTOR = 1.5
+# Jitter: the spread of round trips (max - min, the first on each connection
+# left out: it pays for the connection's warm-up) wider than the control's by this much.
+JITTER_ADDED_MS = 30.0
+MIN_FLAGGED_ROUNDS = 2
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """One round's judgment per kind: True flagged, False clear, None inconclusive; and its numbers."""
+
+    rate: bool | None
+    latency: bool | None
+    jitter: bool | None
+    numbers: dict[str, Any]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+# Round trips a spread is taken over (after the first): fewer is one scheduling hiccup away from a claim.
+MIN_JITTER_SAMPLES = 3
+
+
+def _spread(rtts: Sequence[float]) -> float | None:
+    later = list(rtts[1:])
+    return max(later) - min(later) if len(later) >= MIN_JITTER_SAMPLES else None
+
+
+def _rate(facts: dict[str, Any]) -> float | None:
+    """Bits per second: the dispersion goodput, else the bytes over the request-to-last-byte time
+    (a transfer that came in one read has no dispersion)."""
+    if facts.get("goodput_bps"):
+        return float(facts["goodput_bps"])
+    if facts.get("bytes") and facts.get("transfer_s"):
+        return facts["bytes"] * 8 / facts["transfer_s"]
+    return None
+
+
+def _slow_start_round_trips(size: int) -> int:
+    """Round trips a cold TCP sender needs to deliver `size` bytes: 1, 2, 4, ... initial windows."""
+    return max(1, math.ceil(math.log2(size / INITIAL_WINDOW + 1)))
+
+
+def _latency_views(target: dict[str, Any], control: dict[str, Any]) -> tuple[bool | None, bool | None, dict[str, Any]]:
+    t_rtt, c_rtt = _median(target.get("rtt_ms") or ()), _median(control.get("rtt_ms") or ())
+    numbers: dict[str, Any] = {"latency_ms": t_rtt, "control_latency_ms": c_rtt, "added_latency_ms": None,
+                               "jitter_ms": _spread(target.get("rtt_ms") or ()),
+                               "control_jitter_ms": _spread(control.get("rtt_ms") or ())}
+    latency = jitter = None
+    if t_rtt is not None and c_rtt is not None:
+        added = t_rtt - c_rtt
+        numbers["added_latency_ms"] = round(added, 3)
+        latency = added >= LATENCY_ADDED_MS and t_rtt >= LATENCY_FACTOR * c_rtt
+    if numbers["jitter_ms"] is not None and numbers["control_jitter_ms"] is not None:
+        jitter = numbers["jitter_ms"] - numbers["control_jitter_ms"] >= JITTER_ADDED_MS
+    return latency, jitter, numbers
+
+
+def judge_round(entry: dict[str, Any], kind: str) -> RoundView | None:
+    """One round of a throughput record; None when either side has nothing to compare."""
+    target, control = entry.get("target") or {}, entry.get("control") or {}
+    latency, jitter, numbers = _latency_views(target, control)
+    if kind == "udp" or latency is None and not target.get("bytes"):
+        return None if latency is None else RoundView(None, latency, jitter, numbers)
+    t_rate, c_rate = _rate(target), _rate(control)
+    rate: bool | None = None
+    numbers.update(rate_bps=t_rate, control_rate_bps=c_rate, rate_ratio=None, size=entry.get("size"))
+    if t_rate is not None and c_rate:
+        ratio = t_rate / c_rate
+        numbers["rate_ratio"] = round(ratio, 6)
+        added_s = max(0.0, (numbers["added_latency_ms"] or 0.0) / 1000)
+        explained = (control.get("transfer_s") or 0.0) + _slow_start_round_trips(entry.get("size") or 0) * added_s
+        took = target.get("transfer_s") or 0.0
+        numbers["unexplained_s"] = round(took - explained, 6)
+        if ratio > RATE_RATIO:
+            rate = False
+        elif took >= RATE_EXPLAINED_FACTOR * explained and took - explained >= RATE_MIN_EXCESS_S:
+            rate = True
+        elif took <= RATE_EXPLAINED_FACTOR * explained:
+            rate = False  # slower, but the added round trips account for it: latency, not rate
+    return RoundView(rate, latency, jitter, numbers)
+
+
+def _settle(views: Sequence[RoundView], kind: str) -> bool | None:
+    """True: flagged in enough rounds and clear in none; False: clear somewhere; None: not enough yet."""
+    marks = [getattr(v, kind) for v in views]
+    if any(mark is False for mark in marks):
+        return False
+    return True if sum(mark is True for mark in marks) >= MIN_FLAGGED_ROUNDS else None
+
+
+def throughput_settled(record: dict[str, Any]) -> bool:
+    """Whether more rounds could change the judgment: every kind measured is already flagged or clear."""
+    views = [v for v in (judge_round(e, record.get("kind", "https")) for e in record.get("rounds") or ()) if v]
+    if len(views) < MIN_FLAGGED_ROUNDS:
+        return False
+    kinds = ("latency", "jitter") if record.get("kind") == "udp" else ("rate", "latency", "jitter")
+    return all(_settle(views, kind) is not None or all(getattr(v, kind) is None for v in views) for kind in kinds)
+
+
+def _aggregate_rate(record: dict[str, Any], role: str) -> float | None:
+    """Bits per second over every round: bytes over seconds summed, so long transfers weigh most."""
+    pairs = []
+    for entry in record.get("rounds") or ():
+        facts = entry.get(role) or {}
+        if facts.get("goodput_bps"):
+            pairs.append((facts.get("counted_bytes") or 0, facts.get("seconds") or 0.0))
+        elif facts.get("bytes") and facts.get("transfer_s"):
+            pairs.append((facts["bytes"], facts["transfer_s"]))  # one read: bytes over request-to-last-byte
+    seconds = sum(sec for _, sec in pairs)
+    return round(sum(n for n, _ in pairs) * 8 / seconds) if seconds > 0 else None
+
+
+def _bits(bps: float | None) -> str:
+    if bps is None:
+        return "?"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.3g} {unit}"
+    return f"{bps:.0f} bit/s"
+
+
+def judge_throughput(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The throttling facts of one throughput record (pure): which kind, if any, with the numbers.
+
+    Returns None when no round could compare the two sides (the control or
+    the target failed throughout); else a dict with `throttled` (a
+    `Throttling` value or None), `rule`, `evidence`, and the numbers:
+    `rate_bps`/`control_rate_bps`/`rate_ratio` (HTTPS), `latency_ms`/
+    `control_latency_ms`/`added_latency_ms`, `jitter_ms`/`control_jitter_ms`
+    (medians over rounds), `rounds`, `flagged` (rounds flagged per kind).
+    """
+    kind = record.get("kind", "https")
+    views = [v for v in (judge_round(e, kind) for e in record.get("rounds") or ()) if v]
+    if not views:
+        return None
+    endpoint = record.get("endpoint", "?")
+    flagged = {k.value: sum(getattr(v, k.value) is True for v in views) for k in Throttling}
+    settled = {k.value: _settle(views, k.value) for k in Throttling}
+    chosen = next((k for k in Throttling if settled[k.value]), None)
+
+    def med(key: str) -> float | None:
+        value = _median([v.numbers[key] for v in views if v.numbers.get(key) is not None])
+        return None if value is None else round(value, 3)
+
+    facts: dict[str, Any] = {
+        "rules_version": THROUGHPUT_RULES_VERSION, "kind": kind, "endpoint": endpoint,
+        "throttled": None if chosen is None else chosen.value, "rounds": len(views), "flagged": flagged,
+        "latency_ms": med("latency_ms"), "control_latency_ms": med("control_latency_ms"),
+        "added_latency_ms": med("added_latency_ms"), "jitter_ms": med("jitter_ms"),
+        "control_jitter_ms": med("control_jitter_ms"),
+    }
+    control_what = (f"the same bytes under SNI {record.get('control_name')}" if kind == "https"
+                    else f"TCP connects to the same address (port {record.get('control_port')})")
+    lines = []
+    if kind == "https":
+        rate, control_rate = _aggregate_rate(record, "target"), _aggregate_rate(record, "control")
+        ratio = med("rate_ratio")
+        facts.update(rate_bps=rate, control_rate_bps=control_rate, rate_ratio=ratio)
+        lines.append(f"{endpoint}: goodput {_bits(rate)} against {_bits(control_rate)} for {control_what} "
+                     f"(median ratio {ratio if ratio is not None else '?'}; rate flagged in {flagged['rate']} of "
+                     f"{len(views)} rounds)")
+    lines.append(f"{endpoint}: round trips {facts['latency_ms']} ms against {facts['control_latency_ms']} ms "
+                 f"({'+' if (facts['added_latency_ms'] or 0) >= 0 else ''}{facts['added_latency_ms']} ms; "
+                 f"flagged in {flagged['latency']} of {len(views)} rounds), spread {facts['jitter_ms']} ms against "
+                 f"{facts['control_jitter_ms']} ms")
+    if chosen is None:
+        facts.update(rule="throughput.not_throttled", evidence=[f"{endpoint}: no degradation against the control "
+                                                                 "in every round"] + lines)
+    else:
+        facts.update(rule=f"throughput.{chosen.value}_throttled",
+                     evidence=[f"{endpoint}: {chosen.plain}: {chosen.value} degraded against the control in "
+                               f"{flagged[chosen.value]} of {len(views)} rounds and clear in none"] + lines)
+    return facts
+
+
+THROTTLED_CONFIDENCE = 0.8
+
+
+def apply_throttling(result: dict[str, Any], judgments: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A feature's result with its throughput judgments: `throttling` facts always, and the verdict
+    `throttled` when a judgment names a kind and the feature worked (ok), or could not be judged
+    because its transfers did not finish in time (unknown). Blocked and down stay as they are:
+    a feature cut or gone is not slow."""
+    if not judgments:
+        return result
+    result = dict(result)
+    result["throttling"] = judgments[0] if len(judgments) == 1 else list(judgments)
+    named = [j for j in judgments if j.get("throttled")]
+    if not named or result["verdict"] not in (OK, UNKNOWN):
+        return result
+    judgment = min(named, key=lambda j: THROTTLINGS.index(j["throttled"]))
+    result.update(verdict=str(THROTTLED), method=judgment["throttled"], confidence=THROTTLED_CONFIDENCE,
+                  rule=f"{judgment['rule']}+{result['rule']}", partial=False,
+                  evidence=list(judgment["evidence"]) + list(result["evidence"]))
+    return result
+
+
+# --- circumvention: which ways around still work ------------------------------------------------------
+
+CIRCUMVENTION_RULES_VERSION = "wallwatch-circumvention-verdicts/1"
+_PASSED = ("answered", "closed", "delivered")
+
+
+def _circumvention_network_works(test_keys: dict[str, Any], option: str) -> list[str]:
+    """What shows the network works apart from this option: another option, a TCP connect, the resolver."""
+    x = test_keys.get("x_wallwatch") or {}
+    seen = []
+    for other, facts in (x.get("options") or {}).items():
+        if other != option and (facts.get("stage_reached") == "response" or facts.get("directory_answer")
+                                or (facts.get("openvpn_handshake") or {}).get("packets_received")):
+            seen.append(f"{other} got through")
+            break
+    controls = [q for q in test_keys.get("queries") or () if "control:dns" in (q.get("tags") or ())]
+    if any(_resolver_answered(q) for q in controls):
+        seen.append("the resolver answered")
+    return seen
+
+
+def judge_option(facts: dict[str, Any], test_keys: dict[str, Any]) -> TargetVerdict:
+    """One circumvention option's verdict from its facts (circumvention.py records them)."""
+    if facts.get("kind") == "openvpn":
+        return judge_openvpn_handshake(facts["openvpn_handshake"], test_keys)
+    option, kind = facts.get("option", "?"), facts.get("kind")
+    ep = f"{option} via {facts.get('address')}"
+    failure, at = facts.get("failure"), facts.get("failed_at")
+    if failure is None:
+        if kind == "tor" and facts.get("bootstrap", 0) >= 100:
+            return TargetVerdict(ep, OK, "tor.bootstrapped", f"{ep}: tor bootstrapped to 100%", None, 1.0)
+        if kind == "tor" and facts.get("directory_answer") is not None:
+            return TargetVerdict(ep, OK, "tor.directory_answered",
+                                 f"{ep}: tor completed the link handshake and a one-hop circuit, and the bridge "
+                                 f"answered its directory request (HTTP {facts['directory_answer']}) at bootstrap "
+                                 f"{facts.get('bootstrap')}% ({facts.get('bootstrap_tag')}): the lab's lone bridge "
+                                 "has no consensus to serve, so this is as far as any client gets there", None, 0.9)
+        if facts.get("stage_reached") == "response":
+            what = "through the tunnel" if kind == "wireguard" else f"through {facts.get('client')}"
+            return TargetVerdict(ep, OK, f"{kind}.answered", f"{ep}: HTTP {facts.get('http_status')} from "
+                                 f"{facts.get('target')} {what}", None, 1.0)
+        return TargetVerdict(ep, UNKNOWN, f"{kind}.no_result", f"{ep}: no result", None, 0.0)
+    if at == "client":
+        return TargetVerdict(ep, UNKNOWN, "client.unavailable", f"{ep}: the client could not run here: {failure}",
+                             None, 0.0)
+    works = _circumvention_network_works(test_keys, option)
+    if kind == "wireguard":
+        if facts.get("latest_handshake"):
+            return TargetVerdict(ep, UNKNOWN, "wireguard.data_failed", f"{ep}: the handshake completed but "
+                                 f"{failure} at {at}", None, 0.3)
+        if works:
+            return TargetVerdict(ep, BLOCKED, "wireguard.no_handshake",
+                                 f"{ep}: no answer to WireGuard handshake initiations ({facts.get('bytes_received', 0)} "
+                                 f"bytes back) while {' and '.join(works)}: the tunnel's UDP is dropped (a WireGuard "
+                                 "server answers every valid initiation, whitepaper §5.4.3)", Method.UDP_BLOCKING, 0.7)
+        return TargetVerdict(ep, UNKNOWN, "wireguard.no_network", f"{ep}: {failure}, and nothing shows the network "
+                             "works", None, 0.0)
+    control = facts.get("control")
+    if control is None:
+        return TargetVerdict(ep, UNKNOWN, f"{kind}.failure_no_control", f"{ep}: {failure} at {at}, no control ran",
+                             None, 0.3)
+    outcome = control.get("outcome")
+    what = "a plain TLS ClientHello" if option == "tor" else "a same-size printable payload"
+    says = f"{ep}: {failure} at {at}; {what} to the same address:port was {outcome}"
+    if outcome in _PASSED:
+        recognised = "Tor's TLS" if option == "tor" else f"{facts.get('client')}'s traffic"
+        return TargetVerdict(ep, BLOCKED, f"{kind}.protocol_dpi", says + f": the path carries other bytes there, "
+                             f"so {recognised} was recognised and cut", Method.PROTOCOL_DPI, 0.85, strong=True)
+    if outcome == "reset":
+        return TargetVerdict(ep, BLOCKED, f"{kind}.address_reset", says, Method.TCP_RESET, 0.7)
+    if outcome == "connect_failed" and control.get("failure") == _REFUSED:
+        return TargetVerdict(ep, DOWN, f"{kind}.refused", says + ": nothing listens there", None, 0.7)
+    if works:
+        return TargetVerdict(ep, BLOCKED, f"{kind}.address_unreachable", says + f" while {' and '.join(works)}: "
+                             "the server's address:port is unreachable", Method.TCP_IP, 0.6)
+    return TargetVerdict(ep, UNKNOWN, f"{kind}.no_network", says + ", and nothing shows the network works", None, 0.0)
+
+
+def derive_circumvention_features(test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One feature per option tried (pure): each a single-target feature with the rules/2 aggregation."""
+    options = (test_keys.get("x_wallwatch") or {}).get("options") or {}
+    features = {}
+    for option, facts in options.items():
+        verdict = judge_option(facts, test_keys)
+        result = aggregate_feature(option, [verdict])
+        if verdict.status == OK:
+            result["evidence"] = [verdict.evidence]  # one target: its own words say more than "1 of 1"
+            result["rule"] = f"{result['rule']}+{verdict.rule}"
+        features[option] = result
+    return features
+
+
+def summary(features: dict[str, dict[str, Any]]) -> str:
+    """Which options worked and how the others were stopped, in words (the report repeats it)."""
+    from wallwatch.vocabulary import Circumvention
+
+    def names(options: list[str]) -> str:
+        words = [Circumvention(o).plain if o in Circumvention._value2member_map_ else o for o in options]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    worked = [o for o, f in features.items() if f["verdict"] == OK]
+    blocked: dict[str, list[str]] = {}
+    for option, result in features.items():
+        if result["verdict"] == BLOCKED:
+            blocked.setdefault(result["method"], []).append(option)
+    parts = [f"{names(worked)} worked" if worked else "nothing worked"]
+    for method, options in blocked.items():
+        parts.append(f"{names(options)} {'were' if len(options) > 1 else 'was'} blocked ({Method(method).plain})")
+    rest = [o for o, f in features.items() if f["verdict"] not in (OK, BLOCKED)]
+    if rest:
+        parts.append(f"{names(rest)}: {', '.join(sorted({features[o]['verdict'] for o in rest}))}")
+    return "; ".join(parts)

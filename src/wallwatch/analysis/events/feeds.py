@@ -29,6 +29,10 @@ from typing import Any
 
 from wallwatch import __version__
 from wallwatch.analysis.events.grouping import describe_extent
+from wallwatch.vocabulary import Throttling
+
+# A throttling event's kinds in words a reader can print (the vocabulary's own).
+_THROTTLING_WORDS = {kind.value: kind.plain for kind in Throttling}
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 ATOM_MEDIA_TYPE = "application/atom+xml"
@@ -187,6 +191,13 @@ def _summary(entry: Mapping[str, Any]) -> str:
                f"{', '.join(_network(n) for n in networks)}. Not by itself evidence of blocking."
     evidence = event.get("evidence") or {}
     share = event.get("peak_blocked_share")
+    if event.get("type") == "throttling":
+        kinds = ", ".join(f"{kind} ({_THROTTLING_WORDS.get(kind, kind)})" for kind in event.get("method") or [])
+        return (f"Slowed down (throttled, still reachable) {span} on {len(networks)} network(s): "
+                f"{', '.join(_network(n) for n in networks)}. How: {kinds or 'not recorded'}. "
+                f"{evidence.get('n_throttled_measurements', 0)} of {evidence.get('n_measurements', 0)} "
+                "measurements throttled"
+                + (f", at most {share:.0%} of probes in an hour." if isinstance(share, int | float) else "."))
     return (f"Blocked {span} on {len(networks)} network(s): {', '.join(_network(n) for n in networks)}. "
             f"Method: {methods}. {evidence.get('n_blocked_measurements', 0)} of "
             f"{evidence.get('n_measurements', 0)} measurements blocked"
@@ -208,7 +219,8 @@ def _content_html(entry: Mapping[str, Any]) -> str:
     rows.append("</ul>")
     methods = event.get("methods") or {}
     if methods:
-        rows.append("<p>Methods (blocked measurements): "
+        what = "Kinds (throttled measurements)" if event.get("type") == "throttling" else "Methods (blocked measurements)"
+        rows.append(f"<p>{what}: "
                     + ", ".join(f"{e(m)} ({int(c)})" for m, c in methods.items()) + "</p>")
     if evidence.get("rule_ids"):
         rows.append("<p>Verdict rules: " + ", ".join(f"<code>{e(str(r))}</code>" for r in evidence["rule_ids"])

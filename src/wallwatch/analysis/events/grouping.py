@@ -16,6 +16,13 @@ series on the dense hourly grid (`series.py`), and its segments are grouped:
 A sudden collapse of a network's measurement volume is its own event type,
 grouped per country with service and feature "*".
 
+Throttling is its own event type too (`throttling`): the same detector, run
+on the share of decisive probes that saw the feature slowed (the series'
+`throttled_weight`), grouped the same way, its `methods` the kinds of
+throttling seen (rate, latency, jitter). A throttled measurement is not a
+blocked one (it worked, slowly), so a slowed service never opens a blocking
+event, and a blocked one never a throttling event.
+
 The lifecycle of each event goes to an append-only log (`events.jsonl`):
 `opened`, `network_joined`, `extended`, `closed`. Detection is stateless over
 the window it is given; the log is what persists, and re-running on the same
@@ -46,11 +53,14 @@ from wallwatch.analysis.events.detector import (
     detect_volume_collapse,
 )
 from wallwatch.analysis.tables import run_bounds
-from wallwatch.vocabulary import METHODS
+from wallwatch.vocabulary import METHODS, THROTTLINGS
 
 EVENT_LOG = "events"
 BLOCKING = "blocking"
+THROTTLING = "throttling"
 VOLUME_COLLAPSE = "volume_collapse"
+# The verdict each detected state counts (the rule evidence of its events).
+STATE_VERDICTS = {BLOCKING: "blocked", THROTTLING: "throttled"}
 ANY = "*"
 EPOCH = datetime(1970, 1, 1)
 _MAX_EXAMPLES = 5
@@ -203,7 +213,7 @@ class Event:
     end: datetime | None
     first_alarm: datetime
     networks: tuple[NetworkSpan, ...]
-    methods: Mapping[str, int]  # blocking method -> blocked measurements in the event
+    methods: Mapping[str, int]  # blocking method (throttling kind) -> measurements in the event
     peak_blocked_share: float
     evidence: Mapping[str, Any]
     detector_version: str = DETECTOR_VERSION
@@ -303,6 +313,7 @@ class _Series:
     hours: list[int] = field(default_factory=list)
     decisive: list[int] = field(default_factory=list)
     blocked: list[float] = field(default_factory=list)
+    throttled: list[float] = field(default_factory=list)
     measurements: list[int] = field(default_factory=list)
     rows: pa.Table | None = None
     covered_until: int | None = None  # last hour the grid covers (a trailing gap row reaches past its own hour)
@@ -323,8 +334,31 @@ class _Found:
 
 
 _METHOD_COLUMNS = tuple(f"blocked_{m}" for m in (*METHODS, "other"))
+_KIND_COLUMNS = tuple(f"throttled_{k}" for k in THROTTLINGS)
 _NEEDED = ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "n_probes_decisive",
            "blocked_weight", "n_measurements", "n_blocked", "example_blocked_uid", *_METHOD_COLUMNS)
+# Columns of series built before throttling was a state: filled in as "nothing throttled".
+_THROTTLING_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("throttled_weight", pa.float64()), ("n_throttled", pa.int32()), ("example_throttled_uid", pa.string()),
+    *((column, pa.int32()) for column in _KIND_COLUMNS))
+
+
+@dataclass(frozen=True)
+class _State:
+    """What one event type detects on a series: its weight, count, per-method and example columns."""
+
+    event_type: str
+    weight: str  # the _Series list the detector reads
+    count: str
+    methods: tuple[str, ...]
+    prefix: str
+    example: str
+
+
+_STATES = (
+    _State(BLOCKING, "blocked", "n_blocked", _METHOD_COLUMNS, "blocked_", "example_blocked_uid"),
+    _State(THROTTLING, "throttled", "n_throttled", _KIND_COLUMNS, "throttled_", "example_throttled_uid"),
+)
 
 
 def _series_of(hourly: pa.Table) -> list[_Series]:
@@ -335,7 +369,13 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
         hourly = hourly.append_column("n_buckets", pa.array([1] * hourly.num_rows, pa.int32()))
     if "attempt_blocked_share" not in hourly.column_names:  # series built before the column existed
         hourly = hourly.append_column("attempt_blocked_share", pa.nulls(hourly.num_rows, pa.float64()))
-    hourly = hourly.select([*_NEEDED, "n_buckets", "attempt_blocked_share"]).sort_by(
+    for column, kind in _THROTTLING_COLUMNS:
+        if column not in hourly.column_names:
+            empty = pa.nulls(hourly.num_rows, kind) if column.startswith("example") else pa.array(
+                [0] * hourly.num_rows, kind)
+            hourly = hourly.append_column(column, empty)
+    extra = ["n_buckets", "attempt_blocked_share", *(column for column, _ in _THROTTLING_COLUMNS)]
+    hourly = hourly.select([*_NEEDED, *extra]).sort_by(
         [("probe_cc", "ascending"), ("probe_asn", "ascending"), ("service", "ascending"),
          ("feature", "ascending"), ("hour", "ascending")])
     spans = hourly.column("n_buckets").fill_null(1).to_pylist()
@@ -343,6 +383,7 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
     hours = hour_numbers.to_pylist()
     decisive = hourly.column("n_probes_decisive").to_pylist()
     blocked = hourly.column("blocked_weight").to_pylist()
+    throttled = hourly.column("throttled_weight").fill_null(0.0).to_pylist()
     measurements = hourly.column("n_measurements").to_pylist()
     keys = hourly.select(["probe_cc", "probe_asn", "service", "feature"])
     out = []
@@ -351,12 +392,17 @@ def _series_of(hourly: pa.Table) -> list[_Series]:
         names = [n for n in hourly.column("probe_network_name").slice(lo, hi - lo).to_pylist() if n]
         out.append(_Series(first["probe_cc"], first["probe_asn"], first["service"], first["feature"],
                            names[0] if names else None, hours[lo:hi], decisive[lo:hi], blocked[lo:hi],
-                           measurements[lo:hi], hourly.slice(lo, hi - lo), hours[hi - 1] + spans[hi - 1] - 1))
+                           throttled[lo:hi], measurements[lo:hi], hourly.slice(lo, hi - lo),
+                           hours[hi - 1] + spans[hi - 1] - 1))
     return out
 
 
-def _blocking_segments(series: _Series, params: BlockingParams) -> list[_Found]:
-    samples = [HourCounts(h, n, k) for h, n, k in zip(series.hours, series.decisive, series.blocked, strict=True)]
+def _state_segments(series: _Series, params: BlockingParams, state: _State = _STATES[0]) -> list[_Found]:
+    """Segments of one state (blocked, throttled) of one series: the detector on that state's weights."""
+    weights = getattr(series, state.weight)
+    if not any(weights):
+        return []
+    samples = [HourCounts(h, n, k) for h, n, k in zip(series.hours, series.decisive, weights, strict=True)]
     found = []
     for segment in detect_blocking(samples, params):
         lo = bisect.bisect_left(series.hours, segment.onset)
@@ -364,16 +410,16 @@ def _blocking_segments(series: _Series, params: BlockingParams) -> list[_Found]:
         rows = series.rows.slice(lo, hi - lo) if series.rows is not None else None
         methods: dict[str, int] = {}
         examples: tuple[str, ...] = ()
-        n_blocked = 0
+        n_state = 0
         if rows is not None and rows.num_rows:
-            for column in _METHOD_COLUMNS:
+            for column in state.methods:
                 total = pc.sum(rows.column(column)).as_py() or 0
                 if total:
-                    methods[column.removeprefix("blocked_")] = total
-            n_blocked = pc.sum(rows.column("n_blocked")).as_py() or 0
-            examples = tuple(uid for uid in rows.column("example_blocked_uid").to_pylist() if uid)[:_MAX_EXAMPLES]
-        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]), n_blocked, examples,
-                            _attempt_shares(series.hours[lo:hi], rows)))
+                    methods[column.removeprefix(state.prefix)] = total
+            n_state = pc.sum(rows.column(state.count)).as_py() or 0
+            examples = tuple(uid for uid in rows.column(state.example).to_pylist() if uid)[:_MAX_EXAMPLES]
+        shares = _attempt_shares(series.hours[lo:hi], rows) if state.event_type == BLOCKING else ()
+        found.append(_Found(series, segment, methods, sum(series.measurements[lo:hi]), n_state, examples, shares))
     return found
 
 
@@ -505,8 +551,9 @@ def detect_events(hourly: pa.Table, params: DetectionParams = DetectionParams(),
     groups: dict[tuple[str, str, str, str], list[_Found]] = defaultdict(list)
     for index, series in enumerate(series_list, 1):
         feature = series.feature if params.grouping.by_feature else ANY
-        for found in _blocking_segments(series, params.blocking):
-            groups[(BLOCKING, series.probe_cc, series.service, feature)].append(found)
+        for state in _STATES:
+            for found in _state_segments(series, params.blocking, state):
+                groups[(state.event_type, series.probe_cc, series.service, feature)].append(found)
         if progress is not None:
             progress(index, len(series_list))
     for found in _volume_segments(series_list, params.volume):
@@ -591,7 +638,7 @@ def _event(event_type: str, cc: str, service: str, feature: str, cluster: list[_
         "n_networks": len(networks),
         "n_series": len({(i.series.probe_asn, i.series.feature) for i in cluster}),
         "n_measurements": sum(i.n_measurements for i in cluster),
-        "n_blocked_measurements": sum(i.n_blocked for i in cluster),
+        f"n_{STATE_VERDICTS.get(event_type, 'blocked')}_measurements": sum(i.n_blocked for i in cluster),
         "n_probe_hours": sum(i.segment.n_probe_hours for i in cluster),
         "n_blocked_probe_hours": sum(i.segment.n_blocked_probe_hours for i in cluster),
         "example_measurement_uids": examples[:_MAX_EXAMPLES],
@@ -630,13 +677,13 @@ def add_rule_evidence(connection: Any, events: Sequence[Event]) -> list[Event]:
 
     enriched = []
     for event in events:
-        if event.type != BLOCKING:
+        if event.type not in STATE_VERDICTS:
             enriched.append(event)
             continue
         rules: dict[str, int] = {}
         for network in event.networks:
             end = network.end or datetime(9999, 1, 1)
-            params = [event.probe_cc, network.probe_asn, event.service, network.onset, end]
+            params = [event.probe_cc, network.probe_asn, event.service, network.onset, end, STATE_VERDICTS[event.type]]
             sql = rule_counts_sql(by_feature=event.feature != ANY)
             if event.feature != ANY:
                 params.append(event.feature)

@@ -63,6 +63,8 @@ class _TlsHandshake(TypedDict, total=False):
     tls_version: Any
     transaction_id: Any
     tags: Any
+    echconfig: Any  # echcheck >= 0.2.0: empty for the control handshake (ts-039)
+    outer_server_name: Any
 
 
 class _Request(TypedDict, total=False):

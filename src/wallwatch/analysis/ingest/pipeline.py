@@ -115,11 +115,15 @@ class IngestSummary:
     files_not_read: list[str] = field(default_factory=list)
     # Where this run's quarantined records went (one file per UTC day).
     quarantine_file: str = ""
+    # Verdicts naming a failure string the taxonomy does not list (verdicts/failures.py), per string:
+    # what a maintainer should class in verdicts/data/failures.csv.
+    unclassified_failures: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k not in ("quarantine_reasons", "tests")}
-        data["quarantine_reasons"] = dict(self.quarantine_reasons)
-        data["tests"] = dict(self.tests)
+        counters = ("quarantine_reasons", "tests", "unclassified_failures")
+        data = {k: v for k, v in self.__dict__.items() if k not in counters}
+        for name in counters:
+            data[name] = dict(getattr(self, name))
         return data
 
 
@@ -500,6 +504,10 @@ class Ingester:
             raw = set(pc.unique(measurements["raw_file"]).drop_null().to_pylist())
             self._new_raw.update(raw - self._referenced_raw)
             self._referenced_raw.update(raw)
+        unclassified = verdicts["unclassified_failure"]
+        if unclassified.null_count < len(unclassified):
+            for entry in pc.value_counts(unclassified.drop_null()).to_pylist():
+                self.summary.unclassified_failures[entry["values"]] += entry["counts"]
         self.summary.stored += measurements.num_rows
         self._pending += measurements.num_rows
         self._tables["measurements"].append(measurements)

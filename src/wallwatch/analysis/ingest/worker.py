@@ -578,7 +578,7 @@ class FileReader:
             self.builder.batch.duplicated += 1
             return
         facts = make_observations(header, test_keys, meta["input"], self.config.fingerprints)
-        verdicts = judge_measurement(header, meta, test_keys, facts, self.config.rule_sets, self.config.fingerprints)
+        verdicts = judge_measurement(header, meta, test_keys, facts, self.config.rule_sets)
         row = _MEASUREMENT_TEMPLATE.copy()
         row.update(meta)
         row.update(

@@ -33,7 +33,7 @@ from typing import Any
 import altair as alt
 
 from wallwatch import __version__
-from wallwatch.analysis.events.grouping import ANY, COMPREHENSIVE_FROM_SHARE, Event, iso
+from wallwatch.analysis.events.grouping import ANY, BLOCKING, COMPREHENSIVE_FROM_SHARE, THROTTLING, Event, iso
 from wallwatch.vocabulary import State
 
 # Colours for a bucket's state, shared by the heatmap, the legend and the dashboard. Grey for
@@ -42,6 +42,7 @@ STATE_COLOURS: Mapping[str, str] = {
     State.BLOCKED: "#c0392b",
     State.BLOCKED_ON_AND_OFF: "#f1948a",
     State.PARTIAL: "#e67e22",
+    State.THROTTLED: "#f4d03f",  # reachable but slowed: yellow, between blocked's reds and ok's green
     State.DOWN: "#8e44ad",
     State.OK: "#27ae60",
     State.INSUFFICIENT: "#d5d8dc",
@@ -51,16 +52,24 @@ STATE_GLYPHS: Mapping[str, str] = {
     State.BLOCKED: "✕",
     State.BLOCKED_ON_AND_OFF: "≈",
     State.PARTIAL: "◐",
+    State.THROTTLED: "◷",  # a clock face: it still works, slowly
     State.DOWN: "↓",
     State.OK: "✓",
     State.INSUFFICIENT: "·",
 }
 # Glyph colour readable on each fill.
-_GLYPH_INK: Mapping[str, str] = {state: ("#1c2833" if state in (State.BLOCKED_ON_AND_OFF, State.INSUFFICIENT)
-                                         else "white") for state in STATE_COLOURS}
-# Marks a blocked or partial day that no detected event covers (too little evidence).
+_DARK_INK_STATES = (State.BLOCKED_ON_AND_OFF, State.THROTTLED, State.INSUFFICIENT)
+GLYPH_INK: Mapping[str, str] = {state: ("#1c2833" if state in _DARK_INK_STATES else "white")
+                                 for state in STATE_COLOURS}
+# A throttling event's band: darker than the throttled cells' yellow, so its tag reads on white.
+_THROTTLING_BAND = "#b7950b"
+# Marks a blocked, partial or throttled day that no detected event covers (too little evidence).
 NO_EVENT_MARK = "*"
 _BLOCKING_STATES = (State.BLOCKED, State.BLOCKED_ON_AND_OFF, State.PARTIAL)
+# The states a detected event should explain, and the type of event that does (the detector runs on
+# throttled shares as on blocked ones: analysis/events/grouping.py).
+_EVENT_TYPE_OF_STATE: Mapping[str, str] = {**{state: BLOCKING for state in _BLOCKING_STATES},
+                                           State.THROTTLED: THROTTLING}
 
 # Dates always carry their year (a chart cut out of the page must say which September), and
 # hourly ticks say the hour; Vega's multi-format picks the one that fits the tick.
@@ -195,9 +204,25 @@ def timeline_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *,
                  alt.Tooltip("blocked_share:Q", format=".0%"), "probes:Q"],
     )
     shown = [e for e in events if domain is None or (e.onset < domain[1] and (e.end or domain[1]) > domain[0])]
-    layers = [*_event_bands(shown, domain, "#c0392b"), line, *_annotation_rules(annotations, domain)]
+    blocking = [e for e in shown if e.type != THROTTLING]
+    throttling = [e for e in shown if e.type == THROTTLING]
+    layers = [*_event_bands(blocking, domain, STATE_COLOURS[State.BLOCKED]),
+              *_event_bands(throttling, domain, _THROTTLING_BAND), line]
+    slowed = [{"t": iso(row[grain]), "network": network_label(row["probe_asn"], row["probe_network_name"]),
+               "throttled_share": row["throttled_share"], "glyph": STATE_GLYPHS[State.THROTTLED]}
+              for row in inside if row["n_probes_decisive"] and row.get("throttled_share")]
+    if slowed:
+        # Throttled (reachable, slowed) is its own state, never added to blocking: its share is drawn
+        # as the state's glyph per bucket, in the network's colour, so no line dash is read twice.
+        layers.append(alt.Chart(alt.Data(values=slowed)).mark_text(fontSize=11).encode(
+            x=_utc_x("t", domain), y=alt.Y("throttled_share:Q"), text="glyph:N", color=alt.Color("network:N"),
+            tooltip=[alt.Tooltip("t:T", title=f"{bucket} (UTC)", format="%Y-%m-%d %H:00"), "network:N",
+                     alt.Tooltip("throttled_share:Q", title="share of probes seeing it slowed", format=".0%")]))
+    layers += _annotation_rules(annotations, domain)
     shaded = [f"{len(shown)} detected event(s) shaded and labelled (hour precision)"] if shown else [
         "no detected events"]
+    if slowed:
+        shaded.append(f"{STATE_GLYPHS[State.THROTTLED]}: share of probes seeing it throttled (reachable but slowed)")
     chart = alt.layer(*layers).properties(
         width=_WIDTH, height=220,
         title=_title(f"{service} · {feature} in {probe_cc}: share of probes seeing blocking, per network and {bucket}",
@@ -222,12 +247,13 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
     cells = []
     for row in rows:
         state = cell_state(row)
-        unexplained = state in _BLOCKING_STATES and not covered_by_event(row, events)
+        unexplained = state in _EVENT_TYPE_OF_STATE and not covered_by_event(
+            row, events, event_type=_EVENT_TYPE_OF_STATE[state])
         cells.append({
             "day": iso(row["day"]), "row": label(row), "state": state,
             "glyph": STATE_GLYPHS[state] + (NO_EVENT_MARK if unexplained else ""),
-            "ink": _GLYPH_INK[state], "in_event": "no event: too little evidence" if unexplained else (
-                "yes" if state in _BLOCKING_STATES else "-"),
+            "ink": GLYPH_INK[state], "in_event": "no event: too little evidence" if unexplained else (
+                "yes" if state in _EVENT_TYPE_OF_STATE else "-"),
             "blocked_share": row["blocked_share"], "attempts_blocked": row.get("attempt_blocked_share"),
             "measurements": row["n_measurements"], "probes": row["n_probes"], "days": row.get("n_buckets") or 1,
         })
@@ -253,10 +279,12 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
     glyphs = base.mark_text(fontSize=11, fontWeight="bold").encode(
         text="glyph:N", color=alt.Color("ink:N", scale=None), tooltip=tooltip)
     notes = [f"✕ blocked ≥ 50% of probes (≈ on and off: the blocked measurements let over "
-             f"{1 - COMPREHENSIVE_FROM_SHARE:.0%} of attempts through), ◐ partial ≥ 20%, · grey = no data; "
+             f"{1 - COMPREHENSIVE_FROM_SHARE:.0%} of attempts through), ◐ partial ≥ 20%, "
+             f"{STATE_GLYPHS[State.THROTTLED]} throttled (not blocked, slowed for ≥ 50%), · grey = no data; "
              "a silence of more than two weeks is one grey cell"]
     if any(NO_EVENT_MARK in cell["glyph"] for cell in cells):
-        notes.append(f"{NO_EVENT_MARK} blocked on a day that no detected event covers: too little evidence "
+        notes.append(f"{NO_EVENT_MARK} blocked (or throttled) on a day that no detected event covers: too little "
+                     "evidence "
                      f"for the detector{f' ({minimum_evidence})' if minimum_evidence else ''}")
     chart = alt.layer(rects, glyphs).properties(
         width=alt.Step(18), height=alt.Step(20),
@@ -273,13 +301,15 @@ def cell_state(row: Mapping[str, Any]) -> str:
     return row["state"]
 
 
-def covered_by_event(row: Mapping[str, Any], events: Sequence[Event], grain: str = "day") -> bool:
-    """Whether a detected event covers this bucket of this network (and service/feature, when the
-    row names them): the bucket overlaps one of the network's blocked periods in the event."""
+def covered_by_event(row: Mapping[str, Any], events: Sequence[Event], grain: str = "day",
+                     event_type: str = BLOCKING) -> bool:
+    """Whether a detected event of `event_type` (blocking, or throttling for a throttled bucket) covers
+    this bucket of this network (and service/feature, when the row names them): the bucket overlaps
+    one of the network's periods in the event."""
     start = row[grain]
     stop = covered_until(row, grain) + _step(grain)
     for event in events:
-        if event.type != "blocking":
+        if event.type != event_type:
             continue
         if "service" in row and (event.service, event.feature) != (row["service"], row["feature"]) and \
                 event.feature != ANY:
@@ -335,7 +365,7 @@ def _event_bands(events: Sequence[Event], domain: tuple[datetime, datetime] | No
             start, end = max(start, domain[0]), min(end, domain[1])
             if start >= end:
                 continue
-        what = "volume collapse" if event.service == ANY else "blocked"
+        what = "volume collapse" if event.service == ANY else "throttled" if event.type == THROTTLING else "blocked"
         bands.append({"start": iso(start), "end": iso(end), "label": _event_label(event),
                       "tag": f"{what}{', ongoing' if event.end is None else ''} (event)"})
     if not bands:
@@ -389,7 +419,8 @@ def covered_until(row: Mapping[str, Any], grain: str) -> datetime:
 
 
 def _event_label(event: Event) -> str:
-    what = "volume collapse" if event.service == ANY else f"{event.service}/{event.feature} blocked"
+    state = "throttled" if event.type == THROTTLING else "blocked"
+    what = "volume collapse" if event.service == ANY else f"{event.service}/{event.feature} {state}"
     end = iso(event.end) or "ongoing"
     return f"{what}: {iso(event.onset)} → {end}, {len(event.networks)} network(s)"
 

@@ -24,6 +24,7 @@ from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.events.grouping import (
     ANY,
     BLOCKING,
+    THROTTLING,
     DetectionParams,
     Event,
     add_rule_evidence,
@@ -36,7 +37,7 @@ from wallwatch.analysis.events.lifecycle import record_events
 from wallwatch.analysis.events.feeds import FeedOptions, write_atom
 from wallwatch.analysis.series.build import SeriesRequest, build_and_store, read_series
 from wallwatch.analysis.series.queries import network_volume_sql
-from wallwatch.vocabulary import Method
+from wallwatch.vocabulary import qualifier_plain
 
 
 _HOURLY_TIMELINE_MAX = 7 * 24
@@ -153,7 +154,7 @@ def _chart_sections(hourly: pa.Table, daily: pa.Table, events: list[Event], char
     volume = defaultdict(int)
     for key, rows in hourly_by.items():
         volume[key] = sum(row["n_measurements"] for row in rows)
-    event_groups = [(e.probe_cc, e.service, e.feature) for e in events if e.type == BLOCKING]
+    event_groups = [(e.probe_cc, e.service, e.feature) for e in events if e.type in (BLOCKING, THROTTLING)]
     ordered = list(dict.fromkeys(key for key in event_groups if key in hourly_by))
     ordered += [key for key in sorted(volume, key=lambda k: -volume[k]) if key not in ordered]
     spans = country_spans(hourly_by.items())
@@ -224,7 +225,7 @@ def _group_rows(table: pa.Table) -> dict[tuple[str, str, str], list[dict[str, An
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     wanted = [c for c in ("probe_cc", "probe_asn", "probe_network_name", "service", "feature", "hour", "day",
                           "n_measurements", "n_probes", "n_probes_decisive", "n_probes_blocked", "blocked_share",
-                          "attempt_blocked_share", "state", "n_buckets") if c in table.column_names]
+                          "attempt_blocked_share", "throttled_share", "state", "n_buckets") if c in table.column_names]
     for row in table.select(wanted).to_pylist():
         grouped[(row["probe_cc"], row["service"], row["feature"])].append(row)
     return grouped
@@ -267,8 +268,8 @@ def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section]
                       autoescape=select_autoescape(["html"]))
     env.filters["when"] = charts.when
     env.filters["iso"] = iso
-    # Words a journalist can print beside each method's code (vocabulary.Method.plain).
-    env.filters["plain_method"] = lambda m: Method(m).plain if m in Method._value2member_map_ else ""
+    # Words a journalist can print beside each method's code (a Method's or a Throttling kind's plain).
+    env.filters["plain_method"] = lambda m: qualifier_plain(m) or ""
     hours = hourly.column("hour") if hourly.num_rows else None
     start = pc.min(hours).as_py() if hours is not None else None
     end = pc.max(hours).as_py() if hours is not None else None

@@ -26,19 +26,22 @@ silences by the hour numbers), the charts break their lines at gap rows.
 
 Columns of `series_hourly` (`hour`) and `series_daily` (`day`), partitioned by `date`:
 probe_cc, probe_asn, probe_network_name, service, feature, hour|day, date,
-n_measurements, n_probes, n_probes_decisive, n_probes_blocked, n_probes_ok,
-n_probes_down, n_ok, n_blocked, n_down, n_unknown, blocked_<method> for each
-method in `wallwatch.vocabulary.METHODS` plus blocked_other, blocked_weight (sum over
-decisive probes of each one's blocked share of its measurements),
-example_blocked_uid, blocked_share (blocked_weight / decisive probes, null when
-none), attempt_share_weight (sum over blocked measurements of the share of their
+n_measurements, n_probes, n_probes_decisive, n_probes_blocked, n_probes_throttled,
+n_probes_ok, n_probes_down, n_ok, n_blocked, n_throttled, n_down, n_unknown,
+blocked_<method> for each method in `wallwatch.vocabulary.METHODS` plus
+blocked_other, throttled_<kind> for each kind in `THROTTLINGS`, blocked_weight (sum over
+decisive probes of each one's blocked share of its measurements), throttled_weight
+(the same for throttled measurements), example_blocked_uid, example_throttled_uid,
+blocked_share (blocked_weight / decisive probes, null when none), throttled_share
+(likewise), attempt_share_weight (sum over blocked measurements of the share of their
 attempts blocked), attempt_blocked_share (attempt_share_weight / n_blocked, null
 when nothing was blocked: below 1 the blocking let some attempts through, "on and
-off"), state (insufficient|down|blocked|partial|ok), n_buckets (1, or for a
+off"), state (insufficient|down|blocked|partial|throttled|ok), n_buckets (1, or for a
 gap row the number of silent buckets it stands for). Probe counts are distinct
 `probe_key`s ("n_probes_blocked": saw blocking at least once); measurement
 counts are distinct `measurement_uid`s, a measurement taking the strongest of
-its targets' verdicts (blocked > ok > down > unknown).
+its targets' verdicts (blocked > throttled > ok > down > unknown). A probe is
+decisive when it saw the feature work, throttled or blocked.
 """
 
 from __future__ import annotations
@@ -215,7 +218,8 @@ def _finish(table: pa.Table, grain: str) -> pa.Table:
     table = table.set_column(table.schema.get_field_index("bucket"), grain, bucket)
     table = table.append_column("date", pc.cast(bucket, pa.date32()))
     ints = {name for name in table.column_names
-            if name.startswith(("n_", "blocked_")) and name not in ("blocked_share", "blocked_weight")}
+            if name.startswith(("n_", "blocked_", "throttled_"))
+            and name not in ("blocked_share", "blocked_weight", "throttled_share", "throttled_weight")}
     for name in ints:
         index = table.schema.get_field_index(name)
         table = table.set_column(index, name, table.column(name).cast(pa.int32()))

@@ -1,8 +1,8 @@
 """Whose fault a failure string is: the failure taxonomy, kept once as data.
 
 Every failure string of OONI's data format (ooni/spec data-formats/df-007-errors.md
-[OONISpec]), those probe-cli's netxlite writes (internal/netxlite: errno.go,
-classify.go) and those seen in the shipped samples are classed in
+[ooni-df007]), those probe-cli's netxlite writes (internal/netxlite: errno.go,
+classify.go [ooni-netxlite]) and those seen in the shipped samples are classed in
 `data/failures.csv`, each with its source and why:
 
 * `interference`: a network-interference candidate (a reset, a timeout, a lying
@@ -14,10 +14,13 @@ classify.go) and those seen in the shipped samples are classed in
 * `server`: the server (or resolver) answered, with an error or nothing of that
   type: no evidence of interference.
 
-A string the table does not list is `unclassified` and treated like a probe
-fault: a verdict a journalist can quote must not rest on a string nobody has
-read. Prefix rows (`unknown_failure ...`, `socks_...`) cover the families whose
-tail is free text.
+A string the table does not list is `unclassified`: never evidence of blocking
+on its own (a verdict a journalist can quote must not rest on a string nobody has
+read), but not called a probe fault either, since it may be a new kind of
+interference that OONI's probe learnt to name after this table was written. A
+verdict names it (column `unclassified_failure`) and `wallwatch ingest` counts
+each such string in its summary, so a maintainer classes it here. Prefix rows
+(`unknown_failure ...`, `socks_...`) cover the families whose tail is free text.
 """
 
 from __future__ import annotations
@@ -98,6 +101,30 @@ def is_interference_candidate(failure: str | None) -> bool:
     return failure is not None and failure_class(failure) == INTERFERENCE
 
 
+@lru_cache(maxsize=1)
+def interference_strings() -> frozenset[str]:
+    """Every failure string of class `interference`, for a set lookup where the verdicts count
+    failures (`failure in interference_strings()` is `is_interference_candidate(failure)`).
+
+    Exact because the table classes no prefix family as interference (prefix rows are the
+    free-text families of the probe's own faults); a table that did would be refused here.
+    """
+    table = failure_table()
+    if any(row.kind == INTERFERENCE for row in table.prefixes):
+        raise ValueError(f"{TABLE}: an interference row must match exactly")
+    return frozenset(row.failure for row in table.exact.values() if row.kind == INTERFERENCE)
+
+
 def is_probe_fault(failure: str | None) -> bool:
-    """A probe-side fault, or a string nobody classed (never evidence of blocking)."""
+    """A probe-side fault (never evidence of blocking)."""
+    return failure is not None and failure_class(failure) == PROBE
+
+
+def is_unclassified(failure: str | None) -> bool:
+    """A string the table does not list (never evidence of blocking on its own)."""
+    return failure is not None and failure_class(failure) == UNCLASSIFIED
+
+
+def is_never_evidence(failure: str | None) -> bool:
+    """A failure that says nothing about the network: a probe fault or an unclassified string."""
     return failure is not None and failure_class(failure) in (PROBE, UNCLASSIFIED)

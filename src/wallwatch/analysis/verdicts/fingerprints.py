@@ -3,7 +3,7 @@
 The rows live in `analysis/verdicts/data/fingerprints_{dns,http}.csv`: unmodified
 copies of https://github.com/ooni/blocking-fingerprints at the commit named in
 `data/fingerprints.json` (the manifest: version, source, commit, sha256 and row
-count of each file) and `data/PROVENANCE.md` [OONIFingerprints]. Matching
+count of each file) and `data/PROVENANCE.md` [ooni-fingerprints]. Matching
 follows the upstream Readme and oonidata's `fingerprintdb.py`: `full` is
 equality, `prefix` is startswith, `contains` is substring, `regexp` is a
 regular expression searched with `.` matching newlines (oonidata compiles them
@@ -19,12 +19,16 @@ which is why OONI's fastpath calls such measurements "confirmed" (ooni/backend
 fastpath/core.py); a row whose `expected_countries` do not include the probe's
 country is still evidence, but not confirmation.
 
-Speed: every row of one location (DNS answers, bodies, each header name) goes
-into one Aho-Corasick automaton (Rust `aho-corasick` via ahocorasick-rs) of
-literals: `contains`, `prefix` and `full` patterns themselves, and for each
-`regexp` the literal text every match must begin with, so a regular expression
-runs only where its literal occurs. One scan of a body finds every candidate
-row; `bench/bench_fingerprints.py` measures the cost per measurement.
+Speed: every row of one location (DNS answers, bodies, each header name) has one
+literal any text it matches must contain (a `regexp` row: the longest piece of
+its literal chain, or the text every match begins with); all the literals of a
+location go into one Hyperscan literal database [Hyperscan2019], built once per
+process, so one scan of a body finds every candidate row, and each candidate is
+then checked by itself. A regexp runs only where its literal occurs, and one made
+of literals joined by `.*` runs as a chain of `str.find`. DNS rows (all `full`)
+are a dict lookup; header values and short bodies recur across measurements and
+are matched once each (a per-set cache). `bench/bench_fingerprints.py` measures
+the cost per measurement, `bench/bench_ingest.py` the ingest it is part of.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import ahocorasick_rs
+import hyperscan
 
 DATA_PACKAGE = "wallwatch.analysis.verdicts.data"
 MANIFEST = "fingerprints.json"
@@ -52,16 +57,22 @@ FILES = {"dns": "fingerprints_dns.csv", "http": "fingerprints_http.csv"}
 COLUMNS = ("name", "scope", "other_names", "location_found", "pattern_type", "pattern", "confidence_no_fp",
            "expected_countries", "source", "exp_url", "notes")
 PATTERN_TYPES = ("full", "prefix", "contains", "regexp")
-# Upstream Readme: nat, isp, prod (middlebox product), inst (school/office), vbw (vague blocking
-# word), fp (a known false positive); the data also holds `injb` (injected block) and `prov`.
+# Upstream Readme, after Citizen Lab's annotations [citizenlab-annotations]: nat, isp, prod (middlebox
+# product), inst (school/office), vbw (vague blocking word), fp (a known false positive); the data also
+# holds `injb` (injected block) and `prov`.
 FALSE_POSITIVE_SCOPE = "fp"
 # A "vague blocking word" in a page ("Access Denied"): CDNs and origin servers say it too (a 403 from
 # an object store matched it on OONI's signal_022 sample), so an HTTP row of this scope is named as
 # a hint but never decides "blocked" alone. DNS rows of it (1.2.3.4, 0.0.0.0, 127.0.0.1) are answers
 # no public name has, and stay evidence.
 VAGUE_SCOPE = "vbw"
-# OONI writes ZZ for "no country": a product fingerprint expected in ZZ is expected anywhere.
+# ZZ in expected_countries: expected anywhere. OONI's fastpath matched its "ZZ" fingerprints against every
+# country's measurements, beside that country's own [ooni-backend] (fastpath/core.py `match_fingerprints`).
 ANY_COUNTRY = "ZZ"
+# What a match is to a verdict: evidence in DNS answers, evidence in an HTTP response, a vague blocking word
+# (a hint), a known false positive (any location: never evidence). Rules cite them by these names.
+DNS_EVIDENCE, HTTP_EVIDENCE, VAGUE, FALSE_POSITIVE = "dns", "http", "vague", "fp"
+KINDS = (DNS_EVIDENCE, HTTP_EVIDENCE, VAGUE, FALSE_POSITIVE)
 
 
 class FingerprintError(ValueError):
@@ -78,6 +89,13 @@ class Fingerprint:
     confidence_no_fp: int
     expected_countries: tuple[str, ...]
     order: int = 0  # position in its file: the first row (in file order) that matches is named
+    # What a match of this row is to a verdict (one of KINDS), made once: the verdicts ask per match.
+    kind: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kind = (FALSE_POSITIVE if self.false_positive else DNS_EVIDENCE if self.location_found == "dns"
+                else VAGUE if self.vague else HTTP_EVIDENCE)
+        object.__setattr__(self, "kind", kind)
 
     @property
     def false_positive(self) -> bool:
@@ -167,49 +185,147 @@ def _has_alternation(pattern: str) -> bool:
     return False
 
 
+def literal_chain(pattern: str) -> tuple[str, ...] | None:
+    """The literal pieces of a regexp made only of literal text joined by `.*`, in order; else None.
+
+    With `re.DOTALL` (how the rows are compiled) `A.*B.*C` matches somewhere exactly when A occurs,
+    then B at or after the end of that first A, then C after that B: finding the leftmost
+    occurrence of each piece in turn is enough, and never backtracks. Regexps such as
+    `<meta name=.*twitter:card` otherwise cost `re` a pass to the end of the text from every
+    occurrence of the first piece. 13 of the 14 upstream regexps are such chains.
+    """
+    pieces: list[str] = []
+    current: list[str] = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith(".*", index):
+            if pattern[index + 2 : index + 3] in ("?", "+", "*", "{"):  # lazy/possessive/odd: not a plain .*
+                return None
+            pieces.append("".join(current))
+            current = []
+            index += 2
+            continue
+        literal, step = _literal_at(pattern, index)
+        if literal is None:
+            return None
+        following = pattern[index + step : index + step + 1]
+        if following in ("*", "+", "?") or (following == "{" and _QUANTIFIER.match(pattern, index + step)):
+            return None
+        current.append(literal)
+        index += step
+    pieces.append("".join(current))
+    chain = tuple(piece for piece in pieces if piece)  # an empty piece (a leading or doubled .*) asks nothing
+    return chain or None
+
+
+# What `re` reads as a repeat count after `{` (sre_parse); any other `{` is a literal character.
+_QUANTIFIER = re.compile(r"\{\d*,?\d*\}")
+
+
+def _literal_at(pattern: str, index: int) -> tuple[str | None, int]:
+    """The literal character at `index` and how many pattern characters it takes (None: not a literal)."""
+    char = pattern[index]
+    if char == "\\":
+        following = pattern[index + 1 : index + 2]
+        return (following, 2) if following and not following.isalnum() else (None, 0)
+    if char == "{" and not _QUANTIFIER.match(pattern, index):
+        return char, 1
+    return (None, 0) if char in _REGEX_META else (char, 1)
+
+
+def _chain_search(chain: tuple[str, ...], text: str) -> bool:
+    position = 0
+    for piece in chain:
+        found = text.find(piece, position)
+        if found < 0:
+            return False
+        position = found + len(piece)
+    return True
+
+
+# How a candidate row is checked once its literal was seen (the literal of a `contains` row is the row).
+_CONTAINS, _PREFIX, _FULL, _CHAIN, _REGEXP = range(5)
+
+
+def _collect(literal_id: int, start: int, end: int, flags: int, found: list[int]) -> None:
+    """Hyperscan's match callback: note which literal occurred (SINGLEMATCH: once per literal)."""
+    found.append(literal_id)
+
+
 class _PatternSet:
-    """Every row of one location, matched by one Aho-Corasick scan (plus regexps without a literal)."""
+    """Every row of one location, found by one Hyperscan literal scan, then each candidate checked.
+
+    Each row has one literal that any text it matches must contain: the pattern itself for
+    `contains`, `prefix` and `full`; for a regexp the longest piece of its literal chain, else the
+    text every match begins with (`required_literal`). Hyperscan [Hyperscan2019] looks for all of
+    them in one pass over the UTF-8 bytes (its FDR literal matcher reads ~3 GB/s here, ten times an
+    Aho-Corasick DFA of 1,300 body literals, whose tables do not fit the cache); a row whose literal
+    occurs is then checked by itself (startswith, equality, the chain, or `re`), so the set finds
+    exactly the rows `Fingerprint.matches` accepts. UTF-8 is self-synchronising, so a literal's
+    bytes occur in the text's bytes exactly where the literal occurs in the text.
+    """
 
     def __init__(self, rows: Sequence[Fingerprint]) -> None:
         self.rows = tuple(rows)
-        literals: dict[str, list[Fingerprint]] = {}
+        literals: dict[str, list[tuple[Fingerprint, int, tuple[str, ...] | None]]] = {}
         self.unanchored: list[Fingerprint] = []  # regexps with no literal: searched every time
         for row in self.rows:
-            literal = row.pattern if row.pattern_type != "regexp" else required_literal(row.pattern)
+            chain = literal_chain(row.pattern) if row.pattern_type == "regexp" else None
+            if row.pattern_type != "regexp":
+                literal, check = row.pattern, {"contains": _CONTAINS, "prefix": _PREFIX, "full": _FULL}[row.pattern_type]
+            elif chain is not None:
+                literal, check = max(chain, key=len), _CHAIN
+            else:
+                literal, check = required_literal(row.pattern), _REGEXP
             if literal:
-                literals.setdefault(literal, []).append(row)
+                literals.setdefault(literal, []).append((row, check, chain))
             else:
                 self.unanchored.append(row)
         self.by_literal = tuple(literals.values())
         self.full = {row.pattern: row for row in reversed(self.rows) if row.pattern_type == "full"}
         self.only_full = all(row.pattern_type == "full" for row in self.rows)
-        self.automaton = (ahocorasick_rs.AhoCorasick(list(literals), matchkind=ahocorasick_rs.MatchKind.Standard)
-                          if literals else None)
+        self.database: hyperscan.Database | None = None
+        if literals and not self.only_full:
+            self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self.database.compile(expressions=[literal.encode("utf-8") for literal in literals],
+                                  ids=list(range(len(literals))), flags=hyperscan.HS_FLAG_SINGLEMATCH, literal=True)
+        # Header values (and short bodies: an API's error page) recur across measurements: each
+        # distinct one is matched once per process.
+        self.cached = lru_cache(maxsize=SHORT_TEXT_CACHE)(self._matches)
 
-    def matches(self, text: str) -> list[Fingerprint]:
+    def matches(self, text: str) -> tuple[Fingerprint, ...]:
         """Every row matching `text`, in file order."""
         if self.only_full:  # DNS: a dict lookup, no scan
             row = self.full.get(text)
-            return [row] if row is not None else []
-        found: dict[int, Fingerprint] = {}
-        if self.automaton is not None:
-            length = len(text)
-            tried: set[int] = set()  # a regexp searched from its literal's first occurrence was searched for all
-            for literal_index, start, end in self.automaton.find_matches_as_indexes(text, overlapping=True):
-                for row in self.by_literal[literal_index]:
-                    if row.order in found or row.order in tried:
-                        continue
-                    if row.pattern_type == "regexp":
-                        tried.add(row.order)
-                    kind = row.pattern_type
-                    if kind == "contains" or (kind == "prefix" and start == 0) or (
-                            kind == "full" and start == 0 and end == length) or (
-                            kind == "regexp" and _compiled(row.pattern).search(text, start) is not None):
-                        found[row.order] = row
+            return (row,) if row is not None else ()
+        return self.cached(text) if len(text) <= SHORT_TEXT else self._matches(text)
+
+    def _matches(self, text: str) -> tuple[Fingerprint, ...]:
+        found: list[Fingerprint] = []
+        if self.database is not None:
+            seen: list[int] = []
+            # surrogatepass: a lone surrogate (JSON allows "\\ud800") encodes too, and cannot form a
+            # literal's bytes, so the match is unchanged.
+            self.database.scan(text.encode("utf-8", "surrogatepass"), match_event_handler=_collect, context=seen)
+            for literal_id in seen:
+                for row, check, chain in self.by_literal[literal_id]:
+                    if check == _CONTAINS or (check == _PREFIX and text.startswith(row.pattern)) or (
+                            check == _FULL and text == row.pattern) or (
+                            check == _CHAIN and _chain_search(chain, text)) or (  # type: ignore[arg-type]
+                            check == _REGEXP and _compiled(row.pattern).search(text) is not None):
+                        found.append(row)
         for row in self.unanchored:
             if _compiled(row.pattern).search(text) is not None:
-                found[row.order] = row
-        return [found[order] for order in sorted(found)]
+                found.append(row)
+        if len(found) > 1:
+            found.sort(key=_ORDER)
+        return tuple(found)
+
+
+_ORDER = attrgetter("order")
+# Texts up to this many characters are matched through the per-set cache, of this many entries.
+SHORT_TEXT = 1024
+SHORT_TEXT_CACHE = 4096
 
 
 def best(matches: Iterable[FingerprintMatch]) -> FingerprintMatch | None:
@@ -271,25 +387,38 @@ class FingerprintDB:
     def match_http_all(self, body: str | None, headers: Mapping[str, Any] | None,
                        where: str | None = None) -> list[FingerprintMatch]:
         """Every row matching one response: its body, and each header (names case-insensitive)."""
+        return [FingerprintMatch(row, row.location_found, where) for row in self._match_response(body, headers)]
+
+    def match_http(self, body: str | None, headers: Mapping[str, Any] | None) -> Fingerprint | None:
+        """The row a response is named by (see `best`): evidence before known false positives."""
+        found = self._match_response(body, headers)
+        if not found:
+            return None
+        return found[0] if len(found) == 1 else min(found, key=_rank)
+
+    def _match_response(self, body: str | None, headers: Mapping[str, Any] | None) -> tuple[Fingerprint, ...]:
         assert self._body is not None
-        matches = [FingerprintMatch(row, "body", where) for row in self._body.matches(body)] if body else []
+        found = self._body.matches(body) if body else ()
         if headers:
-            lengths = self._header_lengths
+            lengths, by_name = self._header_lengths, self._headers
             for key, value in headers.items():
                 # Only names as long as a fingerprinted one can match: most headers skip lower().
                 if len(key) not in lengths:
                     continue
-                patterns = self._headers.get(key.lower())
-                text = maybe_binary_text(value)
-                if patterns is not None and text:
-                    location = "header." + key.lower()
-                    matches.extend(FingerprintMatch(row, location, where) for row in patterns.matches(text))
-        return matches
+                patterns = by_name.get(key.lower())
+                if patterns is None:
+                    continue
+                text = value if type(value) is str else maybe_binary_text(value)
+                if text:
+                    matched = patterns.matches(text)
+                    if matched:
+                        found = (*found, *matched)
+        return found
 
-    def match_http(self, body: str | None, headers: Mapping[str, Any] | None) -> Fingerprint | None:
-        """The row a response is named by (see `best`): evidence before known false positives."""
-        chosen = best(self.match_http_all(body, headers))
-        return chosen.fingerprint if chosen else None
+
+def _rank(row: Fingerprint) -> tuple[bool, bool, int]:
+    """`best`'s order for rows: evidence first (in file order), then vague words, then false positives."""
+    return row.false_positive, row.vague, row.order
 
 
 def maybe_binary_text(value: Any) -> str | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,9 +33,17 @@ from urllib.parse import urlsplit
 # (analysis/compiled.py) may not extend a Python class with __slots__, and rows.py stays Python.
 from wallwatch.analysis.rows import Header, ObservationRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, load_fingerprints, maybe_binary_text
+from wallwatch.analysis.verdicts.fingerprints import (
+    Fingerprint,
+    FingerprintDB,
+    FingerprintMatch,
+    load_fingerprints,
+    maybe_binary_text,
+)
 
 Row = dict[str, Any]
+
+_TH_BOGON = 1 << 2  # probe-cli model.THIPInfoFlagIsBogon
 
 # DNS failures that are an answer from a resolver (so the network worked).
 _RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
@@ -265,6 +273,9 @@ class MeasurementFacts:
 
     rows: list[Row]
     any_network_success: bool  # anything at all worked: the probe was online
+    # Each row whose DNS answers or HTTP response matched a fingerprint row, with the row it is named
+    # by (the row's dns_fingerprint / http_fingerprint), so the verdicts need not look in every row.
+    fingerprint_matches: list[tuple[Row, Fingerprint]] = field(default_factory=list)
 
 
 def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: str | None,
@@ -273,7 +284,8 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
     builder = _Builder(header, test_input, fingerprints)
     builder.add_dns(as_list(test_keys.get("queries")))
     builder.add_tcp(test_keys.get("tcp_connect"))
-    builder.add_tls(as_list(test_keys.get("tls_handshakes")))
+    if header.test_name != "echcheck":  # echcheck's handshakes are its control and target (add_ech)
+        builder.add_tls(as_list(test_keys.get("tls_handshakes")))
     builder.add_http(as_list(test_keys.get("requests")))
     if header.test_name == "web_connectivity":
         builder.add_legacy_http_failure(failure_string(test_keys.get("http_experiment_failure")))
@@ -288,7 +300,8 @@ def make_observations(header: Header, test_keys: Mapping[str, Any], test_input: 
         builder.add_ech(test_keys)
     elif header.test_name in _MIDDLEBOX_TESTS:
         builder.add_outcomes(())  # one row: the verdict reads `tampering` from the test keys
-    return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success)
+    return MeasurementFacts(rows=builder.rows(), any_network_success=builder.any_success,
+                            fingerprint_matches=builder.fingerprint_matches)
 
 
 class _Builder:
@@ -310,6 +323,7 @@ class _Builder:
         self.by_host: dict[str, Row] = {}
         self.ip_to_host: dict[str, str] = {}
         self.any_success = False
+        self.fingerprint_matches: list[tuple[Row, Fingerprint]] = []
 
     def rows(self) -> list[Row]:
         rows = self.dns_rows + self.endpoint_rows
@@ -387,6 +401,7 @@ class _Builder:
                 fingerprint = fingerprint_of(value)
                 if fingerprint is not None:
                     row["dns_fingerprint"] = fingerprint.name
+                    self.fingerprint_matches.append((row, fingerprint))
             if ip:
                 if not row["dns_bogon"]:
                     row["dns_bogon"] = is_bogon(value)
@@ -473,7 +488,8 @@ class _Builder:
             failure = failure_string(entry.get("failure"))
             row["http_url"] = url
             row["http_failure"] = failure
-            status = _int_or_none(response.get("code"))
+            # Code 0 is "no response": probe-cli writes it for a failed round trip (ArchivalHTTPResponse).
+            status = _int_or_none(response.get("code")) or None
             row["http_status"] = status
             body = response.get("body")
             if body is not None and type(body) is not str:
@@ -483,7 +499,9 @@ class _Builder:
             headers = response.get("headers")
             if body or headers:  # neither: match_http has nothing to match
                 fingerprint = self.fingerprints.match_http(body, headers if isinstance(headers, dict) else None)
-                row["http_fingerprint"] = fingerprint.name if fingerprint else None
+                if fingerprint is not None:
+                    row["http_fingerprint"] = fingerprint.name
+                    self.fingerprint_matches.append((row, fingerprint))
             if failure is None and status:
                 self.any_success = True
 
@@ -543,6 +561,21 @@ class _Builder:
             row["ctrl_http_status"] = _int_or_none(http.get("status_code"))
         if have_control:
             self._mark_dns_consistency({a for a in as_list(dns.get("addrs")) if isinstance(a, str)})
+            self._vouched_bogons(_as_dict(control.get("ip_info")))
+
+    def _vouched_bogons(self, ip_info: Mapping[str, Any]) -> None:
+        """An answer the test helper's `ip_info` says is no bogon where it stands is none (the flags
+        of probe-cli `model.THIPInfo`, bit 2 = bogon). For OONI's helpers this agrees with
+        `is_bogon`; a helper in the lab vouches for the lab's internet, which lives in reserved
+        space (RFC 2544) and would otherwise read as an injector's bogon answer."""
+        public = {ip for ip, info in ip_info.items()
+                  if isinstance(info, dict) and isinstance(info.get("flags"), int) and not info["flags"] & _TH_BOGON}
+        if not public:
+            return
+        for row in self.dns_rows:
+            if row["dns_bogon"]:
+                row["dns_bogon"] = any(is_bogon(a) and a not in public
+                                       for a in row["dns_answers"] or () if _looks_like_ip(a))
 
     def _mark_dns_consistency(self, control_addrs: set[str]) -> None:
         """OONI's rule (ts-017): answers are consistent if they overlap the control's, or if a TLS
@@ -572,18 +605,18 @@ class _Builder:
                 self.any_success = True
 
     def add_ech(self, test_keys: Mapping[str, Any]) -> None:
-        """echcheck (ts-039): a TLS handshake with a GREASE ECH extension (`target`) and one without
-        (`control`, kept as an `is_control` row); since 0.2.0 both are in `tls_handshakes`."""
-        for name, control in (("control", True), ("target", False)):
-            entry = test_keys.get(name)
-            if not isinstance(entry, dict):
-                continue
+        """echcheck (ts-039): TLS handshakes with an ECH extension (the target) next to one without
+        (the control, kept as an `is_control` row), to the same address. The wire SNI of an ECH
+        handshake is its `outer_server_name` when the probe wrote one (`tls_server_name`)."""
+        for entry, control in ech_handshakes(test_keys):
             ip, port = split_address(entry.get("address"))
-            row = self._new_row(entry.get("server_name") if isinstance(entry.get("server_name"), str) else None,
-                                ip, port, None)
+            server_name = entry.get("server_name") if isinstance(entry.get("server_name"), str) else None
+            outer = entry.get("outer_server_name")
+            row = self._new_row(server_name, ip, port, None)
             row["is_control"] = control
-            row["tls_server_name"] = row["hostname"] or ""
+            row["tls_server_name"] = (outer if isinstance(outer, str) and outer and not control else server_name) or ""
             row["tls_failure"] = failure_string(entry.get("failure"))
+            row["tls_version"] = entry.get("tls_version") if isinstance(entry.get("tls_version"), str) else None
             if row["tls_failure"] is None:
                 self.any_success = True
             self.endpoint_rows.append(row)
@@ -599,6 +632,19 @@ class _Builder:
         if failure is None and test_keys.get("success") is not False:
             self.any_success = True
         self.endpoint_rows.append(row)
+
+
+def ech_handshakes(test_keys: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], bool]]:
+    """echcheck's handshakes as (entry, is_control), in either of its formats [ooni-ts039]:
+    before 0.2.0 one `control` and one `target` handshake; since 0.2.0 a `tls_handshakes` list
+    (df-006) where the control is the one whose `echconfig` is empty and every other one tried ECH
+    (probe-cli writes the ECH config list, base64, there; the spec adds a second ECH handshake
+    with another outer name)."""
+    if isinstance(test_keys.get("control"), dict) or isinstance(test_keys.get("target"), dict):
+        return [(entry, name == "control") for name in ("control", "target")
+                if isinstance(entry := test_keys.get(name), dict)]
+    return [(entry, not entry.get("echconfig")) for entry in as_list(test_keys.get("tls_handshakes"))
+            if isinstance(entry, dict)]
 
 
 @lru_cache(maxsize=65536)

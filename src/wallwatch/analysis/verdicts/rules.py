@@ -9,14 +9,16 @@ than SQL, evaluated in tight Python because it runs inside the single ingest pas
 
 wallwatch's own measurements already carry per-feature verdicts made by the
 probe's versioned rules (`test_keys.x_wallwatch.features`); they are taken as
-made, validated, and keep the probe's rule id and rules version.
+made, validated, and keep the probe's rule id and rules version. A wallwatch
+measurement without them (web_connectivity: the probe writes OONI's keys and
+no verdict of its own) is judged by its test's rule set, as OONI's are.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,16 +28,33 @@ import yaml
 
 from wallwatch.analysis.rows import VerdictRow
 from wallwatch.analysis.tables import row_template
-from wallwatch.analysis.verdicts.failures import is_interference_candidate, is_probe_fault
-from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, FingerprintMatch, best, load_fingerprints
+from wallwatch.analysis.verdicts.failures import (
+    PROBE,
+    UNCLASSIFIED,
+    failure_class,
+    interference_strings,
+    is_interference_candidate,
+    is_never_evidence,
+)
+from wallwatch.analysis.verdicts.fingerprints import (
+    DNS_EVIDENCE,
+    FALSE_POSITIVE,
+    HTTP_EVIDENCE,
+    KINDS,
+    VAGUE,
+    Fingerprint,
+    FingerprintMatch,
+    best,
+)
 from wallwatch.analysis.verdicts.observations import (
     Header,
     MeasurementFacts,
     Row,
+    ech_handshakes,
     header_row,
     iter_feature_groups,
 )
-from wallwatch.vocabulary import METHODS, VERDICTS
+from wallwatch.vocabulary import METHODS, VERDICTS, is_finding, qualifiers
 
 RULES_PACKAGE = "wallwatch.analysis.verdicts.rulesets"
 # libyaml's safe loader when PyYAML was built with it: the pure-Python one takes ~0.15 s for the rules.
@@ -66,8 +85,16 @@ class Condition:
 
 # What a rule may cite as its evidence: a DNS fingerprint, a block page (HTTP) fingerprint, a vague
 # blocking word (an HTTP row of scope `vbw`) or a known false positive (scope `fp`); the verdict
-# then names the row that matched.
-FINGERPRINT_KINDS = ("dns", "http", "vague", "fp")
+# then names the row that matched (fingerprints.py `Fingerprint.kind`).
+FINGERPRINT_KINDS = KINDS
+# The facts a group's fingerprint matches set (`_fingerprint_facts`), at their values when none matched.
+_FINGERPRINT_FACTS: Mapping[str, Any] = {
+    "n_dns_fingerprint": 0, "n_blockpage": 0, "n_vague_blockpage": 0, "n_known_false_positive": 0,
+    # A DNS fingerprint / block page whose expected_countries include the probe's country
+    # (or name none): confirmed blocking.
+    "dns_fingerprint_expected": False, "blockpage_expected": False,
+}
+_FINGERPRINT_FACT_NAMES = tuple(_FINGERPRINT_FACTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,22 +115,86 @@ class Rule:
         return not self.any_of or any(all(c.holds(facts) for c in group) for group in self.any_of)
 
 
+# A condition as the cascade runs it: (fact, comparison, value, whether a missing fact fails it).
+_Check = tuple[str, Callable[[Any, Any], bool], Any, bool]
+
+
+def _checks(conditions: Sequence[Condition]) -> tuple[_Check, ...]:
+    return tuple((c.fact, _OPERATORS[c.op], c.value, c.op not in ("eq", "ne")) for c in conditions)
+
+
+def _all_hold(checks: tuple[_Check, ...], facts: Mapping[str, Any]) -> bool:
+    """`Condition.holds` of every check, inlined (see RuleSet.judge)."""
+    get = facts.get
+    for fact, compare, value, missing_fails in checks:
+        actual = get(fact)
+        if (actual is None and missing_fails) or not compare(actual, value):
+            return False
+    return True
+
+
+_Step = tuple[Rule, tuple[_Check, ...], tuple[tuple[_Check, ...], ...]]  # a rule, its all_of and any_of checks
+# Cascades specialised to one state of the fingerprint facts kept per rule set (a few exist in practice:
+# no match, one fp row, one block page ...); past this many, judging falls back to the whole cascade.
+_MAX_SPECIALISED = 256
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     name: str
     version: str
     applies_to: tuple[str, ...]
     rules: tuple[Rule, ...]
+    # Each rule's conditions as flat checks, made once: `judge` runs ~10 rules for each of ~3
+    # verdicts per measurement, and a method call per condition was a third of a verdict's cost.
+    _cascade: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
+    # The cascade specialised to the fingerprint facts at their defaults (nothing matched), and to
+    # each other state of them seen (see `judge`; a cache, filled as states appear).
+    _unmatched: tuple[_Step, ...] = field(default=(), init=False, repr=False, compare=False)
+    _specialised: dict[tuple[Any, ...], tuple[_Step, ...]] = field(default_factory=dict, init=False, repr=False,
+                                                                   compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_cascade", tuple(
+            (rule, _checks(rule.all_of), tuple(_checks(group) for group in rule.any_of)) for rule in self.rules))
+        object.__setattr__(self, "_unmatched", self._specialise(tuple(_FINGERPRINT_FACTS.values())))
 
     @property
     def rules_version(self) -> str:
         return f"{self.name}/{self.version}"
 
-    def judge(self, facts: Mapping[str, Any]) -> Rule:
-        for rule in self.rules:
-            if rule.matches(facts):
+    def judge(self, facts: Mapping[str, Any], fingerprinted: bool = True) -> Rule:
+        """The first rule whose conditions all hold (and one `any` group, if it has them).
+
+        The fingerprint facts (`_FINGERPRINT_FACTS`) take few values: for each state of them the
+        cascade is specialised once, without the rules a condition on them rules out and without
+        the conditions on them that hold (most features match no fingerprint: the four
+        fingerprint rules at the top of a cascade are then never tried). Same first rule.
+        `fingerprinted=False` says the fingerprint facts are at their defaults (nothing matched),
+        which spares reading them.
+        """
+        if fingerprinted:
+            state = tuple(map(facts.get, _FINGERPRINT_FACT_NAMES))
+            cascade = self._specialised.get(state)
+            if cascade is None:
+                cascade = self._specialise(state) if len(self._specialised) < _MAX_SPECIALISED else self._cascade
+        else:
+            cascade = self._unmatched
+        for rule, all_of, any_of in cascade:
+            if _all_hold(all_of, facts) and (not any_of or any(_all_hold(group, facts) for group in any_of)):
                 return rule
         raise RulesError(f"rule set {self.rules_version} has no fallback rule")
+
+    def _specialise(self, state: tuple[Any, ...]) -> tuple[_Step, ...]:
+        known = dict(zip(_FINGERPRINT_FACT_NAMES, state))
+        cascade = []
+        for rule, all_of, any_of in self._cascade:
+            decided = [check for check in all_of if check[0] in known]
+            if _all_hold(tuple(decided), known):
+                cascade.append((rule, tuple(check for check in all_of if check[0] not in known), any_of))
+        specialised = tuple(cascade)
+        self._specialised[state] = specialised
+        return specialised
 
 
 def _conditions(spec: Any, where: str) -> tuple[Condition, ...]:
@@ -130,10 +221,11 @@ def parse_rule_set(document: Mapping[str, Any], source: str) -> RuleSet:
         verdict, method = spec.get("verdict"), spec.get("method")
         if verdict not in VERDICTS:
             raise RulesError(f"{where}: verdict must be one of {VERDICTS}")
-        if method is not None and method not in METHODS:
+        if method is not None and method not in METHODS + qualifiers(verdict):
             raise RulesError(f"{where}: unknown method {method!r}")
-        if (verdict == "blocked") != (method is not None):
-            raise RulesError(f"{where}: a method goes with, and only with, a blocked verdict")
+        if not is_finding(verdict, method):
+            raise RulesError(f"{where}: a method goes with, and only with, a blocked verdict (a throttled one "
+                             "names a kind of throttling)")
         confidence = float(spec.get("confidence", 0.0))
         if not 0.0 <= confidence <= 1.0:
             raise RulesError(f"{where}: confidence must be within [0, 1]")
@@ -204,24 +296,24 @@ def _is_timeout(failure: str | None) -> bool:
     return failure is not None and (failure in _TIMEOUTS or "timed_out" in failure or "timeout" in failure)
 
 
-_counted = is_interference_candidate  # a failure that can be evidence (verdicts/failures.py)
+# The failures that can be evidence (verdicts/failures.py), for a set lookup: the verdicts count them
+# for every row, `x in _INTERFERENCE` is False for None and for every string of another class.
+_INTERFERENCE = interference_strings()
 
 
 # Every fact a rule may test, with its value before any row is counted.
 _FACTS_TEMPLATE: dict[str, Any] = {
     **dict.fromkeys((
-        "n_dns", "n_dns_ok", "n_dns_failed", "n_dns_nxdomain", "n_dns_fingerprint", "n_dns_bogon",
+        "n_dns", "n_dns_ok", "n_dns_failed", "n_dns_nxdomain", "n_dns_bogon",
         "n_dns_inconsistent", "n_endpoints", "n_ok", "n_failed", "n_tcp_ok", "n_tcp_reset", "n_tcp_timeout",
         "n_tcp_refused", "n_tcp_failed_ctrl_ok", "n_tcp_reset_ctrl_ok", "n_tcp_failed_ctrl_failed",
         "n_tls_failed", "n_tls_reset", "n_tls_timeout", "n_tls_cert", "n_http_failed", "n_http_reset",
-        "n_blockpage", "n_probe_dns_inconsistent", "n_vague_blockpage", "n_known_false_positive",
-        "n_probe_faults"), 0),
+        "n_probe_dns_inconsistent", "n_probe_faults", "n_unclassified_failures"), 0),
     "probe_online": False, "has_control": False, "final_http_ok": False, "status_class_match": None,
     "ctrl_dns_ok": None, "ctrl_http_ok": None, "tunnel_ok": False, "tunnel_reset": False,
-    # A DNS fingerprint / block page whose expected_countries include the probe's country
-    # (or name none): confirmed blocking. Set by `judge_measurement` from the matches.
-    "dns_fingerprint_expected": False, "blockpage_expected": False,
+    **_FINGERPRINT_FACTS,  # set by `judge_measurement` from the matches
     "probe_fault": None,  # the first probe-side failure string seen (failures.py)
+    "unclassified_failure": None,  # the first failure string failures.csv does not list
     "tampering": None, "ech_control_ok": None, "ech_target_ok": None, "ech_target_interference": False,
 }
 
@@ -246,12 +338,12 @@ def _add_dns_facts(facts: dict[str, Any], row: Row) -> None:
     failure = row["dns_failure"]
     if row["dns_answers"]:
         facts["n_dns_ok"] += 1
-    elif _counted(failure):
+    elif failure in _INTERFERENCE:
         facts["n_dns_failed"] += 1
         if failure == "dns_nxdomain_error":
             facts["n_dns_nxdomain"] += 1
-    elif is_probe_fault(failure):
-        _note_probe_fault(facts, failure)
+    elif failure is not None and is_never_evidence(failure):
+        _note_fault(facts, failure)
     if failure == "dns_bogon_error" or row["dns_bogon"]:
         facts["n_dns_bogon"] += 1
     if row["dns_ctrl_consistent"] is False:
@@ -271,19 +363,37 @@ def _note_ctrl_dns(facts: dict[str, Any], row: Row) -> None:
             facts["ctrl_dns_ok"] = row["ctrl_dns_failure"] is None
 
 
-def _note_probe_fault(facts: dict[str, Any], failure: str) -> None:
-    facts["n_probe_faults"] += 1
-    if facts["probe_fault"] is None:
-        facts["probe_fault"] = failure
+def _note_fault(facts: dict[str, Any], failure: str) -> None:
+    """Count a failure that is never evidence: a probe fault, or a string the taxonomy does not list."""
+    if failure_class(failure) == PROBE:
+        facts["n_probe_faults"] += 1
+        if facts["probe_fault"] is None:
+            facts["probe_fault"] = failure
+    else:
+        facts["n_unclassified_failures"] += 1
+        if facts["unclassified_failure"] is None:
+            facts["unclassified_failure"] = failure
 
 
-def _only_probe_faults(*failures: str | None) -> str | None:
-    """The first probe-side fault when every failure of an attempt is one (else None): such an attempt
-    says nothing about the network (no IPv6 route, the probe's own exception text)."""
-    present = [failure for failure in failures if failure is not None]
-    if present and all(is_probe_fault(failure) for failure in present):
-        return present[0]
-    return None
+def _note_attempt_without_evidence(facts: dict[str, Any], *failures: str | None) -> bool:
+    """When every failure of an attempt is never evidence (no IPv6 route, the probe's own exception
+    text, a string nobody classed), note the first probe fault and the first unclassified string and
+    say so: such an attempt says nothing about the network."""
+    probe = unclassified = None
+    for failure in failures:
+        if failure is None:
+            continue
+        kind = failure_class(failure)
+        if kind == PROBE:
+            probe = probe or failure
+        elif kind == UNCLASSIFIED:
+            unclassified = unclassified or failure
+        else:
+            return False  # interference or the server's answer: the attempt tells something
+    for first in (probe, unclassified):
+        if first is not None:
+            _note_fault(facts, first)
+    return probe is not None or unclassified is not None
 
 
 def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
@@ -291,13 +401,12 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
         failure = row["tunnel_failure"]
         facts["tunnel_ok"] = facts["tunnel_ok"] or failure is None  # one bootstrap / target / lookup worked
         facts["tunnel_reset"] = facts["tunnel_reset"] or (bool(failure) and _RESET in failure)
-        if is_probe_fault(failure):
-            _note_probe_fault(facts, failure)
+        if is_never_evidence(failure):
+            _note_fault(facts, failure)
         return
     tcp, tls, http = row["tcp_failure"], row["tls_failure"], row["http_failure"]
-    fault = _only_probe_faults(tcp, tls, http)
-    if fault is not None and row["http_status"] is None:
-        _note_probe_fault(facts, fault)
+    failed = tcp is not None or tls is not None or http is not None  # most endpoints: nothing to class
+    if failed and row["http_status"] is None and _note_attempt_without_evidence(facts, tcp, tls, http):
         return  # not an attempt that can tell us anything
 
     facts["n_endpoints"] += 1
@@ -305,23 +414,8 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
                                                                             or row["http_status"] is not None))
     if row["tcp_success"] is True:
         facts["n_tcp_ok"] += 1
-    if _counted(tcp):
-        facts["n_tcp_reset"] += tcp == _RESET
-        facts["n_tcp_timeout"] += _is_timeout(tcp)
-        facts["n_tcp_refused"] += tcp == "connection_refused"
-        if row["ctrl_tcp_success"] is True:
-            facts["n_tcp_failed_ctrl_ok"] += 1
-            facts["n_tcp_reset_ctrl_ok"] += tcp == _RESET
-        elif row["ctrl_tcp_success"] is False:
-            facts["n_tcp_failed_ctrl_failed"] += 1
-    if _counted(tls):
-        facts["n_tls_failed"] += 1
-        facts["n_tls_reset"] += tls == _RESET
-        facts["n_tls_timeout"] += _is_timeout(tls)
-        facts["n_tls_cert"] += tls.startswith("ssl_")
-    if _counted(http) and row["http_status"] is None:
-        facts["n_http_failed"] += 1
-        facts["n_http_reset"] += http == _RESET
+    if failed:
+        _add_failure_facts(facts, row, tcp, tls, http)
     if row["ctrl_tcp_success"] is not None or row["ctrl_http_status"] is not None or row["ctrl_http_failure"]:
         facts["has_control"] = True
     _note_ctrl_dns(facts, row)
@@ -330,6 +424,27 @@ def _add_endpoint_facts(facts: dict[str, Any], row: Row) -> None:
     facts["n_failed"] += not reached
     if row["http_url"] is not None:
         _add_final_http(facts, row)
+
+
+def _add_failure_facts(facts: dict[str, Any], row: Row, tcp: str | None, tls: str | None, http: str | None) -> None:
+    """Count an endpoint's interference candidates (failures.py) by layer and kind."""
+    if tcp in _INTERFERENCE:
+        facts["n_tcp_reset"] += tcp == _RESET
+        facts["n_tcp_timeout"] += _is_timeout(tcp)
+        facts["n_tcp_refused"] += tcp == "connection_refused"
+        if row["ctrl_tcp_success"] is True:
+            facts["n_tcp_failed_ctrl_ok"] += 1
+            facts["n_tcp_reset_ctrl_ok"] += tcp == _RESET
+        elif row["ctrl_tcp_success"] is False:
+            facts["n_tcp_failed_ctrl_failed"] += 1
+    if tls in _INTERFERENCE:
+        facts["n_tls_failed"] += 1
+        facts["n_tls_reset"] += tls == _RESET
+        facts["n_tls_timeout"] += _is_timeout(tls)
+        facts["n_tls_cert"] += tls.startswith("ssl_")  # type: ignore[union-attr]
+    if http in _INTERFERENCE and row["http_status"] is None:
+        facts["n_http_failed"] += 1
+        facts["n_http_reset"] += http == _RESET
 
 
 def _reached(row: Row, tcp_ok: bool) -> bool:
@@ -370,12 +485,13 @@ def _extra_facts(test_name: str, feature: str, test_keys: Mapping[str, Any]) -> 
     if test_name in ("http_header_field_manipulation", "http_invalid_request_line"):
         return {"tampering": _tampering(test_keys.get("tampering"))}
     if test_name == "echcheck":
-        control, target = test_keys.get("control"), test_keys.get("target")
-        control_failure = control.get("failure") if isinstance(control, dict) else "missing"
-        target_failure = target.get("failure") if isinstance(target, dict) else "missing"
-        return {"ech_control_ok": control_failure is None, "ech_target_ok": target_failure is None,
-                "ech_target_interference": is_interference_candidate(target_failure)
-                if isinstance(target_failure, str) else False}
+        handshakes = ech_handshakes(test_keys)
+        controls = [entry.get("failure") for entry, control in handshakes if control]
+        targets = [entry.get("failure") for entry, control in handshakes if not control]
+        return {"ech_control_ok": bool(controls) and all(failure is None for failure in controls),
+                "ech_target_ok": bool(targets) and all(failure is None for failure in targets),
+                "ech_target_interference": any(isinstance(failure, str) and is_interference_candidate(failure)
+                                               for failure in targets)}
     if test_name == "facebook_messenger":
         # ts-019: `facebook_<ep>_dns_consistent` is false when an answer's ASN is not Facebook's
         # (AS32934); the probe had the ASN database we do not, so its fact is kept.
@@ -435,37 +551,34 @@ class GroupFingerprints:
 
 
 _NO_FINGERPRINTS = GroupFingerprints()
+_Matches = Sequence[tuple[Row, Fingerprint]]  # observation rows with the fingerprint row each is named by
 
 
-def group_fingerprints(rows: Sequence[Row], fingerprints: FingerprintDB) -> GroupFingerprints:
-    """Which fingerprint rows the observation rows matched (their names are stored in the rows)."""
-    dns: list[FingerprintMatch] = []
-    http: list[FingerprintMatch] = []
-    vague: list[FingerprintMatch] = []
-    false_positives: list[FingerprintMatch] = []
-    for row in rows:
-        if row["dns_fingerprint"] is not None:
-            found = fingerprints.get_dns(row["dns_fingerprint"])
-            if found is not None:
-                dns.append(FingerprintMatch(found, found.location_found, row["hostname"]))
-        if row["http_fingerprint"] is not None:
-            found = fingerprints.get_http(row["http_fingerprint"])
-            if found is not None:
-                match = FingerprintMatch(found, found.location_found, row["http_url"])
-                (false_positives if found.false_positive else vague if found.vague else http).append(match)
-    if not (dns or http or vague or false_positives):
+def group_fingerprints(matches: _Matches) -> GroupFingerprints:
+    """A feature's matches (MeasurementFacts.fingerprint_matches) by what a rule may cite
+    (`Fingerprint.kind`), each with where it was found: the name queried or the response's URL."""
+    if not matches:
         return _NO_FINGERPRINTS
-    return GroupFingerprints(tuple(dns), tuple(http), tuple(vague), tuple(false_positives))
+    by_kind: dict[str, list[FingerprintMatch]] = {kind: [] for kind in KINDS}
+    for row, fingerprint in matches:
+        where = row["hostname"] if fingerprint.location_found == "dns" else row["http_url"]
+        by_kind[fingerprint.kind].append(FingerprintMatch(fingerprint, fingerprint.location_found, where))
+    return GroupFingerprints(*(tuple(by_kind[kind]) for kind in (DNS_EVIDENCE, HTTP_EVIDENCE, VAGUE, FALSE_POSITIVE)))
 
 
-def _fingerprint_facts(facts: dict[str, Any], found: GroupFingerprints, probe_cc: str) -> None:
-    """Facts of the group's matches: counted by kind, and whether one is expected in the probe's country."""
-    facts["n_dns_fingerprint"] = len(found.dns)
-    facts["n_blockpage"] = len(found.http)
-    facts["n_vague_blockpage"] = len(found.vague)
-    facts["n_known_false_positive"] = len(found.false_positives)
-    facts["dns_fingerprint_expected"] = any(m.fingerprint.expected_in(probe_cc) for m in found.dns)
-    facts["blockpage_expected"] = any(m.fingerprint.expected_in(probe_cc) for m in found.http)
+_KIND_COUNTS = {DNS_EVIDENCE: "n_dns_fingerprint", HTTP_EVIDENCE: "n_blockpage", VAGUE: "n_vague_blockpage",
+                FALSE_POSITIVE: "n_known_false_positive"}
+_KIND_EXPECTED = {DNS_EVIDENCE: "dns_fingerprint_expected", HTTP_EVIDENCE: "blockpage_expected"}
+
+
+def _fingerprint_facts(facts: dict[str, Any], matches: _Matches, probe_cc: str) -> None:
+    """Facts of a feature's matches: counted by kind, and whether one is expected in the probe's country."""
+    for _, fingerprint in matches:
+        kind = fingerprint.kind
+        facts[_KIND_COUNTS[kind]] += 1
+        expected = _KIND_EXPECTED.get(kind)
+        if expected is not None and not facts[expected] and fingerprint.expected_in(probe_cc):
+            facts[expected] = True
 
 
 def _cite(row: Row, rule: Rule, found: GroupFingerprints, probe_cc: str, facts: Mapping[str, Any]) -> Row:
@@ -480,34 +593,46 @@ def _cite(row: Row, rule: Rule, found: GroupFingerprints, probe_cc: str, facts: 
             row["fingerprint_found_in"] = match.where
     if row["verdict"] == "unknown" and facts.get("probe_fault") is not None:
         row["probe_fault"] = facts["probe_fault"]
+    row["unclassified_failure"] = facts.get("unclassified_failure")
     return row
 
 
 def judge_measurement(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
-                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None,
-                      fingerprints: FingerprintDB | None = None) -> list[Row]:
+                      measurement: MeasurementFacts, rule_sets: Mapping[str, RuleSet] | None = None) -> list[Row]:
     """Verdict rows for one measurement: the probe's own for wallwatch (unless a fingerprint matched),
     else by the rule set of its test."""
-    fingerprints = fingerprints or load_fingerprints()
-    if meta.get("software_name") == "wallwatch":
-        return list(_wallwatch_verdicts(header, meta, test_keys, measurement, fingerprints))
+    if meta.get("software_name") == "wallwatch" and _carries_verdicts(test_keys):
+        return list(_wallwatch_verdicts(header, meta, test_keys, measurement))
     rule_set = (rule_sets or default_rule_sets()).get(header.test_name)
     if rule_set is None:
         return []
     base = _verdict_base(header, meta)
     rows = []
-    for (service, feature, target), group in iter_feature_groups(measurement.rows):
+    # The rows that matched a fingerprint, by feature group (most measurements have none).
+    matched: dict[tuple[str, str, str | None], list[tuple[Row, Fingerprint]]] = {}
+    for match in measurement.fingerprint_matches:
+        row = match[0]
+        matched.setdefault((row["service"], row["feature"], row["target"]), []).append(match)
+    for key, group in iter_feature_groups(measurement.rows):
+        service, feature, target = key
         if feature == "uptime":
             continue  # ts-029: uptime.signal.org is resolved and ignored by OONI too
         facts = feature_facts(group, measurement, _extra_facts(header.test_name, feature, test_keys))
-        found = group_fingerprints(group, fingerprints)
-        if found is not _NO_FINGERPRINTS:
-            _fingerprint_facts(facts, found, header.probe_cc)
-        rule = rule_set.judge(facts)
+        matches = matched.get(key) if matched else None
+        if matches:
+            _fingerprint_facts(facts, matches, header.probe_cc)
+        rule = rule_set.judge(facts, fingerprinted=bool(matches))
         row = _verdict_row(base, service, feature, target, rule.verdict, rule.method, rule.confidence,
                            rule.id, rule_set.rules_version)
+        found = group_fingerprints(matches) if matches and rule.fingerprint is not None else _NO_FINGERPRINTS
         rows.append(_cite(row, rule, found, header.probe_cc, facts))
     return rows
+
+
+def _carries_verdicts(test_keys: Mapping[str, Any]) -> bool:
+    """The probe judged its own features (every wallwatch nettest but web_connectivity)."""
+    extension = test_keys.get("x_wallwatch")
+    return not isinstance(extension, dict) or "features" in extension
 
 
 WALLWATCH_INVALID_RULE = "wallwatch.invalid_feature_verdict"
@@ -540,18 +665,18 @@ def _wallwatch_fingerprint_rule(found: GroupFingerprints, probe_cc: str) -> Rule
 
 
 def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapping[str, Any],
-                        measurement: MeasurementFacts, fingerprints: FingerprintDB) -> Iterable[Row]:
+                        measurement: MeasurementFacts) -> Iterable[Row]:
     extension = test_keys.get("x_wallwatch")
     extension = extension if isinstance(extension, dict) else {}
     rules_version = str(extension.get("rules_version") or "wallwatch-unversioned")
     features = extension.get("features")
     service = header.test_name
     base = _verdict_base(header, meta)
-    by_feature: dict[str, list[Row]] = {}
-    for row in measurement.rows:
-        by_feature.setdefault(row["feature"], []).append(row)
+    by_feature: dict[str, list[tuple[Row, Fingerprint]]] = {}
+    for match in measurement.fingerprint_matches:
+        by_feature.setdefault(match[0]["feature"], []).append(match)
     for feature, made in (features.items() if isinstance(features, dict) else ()):
-        found = group_fingerprints(by_feature.get(str(feature), ()), fingerprints)
+        found = group_fingerprints(by_feature.get(str(feature), ()))
         rule = _wallwatch_fingerprint_rule(found, header.probe_cc) if found is not _NO_FINGERPRINTS else None
         made = made if isinstance(made, dict) else {}
         share = _unit_fraction(made.get("blocked_share"))
@@ -562,9 +687,9 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
             continue
         verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
         rule_id = made.get("rule")
-        # Each check also narrows the type (mypy, and mypyc's compiled checks, see scripts/compile.py).
-        if (isinstance(verdict, str) and verdict in VERDICTS and (method is None or method in METHODS)
-                and confidence is not None and isinstance(rule_id, str)):
+        # Each check also narrows the type (for mypy, and mypyc's compiled checks: analysis/compiled.py).
+        if (isinstance(verdict, str) and is_finding(verdict, method) and confidence is not None
+                and isinstance(rule_id, str)):
             yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, rule_id,
                                rules_version, share)
         else:

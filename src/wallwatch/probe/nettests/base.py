@@ -16,8 +16,15 @@ kinds of attempt, and every nettest here composes the same four:
   relay given by name or address;
 * a DNS control for a name no censor touches.
 
+After them, transfer features can be timed against a control on the same
+path (`Common.throughput`, `probe/throughput.py`): a bulk object of the
+feature's own server fetched by byte range under the feature's name and
+under a neutral one, and a calls feature's answered STUN relay timed against
+TCP connects to the same address. A nettest names its bulk objects and timed
+call features there; `derive_features` then reads `throttled` from them.
+
 The facts land in one `Trace` (OONI's event arrays) plus `x_wallwatch`
-(`sessions`, `fetches`, `udp_exchanges`, `controls`), and
+(`sessions`, `fetches`, `udp_exchanges`, `controls`, `throughput`), and
 `probe.verdicts.derive_features` judges them by the same rules whatever the
 service: one definition of "blocked", with controls, for every nettest.
 A subclass lists its attempts (`attempts()`) and its OONI keys (`ooni_keys()`).
@@ -29,8 +36,8 @@ import asyncio
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from wallwatch.probe import failures
@@ -88,6 +95,25 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Throughput:
+    """Which features a nettest times against a control after its reachability attempts.
+
+    `bulk`: (feature, URL) pairs, a large object on the feature's own server that
+    answers byte ranges (a video on the media CDN, the web client's script bundle);
+    `calls`: features whose answered STUN relay is timed against TCP connects to
+    `relay_control_port` of the same address. Empty: nothing is timed.
+    """
+
+    bulk: tuple[tuple[str, str], ...] = ()
+    calls: tuple[str, ...] = ()
+    rounds: int = 3
+    relay_control_port: int = 443  # TCP port timed as the calls' latency control
+
+    def __bool__(self) -> bool:
+        return bool(self.bulk or self.calls)
+
+
+@dataclass(frozen=True)
 class Common:
     """What every messaging nettest's config has (each nettest's config embeds one as `common`)."""
 
@@ -97,6 +123,7 @@ class Common:
     max_addresses: int = 2  # addresses tried per target, as a dialer falls back
     https_port: int | None = None  # None: the URL's port (443); tests point it at loopback
     timeouts: Timeouts = field(default_factory=Timeouts)
+    throughput: Throughput = field(default_factory=Throughput)
 
 
 Reached = Callable[[str], None]
@@ -111,6 +138,7 @@ Dialog = Callable[[Any, Reached, dict[str, Any]], Awaitable[None]]
 class _Fetch:
     """Mutable facts of one HTTPS attempt while it runs."""
 
+    ip: str | None = None  # the address the attempt connected to (the throughput rounds dial it again)
     failure: str | None = None
     failed_at: str | None = None
     status: int | None = None
@@ -132,6 +160,7 @@ class ServiceTest:
         self.fetches: list[dict[str, Any]] = []
         self._lookups: dict[str, asyncio.Future[Any]] = {}
         self.probe_addresses: set[str] = set()  # the probe's own IPs seen on the wire (scrubbed unless published)
+        self.throughput: list[dict[str, Any]] = []  # records of probe/throughput.py, one per timed feature
 
     # --- what a subclass gives -------------------------------------------------------
 
@@ -154,6 +183,11 @@ class ServiceTest:
         jobs = [self.dns_control(), *self.attempts()]
         say(f"measuring {len(jobs)} targets")
         await asyncio.gather(*jobs)
+        if self.common.throughput:
+            # After the reachability attempts, one feature at a time: a throttle's rate is
+            # shared by every flow its rule catches, so concurrent transfers would split it.
+            say("measuring throughput against controls")
+            await self.measure_throughput()
         say("deriving verdicts")
         return self.test_keys()
 
@@ -171,6 +205,7 @@ class ServiceTest:
             "fetches": self.fetches,
             "udp_exchanges": self.trace.udp_exchanges,
             "controls": self.trace.controls,
+            "throughput": self.throughput,
             "expected_networks": list(self.common.expected_networks),
             "lab": {"run_id": lab.run_id, "resolver": lab.resolver} if lab else None,
             **self.extra_facts(),
@@ -325,7 +360,7 @@ class ServiceTest:
         except ProbeFailure as exc:
             attempt.failure = exc.failure
         record.update(failure=attempt.failure, failed_at=attempt.failed_at,
-                      status=attempt.status, body_length=attempt.body_length)
+                      status=attempt.status, body_length=attempt.body_length, address=attempt.ip)
 
     async def _fetch(self, tx: Transaction, attempt: _Fetch, host: str, port: int, url: str, method: str,
                      body: bytes, headers: Sequence[tuple[str, str]]) -> None:
@@ -336,6 +371,7 @@ class ServiceTest:
             raise ProbeFailure(resolution.failure)
         attempt.failed_at = "connect"
         stream = await self.connect_any(tx, resolution.addresses, port)
+        attempt.ip = stream.ip
         try:
             attempt.failed_at = "tls"
             try:
@@ -351,25 +387,19 @@ class ServiceTest:
             attempt.failed_at = None
             attempt.status, attempt.body_length = response.status, len(response.body)
         finally:
-            await stream.close()
+            # Given up half-way (a transfer timed out behind a throttle): reset, so its
+            # unsent bytes do not go on queueing in front of the flows that follow.
+            await (stream.close() if attempt.failed_at is None else stream.abort())
 
     # --- calls -----------------------------------------------------------------------
 
     async def stun(self, feature: str, relay: str, port: int = STUN_PORT, *, by_address: bool = True) -> None:
         """A STUN Binding request to `relay`: an address (through the address map) or, with
         `by_address=False`, a name resolved first."""
-        from wallwatch.protocols.errors import ProtocolError
-        from wallwatch.protocols.stun import build_binding_request, parse_stun
+        from wallwatch.protocols.stun import parse_stun
 
         tx = self.trace.transaction(f"feature:{feature}", f"endpoint:{relay}:{port}")
-        transaction_id = os.urandom(12)
-
-        def is_answer(data: bytes) -> bool:
-            try:
-                message = parse_stun(data)
-            except ProtocolError:
-                return False
-            return message.transaction_id == transaction_id and message.stun_class in ("success", "error")
+        request, is_answer = stun_request()
 
         def not_dialled(reason: str) -> None:
             entry = {"kind": "stun", "address": f"{relay}:{port}", "proto": "udp", "sends": 0,
@@ -388,13 +418,85 @@ class ServiceTest:
         except (KeyError, ValueError):
             not_dialled(f"no lab address for {address}; not dialled")
             return
-        result = await udp_exchange(tx, dial, port, build_binding_request(transaction_id), is_response=is_answer,
+        result = await udp_exchange(tx, dial, port, request, is_response=is_answer,
                                     timeout=self.common.timeouts.udp, kind="stun", record_raw=False)
         if result.response is not None:
             mapped = parse_stun(result.response).mapped_address
             if mapped is not None:
                 # The probe's own address as the relay saw it: kept only for scrubbing.
                 self.probe_addresses.add(mapped[0])
+
+
+    # --- throughput against a control ------------------------------------------------------
+
+    async def measure_throughput(self) -> None:
+        """Time each feature `Common.throughput` names against its control (probe/throughput.py).
+
+        Only where the feature's own attempt got through: an HTTPS feature whose
+        fetch passed TLS (a blocked feature is not slow), a calls feature whose
+        STUN relay answered. The records go to `self.throughput`.
+        """
+        from wallwatch.probe.throughput import HttpsTarget, RoundLimits, https_rounds, udp_rounds
+        from wallwatch.probe.verdicts import throughput_settled
+
+        plan, t = self.common.throughput, self.common.timeouts
+        limits = RoundLimits(connect=t.connect, tls=t.tls, request=t.tls, transfer=t.http)
+        for feature, bulk_url in plan.bulk:
+            parts = urlsplit(bulk_url)
+            # The feature's own fetch from the same host (a feature may span several hosts: Signal's CDNs).
+            reached = next((f for f in self.fetches if f["feature"] == feature and f.get("address")
+                            and urlsplit(f["url"]).hostname == parts.hostname
+                            and f.get("failed_at") in (None, "http")), None)
+            if reached is None:
+                continue
+            target = HttpsTarget(feature, parts.hostname or "", parts.path or "/", reached["address"],
+                                 self.port_for(bulk_url), self.common.control_sni)
+            self.throughput.append(await https_rounds(
+                self.trace, target, target_context=self.settings.tls_context(("http/1.1",)),
+                control_context=self.settings.control_tls_context(("http/1.1",)),
+                rounds=plan.rounds, limits=limits, stop_early=throughput_settled))
+        for feature in plan.calls:
+            answered = next((e for e in self.trace.udp_exchanges if e.get("kind") == "stun"
+                             and e.get("failure") is None and f"feature:{feature}" in (e.get("tags") or ())), None)
+            if answered is None:
+                continue
+            ip, _, port = answered["address"].rpartition(":")
+            self.throughput.append(await udp_rounds(
+                self.trace, feature, ip.strip("[]"), int(port), control_port=plan.relay_control_port,
+                make_request=stun_request, rounds=plan.rounds, timeout=t.udp, stop_early=throughput_settled))
+
+
+def stun_request() -> tuple[bytes, Callable[[bytes], bool]]:
+    """A fresh Binding request and the test for its answer (RFC 5389 §7.3: the transaction id matches)."""
+    from wallwatch.protocols.errors import ProtocolError
+    from wallwatch.protocols.stun import build_binding_request, parse_stun
+
+    transaction_id = os.urandom(12)
+
+    def is_answer(data: bytes) -> bool:
+        try:
+            message = parse_stun(data)
+        except ProtocolError:
+            return False
+        return message.transaction_id == transaction_id and message.stun_class in ("success", "error")
+
+    return build_binding_request(transaction_id), is_answer
+
+
+def with_options(nettest: str, common: Common, options: Mapping[str, str] | None, throughput: Throughput) -> Common:
+    """`common` with the options a messaging nettest takes (`wallwatch probe run --option`):
+    `throughput=on` times `throughput` (the nettest's bulk objects and calls) against controls
+    after the reachability attempts, `throughput=off` (the default) does not. Any other option
+    is refused with the ones there are."""
+    rest = dict(options or {})
+    switch = rest.pop("throughput", None)
+    if rest:
+        raise ValueError(f"{nettest} takes no option {', '.join(sorted(rest))} (it takes throughput=on|off)")
+    if switch is None:
+        return common
+    if switch not in ("on", "off"):
+        raise ValueError(f"{nettest}: throughput must be on or off, not {switch!r}")
+    return replace(common, throughput=throughput if switch == "on" else Throughput())
 
 
 def lab_networks(settings: ProbeSettings) -> tuple[str, ...]:

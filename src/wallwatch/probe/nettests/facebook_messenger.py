@@ -27,7 +27,17 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe import failures
 from wallwatch.probe.failures import ProbeFailure
-from wallwatch.probe.nettests.base import STUN_PORT, Common, Reached, ServiceTest, Timeouts, lab_networks, measure
+from wallwatch.probe.nettests.base import (
+    STUN_PORT,
+    Common,
+    Reached,
+    ServiceTest,
+    Throughput,
+    Timeouts,
+    lab_networks,
+    measure,
+    with_options,
+)
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
 
@@ -48,6 +58,10 @@ OONI_ENDPOINTS = {
     "external_cdn": "external.xx.fbcdn.net", "scontent_cdn": "scontent.xx.fbcdn.net",
     "star": "star.c10r.facebook.com", "stun": "stun.fbsbx.com",
 }
+# With `--option throughput=on`: a video from the scontent CDN and the web client's script bundle
+# by range, and the STUN server's answers against TCP connects to it (base.ServiceTest).
+THROUGHPUT = Throughput(bulk=(("media", "https://scontent.xx.fbcdn.net/v/video.mp4"),
+                              ("web", "https://star.c10r.facebook.com/app.js")), calls=("calls",))
 
 
 @dataclass(frozen=True)
@@ -152,4 +166,7 @@ def default_config(settings: ProbeSettings, *, step_timeout: float | None = None
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    return measure(MessengerTest(default_config(settings, step_timeout=step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = default_config(settings, step_timeout=step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(MessengerTest(config, settings), stamp, progress)

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe import failures
-from wallwatch.probe.nettests.base import STUN_PORT, Common, ServiceTest, Timeouts, lab_networks, measure
+from wallwatch.probe.nettests.base import (
+    STUN_PORT,
+    Common,
+    ServiceTest,
+    Throughput,
+    Timeouts,
+    lab_networks,
+    measure,
+    with_options,
+)
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
 
@@ -28,6 +37,9 @@ if TYPE_CHECKING:
     from wallwatch.probe.measurement import Stamp
 
 TEST_NAME = "signal"
+# With `--option throughput=on`: an attachment-sized video from the first CDN by range, and the
+# SFU's STUN answers against TCP connects to it, each against a control (base.ServiceTest).
+THROUGHPUT = Throughput(bulk=(("media", "https://cdn.signal.org/attachments/video.mp4"),), calls=("calls",))
 
 
 @dataclass(frozen=True)
@@ -76,4 +88,7 @@ def default_config(settings: ProbeSettings, *, step_timeout: float | None = None
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    return measure(SignalTest(default_config(settings, step_timeout=step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = default_config(settings, step_timeout=step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(SignalTest(config, settings), stamp, progress)

@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe import failures
 from wallwatch.probe.failures import ProbeFailure
-from wallwatch.probe.nettests.base import Common, Reached, ServiceTest, Timeouts, lab_networks, measure
+from wallwatch.probe.nettests.base import (
+    Common,
+    Reached,
+    ServiceTest,
+    Throughput,
+    Timeouts,
+    lab_networks,
+    measure,
+    with_options,
+)
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
 
@@ -45,6 +54,11 @@ DC_STAGES = ("opening_sent", "res_pq")
 # AS62041 (Telegram Messenger Inc), RIPEstat announced prefixes.
 TELEGRAM_NETWORKS = ("149.154.160.0/20", "91.108.4.0/22", "91.108.8.0/22", "91.108.12.0/22", "91.108.16.0/22",
                      "91.108.56.0/22", "95.161.64.0/20", "2001:67c:4e8::/48", "2001:b28:f23d::/48")
+
+# With `--option throughput=on`: a video from the file CDN and the web client's script bundle,
+# fetched by range against a control (base.ServiceTest.measure_throughput).
+THROUGHPUT = Throughput(bulk=(("media", "https://cdn4.telesco.pe/file/video.mp4"),
+                              ("web", "https://web.telegram.org/app.js")))
 
 
 @dataclass(frozen=True)
@@ -122,5 +136,7 @@ def default_config(settings: ProbeSettings, *, step_timeout: float | None = None
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    """The registry's entry point (fixed targets)."""
-    return measure(TelegramTest(default_config(settings, step_timeout=step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = default_config(settings, step_timeout=step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(TelegramTest(config, settings), stamp, progress)

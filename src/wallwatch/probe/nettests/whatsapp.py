@@ -15,7 +15,9 @@ its own protocol:
 * web: `GET https://web.whatsapp.com/`; registration: `GET https://v.whatsapp.net/v2/register`.
 
 HTTPS failures after the ClientHello get an SNI control (same address:port,
-a different server name). All attempts run concurrently with bounded
+a different server name). After the reachability attempts, media, web and
+calls that got through are timed against a control on the same path
+(`base.Throughput`, probe/throughput.py): a slowed feature reads `throttled`. All attempts run concurrently with bounded
 timeouts. The OONI keys are filled exactly as probe-cli's whatsapp 0.11.0
 does, so OONI tooling reads the measurement; wallwatch's own facts and
 verdicts go under `x_wallwatch`.
@@ -36,6 +38,7 @@ from wallwatch.probe.nettests.base import (
     Common,
     Reached,
     ServiceTest,
+    Throughput,
     Timeouts,
     lab_networks,
     measure,
@@ -97,6 +100,13 @@ class WhatsAppConfig:
     call_relays: tuple[str, ...] = CALL_RELAYS
     stun_port: int = STUN_PORT
     control_sni: str = "example.org"  # RFC 2606 reserved name: no censor lists it
+    # Throughput against a control (probe/throughput.py): a ranged download of a
+    # bulk object per HTTPS feature, STUN round trips against TCP connects for calls.
+    throughput: bool = True
+    media_bulk_url: str = "https://mmg.whatsapp.net/d/video.mp4"
+    web_bulk_url: str = "https://web.whatsapp.com/app.js"
+    throughput_rounds: int = 3
+    relay_control_port: int = 443  # TCP port timed as the calls' latency control
     dns_control_name: str = "example.com"
     expected_networks: tuple[str, ...] = WHATSAPP_NETWORKS
     max_addresses: int = 2  # addresses tried per target, as a dialer falls back
@@ -108,9 +118,12 @@ class WhatsAppConfig:
 
     @property
     def common(self) -> Common:
+        timed = Throughput(bulk=((MEDIA, self.media_bulk_url), (WEB, self.web_bulk_url)), calls=(CALLS,),
+                           rounds=self.throughput_rounds, relay_control_port=self.relay_control_port)
         return Common(control_sni=self.control_sni, dns_control_name=self.dns_control_name,
                       expected_networks=self.expected_networks, max_addresses=self.max_addresses,
-                      https_port=self.https_port, timeouts=self.timeouts)
+                      https_port=self.https_port, timeouts=self.timeouts,
+                      throughput=timed if self.throughput else Throughput())
 
 
 class WhatsAppTest(ServiceTest):

@@ -18,14 +18,21 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from wallwatch.analysis.events.grouping import ANY, BLOCKING, Event
+from wallwatch.analysis.events.grouping import ANY, BLOCKING, THROTTLING, Event
 from wallwatch.analysis.events.lifecycle import logged_events
 from wallwatch.analysis.series.build import DAILY, HOURLY
 from wallwatch.analysis.store import Store
-from wallwatch.vocabulary import METHODS, Method, State
+from wallwatch.vocabulary import METHODS, THROTTLINGS, State, qualifier_plain
 
-# Stronger first: what a row of several networks says when they disagree.
-_STATE_ORDER = (State.BLOCKED, State.BLOCKED_ON_AND_OFF, State.PARTIAL, State.DOWN, State.OK, State.INSUFFICIENT)
+# Stronger first: what a row of several networks says when they disagree. Throttled (reachable,
+# slowed) is weaker than any blocking and stronger than an outage or working.
+_STATE_ORDER = (State.BLOCKED, State.BLOCKED_ON_AND_OFF, State.PARTIAL, State.THROTTLED, State.DOWN, State.OK,
+                State.INSUFFICIENT)
+BLOCKING_STATES = (State.BLOCKED, State.BLOCKED_ON_AND_OFF, State.PARTIAL)
+# The type of detected event that explains each state (the detector runs on both: events/grouping.py).
+EVENT_OF_STATE = {**{state: BLOCKING for state in BLOCKING_STATES}, State.THROTTLED: THROTTLING}
+# What the overview's "show" filter can keep: the blocking states, or the throttled one.
+STATE_FILTERS = {State.BLOCKED.value: BLOCKING_STATES, State.THROTTLED.value: (State.THROTTLED,)}
 EVIDENCE_ROWS = 500
 
 
@@ -43,7 +50,7 @@ class Filters:
     asn: int | None = None
     since: date | None = None
     until: date | None = None  # inclusive
-    state: str | None = None  # overview: "blocked" shows only what is blocked
+    state: str | None = None  # overview: "blocked" (or "throttled") shows only what is blocked (or slowed)
 
     def query(self, **changes: Any) -> dict[str, str]:
         """Non-empty filters as query parameters, with `changes` applied (None drops one)."""
@@ -69,11 +76,16 @@ class NowRow:
     method: list[str]
     since: datetime | None
     event: Event | None
-    networks_blocked: list[str]  # in the ongoing event, or blocked at their last measurement
+    networks_blocked: list[str]  # in the ongoing event, or blocked (throttled) at their last measurement
     networks: list[str]
     last_measurement: datetime
-    no_event: bool  # blocking seen at the last measurement, but no event: too little evidence
+    no_event: bool  # blocking (throttling) seen at the last measurement, but no event: too little evidence
     per_network: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def verb(self) -> str:
+        """What `networks_blocked` were: 'throttled' on a throttled row, else 'blocked'."""
+        return "throttled" if self.state == State.THROTTLED else "blocked"
 
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
@@ -129,6 +141,7 @@ def latest_states(connection: duckdb.DuckDBPyConnection, filters: Filters) -> li
     clauses, params = _series_where(Filters(cc=filters.cc, service=filters.service, feature=filters.feature,
                                             asn=filters.asn), "hour")
     where = " AND ".join(clauses)
+    columns = {row[0] for row in connection.execute(f"DESCRIBE {HOURLY}").fetchall()}
     sql = f"""
 WITH decided AS (
   SELECT probe_cc, probe_asn, service, feature, max(hour) AS hour
@@ -142,7 +155,8 @@ WITH decided AS (
 )
 SELECT m.probe_cc, m.probe_asn, m.probe_network_name, m.service, m.feature, m.last_measurement,
        s.hour, s.state, s.blocked_share, s.attempt_blocked_share, s.n_probes_decisive,
-       {", ".join(f"s.blocked_{method}" for method in METHODS)}
+       {", ".join(f"s.blocked_{method}" for method in METHODS)},
+       {", ".join(_throttled_column(kind, columns) for kind in THROTTLINGS)}
 FROM measured AS m
 LEFT JOIN decided AS d USING (probe_cc, probe_asn, service, feature)
 LEFT JOIN {HOURLY} AS s
@@ -153,18 +167,24 @@ ORDER BY m.probe_cc, m.service, m.feature, m.probe_asn
     return connection.sql(sql, params=params + params).to_arrow_table().to_pylist()
 
 
-def now_rows(connection: duckdb.DuckDBPyConnection, logged: Sequence[Event], filters: Filters) -> list[NowRow]:
-    """What is blocked now, per (country, service, feature): 'now' is each series' last state.
+def _throttled_column(kind: str, columns: set[str]) -> str:
+    # Series built before throttling was a state have no throttled_<kind> columns: nothing was.
+    return f"s.throttled_{kind}" if f"throttled_{kind}" in columns else f"0 AS throttled_{kind}"
 
-    An ongoing blocking event decides (its method, its onset); without one, a network
-    whose last state was blocked or partial is reported as such and flagged: no event
-    covers it, the detector had too little evidence."""
+
+def now_rows(connection: duckdb.DuckDBPyConnection, logged: Sequence[Event], filters: Filters) -> list[NowRow]:
+    """What is blocked or slowed now, per (country, service, feature): 'now' is each series' last state.
+
+    An ongoing event decides (its method or kind, its onset): a blocking event, else a throttling
+    one. Without one, a network whose last state was blocked, partial or throttled is reported
+    as such and flagged: no event of that type covers it, the detector had too little evidence."""
     from wallwatch.analysis.report.charts import cell_state, network_label
 
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in latest_states(connection, filters):
         groups[(row["probe_cc"], row["service"], row["feature"])].append(row)
-    ongoing = {(e.probe_cc, e.service, e.feature): e for e in logged if e.type == BLOCKING and e.end is None}
+    ongoing = {(e.type, e.probe_cc, e.service, e.feature): e for e in logged
+               if e.type in (BLOCKING, THROTTLING) and e.end is None}
     out = []
     for (cc, service, feature), rows in groups.items():
         per_network = []
@@ -172,32 +192,49 @@ def now_rows(connection: duckdb.DuckDBPyConnection, logged: Sequence[Event], fil
             state = cell_state(row) if row["state"] is not None else State.INSUFFICIENT
             per_network.append({**row, "state": state, "label": network_label(row["probe_asn"],
                                                                               row["probe_network_name"])})
-        event = ongoing.get((cc, service, feature))
-        in_event = {n.probe_asn for n in event.networks if n.end is None} if event is not None else set()
-        if not in_event & {n["probe_asn"] for n in per_network}:
-            event = None  # the event is on other networks than these (a network's page)
+        asns = {n["probe_asn"] for n in per_network}
+        # Each type's ongoing event, with the networks still in it (on a network's page, only that one).
+        members: dict[str, set[int]] = {}
+        events: dict[str, Event] = {}
+        for kind in (BLOCKING, THROTTLING):
+            found = ongoing.get((kind, cc, service, feature))
+            inside = {n.probe_asn for n in found.networks if n.end is None} if found is not None else set()
+            if found is not None and inside & asns:
+                events[kind], members[kind] = found, inside
+        event = events.get(BLOCKING) or events.get(THROTTLING)
         for network in per_network:
-            network["in_event"] = network["probe_asn"] in in_event
-            # Blocking at its last measurement that no event covers: too little evidence for the detector.
-            network["no_event"] = network["state"] in _STATE_ORDER[:3] and not network["in_event"]
-        blocked = [n["label"] for n in per_network if n["in_event"] or n["state"] in _STATE_ORDER[:3]]
+            kind = EVENT_OF_STATE.get(network["state"])
+            network["in_event"] = network["probe_asn"] in (
+                members.get(kind, set()) if kind is not None else set().union(*members.values()))
+            # Blocking or throttling at its last measurement that no such event covers: too little evidence.
+            network["no_event"] = kind is not None and not network["in_event"]
         state = min((n["state"] for n in per_network), key=_STATE_ORDER.index)
-        if event is not None:
+        if event is not None and event.type == BLOCKING:
             on_and_off = any(n.on_and_off and n.comprehensive_from is None for n in event.networks)
             partial = all(n.extent == "partial" for n in event.networks)
             state = State.PARTIAL if partial else State.BLOCKED_ON_AND_OFF if on_and_off else State.BLOCKED
-        seen = [m for m in METHODS if any(n.get(f"blocked_{m}") for n in per_network
-                                          if n["state"] in _STATE_ORDER[:3])]
+        elif event is not None:
+            state = min(state, State.THROTTLED, key=_STATE_ORDER.index)  # blocking seen since stays stronger
+        finding = EVENT_OF_STATE.get(state)
+        if event is not None and event.type != finding:
+            event = events.get(finding) if finding is not None else event
+        shown = [n for n in per_network if EVENT_OF_STATE.get(n["state"]) == finding or (
+            event is not None and n["probe_asn"] in members.get(event.type, set()))] if finding else []
+        if state == State.THROTTLED:
+            seen = [k for k in THROTTLINGS if any(n.get(f"throttled_{k}") for n in shown)]
+        else:
+            seen = [m for m in METHODS if any(n.get(f"blocked_{m}") for n in per_network
+                                              if n["state"] in BLOCKING_STATES)]
         out.append(NowRow(
             probe_cc=cc, service=service, feature=feature, state=state,
             method=list(event.methods) if event is not None else seen,
             since=event.onset if event is not None else None, event=event,
-            networks_blocked=blocked, networks=[n["label"] for n in per_network],
+            networks_blocked=[n["label"] for n in shown], networks=[n["label"] for n in per_network],
             last_measurement=max(n["last_measurement"] for n in per_network),
-            no_event=event is None and state in _STATE_ORDER[:3], per_network=per_network,
+            no_event=event is None and finding is not None, per_network=per_network,
         ))
-    if filters.state == State.BLOCKED:
-        out = [row for row in out if row.state in _STATE_ORDER[:3]]
+    if filters.state in STATE_FILTERS:
+        out = [row for row in out if row.state in STATE_FILTERS[filters.state]]
     return sorted(out, key=lambda r: (r.probe_cc, _STATE_ORDER.index(r.state), r.service, r.feature))
 
 
@@ -226,10 +263,8 @@ def events_table(rows: Sequence[Event]) -> pa.Table:
 
 
 def method_plain(method: str) -> str:
-    try:
-        return Method(method).plain
-    except ValueError:
-        return "another way (no rule names it)"
+    """A blocking method's or a throttling kind's plain words (vocabulary.qualifier_plain)."""
+    return qualifier_plain(method) or "another way (no rule names it)"
 
 
 def matching_events(logged: Sequence[Event], filters: Filters, *, include_volume: bool = True) -> list[Event]:

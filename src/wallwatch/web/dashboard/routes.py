@@ -27,9 +27,9 @@ from wallwatch import __version__
 from wallwatch.analysis.report import charts
 from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.store import Store
-from wallwatch.vocabulary import Method, Service, State, Verdict
+from wallwatch.vocabulary import Service, State, Verdict
 from wallwatch.web.dashboard import views
-from wallwatch.web.dashboard.data import Filters, NoSeries, method_plain
+from wallwatch.web.dashboard.data import STATE_FILTERS, Filters, NoSeries, method_plain
 from wallwatch.web.dashboard.views import NotFound, View
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -60,11 +60,11 @@ def _templates() -> Any:
     env.filters["day"] = lambda moment: "" if moment is None else moment.strftime("%a %d %b %Y")
     env.filters["pct"] = lambda share: "-" if share is None else f"{share:.0%}"
     env.globals.update(
-        version=__version__, glyphs=charts.STATE_GLYPHS, colours=charts.STATE_COLOURS,
+        version=__version__, glyphs=charts.STATE_GLYPHS, colours=charts.STATE_COLOURS, ink=charts.GLYPH_INK,
         no_event_mark=charts.NO_EVENT_MARK, network_label=charts.network_label, method_plain=method_plain,
         state_plain=lambda s: State(s).plain if s in State._value2member_map_ else s,
         verdict_plain=lambda v: Verdict(v).plain if v in Verdict._value2member_map_ else v,
-        is_method=lambda m: m in Method._value2member_map_, states=list(State),
+        states=list(State),
         service_plain=lambda s: Service(s).plain if s in Service._value2member_map_ else s,
     )
     return Jinja2Templates(env=env)
@@ -117,8 +117,9 @@ def _filters(request: Request) -> Filters:
     if cc is not None and not (len(cc) == 2 and cc.isalpha()):
         raise BadFilter(f"cc must be a two-letter country code such as CN, got {cc!r}")
     state = text("state")
-    if state not in (None, State.BLOCKED.value):
-        raise BadFilter(f"state can only be 'blocked' (show only what is blocked), got {state!r}")
+    if state is not None and state not in STATE_FILTERS:
+        raise BadFilter(f"state can only be 'blocked' (show only what is blocked) or 'throttled' (only what is "
+                        f"slowed down), got {state!r}")
     filters = Filters(cc=cc.upper() if cc else None, service=text("service"), feature=text("feature"),
                       asn=int(asn.upper().removeprefix("AS")) if asn else None, since=day("since"),
                       until=day("until"), state=state)

@@ -17,7 +17,7 @@ import orjson
 import pyarrow as pa
 
 from wallwatch.analysis.events.detector import BlockingParams, minimum_evidence, minimum_evidence_brief
-from wallwatch.analysis.events.grouping import ANY, Event
+from wallwatch.analysis.events.grouping import ANY, THROTTLING, Event
 from wallwatch.analysis.report import charts
 from wallwatch.analysis.report.html import timeline_grain
 from wallwatch.analysis.store import Store
@@ -74,12 +74,23 @@ def _span_for(spans: dict[str, tuple[datetime, datetime]], filters: Filters,
     return (first, last) if first <= last else None
 
 
+def _event_window(event: Any, span: tuple[datetime, datetime] | None) -> tuple[datetime, datetime] | None:
+    """The dates an event's chart shows: the event with room either side (as long as half the event,
+    at least a week), within the country's data. The whole country span squeezed a week-long event
+    into a sliver of a chart that began months before it."""
+    if span is None:
+        return None
+    end = event.end or span[1]
+    pad = max(_ANNOTATION_MARGIN, (end - event.onset) / 2)
+    return max(span[0], event.onset - pad), min(span[1], end + pad)
+
+
 def _day_span(span: tuple[datetime, datetime] | None) -> tuple[datetime, datetime] | None:
     return None if span is None else (span[0].replace(hour=0), span[1].replace(hour=0))
 
 
 def overview(store: Store, filters: Filters) -> View:
-    """What is blocked now: country x service x feature, with the method, since when and where."""
+    """What is blocked (or slowed) now: country x service x feature, with the method, since when and where."""
     _require_series(store)
     logged = data.events(store)
     connection = data.connect(store)
@@ -233,7 +244,7 @@ def event(store: Store, event_id: str, annotations: Sequence[charts.Annotation])
     try:
         evidence, total = data.event_evidence(connection, found)
         spans = data.country_spans(connection) if data.has_series(store) else {}
-        span = spans.get(found.probe_cc)
+        span = _event_window(found, spans.get(found.probe_cc))
         grain = timeline_grain(span)
         rows = data.series(connection, grain, filters) if data.has_series(store) and found.service != ANY else None
     finally:
@@ -250,7 +261,8 @@ def event(store: Store, event_id: str, annotations: Sequence[charts.Annotation])
                                     span=chart_span, annotations=in_span)
         chart_list.append(Chart("timeline", "The event shaded on the share of probes seeing blocking, per network.",
                                 spec))
-    what = "volume collapse" if found.service == ANY else f"{found.service} {found.feature} blocked"
+    state = "throttled" if found.type == THROTTLING else "blocked"
+    what = "volume collapse" if found.service == ANY else f"{found.service} {found.feature} {state}"
     return View("event", f"{what} in {found.probe_cc}", filters,
                 tables={"evidence": evidence, "event": data.events_table([found])}, charts=chart_list,
                 context={"event": found, "evidence": evidence.to_pylist(), "total": total, "annotations": notes,
