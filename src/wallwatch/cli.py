@@ -44,6 +44,7 @@ _PARTS = (
     "wallwatch.helper.cli",
     "wallwatch.analysis.cli",
     "wallwatch.lab.demo",
+    "wallwatch.web.cli",
 )
 
 

@@ -360,6 +360,32 @@ class Circumvention(StrEnum):
     TOR_OBFS4 = ("tor_obfs4", "Tor through an obfs4 bridge")
 
 
+
+def describe_circumvention(results: Mapping[str, tuple[str, str | None]]) -> str:
+    """Which ways around worked and how the others were stopped, in words: "Shadowsocks and obfs4
+    worked; OpenVPN over UDP and WireGuard were blocked (the app's protocol was recognised and cut)".
+
+    `results` maps each option tried (a `Circumvention` value) to its (verdict, method). One
+    definition for the probe's own summary and the report's "what still works" (issue 12).
+    """
+    def names(options: list[str]) -> str:
+        words = [Circumvention(o).plain if o in Circumvention._value2member_map_ else o for o in options]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    worked = [option for option, (verdict, _) in results.items() if verdict == Verdict.OK]
+    blocked: dict[str, list[str]] = {}
+    for option, (verdict, method) in results.items():
+        if verdict == Verdict.BLOCKED:
+            blocked.setdefault(method or "", []).append(option)
+    parts = [f"{names(worked)} worked" if worked else "nothing worked"]
+    for method, options in blocked.items():
+        how = f" ({Method(method).plain})" if method in METHODS else ""
+        parts.append(f"{names(options)} {'were' if len(options) > 1 else 'was'} blocked{how}")
+    rest = [option for option, (verdict, _) in results.items() if verdict not in (Verdict.OK, Verdict.BLOCKED)]
+    if rest:
+        parts.append(f"{names(rest)}: {', '.join(sorted({results[o][0] for o in rest}))}")
+    return "; ".join(parts)
+
 # The features each of wallwatch's own nettests reports, in the order it reports them;
 # a scenario's ground truth must name every one (lab/scenario.py).
 NETTEST_FEATURES: Mapping[str, tuple[str, ...]] = MappingProxyType({

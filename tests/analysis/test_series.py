@@ -265,3 +265,34 @@ def test_a_countrys_series_and_events_do_not_depend_on_other_countries(tmp_path:
     assert event["end"] is None and event["evidence"]["closed_by_silence"] == []
     # Each country's grid spans its own first to last measurement.
     assert results["alone"][0][-1]["hour"] == T0 + timedelta(hours=4 * 24 - 1)
+
+
+def test_countries_rebuilt_alone_over_their_windows_get_the_rows_of_a_whole_rebuild(sparse_store: Store) -> None:
+    """What the live pipeline relies on (web/live.py): a country's rows depend only on its own
+    verdicts and window, and a grid started later (a bounded rebuild) has the whole build's rows
+    from the day its series can change on."""
+    import pyarrow.compute as pc
+
+    from wallwatch.analysis.series.build import build_for_countries, build_series
+
+    connection = sparse_store.connect()
+    try:
+        windows = {cc: (lo, hi) for cc, lo, hi in connection.execute(
+            "SELECT probe_cc, min(measurement_start_time), max(measurement_start_time) FROM verdicts "
+            "GROUP BY probe_cc").fetchall()}
+        for grain in ("hour", "day"):
+            whole = build_series(connection, grain)
+            for cc in ("XA", "XB"):
+                alone = build_for_countries(connection, grain, {cc: windows[cc]})
+                assert alone.equals(whole.filter(pc.equal(whole.column("probe_cc"), cc))), (grain, cc)
+            both = build_for_countries(connection, grain, windows)
+            assert both.equals(whole), grain
+            # XA's grid started REACH (web/live.py: 14 days + 48 h + 1 day) before its last measured
+            # day, 70: from that day on its rows are the whole build's (the silence before folds alike).
+            reach = timedelta(days=14) + timedelta(hours=48) + timedelta(days=1)
+            later = build_for_countries(connection, grain, {"XA": (T0 + timedelta(days=70) - reach, windows["XA"][1])})
+            day = pa.scalar((T0 + timedelta(days=70)).date(), pa.date32())
+            xa = whole.filter(pc.and_(pc.equal(whole.column("probe_cc"), "XA"), pc.greater_equal(whole.column("date"), day)))
+            assert xa.num_rows and later.filter(pc.greater_equal(later.column("date"), day)).equals(xa), grain
+    finally:
+        connection.close()

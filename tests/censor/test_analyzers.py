@@ -9,13 +9,14 @@ from hypothesis import strategies as st
 from tests.fuzzing import examples
 from tests.censor import payloads
 from wallwatch.censor.analyzers import (
-    ALL_ANALYZERS, PROPERTY_TYPES, Analyzer, Direction, DnsAnalyzer, FetAnalyzer, HttpAnalyzer, MqttAnalyzer,
-    MtprotoAnalyzer, StunAnalyzer,
-    OpenVpnAnalyzer, PropType, QuicAnalyzer, TlsAnalyzer, TorAnalyzer, WhatsAppAnalyzer, WireGuardAnalyzer,
+    ALL_ANALYZERS, PROPERTY_TYPES, Analyzer, Direction, DnsAnalyzer, FetAnalyzer, HttpAnalyzer, MmtlsAnalyzer,
+    MqttAnalyzer, MtprotoAnalyzer, StunAnalyzer,
+    OpenVpnAnalyzer, PropType, QuicAnalyzer, TlsAnalyzer, TorAnalyzer, ViberAnalyzer, WhatsAppAnalyzer,
+    WireGuardAnalyzer,
 )
 from wallwatch.censor.analyzers.base import FLOW_PROPERTIES
 from wallwatch.censor.policy import KEY_TYPES
-from wallwatch.protocols import dns, http, mqtt, mtproto, openvpn, quic, stun, tls, tor, whatsapp, wireguard
+from wallwatch.protocols import dns, http, mmtls, mqtt, mtproto, openvpn, quic, stun, tls, tor, viber, whatsapp, wireguard
 
 C2S, S2C = Direction.TO_SERVER, Direction.TO_CLIENT
 
@@ -61,6 +62,27 @@ def test_whatsapp_header_with_and_without_edge_routing(routing: bytes | None) ->
 
 def test_whatsapp_says_done_on_tls() -> None:
     assert WhatsAppAnalyzer().feed(C2S, tls.build_client_hello("e1.whatsapp.net")) == (None, True)
+
+
+@pytest.mark.parametrize("version", [mmtls.VERSION, mmtls.VERSION_2017])
+def test_mmtls_long_link_opening(version: int) -> None:
+    update, done = feed_in_pieces(MmtlsAnalyzer(), mmtls.build_client_hello(bytes(32), 0, version), 2)
+    assert done and update == {"mmtls.record": True, "mmtls.handshake": True, "mmtls.version": version}
+    # TLS and the short link's HTTP are not mmtls, decided on their first bytes.
+    assert MmtlsAnalyzer().feed(C2S, tls.build_client_hello("long.weixin.qq.com"))[0]["mmtls.record"] is False
+    assert MmtlsAnalyzer().feed(C2S, b"POST /mmtls/1a2b3c4d HTTP/1.1\r\n")[0]["mmtls.record"] is False
+
+
+def test_viber_hello_on_tcp_and_call_datagrams_on_udp() -> None:
+    hello = viber.build_hello(bytes(16), bytes(134))
+    update, done = feed_in_pieces(ViberAnalyzer("tcp"), hello, 10)
+    assert done and update == {"viber.hello": True, "viber.call": False, "viber.type": viber.HELLO_TYPE}
+    update, done = ViberAnalyzer("udp").feed(C2S, viber.build_ping(bytes(8)))
+    assert done and update == {"viber.hello": False, "viber.call": True, "viber.type": viber.PING_TYPE}
+    # STUN, TLS and a datagram whose length field lies are not Viber.
+    assert ViberAnalyzer("udp").feed(C2S, stun.build_binding_request(bytes(12)))[0]["viber.call"] is False
+    assert ViberAnalyzer("udp").feed(C2S, viber.build_ping(bytes(8)) + b"x")[0]["viber.call"] is False
+    assert ViberAnalyzer("tcp").feed(C2S, tls.build_client_hello("dl-media.viber.com"))[0]["viber.hello"] is False
 
 
 def test_dns_udp_each_query_updates_and_keeps_watching() -> None:
@@ -146,6 +168,9 @@ def _samples() -> list[tuple[type[Analyzer], str, list[tuple[Direction, bytes]]]
         (TorAnalyzer, "tcp", [(C2S, tor.build_client_hello())]),
         (StunAnalyzer, "udp", [(C2S, stun.build_binding_request(bytes(12)))]),
         (MqttAnalyzer, "tcp", [(C2S, mqtt.build_connect("wallwatch-probe"))]),
+        (MmtlsAnalyzer, "tcp", [(C2S, mmtls.build_client_hello(bytes(32), 0))]),
+        (ViberAnalyzer, "tcp", [(C2S, viber.build_hello(bytes(16), bytes(134)))]),
+        (ViberAnalyzer, "udp", [(C2S, viber.build_ping(bytes(8)))]),
     ]
 
 

@@ -5,11 +5,15 @@ black-hole, reset, SNI, protocol fingerprint) the censor gets a policy that
 targets exactly one feature, the real nettest runs in the client namespace
 (`wallwatch probe run NETTEST`), and every feature must read what the policy
 implies: the targeted one blocked by that method, every other one ok (no
-collateral verdicts). Throttling by rate and by delay is measured with the
-nettests' throughput rounds turned on (`--option throughput=on`: the
-ServiceTest base's hook, probe/throughput.py) and must read
-`throttled/rate` or `throttled/latency` on the targeted feature only;
-a reset with a penalty box ([Rambert2021]) must read `blocked/residual`.
+collateral verdicts). The nettests: telegram, signal, facebook_messenger, and
+the services of 2017 beside WhatsApp (wechat, skype, viber, facetime), each
+with the protocol fingerprint a DPI box has of it (MTProto's header, STUN,
+mmtls records, Viber's hello and call datagrams). Throttling by rate and by
+delay is measured with the nettests' throughput rounds turned on
+(`--option throughput=on`: the ServiceTest base's hook, probe/throughput.py;
+telegram, signal and facebook_messenger) and must read `throttled/rate` or
+`throttled/latency` on the targeted feature only; a reset with a penalty box
+([Rambert2021]) must read `blocked/residual`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,42 @@ MATRIX: dict[str, dict[str, tuple[list[dict[str, Any]], dict[str, str]]]] = {
         "reset": ([reset_address("star", "198.19.12.6/32")], {"web": "blocked/tcp_reset"}),
         # Only the chat edge: the APIs still answer, so text is blocked in part (strong evidence).
         "sni": ([sni_reset("edge-sni", "edge-mqtt.facebook.com")], {"text": "blocked/tls_sni"}),
+        "fingerprint": ([_rule("stun", {"stun.binding": True}, "drop")], {"calls": "blocked/udp_blocking"}),
+    },
+    # The services of 2017 that were left alone (Skype, FaceTime, WeChat) or not (Viber was blocked in
+    # China on and off): every technique still must read as itself, feature by feature.
+    "wechat": {
+        "dns": ([dns_inject("moments-dns", "qpic.cn")], {"media": "blocked/dns"}),
+        "ip": ([blackhole("long-link", "198.19.13.1/32"), blackhole("short-link", "198.19.13.2/32")],
+               {"text": "blocked/tcp_ip"}),
+        "reset": ([reset_address("web", "198.19.13.4/31")], {"web": "blocked/tcp_reset"}),
+        "sni": ([sni_reset("wx-sni", "wx.qq.com"), sni_reset("web-sni", "web.wechat.com")], {"web": "blocked/tls_sni"}),
+        # mmtls records on the long link, the same records POSTed to /mmtls/ on the short link.
+        "fingerprint": ([_rule("mmtls", {"mmtls.record": True}, "reset"),
+                         _rule("short-link", {"http.path": {"glob": "/mmtls/*"}}, "reset")],
+                        {"text": "blocked/protocol_dpi"}),
+    },
+    "skype": {
+        "dns": ([dns_inject("asm-dns", "asm.skype.com")], {"media": "blocked/dns"}),
+        "ip": ([blackhole("relay", "198.19.14.10/32", "udp")], {"calls": "blocked/udp_blocking"}),
+        "reset": ([reset_address("chat", "198.19.14.1/32")], {"text": "blocked/tcp_reset"}),
+        "sni": ([sni_reset("web-sni", "web.skype.com")], {"web": "blocked/tls_sni"}),
+        "fingerprint": ([_rule("stun", {"stun.binding": True}, "drop")], {"calls": "blocked/udp_blocking"}),
+    },
+    "viber": {
+        "dns": ([dns_inject("media-dns", "viber.com")], {"media": "blocked/dns"}),
+        "ip": ([blackhole("chat", "198.19.15.1/32", "tcp")], {"text": "blocked/tcp_ip"}),
+        "reset": ([reset_address("download", "198.19.15.2/32")], {"media": "blocked/tcp_reset"}),
+        "sni": ([sni_reset("download-sni", "dl-media.viber.com")], {"media": "blocked/tls_sni"}),
+        "fingerprint": ([_rule("hello", {"viber.hello": True}, "reset")], {"text": "blocked/protocol_dpi"}),
+        "fingerprint-calls": ([_rule("call", {"viber.call": True}, "drop")], {"calls": "blocked/udp_blocking"}),
+    },
+    # FaceTime's one feature, calls, needs the push courier and a relay (all-of): each technique on either.
+    "facetime": {
+        "dns": ([dns_inject("push-dns", "push.apple.com")], {"calls": "blocked/dns"}),
+        "ip": ([blackhole("relay", "198.19.16.10/32", "udp")], {"calls": "blocked/udp_blocking"}),
+        "reset": ([reset_address("courier", "198.19.16.1/32")], {"calls": "blocked/tcp_reset"}),
+        "sni": ([sni_reset("courier-sni", "push.apple.com")], {"calls": "blocked/tls_sni"}),
         "fingerprint": ([_rule("stun", {"stun.binding": True}, "drop")], {"calls": "blocked/udp_blocking"}),
     },
 }

@@ -238,8 +238,9 @@ def test_cli_requires_a_target_where_there_is_no_default(tmp_path: Path) -> None
     assert lab.exit_code == 2 and "names no OpenVPN server" in lab.output
     # A missing lab state as a second guard: this must never measure the real WhatsApp.
     wrong = runner.invoke(app, ["probe", "run", "whatsapp", "--target", "openvpn://x/?address=1.2.3.4:1"],
-                          env={LAB_ENV: str(tmp_path / "missing.json")})
-    assert wrong.exit_code == 2 and "--target is for the openvpn and web_connectivity nettests" in wrong.output
+                          env={LAB_ENV: str(tmp_path / "missing.json"), "COLUMNS": "200"})
+    # Every nettest that takes --target is named, in the registry's order.
+    assert wrong.exit_code == 2 and "--target is for the openvpn, keyword and web_connectivity nettests" in wrong.output
 
 
 @needs_openvpn

@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +31,48 @@ ROOT = Path(__file__).resolve().parents[2]
 CN_2017_09 = ROOT / "scenarios" / "cn-2017-09.yaml"
 
 
+ALERT_SECRET = "a-replay-secret-0123456789"
+
+
+@dataclass
+class Run:
+    """The replay, made live against a real `wallwatch serve` whose alerts go to a local receiver."""
+
+    result: subprocess.CompletedProcess[str]
+    out: Path
+    data: Path
+    alerts: list[dict[str, Any]]
+
+
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     from wallwatch.lab.capabilities import missing_lab_features
+
+    from tests.web.observatory import Observatory, WebhookReceiver
 
     missing = missing_lab_features()
     if missing:
         pytest.skip("lab unavailable: " + "; ".join(missing))
     out = tmp_path_factory.mktemp("replay")
-    result = subprocess.run(
-        [sys.executable, "-m", "wallwatch.cli", "lab", "replay", str(CN_2017_09), "--out", str(out), "--days-per-phase", "2"],
-        capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "160"},
-    )
-    return result, out
+    data = tmp_path_factory.mktemp("observatory") / "data"
+    alerts = data.parent / "alerts.yaml"
+    with WebhookReceiver() as receiver:
+        alerts.write_text(json.dumps({"webhooks": [{"name": "lab", "url": receiver.url, "secret": ALERT_SECRET}]}))
+        with Observatory(data, args=["--alerts", str(alerts)]) as server:
+            result = subprocess.run(
+                [sys.executable, "-m", "wallwatch.cli", "lab", "replay", str(CN_2017_09), "--out", str(out),
+                 "--days-per-phase", "2", "--live", "--collector", server.url, "--day-seconds", "1"],
+                capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "160"},
+            )
+            server.wait_idle()
+            entries = [json.loads(line) for line in (data / "events.jsonl").read_text().splitlines()]
+            delivered = receiver.wait_for(len(entries), timeout=30)
+    yield Run(result, out, data, delivered)
+
+
+@pytest.fixture(scope="module")
+def replayed(run: Run) -> tuple[subprocess.CompletedProcess[str], Path]:
+    return run.result, run.out
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -57,7 +88,8 @@ def test_every_feature_matches_the_ground_truth_on_every_day(replayed: tuple[sub
     assert "match the ground truth" in " ".join(result.stdout.split())
 
     probes, _ = runnable_probes(scenario)
-    features = {"whatsapp": 5, "openvpn": 1, "telegram": 3, "signal": 4, "facebook_messenger": 4}
+    features = {"whatsapp": 5, "openvpn": 1, "telegram": 3, "signal": 4, "facebook_messenger": 4, "wechat": 4,
+                "skype": 4, "facetime": 1}
     expected_days = [str(day) for day in scenario.sample_days(2)]
     assert sorted({row["date"] for row in rows}) == expected_days
     per_cell = Counter((row["date"], row["isp"]) for row in rows)
@@ -86,6 +118,13 @@ def test_the_timeline_is_what_the_probe_saw(replayed: tuple[subprocess.Completed
         assert verdict(date, "unicom", "web", "telegram") == "blocked/dns"
         assert verdict(date, "mobile", "text", "facebook_messenger") == "blocked/dns"
         assert {verdict(date, isp, f, "signal") for isp in ASN_OF_ISP for f in ("text", "media", "storage", "calls")} == {"ok"}
+    # Skype, FaceTime and WeChat read ok on every day from every ISP, while WhatsApp, Telegram and OpenVPN
+    # are blocked: the censor's rules for the others touch nothing of theirs.
+    left_alone = [r for r in rows if r["service"] in ("wechat", "skype", "facetime")]
+    assert len(left_alone) == 9 * len({r["date"] for r in rows}) * 3
+    assert {r["observed_verdict"] for r in left_alone} == {"ok"}
+    assert verdict("2017-09-25", "telecom", "text") == "blocked/protocol_dpi"
+    assert verdict("2017-09-25", "telecom", "tunnel") == "blocked/protocol_dpi"
 
     assert verdict("2017-07-01", "mobile", "media") == "ok"
     assert verdict("2017-07-18", "unicom", "media") == "blocked/tls_sni"
@@ -124,6 +163,8 @@ def test_measurements_carry_the_simulated_day_and_the_isp(replayed: tuple[subpro
         assert annotations["wallwatch_scenario"] == "cn-2017-09" and annotations["wallwatch_isp"] == row["isp"]
         assert annotations["wallwatch_policy"] == row["policy"]
         assert annotations["wallwatch_wall_time"] > "2020"  # the real clock, kept beside the simulated one
+        if m["test_name"] == "whatsapp":  # the scenario's options: 2017's clients opened with a bare WA 1 5
+            assert m["test_keys"]["x_wallwatch"]["opening"] == "2017"
     run_ids = {m["test_keys"]["x_wallwatch"]["lab"]["run_id"] for m in measurements}
     assert len(run_ids) == 1  # one lab for the whole replay ...
     assert run_namespaces(run_ids.pop()) == []  # ... and it is gone
@@ -166,7 +207,7 @@ def test_the_observatory_finds_what_the_lab_did(replayed: tuple[subprocess.Compl
     long_standing = {key for key in events if key[0] in ("telegram", "facebook_messenger")}
     assert set(events) - long_standing == {("whatsapp", "text"), ("whatsapp", "media"), ("whatsapp", "calls"),
                                            ("openvpn", "tunnel")}
-    assert not any(service == "signal" for service, _ in events)
+    assert not any(service in ("signal", "wechat", "skype", "facetime") for service, _ in events)
     # (Blocked on every probed day, they have no baseline: the detector dates them from where the
     # other services' changes start, not from the first day; only their presence is asserted.)
     assert {key[0] for key in long_standing} == {"telegram", "facebook_messenger"}
@@ -180,7 +221,55 @@ def test_the_observatory_finds_what_the_lab_did(replayed: tuple[subprocess.Compl
     assert events[("whatsapp", "text")]["method"] == ["protocol_dpi"]
     # On and off at first (the rule fires on half the flows), comprehensive from Monday the 25th;
     # the other features were blocked on every attempt from the start.
+    # (A final run of blocked hours is comprehensive by its span, not by its count of hours with data:
+    # the reduced run samples two noons of it, 25 and 26 September, and the detector still dates it.)
     for network in events[("whatsapp", "text")]["networks"]:
         assert (network["on_and_off"], network["comprehensive_from"][:10]) == (True, "2017-09-25"), network
     for network in events[("whatsapp", "media")]["networks"]:
         assert (network["on_and_off"], network["comprehensive_from"][:10]) == (False, "2017-09-20"), network
+
+
+def _day_of(moment: float, live: list[dict[str, Any]]) -> str | None:
+    """The simulated day in progress at real time `moment`: the last day submitted before it."""
+    submitted = [row for row in live if row["submitted"] <= moment]
+    return submitted[-1]["day"] if submitted else None
+
+
+def test_live_alerts_fire_on_the_simulated_days_the_batch_run_finds(run: Run, tmp_path: Path) -> None:
+    """The lab's timeline, live: every event of the batch run over the same measurements was alerted,
+    each network of it on the simulated day the batch run's detector raised it, within that day."""
+    assert run.result.returncode == 0, (run.result.stdout[-4000:], run.result.stderr[-3000:])
+    live = [json.loads(line) for line in (run.out / "live.jsonl").read_text().splitlines()]
+    measurements = _jsonl(run.out / "measurements.jsonl")
+    assert [row["day"] for row in live] == [str(d) for d in load_scenario(CN_2017_09).sample_days(2)]
+    assert sum(row["sent"] for row in live) == len(measurements) and not any(row["error"] for row in live)
+    assert "submitted 78 measurements live" in " ".join(run.result.stdout.split())
+
+    data = tmp_path / "batch"
+    assert _wallwatch("ingest", str(run.out / "measurements.jsonl"), "--data", str(data)).returncode == 0
+    listed = _wallwatch("events", "--data", str(data), "--json")
+    batch = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+    assert batch, listed.stderr[-2000:]
+    alerts = [a["json"] | {"at": a["at"]} for a in run.alerts]
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)  # none twice
+    for event in batch:
+        key = (event["type"], event["probe_cc"], event["service"], event["feature"])
+        mine = [a for a in alerts if (a["event"]["type"], a["event"]["probe_cc"], a["event"]["service"],
+                                      a["event"]["feature"]) == key]
+        opened = [a for a in mine if a["entry"] == "opened"]
+        assert len(opened) == 1, (key, [a["entry"] for a in mine])
+        # Each network raised on the day the batch detector raised it: in the opening alert if that
+        # was its day, else in a network_joined alert that arrived during its day.
+        seen_on = {n["probe_asn"]: _day_of(opened[0]["at"], live) for n in opened[0]["event"]["networks"]}
+        for joined in (a for a in mine if a["entry"] == "network_joined"):
+            seen_on.setdefault(joined["detail"]["probe_asn"], _day_of(joined["at"], live))
+        expected = {n["probe_asn"]: n["alarm"][:10] for n in event["networks"]}
+        assert seen_on == expected, (key, seen_on, expected)
+    # Text went from on and off to comprehensive on Monday the 25th: alerted that day, or, for a
+    # network the detector raised only later, on the day it joined.
+    text = next(e for e in batch if (e["service"], e["feature"]) == ("whatsapp", "text"))
+    comprehensive = {a["detail"]["probe_asn"]: _day_of(a["at"], live) for a in alerts
+                     if a["entry"] == "network_comprehensive" and a["event"]["feature"] == "text"}
+    assert comprehensive == {n["probe_asn"]: max(n["alarm"][:10], n["comprehensive_from"][:10])
+                             for n in text["networks"]}, comprehensive
+    assert "2017-09-25" in comprehensive.values()

@@ -51,7 +51,8 @@ def test_cn_2017_09_is_the_timeline_of_issue_4() -> None:
     assert [(i.id, i.asn, i.cc) for i in scenario.isps] == [("telecom", "AS4134", "CN"), ("unicom", "AS4837", "CN"), ("mobile", "AS9808", "CN")]
     assert (scenario.start, scenario.end, scenario.probes) == (day("2017-07-01"), day("2017-10-24"),
                                                                 ("whatsapp", "openvpn", "telegram", "signal",
-                                                                 "facebook_messenger"))
+                                                                 "facebook_messenger", "wechat", "skype", "facetime"))
+    assert scenario.options == {"whatsapp": {"opening": "2017"}}
 
     def policies(text: str) -> list[str]:
         return [scenario.policy_on(day(text), isp.id).name for isp in scenario.isps]
@@ -87,6 +88,12 @@ def test_sampling_keeps_the_first_days_of_every_phase_and_every_change_day() -> 
     assert [str(d) for d in scenario.sample_days(1, day("2017-09-21"), day("2017-09-23"))] == ["2017-09-21", "2017-09-22", "2017-09-23"]
     with pytest.raises(ScenarioError, match="no days between"):
         scenario.sample_days(1, day("2018-01-01"), None)
+
+
+def test_nettest_options_are_read_as_text_for_the_whole_timeline() -> None:
+    scenario = parse_scenario(VALID.replace("probes: [whatsapp]\n", "probes: [whatsapp]\noptions:\n  whatsapp: {opening: 2017}\n"))
+    assert scenario.options == {"whatsapp": {"opening": "2017"}}
+    assert parse_scenario(VALID).options == {}
 
 
 def test_the_valid_example_parses() -> None:
@@ -127,6 +134,12 @@ def test_the_valid_example_parses() -> None:
         ("{suffix: mmg.whatsapp.net}", "{suffix: null}", r":15: policies.media.rules\[0\].match.tls.sni.suffix: the censor refuses it: .*got None"),
         ("policy: open}", "policy: open, note: 12}", r":19: periods\[0\].note: must be text, not 12"),
         ("name: tiny\n", "name: tiny\ndescription: [a, b]\n", r":2: description: must be text"),
+        ("probes: [whatsapp]\n", "probes: [whatsapp]\noptions: {whatsapp: {opening: 2016}}\n",
+         r"tiny.yaml:5: options.whatsapp.opening: whatsapp: opening must be one of 2017, 2022, today, not '2016'"),
+        ("probes: [whatsapp]\n", "probes: [whatsapp]\noptions: {whatsapp: {era: 2017}}\n",
+         r":5: options.whatsapp.era: whatsapp takes no option 'era'; it takes: opening=2017\|2022\|today"),
+        ("probes: [whatsapp]\n", "probes: [whatsapp]\noptions: {signal: {opening: 2017}}\n",
+         r":5: options.signal: 'signal' is not in `probes`"),
     ],
 )
 def test_malformed_scenarios_are_refused_naming_line_and_key(old: str, new: str, message: str) -> None:
@@ -190,8 +203,8 @@ PHASES = textwrap.dedent(
 def test_the_default_phases_file_loads() -> None:
     from wallwatch.lab.demo import DEFAULT_SCENARIO, load_phases
 
-    name, phases = load_phases(DEFAULT_SCENARIO)
-    assert name == "whatsapp-cn-2017" and [p.id for p in phases] == ["normal", "2017-07", "2017-09"]
+    scenario = load_phases(DEFAULT_SCENARIO)
+    assert scenario.name == "china-2017" and [p.id for p in scenario.phases] == ["normal", "2017-07", "2017-09"]
 
 
 @pytest.mark.parametrize(
@@ -228,3 +241,83 @@ def test_an_empty_phases_file_is_refused(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(ScenarioError, match=r"phases.yaml:1: scenario: a phased scenario needs a non-empty `phases` list"):
         load_phases(path)
+
+
+def test_the_demo_table_has_one_row_per_service_and_feature() -> None:
+    """`wallwatch demo`'s table: every service of 2017, each feature a row, the service named once."""
+    from rich.console import Console
+
+    from wallwatch.lab.demo import DEFAULT_SCENARIO, Observed, _render, _row, load_phases
+
+    scenario = load_phases(DEFAULT_SCENARIO)
+    rows = [_row(phase, service, feature, expected, Observed(expected.verdict, expected.method), None)
+            for phase in scenario.phases for service, features in phase.expect.items()
+            for feature, expected in features.items()]
+    console = Console(width=160, record=True)
+    _render(console, scenario, scenario.probes, rows)
+    text = console.export_text()
+    for service in scenario.probes:
+        assert sum(line.split("│")[1].strip() == service for line in text.splitlines() if "│" in line) == 1, service
+    assert text.count("blocked (protocol_dpi)") == 2  # WhatsApp text and OpenVPN in September
+    assert "expected" not in text  # every cell matched
+
+
+def test_the_demo_reads_the_first_format_too(tmp_path: Path) -> None:
+    from wallwatch.lab.demo import load_phases
+
+    (tmp_path / "old.yaml").write_text(textwrap.dedent("""\
+        name: old
+        phases:
+          - id: p
+            policy: {name: none, rules: []}
+            expect: {text: ok, media: ok, calls: ok, web: ok, registration: ok}
+        """))
+    scenario = load_phases(tmp_path / "old.yaml")
+    assert scenario.probes == ("whatsapp",) and set(scenario.phases[0].expect["whatsapp"]) == {
+        "text", "media", "calls", "web", "registration"}
+
+
+SERVICES_PHASES = textwrap.dedent(
+    """\
+    name: two-services
+    probes: [whatsapp, telegram]
+    options: {whatsapp: {opening: 2017}, telegram: {throughput: "off"}}
+    phases:
+      - id: normal
+        policy: {name: none, rules: []}
+        expect:
+          whatsapp: {text: ok, media: ok, calls: ok, web: ok, registration: ok}
+          telegram: {text: ok, media: ok, web: ok}
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("{opening: 2017}", "{opening: 2016}", r"phases.yaml:3: options.whatsapp.opening: whatsapp: opening must be one of"),
+        ('{throughput: "off"}', "{throughput: slow}", r"phases.yaml:3: options.telegram.throughput: .*must be one of on, off"),
+        ("probes: [whatsapp, telegram]", "probes: [whatsapp, telegraph]", r"phases.yaml:2: probes: no nettest 'telegraph'"),
+        ("      telegram: {text: ok, media: ok, web: ok}\n", "",
+         r"phases.yaml:7: phases\[0\].expect.telegram: no ground truth for probed service 'telegram'"),
+        ("{text: ok, media: ok, web: ok}", "{text: ok, media: ok}",
+         r"phases.yaml:9: phases\[0\].expect.telegram: no ground truth for feature 'web'"),
+        ("{text: ok, media: ok, web: ok}", "{text: ok, media: ok, web: ok, calls: ok}",
+         r"phases.yaml:9: phases\[0\].expect.telegram.calls: telegram has no feature 'calls'"),
+        ("      telegram:", "      signal: {text: ok}\n      telegram:", r"phases.yaml:9: phases\[0\].expect.signal: 'signal' is not in `probes`"),
+    ],
+)
+def test_the_demos_services_and_options_are_checked_naming_line_and_key(tmp_path: Path, old: str, new: str,
+                                                                         message: str) -> None:
+    """The demo's every-service format goes through the same strict loader and the same option checks
+    as a scenario's: each mistake named at its line before any lab is built."""
+    from wallwatch.lab.demo import load_phases
+
+    scenario = tmp_path / "phases.yaml"
+    scenario.write_text(SERVICES_PHASES)
+    loaded = load_phases(scenario)
+    assert loaded.probes == ("whatsapp", "telegram") and loaded.options["whatsapp"] == {"opening": "2017"}
+    assert old in SERVICES_PHASES
+    scenario.write_text(SERVICES_PHASES.replace(old, new, 1))
+    with pytest.raises(ScenarioError, match=message):
+        load_phases(scenario)

@@ -250,6 +250,33 @@ class Store:
                     removed += len(group)
         return removed
 
+    def drop_partitions(self, dataset: str, column: str, values: Iterable[Any]) -> int:
+        """Retire whole top-level partitions `<column>=<value>` of a derived dataset, in one commit
+        (or the enclosing transaction's); return how many held files.
+
+        For a rebuild that no longer has rows on some dates (the live series, `web/live.py`, when a
+        silence folds into a gap row): `write(mode="replace")` only replaces the partitions a table
+        touches, so dates it no longer has would keep stale files. The files go as a replaced
+        partition's do: out of the state at the commit, off the disk RETAIN_S seconds later, so a
+        reader never sees a partition half dropped and a kill before the commit drops nothing.
+        """
+        dropped = 0
+        with self.transaction() as transaction:
+            for value in values:
+                leaf = self.dataset_dir(dataset) / _component(_check_name(column), value)
+                prefix = leaf.relative_to(self.root).as_posix() + "/"
+                live = transaction.snapshot.files.get(dataset, set())
+                committed = [path for path in live if path.startswith(prefix)]
+                earlier = transaction.add.get(dataset, [])  # written by this same transaction
+                made_here = [path for path in earlier if path.startswith(prefix)]
+                for path in made_here:
+                    earlier.remove(path)
+                    (self.root / path).unlink(missing_ok=True)
+                if committed or made_here:
+                    transaction.retire(dataset, committed)
+                    dropped += 1
+        return dropped
+
     def append_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> int:
         """Append rows to the append-only log `<root>/<name>.jsonl`; return how many were written."""
         lines = [orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS, default=str) + b"\n" for row in rows]

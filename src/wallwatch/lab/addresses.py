@@ -99,6 +99,37 @@ TELEGRAM_DCS: Mapping[str, str] = MappingProxyType({
     "149.154.167.91": "198.19.10.4", "149.154.171.5": "198.19.10.5", "95.161.76.100": "198.19.10.6",
 })
 
+# WeChat (198.19.13.0/24): the long link (mmtls on TCP 8080) and the short link (HTTP POST of
+# mmtls records on port 80), [CitizenLab2024]; each on its own address.
+MMTLS_LONG_LINK_PORT = 8080
+MMTLS_SHORT_LINK_PORT = 80
+MMTLS_LONG_LINKS: Mapping[str, str] = MappingProxyType({"long.weixin.qq.com": "198.19.13.1"})
+MMTLS_SHORT_LINKS: Mapping[str, str] = MappingProxyType({"short.weixin.qq.com": "198.19.13.2"})
+
+# Viber (198.19.15.0/24), dialled by address as in nDPI's Viber capture ([nDPI]
+# tests/result/Viber_session.pcap.out): the chat server on TCP 4244 and 5242, a call relay on UDP 7985.
+VIBER_CHAT_PORTS = (4244, 5242)
+VIBER_CALL_PORT = 7985
+VIBER_CHAT_SERVERS: Mapping[str, str] = MappingProxyType({"52.0.253.46": "198.19.15.1"})
+VIBER_CALL_RELAYS: Mapping[str, str] = MappingProxyType({"54.169.63.186": "198.19.15.10"})
+
+# Apple's push courier for FaceTime (198.19.16.0/24): TLS on 5223 with ALPN apns-security-v3 ([pypush]).
+APNS_PORT = 5223
+APNS_COURIERS: Mapping[str, str] = MappingProxyType({"1-courier.push.apple.com": "198.19.16.1"})
+
+# Call relays dialled by address, each service's real block -> its lab relay (STUN on 3478):
+# WeChat in Tencent's Hong Kong network, Skype in Microsoft's media block [Microsoft365-Endpoints],
+# FaceTime in Apple's 17.0.0.0/8 [Apple-Enterprise].
+SERVICE_RELAYS: Mapping[str, str] = MappingProxyType({
+    "203.205.128.0/19": "198.19.13.10",
+    "52.112.0.0/14": "198.19.14.10",
+    "17.0.0.0/8": "198.19.16.10",
+})
+
+# The emulated chat platform that filters its users' messages by keyword (lab/chat_platform.py):
+# a lab name under RFC 2606's reserved `.test`, since it stands for no one platform.
+CHAT_PLATFORMS: Mapping[str, str] = MappingProxyType({"chat-platform.test": "198.19.17.1"})
+
 # HTTPS sites (lab/https_server.py): web clients and APIs answer a page, media hosts
 # (MEDIA_SITES) keep uploads and serve a photo-sized sample at /d/sample.jpg.
 HTTPS_SITES: Mapping[str, str] = MappingProxyType({
@@ -114,9 +145,18 @@ HTTPS_SITES: Mapping[str, str] = MappingProxyType({
     "scontent.xx.fbcdn.net": "198.19.12.4",
     "external.xx.fbcdn.net": "198.19.12.5",
     "star.c10r.facebook.com": "198.19.12.6",
+    "mmsns.qpic.cn": "198.19.13.3",
+    "wx.qq.com": "198.19.13.4",
+    "web.wechat.com": "198.19.13.5",
+    "client-s.gateway.messenger.live.com": "198.19.14.1",
+    "api.asm.skype.com": "198.19.14.2",
+    "web.skype.com": "198.19.14.3",
+    "dl-media.viber.com": "198.19.15.2",
+    "share.cdn.viber.com": "198.19.15.3",
 })
 MEDIA_SITES = frozenset({"cdn4.telesco.pe", "cdn.signal.org", "cdn2.signal.org", "scontent.xx.fbcdn.net",
-                         "external.xx.fbcdn.net"})
+                         "external.xx.fbcdn.net", "mmsns.qpic.cn", "api.asm.skype.com", "dl-media.viber.com",
+                         "share.cdn.viber.com"})
 
 # MQTT inside TLS on 443: Messenger's chat edge (OONI ts-019's facebook_edge).
 MQTT_TLS_SERVERS: Mapping[str, str] = MappingProxyType({"edge-mqtt.facebook.com": "198.19.12.1"})
@@ -154,7 +194,9 @@ TEST_HELPER_URL = f"https://{TEST_HELPER_NAME}/"
 
 # Every name the lab's resolver answers; anything else is NXDOMAIN.
 NAMES: Mapping[str, str] = MappingProxyType({**CHAT_SERVERS, **HTTPS_SERVICES, **HTTPS_SITES, **MQTT_TLS_SERVERS,
-                                             **STUN_SERVERS, **WEB_SITES, TEST_HELPER_NAME: TEST_HELPER})
+                                             **STUN_SERVERS, **MMTLS_LONG_LINKS, **MMTLS_SHORT_LINKS,
+                                             **APNS_COURIERS, **CHAT_PLATFORMS, **WEB_SITES,
+                                             TEST_HELPER_NAME: TEST_HELPER})
 
 # Real-world call-relay addresses -> lab relays. WhatsApp's relays live in
 # Meta's address space (AS32934 announces 157.240.0.0/16 and 31.13.64.0/18);
@@ -165,6 +207,9 @@ REAL_TO_LAB: Mapping[str, str] = MappingProxyType(
         "157.240.0.0/16": CALL_RELAYS[0],
         "31.13.64.0/18": CALL_RELAYS[1],
         **TELEGRAM_DCS,
+        **VIBER_CHAT_SERVERS,
+        **VIBER_CALL_RELAYS,
+        **SERVICE_RELAYS,
     }
 )
 
@@ -181,4 +226,5 @@ def lab_address_for(name: str) -> str:
 def service_addresses() -> tuple[str, ...]:
     """Every address the services namespace holds on its dummy link."""
     return tuple(dict.fromkeys((RESOLVER, *CHAT_SERVERS.values(), *HTTPS_SERVICES.values(), *CALL_RELAYS,
-                                *TELEGRAM_DCS.values(), *NAMES.values())))
+                                *TELEGRAM_DCS.values(), *NAMES.values(), *VIBER_CHAT_SERVERS.values(),
+                                *VIBER_CALL_RELAYS.values(), *SERVICE_RELAYS.values())))

@@ -201,11 +201,19 @@ def replay(
     ),
     from_: Optional[str] = typer.Option(None, "--from", help="first simulated day, YYYY-MM-DD (default: the scenario's start)"),
     to: Optional[str] = typer.Option(None, "--to", help="last simulated day, YYYY-MM-DD (default: the scenario's end)"),
-    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="per-step probe timeout, seconds"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1,
+                                            help="per-step probe timeout, seconds (default: 2, lab/replay.py)"),
+    live: bool = typer.Option(False, "--live", help="also submit each day's measurements to a running "
+                              "`wallwatch serve` (--collector) as the day ends"),
+    collector: Optional[str] = typer.Option(None, "--collector", help="the collector's URL, for --live"),
+    day_seconds: float = typer.Option(0.0, "--day-seconds", min=0.0, help="with --live: each simulated day "
+                                      "lasts at least this many seconds"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", exists=True, dir_okay=False,
+                                              help="with --live: file holding the collector's bearer token"),
 ) -> None:
     """Replay a scenario's timeline over simulated days in a multi-ISP lab; compare with its ground truth."""
     from wallwatch.lab.capabilities import missing_lab_features
-    from wallwatch.lab.replay import render_summary, replay as run_replay
+    from wallwatch.lab.replay import DEFAULT_TIMEOUT, LiveTarget, render_summary, replay as run_replay
     from wallwatch.lab.scenario import ScenarioError, load_scenario, parse_day
     from wallwatch.lab.topology import LabError
 
@@ -217,6 +225,13 @@ def replay(
         loaded.sample_days(days_per_phase, start, end)  # a bad range fails before any lab is built
     except (ScenarioError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    target = None
+    if live or collector:
+        if not (live and collector):
+            raise _fail("--live and --collector go together: the collector is where the live replay submits")
+        if not collector.startswith(("http://", "https://")):
+            raise _fail(f"--collector must be an http:// or https:// URL, got {collector!r}")
+        target = LiveTarget(collector, day_seconds, token_file.read_text().strip() if token_file else None)
     missing = missing_lab_features()
     if missing:
         console.print("[red]the lab cannot run here:[/red] " + "; ".join(missing), highlight=False)
@@ -236,8 +251,9 @@ def replay(
                 step(description=f"replay: {day} done")
 
             report = run_replay(
-                loaded, out, days_per_phase=days_per_phase, start=start, end=end, timeout=timeout,
-                on_day=on_day, on_status=lambda message: step(0, description=f"replay: {message}"),
+                loaded, out, days_per_phase=days_per_phase, start=start, end=end,
+                timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                on_day=on_day, on_status=lambda message: step(0, description=f"replay: {message}"), live=target,
             )
     except (LabError, RuntimeError, OSError) as exc:
         raise _fail(str(exc)) from None

@@ -43,7 +43,10 @@ SAMPLE_SIZE = 200 * 1024
 # holds a one-second window at 20 Mbit/s, the fastest throttle the lab tests.
 BULK_SIZE = 4 * 1024 * 1024
 SERVER_HEADER = "wallwatch-lab"
-MEDIA_PATHS = ("/d/", "/file/", "/attachments/", "/v/")
+# Each service's CDN has its own path shape: WhatsApp /d/, Telegram /file/, Signal /attachments/,
+# Messenger /v/, WeChat's Moments /mmsns/, Skype's media objects /v1/objects/ [SkPy], Viber /download/.
+MEDIA_PATHS = ("/d/", "/file/", "/attachments/", "/v/", "/mmsns/", "/v1/objects/", "/download/")
+UPLOAD_PATHS = ("/upload", "/v1/objects")  # WhatsApp's and Viber's (ours), Skype's media objects [SkPy]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +184,14 @@ class MediaStore:
 
     def handle(self, request: Request) -> Response:
         path = request.path.split("?", 1)[0]
-        if request.method == "POST" and path == "/upload":
+        if request.method == "POST" and path in UPLOAD_PATHS:
             return self._upload(request.body)
-        if request.method in ("GET", "HEAD") and path.startswith(MEDIA_PATHS):
-            # Each service's CDN has its own path shape (/d/, /file/, /attachments/, /v/);
-            # the last segment names the object, "sample.jpg" the fixed sample, VIDEO_NAME
-            # the bulk object the throughput rounds fetch by range.
-            object_id = path.rsplit("/", 1)[-1]
+        prefix = next((p for p in MEDIA_PATHS if path.startswith(p)), None)
+        if request.method in ("GET", "HEAD") and prefix is not None:
+            # The segment after the CDN's prefix names the object ("sample.jpg": the fixed sample,
+            # VIDEO_NAME: the bulk object the throughput rounds fetch by range); Skype's views
+            # follow it (/v1/objects/<id>/views/imgpsh_fullsize).
+            object_id = path[len(prefix):].split("/", 1)[0]
             if object_id == VIDEO_NAME:
                 return ranged(request, self.video, "video/mp4")
             data = self.sample if object_id == "sample.jpg" else self.objects.get(object_id)
@@ -287,10 +291,10 @@ async def serve_http_connection(reader: asyncio.StreamReader, writer: asyncio.St
         writer.close()
 
 
-def server_ssl_context(cert_chain: Path, key: Path) -> ssl.SSLContext:
+def server_ssl_context(cert_chain: Path, key: Path, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_chain, key)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     return context
 
 

@@ -12,6 +12,15 @@ what it did:
 
     OUT/measurements.jsonl   one OONI-format measurement per day x ISP x nettest
     OUT/ground_truth.jsonl   one row per day x ISP x service x feature: policy, expected, observed, match
+
+Live (`--live --collector URL --day-seconds N`): each day's measurements are also submitted to a
+running `wallwatch serve` as soon as they are made, through the monitors' spool and client
+(`probe/submit.py`), and each simulated day lasts at least N seconds, so the timeline unfolds on the
+observatory as fast simulated days and its alerts fire on the days the ground truth says. What was
+submitted when is logged, for checking alerts against the simulated calendar:
+
+    OUT/live.jsonl           one row per day: the day, when it started and when it was submitted
+                             (Unix time), the uids the collector acknowledged
 """
 
 from __future__ import annotations
@@ -26,10 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from wallwatch.lab.scenario import Expectation, Observed, Scenario, ScenarioPolicy, observed_features, probe_in_lab
+from wallwatch.lab.scenario import Expectation, Observed, Scenario, ScenarioPolicy, observed_features, probe_many_in_lab
 from wallwatch.lab.topology import Isp, Lab
 
-DEFAULT_TIMEOUT = 3.0  # per probe step, seconds: a blocked day costs about two of these
+# Per probe step, seconds. A blocked attempt waits out its step (a black-holed connect, a silent relay),
+# so a day costs about two of these; in the lab a round trip is ~0.1 ms, so 2 s only guards against a
+# probe starved of CPU on a busy machine: no verdict depends on its length beyond that.
+DEFAULT_TIMEOUT = 2.0
 # Nettests that need a real server in the lab, and which (Lab.up(vpn_servers=...)).
 SERVER_FOR_NETTEST: Mapping[str, str] = {"openvpn": "openvpn"}
 FEATURE_LETTERS: Mapping[str, str] = {
@@ -82,6 +94,15 @@ class TruthRow:
         }
 
 
+@dataclass(frozen=True)
+class LiveTarget:
+    """Where a live replay submits, and how long a simulated day lasts at least (seconds)."""
+
+    collector: str
+    day_seconds: float = 0.0
+    token: str | None = None
+
+
 @dataclass
 class ReplayReport:
     scenario: Scenario
@@ -93,6 +114,9 @@ class ReplayReport:
     setup_seconds: float = 0.0
     measurements_path: Path | None = None
     truth_path: Path | None = None
+    live_path: Path | None = None
+    submitted: int = 0
+    unsent: int = 0
 
     @property
     def mismatches(self) -> list[TruthRow]:
@@ -101,10 +125,15 @@ class ReplayReport:
 
 def runnable_probes(scenario: Scenario) -> tuple[tuple[str, ...], list[str]]:
     """The scenario's nettests this installation can run, and a warning for each it cannot."""
+    return runnable_nettests(scenario.probes)
+
+
+def runnable_nettests(nettests: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Of `nettests`, those this installation can run (installed, with their lab server), and a warning for each other."""
     from wallwatch.probe.nettests import NETTESTS
 
     runnable, warnings = [], []
-    for nettest in scenario.probes:
+    for nettest in nettests:
         if nettest not in NETTESTS:
             warnings.append(f"nettest {nettest!r} is not installed (`wallwatch probe list`): skipped, with its ground truth")
             continue
@@ -155,8 +184,10 @@ def replay(
     timeout: float = DEFAULT_TIMEOUT,
     on_day: Callable[[dt.date, list[TruthRow], float], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    live: LiveTarget | None = None,
 ) -> ReplayReport:
-    """Replay `scenario` in a fresh multi-ISP lab (torn down at the end, also on failure)."""
+    """Replay `scenario` in a fresh multi-ISP lab (torn down at the end, also on failure); with `live`,
+    submit each day's measurements to a collector as the day ends (see the module's docstring)."""
     days = scenario.sample_days(days_per_phase, start, end)
     probes, warnings = runnable_probes(scenario)
     report = ReplayReport(scenario, days, probes, warnings=warnings)
@@ -168,6 +199,9 @@ def replay(
         path.write_text("")
     scratch = Path(tempfile.mkdtemp(prefix="wallwatch-replay-"))  # the lab's state: never the user's own lab
     status = on_status or (lambda message: None)
+    submitter = _LiveSubmitter(live, out_dir, scratch) if live is not None else None
+    if submitter is not None:
+        report.live_path = submitter.log_path
     try:
         started = time.monotonic()
         status(f"bringing up a lab with {len(scenario.isps)} ISPs")
@@ -184,47 +218,102 @@ def replay(
                     lab.set_policies(changed)
                     in_force.update({i: policies[i].name for i in changed})
                 status(f"{day}: probing {', '.join(probes)} from {len(scenario.isps)} ISPs")
-                rows = _probe_day(lab, scenario, day, policies, probes, timeout, scratch, report.measurements_path)
+                rows, measurements = _probe_day(lab, scenario, day, policies, probes, timeout, scratch,
+                                                report.measurements_path)
+                if submitter is not None:
+                    status(f"{day}: submitting {len(measurements)} measurements to {live.collector}")
+                    report.submitted += submitter.submit_day(day, day_started, measurements)
                 report.rows += rows
                 with report.truth_path.open("a") as handle:
                     handle.writelines(json.dumps(row.as_dict(), sort_keys=True) + "\n" for row in rows)
+                if live is not None:  # a simulated day lasts at least day_seconds
+                    time.sleep(max(0.0, day_started + live.day_seconds - time.monotonic()))
                 seconds = time.monotonic() - day_started
                 report.seconds_per_day.append(seconds)
                 if on_day is not None:
                     on_day(day, rows, seconds)
             status("tearing the lab down")
+        if submitter is not None:
+            report.unsent = submitter.finish()
+            if report.unsent:
+                report.warnings.append(f"{report.unsent} measurement(s) could not be submitted to {live.collector} "
+                                       f"(kept in {submitter.spool_dir})")
     finally:
+        if submitter is not None:
+            submitter.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+class _LiveSubmitter:
+    """Each day's measurements through a durable spool to the collector, and the day's row in live.jsonl."""
+
+    def __init__(self, live: LiveTarget, out_dir: Path, scratch: Path) -> None:
+        from wallwatch.probe.submit import CollectorClient, Spool
+
+        self.live = live
+        self.client = CollectorClient(live.collector, token=live.token)
+        # Kept with the output, not the scratch folder: what could not be sent survives the replay.
+        self.spool_dir = out_dir / "spool"
+        self.spool = Spool(self.spool_dir)
+        self.log_path = out_dir / "live.jsonl"
+        self.log_path.write_text("")
+        self._epoch_offset = time.time() - time.monotonic()
+
+    def submit_day(self, day: dt.date, day_started: float, measurements: Sequence[Mapping[str, Any]]) -> int:
+        for measurement in measurements:
+            self.spool.append(measurement)
+        result = self.spool.drain(self.client)
+        row = {"day": day.isoformat(), "started": round(day_started + self._epoch_offset, 3),
+               "submitted": round(time.time(), 3), "measurements": len(measurements), "sent": result.sent,
+               "error": result.error, "uids": list(result.uids)}
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        return result.sent
+
+    def finish(self) -> int:
+        """A last try for anything the collector did not take during the run; what is left, counted."""
+        if self.spool.count():
+            self.spool.drain(self.client)
+        return self.spool.count()
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 def _probe_day(
     lab: Lab, scenario: Scenario, day: dt.date, policies: Mapping[str, ScenarioPolicy], probes: Sequence[str],
     timeout: float, scratch: Path, measurements_path: Path,
-) -> list[TruthRow]:
-    """Every nettest from every ISP at once (each a process in its ISP's client namespace)."""
+) -> tuple[list[TruthRow], list[dict[str, Any]]]:
+    """Every nettest from every ISP at once: one probe process per ISP, running all the day's nettests
+    concurrently (`probe_many_in_lab`), so a day costs one interpreter start per ISP and its slowest
+    nettest; the truth rows and the day's measurements (also appended to `measurements_path`)."""
 
-    def one(isp: Isp, nettest: str) -> tuple[dict[str, Any] | None, list[TruthRow]]:
+    def one(isp: Isp) -> tuple[list[dict[str, Any]], list[TruthRow]]:
         policy = policies[isp.id]
-        output = scratch / f"{isp.id}-{nettest}.jsonl"
         try:
-            measurement = probe_in_lab(
-                lab, output, timeout, stamp_arguments(scenario, isp, day, policy), nettest=nettest, isp=isp.id
-            )
-        except Exception as exc:  # a failed probe run is a finding for that cell, not the end of the replay
-            return None, truth_rows(scenario, isp, day, policy, nettest, None, f"{exc.__class__.__name__}: {exc}"[:2000])
-        return measurement, truth_rows(scenario, isp, day, policy, nettest, measurement)
+            measurements, error = probe_many_in_lab(
+                lab, scratch / f"{isp.id}.jsonl", timeout, probes, stamp_arguments(scenario, isp, day, policy),
+                options=scenario.options, isp=isp.id)
+        except Exception as exc:  # a failed probe run is a finding for that ISP's cells, not the end of the replay
+            measurements, error = {}, f"{exc.__class__.__name__}: {exc}"
+        rows: list[TruthRow] = []
+        for nettest in probes:
+            measurement = measurements.get(nettest)
+            cell_error = None if measurement is not None else (error or "no measurement")[:2000]
+            rows += truth_rows(scenario, isp, day, policy, nettest, measurement, cell_error)
+        return [measurements[n] for n in probes if n in measurements], rows
 
-    jobs = [(isp, nettest) for isp in scenario.isps for nettest in probes]
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        results = list(pool.map(lambda job: one(*job), jobs))
+    with ThreadPoolExecutor(max_workers=len(scenario.isps)) as pool:
+        results = list(pool.map(one, scenario.isps))
     rows: list[TruthRow] = []
+    measurements: list[dict[str, Any]] = []
     with measurements_path.open("a") as handle:
-        for measurement, cell_rows in results:
-            if measurement is not None:
-                handle.write(json.dumps(measurement, sort_keys=True) + "\n")
-            rows += cell_rows
-    return rows
+        for isp_measurements, isp_rows in results:
+            handle.writelines(json.dumps(m, sort_keys=True) + "\n" for m in isp_measurements)
+            measurements += isp_measurements
+            rows += isp_rows
+    return rows, measurements
 
 
 # --- the summary -----------------------------------------------------------------
@@ -275,6 +364,9 @@ def render_summary(console: Any, report: ReplayReport) -> None:
         f"{report.setup_seconds:.1f} s, {mean:.1f} s per day (max {max(per_day, default=0):.1f} s); "
         f"measurements: {report.measurements_path}; ground truth: {report.truth_path}"
     )
+    if report.live_path is not None:
+        console.print(f"submitted {report.submitted} measurements live ({report.live_path})"
+                      + (f"; [red]{report.unsent} not submitted[/]" if report.unsent else ""))
     if mismatches:
         console.print(f"[bold red]{len(mismatches)} of {len(report.rows)} feature verdicts differ from the ground truth[/]")
     else:

@@ -33,7 +33,7 @@ KNOWN_FEATURES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 DEFAULT_PROBE_TIME = dt.time(12, 0, 0)  # UTC; any time of day would do, noon reads well
 
-_TOP_KEYS = {"name", "description", "start", "end", "probes", "probe_time", "isps", "policies", "periods"}
+_TOP_KEYS = {"name", "description", "start", "end", "probes", "probe_time", "isps", "policies", "periods", "options"}
 _ISP_KEYS = {"id", "name", "asn", "cc", "network_name"}
 _POLICY_KEYS = {"description", "rules", "truth"}
 _PERIOD_KEYS = {"from", "to", "policy", "isps", "note"}
@@ -110,6 +110,42 @@ def probe_in_lab(
     return json.loads(lines[-1])
 
 
+def probe_many_in_lab(
+    lab: Any,
+    output: Path,
+    timeout: float,
+    nettests: Sequence[str],
+    extra_args: Sequence[str] | None = None,
+    *,
+    options: Mapping[str, Mapping[str, str]] | None = None,
+    isp: str | None = None,
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Several nettests in one probe process (`wallwatch probe run A B C`), all at once.
+
+    Returns the measurements by nettest, and an error text when the process failed or some nettest
+    wrote nothing (those that did are kept: a crashed nettest is a finding for its own rows only).
+    `options`: nettest -> {key: value}, passed as `--option NETTEST.key=value`."""
+    output.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "wallwatch.cli", "probe", "run", *nettests, "--output", str(output),
+            "--timeout", str(timeout), "--quiet", *(extra_args or [])]
+    for nettest, settings in (options or {}).items():
+        if nettest in nettests:
+            argv += [arg for key, value in settings.items() for arg in ("--option", f"{nettest}.{key}={value}")]
+    result = lab.run_in_client(argv, timeout=timeout * 6 + 60, isp=isp)
+    measurements: dict[str, dict[str, Any]] = {}
+    if output.exists():
+        for line in output.read_text().splitlines():
+            if line.strip():
+                measurement = json.loads(line)
+                measurements[measurement["test_name"]] = measurement
+    missing = [n for n in nettests if n not in measurements]
+    error = None
+    if result.returncode != 0 or missing:
+        error = (f"probe {' '.join(nettests)} exited {result.returncode}, no measurement of {', '.join(missing) or '-'}:"
+                 f"\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}")
+    return measurements, error
+
+
 # --- the scenario ----------------------------------------------------------------
 
 
@@ -158,6 +194,9 @@ class Scenario:
     policies: Mapping[str, ScenarioPolicy]
     periods: tuple[Period, ...]
     source: str = ""
+    # Each nettest's own settings for the whole timeline (`--option key=value`), e.g. whatsapp's
+    # `opening: "2017"`: the replay runs the era's client.
+    options: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: MappingProxyType({}))
     _by_day: dict[tuple[dt.date, str], Period] = field(default_factory=dict, repr=False, compare=False)
 
     def period_on(self, day: dt.date, isp: str) -> Period:
@@ -272,7 +311,8 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
     start, end = _date(where, ("start",), document["start"]), _date(where, ("end",), document["end"])
     if end < start:
         raise where.error(("end",), f"{end} is before start {start}")
-    probes = _probes(where, document.get("probes", ["whatsapp"]))
+    probes = parse_probes(where, document.get("probes", ["whatsapp"]))
+    options = parse_options(where, document.get("options"), probes)
     isps = _isps(where, document["isps"])
     policies = _policies(where, document["policies"], probes)
     periods = _periods(where, document["periods"], policies, {isp.id for isp in isps}, start, end)
@@ -287,6 +327,7 @@ def parse_scenario(text: str, *, source: str = "<scenario>") -> Scenario:
         policies=MappingProxyType(policies),
         periods=periods,
         source=source,
+        options=options,
     )
     _check_coverage(where, scenario)
     return scenario
@@ -336,12 +377,41 @@ def _time(where: Where, path: tuple[str | int, ...], value: Any) -> dt.time:
         raise where.error(path, f"must be a time of day HH:MM:SS (UTC), not {value!r}") from None
 
 
-def _probes(where: Where, value: Any) -> tuple[str, ...]:
+def parse_probes(where: Where, value: Any) -> tuple[str, ...]:
+    """`probes`: the nettests a scenario runs (shared with the demo's phases)."""
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise where.error(("probes",), f"must be a list of nettest names (e.g. [whatsapp, openvpn]), not {value!r}")
     if len(set(value)) != len(value):
         raise where.error(("probes",), "lists a nettest twice")
     return tuple(value)
+
+
+def parse_options(where: Where, value: Any, probes: tuple[str, ...]) -> Mapping[str, Mapping[str, str]]:
+    """`options: {nettest: {key: value}}`, each checked against what the nettest takes (its registry entry);
+    shared with the demo's phases."""
+    from wallwatch.probe.nettests import NETTESTS
+
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, dict):
+        raise where.error(("options",), "must be a mapping nettest -> {option: value} (e.g. whatsapp: {opening: 2017})")
+    options: dict[str, Mapping[str, str]] = {}
+    for nettest, settings in value.items():
+        path: tuple[str | int, ...] = ("options", str(nettest))
+        if nettest not in probes:
+            raise where.error(path, f"{nettest!r} is not in `probes` ({', '.join(probes)})")
+        if nettest not in NETTESTS:
+            raise where.error(path, f"no nettest {nettest!r} here to take options (`wallwatch probe list`)")
+        if not isinstance(settings, dict) or not settings:
+            raise where.error(path, "must be a mapping option -> value")
+        # YAML reads 2017 as a number; an option's value is the text the CLI would take.
+        texts = {str(key): str(raw) for key, raw in settings.items()}
+        try:
+            NETTESTS[nettest].check_options(texts)
+        except ValueError as exc:
+            raise where.error((*path, next(iter(texts))), str(exc)) from None
+        options[str(nettest)] = MappingProxyType(texts)
+    return MappingProxyType(options)
 
 
 def _isps(where: Where, value: Any) -> tuple[Isp, ...]:

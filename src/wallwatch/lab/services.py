@@ -27,20 +27,31 @@ import time
 from pathlib import Path
 
 from wallwatch.lab import addresses
-from wallwatch.lab.app_servers import serve_mqtt, serve_mtproto_dc
+from wallwatch.lab.app_servers import (
+    StunRelay,
+    ViberRelay,
+    serve_apns_courier,
+    serve_mmtls_long_link,
+    serve_mqtt,
+    serve_mtproto_dc,
+    serve_viber_chat,
+    short_link_handler,
+)
+from wallwatch.lab.chat_platform import FILTER_FILE, ChatPlatform
 from wallwatch.lab.dns_server import start_dns
 from wallwatch.lab.https_server import (
     Handler,
     MediaStore,
     registration_handler,
+    serve_http_connection,
     server_ssl_context,
     site_handler,
     start_https,
     web_handler,
 )
 from wallwatch.lab.websites import start_sites
+from wallwatch.protocols import apns
 from wallwatch.protocols.errors import ProtocolError
-from wallwatch.protocols.stun import build_binding_response, parse_stun
 from wallwatch.protocols.whatsapp import ChatServer, MessageReceived, generate_static_key
 
 log = logging.getLogger("wallwatch.lab.services")
@@ -98,24 +109,6 @@ async def serve_chat_connection(
     await _close_cleanly(reader, writer)
 
 
-class StunRelay(asyncio.DatagramProtocol):
-    """Answers STUN Binding requests with the sender's address; ignores anything else."""
-
-    def __init__(self) -> None:
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            response = build_binding_response(parse_stun(data), addr[0], addr[1])
-        except ProtocolError:
-            return  # a relay drops what it does not understand
-        if self._transport is not None:
-            self._transport.sendto(response, addr)
-
-
 async def start_services(workdir: Path) -> list[object]:
     """Bind every service; returns the servers/transports to close."""
     loop = asyncio.get_running_loop()
@@ -147,6 +140,10 @@ async def start_services(workdir: Path) -> list[object]:
         transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(relay, addresses.STUN_PORT))
         handles.append(transport)
     handles += await _start_other_services(context)
+    handles += await _start_2017_services(certs)
+    platform = ChatPlatform(workdir / FILTER_FILE)
+    for address in addresses.CHAT_PLATFORMS.values():
+        handles.append(await start_https(address, platform.handle, context, addresses.HTTPS_PORT))
     handles += await start_sites(context)
     return handles
 
@@ -193,6 +190,34 @@ async def _start_other_services(context: "ssl.SSLContext") -> list[object]:
     return handles
 
 
+async def _start_2017_services(certs: Path) -> list[object]:
+    """WeChat's long and short links, Viber's chat and call relay, Apple's push courier, the relays of
+    WeChat, Skype and FaceTime calls (docs/services.md)."""
+    loop = asyncio.get_running_loop()
+    handles: list[object] = []
+    for address in addresses.MMTLS_LONG_LINKS.values():
+        handles.append(await asyncio.start_server(serve_mmtls_long_link, address, addresses.MMTLS_LONG_LINK_PORT))
+
+    async def on_short_link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_http_connection(reader, writer, short_link_handler)  # plain HTTP, as the app sends it
+
+    for address in addresses.MMTLS_SHORT_LINKS.values():
+        handles.append(await asyncio.start_server(on_short_link, address, addresses.MMTLS_SHORT_LINK_PORT))
+    for address in addresses.VIBER_CHAT_SERVERS.values():
+        for port in addresses.VIBER_CHAT_PORTS:
+            handles.append(await asyncio.start_server(serve_viber_chat, address, port))
+    for address in addresses.VIBER_CALL_RELAYS.values():
+        transport, _ = await loop.create_datagram_endpoint(ViberRelay, local_addr=(address, addresses.VIBER_CALL_PORT))
+        handles.append(transport)
+    courier = server_ssl_context(certs / "server.pem", certs / "server-key.pem", alpn=(apns.ALPN,))
+    for address in addresses.APNS_COURIERS.values():
+        handles.append(await asyncio.start_server(serve_apns_courier, address, addresses.APNS_PORT, ssl=courier))
+    for address in addresses.SERVICE_RELAYS.values():
+        transport, _ = await loop.create_datagram_endpoint(StunRelay, local_addr=(address, addresses.STUN_PORT))
+        handles.append(transport)
+    return handles
+
+
 def _write_ready(workdir: Path) -> None:
     ready = {
         "pid": os.getpid(),
@@ -204,6 +229,13 @@ def _write_ready(workdir: Path) -> None:
         "https_sites": dict(addresses.HTTPS_SITES),
         "mqtt_tls": dict(addresses.MQTT_TLS_SERVERS),
         "stun": dict(addresses.STUN_SERVERS),
+        "mmtls": {"long_link": [dict(addresses.MMTLS_LONG_LINKS), addresses.MMTLS_LONG_LINK_PORT],
+                  "short_link": [dict(addresses.MMTLS_SHORT_LINKS), addresses.MMTLS_SHORT_LINK_PORT]},
+        "viber": {"chat": [dict(addresses.VIBER_CHAT_SERVERS), list(addresses.VIBER_CHAT_PORTS)],
+                  "calls": [dict(addresses.VIBER_CALL_RELAYS), addresses.VIBER_CALL_PORT]},
+        "apns": [dict(addresses.APNS_COURIERS), addresses.APNS_PORT],
+        "relays": dict(addresses.SERVICE_RELAYS),
+        "chat_platforms": dict(addresses.CHAT_PLATFORMS),
         "web_sites": {host: [address, list(addresses.WEB_PORTS)] for host, address in addresses.WEB_SITES.items()},
         "test_helper": addresses.TEST_HELPER_URL,
     }

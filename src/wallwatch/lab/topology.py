@@ -598,6 +598,13 @@ class Lab:
             pending.append((site, sha256, previous))
         return {site.isp.id: self._await_policy(site, sha256, previous, timeout) for site, sha256, previous in pending}
 
+    def set_platform_filter(self, keywords: Sequence[str] | None) -> None:
+        """Put a keyword list in force on the emulated chat platform (None or empty: it filters nothing);
+        the platform reads it on its next message (lab/chat_platform.py)."""
+        from wallwatch.lab.chat_platform import write_filter
+
+        write_filter(self.workdir, keywords)
+
     def alive(self) -> dict[str, bool]:
         """Which parts are alive: each namespace, the services, the censor(s)."""
         present = existing_namespaces()

@@ -11,20 +11,22 @@ Public API
   (async, test_keys), `OpenVpnTarget.parse("openvpn://NAME/?address=IP:PORT&transport=udp|tcp")`,
   `make_config(targets, step_timeout=None)`, `lab_targets(settings)` (the lab state file's
   `vpn_servers.openvpn` = {address, port, transports}), `HandshakeState` (the sans-IO client side).
-* `wallwatch.probe.nettests.telegram`, `.signal`, `.facebook_messenger`: `run_once(...)`,
+* `wallwatch.probe.nettests.telegram`, `.signal`, `.facebook_messenger`, `.wechat`, `.skype`,
+  `.viber`, `.facetime`, `.keyword`: `run_once(...)`,
   each a `wallwatch.probe.nettests.base.ServiceTest` (sessions with payload controls, HTTPS
   with SNI controls, STUN, a DNS control); features, endpoints and OONI keys in docs/services.md.
   Their `x_wallwatch` holds `rules_version` ("wallwatch-<nettest>-verdicts/2"), `features`,
   `sessions` (the shape of `chat_sessions` below, plus `feature`, `completed`), `fetches`,
-  `udp_exchanges`, `controls`, `expected_networks`, `lab`.
+  `udp_exchanges`, `controls`, `throughput`, `expected_networks`, `lab`; keyword's also `platform`
+  and `canaries` (per keyword: the ids, HTTP statuses and delivery of its message and its twin).
+  `Common.throughput` (a `base.Throughput`: bulk objects per transfer feature, timed call
+  features) is the hook that times features against a control, as whatsapp's media, web and
+  calls are timed; `--option throughput=on` turns it on for telegram, signal and
+  facebook_messenger (their lab servers serve the objects).
 * `wallwatch.probe.nettests.web_connectivity`: `run_inputs(...) -> [measurement]` (one per URL,
   `input` = the URL; targets, else the shipped `lists/cn-2017.txt`), `measure_urls(urls, config,
   settings, on_done)` (async, at most `parallelism` at once), `read_list(text)` (OONI's input-file
   format), `call_helper`; `webdiff.classic_keys(facts, control)`: OONI's classic conclusions.
-  `udp_exchanges`, `controls`, `throughput`, `expected_networks`, `lab`. `Common.throughput`
-  (a `base.Throughput`: bulk objects per transfer feature, timed call features) is the hook
-  that times features against a control, as whatsapp's media, web and calls are timed;
-  `--option throughput=on` turns it on for these nettests (their lab servers serve the objects).
 * `wallwatch.probe.nettests.circumvention`: `measure_circumvention(config, settings, *, stamp)`,
   `run_circumvention` (async, test_keys), `CircumventionConfig(servers=lab_servers(settings))`.
   Its `x_wallwatch` holds `rules_version` ("wallwatch-circumvention-verdicts/1"), `features`
@@ -48,7 +50,9 @@ Public API
   nettest's per-feature verdicts; `derive_whatsapp_features(test_keys) -> dict`: the
   per-feature verdicts, a pure function of the recorded facts (`RULES_VERSION`);
   `derive_openvpn_features(test_keys)` likewise for the `tunnel` feature
-  (`OPENVPN_RULES_VERSION`).
+  (`OPENVPN_RULES_VERSION`); `derive_keyword_features(test_keys)` for the keyword nettest's
+  `keywords` feature: the network's verdict if the platform could not be reached, else
+  `blocked/platform_filter` for messages accepted and withheld while their twins arrived.
 * `wallwatch.probe.primitives`: `resolve_udp`, `resolve_system`, `tcp_connect`,
   `tls_handshake`, `http_request`, `udp_exchange`, `tls_sni_control`,
   `first_flight_control`, all recording into a `wallwatch.probe.trace.Trace`.
@@ -81,7 +85,8 @@ are reserved). A whatsapp measurement's `test_keys` holds:
   `feature:<text|media|calls|web|registration>` and `endpoint:<host>:<port>`;
   entries made by controls also carry `control:<dns|tls_sni|payload>` and share
   the transaction id of the attempt they control;
-* `x_wallwatch`: `rules_version` ("wallwatch-whatsapp-verdicts/3"), `features`
+* `x_wallwatch`: `rules_version` ("wallwatch-whatsapp-verdicts/3"), `opening` (the chat
+  client's era: 2017, 2022 or today), `features`
   (per feature: `verdict` ok|blocked|throttled|down|unknown, `method` dns|tcp_ip|
   tcp_reset|tls_sni|tls_mitm|protocol_dpi|udp_blocking|residual (blocked) or
   rate|latency|jitter (throttled) or null, `confidence`,

@@ -479,13 +479,17 @@ async def http_request(
     body: bytes = b"",
     timeout: float = 5.0,
     snapshot_bytes: int = BODY_SNAPSHOT_BYTES,
+    keep_alive: bool = False,
 ) -> HttpResponse:
-    """One HTTP/1.1 exchange over an open stream (h11 speaks the protocol), recorded in `requests` (df-001)."""
+    """One HTTP/1.1 exchange over an open stream (h11 speaks the protocol), recorded in `requests` (df-001).
+
+    `keep_alive`: leave the connection open for another exchange (HTTP/1.1's default, RFC 9112 §9.3),
+    e.g. two messages sent over one connection; otherwise ask the server to close it."""
     tx = stream.tx
     t0 = tx.now()
     tx.network_event(t0, "http_transaction_start")
     parts = urlsplit(url)
-    request_headers = [("Host", parts.netloc), *headers, ("Connection", "close")]
+    request_headers = [("Host", parts.netloc), *headers, *(() if keep_alive else (("Connection", "close"),))]
     if body or method in ("POST", "PUT"):
         request_headers.append(("Content-Length", str(len(body))))
     response: HttpResponse | None = None

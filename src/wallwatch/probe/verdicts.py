@@ -71,7 +71,9 @@ The other messaging nettests (`derive_features(nettest, test_keys)`: telegram,
 signal, facebook_messenger, ...) are judged by these same rules under their
 own names: their `wallwatch-<nettest>-verdicts/1` judged as whatsapp's rules/2
 did, their /2 as its rules/3 (residual, and throttled for each transfer
-feature a nettest measures with throughput rounds: `ServiceTest.bulk_targets`).
+feature a nettest measures with throughput rounds: `Common.throughput`,
+`ServiceTest.measure_throughput`). The keyword nettest's platform rules
+(`derive_keyword_features`) came with /2 and have no /1.
 """
 
 from __future__ import annotations
@@ -468,15 +470,16 @@ def _udp_verdict(attempt: _Attempt, ctx: _Context) -> TargetVerdict:
     ep = attempt.endpoint
     exchange = attempt.udp[0] if attempt.udp else {}
     failure = exchange.get("failure", "unknown_failure: not measured")
+    what = "STUN Binding" if exchange.get("kind", "stun") == "stun" else f"{exchange.get('kind')} request"
     if failure is None:
-        return TargetVerdict(ep, OK, "udp.answered", f"{ep}: STUN Binding answered", None, 1.0)
+        return TargetVerdict(ep, OK, "udp.answered", f"{ep}: {what} answered", None, 1.0)
     if failure == _REFUSED:
         return TargetVerdict(ep, DOWN, "udp.port_unreachable", f"{ep}: ICMP port unreachable", None, 0.7)
     if failure == _TIMEOUT and (ctx.tcp_works or ctx.udp_works):
         works = " and ".join(name for name, on in (("TCP connections", ctx.tcp_works),
                                                    ("the resolver's UDP answers", ctx.udp_works)) if on)
         return TargetVerdict(ep, BLOCKED, "udp.no_answer",
-                             f"{ep}: no STUN answer to {exchange.get('sends')} sends while {works} show the "
+                             f"{ep}: no answer to {exchange.get('sends')} sends of a {what} while {works} show the "
                              "network works", Method.UDP_BLOCKING, 0.6)
     return TargetVerdict(ep, UNKNOWN, "udp.no_answer_no_network", f"{ep}: {failure}, and nothing else works "
                          "either", None, 0.0)
@@ -631,7 +634,15 @@ def derive_features(nettest: str, test_keys: dict[str, Any]) -> dict[str, dict[s
 
     The same rules judge every service (the module docstring): attempts are grouped by
     transaction, judged stage by stage with their controls, then aggregated per feature.
+    The keyword nettest adds its platform rules on top (`derive_keyword_features`).
     """
+    if nettest == "keyword":
+        return derive_keyword_features(test_keys)
+    return network_features(nettest, test_keys)
+
+
+def network_features(nettest: str, test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the network did to each feature's attempts (the rules of the module docstring)."""
     ctx = _context(test_keys)
     order = tuple(map(str, NETTEST_FEATURES[nettest]))
     all_of = ALL_OF_FEATURES | EXTRA_ALL_OF.get(nettest, frozenset())
@@ -649,6 +660,69 @@ def _throughput_judgments(test_keys: dict[str, Any], feature: str) -> list[dict[
     records = (test_keys.get("x_wallwatch") or {}).get("throughput") or ()
     judged = (judge_throughput(r) for r in records if isinstance(r, dict) and r.get("feature") == feature)
     return [j for j in judged if j is not None]
+
+
+# --- keyword: platform-side filtering (the `keywords` feature) ----------------------------------------
+
+KEYWORD_FEATURE = str(Feature.KEYWORDS)
+_PLATFORM_NOT_JUDGED = ("the platform could not be reached over the network: this verdict is about the "
+                        "network, and says nothing of what the platform filters")
+
+
+def _judge_canary(canary: dict[str, Any]) -> TargetVerdict:
+    """One keyword: its message and its twin without it, sent over one connection, read by the recipient."""
+    ep = f"“{canary.get('keyword')}”"
+    control, keyword = canary.get("control_status"), canary.get("keyword_status")
+    if control != 200:
+        return TargetVerdict(ep, UNKNOWN, "keyword.control_refused",
+                             f"{ep}: the platform refused even the message without it (HTTP {control})", None, 0.0)
+    if keyword != 200:
+        return TargetVerdict(ep, BLOCKED, "keyword.refused",
+                             f"{ep}: the platform refused the message naming it (HTTP {keyword}) and accepted the "
+                             "same message without it", Method.PLATFORM_FILTER, 0.9, strong=True)
+    if not canary.get("control_delivered"):
+        return TargetVerdict(ep, UNKNOWN, "keyword.nothing_delivered",
+                             f"{ep}: not even the message without it was delivered, so delivery tells nothing", None,
+                             0.0)
+    if not canary.get("keyword_delivered"):
+        return TargetVerdict(ep, BLOCKED, "keyword.withheld",
+                             f"{ep}: the platform accepted the message naming it (HTTP 200) and never delivered it, "
+                             "while the same message without it, sent over the same connection, was delivered",
+                             Method.PLATFORM_FILTER, 0.9, strong=True)
+    return TargetVerdict(ep, OK, "keyword.delivered", f"{ep}: delivered, as its twin without it", None, 1.0)
+
+
+def derive_keyword_features(test_keys: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The keyword nettest's one feature: first the network (reaching the platform, judged by the rules
+    every messaging nettest uses), then, only if the platform was reached, the platform's own filtering.
+
+    Network blocking of the platform therefore reads as that network method, never as platform
+    filtering; `blocked/platform_filter` needs messages the platform accepted and withheld while
+    their twins without the keyword arrived ([CitizenLab2016])."""
+    network = network_features("keyword", test_keys)[KEYWORD_FEATURE]
+    if network["verdict"] != OK:
+        network["evidence"] = [_PLATFORM_NOT_JUDGED] + network["evidence"]
+        return {KEYWORD_FEATURE: network}
+    canaries = (test_keys.get("x_wallwatch") or {}).get("canaries") or []
+    verdicts = [_judge_canary(c) for c in canaries if isinstance(c, dict)]
+    total = len(verdicts)
+    ok = [v for v in verdicts if v.status == OK]
+    withheld = [v for v in verdicts if v.status == BLOCKED]
+    if not total:
+        return {KEYWORD_FEATURE: _feature(UNKNOWN, "keyword.no_canary", None, 0.0, ["no keyword was tested"], 0, 0)}
+    if withheld:
+        result = _blocked_feature("keyword.filtered", withheld, len(ok), total, len(withheld))
+        result["evidence"] = [f"the platform's own servers withheld {len(withheld)} of {total} keywords while the "
+                              "network carried every message: a verdict about the platform, not the network"
+                              ] + result["evidence"] + _evidence(ok)[:2]
+        return {KEYWORD_FEATURE: result}
+    if len(ok) == total:
+        return {KEYWORD_FEATURE: _feature(OK, "keyword.all_delivered", None, 1.0,
+                                          [f"all {total} keywords were delivered, as their twins without them"],
+                                          total, total)}
+    unknown = [v for v in verdicts if v.status != OK]
+    return {KEYWORD_FEATURE: _feature(UNKNOWN, f"keyword.unknown+{unknown[0].rule}", None, 0.0,
+                                      _evidence(unknown), len(ok), total)}
 
 
 # --- openvpn: the `tunnel` feature ----------------------------------------------------------------
@@ -1096,22 +1170,7 @@ def derive_circumvention_features(test_keys: dict[str, Any]) -> dict[str, dict[s
 
 
 def summary(features: dict[str, dict[str, Any]]) -> str:
-    """Which options worked and how the others were stopped, in words (the report repeats it)."""
-    from wallwatch.vocabulary import Circumvention
+    """Which options worked and how the others were stopped, in words (the report says the same)."""
+    from wallwatch.vocabulary import describe_circumvention
 
-    def names(options: list[str]) -> str:
-        words = [Circumvention(o).plain if o in Circumvention._value2member_map_ else o for o in options]
-        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-    worked = [o for o, f in features.items() if f["verdict"] == OK]
-    blocked: dict[str, list[str]] = {}
-    for option, result in features.items():
-        if result["verdict"] == BLOCKED:
-            blocked.setdefault(result["method"], []).append(option)
-    parts = [f"{names(worked)} worked" if worked else "nothing worked"]
-    for method, options in blocked.items():
-        parts.append(f"{names(options)} {'were' if len(options) > 1 else 'was'} blocked ({Method(method).plain})")
-    rest = [o for o, f in features.items() if f["verdict"] not in (OK, BLOCKED)]
-    if rest:
-        parts.append(f"{names(rest)}: {', '.join(sorted({features[o]['verdict'] for o in rest}))}")
-    return "; ".join(parts)
+    return describe_circumvention({option: (f["verdict"], f["method"]) for option, f in features.items()})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Sequence
 
 from wallwatch.protocols.errors import ProtocolError
 
@@ -31,6 +32,10 @@ MAPPED_ADDRESS = 0x0001
 XOR_MAPPED_ADDRESS = 0x0020
 SOFTWARE = 0x8022
 FINGERPRINT = 0x8028
+# Microsoft's comprehension-optional attribute that Skype's and Teams' ICE carries in every
+# Binding request ([MS-ICE2] "MS-IMPLEMENTATION-VERSION"); nDPI's stun.c names a flow that
+# carries it SkypeCall ([nDPI]). Value: a 32-bit version, 2 in [MS-ICE2]'s examples.
+MS_IMPLEMENTATION_VERSION = 0x8070
 
 _FAMILY_IPV4, _FAMILY_IPV6 = 0x01, 0x02  # RFC 5389 §15.1
 
@@ -93,9 +98,11 @@ def _encode_message(method: int, stun_class: int, transaction_id: bytes, attribu
     return header + transaction_id + attributes
 
 
-def build_binding_request(transaction_id: bytes) -> bytes:
-    """A Binding request with no attributes (RFC 5389 §7.1): what a client sends first."""
-    return _encode_message(BINDING, CLASS_REQUEST, transaction_id, b"")
+def build_binding_request(transaction_id: bytes, attributes: Sequence[tuple[int, bytes]] = ()) -> bytes:
+    """A Binding request (RFC 5389 §7.1): what a client sends first; plain, or with an
+    implementation's own attributes (Skype's `MS_IMPLEMENTATION_VERSION`)."""
+    encoded = b"".join(_encode_attribute(attribute_type, value) for attribute_type, value in attributes)
+    return _encode_message(BINDING, CLASS_REQUEST, transaction_id, encoded)
 
 
 def _xor_address_value(address: str, port: int, transaction_id: bytes) -> bytes:

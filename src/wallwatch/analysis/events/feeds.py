@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import html
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,10 @@ SERVICE_NAMES: Mapping[str, str] = {
     "telegram": "Telegram",
     "signal": "Signal",
     "facebook_messenger": "Facebook Messenger",
+    "wechat": "WeChat",
+    "skype": "Skype",
+    "viber": "Viber",
+    "facetime": "FaceTime",
     "web": "Web",
     "tor": "Tor",
     "openvpn": "OpenVPN",
@@ -115,8 +119,17 @@ def entry_title(entry: Mapping[str, Any]) -> str:
     return f"{subject}: {kind}"
 
 
-def atom_feed(log: Iterable[Mapping[str, Any]], options: FeedOptions = FeedOptions()) -> bytes:
-    """The Atom document for a lifecycle log (in log order), newest entry first; UTF-8 bytes."""
+# Context lines for one log entry (e.g. the calendar's "19th Party Congress opens (Wed 18 Oct 2017)"),
+# from the entry alone so that an entry a reader has seen never changes.
+Context = Callable[[Mapping[str, Any]], Sequence[str]]
+
+
+def atom_feed(log: Iterable[Mapping[str, Any]], options: FeedOptions = FeedOptions(),
+              context: Context | None = None) -> bytes:
+    """The Atom document for a lifecycle log (in log order), newest entry first; UTF-8 bytes.
+
+    `context(entry)`: lines printed under the entry as context (the server's calendar annotations).
+    """
     options.check()
     entries = _selected(log, options)
     ET.register_namespace("", ATOM_NS)
@@ -136,7 +149,7 @@ def atom_feed(log: Iterable[Mapping[str, Any]], options: FeedOptions = FeedOptio
     _text(feed, "subtitle", "Censorship events detected in OONI-format measurements: each entry is a change "
                             "in an event's lifecycle (opened, network joined, extended, closed). Times in UTC.")
     for entry in entries:
-        feed.append(_entry(entry, options))
+        feed.append(_entry(entry, options, context(entry) if context else ()))
     ET.indent(feed, space="  ")
     return ET.tostring(feed, encoding="utf-8", xml_declaration=True) + b"\n"
 
@@ -164,7 +177,7 @@ def _selected(log: Iterable[Mapping[str, Any]], options: FeedOptions) -> list[Ma
     return [entry for _, _, entry in kept]
 
 
-def _entry(entry: Mapping[str, Any], options: FeedOptions) -> ET.Element:
+def _entry(entry: Mapping[str, Any], options: FeedOptions, context: Sequence[str] = ()) -> ET.Element:
     event = entry["event"]
     element = ET.Element(_q("entry"))
     _text(element, "id", entry_id(entry, options.tag_authority))
@@ -175,7 +188,7 @@ def _entry(entry: Mapping[str, Any], options: FeedOptions) -> ET.Element:
         if term:
             ET.SubElement(element, _q("category")).set("term", str(term))
     _text(element, "summary", _summary(entry))
-    content = _text(element, "content", _content_html(entry))
+    content = _text(element, "content", _content_html(entry, context))
     content.set("type", "html")
     return element
 
@@ -204,7 +217,7 @@ def _summary(entry: Mapping[str, Any]) -> str:
             + (f", at most {share:.0%} of probes in an hour." if isinstance(share, int | float) else "."))
 
 
-def _content_html(entry: Mapping[str, Any]) -> str:
+def _content_html(entry: Mapping[str, Any], context: Sequence[str] = ()) -> str:
     event = entry["event"]
     evidence = event.get("evidence") or {}
     e = html.escape
@@ -231,6 +244,8 @@ def _content_html(entry: Mapping[str, Any]) -> str:
     if evidence.get("closed_by_silence"):
         rows.append("<p>Measurements from " + ", ".join(f"AS{int(a)}" for a in evidence["closed_by_silence"])
                     + " stopped for weeks: the end shown is the end of the evidence, not an observed unblocking.</p>")
+    if context:
+        rows.append("<p>Context: " + "; ".join(e(line) for line in context) + "</p>")
     rows.append(f"<p>Event <code>{e(str(entry['event_id']))}</code>, lifecycle entry {e(entry['entry'])}, "
                 f"detector {e(str(event.get('detector_version', '?')))}, logged {e(_when(entry.get('logged_at')))}."
                 "</p>")

@@ -287,10 +287,15 @@ class Ingester:
                  rule_sets: Mapping[str, RuleSet] | None = None, fingerprints: FingerprintDB | None = None,
                  on_file: Callable[[Source, IngestSummary], None] | None = None, workers: int | None = None,
                  lock_wait: float = 0.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 s3_endpoint: str | None = None, cluster: str | None = None) -> None:
+                 s3_endpoint: str | None = None, cluster: str | None = None, resident: bool = False) -> None:
         self.store = store
         self.s3_endpoint = s3_endpoint
         self.cluster = cluster
+        # The caller holds the writer lock across runs (the live pipeline, web/live.py): nobody else
+        # can commit, so the stored uids and the ledger are read once and then kept up to date here
+        # rather than read again from the whole store on every run.
+        self.resident = resident
+        self._state_loaded = False
         self.batch_size = batch_size
         self.workers = workers
         self.on_file = on_file
@@ -319,12 +324,26 @@ class Ingester:
         self.summary.quarantine_file = str(store.root / _quarantine_log())
 
     def _load_state(self) -> None:
-        """What is committed (read with the writer lock held, after any recovery)."""
+        """What is committed (read with the writer lock held, after any recovery), and a fresh
+        start for what one run tracks per file."""
         snapshot = self.store.snapshot()
         assert snapshot is not None  # the writer lock adopts a folder with no commit yet
         self._snapshot = snapshot
+        self._files, self._admitted = [], set()
+        self._quarantined_rows, self._quarantine_done = Counter(), {}
+        self._referenced_raw = set()
+        if self.resident and self._state_loaded:
+            return
         self.seen_uids = self._stored_uids(snapshot)
         self.done_files = {_ledger_key(row) for row in self.store.read_jsonl(LEDGER)}
+        self._state_loaded = True
+
+    def forget_files(self, paths: Iterable[Path]) -> None:
+        """Drop finished files from the in-memory ledger (a resident ingester's files that are
+        gone for good, such as the live pipeline's deleted WAL segments): the ledger on disk keeps
+        them, memory need not."""
+        gone = {str(Path(path).resolve()) for path in paths}
+        self.done_files = {key for key in self.done_files if key[0] not in gone}
 
     def _stored_uids(self, snapshot: Snapshot) -> set[str]:
         files = self.store.committed_files("measurements", snapshot)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from wallwatch.analysis.events.lifecycle import record_events
 from wallwatch.analysis.events.feeds import FeedOptions, write_atom
 from wallwatch.analysis.series.build import SeriesRequest, build_and_store, read_series
 from wallwatch.analysis.series.queries import network_volume_sql
-from wallwatch.vocabulary import qualifier_plain
+from wallwatch.vocabulary import describe_circumvention, qualifier_plain
 
 
 _HOURLY_TIMELINE_MAX = 7 * 24
@@ -105,7 +105,7 @@ def build_report(store: Any, out_dir: Path, options: ReportOptions = ReportOptio
                                         tag_authority=options.tag_authority))
     index = out_dir / "index.html"
     index.write_text(_render_page(hourly, events, sections, exports, out_dir, options, context,
-                                  minimum_evidence(params.blocking)))
+                                  minimum_evidence(params.blocking), what_still_works(store, options.countries)))
     counter.done("page")
     return ReportResult(index=index, events=events, feed=feed, charts=written, exports=exports,
                         log_entries=log_entries)
@@ -260,8 +260,51 @@ def _exports(store: Any, hourly: pa.Table, daily: pa.Table, events: list[Event],
     return written
 
 
+@dataclass(frozen=True)
+class StillWorks:
+    """What the circumvention nettest found from one network on one day (its last measurement that day)."""
+
+    probe_cc: str
+    probe_asn: int
+    probe_network_name: str | None
+    day: date
+    sentence: str
+
+
+def what_still_works(store: Any, countries: Sequence[str] = ()) -> list[StillWorks]:
+    """Which ways around the censor worked from each network, on the first day measured and on each
+    day the answer changed ("from AS4134 on 25 Sep: Shadowsocks and obfs4 worked; OpenVPN and
+    WireGuard were blocked by protocol fingerprint"), from the circumvention nettest's verdicts."""
+    if "verdicts" not in store.datasets():
+        return []
+    where = "service = 'circumvention'"
+    if countries:
+        where += " AND probe_cc IN (" + ", ".join("'" + c.replace("'", "") + "'" for c in countries) + ")"
+    rows = store.read("verdicts", where=where).select(
+        ["probe_cc", "probe_asn", "probe_network_name", "date", "measurement_start_time", "measurement_uid",
+         "feature", "verdict", "method"]).to_pylist()
+    latest: dict[tuple[str, int, date], tuple[Any, str]] = {}
+    results: dict[str, dict[str, tuple[str, str | None]]] = defaultdict(dict)
+    names: dict[tuple[str, int], str | None] = {}
+    for row in rows:
+        key = (row["probe_cc"], row["probe_asn"], row["date"])
+        names[key[:2]] = row["probe_network_name"] or names.get(key[:2])
+        results[row["measurement_uid"]][row["feature"]] = (row["verdict"], row["method"])
+        if key not in latest or row["measurement_start_time"] > latest[key][0]:
+            latest[key] = (row["measurement_start_time"], row["measurement_uid"])
+    found: list[StillWorks] = []
+    previous: dict[tuple[str, int], str] = {}
+    for (cc, asn, day), (_, uid) in sorted(latest.items()):
+        sentence = describe_circumvention(results[uid])
+        if previous.get((cc, asn)) != sentence:  # each change of the answer, not every day
+            found.append(StillWorks(cc, asn, names[(cc, asn)], day, sentence))
+            previous[(cc, asn)] = sentence
+    return found
+
+
 def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section], exports: list[Path],
-                 out_dir: Path, options: ReportOptions, context: charts.ChartContext, evidence_floor: str) -> str:
+                 out_dir: Path, options: ReportOptions, context: charts.ChartContext, evidence_floor: str,
+                 still_works: Sequence[StillWorks] = ()) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("wallwatch.analysis.report", "templates"),
@@ -286,5 +329,5 @@ def _render_page(hourly: pa.Table, events: list[Event], sections: list[_Section]
         n_measurements=pc.sum(hourly.column("n_measurements")).as_py() if hourly.num_rows else 0,
         network_names=names, exports=[p.relative_to(out_dir).as_posix() for p in exports],
         any_marker=ANY, options=options, evidence_floor=evidence_floor,
-        no_event_mark=charts.NO_EVENT_MARK,
+        no_event_mark=charts.NO_EVENT_MARK, still_works=still_works,
     )

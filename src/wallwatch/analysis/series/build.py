@@ -47,8 +47,8 @@ decisive when it saw the feature work, throttled or blocked.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -129,11 +129,49 @@ def build_series(
     # Each country's series span that country's own data (or the request's window): with the
     # folder's window, a country's trailing silence would run to another country's last
     # measurement and the detector would close its blocks for a silence that is not its own.
-    windows = {cc: (request.start if request.start is not None else lo, request.end if request.end is not None else hi)
-               for cc, lo, hi in connection.execute(q.window_sql(where), params).fetchall()}
+    # A window given whole needs no query: every country the aggregate finds spans it.
+    windows = None if request.start is not None and request.end is not None else {
+        cc: (request.start if request.start is not None else lo, request.end if request.end is not None else hi)
+        for cc, lo, hi in connection.execute(q.window_sql(where), params).fetchall()}
+    return _build(connection, grain, request, where, params, windows)
+
+
+def build_for_countries(connection: duckdb.DuckDBPyConnection, grain: str,
+                        windows: Mapping[str, tuple[datetime, datetime]],
+                        request: SeriesRequest = SeriesRequest()) -> pa.Table:
+    """The rows of the countries in `windows` that `build_series(connection, grain, request)`
+    makes when country cc's verdicts span `windows[cc]` (its first and last
+    measurement_start_time, or a later start: the grid then begins there), with no window query.
+
+    A series' rows depend only on its own verdicts and its country's window (the aggregate and
+    the grid plan are per series), so the live pipeline (`web/live.py`) rebuilds only the
+    countries a batch of measurements touched, each over the window it keeps for it, and gets
+    the rows a whole rebuild would. tests/analysis/test_series.py holds the two equal.
+    """
+    if not windows:
+        raise SeriesError("build_for_countries needs at least one country")
+    base, params = replace(request, start=None, end=None, countries=tuple(sorted(windows))).where()
+    clauses = []
+    for cc, (start, end) in sorted(windows.items()):
+        if _naive_utc(end) < _naive_utc(start):
+            raise SeriesError(f"{cc}: series window ends ({end}) before it starts ({start})")
+        clauses.append("(probe_cc = ? AND measurement_start_time >= ? AND measurement_start_time <= ?)")
+        params.extend([cc, _naive_utc(start), _naive_utc(end)])
+    where = f"{base} AND ({' OR '.join(clauses)})"
+    return _build(connection, grain, request, where, params, dict(sorted(windows.items())))
+
+
+def _build(connection: duckdb.DuckDBPyConnection, grain: str, request: SeriesRequest, where: str,
+           params: list[object], windows: Mapping[str, tuple[datetime, datetime]] | None) -> pa.Table:
+    """The grid of the verdicts `where` selects; `windows`: each country's window (None: the
+    request's whole window for every country the aggregate finds)."""
     columns = {row[0] for row in connection.execute("DESCRIBE verdicts").fetchall()}
     sql = q.aggregate_sql(grain, where, with_attempt_share="blocked_share" in columns)
     sparse = connection.sql(sql, params=params).to_arrow_table()
+    if windows is None:
+        assert request.start is not None and request.end is not None
+        windows = {cc: (request.start, request.end)
+                   for cc in sorted(pc.unique(sparse.column("probe_cc")).drop_null().to_pylist())}
     plans = [grid_plan(sparse.filter(pc.equal(sparse.column("probe_cc"), cc)), floor_to(start, grain),
                        floor_to(end, grain), grain, request)
              for cc, (start, end) in windows.items()]

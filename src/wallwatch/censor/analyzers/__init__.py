@@ -14,6 +14,7 @@ from wallwatch.censor.analyzers.base import FLOW_PROPERTIES, Analyzer, Direction
 from wallwatch.censor.analyzers.dns import DnsAnalyzer
 from wallwatch.censor.analyzers.fet import FetAnalyzer
 from wallwatch.censor.analyzers.http import HttpAnalyzer
+from wallwatch.censor.analyzers.mmtls import MmtlsAnalyzer
 from wallwatch.censor.analyzers.mqtt import MqttAnalyzer
 from wallwatch.censor.analyzers.mtproto import MtprotoAnalyzer
 from wallwatch.censor.analyzers.openvpn import OpenVpnAnalyzer
@@ -21,13 +22,14 @@ from wallwatch.censor.analyzers.quic import QuicAnalyzer
 from wallwatch.censor.analyzers.stun import StunAnalyzer
 from wallwatch.censor.analyzers.tls import TlsAnalyzer
 from wallwatch.censor.analyzers.tor import TorAnalyzer
+from wallwatch.censor.analyzers.viber import ViberAnalyzer
 from wallwatch.censor.analyzers.whatsapp import WhatsAppAnalyzer
 from wallwatch.censor.analyzers.wireguard import WireGuardAnalyzer
 
 ALL_ANALYZERS: tuple[type[Analyzer], ...] = (
     DnsAnalyzer, TlsAnalyzer, HttpAnalyzer, WhatsAppAnalyzer,
     FetAnalyzer, OpenVpnAnalyzer, WireGuardAnalyzer, MtprotoAnalyzer, QuicAnalyzer, TorAnalyzer,
-    StunAnalyzer, MqttAnalyzer,
+    StunAnalyzer, MqttAnalyzer, MmtlsAnalyzer, ViberAnalyzer,
 )
 
 
@@ -45,5 +47,6 @@ def _property_types() -> Mapping[str, PropType]:
 PROPERTY_TYPES: Mapping[str, PropType] = _property_types()
 
 __all__ = ["ALL_ANALYZERS", "PROPERTY_TYPES", "Analyzer", "Direction", "PropType", "Update",
-           "DnsAnalyzer", "FetAnalyzer", "HttpAnalyzer", "MqttAnalyzer", "MtprotoAnalyzer", "OpenVpnAnalyzer",
-           "QuicAnalyzer", "StunAnalyzer", "TlsAnalyzer", "TorAnalyzer", "WhatsAppAnalyzer", "WireGuardAnalyzer"]
+           "DnsAnalyzer", "FetAnalyzer", "HttpAnalyzer", "MmtlsAnalyzer", "MqttAnalyzer", "MtprotoAnalyzer", "OpenVpnAnalyzer",
+           "QuicAnalyzer", "StunAnalyzer", "TlsAnalyzer", "TorAnalyzer", "ViberAnalyzer", "WhatsAppAnalyzer",
+           "WireGuardAnalyzer"]

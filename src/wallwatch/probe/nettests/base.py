@@ -37,7 +37,7 @@ import datetime as dt
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from wallwatch.probe import failures
@@ -175,6 +175,40 @@ class ServiceTest:
         """Further `x_wallwatch` facts of this nettest."""
         return {}
 
+    def status_keys(self, prefix: str, features: Sequence[str], all_of: frozenset[str] = frozenset({"media"})
+                    ) -> dict[str, Any]:
+        """OONI-style keys for a service OONI has no test of, in the style of its IM tests (ts-018's
+        `whatsapp_web_status`/`_failure`, ts-020's): per feature `<prefix>_<feature>_status` ("ok" or
+        "blocked", whatever the cause, as OONI's say) and `<prefix>_<feature>_failure` (the first
+        df-007 failure string), and `<prefix>_endpoints_blocked`: the app-protocol endpoints that failed.
+        A feature is ok when one attempt worked (every one for `all_of` features)."""
+        outcomes: dict[str, list[str | None]] = {feature: [] for feature in features}
+        for session in self.sessions:
+            outcomes.setdefault(session["feature"], []).append(None if session["completed"] else session["failure"])
+        for fetch in self.fetches:
+            outcomes.setdefault(fetch["feature"], []).append(fetch["failure"])
+        for exchange in self.trace.udp_exchanges:
+            feature = next((t[len("feature:"):] for t in exchange.get("tags") or () if t.startswith("feature:")), "")
+            outcomes.setdefault(feature, []).append(exchange.get("failure"))
+        for query in self.trace.queries:  # a relay by name whose lookup failed left no exchange
+            tags = query.get("tags") or ()
+            feature = next((t[len("feature:"):] for t in tags if t.startswith("feature:")), "")
+            transaction = query.get("transaction_id")
+            judged = any(entry.get("transaction_id") == transaction for entry in
+                         (*self.sessions, *self.fetches, *self.trace.udp_exchanges))
+            if feature and query.get("failure") and not judged:
+                outcomes.setdefault(feature, []).append(query["failure"])
+        keys: dict[str, Any] = {}
+        for feature in features:
+            seen = outcomes.get(feature) or [failures.unknown_failure("not measured")]
+            failed = [failure for failure in seen if failure is not None]
+            ok = not failed if feature in all_of else len(failed) < len(seen)
+            keys[f"{prefix}_{feature}_status"] = "ok" if ok else "blocked"
+            keys[f"{prefix}_{feature}_failure"] = None if ok else failed[0]
+        keys[f"{prefix}_endpoints_blocked"] = sorted({f"{s['host']}:{s['port']}" for s in self.sessions
+                                                      if not s["completed"]})
+        return keys
+
     # --- running ---------------------------------------------------------------------
 
     async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -249,14 +283,15 @@ class ServiceTest:
     # --- app-protocol sessions -------------------------------------------------------------
 
     async def session(self, feature: str, host: str, port: int, dialog: Dialog, stages: Sequence[str], *,
-                      tls_name: str | None = None, by_address: bool = False) -> dict[str, Any]:
+                      tls_name: str | None = None, by_address: bool = False,
+                      alpn: Sequence[str] = ("http/1.1",)) -> dict[str, Any]:
         """One app-protocol session; its record is appended to `self.sessions` and returned.
 
         `stages` are the dialog's stages in order, the last one proving the
         service (`failed_at` is the first one not reached). `by_address`:
         `host` is an address dialled without DNS (through the lab's address
-        map). `tls_name`: wrap the stream in TLS with that SNI first (then a
-        failure inside TLS is no payload's fault: no payload control).
+        map). `tls_name`: wrap the stream in TLS with that SNI (and `alpn`) first
+        (then a failure inside TLS is no payload's fault: no payload control).
         """
         tx = self.trace.transaction(f"feature:{feature}", f"endpoint:{host}:{port}")
         session: dict[str, Any] = {"feature": feature, "host": host, "port": port, "transaction_id": tx.id,
@@ -288,7 +323,7 @@ class ServiceTest:
         try:
             channel: TcpStream | TlsStream = stream
             if tls_name is not None:
-                channel = await self._tls(tx, session, stream, tls_name, ("http/1.1",))
+                channel = await self._tls(tx, session, stream, tls_name, tuple(alpn))
                 if channel is None:
                     return session
                 reached("tls")
@@ -393,16 +428,30 @@ class ServiceTest:
 
     # --- calls -----------------------------------------------------------------------
 
-    async def stun(self, feature: str, relay: str, port: int = STUN_PORT, *, by_address: bool = True) -> None:
+    async def stun(self, feature: str, relay: str, port: int = STUN_PORT, *, by_address: bool = True,
+                   attributes: Sequence[tuple[int, bytes]] = ()) -> None:
         """A STUN Binding request to `relay`: an address (through the address map) or, with
-        `by_address=False`, a name resolved first."""
+        `by_address=False`, a name resolved first. `attributes`: an app's own (Skype's MS-IMPLEMENTATION-VERSION)."""
         from wallwatch.protocols.stun import parse_stun
 
+        request, is_answer = stun_request(attributes)
+        response = await self.udp_request(feature, relay, port, request, is_answer, by_address=by_address,
+                                          kind="stun")
+        if response is not None:
+            mapped = parse_stun(response).mapped_address
+            if mapped is not None:
+                # The probe's own address as the relay saw it: kept only for scrubbing.
+                self.probe_addresses.add(mapped[0])
+
+    async def udp_request(self, feature: str, relay: str, port: int, request: bytes,
+                          is_answer: Callable[[bytes], bool], *, by_address: bool = True,
+                          kind: str = "udp") -> bytes | None:
+        """One request/answer exchange over UDP with a relay (a call's first packets), retransmitted as
+        STUN is (RFC 5389 §7.2.1); recorded in `udp_exchanges` and judged by the UDP rules. The answer, or None."""
         tx = self.trace.transaction(f"feature:{feature}", f"endpoint:{relay}:{port}")
-        request, is_answer = stun_request()
 
         def not_dialled(reason: str) -> None:
-            entry = {"kind": "stun", "address": f"{relay}:{port}", "proto": "udp", "sends": 0,
+            entry = {"kind": kind, "address": f"{relay}:{port}", "proto": "udp", "sends": 0,
                      "failure": failures.unknown_failure(reason)}
             entry.update(tx.stamp(tx.now()))
             self.trace.udp_exchanges.append(entry)
@@ -411,21 +460,16 @@ class ServiceTest:
         if not by_address:
             resolution = await self.resolve(tx, relay)
             if resolution.failure or not resolution.addresses:
-                return  # the DNS facts alone judge this attempt
+                return None  # the DNS facts alone judge this attempt
             address = resolution.addresses[0]
         try:
             dial = self.settings.map_address(address)
         except (KeyError, ValueError):
             not_dialled(f"no lab address for {address}; not dialled")
-            return
+            return None
         result = await udp_exchange(tx, dial, port, request, is_response=is_answer,
-                                    timeout=self.common.timeouts.udp, kind="stun", record_raw=False)
-        if result.response is not None:
-            mapped = parse_stun(result.response).mapped_address
-            if mapped is not None:
-                # The probe's own address as the relay saw it: kept only for scrubbing.
-                self.probe_addresses.add(mapped[0])
-
+                                    timeout=self.common.timeouts.udp, kind=kind, record_raw=False)
+        return result.response
 
     # --- throughput against a control ------------------------------------------------------
 
@@ -466,8 +510,44 @@ class ServiceTest:
                 make_request=stun_request, rounds=plan.rounds, timeout=t.udp, stop_early=throughput_settled))
 
 
-def stun_request() -> tuple[bytes, Callable[[bytes], bool]]:
-    """A fresh Binding request and the test for its answer (RFC 5389 §7.3: the transaction id matches)."""
+ConfigT = TypeVar("ConfigT")
+
+
+def configured(config: ConfigT, settings: ProbeSettings, step_timeout: float | None) -> ConfigT:
+    """A nettest config (a dataclass with a `common`) for these settings: in the lab the lab's addresses
+    count as the service's own networks; `step_timeout` bounds every step."""
+    common: Common = config.common  # type: ignore[attr-defined]
+    common = replace(common, expected_networks=common.expected_networks + lab_networks(settings))
+    if step_timeout is not None:
+        common = replace(common, timeouts=Timeouts.scaled(step_timeout))
+    return replace(config, common=common)  # type: ignore[type-var]
+
+
+async def exchange_opening(stream: Any, opening: bytes, parse: Callable[[bytes], Any], reached: Reached,
+                           sent_stage: str, session: dict[str, Any], timeout: float) -> Any:
+    """Send an app's opening, then read until `parse` (a `protocols` codec) gives the server's answer.
+
+    Marks `sent_stage` once the opening is out; the payload control later sends as many bytes.
+    EOF before an answer is `eof_error`; an answer that is not the protocol raises ProtocolError."""
+    from wallwatch.protocols.errors import Incomplete
+
+    session["first_flight_size"] = len(opening)
+    await stream.write(opening, timeout=timeout)
+    reached(sent_stage)
+    buffer = b""
+    while True:
+        data = await stream.read(timeout=timeout)
+        if not data:
+            raise ProbeFailure(failures.EOF_ERROR)
+        buffer += data
+        answer = parse(buffer)
+        if not isinstance(answer, Incomplete):
+            return answer
+
+
+def stun_request(attributes: Sequence[tuple[int, bytes]] = ()) -> tuple[bytes, Callable[[bytes], bool]]:
+    """A fresh Binding request (with an app's own `attributes`) and the test for its answer
+    (RFC 5389 §7.3: the transaction id matches)."""
     from wallwatch.protocols.errors import ProtocolError
     from wallwatch.protocols.stun import build_binding_request, parse_stun
 
@@ -480,7 +560,7 @@ def stun_request() -> tuple[bytes, Callable[[bytes], bool]]:
             return False
         return message.transaction_id == transaction_id and message.stun_class in ("success", "error")
 
-    return build_binding_request(transaction_id), is_answer
+    return build_binding_request(transaction_id, attributes), is_answer
 
 
 def with_options(nettest: str, common: Common, options: Mapping[str, str] | None, throughput: Throughput) -> Common:

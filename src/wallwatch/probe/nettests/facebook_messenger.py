@@ -25,8 +25,6 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from wallwatch.probe import failures
-from wallwatch.probe.failures import ProbeFailure
 from wallwatch.probe.nettests.base import (
     STUN_PORT,
     Common,
@@ -34,6 +32,7 @@ from wallwatch.probe.nettests.base import (
     ServiceTest,
     Throughput,
     Timeouts,
+    exchange_opening,
     lab_networks,
     measure,
     with_options,
@@ -94,27 +93,15 @@ class MessengerTest(ServiceTest):
                 self.https("web", c.web_url)]
 
     async def _mqtt(self, stream: Any, reached: Reached, session: dict[str, Any]) -> None:
-        from wallwatch.protocols.errors import Incomplete, ProtocolError
+        from wallwatch.protocols.errors import ProtocolError
         from wallwatch.protocols.mqtt import build_connect, parse_connack
 
-        timeout = self.common.timeouts.chat
         connect = build_connect("wallwatch-" + os.urandom(4).hex())
-        session["first_flight_size"] = len(connect)
-        await stream.write(connect, timeout=timeout)
-        reached("connect_sent")
-        buffer = b""
-        while True:
-            data = await stream.read(timeout=timeout)
-            if not data:
-                raise ProbeFailure(failures.EOF_ERROR)
-            buffer += data
-            answer = parse_connack(buffer)
-            if isinstance(answer, Incomplete):
-                continue
-            if answer.return_code != 0:
-                raise ProtocolError(f"CONNACK refused the connection (code {answer.return_code})")
-            reached("connack")
-            return
+        answer = await exchange_opening(stream, connect, parse_connack, reached, "connect_sent", session,
+                                        self.common.timeouts.chat)
+        if answer.return_code != 0:
+            raise ProtocolError(f"CONNACK refused the connection (code {answer.return_code})")
+        reached("connack")
 
     def ooni_keys(self) -> dict[str, Any]:
         """ts-019's keys: per endpoint, answers inside AS32934 and a TCP connect that succeeded."""

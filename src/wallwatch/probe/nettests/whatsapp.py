@@ -151,6 +151,10 @@ class WhatsAppTest(ServiceTest):
     def ooni_keys(self) -> dict[str, Any]:
         return ooni_whatsapp_keys(self.sessions, self.trace, self.fetches)
 
+    def extra_facts(self) -> dict[str, Any]:
+        """Which era's client spoke (a replay of 2017 must have sent 2017's opening)."""
+        return {"opening": self.config.opening}
+
     async def _chat(self, stream: Any, reached: Reached, session: dict[str, Any]) -> None:
         """The chat transport: opening + Noise XX, then one message the server must echo."""
         from wallwatch.protocols.whatsapp import ChatClient, HandshakeComplete, MessageReceived, client_for

@@ -38,7 +38,10 @@ VENDOR = STATIC / "vendor"
 VENDOR_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 _MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain", ".map": "application/json"}
 
-router = APIRouter(tags=["dashboard"])
+# Every dashboard route may answer 404 (an unknown country, network, event or measurement, or no
+# data yet): documented once for all of them.
+router = APIRouter(tags=["dashboard"], responses={404: {
+    "content": {"text/html": {}, "text/plain": {}}, "description": "Nothing known by that name, or no data yet"}})
 
 
 class BadFilter(ValueError):
@@ -177,9 +180,19 @@ def _message(request: Request, title: str, text: str, status_code: int) -> HTMLR
         status_code=status_code)
 
 
-def _download(request: Request, build: Callable[[], View], fmt: str) -> Response:
+# What a download answers (the OpenAPI document says so: tests/web/test_api_spec.py holds the
+# server to it): the table, or a plain-text reason when the page or its table does not exist.
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}},
+          "description": "The page's table as CSV or Parquet"},
+    400: {"content": {"text/plain": {}}, "description": "A filter in the query that cannot be read"},
+    404: {"content": {"text/plain": {}}, "description": "No such page, table or data yet"},
+}
+
+
+def _download(request: Request, build: Callable[[], View], fmt: ExportFormat) -> Response:
     try:
-        export = ExportFormat(fmt)
+        export = fmt
         view = build()
         name = request.query_params.get("table") or next(iter(view.tables), None)
         if name not in view.tables:
@@ -242,8 +255,8 @@ def overview_page(request: Request) -> HTMLResponse:
     return _page(request, _builders(request)["overview"], "overview")
 
 
-@router.get("/data.{fmt}", name="overview_data")
-def overview_data(request: Request, fmt: str) -> Response:
+@router.get("/data.{fmt}", name="overview_data", responses=_DOWNLOAD_RESPONSES)
+def overview_data(request: Request, fmt: ExportFormat) -> Response:
     return _download(request, _builders(request)["overview"], fmt)
 
 
@@ -252,8 +265,8 @@ def country_page(request: Request, cc: str) -> HTMLResponse:
     return _page(request, lambda: _builders(request)["country"](cc), "country", cc=cc)
 
 
-@router.get("/country/{cc}/data.{fmt}", name="country_data")
-def country_data(request: Request, cc: str, fmt: str) -> Response:
+@router.get("/country/{cc}/data.{fmt}", name="country_data", responses=_DOWNLOAD_RESPONSES)
+def country_data(request: Request, cc: str, fmt: ExportFormat) -> Response:
     return _download(request, lambda: _builders(request)["country"](cc), fmt)
 
 
@@ -267,8 +280,8 @@ def network_page(request: Request, cc: str, asn: str) -> HTMLResponse:
     return _page(request, lambda: _builders(request)["network"](cc, asn), "network", cc=cc, asn=asn)
 
 
-@router.get("/network/{cc}/{asn}/data.{fmt}", name="network_data")
-def network_data(request: Request, cc: str, asn: str, fmt: str) -> Response:
+@router.get("/network/{cc}/{asn}/data.{fmt}", name="network_data", responses=_DOWNLOAD_RESPONSES)
+def network_data(request: Request, cc: str, asn: str, fmt: ExportFormat) -> Response:
     return _download(request, lambda: _builders(request)["network"](cc, asn), fmt)
 
 
@@ -282,8 +295,8 @@ def timeline_page(request: Request) -> HTMLResponse:
     return _page(request, _builders(request)["timeline"], "timeline")
 
 
-@router.get("/timeline/data.{fmt}", name="timeline_data")
-def timeline_data(request: Request, fmt: str) -> Response:
+@router.get("/timeline/data.{fmt}", name="timeline_data", responses=_DOWNLOAD_RESPONSES)
+def timeline_data(request: Request, fmt: ExportFormat) -> Response:
     return _download(request, _builders(request)["timeline"], fmt)
 
 
@@ -297,8 +310,8 @@ def heatmap_page(request: Request) -> HTMLResponse:
     return _page(request, _builders(request)["heatmap"], "heatmap")
 
 
-@router.get("/heatmap/data.{fmt}", name="heatmap_data")
-def heatmap_data(request: Request, fmt: str) -> Response:
+@router.get("/heatmap/data.{fmt}", name="heatmap_data", responses=_DOWNLOAD_RESPONSES)
+def heatmap_data(request: Request, fmt: ExportFormat) -> Response:
     return _download(request, _builders(request)["heatmap"], fmt)
 
 
@@ -312,8 +325,8 @@ def event_page(request: Request, event_id: str) -> HTMLResponse:
     return _page(request, lambda: _builders(request)["event"](event_id), "event", event_id=event_id)
 
 
-@router.get("/event/{event_id}/data.{fmt}", name="event_data")
-def event_data(request: Request, event_id: str, fmt: str) -> Response:
+@router.get("/event/{event_id}/data.{fmt}", name="event_data", responses=_DOWNLOAD_RESPONSES)
+def event_data(request: Request, event_id: str, fmt: ExportFormat) -> Response:
     return _download(request, lambda: _builders(request)["event"](event_id), fmt)
 
 
@@ -327,8 +340,8 @@ def measurement_page(request: Request, uid: str) -> HTMLResponse:
     return _page(request, lambda: _builders(request)["measurement"](uid), "measurement", uid=uid)
 
 
-@router.get("/measurement/{uid}/data.{fmt}", name="measurement_data")
-def measurement_data(request: Request, uid: str, fmt: str) -> Response:
+@router.get("/measurement/{uid}/data.{fmt}", name="measurement_data", responses=_DOWNLOAD_RESPONSES)
+def measurement_data(request: Request, uid: str, fmt: ExportFormat) -> Response:
     return _download(request, lambda: _builders(request)["measurement"](uid), fmt)
 
 
