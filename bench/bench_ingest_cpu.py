@@ -16,6 +16,8 @@ tree executes per measurement under valgrind's callgrind (one ingest of the corp
 file: the fixed costs cancel), a figure the machine's load does not move; it takes a few minutes.
 
 A detached worktree of an older commit makes a base: `git worktree add --detach /tmp/base 3f2cf72`.
+`--pure` instead compares this tree with itself: its pure-Python source ($WALLWATCH_PURE_PYTHON=1)
+as the base, its hot path compiled by mypyc (scripts/compile.py) as "this".
 """
 
 from __future__ import annotations
@@ -58,8 +60,19 @@ print((sum(after[:4]) - sum(before[:4])) / max(summary.stored, 1) * 1e6)
 """
 
 
-def cpu_per_measurement(python: str, source: Path, corpus: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(source)}
+PURE = "WALLWATCH_PURE_PYTHON"
+
+
+def _env(source: Path, pure: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != PURE}
+    env["PYTHONPATH"] = str(source)
+    if pure:
+        env[PURE] = "1"
+    return env
+
+
+def cpu_per_measurement(python: str, source: Path, corpus: Path, pure: bool = False) -> float:
+    env = _env(source, pure)
     result = subprocess.run([python, "-c", _ONE_RUN, str(corpus)], env=env, capture_output=True, text=True,
                             check=True, timeout=1800)
     return float(result.stdout.split()[-1])
@@ -68,12 +81,12 @@ def cpu_per_measurement(python: str, source: Path, corpus: Path) -> float:
 _INSTRUCTIONS = re.compile(rb"Collected : (\d+)")
 
 
-def instructions(python: str, source: Path, corpus: Path, empty: Path) -> float:
+def instructions(python: str, source: Path, corpus: Path, empty: Path, pure: bool = False) -> float:
     """Instructions per measurement of one ingest of `corpus`, less those of an ingest of no file."""
     counts = []
     for directory in (empty, corpus):
         result = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-c",
-                                 _ONE_RUN, str(directory)], env={**os.environ, "PYTHONPATH": str(source)},
+                                 _ONE_RUN, str(directory)], env=_env(source, pure),
                                 capture_output=True, check=True, timeout=3600)
         match = _INSTRUCTIONS.search(result.stderr)
         assert match is not None, result.stderr[-500:]
@@ -84,13 +97,19 @@ def instructions(python: str, source: Path, corpus: Path, empty: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, required=True, help="another checkout (its src/ is imported)")
+    parser.add_argument("--base", type=Path, help="another checkout (its src/ is imported)")
+    parser.add_argument("--pure", action="store_true", help="base: this tree's pure-Python source")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--instructions", action="store_true", help="also count instructions (valgrind)")
     args = parser.parse_args()
-    trees = {"base": args.base.resolve() / "src", "this": HERE.parent / "src"}
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; base {args.base}")
+    if (args.base is None) == (not args.pure):
+        parser.error("give --base CHECKOUT or --pure")
+    this_src = HERE.parent / "src"
+    trees = {"base": this_src if args.pure else args.base.resolve() / "src", "this": this_src}
+    pure = {"base": args.pure, "this": False}
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
+          f"base {'this tree, pure Python' if args.pure else args.base}")
     with tempfile.TemporaryDirectory(prefix="ww-bench-cpu-") as tmp:
         corpora = {name: Path(tmp) / name for name in ("mixed", "im")}
         make_corpus(corpora["mixed"], args.count, 4)
@@ -100,7 +119,7 @@ def main() -> None:
             order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
             for corpus, directory in corpora.items():
                 for tree in order:
-                    value = cpu_per_measurement(sys.executable, trees[tree], directory)
+                    value = cpu_per_measurement(sys.executable, trees[tree], directory, pure[tree])
                     samples.setdefault((corpus, tree), []).append(value)
         print(f"(c1) CPU µs per measurement over {args.rounds} alternating rounds ({args.count} measurements)")
         for corpus in corpora:
@@ -117,7 +136,8 @@ def main() -> None:
             empty.mkdir()
             print("(c1) instructions per measurement (callgrind)")
             for corpus, directory in corpora.items():
-                base, this = (instructions(sys.executable, trees[tree], directory, empty) for tree in ("base", "this"))
+                base, this = (instructions(sys.executable, trees[tree], directory, empty, pure[tree])
+                              for tree in ("base", "this"))
                 print(f"  {corpus:5s}  base {base:12,.0f}  this {this:12,.0f}  this/base {this / base:5.3f}x")
 
 

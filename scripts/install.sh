@@ -44,6 +44,12 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "$want" > "$stamp"
 fi
 
+# The ingest's hot path compiled with mypyc (analysis/compiled.py): mypy brings mypyc and is needed
+# to build only, so it is installed here rather than declared. Skipped when the build matches the
+# source; a failed build says why in one line and leaves the pure-Python source in use.
+.venv/bin/python -c "import mypyc" 2>/dev/null || .venv/bin/pip install -q "mypy>=1.10"
+.venv/bin/python scripts/compile.py
+
 # The dashboard's charts: Vega, Vega-Lite and vega-embed from the npm registry at the versions
 # package-lock.json pins, copied into the package so pages work offline (nothing from a CDN).
 # Debian's nodejs has no npm (NodeSource's does): install it only when missing.

@@ -6,10 +6,15 @@ from __future__ import annotations
 # before any test module is imported (tests/fuzzing.py).
 import tests.fuzzing  # noqa: F401
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# No test may reach OONI's real bucket: code that forgot to take the endpoint of the test's local S3
+# server gets this one instead (loopback, the discard port: nothing answers) and fails here.
+os.environ["WALLWATCH_S3_ENDPOINT_URL"] = "http://127.0.0.1:9"
 
 # The cn-2017-09 timeline replayed at reduced length in the lab (tests/data/replay-cn-2017-09/README.md).
 REPLAY_MEASUREMENTS = Path(__file__).resolve().parent / "data" / "replay-cn-2017-09" / "measurements.jsonl.gz"

@@ -274,18 +274,35 @@ def report_command(
                f"{len(result.exports)} exports, {result.log_entries} new log entries)")
 
 
+EndpointOption = Annotated[str | None, typer.Option(
+    "--endpoint-url", envvar="WALLWATCH_S3_ENDPOINT_URL", show_envvar=True,
+    help="S3 endpoint of the archive (default: OONI's, https://s3.eu-central-1.amazonaws.com)."
+)]
+NoRawOption = Annotated[bool, typer.Option(
+    "--no-raw", help="Do not keep a copy of the input files under <data>/raw/ (the raw JSON of each measurement)."
+)]
+WorkersOption = Annotated[int | None, typer.Option(
+    "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
+)]
+ClusterOption = Annotated[str | None, typer.Option(
+    "--cluster", metavar="ADDRESS",
+    help="Read the files on a Dask cluster: a scheduler's address (tcp://host:8786), its scheduler file "
+    "(*.json), or 'local' (--workers processes on this machine). This process stays the one writer; "
+    "with raw copies kept the workers must see the data folder (else --no-raw)."
+)]
+WaitOption = Annotated[float, typer.Option(
+    "--wait", min=0, help="Seconds to wait for another writer of the data folder (default: stop at once)."
+)]
+
+
 def ingest_command(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders of OONI .json/.jsonl/.jsonl.gz measurements.")],
+    paths: Annotated[list[str], typer.Argument(
+        help="Files or folders of OONI .json/.jsonl/.jsonl.gz measurements, or s3://bucket/prefix URLs "
+        "(every measurement object under the prefix, read straight from the bucket).")],
     data: DataOption = None,
-    no_raw: Annotated[bool, typer.Option(
-        "--no-raw", help="Do not keep a copy of the input files under <data>/raw/ (the raw JSON of each measurement)."
-    )] = False,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Processes reading files in parallel (default: one per CPU, at most one per file)."
-    )] = None,
-    wait: Annotated[float, typer.Option(
-        "--wait", min=0, help="Seconds to wait for another writer of the data folder (default: stop at once)."
-    )] = 0.0,
+    no_raw: NoRawOption = False,
+    workers: WorkersOption = None,
+    wait: WaitOption = 0.0,
     max_line_mb: Annotated[float, typer.Option(
         "--max-line-mb", min=0.001, help="Longest line read whole, in MiB; a longer one is quarantined "
         "(or read element by element when it is a JSON array)."
@@ -293,30 +310,50 @@ def ingest_command(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, help="Measurements per commit: each batch becomes visible at once, or not at all."
     )] = 20_000,
+    endpoint: EndpointOption = None,
+    cluster: ClusterOption = None,
 ) -> None:
     """Read measurements, derive observations and per-feature verdicts, store them as Parquet."""
+    from wallwatch.analysis.archive.bucket import endpoint_url, list_objects
+    from wallwatch.analysis.ingest.pipeline import discover
+
+    local = [Path(p) for p in paths if not p.startswith("s3://")]
+    missing = [str(p) for p in local if not p.exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
+    sources: list[Any] = list(local)
+    files = len(list(discover(local)))
+    for url in (p for p in paths if p.startswith("s3://")):
+        objects = list_objects(url, endpoint_url(endpoint))  # listed once, here
+        if not objects:
+            raise typer.BadParameter(f"no measurement object under {url}")
+        sources.extend(objects)
+        files += len(objects)
+    _run_ingest(sources, files, data, keep_raw=not no_raw, workers=workers, lock_wait=wait,
+                max_line_bytes=int(max_line_mb * 1024 * 1024), batch_size=batch_size, cluster=cluster)
+
+
+def _run_ingest(sources: list[Any], files: int, data: Path | None, **options: Any) -> None:
+    """Ingest with a progress bar, then print the summary; a busy store exits 3, a write error 4."""
     from rich.console import Console
     from rich.table import Table
 
     from wallwatch.analysis.commitlog import StoreLocked, is_no_space
+    from wallwatch.analysis.ingest.cluster import ClusterError
     from wallwatch.analysis.ingest.pipeline import ingest
-
-    from wallwatch.analysis.ingest.pipeline import discover
     from wallwatch.progress import progress
 
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}")
     console = Console()
-    files = len(list(discover(paths)))
     try:
         with progress("ingest: files", files) as step:
-            summary = ingest(paths, _data_dir(data), keep_raw=not no_raw, workers=workers, lock_wait=wait,
-                             max_line_bytes=int(max_line_mb * 1024 * 1024), batch_size=batch_size,
+            summary = ingest(sources, _data_dir(data), **options,
                              on_file=lambda path, done: step(description=f"ingest: {done.read} measurements read"))
     except StoreLocked as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
+    except ClusterError as exc:
+        console.print(f"[red]ingest stopped: {exc}. Everything stored before the last batch is intact.[/red]")
+        raise typer.Exit(5) from None
     except OSError as exc:
         # A full disk or any other write error: what was committed before stays; the batch being
         # written is not visible. Running again reads the unfinished files again and stores what
@@ -354,6 +391,64 @@ def ingest_command(
     console.print(f"quarantine file: {summary.quarantine_file}"
                   + ("" if summary.quarantined else " (nothing quarantined by this run)"), highlight=False,
                   soft_wrap=True)
+
+
+def sync_command(
+    since: Annotated[datetime, _time_option("Start of the window of upload hours (inclusive).")],
+    until: Annotated[datetime, _time_option("End of the window (exclusive: --until 2024-02-01 ends with "
+                                            "January).")],
+    dest: Annotated[Path | None, typer.Argument(
+        help="Folder to download into, laid out like the bucket (DEST/raw/YYYYMMDD/HH/CC/test/...); "
+        "optional with --ingest (then nothing is kept but the store's raw copies).")] = None,
+    country: CountryOption = None,
+    test: Annotated[list[str] | None, typer.Option(
+        "--test", "-t", help="Only this test (web_connectivity, whatsapp, ...); repeatable.")] = None,
+    endpoint: EndpointOption = None,
+    bucket: Annotated[str, typer.Option("--bucket", help="The archive's bucket.")] = "ooni-data-eu-fra",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Files downloaded at once.")] = 4,
+    into_store: Annotated[bool, typer.Option(
+        "--ingest", help="Then ingest what was selected into --data (straight from the bucket without DEST).")] = False,
+    data: DataOption = None,
+    no_raw: NoRawOption = False,
+    workers: WorkersOption = None,
+    wait: WaitOption = 0.0,
+    cluster: ClusterOption = None,
+) -> None:
+    """Fetch part of OONI's public archive (uploads in [--since, --until)), resumably: a file fetched
+    whole is never fetched again, an interrupted one is resumed."""
+    from wallwatch.analysis.archive.bucket import Selection, endpoint_url, list_archive
+    from wallwatch.analysis.archive.sync import SyncError, sync
+    from wallwatch.progress import progress
+
+    if dest is None and not into_store:
+        raise typer.BadParameter("give a DEST folder, --ingest, or both")
+    try:
+        selection = Selection.of(since, until, country or (), test or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--until") from None
+    objects = list_archive(selection, endpoint=endpoint_url(endpoint), bucket=bucket)
+    total = sum(obj.size for obj in objects)
+    typer.echo(f"{len(objects)} files, {total / 1e6:.1f} MB in s3://{bucket} for the selection", err=True)
+    if dest is not None:
+        try:
+            with progress("sync: MB", round(total / 1e6, 1)) as step:
+                summary = sync(objects, dest, threads=threads,
+                               on_file=lambda obj, outcome, fetched: step(obj.size / 1e6))
+        except SyncError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(3) from None
+        typer.echo(f"{dest}: {summary.fetched} fetched, {summary.resumed} resumed, {summary.present} already "
+                   f"there, {summary.bytes_fetched / 1e6:.1f} MB read")
+        for failure in summary.failed:
+            typer.echo(f"not fetched: {failure}", err=True)
+        if summary.failed:
+            raise typer.Exit(1)
+        sources: list[Any] = summary.paths
+    else:
+        sources = objects
+    if into_store and sources:
+        _run_ingest(sources, len(sources), data, keep_raw=not no_raw, workers=workers, lock_wait=wait,
+                    cluster=cluster)
 
 
 class ExportDataset(str, enum.Enum):
@@ -567,6 +662,7 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_command)
     app.add_typer(fingerprints_app, name="fingerprints")
     app.command("ingest")(ingest_command)
+    app.command("sync")(sync_command)
     app.command("export")(export_command)
     app.command("series")(_store_errors_said_plainly(series_command))
     app.command("events")(_store_errors_said_plainly(events_command))

@@ -27,6 +27,14 @@ class MeasurementHead:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Header(MeasurementHead):
+    """The measurement-level facts every observation and verdict row repeats: the columns every
+    row begins with, and the test (not a table: ingest/header.py makes it, the extractors copy it)."""
+
+    test_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MeasurementRow(MeasurementHead):
     """One stored measurement: who measured what, and where its original text is kept."""
 

@@ -61,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from wallwatch.analysis.archive.bucket import S3Object, endpoint_url, list_objects
 from wallwatch.analysis.verdicts.fingerprints import FingerprintDB, load_fingerprints
 from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the header API lives here too
     RecordError,
@@ -71,11 +72,13 @@ from wallwatch.analysis.ingest.header import (  # noqa: F401 - re-exported: the 
     stable_uid,
 )
 from wallwatch.analysis.commitlog import Snapshot, fsync_all
+from wallwatch.analysis.ingest.cluster import FileLost, connect, read_on_cluster
 from wallwatch.analysis.ingest.worker import (
     DEFAULT_MAX_LINE_BYTES,
     RAW_DIR,
     RECORDS_PER_BATCH,
     Batch,
+    Source,
     WorkerConfig,
     raw_name,
     read_files,
@@ -127,12 +130,21 @@ class IngestSummary:
 # -- reading files -----------------------------------------------------------------
 
 
-def discover(paths: Iterable[Path], not_read: list[str] | None = None) -> Iterator[Path]:
+def discover(paths: Iterable[Path | str | S3Object], not_read: list[str] | None = None,
+             endpoint: str | None = None) -> Iterator[Source]:
     """Measurement files under `paths`, sorted; OONI minipipeline `analysis*.json` files are not measurements.
 
     A path that is not a regular file (a FIFO, a socket, a device) is never opened: it is named
-    in `not_read` (a FIFO opened for reading blocks until a writer comes)."""
+    in `not_read` (a FIFO opened for reading blocks until a writer comes). An `s3://bucket/prefix`
+    names every measurement object under it (listed on `endpoint`, default archive.bucket's)."""
     for path in paths:
+        if isinstance(path, S3Object):
+            yield path
+            continue
+        if isinstance(path, str) and path.startswith("s3://"):
+            yield from list_objects(path, endpoint_url(endpoint))
+            continue
+        path = Path(path)
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if _is_measurement_file(p)):
                 if child.is_file():
@@ -165,7 +177,11 @@ class FileKey:
     edges_sha256: str
 
     @classmethod
-    def of(cls, path: Path) -> FileKey:
+    def of(cls, path: Source) -> FileKey:
+        """A local file's key; an S3 object's is its URL, size, last-modified time and ETag (the
+        object's content identity: no byte of it needs to be read to know it again)."""
+        if isinstance(path, S3Object):
+            return cls(path.url, path.size, path.mtime_ns, f"etag:{path.etag}")
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks, even on a FIFO
         with os.fdopen(fd, "rb") as handle:
             stat_ = os.fstat(fd)
@@ -240,7 +256,7 @@ def _work(tasks: Any, results: Any, config: WorkerConfig, seen: set[str], parent
     gc.disable()  # see no_cyclic_gc; this process ends with the run
     current = [-1]
 
-    def task_list() -> Iterator[tuple[int, Path, str]]:
+    def task_list() -> Iterator[tuple[int, Source, str]]:
         while (task := tasks.get()) is not None:
             current[0] = task[0]
             yield task
@@ -269,10 +285,12 @@ class Ingester:
 
     def __init__(self, store: Store, *, batch_size: int = DEFAULT_BATCH, keep_raw: bool = True,
                  rule_sets: Mapping[str, RuleSet] | None = None, fingerprints: FingerprintDB | None = None,
-                 on_file: Callable[[Path, IngestSummary], None] | None = None, workers: int | None = None,
+                 on_file: Callable[[Source, IngestSummary], None] | None = None, workers: int | None = None,
                  lock_wait: float = 0.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 resident: bool = False) -> None:
+                 s3_endpoint: str | None = None, cluster: str | None = None, resident: bool = False) -> None:
         self.store = store
+        self.s3_endpoint = s3_endpoint
+        self.cluster = cluster
         # The caller holds the writer lock across runs (the live pipeline, web/live.py): nobody else
         # can commit, so the stored uids and the ledger are read once and then kept up to date here
         # rather than read again from the whole store on every run.
@@ -290,7 +308,7 @@ class Ingester:
                                    min(RECORDS_PER_BATCH, batch_size))
         self.seen_uids: set[str] = set()
         self.done_files: set[tuple[str, int, int, str]] = set()
-        self._files: list[tuple[Path, FileKey]] = []
+        self._files: list[tuple[Source, FileKey]] = []
         self._admitted: set[tuple[str, int, int, str]] = set()
         self._tables: dict[str, list[pa.Table]] = {"measurements": [], "observations": [], "verdicts": []}
         self._pending = 0
@@ -337,21 +355,23 @@ class Ingester:
 
     # -- the run ---------------------------------------------------------------
 
-    def ingest_paths(self, paths: Iterable[Path]) -> IngestSummary:
+    def ingest_paths(self, paths: Iterable[Path | str | S3Object]) -> IngestSummary:
         with self.store.writer(self.lock_wait):
             self._load_state()
-            found = list(discover(paths, self.summary.files_not_read))
+            found = list(discover(paths, self.summary.files_not_read, self.s3_endpoint))
             todo = [index for path in found if (index := self._admit(path)) is not None]
             workers = self.workers or min(os.cpu_count() or 1, len(todo))
             with no_cyclic_gc():
-                if workers <= 1 or len(todo) <= 1:
+                if self.cluster and todo:
+                    self._read_on_cluster(todo)
+                elif workers <= 1 or len(todo) <= 1:
                     self._read_here(todo)
                 else:
                     self._read_in_workers(todo, workers)
                 self.flush()
         return self.summary
 
-    def ingest_file(self, path: Path) -> None:
+    def ingest_file(self, path: Source) -> None:
         with self.store.writer(self.lock_wait):
             self._load_state()
             index = self._admit(path)
@@ -360,7 +380,7 @@ class Ingester:
                     self._read_here([index])
                     self.flush()
 
-    def _admit(self, path: Path) -> int | None:
+    def _admit(self, path: Source) -> int | None:
         """The file's index for reading, or None when the ledger says it is done (or it cannot be)."""
         self.summary.files_seen += 1
         try:
@@ -380,7 +400,7 @@ class Ingester:
             self._quarantine_done[index] = int(done)
         return index
 
-    def _tasks(self, todo: list[int]) -> Iterator[tuple[int, Path, str]]:
+    def _tasks(self, todo: list[int]) -> Iterator[tuple[int, Source, str]]:
         for index in todo:
             path, key = self._files[index]
             yield index, path, key.raw_key
@@ -435,6 +455,25 @@ class Ingester:
             tasks.close()
             tasks.cancel_join_thread()  # sentinels nobody will read after a failure must not block exit
             results.close()
+
+    def _read_on_cluster(self, todo: list[int]) -> None:
+        """The files' tasks on the Dask cluster `self.cluster` (ingest/cluster.py); this process
+        stays the one writer, taking each file's batches as a local worker's."""
+        assert self.cluster is not None
+        try:
+            with connect(self.cluster, self.workers) as client:
+                for index, outcome in read_on_cluster(client, self._tasks(todo), self.config, self.seen_uids):
+                    if isinstance(outcome, FileLost):
+                        self.summary.files_not_read.append(f"{self._files[index][0]}: {outcome.why}")
+                        continue
+                    for batch in outcome:
+                        self._take(batch)
+        finally:
+            # A worker killed while keeping a raw copy leaves its partial file; no task of this run
+            # runs any more and no other writer exists, so what is left of them goes.
+            for index in todo:
+                for partial in (self.store.root / RAW_DIR / self._files[index][1].raw_key).glob("*.partial"):
+                    partial.unlink(missing_ok=True)
 
     def _take(self, batch: Batch) -> None:
         self.summary.read += batch.read
@@ -565,12 +604,16 @@ def _ledger_key(row: Mapping[str, Any]) -> tuple[str, int, int, str]:
             str(row.get("edges_sha256")))
 
 
-def ingest(paths: Iterable[Path], data_dir: Path, **options: Any) -> IngestSummary:
-    """Ingest `paths` into the store at `data_dir`; the summary counts read/stored/duplicated/quarantined.
+def ingest(paths: Iterable[Path | str | S3Object], data_dir: Path, **options: Any) -> IngestSummary:
+    """Ingest `paths` (files, folders, `s3://` URLs or listed S3 objects) into the store at `data_dir`;
+    the summary counts read/stored/duplicated/quarantined.
 
-    Options: keep_raw (default True), workers (default: one per CPU), batch_size, rule_sets, fingerprints.
+    Options: keep_raw (default True), workers (default: one per CPU), batch_size, rule_sets, fingerprints,
+    s3_endpoint (for s3:// paths; default archive.bucket.endpoint_url()), cluster (a Dask scheduler's
+    address or scheduler file, or "local": the files are read on that cluster, ingest/cluster.py).
     """
-    return Ingester(Store(data_dir), **options).ingest_paths([Path(p) for p in paths])
+    return Ingester(Store(data_dir), **options).ingest_paths(
+        [p if isinstance(p, S3Object) or str(p).startswith("s3://") else Path(p) for p in paths])
 
 
 def read_raw(store: Store, measurement_uid: str) -> bytes:

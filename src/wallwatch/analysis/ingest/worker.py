@@ -34,12 +34,13 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pyarrow as pa
 from isal import igzip, isal_zlib
 
+from wallwatch.analysis.archive.bucket import S3Object, s3_filesystem
 from wallwatch.analysis.verdicts.fingerprints import FingerprintDB
 from wallwatch.analysis.ingest.decode import decode_fields
 from wallwatch.analysis.ingest.header import RecordError, read_header
@@ -60,6 +61,8 @@ ARRAY_STREAM_BYTES = 4 * 1024 * 1024
 MAX_QUARANTINE_RECORD_CHARS = 1_000_000
 READ_CHUNK = 4 * 1024 * 1024
 COMPRESSED_CHUNK = 1024 * 1024
+# Bytes asked of S3 at a time when an object is streamed (one ranged GET each).
+S3_BLOCK = 8 * 1024 * 1024
 # Records per Batch sent to the parent: small enough to bound a worker's memory,
 # large enough that per-message costs (pickling Arrow tables) stay negligible.
 RECORDS_PER_BATCH = 1000
@@ -108,19 +111,20 @@ class Batch:
 # -- reading lines ------------------------------------------------------------------
 
 
-def read_chunks(path: Path) -> Iterator[bytes]:
+# What ingest reads: a local file, or an object of an S3 bucket (OONI's archive, archive/bucket.py).
+Source = Path | S3Object
+
+
+def read_chunks(path: Source) -> Iterator[bytes]:
     """The file's bytes, gunzipped when it is a .gz, a few MiB at a time.
 
     A truncated or corrupt .gz raises EOFError/BadGzipFile only after every byte
     that could be inflated was yielded, so the records before the damage are kept.
     The file is opened non-blocking and must be a regular file: a FIFO or a device given
-    as a path is refused (OSError) instead of blocking the reader for ever.
+    as a path is refused (OSError) instead of blocking the reader for ever. An S3 object is
+    streamed (ranged reads of a few MiB), never held whole.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"not a regular file: {path}")
-    with os.fdopen(fd, "rb") as handle:
+    with _open_source(path) as handle:
         if not path.name.endswith(".gz"):
             while chunk := handle.read(READ_CHUNK):
                 yield chunk
@@ -146,6 +150,17 @@ def read_chunks(path: Path) -> Iterator[bytes]:
                     compressed = inflater.unconsumed_tail
         if started and not inflater.eof:
             raise EOFError("compressed file ended before the end-of-stream marker was reached")
+
+
+def _open_source(path: Source) -> BinaryIO:
+    if isinstance(path, S3Object):
+        return s3_filesystem(path.endpoint_url).open(f"{path.bucket}/{path.key}", "rb",
+                                                     block_size=S3_BLOCK, cache_type="readahead")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"not a regular file: {path}")
+    return os.fdopen(fd, "rb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +192,11 @@ class BadArrayRest:
 Line = bytes | memoryview | LongLine | ArrayItem | BadArrayRest
 
 
-def iter_lines(path: Path, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Line]]:
+def iter_lines(path: Source, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[int, Line]]:
     """(line number, text) of each non-blank line; a small `.json` document is line 0 (the whole file).
     Lines over `max_line_bytes` come as LongLine, or as ArrayItems when they are a JSON array."""
-    if path.name.endswith(".json") and path.stat().st_size <= min(MAX_WHOLE_JSON_BYTES, max_line_bytes):
+    size = path.size if isinstance(path, S3Object) else path.stat().st_size
+    if path.name.endswith(".json") and size <= min(MAX_WHOLE_JSON_BYTES, max_line_bytes):
         text = b"".join(read_chunks(path))
         stripped = text.strip()
         if (stripped.startswith(b"{") and b"\n{" not in stripped) or stripped.startswith(b"["):
@@ -427,7 +443,7 @@ class BatchBuilder:
         return measurements, observations, verdicts
 
 
-def read_files(tasks: Iterable[tuple[int, Path, str]], config: WorkerConfig, seen: set[str]) -> Iterator[Batch]:
+def read_files(tasks: Iterable[tuple[int, Source, str]], config: WorkerConfig, seen: set[str]) -> Iterator[Batch]:
     """Batches of the files (index, path, raw key) in order; every file's end is in one of them."""
     builder = BatchBuilder(config.records_per_batch)
     for index, path, raw_key in tasks:
@@ -448,7 +464,7 @@ PROBATION_RECORDS = 8
 class FileReader:
     """Turns one input file into rows of `builder`; `seen` are uids already stored (never stored again)."""
 
-    def __init__(self, index: int, path: Path, raw_key: str, config: WorkerConfig, seen: set[str],
+    def __init__(self, index: int, path: Source, raw_key: str, config: WorkerConfig, seen: set[str],
                  builder: BatchBuilder | None = None) -> None:
         self.index = index
         self.path = path
@@ -462,10 +478,14 @@ class FileReader:
         self._not_measurement: str | None = None
 
     def batches(self) -> Iterator[Batch]:
+        reading: Source = self.path
         if self.raw_file is not None:
-            _keep_raw_copy(self.path, self.config.data_root / self.raw_file)
+            copy = self.config.data_root / self.raw_file
+            _keep_raw_copy(self.path, copy)
+            if isinstance(self.path, S3Object):
+                reading = copy  # the object was downloaded once, into its raw copy: read that
         try:
-            for number, line in iter_lines(self.path, self.config.max_line_bytes):
+            for number, line in iter_lines(reading, self.config.max_line_bytes):
                 self._read_line(number, line)
                 if self._not_measurement is not None:
                     break
@@ -642,7 +662,7 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 MAX_RAW_NAME_BYTES = 200
 
 
-def raw_name(path: Path) -> str:
+def raw_name(path: Source) -> str:
     """The raw copy's file name: the input's, gzipped, and bounded (a long name keeps its end and
     gains a hash of the whole, so two long names never collide)."""
     name = path.name if path.name.endswith(".gz") else path.name + ".gz"
@@ -653,17 +673,24 @@ def raw_name(path: Path) -> str:
     return f"{digest}-{tail}"
 
 
-def _keep_raw_copy(source: Path, destination: Path) -> None:
-    """The input as it was read: a .gz is copied byte for byte, anything else gzipped (ISA-L level 1)."""
+def _keep_raw_copy(source: Source, destination: Path) -> None:
+    """The input as it was read: a .gz is copied byte for byte, anything else gzipped (ISA-L level 1).
+
+    Written under a name of this process's own and renamed into place: on a cluster a file's task
+    may run again elsewhere while a worker thought dead still writes (both copies are the same bytes).
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".partial")
-    if source.name.endswith(".gz"):
-        shutil.copyfile(source, partial)
+    partial = destination.with_name(f"{destination.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    if source.name.endswith(".gz") and isinstance(source, Path):
+        shutil.copyfile(source, partial)  # copy_file_range(2): no bytes through Python
+    elif source.name.endswith(".gz"):
+        with _open_source(source) as reader, open(partial, "wb") as writer:
+            shutil.copyfileobj(reader, writer, READ_CHUNK)
     else:
         # The gzip header's mtime is the source's, not the clock's: copies of one file are the same
         # bytes whenever they are made (the engines' oracle test compares them).
-        with source.open("rb") as reader, igzip.IGzipFile(partial, "wb", compresslevel=1,
-                                                         mtime=int(source.stat().st_mtime)) as writer:
+        mtime = source.mtime_ns // 10**9 if isinstance(source, S3Object) else int(source.stat().st_mtime)
+        with _open_source(source) as reader, igzip.IGzipFile(partial, "wb", compresslevel=1, mtime=mtime) as writer:
             shutil.copyfileobj(reader, writer, READ_CHUNK)
     partial.replace(destination)
     # Start its write-back now, off the reading path: the parent fsyncs it again before the commit

@@ -46,7 +46,7 @@ from functools import lru_cache
 from operator import attrgetter
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hyperscan
 
@@ -247,9 +247,10 @@ def _chain_search(chain: tuple[str, ...], text: str) -> bool:
 _CONTAINS, _PREFIX, _FULL, _CHAIN, _REGEXP = range(5)
 
 
-def _collect(literal_id: int, start: int, end: int, flags: int, found: list[int]) -> None:
-    """Hyperscan's match callback: note which literal occurred (SINGLEMATCH: once per literal)."""
-    found.append(literal_id)
+def _collect(literal_id: int, start: int, end: int, flags: int, found: object) -> None:
+    """Hyperscan's match callback: note which literal occurred (SINGLEMATCH: once per literal).
+    `found` is the scan's context, the list of ids (hyperscan's stubs type it `object`)."""
+    cast("list[int]", found).append(literal_id)
 
 
 class _PatternSet:

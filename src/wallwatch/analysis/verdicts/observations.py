@@ -29,7 +29,9 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from wallwatch.analysis.rows import MeasurementHead, ObservationRow
+# Header is defined in rows.py beside MeasurementHead, which it extends: a class compiled by mypyc
+# (analysis/compiled.py) may not extend a Python class with __slots__, and rows.py stays Python.
+from wallwatch.analysis.rows import Header, ObservationRow
 from wallwatch.analysis.tables import row_template
 from wallwatch.analysis.verdicts.fingerprints import (
     Fingerprint,
@@ -45,14 +47,6 @@ _TH_BOGON = 1 << 2  # probe-cli model.THIPInfoFlagIsBogon
 
 # DNS failures that are an answer from a resolver (so the network worked).
 _RESOLVER_ANSWERED = frozenset({"dns_nxdomain_error", "dns_no_answer", "dns_refused_error", "dns_servfail_error"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Header(MeasurementHead):
-    """The measurement-level facts every observation and verdict row repeats: the columns every
-    row begins with, and the test."""
-
-    test_name: str
 
 
 _HEADER_COLUMNS = tuple(field.name for field in fields(Header))
@@ -367,7 +361,8 @@ class _Builder:
                 row = self._new_row(hostname, None, None, query.get("tags"))
                 row["transaction_id"] = key[0]
                 row["dns_engine"] = engine
-                row["dns_resolver"] = query.get("resolver_address") or query.get("resolver_hostname")
+                resolver = query.get("resolver_address") or query.get("resolver_hostname")
+                row["dns_resolver"] = resolver if isinstance(resolver, str) else None  # a string column
                 row["dns_answers"] = []
                 merged[key] = row
                 self.dns_rows.append(row)

@@ -686,9 +686,11 @@ def _wallwatch_verdicts(header: Header, meta: Mapping[str, Any], test_keys: Mapp
             yield _cite(row, rule, found, header.probe_cc, {})
             continue
         verdict, method, confidence = made.get("verdict"), made.get("method"), _unit_fraction(made.get("confidence"))
-        valid = is_finding(verdict, method) and confidence is not None and isinstance(made.get("rule"), str)
-        if valid:
-            yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, made["rule"],
+        rule_id = made.get("rule")
+        # Each check also narrows the type (for mypy, and mypyc's compiled checks: analysis/compiled.py).
+        if (isinstance(verdict, str) and is_finding(verdict, method) and confidence is not None
+                and isinstance(rule_id, str)):
+            yield _verdict_row(base, service, str(feature), None, verdict, method, confidence, rule_id,
                                rules_version, share)
         else:
             # Keep the row (a feature was measured) but refuse to repeat a verdict we cannot read.
