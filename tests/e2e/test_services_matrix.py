@@ -11,7 +11,7 @@ with the protocol fingerprint a DPI box has of it (MTProto's header, STUN,
 mmtls records, Viber's hello and call datagrams). Throttling by rate and by
 delay is measured with the nettests' throughput rounds turned on
 (`--option throughput=on`: the ServiceTest base's hook, probe/throughput.py;
-telegram, signal and facebook_messenger) and must read `throttled/rate` or
+every messaging nettest but whatsapp, which times by default) and must read `throttled/rate` or
 `throttled/latency` on the targeted feature only; a reset with a penalty box
 ([Rambert2021]) must read `blocked/residual`.
 """
@@ -132,6 +132,14 @@ THROTTLING: dict[str, dict[str, tuple[list[dict[str, Any]], dict[str, str]]]] = 
                                    delay_ms=100)], {"calls": "throttled/latency"})},
     "facebook_messenger": {"rate": ([throttle("slow-web", {"tls.sni": {"suffix": "star.c10r.facebook.com"}},
                                               rate="256kbit")], {"web": "throttled/rate"})},
+    "wechat": {"rate": ([throttle("slow-moments", {"tls.sni": {"suffix": "mmsns.qpic.cn"}}, rate="1mbit")],
+                        {"media": "throttled/rate"})},
+    "skype": {"delay": ([throttle("laggy-relay", {"proto": "udp", "ip.dst": {"cidr": "198.19.14.10/32"}},
+                                  delay_ms=100)], {"calls": "throttled/latency"})},
+    "facetime": {"delay": ([throttle("laggy-relay", {"proto": "udp", "ip.dst": {"cidr": "198.19.16.10/32"}},
+                                     delay_ms=150)], {"calls": "throttled/latency"})},
+    "viber": {"rate": ([throttle("slow-media", {"tls.sni": {"suffix": "dl-media.viber.com"}}, rate="512kbit")],
+                       {"media": "throttled/rate"})},
 }
 THROTTLING_CASES = [(nettest, technique) for nettest, techniques in THROTTLING.items() for technique in techniques]
 

@@ -1,7 +1,7 @@
 """The throughput hook of the ServiceTest base, for every messaging nettest.
 
-whatsapp times media, web and calls against controls by default; telegram,
-signal and facebook_messenger name their own bulk objects and take
+whatsapp times media, web and calls against controls by default; every other
+messaging nettest names its own bulk objects and call relays and takes
 `--option throughput=on|off`. Every bulk object a nettest names must be
 served by its lab stand-in by byte range, or the rounds would time a 404.
 (Through the real censor: tests/e2e/test_services_matrix.py.)
@@ -15,11 +15,29 @@ import pytest
 
 from wallwatch.lab import addresses
 from wallwatch.lab.https_server import MediaStore, Request, site_handler, web_handler
-from wallwatch.probe.nettests import base, facebook_messenger, signal, telegram
+from wallwatch.probe.nettests import base, facebook_messenger, facetime, signal, skype, telegram, viber, wechat
 from wallwatch.probe.nettests.whatsapp import WhatsAppConfig
 from wallwatch.probe.settings import ProbeSettings
 
-NETTESTS = {"telegram": telegram, "signal": signal, "facebook_messenger": facebook_messenger}
+NETTESTS = {"telegram": telegram, "signal": signal, "facebook_messenger": facebook_messenger, "wechat": wechat,
+            "skype": skype, "facetime": facetime, "viber": viber}
+CONFIGS = {"wechat": wechat.WeChatConfig, "skype": skype.SkypeConfig, "facetime": facetime.FaceTimeConfig,
+           "viber": viber.ViberConfig}
+
+
+def _common(name: str) -> base.Common:
+    module = NETTESTS[name]
+    if name in CONFIGS:
+        return base.configured(CONFIGS[name](), ProbeSettings(), None).common
+    return module.default_config(ProbeSettings()).common
+
+
+def test_every_messaging_nettest_times_what_it_transfers() -> None:
+    from wallwatch.probe.nettests import NETTESTS as REGISTRY
+
+    for name, module in NETTESTS.items():
+        assert module.THROUGHPUT, name
+        assert "throughput" in {option.name for option in REGISTRY[name].options}, name
 
 
 def test_whatsapp_times_media_web_and_calls_unless_told_not_to() -> None:
@@ -31,7 +49,7 @@ def test_whatsapp_times_media_web_and_calls_unless_told_not_to() -> None:
 @pytest.mark.parametrize("name", list(NETTESTS))
 def test_the_other_nettests_take_throughput_on_or_off(name: str) -> None:
     module = NETTESTS[name]
-    common = module.default_config(ProbeSettings()).common
+    common = _common(name)
     assert not common.throughput  # off by default: the rounds cost seconds a feature
     assert base.with_options(name, common, {"throughput": "on"}, module.THROUGHPUT).throughput == module.THROUGHPUT
     assert not base.with_options(name, common, {"throughput": "off"}, module.THROUGHPUT).throughput

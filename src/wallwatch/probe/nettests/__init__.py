@@ -113,14 +113,14 @@ NETTESTS: Mapping[str, Nettest] = MappingProxyType({
                 "wallwatch.probe.nettests.facebook_messenger", options=(THROUGHPUT,)),
         Nettest("wechat", "WeChat per feature: text (mmtls ClientHello/ServerHello on the long link, 8080, and "
                 "the short link, HTTP POST /mmtls/), media (Moments CDN), calls (STUN), web (wx.qq.com, "
-                "web.wechat.com)", "wallwatch.probe.nettests.wechat"),
+                "web.wechat.com)", "wallwatch.probe.nettests.wechat", options=(THROUGHPUT,)),
         Nettest("skype", "Skype per feature: text (a message to the chat service), media (upload and download "
-                "of an object), calls (STUN with Microsoft's ICE attribute), web", "wallwatch.probe.nettests.skype"),
+                "of an object), calls (STUN with Microsoft's ICE attribute), web", "wallwatch.probe.nettests.skype", options=(THROUGHPUT,)),
         Nettest("facetime", "FaceTime calls: Apple's push courier (TLS on 5223, connect -> connect response) "
-                "and a relay (STUN); all-of", "wallwatch.probe.nettests.facetime"),
+                "and a relay (STUN); all-of", "wallwatch.probe.nettests.facetime", options=(THROUGHPUT,)),
         Nettest("viber", "Viber per feature: text (the 154-byte chat hello and its ack on 4244 and 5242, by "
                 "address), media (upload and download), calls (the call ping/pong on UDP 7985)",
-                "wallwatch.probe.nettests.viber"),
+                "wallwatch.probe.nettests.viber", options=(THROUGHPUT,)),
         Nettest("keyword", "Platform-side filtering (Citizen Lab's method): the same message with and without a "
                 "keyword between two accounts; withheld by the platform while its twin arrives -> "
                 "blocked/platform_filter (a verdict about the platform, not the network)",

@@ -16,10 +16,20 @@ Keys in OONI's style: `facetime_calls_status`/`_failure`, `facetime_endpoints_bl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from wallwatch.probe.nettests.base import STUN_PORT, Common, Reached, ServiceTest, configured, exchange_opening, measure
+from wallwatch.probe.nettests.base import (
+    STUN_PORT,
+    Common,
+    Reached,
+    ServiceTest,
+    Throughput,
+    configured,
+    exchange_opening,
+    measure,
+    with_options,
+)
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
 from wallwatch.vocabulary import NETTEST_FEATURES
@@ -31,6 +41,9 @@ TEST_NAME = "facetime"
 FEATURES: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES[TEST_NAME]))
 COURIER_STAGES = ("connect_sent", "connected")
 APPLE_NETWORKS = ("17.0.0.0/8",)  # [Apple-Enterprise]
+# With `--option throughput=on`: the call relay's round trips against TCP connects to the same
+# address (base.ServiceTest.measure_throughput); FaceTime has no bulk transfer of its own.
+THROUGHPUT = Throughput(calls=("calls",))
 
 
 @dataclass(frozen=True)
@@ -74,4 +87,7 @@ class FaceTimeTest(ServiceTest):
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    return measure(FaceTimeTest(configured(FaceTimeConfig(), settings, step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = configured(FaceTimeConfig(), settings, step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(FaceTimeTest(config, settings), stamp, progress)

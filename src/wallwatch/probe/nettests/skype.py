@@ -23,10 +23,19 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from wallwatch.probe.nettests.base import PHOTO_SIZE, STUN_PORT, Common, ServiceTest, configured, measure
+from wallwatch.probe.nettests.base import (
+    PHOTO_SIZE,
+    STUN_PORT,
+    Common,
+    ServiceTest,
+    Throughput,
+    configured,
+    measure,
+    with_options,
+)
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
 from wallwatch.vocabulary import NETTEST_FEATURES
@@ -37,6 +46,10 @@ if TYPE_CHECKING:
 TEST_NAME = "skype"
 FEATURES: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES[TEST_NAME]))
 MS_ICE_VERSION = 2  # the MS-IMPLEMENTATION-VERSION value of [MS-ICE2]'s examples
+# With `--option throughput=on`: a video object from the media service, the web client's script
+# bundle and the call relay, timed against controls (base.ServiceTest.measure_throughput).
+THROUGHPUT = Throughput(bulk=(("media", "https://api.asm.skype.com/v1/objects/video.mp4"),
+                              ("web", "https://web.skype.com/app.js")), calls=("calls",))
 
 
 @dataclass(frozen=True)
@@ -80,4 +93,7 @@ class SkypeTest(ServiceTest):
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    return measure(SkypeTest(configured(SkypeConfig(), settings, step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = configured(SkypeConfig(), settings, step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(SkypeTest(config, settings), stamp, progress)

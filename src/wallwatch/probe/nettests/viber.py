@@ -19,10 +19,20 @@ Keys in OONI's style: `viber_<feature>_status`/`_failure`, `viber_endpoints_bloc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
-from wallwatch.probe.nettests.base import PHOTO_SIZE, Common, Reached, ServiceTest, configured, exchange_opening, measure
+from wallwatch.probe.nettests.base import (
+    PHOTO_SIZE,
+    Common,
+    Reached,
+    ServiceTest,
+    Throughput,
+    configured,
+    exchange_opening,
+    measure,
+    with_options,
+)
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
 from wallwatch.vocabulary import NETTEST_FEATURES
@@ -33,6 +43,10 @@ if TYPE_CHECKING:
 TEST_NAME = "viber"
 FEATURES: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES[TEST_NAME]))
 CHAT_STAGES = ("hello_sent", "hello_ack")
+# With `--option throughput=on`: a video from the media download service, timed against a control
+# (base.ServiceTest.measure_throughput). Viber's calls are its own UDP protocol, not STUN: the
+# calls' timing (STUN round trips) does not apply to them.
+THROUGHPUT = Throughput(bulk=(("media", "https://dl-media.viber.com/download/video.mp4"),))
 
 
 @dataclass(frozen=True)
@@ -97,4 +111,7 @@ class ViberTest(ServiceTest):
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    return measure(ViberTest(configured(ViberConfig(), settings, step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = configured(ViberConfig(), settings, step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(ViberTest(config, settings), stamp, progress)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe.nettests.base import (
@@ -34,9 +34,11 @@ from wallwatch.probe.nettests.base import (
     Common,
     Reached,
     ServiceTest,
+    Throughput,
     configured,
     exchange_opening,
     measure,
+    with_options,
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 
 TEST_NAME = "wechat"
 FEATURES: tuple[str, ...] = tuple(map(str, NETTEST_FEATURES[TEST_NAME]))
+# With `--option throughput=on`: a video from the Moments CDN, the web client's script bundle and
+# the call relay, timed against controls (base.ServiceTest.measure_throughput).
+THROUGHPUT = Throughput(bulk=(("media", "https://mmsns.qpic.cn/mmsns/video.mp4"), ("web", "https://wx.qq.com/app.js")),
+                        calls=("calls",))
 LONG_LINK_STAGES = ("hello_sent", "server_hello")
 SHORT_LINK_STAGES = ("server_hello",)  # one HTTP exchange: the request and its answer go together
 # An HTTP request head of the short link is about this long; the payload control sends as many bytes.
@@ -134,4 +140,7 @@ class WeChatTest(ServiceTest):
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
-    return measure(WeChatTest(configured(WeChatConfig(), settings, step_timeout), settings), stamp, progress)
+    """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
+    config = configured(WeChatConfig(), settings, step_timeout)
+    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
+    return measure(WeChatTest(config, settings), stamp, progress)
