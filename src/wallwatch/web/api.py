@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -89,6 +90,15 @@ async def feed(request: Request, country: Countries = [], service: Services = []
     return Response(document, media_type=ATOM_MEDIA_TYPE)
 
 
+def _mtime(path: Path) -> float | None:
+    """A waiting segment's time, or None once the pipeline has taken it (it deletes what it
+    ingested, so a segment listed a moment ago may be gone)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 @router.get("/api/v1/status")
 async def status(request: Request) -> Response:
     """What the collector accepted and refused since start, and how far the live pipeline lags.
@@ -98,8 +108,8 @@ async def status(request: Request) -> Response:
     """
     state = request.app.state
     collector = state.collector
-    waiting = sealed_segments(collector.wal.directory)
-    oldest = min((p.stat().st_mtime for p in waiting), default=None) if waiting else None
+    waiting = [m for m in map(_mtime, sealed_segments(collector.wal.directory)) if m is not None]
+    oldest = min(waiting, default=None)
     supervisor = getattr(state, "pipeline", None)
     body = {
         "accepted": collector.accepted,

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from wallwatch.web.submissions import ReportInfo
-from wallwatch.web.wal import fsync_directory
+from wallwatch.analysis.commitlog import fsync_dir as fsync_directory
 
 # How long a report stays open for submissions: a nettest run, with room for a probe that
 # queued its measurements while offline.

@@ -38,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from wallwatch.analysis.commitlog import fsync_dir as fsync_directory
+
 OPEN_PREFIX = "open-"
 SEALED_PREFIX = "sealed-"
 SUFFIX = ".jsonl"
@@ -52,15 +54,6 @@ DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 class WalFull(Exception):
     """The writer is this far behind; the request should be retried later (HTTP 503)."""
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a create or rename in `directory` durable (rename(2) is atomic, not durable)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sealed_segments(directory: Path) -> list[Path]:

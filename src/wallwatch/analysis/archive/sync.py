@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wallwatch.analysis.archive.bucket import S3Object, s3_filesystem
+from wallwatch.analysis.commitlog import fsync_path
 
 LOCK_NAME = ".wallwatch-sync.lock"
 PARTIAL_SUFFIX = ".partial"
@@ -133,9 +134,9 @@ def fetch(obj: S3Object, dest: Path) -> tuple[str, int]:
             raise SyncError(f"the bytes read do not match the object's size/ETag ({obj.size} bytes, {obj.etag})")
     if obj.mtime_ns:
         os.utime(partial, ns=(obj.mtime_ns, obj.mtime_ns))
-    _fsync(partial)
+    fsync_path(partial)
     os.replace(partial, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
     return outcome, fetched
 
 
@@ -165,11 +166,3 @@ def _checks_out(partial: Path, obj: S3Object) -> bool:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest() == obj.etag
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
