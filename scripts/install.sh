@@ -40,14 +40,13 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "wallwatch: building the virtualenv in .venv"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,compile]'
   echo "$want" > "$stamp"
 fi
 
-# The ingest's hot path compiled with mypyc (analysis/compiled.py): mypy brings mypyc and is needed
-# to build only, so it is installed here rather than declared. Skipped when the build matches the
-# source; a failed build says why in one line and leaves the pure-Python source in use.
-.venv/bin/python -c "import mypyc" 2>/dev/null || .venv/bin/pip install -q "mypy>=1.10"
+# The ingest's hot path compiled with mypyc (analysis/compiled.py; mypyc comes with the `compile`
+# extra's mypy). Skipped when the build matches the source; a failed build says why in one line and
+# leaves the pure-Python source in use.
 .venv/bin/python scripts/compile.py
 
 # The dashboard's charts: Vega, Vega-Lite and vega-embed from the npm registry at the versions
