@@ -21,15 +21,14 @@ from wallwatch.probe.settings import ProbeSettings
 
 NETTESTS = {"telegram": telegram, "signal": signal, "facebook_messenger": facebook_messenger, "wechat": wechat,
             "skype": skype, "facetime": facetime, "viber": viber}
-CONFIGS = {"wechat": wechat.WeChatConfig, "skype": skype.SkypeConfig, "facetime": facetime.FaceTimeConfig,
-           "viber": viber.ViberConfig}
+CONFIGS = {"telegram": telegram.TelegramConfig, "signal": signal.SignalConfig,
+           "facebook_messenger": facebook_messenger.MessengerConfig, "wechat": wechat.WeChatConfig,
+           "skype": skype.SkypeConfig, "facetime": facetime.FaceTimeConfig, "viber": viber.ViberConfig}
 
 
 def _common(name: str) -> base.Common:
-    module = NETTESTS[name]
-    if name in CONFIGS:
-        return base.configured(CONFIGS[name](), ProbeSettings(), None).common
-    return module.default_config(ProbeSettings()).common
+    """The nettest's config as its run_once starts from (base.run_service)."""
+    return base.configured(CONFIGS[name](), ProbeSettings(), None).common
 
 
 def test_every_messaging_nettest_times_what_it_transfers() -> None:

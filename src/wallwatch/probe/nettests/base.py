@@ -323,9 +323,10 @@ class ServiceTest:
         try:
             channel: TcpStream | TlsStream = stream
             if tls_name is not None:
-                channel = await self._tls(tx, session, stream, tls_name, tuple(alpn))
-                if channel is None:
+                secured = await self._tls(tx, session, stream, tls_name, tuple(alpn))
+                if secured is None:
                     return session
+                channel = secured
                 reached("tls")
             await self._run_dialog(dialog, channel, session, reached, tuple(stages))
         finally:
@@ -584,6 +585,16 @@ def lab_networks(settings: ProbeSettings) -> tuple[str, ...]:
     if settings.lab is None:
         return ()
     return tuple(f"{address}/32" for address in settings.lab.service_addresses())
+
+
+def run_service(test_class: type[ServiceTest], config: Any, settings: ProbeSettings, stamp: "Stamp", *,
+                step_timeout: float | None, options: Mapping[str, str] | None, throughput: Throughput,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A messaging nettest's `run_once` with fixed targets: its `config` for these settings
+    (`configured`), `options` throughput=on|off timing `throughput` (`with_options`), one run."""
+    config = configured(config, settings, step_timeout)
+    config = replace(config, common=with_options(test_class.test_name, config.common, options, throughput))
+    return measure(test_class(config, settings), stamp, progress)
 
 
 def measure(test: ServiceTest, stamp: "Stamp", progress: Callable[[str], None] | None = None,

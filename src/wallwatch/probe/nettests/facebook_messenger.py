@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe.nettests.base import (
@@ -31,11 +31,8 @@ from wallwatch.probe.nettests.base import (
     Reached,
     ServiceTest,
     Throughput,
-    Timeouts,
     exchange_opening,
-    lab_networks,
-    measure,
-    with_options,
+    run_service,
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
@@ -142,18 +139,9 @@ def _inside(address: str, networks: Sequence[Any]) -> bool:
     return any(ip.version == n.version and ip in n for n in networks)
 
 
-def default_config(settings: ProbeSettings, *, step_timeout: float | None = None) -> MessengerConfig:
-    config = MessengerConfig()
-    common = replace(config.common, expected_networks=config.common.expected_networks + lab_networks(settings))
-    if step_timeout is not None:
-        common = replace(common, timeouts=Timeouts.scaled(step_timeout))
-    return replace(config, common=common)
-
-
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
-    config = default_config(settings, step_timeout=step_timeout)
-    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
-    return measure(MessengerTest(config, settings), stamp, progress)
+    return run_service(MessengerTest, MessengerConfig(), settings, stamp, step_timeout=step_timeout, options=options,
+                       throughput=THROUGHPUT, progress=progress)

@@ -16,7 +16,7 @@ Keys in OONI's style: `facetime_calls_status`/`_failure`, `facetime_endpoints_bl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe.nettests.base import (
@@ -25,10 +25,8 @@ from wallwatch.probe.nettests.base import (
     Reached,
     ServiceTest,
     Throughput,
-    configured,
     exchange_opening,
-    measure,
-    with_options,
+    run_service,
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
@@ -88,6 +86,5 @@ def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | N
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
-    config = configured(FaceTimeConfig(), settings, step_timeout)
-    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
-    return measure(FaceTimeTest(config, settings), stamp, progress)
+    return run_service(FaceTimeTest, FaceTimeConfig(), settings, stamp, step_timeout=step_timeout, options=options,
+                       throughput=THROUGHPUT, progress=progress)

@@ -16,7 +16,7 @@ In the lab the probe trusts the lab CA only, as ts-029 trusts Signal's only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe import failures
@@ -25,10 +25,7 @@ from wallwatch.probe.nettests.base import (
     Common,
     ServiceTest,
     Throughput,
-    Timeouts,
-    lab_networks,
-    measure,
-    with_options,
+    run_service,
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
@@ -77,18 +74,9 @@ class SignalTest(ServiceTest):
         return {"signal_backend_status": "ok" if failure is None else "blocked", "signal_backend_failure": failure}
 
 
-def default_config(settings: ProbeSettings, *, step_timeout: float | None = None) -> SignalConfig:
-    config = SignalConfig()
-    common = replace(config.common, expected_networks=config.common.expected_networks + lab_networks(settings))
-    if step_timeout is not None:
-        common = replace(common, timeouts=Timeouts.scaled(step_timeout))
-    return replace(config, common=common)
-
-
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
-    config = default_config(settings, step_timeout=step_timeout)
-    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
-    return measure(SignalTest(config, settings), stamp, progress)
+    return run_service(SignalTest, SignalConfig(), settings, stamp, step_timeout=step_timeout, options=options,
+                       throughput=THROUGHPUT, progress=progress)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe import failures
@@ -34,10 +34,7 @@ from wallwatch.probe.nettests.base import (
     Reached,
     ServiceTest,
     Throughput,
-    Timeouts,
-    lab_networks,
-    measure,
-    with_options,
+    run_service,
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
@@ -125,18 +122,9 @@ class TelegramTest(ServiceTest):
         }
 
 
-def default_config(settings: ProbeSettings, *, step_timeout: float | None = None) -> TelegramConfig:
-    config = TelegramConfig()
-    common = replace(config.common, expected_networks=config.common.expected_networks + lab_networks(settings))
-    if step_timeout is not None:
-        common = replace(common, timeouts=Timeouts.scaled(step_timeout))
-    return replace(config, common=common)
-
-
 def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | None = None,
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
-    config = default_config(settings, step_timeout=step_timeout)
-    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
-    return measure(TelegramTest(config, settings), stamp, progress)
+    return run_service(TelegramTest, TelegramConfig(), settings, stamp, step_timeout=step_timeout, options=options,
+                       throughput=THROUGHPUT, progress=progress)

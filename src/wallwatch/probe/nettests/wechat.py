@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from wallwatch.probe.nettests.base import (
@@ -35,10 +35,8 @@ from wallwatch.probe.nettests.base import (
     Reached,
     ServiceTest,
     Throughput,
-    configured,
     exchange_opening,
-    measure,
-    with_options,
+    run_service,
 )
 from wallwatch.probe.settings import ProbeSettings
 from wallwatch.probe.trace import Trace
@@ -141,6 +139,5 @@ def run_once(settings: ProbeSettings, stamp: "Stamp", *, step_timeout: float | N
              targets: Sequence[str] = (), progress: Callable[[str], None] | None = None,
              options: dict[str, str] | None = None) -> dict[str, Any]:
     """The registry's entry point (fixed targets); `options`: throughput=on|off (`base.with_options`)."""
-    config = configured(WeChatConfig(), settings, step_timeout)
-    config = replace(config, common=with_options(TEST_NAME, config.common, options, THROUGHPUT))
-    return measure(WeChatTest(config, settings), stamp, progress)
+    return run_service(WeChatTest, WeChatConfig(), settings, stamp, step_timeout=step_timeout, options=options,
+                       throughput=THROUGHPUT, progress=progress)
