@@ -27,6 +27,7 @@ from wallwatch.probe.throughput import (
     goodput,
     https_rounds,
     next_size,
+    stalled_seconds,
     udp_rounds,
 )
 from wallwatch.probe.trace import Trace
@@ -50,6 +51,21 @@ def test_goodput_counts_from_the_first_arrival() -> None:
     arrivals = [(i * 0.125, 1000) for i in range(9)]
     assert goodput(arrivals) == (8000, 1.0, 64000.0)
     assert goodput([(0.0, 5000)]) == (5000, 0.0, None)  # one read: no dispersion to measure
+
+
+def test_a_loss_recovery_stall_is_not_the_paths_rate() -> None:
+    # 1 Mbit/s in 1250-byte packets (10 ms apart), one retransmission timeout of 240 ms in the middle.
+    arrivals = [(i * 0.01, 1250) for i in range(30)] + [(0.53 + i * 0.01, 1250) for i in range(30)]
+    stalled = stalled_seconds(arrivals, rtt_s=0.001)
+    assert stalled == pytest.approx(0.24 - 0.01)
+    counted, seconds, rate = goodput(arrivals, stalled)
+    assert rate == pytest.approx(1_000_000, rel=0.01)
+    assert goodput(arrivals)[2] < 0.75 * 1_000_000  # what the stall made of it before
+    # Not stalls: a 64 kbit/s path's ~190 ms spacing, and a window per round trip behind added delay.
+    assert stalled_seconds([(i * 0.19, 1500) for i in range(20)], rtt_s=0.002) == 0.0
+    bursts = [(rtt * 0.8 + i * 0.0001, 1448) for rtt in range(5) for i in range(10)]
+    assert stalled_seconds(bursts, rtt_s=0.8) == 0.0
+    assert stalled_seconds([(0.0, 100)]) == 0.0
 
 
 def test_sizes_follow_the_completed_rate_within_bounds() -> None:

@@ -103,7 +103,7 @@ are reserved). A whatsapp measurement's `test_keys` holds:
   `kind` https|udp, `feature`, `endpoint`, `address`, `control_name` or
   `control_port`, `rounds` [{`round`, `size`, `target`, `control`}], each side
   with `rtt_ms` [...], and for HTTPS `server_name`, `connect_s`,
-  `handshake_s`, `status`, `bytes`, `counted_bytes`, `seconds`,
+  `handshake_s`, `status`, `bytes`, `counted_bytes`, `seconds` (without loss-recovery stalls), `stalled_s`,
   `goodput_bps`, `transfer_s`, `failure`, `failed_at`; `probe/throughput.py`).
   A feature measured so also carries `throttling` (`verdicts.judge_throughput`:
   `throttled` rate|latency|jitter|null, `rate_bps`, `control_rate_bps`,

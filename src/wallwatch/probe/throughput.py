@@ -92,20 +92,44 @@ def _clock() -> float:
     return time.monotonic()
 
 
-def goodput(arrivals: Sequence[tuple[float, int]]) -> tuple[int, float, float | None]:
+# A gap in a transfer's arrivals is the transport recovering a lost packet, not the path's rate,
+# when it is longer than Linux's minimum retransmission timeout (TCP_RTO_MIN, 200 ms; RFC 6298 §2.4
+# allows it), several times the transfer's own median gap (a 64 kbit/s path spaces full packets
+# ~190 ms apart) and twice the connection's round trip (behind added delay a window arrives once a
+# round trip). A policer with a short queue ([Xue2021]: Russia's throttler dropped what exceeded its
+# rate) drops a new connection's first burst now and then; one such stall of ~240 ms in a 0.5 s
+# round read a 1 Mbit/s limit as 0.6-0.7 of it in about one lab run in six.
+STALL_MIN_S = 0.2
+STALL_GAPS = 4
+STALL_ROUND_TRIPS = 2
+
+
+def goodput(arrivals: Sequence[tuple[float, int]], stalled: float = 0.0) -> tuple[int, float, float | None]:
     """(bytes, seconds, bits per second) of a transfer from its raw arrivals (time, bytes).
 
     The first arrival starts the clock and its bytes are not counted: they
     crossed the path before the clock started (the packet-pair reasoning of
-    every dispersion-based estimator). None with fewer than two arrivals.
+    every dispersion-based estimator). `stalled` seconds of loss recovery
+    (`stalled_seconds`) are left out, so the rate is the one the path
+    delivers at. None with fewer than two arrivals.
     """
     if len(arrivals) < 2:
         return sum(n for _, n in arrivals), 0.0, None
     counted = sum(n for _, n in arrivals[1:])
-    seconds = arrivals[-1][0] - arrivals[0][0]
+    seconds = arrivals[-1][0] - arrivals[0][0] - stalled
     if seconds <= 0:
         return counted, seconds, None
     return counted, seconds, counted * 8 / seconds
+
+
+def stalled_seconds(arrivals: Sequence[tuple[float, int]], rtt_s: float | None = None) -> float:
+    """The time a transfer's loss-recovery stalls took beyond a median gap each (0 without any)."""
+    gaps = [later[0] - earlier[0] for earlier, later in zip(arrivals, arrivals[1:])]
+    if not gaps:
+        return 0.0
+    typical = statistics.median(gaps)
+    threshold = max(STALL_MIN_S, STALL_GAPS * typical, STALL_ROUND_TRIPS * (rtt_s or 0.0))
+    return sum(gap - typical for gap in gaps if gap > threshold)
 
 
 def next_size(previous: dict[str, Any] | None, window: float = WINDOW) -> int:
@@ -177,7 +201,8 @@ async def _https_round(tx: Transaction, target: HttpsTarget, role: str, context:
     server_name = target.host if role == TARGET else target.control_name
     facts: dict[str, Any] = {"role": role, "server_name": server_name, "address": f"{target.ip}:{target.port}",
                              "transaction_id": tx.id, "size": size, "connect_s": None, "handshake_s": None,
-                             "rtt_ms": [], "status": None, "bytes": 0, "counted_bytes": 0, "seconds": None, "goodput_bps": None,
+                             "rtt_ms": [], "status": None, "bytes": 0, "counted_bytes": 0, "seconds": None,
+                             "stalled_s": None, "goodput_bps": None,
                              "transfer_s": None, "failure": None, "failed_at": None}
     stage = "connect"
     stream: TcpStream | None = None
@@ -208,8 +233,11 @@ async def _https_round(tx: Transaction, target: HttpsTarget, role: str, context:
             status, body = await http.get(target.path, f"bytes=0-{size - 1}", limits.transfer)
         finally:
             stream.observer = None
-            counted, seconds, rate = goodput(arrivals)
+            rtt_ms = median(facts["rtt_ms"])
+            stalled = stalled_seconds(arrivals, None if rtt_ms is None else rtt_ms / 1000)
+            counted, seconds, rate = goodput(arrivals, stalled)
             facts.update(bytes=sum(n for _, n in arrivals), counted_bytes=counted, seconds=round(seconds, 6),
+                         stalled_s=round(stalled, 6),
                          goodput_bps=None if rate is None else round(rate),
                          transfer_s=round((arrivals[-1][0] if arrivals else _clock()) - started, 6))
         facts["status"] = status
