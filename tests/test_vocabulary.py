@@ -89,7 +89,7 @@ def test_every_service_the_rules_judge_is_a_named_service() -> None:
 
     seen = {classify(test, None, host, None, port, []).service
             for test in ("web_connectivity", "whatsapp", "telegram", "signal", "facebook_messenger", "vanilla_tor",
-                         "openvpn", "riseupvpn")
+                         "openvpn", "riseupvpn", "wechat", "viber", "skype", "facetime", "keyword", "circumvention")
             for host, port in (("e1.whatsapp.net", 443), ("web.telegram.org", 443), ("sfu.voip.signal.org", 443),
                                ("b-api.facebook.com", 443), (None, None))}
     assert seen == {service.value for service in Service}
