@@ -306,6 +306,13 @@ class Service(StrEnum):
     RISEUPVPN = ("riseupvpn", "RiseupVPN")
 
 
+def service_plain(code: str) -> str:
+    """The name a reader knows a service by; a code the vocabulary does not list, as it is (stored
+    data may hold other nettests' names, see Service)."""
+    member = Service._value2member_map_.get(code)
+    return member.plain if isinstance(member, Service) else code
+
+
 class Feature(StrEnum):
     """A part of a service a user would miss on its own (OONI's IM tests measure the same split)."""
 

@@ -83,7 +83,7 @@ def test_charts_are_rendered_and_labelled(report) -> None:
     assert len(pngs) == 5 and all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
     spec = json.loads((out / "charts" / "xa-whatsapp-text-timeline.vl.json").read_text())
     title = spec["title"]
-    assert "whatsapp · text in XA" in title["text"]
+    assert "WhatsApp · text in XA" in title["text"]  # the service by the name a reader knows
     assert any("times in UTC" in line and __version__ in line for line in title["subtitle"])
     bands = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "rect")
     (band,) = bands["data"]["values"]

@@ -34,7 +34,7 @@ import altair as alt
 
 from wallwatch import __version__
 from wallwatch.analysis.events.grouping import ANY, BLOCKING, COMPREHENSIVE_FROM_SHARE, THROTTLING, Event, iso
-from wallwatch.vocabulary import State
+from wallwatch.vocabulary import State, service_plain
 
 # Colours for a bucket's state, shared by the heatmap, the legend and the dashboard. Grey for
 # "no data" so silence is visible and never mistaken for "ok".
@@ -225,7 +225,7 @@ def timeline_spec(rows: Sequence[Mapping[str, Any]], events: Sequence[Event], *,
         shaded.append(f"{STATE_GLYPHS[State.THROTTLED]}: share of probes seeing it throttled (reachable but slowed)")
     chart = alt.layer(*layers).properties(
         width=_WIDTH, height=220,
-        title=_title(f"{service} · {feature} in {probe_cc}: share of probes seeing blocking, per network and {bucket}",
+        title=_title(f"{service_plain(service)} · {feature} in {probe_cc}: share of probes seeing blocking, per network and {bucket}",
                      context, shaded),
     )
     return _finish(chart)
@@ -288,7 +288,7 @@ def heatmap_spec(rows: Sequence[Mapping[str, Any]], *, probe_cc: str, service: s
                      f"for the detector{f' ({minimum_evidence})' if minimum_evidence else ''}")
     chart = alt.layer(rects, glyphs).properties(
         width=alt.Step(18), height=alt.Step(20),
-        title=_title(title or f"{service} · {feature} in {probe_cc}: state per network and day", context, notes),
+        title=_title(title or f"{service_plain(service)} · {feature} in {probe_cc}: state per network and day", context, notes),
     )
     return _finish(chart)
 
@@ -420,7 +420,7 @@ def covered_until(row: Mapping[str, Any], grain: str) -> datetime:
 
 def _event_label(event: Event) -> str:
     state = "throttled" if event.type == THROTTLING else "blocked"
-    what = "volume collapse" if event.service == ANY else f"{event.service}/{event.feature} {state}"
+    what = "volume collapse" if event.service == ANY else f"{service_plain(event.service)}/{event.feature} {state}"
     end = iso(event.end) or "ongoing"
     return f"{what}: {iso(event.onset)} → {end}, {len(event.networks)} network(s)"
 

@@ -27,7 +27,7 @@ from wallwatch import __version__
 from wallwatch.analysis.report import charts
 from wallwatch.analysis.report.exports import ExportFormat, write_export
 from wallwatch.analysis.store import Store
-from wallwatch.vocabulary import Service, State, Verdict
+from wallwatch.vocabulary import State, Verdict, service_plain
 from wallwatch.web.dashboard import views
 from wallwatch.web.dashboard.data import STATE_FILTERS, Filters, NoSeries, method_plain
 from wallwatch.web.dashboard.views import NotFound, View
@@ -68,7 +68,7 @@ def _templates() -> Any:
         state_plain=lambda s: State(s).plain if s in State._value2member_map_ else s,
         verdict_plain=lambda v: Verdict(v).plain if v in Verdict._value2member_map_ else v,
         states=list(State),
-        service_plain=lambda s: Service(s).plain if s in Service._value2member_map_ else s,
+        service_plain=service_plain,
     )
     return Jinja2Templates(env=env)
 

@@ -21,6 +21,7 @@ from wallwatch.analysis.events.grouping import ANY, THROTTLING, Event
 from wallwatch.analysis.report import charts
 from wallwatch.analysis.report.html import timeline_grain
 from wallwatch.analysis.store import Store
+from wallwatch.vocabulary import service_plain
 from wallwatch.web.dashboard import data
 from wallwatch.web.dashboard.data import Filters, NoSeries
 
@@ -197,7 +198,7 @@ def timeline(store: Store, filters: Filters, annotations: Sequence[charts.Annota
     spec = charts.timeline_spec(shown, events, probe_cc=filters.cc, service=filters.service,
                                 feature=filters.feature, context=_context(), grain=grain, span=span,
                                 annotations=notes)
-    title = f"{filters.service} · {filters.feature} in {filters.cc}"
+    title = f"{service_plain(filters.service)} · {filters.feature} in {filters.cc}"
     return View("timeline", f"Timeline: {title}", filters,
                 tables={"series": _table(shown, rows.schema), "events": data.events_table(events)},
                 charts=[Chart("timeline", f"Share of probes seeing blocking of {title}, per network and {grain}; "
@@ -224,7 +225,7 @@ def heatmap(store: Store, filters: Filters) -> View:
     shown = _rows_in(rows.to_pylist(), "day", _day_span(_span_for(spans, filters, filters.cc)))
     spec = charts.heatmap_spec(shown, probe_cc=filters.cc, service=filters.service, feature=filters.feature,
                                context=_context(), events=events, minimum_evidence=minimum_evidence_brief())
-    title = f"{filters.service} · {filters.feature} in {filters.cc}"
+    title = f"{service_plain(filters.service)} · {filters.feature} in {filters.cc}"
     return View("heatmap", f"Heatmap: {title}", filters,
                 tables={"daily": _table(shown, rows.schema), "events": data.events_table(events)},
                 charts=[Chart("heatmap", f"State of {title} per network and day.", spec)],
@@ -262,7 +263,7 @@ def event(store: Store, event_id: str, annotations: Sequence[charts.Annotation])
         chart_list.append(Chart("timeline", "The event shaded on the share of probes seeing blocking, per network.",
                                 spec))
     state = "throttled" if found.type == THROTTLING else "blocked"
-    what = "volume collapse" if found.service == ANY else f"{found.service} {found.feature} {state}"
+    what = "volume collapse" if found.service == ANY else f"{service_plain(found.service)} {found.feature} {state}"
     return View("event", f"{what} in {found.probe_cc}", filters,
                 tables={"evidence": evidence, "event": data.events_table([found])}, charts=chart_list,
                 context={"event": found, "evidence": evidence.to_pylist(), "total": total, "annotations": notes,
